@@ -1,0 +1,3 @@
+"""launch: the cluster launcher (CLI, config, node updater, cluster lifecycle)."""
+
+__version__ = "0.1.0"

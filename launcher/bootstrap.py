@@ -1,0 +1,133 @@
+"""The node updater: brings one node from created to up-to-date, tagging its status at each step.
+
+waiting-for-ssh -> syncing-files -> setting-up -> up-to-date, or update-failed with the step and the
+last lines of output. Every command and its output go to the node's setup log on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from launcher.command_runner import CommandResult, CommandRunner
+from launcher.config import ClusterConfig
+from launcher.errors import LaunchError
+from launcher.file_sync import sync_up
+from launcher.node_status import NodeStatus, can_transition, check_transition
+from providers.base import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH, TAG_STATUS, NodeInfo, NodeProvider
+from runtime.node_config import NODE_CONFIG_PATH, NodeRuntimeConfig
+
+WAIT_READY_S = 300.0
+
+
+class NodeUpdateFailed(LaunchError):
+    def __init__(self, node_id: str, step: str, tail: list[str], detail: str = ""):
+        self.node_id, self.step, self.tail = node_id, step, tail
+        last = f": {tail[-1]}" if tail else ""
+        super().__init__(f"node {node_id} failed at {step}{(' (' + detail + ')') if detail else ''}{last}")
+
+
+@dataclass
+class UpdatePlan:
+    """What to do to a node. `full`: sync, setup and start; otherwise only (re)start the runtime."""
+
+    full: bool
+    restart_runtime: bool
+
+
+class NodeUpdater:
+    def __init__(
+        self,
+        provider: NodeProvider,
+        node: NodeInfo,
+        cfg: ClusterConfig,
+        runtime_cfg: NodeRuntimeConfig,
+        *,
+        launch_hash: str,
+        runtime_hash: str,
+        log_path: Path,
+    ):
+        self.provider = provider
+        self.node = node
+        self.cfg = cfg
+        self.runtime_cfg = runtime_cfg
+        self.launch_hash = launch_hash
+        self.runtime_hash = runtime_hash
+        self.log_path = log_path
+        self.runner: CommandRunner = provider.command_runner(node)
+        self.status = NodeStatus(node.status) if node.status in NodeStatus._value2member_map_ else NodeStatus.PENDING
+        self.head_address: str | None = None
+
+    def _set_status(self, new: NodeStatus, **extra_tags: str) -> None:
+        self.status = check_transition(self.status, new)
+        self.provider.set_tags(self.node.id, {TAG_STATUS: new.value, **extra_tags})
+
+    def _run(self, log: TextIO, step: str, cmd: str, env: dict[str, str] | None = None) -> CommandResult:
+        log.write(f"$ {cmd}\n")
+        log.flush()
+        result = self.runner.run(cmd, env=env, on_output=lambda line: (log.write(line), log.flush()))
+        log.write(f"[exit {result.exit_code}]\n")
+        if not result.ok:
+            raise NodeUpdateFailed(self.node.id, step, result.tail, f"`{cmd}` exited {result.exit_code}")
+        return result
+
+    def update(self, plan: UpdatePlan) -> None:
+        step = "waiting-for-ssh"
+        with open(self.log_path, "a") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} update of {self.node.id} (full={plan.full})\n")
+            try:
+                if plan.full:
+                    self._set_status(NodeStatus.WAITING_FOR_SSH)
+                    self.runner.wait_ready(WAIT_READY_S)
+                    step = "syncing-files"
+                    self._set_status(NodeStatus.SYNCING_FILES)
+                    for remote, local in self.cfg.file_mounts.items():
+                        n = sync_up(
+                            self.runner, self.cfg.local_mount_path(local), remote,
+                            self.cfg.rsync_exclude, self.cfg.rsync_filter,
+                        )
+                        log.write(f"synced {local} -> {remote}: {n} file(s) sent\n")
+                    step = "setting-up"
+                    self._set_status(NodeStatus.SETTING_UP)
+                    for cmd in [*self.cfg.initialization_commands,
+                                *self.cfg.setup_commands_for(self.node.node_type, self.runtime_cfg.is_head)]:
+                        self._run(log, step, cmd)
+                step = "starting the runtime"
+                self.start_runtime(log, plan.restart_runtime)
+                if plan.full:
+                    for cmd in self.cfg.start_commands_for(self.runtime_cfg.is_head):
+                        self._run(log, step, cmd)
+                    self._set_status(
+                        NodeStatus.UP_TO_DATE,
+                        **{TAG_RUNTIME_HASH: self.runtime_hash, TAG_LAUNCH_HASH: self.launch_hash},
+                    )
+            except NodeUpdateFailed as e:
+                log.write(f"FAILED at {e.step}: {e}\n")
+                self._mark_failed()
+                raise
+            except LaunchError as e:
+                log.write(f"FAILED at {step}: {e}\n")
+                self._mark_failed()
+                raise NodeUpdateFailed(self.node.id, step, [str(e)]) from e
+
+    def _mark_failed(self) -> None:
+        if can_transition(self.status, NodeStatus.UPDATE_FAILED):
+            self._set_status(NodeStatus.UPDATE_FAILED)
+
+    def start_runtime(self, log: TextIO, restart: bool) -> None:
+        self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG_PATH, mode=0o600)
+        cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")
+        result = self._run(log, "starting the runtime", cmd)
+        for line in result.tail:
+            if line.startswith("head-address: "):
+                self.head_address = line.split(": ", 1)[1].strip()
+
+    def runtime_running(self) -> bool:
+        result = self.runner.run(f"{self.runner.python} -m runtime.node status")
+        if not result.ok or not result.tail:
+            return False
+        pids = json.loads(result.tail[-1])
+        return bool(pids.get("agent")) and (not self.runtime_cfg.is_head or bool(pids.get("head")))

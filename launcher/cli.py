@@ -1,0 +1,192 @@
+"""The `launch` command line.
+
+Every command that fails for a reason the user can act on prints one line per problem on stderr and
+exits non-zero (2 for an invalid config) without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from launcher.config import ClusterConfig, json_schema, load_config
+from launcher.errors import ConfigError, LaunchError
+
+app = typer.Typer(
+    name="launch",
+    help="Launch and autoscale clusters on clouds, on-prem hosts, Slurm, or this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigFile = typer.Argument(..., help="The cluster config YAML.", show_default=False)
+Yes = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            for problem in e.problems:
+                err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except LaunchError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _confirm(yes: bool):
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            err.print(f"{question} [no terminal to ask: pass --yes]")
+            return False
+        return typer.confirm(question, default=False)
+
+    return confirm
+
+
+def _cluster(path: Path):
+    from launcher.cluster import Cluster  # keeps `launch validate/schema` free of gRPC imports
+
+    cfg = load_config(path)
+    return Cluster(cfg, say=lambda msg: err.print(msg, highlight=False))
+
+
+@app.command()
+@_handle_errors
+def validate(config: Path = ConfigFile) -> None:
+    """Check a cluster config and print a summary of it."""
+    cfg: ClusterConfig = load_config(config)
+    types = ", ".join(
+        f"{name}({nt.min_workers}-{cfg.worker_max(name)})" for name, nt in cfg.available_node_types.items()
+    )
+    out.print(f"{config}: valid. cluster {cfg.cluster_name!r} on {cfg.provider.kind}, head {cfg.head_node_type}, "
+              f"node types: {types}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the cluster config (for editors)."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+@_handle_errors
+def up(
+    config: Path = ConfigFile,
+    yes: bool = Yes,
+    restart_runtime: bool = typer.Option(
+        False, "--restart-runtime", help="Restart the runtime on every node even if nothing changed."
+    ),
+) -> None:
+    """Create or update the cluster: only what changed is redone."""
+    cluster = _cluster(config)
+    with err.status(f"bringing up cluster {cluster.cfg.cluster_name}…"):
+        result = cluster.up(confirm=_confirm(yes), restart_runtime=restart_runtime)
+    if result.actions:
+        for action in result.actions:
+            out.print(f"  {action}", highlight=False)
+    else:
+        out.print(f"Cluster {cluster.cfg.cluster_name!r} is up to date: nothing changed.")
+    for f in result.failures:
+        err.print(f"[red]failed:[/red] {f} (log: {cluster.dir.node_log(f.node_id)})", highlight=False)
+    nodes = len(cluster.nodes())
+    out.print(f"Cluster {cluster.cfg.cluster_name!r} is up: {nodes} node(s), head service at "
+              f"{result.head_address}.", highlight=False)
+    out.print(f"  launch status {config}\n  launch exec {config} 'CMD'\n  launch down {config}", highlight=False)
+
+
+@app.command()
+@_handle_errors
+def down(config: Path = ConfigFile, yes: bool = Yes) -> None:
+    """Terminate every node of the cluster."""
+    cluster = _cluster(config)
+    if not _confirm(yes)(f"Terminate every node of cluster {cluster.cfg.cluster_name!r}?"):
+        raise LaunchError("not confirmed; nothing was terminated")
+    with err.status(f"tearing down cluster {cluster.cfg.cluster_name}…"):
+        n = cluster.down()
+    out.print(f"Cluster {cluster.cfg.cluster_name!r} is down: {n} node(s) terminated.")
+
+
+def _fmt_amount(name: str, v: float) -> str:
+    if name == "memory":
+        return f"{v / 2**30:.1f}G"
+    return f"{v:g}"
+
+
+def _fmt_resources(total: dict[str, float], available: dict[str, float]) -> str:
+    order = sorted(total, key=lambda k: ({"CPU": 0, "GPU": 1, "memory": 2}.get(k, 3), k))
+    parts = []
+    for k in order:
+        used = total[k] - available.get(k, total[k])
+        parts.append(f"{k} {_fmt_amount(k, used)}/{_fmt_amount(k, total[k])}")
+    return ", ".join(parts) or "-"
+
+
+def _fmt_age(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+@app.command()
+@_handle_errors
+def status(
+    config: Path = ConfigFile,
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Show the cluster's nodes: type, status, IP, resources used/total, age."""
+    st = _cluster(config).status()
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    if not st["nodes"]:
+        out.print(f"Cluster {st['cluster']!r} has no nodes.")
+        return
+    table = Table(title=f"cluster {st['cluster']} ({st['provider']}), head service {st['head_address'] or '-'}")
+    for col in ("NODE", "KIND", "TYPE", "STATUS", "IP", "RUNTIME", "RESOURCES (used/total)", "AGE"):
+        table.add_column(col)
+    for n in st["nodes"]:
+        table.add_row(n["id"], n["kind"], n["node_type"], n["status"], n["ip"] or "-", n["runtime"],
+                      _fmt_resources(n["resources_total"], n["resources_available"]), _fmt_age(n["age_s"]))
+    out.print(table)
+    if st["runtime_error"]:
+        err.print(f"[yellow]warning:[/yellow] {st['runtime_error']}")
+
+
+@app.command("exec")
+@_handle_errors
+def exec_(
+    config: Path = ConfigFile,
+    cmd: str = typer.Argument(..., help="The shell command to run on the head node."),
+) -> None:
+    """Run a command on the head node, streaming its output; exits with its exit code."""
+    cluster = _cluster(config)
+
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    code = cluster.exec_on_head(cmd, write)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

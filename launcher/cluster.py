@@ -1,0 +1,305 @@
+"""Cluster lifecycle: up, down, status and exec, driven by one config and one provider.
+
+`up` is idempotent: it compares each node's tags (status, launch hash, runtime hash) with the config
+and redoes only what differs: a changed launch hash replaces the node, a changed runtime hash re-runs
+file sync, setup and start on it, a dead runtime is restarted, and an unchanged cluster is left alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from launcher.bootstrap import NodeUpdateFailed, NodeUpdater, UpdatePlan
+from launcher.config import ClusterConfig
+from launcher.errors import LaunchError
+from launcher.hashing import launch_hash, mounts_digest, runtime_hash
+from launcher.node_status import NodeStatus
+from launcher.state import ClusterDir
+from providers import get_provider
+from providers.base import (
+    KIND_HEAD,
+    KIND_WORKER,
+    TAG_CLUSTER,
+    TAG_KIND,
+    TAG_LAUNCH_HASH,
+    TAG_NODE_TYPE,
+    TAG_RUNTIME_HASH,
+    TAG_STATUS,
+    NodeInfo,
+)
+from runtime.client import HeadClient
+from runtime.node_config import NodeRuntimeConfig
+
+Say = Callable[[str], None]
+Confirm = Callable[[str], bool]
+
+REGISTER_TIMEOUT_S = 60.0
+
+
+@dataclass
+class UpResult:
+    head_address: str
+    actions: list[str] = field(default_factory=list)
+    failures: list[NodeUpdateFailed] = field(default_factory=list)
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig, say: Say = lambda msg: None):
+        self.cfg = cfg
+        self.dir = ClusterDir(cfg.cluster_name)
+        self.provider = get_provider(cfg, self.dir.path)
+        self.say = say
+
+    # --- observation ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        return self.provider.list_nodes({TAG_CLUSTER: self.cfg.cluster_name})
+
+    def head(self) -> NodeInfo | None:
+        heads = [n for n in self.nodes() if n.kind == KIND_HEAD]
+        return heads[0] if heads else None
+
+    def require_head(self) -> NodeInfo:
+        head = self.head()
+        if head is None:
+            raise LaunchError(f"cluster {self.cfg.cluster_name!r} is not up (no head node); run `launch up` first")
+        return head
+
+    # --- up -----------------------------------------------------------------------------------------
+
+    def up(self, *, confirm: Confirm, restart_runtime: bool = False) -> UpResult:
+        cfg = self.provider.bootstrap_config(self.cfg)
+        token = self.dir.token()
+        mounts = mounts_digest(cfg)
+        restart = restart_runtime and not cfg.no_restart
+        actions: list[str] = []
+
+        head = self._ensure_head(cfg, confirm, actions)
+        head_rhash = runtime_hash(cfg, head.node_type, True, mounts)
+        saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
+        head_port = self.provider.head_port or saved_port
+        head_updater = self._updater(head, cfg, token, True, "", head_port, head_rhash)
+        plan = self._plan(head, head_updater, head_rhash, restart)
+        if plan is not None:
+            self.say(f"head {head.id}: {'setting up' if plan.full else 'starting the runtime'}")
+            head_updater.update(plan)  # a failed head fails `up`: nothing works without it
+            actions.append(f"head {head.id}: {'set up' if plan.full else 'runtime started'}")
+        head_address = head_updater.head_address or self._read_head_address(head_updater)
+        self.dir.write_info(head_node_id=head.id, head_address=head_address,
+                            head_port=int(head_address.rsplit(":", 1)[1]))
+
+        workers = self._ensure_workers(cfg, confirm, actions)
+        failures = self._update_workers(cfg, workers, token, head_address, mounts, restart, actions)
+        failed = {f.node_id for f in failures}
+        expected = {head.id} | {w.id for w in workers if w.id not in failed}
+        self._wait_registered(head_address, token, expected)
+        return UpResult(head_address, actions, failures)
+
+    def _ensure_head(self, cfg: ClusterConfig, confirm: Confirm, actions: list[str]) -> NodeInfo:
+        lhash = launch_hash(cfg, cfg.head_node_type)
+        head = self.head()
+        if head is not None and (head.tags.get(TAG_LAUNCH_HASH) != lhash or head.node_type != cfg.head_node_type):
+            if not confirm(f"The head node {head.id} is outdated (its node config changed). Replace it?"):
+                raise LaunchError("the head node is outdated and was not replaced; nothing changed")
+            self.say(f"replacing outdated head {head.id}")
+            self.provider.set_tags(head.id, {TAG_STATUS: NodeStatus.TERMINATING.value})
+            self.provider.terminate_nodes([head.id])
+            actions.append(f"head {head.id}: terminated (outdated)")
+            head = None
+        if head is None:
+            self.say(f"creating head node ({cfg.head_node_type})")
+            head = self.provider.create_nodes(cfg.head_node_type, 1, self._tags(KIND_HEAD, cfg.head_node_type, lhash))[0]
+            actions.append(f"head {head.id}: created")
+        return head
+
+    def _ensure_workers(self, cfg: ClusterConfig, confirm: Confirm, actions: list[str]) -> list[NodeInfo]:
+        """Replace outdated workers, drop those of removed types, and launch up to min_workers per type."""
+        workers = [n for n in self.nodes() if n.kind == KIND_WORKER]
+        stale = [
+            w for w in workers
+            if w.node_type not in cfg.available_node_types
+            or w.tags.get(TAG_LAUNCH_HASH) != launch_hash(cfg, w.node_type)
+        ]
+        if stale:
+            ids = ", ".join(w.id for w in stale)
+            if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
+                raise LaunchError("outdated workers were not replaced; stopping here")
+            for w in stale:
+                self.provider.set_tags(w.id, {TAG_STATUS: NodeStatus.TERMINATING.value})
+            self.provider.terminate_nodes([w.id for w in stale])
+            actions.append(f"{len(stale)} outdated worker(s) terminated")
+            workers = [w for w in workers if w not in stale]
+        for name, nt in cfg.available_node_types.items():
+            have = sum(1 for w in workers if w.node_type == name)
+            missing = nt.min_workers - have
+            if missing > 0:
+                self.say(f"creating {missing} worker(s) of type {name}")
+                created = self.provider.create_nodes(name, missing, self._tags(KIND_WORKER, name, launch_hash(cfg, name)))
+                workers.extend(created)
+                actions.append(f"{len(created)} worker(s) of type {name}: created")
+        return workers
+
+    def _update_workers(self, cfg, workers, token, head_address, mounts, restart, actions) -> list[NodeUpdateFailed]:
+        jobs = []
+        for w in workers:
+            rhash = runtime_hash(cfg, w.node_type, False, mounts, head_address=head_address)
+            updater = self._updater(w, cfg, token, False, head_address, 0, rhash)
+            plan = self._plan(w, updater, rhash, restart)
+            if plan is not None:
+                jobs.append((w, updater, plan))
+        if not jobs:
+            return []
+        self.say(f"updating {len(jobs)} worker(s) in parallel")
+        failures: list[NodeUpdateFailed] = []
+
+        def run(job):
+            w, updater, plan = job
+            try:
+                updater.update(plan)
+                return f"worker {w.id}: {'set up' if plan.full else 'runtime started'}", None
+            except NodeUpdateFailed as e:
+                return None, e
+
+        with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
+            for done, err in pool.map(run, jobs):
+                if err is not None:
+                    failures.append(err)
+                    self.say(f"[red]worker {err.node_id} failed[/red]: {err} (log: {self.dir.node_log(err.node_id)})")
+                else:
+                    actions.append(done)
+        return failures
+
+    def _tags(self, kind: str, node_type: str, lhash: str) -> dict[str, str]:
+        return {
+            TAG_CLUSTER: self.cfg.cluster_name,
+            TAG_KIND: kind,
+            TAG_NODE_TYPE: node_type,
+            TAG_LAUNCH_HASH: lhash,
+            TAG_STATUS: NodeStatus.PENDING.value,
+        }
+
+    def _updater(self, node, cfg, token, is_head, head_address, head_port, rhash) -> NodeUpdater:
+        nt = cfg.node_type(node.node_type)
+        runtime_cfg = NodeRuntimeConfig(
+            node_id=node.id,
+            node_type=node.node_type,
+            is_head=is_head,
+            token=token,
+            address=node.internal_ip or "127.0.0.1",
+            head_address=head_address,
+            bind_host=self.provider.head_bind_host,
+            head_port=head_port,
+            resources=dict(nt.resources),
+            labels=dict(nt.labels),
+        )
+        return NodeUpdater(
+            self.provider, node, cfg, runtime_cfg,
+            launch_hash=launch_hash(cfg, node.node_type), runtime_hash=rhash,
+            log_path=self.dir.node_log(node.id),
+        )
+
+    @staticmethod
+    def _plan(node: NodeInfo, updater: NodeUpdater, rhash: str, restart: bool) -> UpdatePlan | None:
+        if node.status != NodeStatus.UP_TO_DATE.value:
+            return UpdatePlan(full=True, restart_runtime=restart)
+        if node.tags.get(TAG_RUNTIME_HASH) != rhash:
+            # Setup changed on a running node: Ray's semantics, the runtime restarts unless no_restart.
+            return UpdatePlan(full=True, restart_runtime=True)
+        if restart:
+            return UpdatePlan(full=False, restart_runtime=True)
+        if not updater.runtime_running():
+            return UpdatePlan(full=False, restart_runtime=False)
+        return None
+
+    @staticmethod
+    def _read_head_address(updater: NodeUpdater) -> str:
+        raw = updater.runner.read_file("~/.launch-runtime/head.address")
+        if not raw:
+            raise LaunchError(f"the head node {updater.node.id} runs no head service; run `launch up --restart-runtime`")
+        return raw.decode().strip()
+
+    def _wait_registered(self, head_address: str, token: str, node_ids: set[str]) -> None:
+        self.say(f"waiting for {len(node_ids)} node(s) to register with the head")
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        missing = set(node_ids)
+        with HeadClient(head_address, token, timeout_s=5) as client:
+            while time.monotonic() < deadline:
+                try:
+                    alive = {n.node_id for n in client.cluster_state().nodes if n.state == "alive"}
+                    missing = node_ids - alive
+                    if not missing:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        logs = ", ".join(str(self.dir.node_log(n)) for n in sorted(missing))
+        raise LaunchError(f"node(s) {', '.join(sorted(missing))} did not register with the head "
+                          f"within {REGISTER_TIMEOUT_S:.0f}s; setup logs: {logs}")
+
+    # --- down ---------------------------------------------------------------------------------------
+
+    def down(self) -> int:
+        nodes = self.nodes()
+        workers = [n for n in nodes if n.kind != KIND_HEAD]
+        heads = [n for n in nodes if n.kind == KIND_HEAD]
+        for group in (workers, heads):  # workers first: the head is the last to know about them
+            for n in group:
+                self.provider.set_tags(n.id, {TAG_STATUS: NodeStatus.TERMINATING.value})
+            if group:
+                self.provider.terminate_nodes([n.id for n in group])
+        left = self.nodes()
+        if left:
+            raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in left)}")
+        self.dir.forget_runtime()
+        return len(nodes)
+
+    # --- status -------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        nodes = self.nodes()
+        info = self.dir.read_info()
+        token = self.dir.existing_token()
+        runtime: dict[str, object] = {}
+        runtime_error = None
+        if any(n.kind == KIND_HEAD for n in nodes) and info.get("head_address") and token:
+            try:
+                with HeadClient(info["head_address"], token, timeout_s=3) as client:
+                    runtime = {n.node_id: n for n in client.cluster_state().nodes}
+            except grpc.RpcError as e:
+                runtime_error = f"head service at {info['head_address']} unreachable ({e.code().name})"
+        now = time.time()
+        rows = []
+        for n in nodes:
+            r = runtime.get(n.id)
+            rows.append(
+                {
+                    "id": n.id,
+                    "kind": n.kind,
+                    "node_type": n.node_type,
+                    "status": n.status,
+                    "ip": n.external_ip or n.internal_ip,
+                    "runtime": r.state if r is not None else "not registered",
+                    "resources_total": dict(r.total.amounts) if r is not None else {},
+                    "resources_available": dict(r.available.amounts) if r is not None else {},
+                    "launched_at": n.launched_at,
+                    "age_s": round(now - n.launched_at, 1),
+                }
+            )
+        return {
+            "cluster": self.cfg.cluster_name,
+            "provider": self.cfg.provider.kind,
+            "head_address": info.get("head_address") if nodes else None,
+            "runtime_error": runtime_error,
+            "nodes": rows,
+        }
+
+    # --- exec ---------------------------------------------------------------------------------------
+
+    def exec_on_head(self, cmd: str, on_output: Callable[[str], None]) -> int:
+        runner = self.provider.command_runner(self.require_head())
+        return runner.run(cmd, on_output=on_output).exit_code

@@ -1,0 +1,139 @@
+"""Running commands and moving files on a node.
+
+`CommandRunner` is what the node updater, `exec` and file sync talk to. The local runner serves the
+`local` provider: commands run on this machine in the node's directory, which is the node's HOME, with
+the node's marker in the environment so every process the node starts can be found again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from launcher.errors import LaunchError
+
+OutputFn = Callable[[str], None]
+
+
+@dataclass
+class CommandResult:
+    exit_code: int
+    tail: list[str]  # the last lines of combined output, for error reports
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class CommandFailed(LaunchError):
+    def __init__(self, cmd: str, result: CommandResult):
+        self.cmd, self.result = cmd, result
+        last = result.tail[-1] if result.tail else ""
+        super().__init__(f"command exited {result.exit_code}: {cmd}" + (f" ({last})" if last else ""))
+
+
+class CommandRunner(Protocol):
+    #: The Python interpreter that runs this project's code on the node.
+    python: str
+
+    def wait_ready(self, deadline_s: float) -> None:
+        """Block until the node accepts commands, or raise LaunchError naming the node."""
+
+    def run(
+        self,
+        cmd: str,
+        *,
+        env: dict[str, str] | None = None,
+        on_output: OutputFn | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> CommandResult: ...
+
+    def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None: ...
+
+    def read_file(self, remote_path: str) -> bytes | None:
+        """The file's content, or None if it does not exist."""
+
+
+TAIL_LINES = 20
+
+
+class LocalCommandRunner:
+    def __init__(self, home: Path, env: dict[str, str], python: str):
+        self.home = home
+        self.env = env
+        self.python = python
+
+    def resolve(self, remote_path: str) -> Path:
+        if remote_path == "~":
+            return self.home
+        if remote_path.startswith("~/"):
+            return self.home / remote_path[2:]
+        # Local nodes share this machine's filesystem; only HOME (~) is the node's own. A relative
+        # path is relative to HOME, as it is for a command run over SSH.
+        p = Path(remote_path)
+        return p if p.is_absolute() else self.home / p
+
+    def wait_ready(self, deadline_s: float) -> None:
+        if not self.home.is_dir():
+            raise LaunchError(f"local node directory {self.home} is gone")
+
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+        env.update(self.env)
+        env["HOME"] = str(self.home)
+        if extra:
+            env.update(extra)
+        return env
+
+    def run(self, cmd, *, env=None, on_output=None, timeout=None, check=False) -> CommandResult:
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        proc = subprocess.Popen(
+            ["bash", "-c", cmd],
+            cwd=self.home,
+            env=self._env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                tail.append(line.rstrip("\n"))
+                if on_output:
+                    on_output(line)
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = 124
+            tail.append(f"timed out after {timeout}s")
+        result = CommandResult(code, list(tail))
+        if check and not result.ok:
+            raise CommandFailed(cmd, result)
+        return result
+
+    def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None:
+        dst = self.resolve(remote_path)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        # Create with the final mode so a secret is never readable by others, even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+
+    def read_file(self, remote_path: str) -> bytes | None:
+        try:
+            return self.resolve(remote_path).read_bytes()
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,302 @@
+"""The cluster config: one pydantic model for the whole YAML file.
+
+Key names follow Ray's cluster launcher so that a Ray user's file validates unchanged. Our own keys:
+per node type `cost_per_hour` and `spot`, cluster-wide `max_cost_per_hour`.
+
+Validation runs in two passes: pydantic checks shapes and types (every problem at once), then
+`_semantic_problems` checks the rules that span fields. Each problem is one line that starts with the
+dotted path of the field it is about.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from launcher.errors import ConfigError
+
+# Provider types we know. `local` is overloaded as in Ray: without head_ip it is our process provider,
+# with head_ip/worker_ips it is Ray's on-prem form, which is our `ssh` provider.
+PROVIDER_TYPES = ("local", "ssh", "aws", "gcp", "azure", "slurm")
+
+_CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_NODE_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_RESOURCE_NAME = re.compile(r"^[^\s]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ProviderConfig(BaseModel):
+    """Provider section. Provider-specific keys (region, project_id, ...) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    region: str | None = None
+    availability_zone: str | None = None
+    head_ip: str | None = None
+    worker_ips: list[str] | None = None
+    use_internal_ips: bool = False
+    cache_stopped_nodes: bool | None = None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def kind(self) -> str:
+        """The provider module that serves this section: Ray's `local` + head_ip is on-prem SSH."""
+        if self.type == "local" and self.head_ip:
+            return "ssh"
+        return self.type
+
+
+class AuthConfig(_Strict):
+    ssh_user: str | None = None
+    ssh_private_key: str | None = None
+    ssh_public_key: str | None = None
+    ssh_proxy_command: str | None = None
+
+
+class DockerConfig(BaseModel):
+    # Parsed so a Ray file's docker section is understood; containers are rejected in the semantic pass.
+    model_config = ConfigDict(extra="allow")
+
+    image: str | None = None
+    head_image: str | None = None
+    worker_image: str | None = None
+    container_name: str | None = None
+
+    def wants_container(self) -> bool:
+        return bool(self.image or self.head_image or self.worker_image)
+
+
+class NodeTypeConfig(_Strict):
+    node_config: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, float] = Field(default_factory=dict)
+    min_workers: int = 0
+    max_workers: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    worker_setup_commands: list[str] | None = None
+    docker: DockerConfig | None = None
+    # Ours: price used by the autoscaler's cost-aware choice; spot marks interruptible capacity.
+    cost_per_hour: float | None = None
+    spot: bool = False
+
+
+class ClusterConfig(_Strict):
+    cluster_name: str
+    max_workers: int = 2
+    upscaling_speed: float = 1.0
+    idle_timeout_minutes: float = 5.0
+    provider: ProviderConfig
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    docker: DockerConfig | None = None
+    available_node_types: dict[str, NodeTypeConfig]
+    head_node_type: str
+    file_mounts: dict[str, str] = Field(default_factory=dict)
+    cluster_synced_files: list[str] = Field(default_factory=list)
+    file_mounts_sync_continuously: bool = False
+    rsync_exclude: list[str] = Field(default_factory=list)
+    rsync_filter: list[str] = Field(default_factory=list)
+    initialization_commands: list[str] = Field(default_factory=list)
+    setup_commands: list[str] = Field(default_factory=list)
+    head_setup_commands: list[str] = Field(default_factory=list)
+    worker_setup_commands: list[str] = Field(default_factory=list)
+    head_start_commands: list[str] = Field(
+        default_factory=list, validation_alias=AliasChoices("head_start_commands", "head_start_ray_commands")
+    )
+    worker_start_commands: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("worker_start_commands", "worker_start_ray_commands"),
+    )
+    no_restart: bool = False
+    # Ours: the autoscaler never plans a fleet above this price.
+    max_cost_per_hour: float | None = None
+
+    # Where relative file_mounts paths are resolved: the directory of the config file.
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def node_type(self, name: str) -> NodeTypeConfig:
+        return self.available_node_types[name]
+
+    def worker_max(self, name: str) -> int:
+        """A node type's own cap; Ray's default when unset is the cluster-wide cap."""
+        nt = self.available_node_types[name]
+        return self.max_workers if nt.max_workers is None else nt.max_workers
+
+    def local_mount_path(self, local: str) -> Path:
+        p = Path(local).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def setup_commands_for(self, node_type: str, is_head: bool) -> list[str]:
+        if is_head:
+            return [*self.setup_commands, *self.head_setup_commands]
+        own = self.available_node_types[node_type].worker_setup_commands
+        return [*self.setup_commands, *(self.worker_setup_commands if own is None else own)]
+
+    def start_commands_for(self, is_head: bool) -> list[str]:
+        return list(self.head_start_commands if is_head else self.worker_start_commands)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+_PYDANTIC_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _pydantic_problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        msg = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
+        if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
+            shown = repr(e["input"])
+            msg += f" (got {shown[:60]})"
+        problems.append(f"{_path(e['loc'])}: {msg}")
+    return problems
+
+
+def _semantic_problems(cfg: ClusterConfig) -> list[str]:
+    p: list[str] = []
+    if not _CLUSTER_NAME.match(cfg.cluster_name):
+        p.append(
+            "cluster_name: must start with a letter and hold only letters, digits, '-' and '_' "
+            f"(at most 63 characters), got {cfg.cluster_name!r}"
+        )
+    if cfg.max_workers < 0:
+        p.append(f"max_workers: must be >= 0 (got {cfg.max_workers})")
+    if cfg.upscaling_speed <= 0:
+        p.append(f"upscaling_speed: must be > 0 (got {cfg.upscaling_speed})")
+    if cfg.idle_timeout_minutes < 0:
+        p.append(f"idle_timeout_minutes: must be >= 0 (got {cfg.idle_timeout_minutes})")
+    if cfg.max_cost_per_hour is not None and cfg.max_cost_per_hour <= 0:
+        p.append(f"max_cost_per_hour: must be > 0 (got {cfg.max_cost_per_hour})")
+
+    prov = cfg.provider
+    if prov.type not in PROVIDER_TYPES:
+        p.append(f"provider.type: unknown provider {prov.type!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+    if prov.kind == "ssh":
+        if not prov.head_ip:
+            p.append("provider.head_ip: required for an on-prem (ssh) cluster")
+    elif prov.worker_ips:
+        p.append(f"provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type {prov.type!r})")
+
+    if not cfg.available_node_types:
+        p.append("available_node_types: must declare at least one node type")
+    elif cfg.head_node_type not in cfg.available_node_types:
+        known = ", ".join(sorted(cfg.available_node_types))
+        p.append(f"head_node_type: {cfg.head_node_type!r} is not in available_node_types ({known})")
+
+    min_sum = 0
+    for name, nt in cfg.available_node_types.items():
+        where = f"available_node_types.{name}"
+        if not _NODE_TYPE_NAME.match(name):
+            p.append(f"{where}: node type names hold only letters, digits, '.', '-' and '_'")
+        if nt.min_workers < 0:
+            p.append(f"{where}.min_workers: must be >= 0 (got {nt.min_workers})")
+        if nt.max_workers is not None:
+            if nt.max_workers < 0:
+                p.append(f"{where}.max_workers: must be >= 0 (got {nt.max_workers})")
+            elif nt.max_workers < nt.min_workers:
+                p.append(f"{where}.max_workers: must be >= min_workers ({nt.min_workers})")
+        if name != cfg.head_node_type:
+            min_sum += max(nt.min_workers, 0)
+            if nt.min_workers > cfg.max_workers:
+                p.append(f"{where}.min_workers: exceeds the cluster's max_workers ({cfg.max_workers})")
+        for res, amount in nt.resources.items():
+            if not _RESOURCE_NAME.match(res):
+                p.append(f"{where}.resources: resource name {res!r} must be non-empty without spaces")
+            elif amount < 0:
+                p.append(f"{where}.resources.{res}: must be >= 0 (got {amount})")
+        if nt.cost_per_hour is not None and nt.cost_per_hour < 0:
+            p.append(f"{where}.cost_per_hour: must be >= 0 (got {nt.cost_per_hour})")
+        if nt.docker is not None and nt.docker.wants_container():
+            p.append(f"{where}.docker: containers are not supported yet; remove the image to run on the host")
+    if min_sum > cfg.max_workers >= 0:
+        p.append(f"max_workers: must be >= the sum of the worker types' min_workers ({min_sum})")
+
+    if cfg.docker is not None and cfg.docker.wants_container():
+        p.append("docker: containers are not supported yet; remove docker.image to run on the host")
+    if cfg.cluster_synced_files:
+        p.append("cluster_synced_files: not supported yet; use file_mounts")
+    if cfg.file_mounts_sync_continuously:
+        p.append("file_mounts_sync_continuously: not supported yet; set it to false")
+
+    for remote, local in cfg.file_mounts.items():
+        if not remote.strip():
+            p.append("file_mounts: a remote path is empty")
+        elif not cfg.local_mount_path(local).exists():
+            p.append(f"file_mounts.{remote}: local path {local!r} does not exist")
+    return p
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> ClusterConfig:
+    """Validate a loaded YAML document. Raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): the cluster config must be a mapping of keys to values")
+    if "head_node" in data or "worker_nodes" in data:
+        raise ConfigError(
+            "head_node: the legacy head_node/worker_nodes format is not supported; "
+            "declare available_node_types and head_node_type"
+        )
+    try:
+        cfg = ClusterConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_pydantic_problems(e)) from None
+    cfg._base_dir = (base_dir or Path.cwd()).resolve()
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_config(data, base_dir=path.parent)
+
+
+def json_schema() -> dict[str, Any]:
+    return ClusterConfig.model_json_schema(by_alias=False)

@@ -1,0 +1,1 @@
+"""The launch runtime: what runs on the nodes (head service, node agent, client API)."""

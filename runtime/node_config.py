@@ -1,0 +1,42 @@
+"""What a node's runtime needs to start: written by the launcher to ~/.launch-runtime/node.json (0600).
+
+The file carries the cluster token, so it is the only place the token exists on the node: never on a
+command line, never in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+NODE_CONFIG_PATH = "~/.launch-runtime/node.json"
+
+
+def runtime_dir() -> Path:
+    return Path(os.path.expanduser("~/.launch-runtime"))
+
+
+@dataclass
+class NodeRuntimeConfig:
+    node_id: str
+    node_type: str
+    is_head: bool
+    token: str
+    address: str  # this node's IP as other nodes reach it
+    head_address: str = ""  # host:port of the head service (workers; the head learns its own)
+    bind_host: str = "0.0.0.0"
+    head_port: int = 0
+    resources: dict[str, float] = field(default_factory=dict)  # declared by the node type
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat_interval_s: float = 1.0
+    node_timeout_s: float = 10.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> NodeRuntimeConfig:
+        path = path or Path(os.path.expanduser(NODE_CONFIG_PATH))
+        return cls(**json.loads(path.read_text()))
