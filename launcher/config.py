@@ -231,7 +231,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
                 p.append(f"{where}.max_workers: must be >= min_workers ({nt.min_workers})")
         if name != cfg.head_node_type:
             min_sum += max(nt.min_workers, 0)
-            if nt.min_workers > cfg.max_workers:
+            if nt.min_workers > cfg.max_workers >= 0:
                 p.append(f"{where}.min_workers: exceeds the cluster's max_workers ({cfg.max_workers})")
         for res, amount in nt.resources.items():
             if not _RESOURCE_NAME.match(res):

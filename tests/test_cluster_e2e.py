@@ -1,0 +1,208 @@
+"""`launch up / status / exec / down` end to end on the local provider, through the real CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from runtime.client import HeadClient
+from tests.infra import cli, local_cluster, processes_with_env, write_config
+
+
+def _status(cfg_path: Path, home: Path) -> dict:
+    r = cli("status", str(cfg_path), "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _node_markers(st: dict) -> list[str]:
+    return [f"LAUNCH_LOCAL_NODE={n['id']}\0" for n in st["nodes"]]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A config file, a LAUNCH_HOME, and a guaranteed `down` afterwards."""
+    home = tmp_path / "home"
+    (tmp_path / "payload").mkdir()
+    (tmp_path / "payload" / "data.txt").write_text("v1\n")
+    data = local_cluster("e2e", file_mounts={"~/payload": "./payload"})
+    path = write_config(tmp_path / "cluster.yaml", data)
+    yield path, home, data
+    cli("down", str(path), "--yes", home=home)
+
+
+def test_up_status_exec_idempotent_setup_change_down(cluster, tmp_path):
+    path, home, data = cluster
+
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "head" in r.stdout and "created" in r.stdout
+
+    st = _status(path, home)
+    assert [n["kind"] for n in st["nodes"]] == ["head", "worker"]
+    assert all(n["status"] == "up-to-date" and n["runtime"] == "alive" for n in st["nodes"])
+    head, worker = st["nodes"]
+    assert head["resources_total"]["CPU"] == 1 and worker["resources_total"]["CPU"] == 2
+    assert worker["node_type"] == "cpu"
+    ids = [n["id"] for n in st["nodes"]]
+
+    # the human table has the same nodes
+    table = cli("status", str(path), home=home)
+    assert table.returncode == 0 and all(i in table.stdout for i in ids) and "CPU 0/2" in table.stdout
+
+    # exec streams output from the head, with file mounts and setup in place, and passes the exit code
+    r = cli("exec", str(path), "cat ~/payload/data.txt; cat ~/setup.log; echo $HOME; exit 5", home=home)
+    assert r.returncode == 5
+    out = r.stdout.splitlines()
+    assert out[0] == "v1" and out[1] == "setup-v1" and out[2].endswith(head["id"])
+
+    # unchanged config: nothing is redone
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "nothing changed" in r.stdout
+    assert cli("exec", str(path), "cat ~/setup.log", home=home).stdout.split() == ["setup-v1"]
+
+    # a changed setup command re-runs setup on the same nodes (not replaced)
+    changed = copy.deepcopy(data)
+    changed["setup_commands"] = ["echo setup-v2 >> ~/setup.log"]
+    write_config(path, changed)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "created" not in r.stdout and "set up" in r.stdout
+    st2 = _status(path, home)
+    assert [n["id"] for n in st2["nodes"]] == ids
+    assert all(n["runtime"] == "alive" for n in st2["nodes"])
+    assert cli("exec", str(path), "cat ~/setup.log", home=home).stdout.split() == ["setup-v1", "setup-v2"]
+
+    # a changed file mount is synced again
+    (tmp_path / "payload" / "data.txt").write_text("v2\n")
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    assert cli("exec", str(path), "cat ~/payload/data.txt", home=home).stdout == "v2\n"
+
+    markers = _node_markers(st2)
+    r = cli("down", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "2 node(s) terminated" in r.stdout
+    assert all(processes_with_env(m) == [] for m in markers), "a process of the cluster is left after down"
+    assert _status(path, home)["nodes"] == []
+    assert not (home / "clusters" / "e2e" / "token").exists()
+
+
+def test_changed_node_config_replaces_the_node(cluster):
+    path, home, data = cluster
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    before = {n["kind"]: n["id"] for n in _status(path, home)["nodes"]}
+    changed = copy.deepcopy(data)
+    changed["available_node_types"]["cpu"]["node_config"] = {"flavour": "bigger"}
+    write_config(path, changed)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    after = {n["kind"]: n["id"] for n in _status(path, home)["nodes"]}
+    assert after["head"] == before["head"]  # the head's node_config did not change
+    assert after["worker"] != before["worker"]
+    assert processes_with_env(f"LAUNCH_LOCAL_NODE={before['worker']}\0") == []
+
+
+def test_outdated_node_not_replaced_without_confirmation(cluster):
+    path, home, data = cluster
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    changed = copy.deepcopy(data)
+    changed["available_node_types"]["head"]["node_config"] = {"flavour": "bigger"}
+    write_config(path, changed)
+    r = cli("up", str(path), home=home)  # no --yes and no terminal to ask
+    assert r.returncode == 1
+    assert "outdated" in r.stderr and "Traceback" not in r.stderr
+    assert len(_status(path, home)["nodes"]) == 2
+
+
+def test_dead_runtime_is_restarted_by_up(cluster):
+    path, home, _ = cluster
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    worker = _status(path, home)["nodes"][1]
+    pid_file = home / "clusters" / "e2e" / "local" / "nodes" / worker["id"] / ".launch-runtime" / "pids" / "agent.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert f"worker {worker['id']}: runtime started" in r.stdout
+    assert all(n["runtime"] == "alive" for n in _status(path, home)["nodes"])
+
+
+def test_failing_head_setup_is_reported_and_fails_up(tmp_path):
+    home = tmp_path / "home"
+    path = write_config(tmp_path / "c.yaml", local_cluster(
+        "failing", head_setup_commands=["echo about to fail", "echo the last words >&2; exit 3"]))
+    try:
+        r = cli("up", str(path), "--yes", home=home)
+        assert r.returncode == 1
+        err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+        assert len(err_lines) == 1
+        assert "failed at setting-up" in err_lines[0] and "exited 3" in err_lines[0]
+        assert "the last words" in err_lines[0]
+        assert "Traceback" not in r.stderr
+        (head,) = _status(path, home)["nodes"]
+        assert head["status"] == "update-failed"
+        log = (home / "clusters" / "failing" / "logs" / f"{head['id']}.log").read_text()
+        assert "about to fail" in log and "FAILED at setting-up" in log
+    finally:
+        cli("down", str(path), "--yes", home=home)
+
+
+def test_failing_worker_does_not_fail_up(tmp_path):
+    home = tmp_path / "home"
+    path = write_config(tmp_path / "c.yaml", local_cluster("wfail", worker_setup_commands=["exit 9"]))
+    try:
+        r = cli("up", str(path), "--yes", home=home)
+        assert r.returncode == 0, r.stderr
+        assert "failed" in r.stderr and "exited 9" in r.stderr
+        statuses = {n["kind"]: (n["status"], n["runtime"]) for n in _status(path, home)["nodes"]}
+        assert statuses == {"head": ("up-to-date", "alive"), "worker": ("update-failed", "not registered")}
+    finally:
+        cli("down", str(path), "--yes", home=home)
+
+
+def test_live_head_refuses_callers_without_the_token_and_token_stays_secret(cluster):
+    path, home, _ = cluster
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    cdir = home / "clusters" / "e2e"
+    token_file = cdir / "token"
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    token = token_file.read_text().strip()
+    address = json.loads((cdir / "cluster.json").read_text())["head_address"]
+
+    with HeadClient(address, "not-the-token") as client, pytest.raises(grpc.RpcError) as e:
+        client.cluster_state()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with HeadClient(address, token) as client:
+        assert len(client.cluster_state().nodes) == 2
+
+    # never in a log, never on a command line
+    for log in cdir.rglob("*.log"):
+        assert token not in log.read_text(errors="replace"), log
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read()
+            except OSError:
+                continue
+            assert token.encode() not in cmdline
+    node_cfgs = list(cdir.glob("local/nodes/*/.launch-runtime/node.json"))
+    assert len(node_cfgs) == 2 and all((p.stat().st_mode & 0o777) == 0o600 for p in node_cfgs)
+
+
+def test_commands_on_a_cluster_that_is_not_up(tmp_path):
+    path = write_config(tmp_path / "c.yaml", local_cluster("absent"))
+    home = tmp_path / "home"
+    r = cli("exec", str(path), "true", home=home)
+    assert r.returncode == 1 and "is not up" in r.stderr and "Traceback" not in r.stderr
+    r = cli("status", str(path), home=home)
+    assert r.returncode == 0 and "has no nodes" in r.stdout
+    r = cli("down", str(path), home=home)  # no --yes, no terminal: refuses
+    assert r.returncode == 1 and "not confirmed" in r.stderr
+    r = cli("down", str(path), "--yes", home=home)
+    assert r.returncode == 0 and "0 node(s) terminated" in r.stdout

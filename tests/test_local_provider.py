@@ -1,0 +1,109 @@
+"""The local provider: real processes on this machine, state that survives CLI invocations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from launcher.config import parse_config
+from providers import get_provider
+from providers.base import NodeNotFound
+from providers.local import LocalProvider, process_start_time
+from tests.infra import local_cluster, processes_with_env
+
+
+@pytest.fixture
+def provider(tmp_path):
+    cfg = parse_config(local_cluster("prov"))
+    p = get_provider(cfg, tmp_path / "cluster")
+    yield p
+    p.terminate_nodes([n.id for n in p.list_nodes({})])
+
+
+def _wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_registry_returns_local_provider(provider):
+    assert isinstance(provider, LocalProvider)
+
+
+def test_create_list_tag_terminate(provider, tmp_path):
+    nodes = provider.create_nodes("cpu", 2, {"launch-cluster": "prov", "role": "x"})
+    assert len(nodes) == 2 and all(n.state == "running" and n.internal_ip == "127.0.0.1" for n in nodes)
+    assert {n.id for n in provider.list_nodes({"role": "x"})} == {n.id for n in nodes}
+    assert provider.list_nodes({"role": "y"}) == []
+
+    provider.set_tags(nodes[0].id, {"role": "y"})
+    # a second provider object, as a second CLI invocation would make, sees the same nodes and tags
+    again = LocalProvider(provider.cfg, tmp_path / "cluster")
+    assert [n.id for n in again.list_nodes({"role": "y"})] == [nodes[0].id]
+
+    again.terminate_nodes([nodes[0].id, "local-unknown"])  # unknown ids are ignored
+    assert [n.id for n in provider.list_nodes({})] == [nodes[1].id]
+    assert processes_with_env(f"LAUNCH_LOCAL_NODE={nodes[0].id}\0") == []
+    provider.terminate_nodes([nodes[0].id])  # idempotent
+    with pytest.raises(NodeNotFound):
+        provider.set_tags(nodes[0].id, {"a": "b"})
+
+
+def test_terminate_stops_daemonized_descendants(provider):
+    node = provider.create_nodes("cpu", 1, {})[0]
+    runner = provider.command_runner(node)
+    # a daemon in its own session, as a runtime would start it: it outlives the command that started it
+    r = runner.run("setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo started")
+    assert r.ok and r.tail == ["started"]
+    marker = f"LAUNCH_LOCAL_NODE={node.id}\0"
+    assert _wait(lambda: len(processes_with_env(marker)) >= 2)  # the machine and the sleeper
+    provider.terminate_nodes([node.id])
+    assert processes_with_env(marker) == []
+    assert not (provider.nodes_dir / node.id).exists()
+
+
+def test_dead_machine_is_dropped_and_its_processes_swept(provider):
+    node = provider.create_nodes("cpu", 1, {})[0]
+    provider.command_runner(node).run("setsid sleep 300 >/dev/null 2>&1 < /dev/null &")
+    state = provider._locked_state
+    with state() as s:
+        pid = s[node.id]["pid"]
+    os.kill(pid, signal.SIGKILL)  # the "VM" crashes
+    assert _wait(lambda: process_start_time(pid) is None)
+    assert provider.list_nodes({}) == []
+    assert processes_with_env(f"LAUNCH_LOCAL_NODE={node.id}\0") == []
+
+
+def test_runner_home_env_exit_code_and_streaming(provider):
+    node = provider.create_nodes("cpu", 1, {})[0]
+    runner = provider.command_runner(node)
+    lines = []
+    r = runner.run('echo "$HOME"; pwd; echo err >&2; exit 7', on_output=lines.append)
+    home = str(provider.nodes_dir / node.id)
+    assert r.exit_code == 7
+    assert [l.rstrip("\n") for l in lines] == [home, home, "err"]
+
+
+def test_runner_put_file_is_atomic_with_mode(provider):
+    node = provider.create_nodes("cpu", 1, {})[0]
+    runner = provider.command_runner(node)
+    runner.put_file(b"secret", "~/.launch-runtime/node.json", mode=0o600)
+    path = provider.nodes_dir / node.id / ".launch-runtime" / "node.json"
+    assert path.read_bytes() == b"secret"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert runner.read_file("~/.launch-runtime/node.json") == b"secret"
+    assert runner.read_file("~/missing") is None
+
+
+def test_unavailable_provider_kind_is_a_clear_config_error(tmp_path):
+    from launcher.errors import ConfigError
+
+    cfg = parse_config({**local_cluster("c"), "provider": {"type": "gcp", "project_id": "p"}})
+    with pytest.raises(ConfigError, match="provider.type: the 'gcp' provider is not available"):
+        get_provider(cfg, tmp_path)

@@ -1,0 +1,80 @@
+"""The head service over real gRPC: token required on every call, registration, heartbeats, death."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from runtime.client import HeadClient
+from runtime.head import serve
+from runtime.node_config import NodeRuntimeConfig
+from runtime.proto import head_pb2 as pb
+from runtime.proto import head_pb2_grpc as pb_grpc
+
+TOKEN = "t0k3n-for-tests"
+
+
+@pytest.fixture
+def head():
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0, node_timeout_s=0.5)
+    server, servicer, port = serve(cfg)
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(grace=0)
+
+
+def _register(client, node_id="n1"):
+    return client.register(pb.RegisterNodeRequest(
+        node_id=node_id, node_type="cpu", address="127.0.0.1",
+        total=pb.Resources(amounts={"CPU": 2.0}), labels={"zone": "a"}))
+
+
+@pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)],
+                         ids=["no-token", "wrong-token", "no-bearer-prefix"])
+def test_every_call_without_the_token_is_refused(head, metadata):
+    address, servicer = head
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.HeadStub(channel)
+    calls = [
+        lambda: stub.GetClusterState(pb.ClusterStateRequest(), metadata=metadata, timeout=5),
+        lambda: stub.RegisterNode(pb.RegisterNodeRequest(node_id="evil"), metadata=metadata, timeout=5),
+        lambda: stub.Heartbeat(pb.HeartbeatRequest(node_id="evil"), metadata=metadata, timeout=5),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert servicer.nodes == {}  # nothing got through
+    channel.close()
+
+
+def test_register_heartbeat_state(head):
+    address, _ = head
+    with HeadClient(address, TOKEN) as client:
+        assert _register(client).heartbeat_interval_s > 0
+        assert client.heartbeat(pb.HeartbeatRequest(
+            node_id="n1", available=pb.Resources(amounts={"CPU": 1.5}), idle_since=0)).known
+        assert not client.heartbeat(pb.HeartbeatRequest(node_id="stranger")).known
+        st = client.cluster_state()
+    (node,) = st.nodes
+    assert node.node_id == "n1" and node.state == "alive" and node.labels["zone"] == "a"
+    assert dict(node.total.amounts) == {"CPU": 2.0} and dict(node.available.amounts) == {"CPU": 1.5}
+
+
+def test_silent_node_is_declared_dead_and_must_reregister(head):
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        servicer.clock = lambda: servicer.nodes["n1"].last_heartbeat + 1.0  # 1s of silence > 0.5s timeout
+        assert servicer.mark_dead_nodes() == ["n1"]
+        assert client.cluster_state().nodes[0].state == "dead"
+        assert not client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known  # tells the agent to register
+        _register(client)
+        assert client.cluster_state().nodes[0].state == "alive"
+
+
+def test_head_refuses_to_start_without_a_token():
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
+                            bind_host="127.0.0.1")
+    with pytest.raises(ValueError, match="without a cluster token"):
+        serve(cfg)
