@@ -188,5 +188,90 @@ def exec_(
     raise typer.Exit(code)
 
 
+job_app = typer.Typer(help="List, follow and cancel jobs.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+
+def _exit_for(info) -> int:
+    return 0 if info.state == "finished" else (info.exit_code or 1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_handle_errors
+def submit(
+    ctx: typer.Context,
+    config: Path = ConfigFile,
+    script: Path = typer.Argument(..., help="The script to run (.py with the node's Python, .sh with bash)."),
+    cpus: float = typer.Option(1, "--cpus", help="CPUs the job needs."),
+    gpus: float = typer.Option(0, "--gpus", help="GPUs the job needs (fractions allowed below 1)."),
+    resource: list[str] = typer.Option([], "--resource", "-r", help="A custom resource NAME=AMOUNT (repeatable)."),
+    name: str = typer.Option(None, "--name", help="A name for the job (default: the script's)."),
+    max_retries: int = typer.Option(0, "--max-retries", help="Times to requeue the job if its node dies."),
+    no_follow: bool = typer.Option(False, "--no-follow", help="Print the job id and return at once."),
+) -> None:
+    """Upload a script and run it as a job on the cluster; args after `--` go to the script."""
+    from launcher.jobs import follow_logs, parse_resources, submit_job
+
+    cluster = _cluster(config)
+    with cluster.head_client() as client:
+        job_id = submit_job(client, script, list(ctx.args), cpus=cpus, gpus=gpus,
+                            resources=parse_resources(resource), name=name, max_retries=max_retries)
+        err.print(f"submitted job {job_id}", highlight=False)
+        if no_follow:
+            print(job_id)
+            return
+        info = follow_logs(client, job_id)
+    err.print(f"job {job_id} {info.state}" + (f": {info.message}" if info.message else ""), highlight=False)
+    raise typer.Exit(_exit_for(info))
+
+
+@job_app.command("list")
+@_handle_errors
+def job_list(config: Path = ConfigFile, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The cluster's jobs with their state."""
+    cluster = _cluster(config)
+    with cluster.head_client() as client:
+        items = client.list_items("job")
+    rows = [{"id": i.id, "name": i.name, "state": i.state, "node": i.node_id, "exit_code": i.exit_code,
+             "resources": dict(i.request.amounts), "submitted_at": i.submitted_at, "message": i.message}
+            for i in items]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"jobs of cluster {cluster.cfg.cluster_name}")
+    for col in ("JOB", "NAME", "STATE", "NODE", "RESOURCES", "EXIT", "MESSAGE"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["state"], r["node"] or "-",
+                      ", ".join(f"{k} {v:g}" for k, v in r["resources"].items()) or "-",
+                      str(r["exit_code"]) if r["state"] in ("finished", "failed") else "-", r["message"])
+    out.print(table)
+
+
+@job_app.command("logs")
+@_handle_errors
+def job_logs(config: Path = ConfigFile, job_id: str = typer.Argument(...),
+             follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends.")) -> None:
+    """Print a job's output (stdout and stderr)."""
+    from launcher.jobs import follow_logs
+
+    with _cluster(config).head_client() as client:
+        follow_logs(client, job_id, follow=follow)
+
+
+@job_app.command("cancel")
+@_handle_errors
+def job_cancel(config: Path = ConfigFile, job_id: str = typer.Argument(...)) -> None:
+    """Cancel a job: dropped if queued, stopped (its whole process group) if running."""
+    import grpc
+
+    with _cluster(config).head_client() as client:
+        try:
+            state = client.cancel(job_id)
+        except grpc.RpcError as e:
+            raise LaunchError(f"job {job_id}: {e.details()}") from None
+    out.print(f"job {job_id}: {'cancelled' if state == 'cancelled' else 'cancelling' if state == 'running' else state}")
+
+
 def main() -> None:
     app()

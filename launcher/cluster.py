@@ -196,6 +196,9 @@ class Cluster:
             head_port=head_port,
             resources=dict(nt.resources),
             labels=dict(nt.labels),
+            node_types={name: dict(t.resources) for name, t in cfg.available_node_types.items()} if is_head else {},
+            heartbeat_interval_s=cfg.runtime.heartbeat_interval_s,
+            node_timeout_s=cfg.runtime.node_timeout_s,
         )
         return NodeUpdater(
             self.provider, node, cfg, runtime_cfg,
@@ -297,6 +300,14 @@ class Cluster:
             "runtime_error": runtime_error,
             "nodes": rows,
         }
+
+    def head_client(self) -> HeadClient:
+        """A client of the head service, with this cluster's token."""
+        self.require_head()
+        info, token = self.dir.read_info(), self.dir.existing_token()
+        if not info.get("head_address") or not token:
+            raise LaunchError(f"cluster {self.cfg.cluster_name!r} has no known head service; run `launch up` again")
+        return HeadClient(info["head_address"], token, timeout_s=30)
 
     # --- exec ---------------------------------------------------------------------------------------
 

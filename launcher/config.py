@@ -90,6 +90,13 @@ class NodeTypeConfig(_Strict):
     spot: bool = False
 
 
+class RuntimeSettings(_Strict):
+    """Ours: how the runtime tells a dead node: heartbeats every interval, dead after the timeout."""
+
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    node_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class ClusterConfig(_Strict):
     cluster_name: str
     max_workers: int = 2
@@ -119,6 +126,7 @@ class ClusterConfig(_Strict):
     no_restart: bool = False
     # Ours: the autoscaler never plans a fleet above this price.
     max_cost_per_hour: float | None = None
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     # Where relative file_mounts paths are resolved: the directory of the config file.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -172,6 +180,7 @@ _PYDANTIC_MESSAGES = {
     "list_type": "must be a list",
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
+    "greater_than": "must be > 0",
 }
 
 

@@ -51,5 +51,6 @@ def runtime_hash(
             "resources": nt.resources,
             "labels": nt.labels,
             "head": head_address,
+            "runtime": cfg.runtime.model_dump(),
         }
     )

@@ -1,22 +1,25 @@
-"""The node agent: registers its node's resources with the head and heartbeats.
+"""The node agent: registers its node's resources with the head, heartbeats, and runs assigned work.
 
-If the head forgets the node (a head restart) the agent registers again; if the head is unreachable it
-keeps retrying with capped backoff, so a worker started before its head catches up.
+Work arrives over a stream the agent opens to the head (the agent needs no open port). If the head
+forgets the node (a head restart) the agent registers again; if the head is unreachable it keeps
+retrying with capped backoff, so a worker started before its head catches up.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
-import time
 
 import grpc
 
 from runtime.client import HeadClient
+from runtime.executor import Executor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
-from runtime.resources import node_resources
+from runtime.resources import detect_gpus, node_resources
 
 log = logging.getLogger("launch.runtime.agent")
 
@@ -24,44 +27,63 @@ log = logging.getLogger("launch.runtime.agent")
 class Agent:
     def __init__(self, cfg: NodeRuntimeConfig, head_address: str):
         self.cfg = cfg
-        self.client = HeadClient(head_address, cfg.token, timeout_s=5.0)
+        self.client = HeadClient(head_address, cfg.token, timeout_s=10.0)
         self.total = node_resources(cfg.resources)
-        self.idle_since = time.time()
+        detected = [g["index"] for g in detect_gpus()]
+        self.gpu_ids = detected if len(detected) >= int(self.total.get("GPU", 0)) else []
         self.interval = cfg.heartbeat_interval_s
         self.stop = threading.Event()
+        self.registered = threading.Event()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+        # Work on the node can submit more work: it finds the head and token in its environment.
+        env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": cfg.token,
+                    "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})
+        self.executor = Executor(cfg.node_id, env, self._report, self._ship_log)
 
     def register(self) -> None:
         reply = self.client.register(
             pb.RegisterNodeRequest(
-                node_id=self.cfg.node_id,
-                node_type=self.cfg.node_type,
-                address=self.cfg.address,
-                is_head=self.cfg.is_head,
-                total=pb.Resources(amounts=self.total),
-                labels=self.cfg.labels,
+                node_id=self.cfg.node_id, node_type=self.cfg.node_type, address=self.cfg.address,
+                is_head=self.cfg.is_head, total=pb.Resources(amounts=self.total), labels=self.cfg.labels,
+                gpu_ids=self.gpu_ids,
             )
         )
         self.interval = reply.heartbeat_interval_s or self.interval
+        self.registered.set()
         log.info("registered with the head at %s: %s", self.client.address, self.total)
 
-    def run(self) -> None:
-        registered = False
+    def _retrying(self, what: str, fn, attempts: int = 30) -> None:
+        delay = 0.1
+        for _ in range(attempts):
+            try:
+                fn()
+                return
+            except grpc.RpcError as e:
+                if self.stop.is_set():
+                    return
+                log.warning("%s failed (%s); retrying in %.1fs", what, e.code().name, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        log.error("%s failed %d times; giving up", what, attempts)
+
+    def _report(self, result: pb.ItemResult) -> None:
+        self._retrying(f"report of {result.id}",
+                       lambda: self.client.report(pb.ReportRequest(node_id=self.cfg.node_id, result=result)))
+
+    def _ship_log(self, item_id: str, data: bytes) -> None:
+        self._retrying(f"log of {item_id}",
+                       lambda: self.client.append_log(pb.AppendLogRequest(item_id=item_id, data=data)))
+
+    def heartbeat_loop(self) -> None:
         backoff = 0.2
         while not self.stop.is_set():
             try:
-                if not registered:
+                if not self.registered.is_set():
                     self.register()
-                    registered = True
-                reply = self.client.heartbeat(
-                    pb.HeartbeatRequest(
-                        node_id=self.cfg.node_id,
-                        available=pb.Resources(amounts=self.total),
-                        idle_since=self.idle_since,
-                    )
-                )
+                reply = self.client.heartbeat(pb.HeartbeatRequest(node_id=self.cfg.node_id))
                 if not reply.known:
                     log.warning("the head does not know this node; registering again")
-                    registered = False
+                    self.registered.clear()
                     continue
                 backoff = 0.2
                 self.stop.wait(self.interval)
@@ -72,6 +94,28 @@ class Agent:
                     log.warning("head unreachable (%s); retrying in %.1fs", e.code().name, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def work_loop(self) -> None:
+        while not self.stop.is_set():
+            if not self.registered.wait(timeout=0.5):
+                continue
+            try:
+                for assignment in self.client.work_stream(self.cfg.node_id):
+                    self.executor.handle(assignment)
+                    if self.stop.is_set():
+                        break
+            except grpc.RpcError as e:
+                if not self.stop.is_set():
+                    log.warning("work stream closed (%s); reopening", e.code().name)
+                    self.stop.wait(0.5)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self.heartbeat_loop, daemon=True, name="heartbeat"),
+                   threading.Thread(target=self.work_loop, daemon=True, name="work")]
+        for t in threads:
+            t.start()
+        self.stop.wait()
+        self.executor.shutdown()
         self.client.close()
 
 

@@ -34,3 +34,39 @@ class HeadClient:
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         return self._stub.Heartbeat(request, metadata=self._md, timeout=self.timeout_s)
+
+    # --- work ---------------------------------------------------------------------------------------
+
+    def submit(self, spec: pb.WorkSpec) -> str:
+        return self._stub.Submit(pb.SubmitRequest(spec=spec), metadata=self._md, timeout=self.timeout_s).id
+
+    def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0) -> list[pb.ItemResult]:
+        """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns."""
+        req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
+                                   num_returns=num_returns)
+        return list(self._stub.GetResults(req, metadata=self._md).results)
+
+    def cancel(self, item_id: str) -> str:
+        return self._stub.Cancel(pb.CancelRequest(id=item_id), metadata=self._md, timeout=self.timeout_s).state
+
+    def list_items(self, kind: str = "") -> list[pb.ItemInfo]:
+        return list(self._stub.ListItems(pb.ListItemsRequest(kind=kind), metadata=self._md,
+                                         timeout=self.timeout_s).items)
+
+    def job_logs(self, item_id: str, offset: int = 0) -> pb.JobLogsReply:
+        return self._stub.JobLogs(pb.JobLogsRequest(id=item_id, offset=offset), metadata=self._md,
+                                  timeout=self.timeout_s)
+
+    def drain(self, node_id: str) -> pb.DrainReply:
+        return self._stub.Drain(pb.DrainRequest(node_id=node_id), metadata=self._md, timeout=self.timeout_s)
+
+    # --- agent side ---------------------------------------------------------------------------------
+
+    def work_stream(self, node_id: str):
+        return self._stub.WorkStream(pb.WorkStreamRequest(node_id=node_id), metadata=self._md)
+
+    def report(self, request: pb.ReportRequest) -> None:
+        self._stub.Report(request, metadata=self._md, timeout=self.timeout_s)
+
+    def append_log(self, request: pb.AppendLogRequest) -> None:
+        self._stub.AppendLog(request, metadata=self._md, timeout=self.timeout_s)

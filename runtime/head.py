@@ -1,4 +1,4 @@
-"""The head service: node registry, heartbeats, and the cluster state the autoscaler reads.
+"""The head service: node registry, heartbeats, the scheduler's front door, and cluster state.
 
 Started on the head node by `python -m runtime.node start`; serves gRPC on the node config's bind host
 and port (0: any free port), behind the cluster-token interceptor, and writes the address it serves on
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -21,6 +23,7 @@ from runtime.auth import TokenInterceptor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
+from runtime.scheduler import DONE_STATES, INFEASIBLE, InvalidRequest, Item, Scheduler
 
 log = logging.getLogger("launch.runtime.head")
 
@@ -29,94 +32,224 @@ ALIVE, DEAD = "alive", "dead"
 
 @dataclass
 class NodeRecord:
+    """What the head knows of a node beyond its resources: where it is and whether it is heard from."""
+
     node_id: str
     node_type: str
     address: str
     is_head: bool
-    total: dict[str, float]
     labels: dict[str, str]
     registered_at: float
     last_heartbeat: float
-    available: dict[str, float] = field(default_factory=dict)
-    idle_since: float = 0.0
     state: str = ALIVE
+    outbox: queue.Queue = field(default_factory=queue.Queue)  # Assignments for its WorkStream
 
 
 class HeadServicer(pb_grpc.HeadServicer):
-    def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time):
+    def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time,
+                 node_types: dict[str, dict[str, float]] | None = None, log_dir: Path | None = None):
         self.heartbeat_interval_s = heartbeat_interval_s
         self.node_timeout_s = node_timeout_s
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
-        self.lock = threading.Lock()
+        self.sched = Scheduler(node_types)
+        self.cond = threading.Condition()  # guards nodes and sched; notified when an item finishes
+        self.log_dir = log_dir or (runtime_dir() / "job-logs")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- nodes --------------------------------------------------------------------------------------
 
     def RegisterNode(self, request, context):
         now = self.clock()
         total = dict(request.total.amounts)
-        with self.lock:
-            self.nodes[request.node_id] = NodeRecord(
-                node_id=request.node_id,
-                node_type=request.node_type,
-                address=request.address,
-                is_head=request.is_head,
-                total=total,
-                labels=dict(request.labels),
-                registered_at=now,
-                last_heartbeat=now,
-                available=dict(total),
-                idle_since=now,
-            )
+        with self.cond:
+            old = self.nodes.get(request.node_id)
+            rec = NodeRecord(request.node_id, request.node_type, request.address, request.is_head,
+                             dict(request.labels), now, now)
+            if old is not None:
+                rec.outbox = old.outbox
+            self.nodes[request.node_id] = rec
+            lost = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
+                                       list(request.gpu_ids))
+            self._dispatch(now)
+            self.cond.notify_all()
+        if lost:
+            log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
         log.info("node %s (%s) registered from %s: %s", request.node_id, request.node_type, request.address, total)
         return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s)
 
     def Heartbeat(self, request, context):
-        with self.lock:
+        with self.cond:
             rec = self.nodes.get(request.node_id)
             if rec is None or rec.state == DEAD:
                 return pb.HeartbeatReply(known=False)
             rec.last_heartbeat = self.clock()
-            rec.available = dict(request.available.amounts)
-            rec.idle_since = request.idle_since
         return pb.HeartbeatReply(known=True)
 
-    def GetClusterState(self, request, context):
-        with self.lock:
-            nodes = [
-                pb.NodeState(
-                    node_id=r.node_id,
-                    node_type=r.node_type,
-                    address=r.address,
-                    is_head=r.is_head,
-                    state=r.state,
-                    total=pb.Resources(amounts=r.total),
-                    available=pb.Resources(amounts=r.available),
-                    labels=r.labels,
-                    registered_at=r.registered_at,
-                    last_heartbeat=r.last_heartbeat,
-                    idle_since=r.idle_since,
-                )
-                for r in self.nodes.values()
-            ]
-        return pb.ClusterState(nodes=nodes, now=self.clock())
-
     def mark_dead_nodes(self) -> list[str]:
-        """Nodes silent for longer than the timeout are dead; returns the ones newly declared so."""
+        """Nodes silent for longer than the timeout are dead: their work goes back to the queue."""
         now = self.clock()
         newly = []
-        with self.lock:
+        with self.cond:
             for r in self.nodes.values():
                 if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
                     r.state = DEAD
                     newly.append(r.node_id)
-        for node_id in newly:
-            log.warning("node %s missed heartbeats for %.0fs: declared dead", node_id, self.node_timeout_s)
+                    touched = self.sched.remove_node(r.node_id, now)
+                    log.warning("node %s missed heartbeats for %.0fs: declared dead; %d item(s) requeued or failed",
+                                r.node_id, self.node_timeout_s, len(touched))
+            if newly:
+                self._dispatch(now)
+                self.cond.notify_all()
         return newly
 
+    def Drain(self, request, context):
+        with self.cond:
+            drained, running = self.sched.drain(request.node_id)
+        return pb.DrainReply(drained=drained, running=running)
 
-def serve(cfg: NodeRuntimeConfig) -> tuple[grpc.Server, HeadServicer, int]:
-    servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s)
+    def GetClusterState(self, request, context):
+        with self.cond:
+            nodes = []
+            for r in self.nodes.values():
+                n = self.sched.nodes.get(r.node_id)
+                nodes.append(pb.NodeState(
+                    node_id=r.node_id, node_type=r.node_type, address=r.address, is_head=r.is_head,
+                    state=r.state,
+                    total=pb.Resources(amounts=n.total if n else {}),
+                    available=pb.Resources(amounts=n.available if n else {}),
+                    labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+                    idle_since=n.idle_since if n else 0.0,
+                    draining=bool(n and n.draining), running=len(n.running) if n else 0,
+                ))
+            demand = [pb.ShapeDemand(shape=pb.Resources(amounts=dict(s)), count=c) for s, c in self.sched.demand()]
+            infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
+                          for s, c, why in self.sched.infeasible_demand()]
+        return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible)
+
+    # --- work ---------------------------------------------------------------------------------------
+
+    def Submit(self, request, context):
+        spec = request.spec
+        if spec.kind not in ("task", "job"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be task or job, got {spec.kind!r}")
+        now = self.clock()
+        with self.cond:
+            item = Item(id=self.sched.new_id(spec.kind), kind=spec.kind, name=spec.name or spec.kind,
+                        request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
+                        submitted_at=now, spec=spec, depends_on=set(spec.depends_on))
+            try:
+                self.sched.submit(item, now)
+            except InvalidRequest as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            self._dispatch(now)
+            self.cond.notify_all()
+        return pb.SubmitReply(id=item.id)
+
+    def _dispatch(self, now: float) -> None:
+        """Schedule, and hand each newly placed item to its node's WorkStream. Caller holds the lock."""
+        for item in self.sched.schedule(now):
+            deps = {d: self.sched.items[d].result.value for d in item.spec.depends_on}
+            self.nodes[item.node_id].outbox.put(pb.Assignment(
+                item_id=item.id, spec=item.spec, gpu_ids=item.gpu_ids, dep_values=deps, attempt=item.attempt))
+
+    def WorkStream(self, request, context):
+        with self.cond:
+            rec = self.nodes.get(request.node_id)
+        if rec is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
+        while context.is_active():
+            try:
+                yield rec.outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def Report(self, request, context):
+        r = request.result
+        now = self.clock()
+        with self.cond:
+            item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r)
+            if item is not None:
+                self._dispatch(now)
+                self.cond.notify_all()
+        return pb.ReportReply()
+
+    def _result(self, item: Item) -> pb.ItemResult:
+        res = pb.ItemResult(id=item.id, state=item.state, message=item.message, exit_code=item.exit_code,
+                            node_id=item.node_id)
+        if item.result is not None:
+            res.value, res.error = item.result.value, item.result.error
+        return res
+
+    def GetResults(self, request, context):
+        ids = list(request.ids)
+        unknown = [i for i in ids if i not in self.sched.items]
+        if unknown:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
+        want = request.num_returns or len(ids)
+        deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
+        with self.cond:
+            while True:
+                done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
+                left = None if deadline is None else deadline - time.monotonic()
+                if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
+                    return pb.GetResultsReply(results=[self._result(i) for i in done])
+                self.cond.wait(timeout=1.0 if left is None else min(left, 1.0))
+
+    def Cancel(self, request, context):
+        now = self.clock()
+        with self.cond:
+            try:
+                state, node_id = self.sched.cancel(request.id, now)
+            except KeyError:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.id}")
+            if node_id and node_id in self.nodes:
+                self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.id, cancel=True))
+            self.cond.notify_all()
+        return pb.CancelReply(state=state)
+
+    def ListItems(self, request, context):
+        with self.cond:
+            items = [i for i in self.sched.items.values() if not request.kind or i.kind == request.kind]
+            infos = [pb.ItemInfo(id=i.id, kind=i.kind, name=i.name, state=i.state, node_id=i.node_id,
+                                 request=pb.Resources(amounts=i.request), submitted_at=i.submitted_at,
+                                 started_at=i.started_at, finished_at=i.finished_at, exit_code=i.exit_code,
+                                 message=i.message, attempt=i.attempt) for i in items]
+        return pb.ListItemsReply(items=infos)
+
+    # --- job logs: shipped by the agent, kept by the head ------------------------------------------
+
+    def _log_path(self, item_id: str) -> Path:
+        return self.log_dir / f"{item_id}.log"
+
+    def AppendLog(self, request, context):
+        if request.item_id not in self.sched.items:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.item_id}")
+        with open(self._log_path(request.item_id), "ab") as f:
+            f.write(request.data)
+        return pb.AppendLogReply()
+
+    def JobLogs(self, request, context):
+        item = self.sched.items.get(request.id)
+        if item is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown job {request.id}")
+        done = item.state in DONE_STATES or item.state == INFEASIBLE
+        try:
+            with open(self._log_path(request.id), "rb") as f:
+                f.seek(request.offset)
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            data = b""
+        # done only once everything was read: the agent ships the log tail before it reports
+        return pb.JobLogsReply(data=data, offset=request.offset + len(data), done=done and len(data) < (1 << 20))
+
+
+def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
+    servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s, node_types=cfg.node_types,
+                            log_dir=log_dir)
+    # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16), interceptors=[TokenInterceptor(cfg.token)]
+        futures.ThreadPoolExecutor(max_workers=64), interceptors=[TokenInterceptor(cfg.token)]
     )
     pb_grpc.add_HeadServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{cfg.bind_host}:{cfg.head_port}")

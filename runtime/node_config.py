@@ -30,6 +30,8 @@ class NodeRuntimeConfig:
     head_port: int = 0
     resources: dict[str, float] = field(default_factory=dict)  # declared by the node type
     labels: dict[str, str] = field(default_factory=dict)
+    # head only: every node type's declared resources, to tell queued work from infeasible work
+    node_types: dict[str, dict[str, float]] = field(default_factory=dict)
     heartbeat_interval_s: float = 1.0
     node_timeout_s: float = 10.0
 

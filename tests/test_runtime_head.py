@@ -15,10 +15,10 @@ TOKEN = "t0k3n-for-tests"
 
 
 @pytest.fixture
-def head():
+def head(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
                             bind_host="127.0.0.1", head_port=0, node_timeout_s=0.5)
-    server, servicer, port = serve(cfg)
+    server, servicer, port = serve(cfg, log_dir=tmp_path)
     yield f"127.0.0.1:{port}", servicer
     server.stop(grace=0)
 
@@ -52,13 +52,14 @@ def test_register_heartbeat_state(head):
     address, _ = head
     with HeadClient(address, TOKEN) as client:
         assert _register(client).heartbeat_interval_s > 0
-        assert client.heartbeat(pb.HeartbeatRequest(
-            node_id="n1", available=pb.Resources(amounts={"CPU": 1.5}), idle_since=0)).known
+        assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
         assert not client.heartbeat(pb.HeartbeatRequest(node_id="stranger")).known
         st = client.cluster_state()
     (node,) = st.nodes
     assert node.node_id == "n1" and node.state == "alive" and node.labels["zone"] == "a"
-    assert dict(node.total.amounts) == {"CPU": 2.0} and dict(node.available.amounts) == {"CPU": 1.5}
+    # the head owns allocation: with nothing assigned, everything is available and the node is idle
+    assert dict(node.total.amounts) == {"CPU": 2.0} and dict(node.available.amounts) == {"CPU": 2.0}
+    assert node.idle_since > 0 and node.running == 0
 
 
 def test_silent_node_is_declared_dead_and_must_reregister(head):
@@ -73,8 +74,8 @@ def test_silent_node_is_declared_dead_and_must_reregister(head):
         assert client.cluster_state().nodes[0].state == "alive"
 
 
-def test_head_refuses_to_start_without_a_token():
+def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")
     with pytest.raises(ValueError, match="without a cluster token"):
-        serve(cfg)
+        serve(cfg, log_dir=tmp_path)

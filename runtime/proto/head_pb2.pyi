@@ -20,7 +20,7 @@ class Resources(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,13 +34,15 @@ class RegisterNodeRequest(_message.Message):
     IS_HEAD_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
     is_head: bool
     total: Resources
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    gpu_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterNodeReply(_message.Message):
     __slots__ = ("heartbeat_interval_s",)
@@ -49,14 +51,10 @@ class RegisterNodeReply(_message.Message):
     def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "available", "idle_since")
+    __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
-    IDLE_SINCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    available: Resources
-    idle_since: float
-    def __init__(self, node_id: _Optional[str] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., idle_since: _Optional[float] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("known",)
@@ -68,8 +66,247 @@ class ClusterStateRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WorkSpec(_message.Message):
+    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    request: Resources
+    payload: bytes
+    command: str
+    env: _containers.ScalarMap[str, str]
+    working_dir: str
+    files: _containers.ScalarMap[str, bytes]
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    max_retries: int
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: WorkSpec
+    def __init__(self, spec: _Optional[_Union[WorkSpec, _Mapping]] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ItemResult(_message.Message):
+    __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    value: bytes
+    error: bytes
+    message: str
+    exit_code: int
+    node_id: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class GetResultsRequest(_message.Message):
+    __slots__ = ("ids", "timeout_s", "num_returns")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    num_returns: int
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ...) -> None: ...
+
+class GetResultsReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ItemResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class ItemInfo(_message.Message):
+    __slots__ = ("id", "kind", "name", "state", "node_id", "request", "submitted_at", "started_at", "finished_at", "exit_code", "message", "attempt")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    name: str
+    state: str
+    node_id: str
+    request: Resources
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    exit_code: int
+    message: str
+    attempt: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ListItemsReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ItemInfo]
+    def __init__(self, items: _Optional[_Iterable[_Union[ItemInfo, _Mapping]]] = ...) -> None: ...
+
+class JobLogsRequest(_message.Message):
+    __slots__ = ("id", "offset")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    offset: int
+    def __init__(self, id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class JobLogsReply(_message.Message):
+    __slots__ = ("data", "offset", "done")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    done: bool
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class DrainReply(_message.Message):
+    __slots__ = ("drained", "running")
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    drained: bool
+    running: int
+    def __init__(self, drained: _Optional[bool] = ..., running: _Optional[int] = ...) -> None: ...
+
+class WorkStreamRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("item_id", "spec", "gpu_ids", "dep_values", "cancel", "attempt")
+    class DepValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    GPU_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEP_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    spec: WorkSpec
+    gpu_ids: _containers.RepeatedScalarFieldContainer[str]
+    dep_values: _containers.ScalarMap[str, bytes]
+    cancel: bool
+    attempt: int
+    def __init__(self, item_id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., dep_values: _Optional[_Mapping[str, bytes]] = ..., cancel: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("node_id", "result")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    result: ItemResult
+    def __init__(self, node_id: _Optional[str] = ..., result: _Optional[_Union[ItemResult, _Mapping]] = ...) -> None: ...
+
+class ReportReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AppendLogRequest(_message.Message):
+    __slots__ = ("item_id", "data")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    data: bytes
+    def __init__(self, item_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AppendLogReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShapeDemand(_message.Message):
+    __slots__ = ("shape", "count")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    shape: Resources
+    count: int
+    def __init__(self, shape: _Optional[_Union[Resources, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class InfeasibleDemand(_message.Message):
+    __slots__ = ("shape", "count", "reason")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    shape: Resources
+    count: int
+    reason: str
+    def __init__(self, shape: _Optional[_Union[Resources, _Mapping]] = ..., count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "state", "total", "available", "labels", "registered_at", "last_heartbeat", "idle_since")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "state", "total", "available", "labels", "registered_at", "last_heartbeat", "idle_since", "draining", "running")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +325,8 @@ class NodeState(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     IDLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
@@ -99,12 +338,18 @@ class NodeState(_message.Message):
     registered_at: float
     last_heartbeat: float
     idle_since: float
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., state: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., registered_at: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., idle_since: _Optional[float] = ...) -> None: ...
+    draining: bool
+    running: int
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., state: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., registered_at: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., idle_since: _Optional[float] = ..., draining: _Optional[bool] = ..., running: _Optional[int] = ...) -> None: ...
 
 class ClusterState(_message.Message):
-    __slots__ = ("nodes", "now")
+    __slots__ = ("nodes", "now", "demand", "infeasible")
     NODES_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    INFEASIBLE_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     now: float
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...
+    demand: _containers.RepeatedCompositeFieldContainer[ShapeDemand]
+    infeasible: _containers.RepeatedCompositeFieldContainer[InfeasibleDemand]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ...) -> None: ...

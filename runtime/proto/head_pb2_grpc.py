@@ -49,6 +49,51 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.ClusterStateRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.ClusterState.FromString,
                 _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/launch.runtime.Head/Submit',
+                request_serializer=runtime_dot_proto_dot_head__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.GetResults = channel.unary_unary(
+                '/launch.runtime.Head/GetResults',
+                request_serializer=runtime_dot_proto_dot_head__pb2.GetResultsRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.GetResultsReply.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/launch.runtime.Head/Cancel',
+                request_serializer=runtime_dot_proto_dot_head__pb2.CancelRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.CancelReply.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/launch.runtime.Head/ListItems',
+                request_serializer=runtime_dot_proto_dot_head__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.ListItemsReply.FromString,
+                _registered_method=True)
+        self.JobLogs = channel.unary_unary(
+                '/launch.runtime.Head/JobLogs',
+                request_serializer=runtime_dot_proto_dot_head__pb2.JobLogsRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.JobLogsReply.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/launch.runtime.Head/Drain',
+                request_serializer=runtime_dot_proto_dot_head__pb2.DrainRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.DrainReply.FromString,
+                _registered_method=True)
+        self.WorkStream = channel.unary_stream(
+                '/launch.runtime.Head/WorkStream',
+                request_serializer=runtime_dot_proto_dot_head__pb2.WorkStreamRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.Assignment.FromString,
+                _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/launch.runtime.Head/Report',
+                request_serializer=runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.ReportReply.FromString,
+                _registered_method=True)
+        self.AppendLog = channel.unary_unary(
+                '/launch.runtime.Head/AppendLog',
+                request_serializer=runtime_dot_proto_dot_head__pb2.AppendLogRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.AppendLogReply.FromString,
+                _registered_method=True)
 
 
 class HeadServicer:
@@ -72,6 +117,60 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WorkStream(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Report(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +188,51 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.GetClusterState,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.ClusterStateRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.ClusterState.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.SubmitRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.SubmitReply.SerializeToString,
+            ),
+            'GetResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResults,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.GetResultsRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.GetResultsReply.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.CancelRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.CancelReply.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.ListItemsRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.ListItemsReply.SerializeToString,
+            ),
+            'JobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobLogs,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.JobLogsRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.JobLogsReply.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.DrainRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.DrainReply.SerializeToString,
+            ),
+            'WorkStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.WorkStream,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.WorkStreamRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.Assignment.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.ReportRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.ReportReply.SerializeToString,
+            ),
+            'AppendLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendLog,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.AppendLogRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.AppendLogReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +316,249 @@ class Head:
             '/launch.runtime.Head/GetClusterState',
             runtime_dot_proto_dot_head__pb2.ClusterStateRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.ClusterState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/Submit',
+            runtime_dot_proto_dot_head__pb2.SubmitRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/GetResults',
+            runtime_dot_proto_dot_head__pb2.GetResultsRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.GetResultsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/Cancel',
+            runtime_dot_proto_dot_head__pb2.CancelRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/ListItems',
+            runtime_dot_proto_dot_head__pb2.ListItemsRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.ListItemsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/JobLogs',
+            runtime_dot_proto_dot_head__pb2.JobLogsRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.JobLogsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/Drain',
+            runtime_dot_proto_dot_head__pb2.DrainRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.DrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WorkStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/launch.runtime.Head/WorkStream',
+            runtime_dot_proto_dot_head__pb2.WorkStreamRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.Assignment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/Report',
+            runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/AppendLog',
+            runtime_dot_proto_dot_head__pb2.AppendLogRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.AppendLogReply.FromString,
             options,
             channel_credentials,
             insecure,

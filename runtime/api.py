@@ -1,0 +1,206 @@
+"""The client API: remote functions, futures, get and wait (the programming model Ray users know).
+
+    import runtime
+    runtime.init()                      # the cluster `launch up` started (or the one this code runs in)
+
+    @runtime.remote(num_cpus=1, num_gpus=0.5)
+    def square(x):
+        return x * x
+
+    refs = [square.remote(i) for i in range(10)]
+    print(runtime.get(refs))            # futures passed as arguments resolve before a task runs
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+DEFAULT_MAX_RETRIES = 3
+
+
+class ObjectRef:
+    """A future: the result of a task that may not have run yet."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: str):
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.id})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class TaskError(Exception):
+    """A task failed. Raised by get(); also an instance of the remote exception's type where possible."""
+
+    def __init__(self, message: str, cause: BaseException | None = None, remote_traceback: str = ""):
+        super().__init__(message)
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+
+
+class GetTimeoutError(TimeoutError):
+    pass
+
+
+class TaskCancelledError(TaskError):
+    pass
+
+
+_client = None
+
+
+def _discover() -> tuple[str, str]:
+    if os.environ.get("LAUNCH_HEAD_ADDRESS") and os.environ.get("LAUNCH_CLUSTER_TOKEN"):
+        return os.environ["LAUNCH_HEAD_ADDRESS"], os.environ["LAUNCH_CLUSTER_TOKEN"]
+    from launcher.state import launch_home
+
+    clusters = sorted(p for p in (launch_home() / "clusters").glob("*") if (p / "cluster.json").exists())
+    if len(clusters) != 1:
+        names = ", ".join(p.name for p in clusters) or "none"
+        raise ConnectionError(f"runtime.init(): pass cluster=NAME (clusters that are up: {names})")
+    return _read_cluster(clusters[0])
+
+
+def _read_cluster(path: Path) -> tuple[str, str]:
+    info = json.loads((path / "cluster.json").read_text())
+    return info["head_address"], (path / "token").read_text().strip()
+
+
+def init(address: str | None = None, token: str | None = None, cluster: str | None = None):
+    """Connect to a cluster: explicit address and token, else the one this code runs on, else the one
+    cluster `launch up` started on this machine (or the one named by `cluster`)."""
+    global _client
+    from runtime.client import HeadClient  # grpc is imported only by those who connect
+
+    if address is None or token is None:
+        if cluster is not None:
+            from launcher.state import launch_home
+
+            address, token = _read_cluster(launch_home() / "clusters" / cluster)
+        else:
+            address, token = _discover()
+    if _client is not None:
+        _client.close()
+    _client = HeadClient(address, token, timeout_s=30)
+    return _client
+
+
+def shutdown() -> None:
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
+
+
+def _require():
+    if _client is None:
+        init()
+    return _client
+
+
+def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[str, float] | None) -> dict:
+    req = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
+    req.update({k: float(v) for k, v in (resources or {}).items()})
+    return {k: v for k, v in req.items() if v > 0}
+
+
+class RemoteFunction:
+    def __init__(self, fn: Callable, num_cpus=1, num_gpus=0, memory=0, resources=None,
+                 max_retries=DEFAULT_MAX_RETRIES, name: str | None = None):
+        self._fn = fn
+        self._opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+                          max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"))
+        self._pickled: bytes | None = None
+        functools.update_wrapper(self, fn)
+
+    def options(self, **opts) -> RemoteFunction:
+        unknown = set(opts) - set(self._opts)
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return RemoteFunction(self._fn, **{**self._opts, **opts})
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._opts['name']} must be called with .remote(...)")
+
+    def remote(self, *args, **kwargs) -> ObjectRef:
+        from runtime.proto import head_pb2 as pb
+
+        o = self._opts
+        deps = sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
+        spec = pb.WorkSpec(
+            kind="task", name=o["name"],
+            request=pb.Resources(amounts=_request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])),
+            payload=cloudpickle.dumps((self._fn, args, kwargs)), depends_on=deps, max_retries=o["max_retries"],
+        )
+        return ObjectRef(_require().submit(spec))
+
+
+def remote(fn: Callable | None = None, *, num_cpus: float = 1, num_gpus: float = 0, memory: float = 0,
+           resources: dict[str, float] | None = None, max_retries: int = DEFAULT_MAX_RETRIES):
+    """Decorator: `@remote` or `@remote(num_cpus=2, num_gpus=0.5, resources={"accelerator_type:T4": 1})`."""
+    def wrap(f: Callable) -> RemoteFunction:
+        return RemoteFunction(f, num_cpus, num_gpus, memory, resources, max_retries)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _value(res) -> Any:
+    if res.state == "finished":
+        return cloudpickle.loads(res.value)
+    if res.state == "cancelled":
+        raise TaskCancelledError(f"task {res.id} was cancelled")
+    if res.error:
+        cause, tb = cloudpickle.loads(res.error)
+        msg = f"task {res.id} failed: {type(cause).__name__}: {cause}\n\nRemote traceback:\n{tb}"
+        try:  # an error that is also the remote exception's type, so `except ZeroDivisionError` works
+            cls = type(f"TaskError({type(cause).__name__})", (TaskError, type(cause)), {})
+            err = cls.__new__(cls)
+            TaskError.__init__(err, msg, cause, tb)
+            err.args = (msg,)
+        except TypeError:
+            err = TaskError(msg, cause, tb)
+        raise err from None
+    raise TaskError(f"task {res.id} {res.state}: {res.message}")
+
+
+def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
+    """The values of futures, in order; raises TaskError for a failed task, GetTimeoutError on timeout."""
+    single = isinstance(refs, ObjectRef)
+    ref_list = [refs] if single else list(refs)
+    ids = [r.id for r in ref_list]
+    results = {r.id: r for r in _require().get_results(list(dict.fromkeys(ids)), timeout)}
+    missing = [i for i in ids if i not in results]
+    if missing:
+        raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
+    values = [_value(results[i]) for i in ids]
+    return values[0] if single else values
+
+
+def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = None):
+    """(ready, not_ready): the first num_returns futures that are done, or those done at the timeout."""
+    refs = list(refs)
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
+    done = {r.id for r in _require().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
+    ready = [r for r in refs if r.id in done][:num_returns]
+    ready_ids = {r.id for r in ready}
+    return ready, [r for r in refs if r.id not in ready_ids]
+
+
+def cancel(ref: ObjectRef) -> str:
+    """Cancel a task: dropped if queued, stopped if running. Returns its state after the request."""
+    return _require().cancel(ref.id)

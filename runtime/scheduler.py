@@ -1,0 +1,330 @@
+"""The head's resource-aware scheduler: pure state, no I/O. The head service calls it under one lock.
+
+- Queued work is grouped by resource shape (real queues hold 100k items of a handful of shapes), so the
+  demand report costs O(shapes), not O(items).
+- A queued item goes to a node whose available resources cover it; among those, the node that wastes
+  least: a node with GPUs (or custom resources) the item does not need comes last, then smaller nodes
+  first, so large nodes stay free for the work that needs them.
+- GPUs are handed out by id: whole GPUs for requests >= 1, a share of one GPU for fractions, so no two
+  items share a GPU unless both asked for fractions.
+- Work that no node type of the cluster could ever run is infeasible, with the reason; it is kept and
+  re-checked when a larger node registers.
+- A node that dies gives its running items back to the queue (up to each item's max_retries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+UNBOUNDED = ("CPU", "memory")  # detected at runtime when a node type does not declare them
+
+QUEUED, BLOCKED, RUNNING, FINISHED, FAILED, CANCELLED, INFEASIBLE = (
+    "queued", "blocked", "running", "finished", "failed", "cancelled", "infeasible")
+DONE_STATES = (FINISHED, FAILED, CANCELLED)
+
+Shape = tuple[tuple[str, float], ...]
+
+
+def shape_of(request: dict[str, float]) -> Shape:
+    return tuple(sorted((k, float(v)) for k, v in request.items() if v > 0))
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+def validate_request(request: dict[str, float]) -> None:
+    for k, v in request.items():
+        if v < 0 or math.isnan(v):
+            raise InvalidRequest(f"resource {k}: must be >= 0 (got {v})")
+    g = request.get("GPU", 0.0)
+    if g > 1 and abs(g - round(g)) > EPS:
+        raise InvalidRequest(f"GPU: more than one GPU must be a whole number (got {g})")
+
+
+@dataclass
+class Item:
+    id: str
+    kind: str
+    name: str
+    request: dict[str, float]
+    max_retries: int
+    submitted_at: float
+    spec: object = None  # the WorkSpec as submitted; opaque here
+    depends_on: set[str] = field(default_factory=set)
+    state: str = QUEUED
+    node_id: str = ""
+    gpu_ids: list[str] = field(default_factory=list)
+    attempt: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_code: int = 0
+    message: str = ""
+    result: object = None  # the ItemResult reported by the agent; opaque here
+    cancel_requested: bool = False
+
+    @property
+    def shape(self) -> Shape:
+        return shape_of(self.request)
+
+
+@dataclass
+class Node:
+    id: str
+    node_type: str
+    total: dict[str, float]
+    is_head: bool = False
+    available: dict[str, float] = field(default_factory=dict)
+    gpu_free: dict[str, float] = field(default_factory=dict)  # gpu id -> free fraction
+    running: set[str] = field(default_factory=set)
+    draining: bool = False
+    alive: bool = True
+    idle_since: float = 0.0
+
+    def fits(self, request: dict[str, float]) -> bool:
+        if not all(self.available.get(k, 0.0) + EPS >= v for k, v in request.items()):
+            return False
+        g = request.get("GPU", 0.0)
+        if g >= 1:
+            return sum(1 for f in self.gpu_free.values() if f >= 1 - EPS) >= round(g)
+        if g > 0:
+            return any(f + EPS >= g for f in self.gpu_free.values())
+        return True
+
+    def take_gpus(self, g: float) -> list[str]:
+        if g <= 0:
+            return []
+        if g >= 1:
+            ids = [i for i, f in self.gpu_free.items() if f >= 1 - EPS][: round(g)]
+            for i in ids:
+                self.gpu_free[i] = 0.0
+            return ids
+        # a fraction goes to the most-used GPU it still fits on, keeping whole GPUs whole
+        i = min((i for i, f in self.gpu_free.items() if f + EPS >= g), key=lambda i: (self.gpu_free[i], i))
+        self.gpu_free[i] -= g
+        return [i]
+
+    def give_back(self, request: dict[str, float], gpu_ids: list[str]) -> None:
+        for k, v in request.items():
+            self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
+        g = request.get("GPU", 0.0)
+        share = 1.0 if g >= 1 else g
+        for i in gpu_ids:
+            self.gpu_free[i] = min(1.0, self.gpu_free.get(i, 0.0) + share)
+
+
+class Scheduler:
+    def __init__(self, node_types: dict[str, dict[str, float]] | None = None):
+        self.node_types = node_types or {}
+        self.items: dict[str, Item] = {}
+        self.nodes: dict[str, Node] = {}
+        self.queues: OrderedDict[Shape, deque[str]] = OrderedDict()
+        self.queued_count: dict[Shape, int] = {}
+        self.infeasible: dict[str, str] = {}  # item id -> reason
+        self.dependents: dict[str, set[str]] = {}
+        self._seq = 0
+
+    # --- nodes --------------------------------------------------------------------------------------
+
+    def add_node(self, node_id: str, node_type: str, total: dict[str, float], is_head: bool,
+                 now: float, gpu_ids: list[str] | None = None) -> list[Item]:
+        """Register (or re-register) a node. Items it was running before are requeued and returned."""
+        lost = self.remove_node(node_id, now, reason="its node agent restarted") if node_id in self.nodes else []
+        n_gpu = int(total.get("GPU", 0))
+        ids = gpu_ids if gpu_ids else [str(i) for i in range(n_gpu)]
+        self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),
+                                   {i: 1.0 for i in ids[:n_gpu]}, idle_since=now)
+        self._recheck_infeasible()
+        return lost
+
+    def remove_node(self, node_id: str, now: float, reason: str = "its node died") -> list[Item]:
+        """The node is gone: its items go back to the queue, or fail once out of retries."""
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return []
+        touched = []
+        for item_id in sorted(node.running):
+            item = self.items[item_id]
+            item.node_id, item.gpu_ids = "", []
+            if item.cancel_requested:
+                self._finish(item, CANCELLED, now, message="cancelled")
+            elif item.attempt < item.max_retries:
+                item.attempt += 1
+                item.state = QUEUED
+                self._enqueue(item)
+            else:
+                self._finish(item, FAILED, now, message=f"{reason} ({node_id}) and no retries are left")
+            touched.append(item)
+        return touched
+
+    def drain(self, node_id: str) -> tuple[bool, int]:
+        node = self.nodes.get(node_id)
+        if node is None:
+            return True, 0
+        node.draining = True
+        return not node.running, len(node.running)
+
+    # --- submission ---------------------------------------------------------------------------------
+
+    def new_id(self, kind: str) -> str:
+        self._seq += 1
+        return f"{kind[0]}-{self._seq:08x}"
+
+    def submit(self, item: Item, now: float) -> None:
+        validate_request(item.request)
+        self.items[item.id] = item
+        failed_dep = next((d for d in item.depends_on if d in self.items and self.items[d].state in (FAILED, CANCELLED)), None)
+        unknown = [d for d in item.depends_on if d not in self.items]
+        if unknown:
+            self._finish(item, FAILED, now, message=f"unknown dependency {unknown[0]}")
+            return
+        if failed_dep:
+            self._finish(item, FAILED, now, message=f"dependency {failed_dep} {self.items[failed_dep].state}")
+            return
+        pending = {d for d in item.depends_on if self.items[d].state != FINISHED}
+        if pending:
+            item.state = BLOCKED
+            for d in pending:
+                self.dependents.setdefault(d, set()).add(item.id)
+            item.depends_on = pending
+            return
+        self._admit(item)
+
+    def _admit(self, item: Item) -> None:
+        reason = self.infeasible_reason(item.request)
+        if reason:
+            item.state = INFEASIBLE
+            item.message = reason
+            self.infeasible[item.id] = reason
+        else:
+            item.state = QUEUED
+            self._enqueue(item)
+
+    def _enqueue(self, item: Item) -> None:
+        s = item.shape
+        self.queues.setdefault(s, deque()).append(item.id)
+        self.queued_count[s] = self.queued_count.get(s, 0) + 1
+
+    def infeasible_reason(self, request: dict[str, float]) -> str | None:
+        """Why no node type (nor any registered node) could ever run this request; None if one could."""
+        if not request:
+            return None
+        for node in self.nodes.values():
+            if all(node.total.get(k, 0.0) + EPS >= v for k, v in request.items()):
+                return None
+        for caps in self.node_types.values():
+            if all(k in UNBOUNDED and k not in caps or caps.get(k, 0.0) + EPS >= v for k, v in request.items()):
+                return None
+        wanted = ", ".join(f"{k}: {v:g}" for k, v in sorted(request.items()))
+        return f"no node type of the cluster has {{{wanted}}}"
+
+    def _recheck_infeasible(self) -> None:
+        for item_id in list(self.infeasible):
+            item = self.items[item_id]
+            if self.infeasible_reason(item.request) is None:
+                del self.infeasible[item_id]
+                item.message = ""
+                item.state = QUEUED
+                self._enqueue(item)
+
+    # --- placement ----------------------------------------------------------------------------------
+
+    def _place_key(self, node: Node, request: dict[str, float]):
+        wastes_gpu = node.total.get("GPU", 0) > 0 and request.get("GPU", 0) <= 0
+        unused_custom = sum(1 for k in node.total if k not in UNBOUNDED and k != "GPU" and k not in request)
+        return (wastes_gpu, unused_custom, node.total.get("CPU", 0.0), node.id)
+
+    def schedule(self, now: float) -> list[Item]:
+        """Assign every queued item that fits somewhere now; returns the newly assigned items."""
+        assigned: list[Item] = []
+        for s in list(self.queues):
+            q = self.queues[s]
+            request = dict(s)
+            candidates = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
+                                key=lambda n: self._place_key(n, request))
+            while q:
+                item = self.items[q[0]]
+                if item.state != QUEUED:  # cancelled while queued: dropped lazily
+                    q.popleft()
+                    continue
+                node = next((n for n in candidates if n.fits(request)), None)
+                if node is None:
+                    break
+                q.popleft()
+                self.queued_count[s] -= 1
+                for k, v in request.items():
+                    node.available[k] = node.available.get(k, 0.0) - v
+                item.gpu_ids = node.take_gpus(request.get("GPU", 0.0))
+                item.state, item.node_id, item.started_at = RUNNING, node.id, now
+                node.running.add(item.id)
+                node.idle_since = 0.0
+                assigned.append(item)
+            if not q:
+                del self.queues[s]
+                self.queued_count.pop(s, None)
+        return assigned
+
+    # --- completion ---------------------------------------------------------------------------------
+
+    def complete(self, item_id: str, state: str, now: float, *, exit_code: int = 0, message: str = "",
+                 result: object = None) -> Item | None:
+        """The agent reports an item done. Returns the item, or None if it was not running there."""
+        item = self.items.get(item_id)
+        if item is None or item.state != RUNNING:
+            return None
+        node = self.nodes.get(item.node_id)
+        if node is not None:
+            node.running.discard(item_id)
+            node.give_back(item.request, item.gpu_ids)
+            if not node.running:
+                node.idle_since = now
+        item.exit_code, item.result = exit_code, result
+        self._finish(item, state, now, message=message)
+        return item
+
+    def cancel(self, item_id: str, now: float) -> tuple[str, str | None]:
+        """Returns (state, node to tell to stop the item or None)."""
+        item = self.items.get(item_id)
+        if item is None:
+            raise KeyError(item_id)
+        if item.state in (QUEUED, BLOCKED, INFEASIBLE):
+            if item.state == QUEUED:
+                self.queued_count[item.shape] -= 1
+            self.infeasible.pop(item_id, None)
+            self._finish(item, CANCELLED, now, message="cancelled")
+            return CANCELLED, None
+        if item.state == RUNNING:
+            item.cancel_requested = True
+            return RUNNING, item.node_id
+        return item.state, None
+
+    def _finish(self, item: Item, state: str, now: float, message: str = "") -> None:
+        item.state, item.finished_at = state, now
+        if message:
+            item.message = message
+        for dep_id in sorted(self.dependents.pop(item.id, ())):
+            dep = self.items[dep_id]
+            if dep.state != BLOCKED:
+                continue
+            if state == FINISHED:
+                dep.depends_on.discard(item.id)
+                if not dep.depends_on:
+                    self._admit(dep)
+            else:
+                self._finish(dep, FAILED, now, message=f"dependency {item.id} {state}")
+
+    # --- reports ------------------------------------------------------------------------------------
+
+    def demand(self) -> list[tuple[Shape, int]]:
+        """Queued work by shape: what fits nowhere right now, for the autoscaler."""
+        return [(s, c) for s, c in self.queued_count.items() if c > 0]
+
+    def infeasible_demand(self) -> list[tuple[Shape, int, str]]:
+        by_shape: dict[Shape, list] = {}
+        for item_id, reason in self.infeasible.items():
+            entry = by_shape.setdefault(self.items[item_id].shape, [0, reason])
+            entry[0] += 1
+        return [(s, c, r) for s, (c, r) in by_shape.items()]

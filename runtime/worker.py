@@ -1,0 +1,70 @@
+"""A task worker process: runs cloudpickled callables sent by its agent, one at a time, and is reused.
+
+Frames on the pipes are an 8-byte length then a cloudpickle. In: (payload, dep_values); out:
+("ok", value bytes) or ("err", pickled (exception, traceback text)). The protocol keeps the original
+stdout to itself; the task's own prints go to stderr (the agent's log).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import traceback
+
+import cloudpickle
+
+from runtime.api import ObjectRef
+
+
+def read_frame(f) -> bytes | None:
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack(">Q", head)
+    return f.read(n)
+
+
+def write_frame(f, data: bytes) -> None:
+    f.write(struct.pack(">Q", len(data)) + data)
+    f.flush()
+
+
+def _resolve(value, deps: dict[str, bytes], cache: dict):
+    if isinstance(value, ObjectRef):
+        if value.id not in cache:
+            cache[value.id] = cloudpickle.loads(deps[value.id])
+        return cache[value.id]
+    return value
+
+
+def run_one(payload: bytes, deps: dict[str, bytes]) -> tuple[str, bytes]:
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+        cache: dict = {}
+        args = [_resolve(a, deps, cache) for a in args]
+        kwargs = {k: _resolve(v, deps, cache) for k, v in kwargs.items()}
+        return "ok", cloudpickle.dumps(fn(*args, **kwargs))
+    except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
+        tb = traceback.format_exc()
+        try:
+            return "err", cloudpickle.dumps((e, tb))
+        except Exception:
+            return "err", cloudpickle.dumps((RuntimeError(f"{type(e).__name__}: {e}"), tb))
+
+
+def main() -> None:
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    while True:
+        frame = read_frame(proto_in)
+        if frame is None:
+            return
+        payload, deps = cloudpickle.loads(frame)
+        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps)))
+
+
+if __name__ == "__main__":
+    main()

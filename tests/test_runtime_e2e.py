@@ -1,0 +1,237 @@
+"""The runtime through its client API and the CLI, on one real local cluster shared by this module.
+
+Nodes: head {CPU 1}; cpu {CPU 2, work 1}; gpu {CPU 1, GPU 2 (declared), special 1, work 1}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+import runtime
+from launcher.cluster import Cluster
+from launcher.config import load_config
+from runtime.proto import head_pb2 as pb
+from tests.infra import cli, local_cluster, processes_with_env, write_config
+
+
+@runtime.remote(num_cpus=1)
+def where(sleep_s: float = 0.0):
+    import os
+    import time as t
+
+    start = t.time()
+    t.sleep(sleep_s)
+    return os.environ["LAUNCH_NODE_ID"], os.environ["CUDA_VISIBLE_DEVICES"], start, t.time()
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    home = tmp / "home"
+    data = local_cluster("rt", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5})
+    data["available_node_types"] = {
+        "head": {"resources": {"CPU": 1}, "max_workers": 0},
+        "cpu": {"resources": {"CPU": 2, "work": 1}, "min_workers": 1, "max_workers": 1},
+        "gpu": {"resources": {"CPU": 1, "GPU": 2, "special": 1, "work": 1}, "min_workers": 1, "max_workers": 1},
+    }
+    path = write_config(tmp / "rt.yaml", data)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(cli("status", str(path), "--json", home=home).stdout)
+    ids = {n["node_type"]: n["id"] for n in st["nodes"]}
+    info = json.loads((home / "clusters" / "rt" / "cluster.json").read_text())
+    token = (home / "clusters" / "rt" / "token").read_text().strip()
+    runtime.init(address=info["head_address"], token=token)
+    yield {"path": path, "home": home, "ids": ids, "address": info["head_address"], "token": token}
+    runtime.shutdown()
+    cli("down", str(path), "--yes", home=home)
+
+
+def _state(rt) -> pb.ClusterState:
+    from runtime.client import HeadClient
+
+    with HeadClient(rt["address"], rt["token"]) as c:
+        return c.cluster_state()
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_never_more_running_than_fits(rt):
+    results = runtime.get([where.remote(0.3) for _ in range(12)], timeout=60)
+    by_node: dict[str, list] = {}
+    for node, _gpus, start, end in results:
+        by_node.setdefault(node, []).append((start, end))
+    cpus = {rt["ids"]["head"]: 1, rt["ids"]["cpu"]: 2, rt["ids"]["gpu"]: 1}
+    for node, spans in by_node.items():
+        assert _max_overlap(spans) <= cpus[node], (node, spans)
+    # CPU-only work sees no GPU
+    assert all(g == "" for _n, g, _s, _e in results)
+
+
+def test_fractional_gpus_share_and_whole_gpus_do_not(rt):
+    half = where.options(num_cpus=0, num_gpus=0.5)
+    results = runtime.get([half.remote(0.5) for _ in range(4)], timeout=60)
+    assert {r[0] for r in results} == {rt["ids"]["gpu"]}
+    assert sorted(r[1] for r in results) == ["0", "0", "1", "1"]  # two halves per GPU, never more
+    assert _max_overlap([(r[2], r[3]) for r in results]) == 4
+
+    node, gpus, _s, _e = runtime.get(where.options(num_cpus=0, num_gpus=2).remote(), timeout=30)
+    assert node == rt["ids"]["gpu"] and gpus == "0,1"
+
+
+def test_custom_resources_pick_the_node(rt):
+    node, *_ = runtime.get(where.options(num_cpus=0, resources={"special": 1}).remote(), timeout=30)
+    assert node == rt["ids"]["gpu"]
+
+
+def test_gpu_node_kept_free_for_gpu_work(rt):
+    # {work: 1} fits the cpu node and the gpu node: the node without GPUs is preferred
+    node, *_ = runtime.get(where.options(num_cpus=0, resources={"work": 1}).remote(), timeout=30)
+    assert node == rt["ids"]["cpu"]
+
+
+def test_infeasible_is_reported_with_reason_and_cancellable(rt):
+    ref = where.options(num_gpus=4).remote()
+    st = _state(rt)
+    (inf,) = [d for d in st.infeasible if d.shape.amounts.get("GPU") == 4]
+    assert inf.count == 1 and "GPU: 4" in inf.reason
+    with pytest.raises(runtime.GetTimeoutError):
+        runtime.get(ref, timeout=0.5)
+    assert runtime.cancel(ref) == "cancelled"
+    with pytest.raises(runtime.TaskCancelledError):
+        runtime.get(ref, timeout=5)
+    assert not any(d.shape.amounts.get("GPU") == 4 for d in _state(rt).infeasible)
+
+
+def test_queued_demand_grouped_by_shape(rt):
+    blocker = where.options(num_cpus=0, resources={"special": 1})
+    refs = [blocker.remote(0.3) for _ in range(5)]  # one runs, four wait: demand of one shape
+    st = _state(rt)
+    shapes = {tuple(sorted(d.shape.amounts.items())): d.count for d in st.demand}
+    assert shapes.get((("special", 1.0),)) == 4
+    runtime.get(refs, timeout=30)
+
+
+def test_futures_as_arguments_and_remote_exceptions(rt):
+    @runtime.remote
+    def add(a, b):
+        return a + b
+
+    @runtime.remote
+    def fail(x):
+        raise ValueError(f"bad {x}")
+
+    a = add.remote(1, 2)
+    b = add.remote(a, 10)
+    assert runtime.get(add.remote(a, b=b), timeout=30) == 16
+    with pytest.raises(ValueError) as e:
+        runtime.get(fail.remote(7), timeout=30)
+    assert isinstance(e.value, runtime.TaskError) and "bad 7" in str(e.value)
+    assert "Remote traceback" in str(e.value) and "raise ValueError" in e.value.remote_traceback
+    # a task whose argument failed fails too, naming the dependency
+    with pytest.raises(runtime.TaskError, match="dependency"):
+        runtime.get(add.remote(fail.remote(1), 1), timeout=30)
+
+
+def test_wait_returns_the_first_done(rt):
+    slow, fast = where.remote(3.0), where.remote(0.0)
+    ready, not_ready = runtime.wait([slow, fast], num_returns=1, timeout=10)
+    assert ready == [fast] and not_ready == [slow]
+    assert runtime.cancel(slow) in ("running", "cancelled")
+
+
+def test_running_task_cancel_stops_it(rt):
+    ref = where.remote(30.0)
+    deadline = time.time() + 10
+    while _state(rt).demand or not any(n.running for n in _state(rt).nodes):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    runtime.cancel(ref)
+    t0 = time.time()
+    with pytest.raises(runtime.TaskCancelledError):
+        runtime.get(ref, timeout=10)
+    assert time.time() - t0 < 5
+
+
+def test_jobs_submit_logs_cancel_through_cli(rt, tmp_path):
+    path, home = rt["path"], rt["home"]
+    script = tmp_path / "count.py"
+    script.write_text("import sys, time\nprint('job args', sys.argv[1:], flush=True)\n"
+                      "print('oops', file=sys.stderr, flush=True)\ntime.sleep(60)\n")
+    r = cli("submit", str(path), str(script), "--no-follow", "--", "x", "y", home=home)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    deadline = time.time() + 20
+    while "job args" not in (logs := cli("job", "logs", str(path), job_id, home=home).stdout):
+        assert time.time() < deadline, logs
+        time.sleep(0.2)
+    assert "job args ['x', 'y']" in logs and "oops" in logs
+    listed = json.loads(cli("job", "list", str(path), "--json", home=home).stdout)
+    assert [j["state"] for j in listed if j["id"] == job_id] == ["running"]
+
+    r = cli("job", "cancel", str(path), job_id, home=home)
+    assert r.returncode == 0 and job_id in r.stdout
+    deadline = time.time() + 10
+    while True:
+        listed = json.loads(cli("job", "list", str(path), "--json", home=home).stdout)
+        if [j["state"] for j in listed if j["id"] == job_id] == ["cancelled"]:
+            break
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert processes_with_env(f"LAUNCH_JOB_ID={job_id}\0") == []  # the job's process group is gone
+
+    ok = tmp_path / "ok.sh"
+    ok.write_text("echo from bash on $LAUNCH_NODE_ID\nexit 0\n")
+    r = cli("submit", str(path), str(ok), home=home)  # follows the log to the end
+    assert r.returncode == 0 and "from bash on local-" in r.stdout
+
+    r = cli("job", "logs", str(path), "j-nope", home=home)
+    assert r.returncode == 1 and "unknown job" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_submit_requires_the_token(rt):
+    from runtime.client import HeadClient
+
+    with HeadClient(rt["address"], "wrong") as c, pytest.raises(grpc.RpcError) as e:
+        c.submit(pb.WorkSpec(kind="job", command="touch /tmp/pwned"))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with HeadClient(rt["address"], "wrong") as c, pytest.raises(grpc.RpcError) as e:
+        next(iter(c.work_stream("x")))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_drain_then_node_death_requeues(rt, monkeypatch):
+    # runs last in this module: it kills the cpu node
+    from runtime.client import HeadClient
+
+    cpu, gpu = rt["ids"]["cpu"], rt["ids"]["gpu"]
+    slow = where.options(num_cpus=0, resources={"work": 1}, max_retries=2)
+    ref = slow.remote(2.0)  # lands on the cpu node (kept free of GPU waste)
+    deadline = time.time() + 10
+    while not any(n.node_id == cpu and n.running for n in _state(rt).nodes):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    with HeadClient(rt["address"], rt["token"]) as c:
+        reply = c.drain(cpu)
+    assert not reply.drained and reply.running == 1
+    # a drained node takes no new work
+    node, *_ = runtime.get(slow.remote(0.0), timeout=30)
+    assert node == gpu
+
+    monkeypatch.setenv("LAUNCH_HOME", str(rt["home"]))
+    Cluster(load_config(rt["path"])).provider.terminate_nodes([cpu])  # the node dies with the task on it
+    node, *_ = runtime.get(ref, timeout=30)
+    assert node == gpu  # requeued after the head declared the cpu node dead, and run elsewhere
+    st = _state(rt)
+    assert [n.state for n in st.nodes if n.node_id == cpu] == ["dead"]
