@@ -44,6 +44,9 @@ def main() -> None:
         print("\n(exit codes pass through: `exit 3` on the head makes `launch exec` exit 3)")
         code = launch("exec", CONFIG, "exit 3", check=False)
         print(f"launch exec exited {code}")
+        print("\n(tasks: a Python script using the runtime API, shipped to the cluster as a job)")
+        launch("submit", CONFIG, "examples/hello_tasks.py", "--", "6")
+        launch("job", "list", CONFIG)
         launch("up", CONFIG, "--yes")  # idempotent: nothing changed
         cfg = load_config(ROOT / CONFIG)
         state = (ClusterDir(cfg.cluster_name).path / "local" / "nodes.json")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,73 @@ class TaskCancelledError(TaskError):
     pass
 
 
-_client = None
+class _Connection:
+    """A head client plus a background submitter.
+
+    `.remote()` returns at once with an id made here; a thread ships pending submissions in batches, in
+    order (so a task is always submitted after the tasks it depends on). get/wait/cancel flush first.
+    A submission the head refused is raised at the next flush.
+    """
+
+    BATCH = 1000
+
+    def __init__(self, client):
+        self.client = client
+        self.pending: list[tuple[str, object]] = []
+        self.inflight = 0
+        self.error: Exception | None = None
+        self.closed = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="launch-submitter", daemon=True)
+        self.thread.start()
+
+    def enqueue(self, item_id: str, spec) -> None:
+        with self.cond:
+            self.pending.append((item_id, spec))
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        import grpc
+
+        while True:
+            with self.cond:
+                while not self.pending and not self.closed:
+                    self.cond.wait()
+                if not self.pending:
+                    return
+                batch, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
+                self.inflight += 1
+            try:
+                self.client.submit_many([spec for _, spec in batch], [i for i, _ in batch])
+            except grpc.RpcError as e:
+                with self.cond:
+                    self.error = ConnectionError(f"the head refused {len(batch)} submission(s): "
+                                                 f"{e.code().name}: {e.details()}")
+            finally:
+                with self.cond:
+                    self.inflight -= 1
+                    self.cond.notify_all()
+
+    def flush(self) -> None:
+        with self.cond:
+            while self.pending or self.inflight:
+                self.cond.wait()
+            err, self.error = self.error, None
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self.cond:
+                self.closed = True
+                self.cond.notify_all()
+            self.thread.join(timeout=5)
+            self.client.close()
+
+
+_conn: _Connection | None = None
 
 
 def _discover() -> tuple[str, str]:
@@ -83,7 +151,7 @@ def _read_cluster(path: Path) -> tuple[str, str]:
 def init(address: str | None = None, token: str | None = None, cluster: str | None = None):
     """Connect to a cluster: explicit address and token, else the one this code runs on, else the one
     cluster `launch up` started on this machine (or the one named by `cluster`)."""
-    global _client
+    global _conn
     from runtime.client import HeadClient  # grpc is imported only by those who connect
 
     if address is None or token is None:
@@ -93,23 +161,31 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
             address, token = _read_cluster(launch_home() / "clusters" / cluster)
         else:
             address, token = _discover()
-    if _client is not None:
-        _client.close()
-    _client = HeadClient(address, token, timeout_s=30)
-    return _client
+    if _conn is not None:
+        _conn.close()
+    _conn = _Connection(HeadClient(address, token, timeout_s=30))
+    return _conn.client
 
 
 def shutdown() -> None:
-    global _client
-    if _client is not None:
-        _client.close()
-        _client = None
+    """Flush pending submissions and disconnect."""
+    global _conn
+    if _conn is not None:
+        conn, _conn = _conn, None
+        conn.close()
+
+
+def _connection() -> _Connection:
+    if _conn is None:
+        init()
+    return _conn
 
 
 def _require():
-    if _client is None:
-        init()
-    return _client
+    """The head client, once every submission made so far has reached the head."""
+    conn = _connection()
+    conn.flush()
+    return conn.client
 
 
 def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[str, float] | None) -> dict:
@@ -124,7 +200,7 @@ class RemoteFunction:
         self._fn = fn
         self._opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
                           max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"))
-        self._pickled: bytes | None = None
+        self._fn_blob: bytes | None = None  # the function pickled once, not on every call
         functools.update_wrapper(self, fn)
 
     def options(self, **opts) -> RemoteFunction:
@@ -138,15 +214,22 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs) -> ObjectRef:
         from runtime.proto import head_pb2 as pb
+        from runtime.scheduler import validate_request
 
         o = self._opts
+        request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
+        validate_request(request)  # a bad request fails here, not later in the background
+        if self._fn_blob is None:
+            self._fn_blob = cloudpickle.dumps(self._fn)
         deps = sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
         spec = pb.WorkSpec(
-            kind="task", name=o["name"],
-            request=pb.Resources(amounts=_request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])),
-            payload=cloudpickle.dumps((self._fn, args, kwargs)), depends_on=deps, max_retries=o["max_retries"],
+            kind="task", name=o["name"], request=pb.Resources(amounts=request),
+            payload=cloudpickle.dumps((self._fn_blob, args, kwargs)), depends_on=deps,
+            max_retries=o["max_retries"],
         )
-        return ObjectRef(_require().submit(spec))
+        item_id = f"t-{uuid.uuid4().hex[:20]}"
+        _connection().enqueue(item_id, spec)
+        return ObjectRef(item_id)
 
 
 def remote(fn: Callable | None = None, *, num_cpus: float = 1, num_gpus: float = 0, memory: float = 0,

@@ -38,7 +38,12 @@ class HeadClient:
     # --- work ---------------------------------------------------------------------------------------
 
     def submit(self, spec: pb.WorkSpec) -> str:
-        return self._stub.Submit(pb.SubmitRequest(spec=spec), metadata=self._md, timeout=self.timeout_s).id
+        return self.submit_many([spec])[0]
+
+    def submit_many(self, specs: list[pb.WorkSpec], ids: list[str] | None = None) -> list[str]:
+        reply = self._stub.Submit(pb.SubmitRequest(specs=specs, ids=ids or []), metadata=self._md,
+                                  timeout=self.timeout_s)
+        return list(reply.ids)
 
     def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0) -> list[pb.ItemResult]:
         """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns."""

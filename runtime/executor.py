@@ -137,10 +137,9 @@ class Executor:
         try:
             status, data = worker.call(a.spec.payload, dict(a.dep_values))
         except WorkerDied as e:
-            worker.kill()
-            err = cloudpickle.dumps((RuntimeError(f"the task's worker process died: {e}"), ""))
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", error=err,
-                                                message="worker process died"))
+            worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
+            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="lost",
+                                                message=f"its worker process died ({e})"))
             return
         self._release(key, worker)
         if status == "ok":

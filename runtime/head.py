@@ -23,7 +23,7 @@ from runtime.auth import TokenInterceptor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
-from runtime.scheduler import DONE_STATES, INFEASIBLE, InvalidRequest, Item, Scheduler
+from runtime.scheduler import DONE_STATES, INFEASIBLE, InvalidRequest, Item, Scheduler, validate_request
 
 log = logging.getLogger("launch.runtime.head")
 
@@ -130,21 +130,30 @@ class HeadServicer(pb_grpc.HeadServicer):
     # --- work ---------------------------------------------------------------------------------------
 
     def Submit(self, request, context):
-        spec = request.spec
-        if spec.kind not in ("task", "job"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be task or job, got {spec.kind!r}")
-        now = self.clock()
-        with self.cond:
-            item = Item(id=self.sched.new_id(spec.kind), kind=spec.kind, name=spec.name or spec.kind,
-                        request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
-                        submitted_at=now, spec=spec, depends_on=set(spec.depends_on))
+        """One or many items; ids are the client's where given (a batch is all or nothing)."""
+        specs, given = list(request.specs), list(request.ids)
+        if given and len(given) != len(specs):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids and specs differ in length")
+        for spec in specs:
+            if spec.kind not in ("task", "job"):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be task or job, got {spec.kind!r}")
             try:
-                self.sched.submit(item, now)
+                validate_request(dict(spec.request.amounts))
             except InvalidRequest as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        now = self.clock()
+        with self.cond:
+            if any(i in self.sched.items for i in given) or len(set(given)) != len(given):
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
+            ids = given or [self.sched.new_id(spec.kind) for spec in specs]
+            for item_id, spec in zip(ids, specs):
+                item = Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
+                            request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
+                            submitted_at=now, spec=spec, depends_on=set(spec.depends_on))
+                self.sched.submit(item, now)
             self._dispatch(now)
             self.cond.notify_all()
-        return pb.SubmitReply(id=item.id)
+        return pb.SubmitReply(ids=ids)
 
     def _dispatch(self, now: float) -> None:
         """Schedule, and hand each newly placed item to its node's WorkStream. Caller holds the lock."""
@@ -169,6 +178,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         now = self.clock()
         with self.cond:
             item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r)
+            if item is not None and item.state == "queued":
+                log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
             if item is not None:
                 self._dispatch(now)
                 self.cond.notify_all()

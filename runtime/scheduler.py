@@ -23,6 +23,9 @@ UNBOUNDED = ("CPU", "memory")  # detected at runtime when a node type does not d
 
 QUEUED, BLOCKED, RUNNING, FINISHED, FAILED, CANCELLED, INFEASIBLE = (
     "queued", "blocked", "running", "finished", "failed", "cancelled", "infeasible")
+# Reported by an agent when the process running an item died under it (killed, OOM, node shutting
+# down): a system failure, retried like a node death, never the item's own result.
+LOST = "lost"
 DONE_STATES = (FINISHED, FAILED, CANCELLED)
 
 Shape = tuple[tuple[str, float], ...]
@@ -148,17 +151,20 @@ class Scheduler:
         touched = []
         for item_id in sorted(node.running):
             item = self.items[item_id]
-            item.node_id, item.gpu_ids = "", []
-            if item.cancel_requested:
-                self._finish(item, CANCELLED, now, message="cancelled")
-            elif item.attempt < item.max_retries:
-                item.attempt += 1
-                item.state = QUEUED
-                self._enqueue(item)
-            else:
-                self._finish(item, FAILED, now, message=f"{reason} ({node_id}) and no retries are left")
+            self._retry_or_fail(item, now, f"{reason} ({node_id})")
             touched.append(item)
         return touched
+
+    def _retry_or_fail(self, item: Item, now: float, reason: str) -> None:
+        item.node_id, item.gpu_ids = "", []
+        if item.cancel_requested:
+            self._finish(item, CANCELLED, now, message="cancelled")
+        elif item.attempt < item.max_retries:
+            item.attempt += 1
+            item.state = QUEUED
+            self._enqueue(item)
+        else:
+            self._finish(item, FAILED, now, message=f"{reason} and no retries are left")
 
     def drain(self, node_id: str) -> tuple[bool, int]:
         node = self.nodes.get(node_id)
@@ -281,6 +287,9 @@ class Scheduler:
             node.give_back(item.request, item.gpu_ids)
             if not node.running:
                 node.idle_since = now
+        if state == LOST:
+            self._retry_or_fail(item, now, message or "its process died")
+            return item
         item.exit_code, item.result = exit_code, result
         self._finish(item, state, now, message=message)
         return item

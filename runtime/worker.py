@@ -1,5 +1,7 @@
 """A task worker process: runs cloudpickled callables sent by its agent, one at a time, and is reused.
 
+A task's payload is cloudpickle of (cloudpickled function, args, kwargs).
+
 Frames on the pipes are an 8-byte length then a cloudpickle. In: (payload, dep_values); out:
 ("ok", value bytes) or ("err", pickled (exception, traceback text)). The protocol keeps the original
 stdout to itself; the task's own prints go to stderr (the agent's log).
@@ -38,9 +40,15 @@ def _resolve(value, deps: dict[str, bytes], cache: dict):
     return value
 
 
+_functions: dict[bytes, object] = {}  # a worker runs the same function many times: unpickle it once
+
+
 def run_one(payload: bytes, deps: dict[str, bytes]) -> tuple[str, bytes]:
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn_blob, args, kwargs = cloudpickle.loads(payload)
+        fn = _functions.get(fn_blob)
+        if fn is None:
+            fn = _functions[fn_blob] = cloudpickle.loads(fn_blob)
         cache: dict = {}
         args = [_resolve(a, deps, cache) for a in args]
         kwargs = {k: _resolve(v, deps, cache) for k, v in kwargs.items()}

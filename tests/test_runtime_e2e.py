@@ -52,8 +52,10 @@ def rt(tmp_path_factory):
 
 
 def _state(rt) -> pb.ClusterState:
+    """The head's view, after every submission made so far has reached it (.remote() is async)."""
     from runtime.client import HeadClient
 
+    runtime.wait([], num_returns=0, timeout=0)
     with HeadClient(rt["address"], rt["token"]) as c:
         return c.cluster_state()
 
@@ -198,6 +200,13 @@ def test_jobs_submit_logs_cancel_through_cli(rt, tmp_path):
 
     r = cli("job", "logs", str(path), "j-nope", home=home)
     assert r.returncode == 1 and "unknown job" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_readme_example_runs_as_a_job(rt):
+    r = cli("submit", str(rt["path"]), "examples/hello_tasks.py", "--", "4", home=rt["home"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "total of squares: 14" in r.stdout
+    assert "GPU task ran with CUDA_VISIBLE_DEVICES = 0" in r.stdout  # the declared GPUs of the gpu node
 
 
 def test_submit_requires_the_token(rt):

@@ -90,6 +90,17 @@ def test_node_death_requeues_until_retries_run_out():
     assert a.state == FAILED and "no retries are left" in a.message
 
 
+def test_lost_process_is_retried_like_a_dead_node():
+    s = _sched()
+    a = _item(s, {"CPU": 1}, retries=1)
+    s.schedule(0.0)
+    s.complete(a.id, "lost", 1.0, message="its worker process died (-9)")
+    assert a.state == QUEUED and a.attempt == 1 and s.nodes["c1"].available["CPU"] == 4
+    s.schedule(1.0)
+    s.complete(a.id, "lost", 2.0, message="its worker process died (-9)")
+    assert a.state == FAILED and "worker process died" in a.message
+
+
 def test_drained_node_gets_no_new_work():
     s = _sched()
     running = _item(s, {"CPU": 1})

@@ -105,16 +105,18 @@ class WorkSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("spec",)
-    SPEC_FIELD_NUMBER: _ClassVar[int]
-    spec: WorkSpec
-    def __init__(self, spec: _Optional[_Union[WorkSpec, _Mapping]] = ...) -> None: ...
+    __slots__ = ("specs", "ids")
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[WorkSpec]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, specs: _Optional[_Iterable[_Union[WorkSpec, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("id",)
-    ID_FIELD_NUMBER: _ClassVar[int]
-    id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ItemResult(_message.Message):
     __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id")

@@ -1,0 +1,139 @@
+"""Runtime throughput and latency: launch's local cluster vs Ray's local runtime, same workload, same run.
+
+    .venv/bin/python bench/runtime_throughput.py [--tasks 2000] [--latency-rounds 200]
+
+Ray runs from its own venv (bench/.ray-venv, made with `pip install ray==2.60.0` on first use, or
+--ray-python PATH); it is never a dependency of launch. Both get 2 CPUs for tasks.
+Workload: N trivial tasks submitted at once then all fetched (throughput), and R sequential
+submit-then-get round trips of one trivial task (latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RAY_SCRIPT = r"""
+import json, statistics, sys, time, logging
+import ray
+n, rounds = int(sys.argv[1]), int(sys.argv[2])
+ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+@ray.remote(num_cpus=1)
+def f(x):
+    return x
+ray.get([f.remote(i) for i in range(200)])  # warm the worker pool
+t0 = time.perf_counter()
+refs = [f.remote(i) for i in range(n)]
+t1 = time.perf_counter()
+assert ray.get(refs) == list(range(n))
+t2 = time.perf_counter()
+lat = []
+for i in range(rounds):
+    s = time.perf_counter(); ray.get(f.remote(i)); lat.append(time.perf_counter() - s)
+print(json.dumps({"submit_s": t1 - t0, "total_s": t2 - t0, "latencies": lat}))
+"""
+
+
+def run_launch(n: int, rounds: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="bench-launch-"))
+    os.environ["LAUNCH_HOME"] = str(home)
+    from launcher.cluster import Cluster
+    from launcher.config import parse_config
+
+    cfg = parse_config({
+        "cluster_name": "bench", "max_workers": 1, "provider": {"type": "local"},
+        "available_node_types": {"head": {"resources": {"CPU": 0}},
+                                 "worker": {"resources": {"CPU": 2}, "min_workers": 1, "max_workers": 1}},
+        "head_node_type": "head",
+    })
+    cluster = Cluster(cfg)
+    try:
+        cluster.up(confirm=lambda q: True)
+        import runtime
+
+        info = cluster.dir.read_info()
+        runtime.init(address=info["head_address"], token=cluster.dir.token())
+
+        @runtime.remote(num_cpus=1)
+        def f(x):
+            return x
+
+        runtime.get([f.remote(i) for i in range(200)])  # warm the worker pool
+        t0 = time.perf_counter()
+        refs = [f.remote(i) for i in range(n)]
+        t1 = time.perf_counter()
+        assert runtime.get(refs) == list(range(n))
+        t2 = time.perf_counter()
+        lat = []
+        for i in range(rounds):
+            s = time.perf_counter()
+            runtime.get(f.remote(i))
+            lat.append(time.perf_counter() - s)
+        runtime.shutdown()
+        return {"submit_s": t1 - t0, "total_s": t2 - t0, "latencies": lat}
+    finally:
+        cluster.down()
+
+
+def ray_python(given: str | None) -> str:
+    if given:
+        return given
+    venv = ROOT / "bench" / ".ray-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        print("creating bench/.ray-venv with ray==2.60.0 ...", file=sys.stderr)
+        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "ray==2.60.0"])
+    return str(py)
+
+
+def run_ray(py: str, n: int, rounds: int) -> dict:
+    out = subprocess.run([py, "-c", RAY_SCRIPT, str(n), str(rounds)], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"ray run failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summary(r: dict, n: int) -> dict:
+    lat = sorted(r["latencies"])
+    return {
+        "submit_per_s": n / r["submit_s"],
+        "throughput_per_s": n / r["total_s"],
+        "latency_p50_ms": 1000 * statistics.median(lat),
+        "latency_p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=2000)
+    ap.add_argument("--latency-rounds", type=int, default=200)
+    ap.add_argument("--ray-python")
+    ap.add_argument("--skip-ray", action="store_true")
+    args = ap.parse_args()
+
+    ours = summary(run_launch(args.tasks, args.latency_rounds), args.tasks)
+    theirs = None if args.skip_ray else summary(run_ray(ray_python(args.ray_python), args.tasks,
+                                                        args.latency_rounds), args.tasks)
+    print(f"workload: {args.tasks} trivial tasks, 2 CPUs; {args.latency_rounds} sequential round trips")
+    print(f"{'metric':<20}{'launch':>12}{'ray':>12}{'launch/ray':>12}")
+    for key in ours:
+        if theirs is None:
+            print(f"{key:<20}{ours[key]:>12.1f}")
+        else:
+            print(f"{key:<20}{ours[key]:>12.1f}{theirs[key]:>12.1f}{ours[key] / theirs[key]:>12.2f}")
+    print("(per_s: higher is better; ms: lower is better)")
+
+
+if __name__ == "__main__":
+    main()
