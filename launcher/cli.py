@@ -207,15 +207,18 @@ def submit(
     resource: list[str] = typer.Option([], "--resource", "-r", help="A custom resource NAME=AMOUNT (repeatable)."),
     name: str = typer.Option(None, "--name", help="A name for the job (default: the script's)."),
     max_retries: int = typer.Option(0, "--max-retries", help="Times to requeue the job if its node dies."),
+    env: list[str] = typer.Option([], "--env", "-e", help="An environment variable KEY=VALUE (repeatable)."),
+    working_dir: str = typer.Option("", "--working-dir", help="Where the job runs on the node (default: its own dir)."),
     no_follow: bool = typer.Option(False, "--no-follow", help="Print the job id and return at once."),
 ) -> None:
     """Upload a script and run it as a job on the cluster; args after `--` go to the script."""
-    from launcher.jobs import follow_logs, parse_resources, submit_job
+    from launcher.jobs import follow_logs, parse_env, parse_resources, submit_job
 
+    resources, job_env = parse_resources(resource), parse_env(env)  # bad input fails before any call
     cluster = _cluster(config)
     with cluster.head_client() as client:
-        job_id = submit_job(client, script, list(ctx.args), cpus=cpus, gpus=gpus,
-                            resources=parse_resources(resource), name=name, max_retries=max_retries)
+        job_id = submit_job(client, script, list(ctx.args), cpus=cpus, gpus=gpus, resources=resources,
+                            name=name, max_retries=max_retries, env=job_env, working_dir=working_dir)
         err.print(f"submitted job {job_id}", highlight=False)
         if no_follow:
             print(job_id)

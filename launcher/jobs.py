@@ -27,6 +27,16 @@ def parse_resources(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise LaunchError(f"--env {pair!r}: expected KEY=VALUE")
+        out[name] = value
+    return out
+
+
 def script_command(script: Path, args: list[str]) -> str:
     """How the node runs the uploaded script: by its extension, with the runtime's Python for .py."""
     name = shlex.quote(script.name)
@@ -39,14 +49,19 @@ def script_command(script: Path, args: list[str]) -> str:
 
 
 def submit_job(client: HeadClient, script: Path, args: list[str], *, cpus: float, gpus: float,
-               resources: dict[str, float], name: str | None, max_retries: int) -> str:
+               resources: dict[str, float], name: str | None, max_retries: int,
+               env: dict[str, str] | None = None, working_dir: str = "") -> str:
     if not script.is_file():
         raise LaunchError(f"{script}: no such script")
     request = {"CPU": cpus, "GPU": gpus, **resources}
+    command = script_command(script, args)
+    if working_dir:  # the script stays in the job's directory; the job runs where the user asked
+        command = command.replace(shlex.quote(script.name), '"$LAUNCH_JOB_DIR"/' + shlex.quote(script.name), 1)
     spec = pb.WorkSpec(
-        kind="job", name=name or script.name, command=script_command(script, args),
+        kind="job", name=name or script.name, command=command,
         request=pb.Resources(amounts={k: float(v) for k, v in request.items() if v > 0}),
-        files={script.name: script.read_bytes()}, max_retries=max_retries,
+        files={script.name: script.read_bytes()}, max_retries=max_retries, env=env or {},
+        working_dir=working_dir,
     )
     try:
         return client.submit(spec)

@@ -167,6 +167,11 @@ class Executor:
         log_path = job_dir / "output.log"
         env = self._env(list(a.gpu_ids), dict(spec.env))
         env["LAUNCH_JOB_ID"] = a.item_id
+        env["LAUNCH_JOB_DIR"] = str(job_dir)
+        if not cwd.is_dir():
+            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
+                                                message=f"working directory {cwd} does not exist on the node"))
+            return
         with open(log_path, "wb") as out:
             try:
                 proc = subprocess.Popen(["bash", "-c", spec.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,

@@ -194,9 +194,15 @@ def test_jobs_submit_logs_cancel_through_cli(rt, tmp_path):
     assert processes_with_env(f"LAUNCH_JOB_ID={job_id}\0") == []  # the job's process group is gone
 
     ok = tmp_path / "ok.sh"
-    ok.write_text("echo from bash on $LAUNCH_NODE_ID\nexit 0\n")
-    r = cli("submit", str(path), str(ok), home=home)  # follows the log to the end
-    assert r.returncode == 0 and "from bash on local-" in r.stdout
+    ok.write_text("echo from bash on $LAUNCH_NODE_ID in $(pwd) with GREETING=$GREETING\nexit 0\n")
+    r = cli("submit", str(path), str(ok), "--env", "GREETING=hi there", "--working-dir", "/tmp", home=home)
+    assert r.returncode == 0, r.stderr  # follows the log to the end
+    assert "from bash on local-" in r.stdout and "in /tmp with GREETING=hi there" in r.stdout
+
+    r = cli("submit", str(path), str(ok), "--env", "NOEQUALS", home=home)
+    assert r.returncode == 1 and "--env 'NOEQUALS': expected KEY=VALUE" in r.stderr
+    r = cli("submit", str(path), str(ok), "--working-dir", "/no/such/dir", home=home)
+    assert r.returncode == 127 and "does not exist on the node" in r.stderr
 
     r = cli("job", "logs", str(path), "j-nope", home=home)
     assert r.returncode == 1 and "unknown job" in r.stderr and "Traceback" not in r.stderr
