@@ -193,7 +193,10 @@ app.add_typer(job_app, name="job")
 
 
 def _exit_for(info) -> int:
-    return 0 if info.state == "finished" else (info.exit_code or 1)
+    """The job's own exit code when it failed with one; 1 when it was cancelled, lost or killed."""
+    if info.state == "finished":
+        return 0
+    return info.exit_code if info.state == "failed" and 0 < info.exit_code < 256 else 1
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

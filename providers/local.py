@@ -150,6 +150,7 @@ class LocalProvider:
         return st is not None and st == record["start_time"]
 
     def _info(self, node_id: str, record: dict) -> NodeInfo:
+        node_type = self.cfg.available_node_types.get(record["node_type"])
         return NodeInfo(
             id=node_id,
             node_type=record["node_type"],
@@ -158,8 +159,7 @@ class LocalProvider:
             internal_ip=LOCAL_IP,
             external_ip=LOCAL_IP,
             launched_at=record["launched_at"],
-            spot=bool(self.cfg.available_node_types.get(record["node_type"], None) and
-                      self.cfg.available_node_types[record["node_type"]].spot),
+            spot=bool(node_type and node_type.spot),
         )
 
     def list_nodes(self, tag_filters: dict[str, str]) -> list[NodeInfo]:

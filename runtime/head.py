@@ -194,12 +194,12 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def GetResults(self, request, context):
         ids = list(request.ids)
-        unknown = [i for i in ids if i not in self.sched.items]
-        if unknown:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
         want = request.num_returns or len(ids)
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         with self.cond:
+            unknown = [i for i in ids if i not in self.sched.items]
+            if unknown:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
             while True:
                 done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
                 left = None if deadline is None else deadline - time.monotonic()
