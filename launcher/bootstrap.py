@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from launcher.command_runner import CommandResult, CommandRunner
+from launcher.command_runner import CommandResult, CommandRunner, ConnectionLost
 from launcher.config import ClusterConfig
 from launcher.errors import LaunchError
 from launcher.file_sync import sync_up
 from launcher.node_status import NodeStatus, can_transition, check_transition
+from launcher.runtime_bundle import ensure_runtime
 from providers.base import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH, TAG_STATUS, NodeInfo, NodeProvider
 from runtime.node_config import NODE_CONFIG_PATH, NodeRuntimeConfig
 
 WAIT_READY_S = 300.0
+STEP_ATTEMPTS = 3  # a step whose connection drops is retried on a new connection
 
 
 class NodeUpdateFailed(LaunchError):
@@ -60,15 +62,30 @@ class NodeUpdater:
         self.runner: CommandRunner = provider.command_runner(node)
         self.status = NodeStatus(node.status) if node.status in NodeStatus._value2member_map_ else NodeStatus.PENDING
         self.head_address: str | None = None
+        self.wait_ready_s = float(cfg.provider.extra.get("ssh_wait_s", WAIT_READY_S))
 
     def _set_status(self, new: NodeStatus, **extra_tags: str) -> None:
         self.status = check_transition(self.status, new)
         self.provider.set_tags(self.node.id, {TAG_STATUS: new.value, **extra_tags})
 
+    def _retrying(self, log: TextIO, step: str, fn):
+        for attempt in range(1, STEP_ATTEMPTS + 1):
+            try:
+                return fn()
+            except ConnectionLost as e:
+                log.write(f"{e}; reconnecting to retry ({attempt}/{STEP_ATTEMPTS})\n")
+                log.flush()
+                if attempt == STEP_ATTEMPTS:
+                    raise NodeUpdateFailed(self.node.id, step, [str(e)], "connection kept dropping") from None
+                self.runner.wait_ready(self.wait_ready_s)
+
     def _run(self, log: TextIO, step: str, cmd: str, env: dict[str, str] | None = None) -> CommandResult:
-        log.write(f"$ {cmd}\n")
-        log.flush()
-        result = self.runner.run(cmd, env=env, on_output=lambda line: (log.write(line), log.flush()))
+        def attempt():
+            log.write(f"$ {cmd}\n")
+            log.flush()
+            return self.runner.run(cmd, env=env, on_output=lambda line: (log.write(line), log.flush()))
+
+        result = self._retrying(log, step, attempt)
         log.write(f"[exit {result.exit_code}]\n")
         if not result.ok:
             raise NodeUpdateFailed(self.node.id, step, result.tail, f"`{cmd}` exited {result.exit_code}")
@@ -81,14 +98,14 @@ class NodeUpdater:
             try:
                 if plan.full:
                     self._set_status(NodeStatus.WAITING_FOR_SSH)
-                    self.runner.wait_ready(WAIT_READY_S)
+                    self.runner.wait_ready(self.wait_ready_s)
                     step = "syncing-files"
                     self._set_status(NodeStatus.SYNCING_FILES)
                     for remote, local in self.cfg.file_mounts.items():
-                        n = sync_up(
+                        n = self._retrying(log, step, lambda: sync_up(
                             self.runner, self.cfg.local_mount_path(local), remote,
                             self.cfg.rsync_exclude, self.cfg.rsync_filter,
-                        )
+                        ))
                         log.write(f"synced {local} -> {remote}: {n} file(s) sent\n")
                     step = "setting-up"
                     self._set_status(NodeStatus.SETTING_UP)
@@ -118,7 +135,11 @@ class NodeUpdater:
             self._set_status(NodeStatus.UPDATE_FAILED)
 
     def start_runtime(self, log: TextIO, restart: bool) -> None:
-        self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG_PATH, mode=0o600)
+        if self.runner.ships_runtime:
+            self.runner.python = self._retrying(log, "installing the runtime",
+                                                lambda: ensure_runtime(self.runner, log))
+        self._retrying(log, "starting the runtime",
+                       lambda: self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG_PATH, mode=0o600))
         cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")
         result = self._run(log, "starting the runtime", cmd)
         for line in result.tail:
@@ -126,8 +147,10 @@ class NodeUpdater:
                 self.head_address = line.split(": ", 1)[1].strip()
 
     def runtime_running(self) -> bool:
-        result = self.runner.run(f"{self.runner.python} -m runtime.node status")
-        if not result.ok or not result.tail:
+        """False also when the node cannot be asked: the update that follows reports why, per node."""
+        try:
+            result = self.runner.run(f"{self.runner.python} -m runtime.node status", timeout=60)
+            pids = json.loads(result.tail[-1]) if result.ok and result.tail else {}
+        except (LaunchError, ValueError):
             return False
-        pids = json.loads(result.tail[-1])
         return bool(pids.get("agent")) and (not self.runtime_cfg.is_head or bool(pids.get("head")))

@@ -151,8 +151,15 @@ def _fmt_age(seconds: float) -> str:
 def status(
     config: Path = ConfigFile,
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    node: str = typer.Option(None, "--node", help="With --log: the node whose setup log to print."),
+    log: bool = typer.Option(False, "--log", help="Print the full setup log of --node."),
 ) -> None:
     """Show the cluster's nodes: type, status, IP, resources used/total, age."""
+    if log or node:
+        if not (log and node):
+            raise LaunchError("--log and --node go together: launch status FILE --node ID --log")
+        print(_cluster(config).setup_log(node), end="")
+        return
     st = _cluster(config).status()
     if as_json:
         print(json.dumps(st, indent=2))
@@ -171,21 +178,112 @@ def status(
         err.print(f"[yellow]warning:[/yellow] {st['runtime_error']}")
 
 
+def _session(tmux: bool, screen: bool) -> str | None:
+    if tmux and screen:
+        raise LaunchError("--tmux and --screen: choose one")
+    return "tmux" if tmux else "screen" if screen else None
+
+
+def _write(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+NodeOpt = typer.Option(None, "--node", help="A node id (see `launch status`); default: the head.")
+TmuxOpt = typer.Option(False, "--tmux", help="Use a tmux session on the node.")
+ScreenOpt = typer.Option(False, "--screen", help="Use a screen session on the node.")
+
+
 @app.command("exec")
 @_handle_errors
 def exec_(
     config: Path = ConfigFile,
-    cmd: str = typer.Argument(..., help="The shell command to run on the head node."),
+    cmd: str = typer.Argument(..., help="The shell command to run on the node."),
+    node: str = NodeOpt,
+    tmux: bool = typer.Option(False, "--tmux", help="Run it in a new detached tmux session; return at once."),
+    screen: bool = typer.Option(False, "--screen", help="Run it in a new detached screen session."),
+    start: bool = typer.Option(False, "--start", help="Bring the cluster up first (as `launch up --yes`)."),
+    stop: bool = typer.Option(False, "--stop", help="Tear the cluster down after the command."),
 ) -> None:
-    """Run a command on the head node, streaming its output; exits with its exit code."""
+    """Run a command on the head (or --node), streaming its output; exits with its exit code."""
+    session = _session(tmux, screen)
     cluster = _cluster(config)
-
-    def write(line: str) -> None:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-
-    code = cluster.exec_on_head(cmd, write)
+    if start:
+        cluster.up(confirm=lambda question: True)
+    try:
+        code = cluster.exec(cmd, _write, node_id=node, session=session)
+    finally:
+        if stop:
+            err.print(f"tearing down cluster {cluster.cfg.cluster_name} (--stop): {cluster.down()} node(s)")
     raise typer.Exit(code)
+
+
+@app.command()
+@_handle_errors
+def attach(
+    config: Path = ConfigFile,
+    node: str = NodeOpt,
+    tmux: bool = TmuxOpt,
+    screen: bool = ScreenOpt,
+    new: bool = typer.Option(False, "--new", help="Start a new tmux/screen session instead of re-attaching."),
+) -> None:
+    """An interactive shell on the head (or --node), re-attaching to tmux/screen when asked."""
+    if new and not (tmux or screen):
+        raise LaunchError("--new needs --tmux or --screen")
+    raise typer.Exit(_cluster(config).attach(node_id=node, session=_session(tmux, screen), new=new))
+
+
+@app.command("rsync-up")
+@_handle_errors
+def rsync_up(
+    config: Path = ConfigFile,
+    source: Path = typer.Argument(..., help="A local file or directory."),
+    target: str = typer.Argument(..., help="Where it goes on the node (~ is the node's home)."),
+    node: str = NodeOpt,
+    all_nodes: bool = typer.Option(False, "--all-nodes", "-A", help="Copy to every node of the cluster."),
+) -> None:
+    """Copy files to the head (or --node, or every node); only changed files are sent."""
+    n = _cluster(config).rsync_up(source, target, node_id=node, all_nodes=all_nodes)
+    out.print(f"{source} -> {target}: {n} file(s) sent", highlight=False)
+
+
+@app.command("rsync-down")
+@_handle_errors
+def rsync_down(
+    config: Path = ConfigFile,
+    source: str = typer.Argument(..., help="A file or directory on the node."),
+    target: Path = typer.Argument(..., help="Where it goes here."),
+    node: str = NodeOpt,
+) -> None:
+    """Copy files from the head (or --node) to this machine."""
+    n = _cluster(config).rsync_down(source, target, node_id=node)
+    out.print(f"{source} -> {target}: {n} file(s) copied", highlight=False)
+
+
+@app.command("get-head-ip")
+@_handle_errors
+def get_head_ip(config: Path = ConfigFile) -> None:
+    """Print the head node's IP."""
+    print(_cluster(config).head_ip())
+
+
+@app.command("get-worker-ips")
+@_handle_errors
+def get_worker_ips(config: Path = ConfigFile) -> None:
+    """Print the worker nodes' IPs, one per line."""
+    for ip in _cluster(config).worker_ips():
+        print(ip)
+
+
+@app.command()
+@_handle_errors
+def monitor(
+    config: Path = ConfigFile,
+    lines: int = typer.Option(50, "--lines", "-n", help="How many past lines to show."),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Keep following the log."),
+) -> None:
+    """Follow the runtime's log on the head."""
+    raise typer.Exit(_cluster(config).monitor(_write, lines=lines, follow=follow))
 
 
 job_app = typer.Typer(help="List, follow and cancel jobs.", no_args_is_help=True)

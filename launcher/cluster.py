@@ -7,8 +7,10 @@ file sync, setup and start on it, a dead runtime is restarted, and an unchanged 
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -309,8 +311,67 @@ class Cluster:
             raise LaunchError(f"cluster {self.cfg.cluster_name!r} has no known head service; run `launch up` again")
         return HeadClient(info["head_address"], token, timeout_s=30)
 
-    # --- exec ---------------------------------------------------------------------------------------
+    # --- commands on nodes --------------------------------------------------------------------------
 
-    def exec_on_head(self, cmd: str, on_output: Callable[[str], None]) -> int:
-        runner = self.provider.command_runner(self.require_head())
-        return runner.run(cmd, on_output=on_output).exit_code
+    def node(self, node_id: str | None) -> NodeInfo:
+        """The node with this id, or the head when None."""
+        if node_id is None:
+            return self.require_head()
+        nodes = self.nodes()
+        for n in nodes:
+            if n.id == node_id:
+                return n
+        known = ", ".join(n.id for n in nodes) or "none"
+        raise LaunchError(f"no node {node_id!r} in cluster {self.cfg.cluster_name!r} (nodes: {known})")
+
+    def runner(self, node_id: str | None = None):
+        return self.provider.command_runner(self.node(node_id))
+
+    def exec(self, cmd: str, on_output: Callable[[str], None], *, node_id: str | None = None,
+             session: str | None = None) -> int:
+        """Run `cmd` on a node (the head by default); in a detached tmux/screen session if asked."""
+        if session == "tmux":
+            cmd = f"tmux new-session -d -s launch-{int(time.time())} {shlex.quote(cmd + '; exec bash')}"
+        elif session == "screen":
+            cmd = f"screen -dmS launch-{int(time.time())} bash -c {shlex.quote(cmd + '; exec bash')}"
+        return self.runner(node_id).run(cmd, on_output=on_output).exit_code
+
+    def attach(self, *, node_id: str | None = None, session: str | None = None, new: bool = False) -> int:
+        if session == "tmux":
+            command = "tmux new-session" if new else "tmux attach || tmux new-session"
+        elif session == "screen":
+            command = "screen -L" if new else "screen -D -R"
+        else:
+            command = None
+        return self.runner(node_id).interactive(command)
+
+    def rsync_up(self, source: Path, target: str, *, node_id: str | None = None, all_nodes: bool = False) -> int:
+        from launcher.file_sync import sync_up
+
+        if not source.exists():
+            raise LaunchError(f"{source}: no such file or directory")
+        nodes = self.nodes() if all_nodes else [self.node(node_id)]
+        return sum(sync_up(self.provider.command_runner(n), source, target, self.cfg.rsync_exclude,
+                           self.cfg.rsync_filter) for n in nodes)
+
+    def rsync_down(self, source: str, target: Path, *, node_id: str | None = None) -> int:
+        return self.runner(node_id).download(source, target)
+
+    def head_ip(self) -> str:
+        head = self.require_head()
+        return head.external_ip or head.internal_ip or ""
+
+    def worker_ips(self) -> list[str]:
+        return [n.internal_ip or "" for n in self.nodes() if n.kind == KIND_WORKER]
+
+    def monitor(self, on_output: Callable[[str], None], *, lines: int = 50, follow: bool = True) -> int:
+        """The head's runtime log (the autoscaler's events will join it)."""
+        logs = "~/.launch-runtime/logs/head.log"
+        cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{logs}"
+        return self.runner(None).run(cmd, on_output=on_output).exit_code
+
+    def setup_log(self, node_id: str) -> str:
+        path = self.dir.node_log(node_id)
+        if not path.exists() or not path.stat().st_size:
+            raise LaunchError(f"no setup log for node {node_id!r} (expected {path})")
+        return path.read_text(errors="replace")

@@ -37,9 +37,15 @@ class CommandFailed(LaunchError):
         super().__init__(f"command exited {result.exit_code}: {cmd}" + (f" ({last})" if last else ""))
 
 
+class ConnectionLost(LaunchError):
+    """The connection broke while a command or transfer ran: it may or may not have finished."""
+
+
 class CommandRunner(Protocol):
     #: The Python interpreter that runs this project's code on the node.
     python: str
+    #: Whether the runtime must be shipped to the node before it can start (see runtime_bundle).
+    ships_runtime: bool
 
     def wait_ready(self, deadline_s: float) -> None:
         """Block until the node accepts commands, or raise LaunchError naming the node."""
@@ -64,6 +70,8 @@ TAIL_LINES = 20
 
 
 class LocalCommandRunner:
+    ships_runtime = False  # a local node runs the launcher's own interpreter and code
+
     def __init__(self, home: Path, env: dict[str, str], python: str):
         self.home = home
         self.env = env
@@ -137,3 +145,21 @@ class LocalCommandRunner:
             return self.resolve(remote_path).read_bytes()
         except FileNotFoundError:
             return None
+
+    def download(self, remote_path: str, local: Path) -> int:
+        import shutil
+
+        src = self.resolve(remote_path)
+        if not src.exists():
+            raise LaunchError(f"{remote_path}: no such file or directory on the node")
+        if src.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, local)
+            return 1
+        shutil.copytree(src, local, dirs_exist_ok=True)
+        return sum(1 for p in local.rglob("*") if p.is_file())
+
+    def interactive(self, command: str | None = None) -> int:
+        """A shell (or `command`) in the node's directory and environment, on this terminal."""
+        argv = ["bash", "-c", command] if command else ["bash", "-i"]
+        return subprocess.call(argv, cwd=self.home, env=self._env(None))

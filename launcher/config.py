@@ -217,6 +217,13 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     if prov.kind == "ssh":
         if not prov.head_ip:
             p.append("provider.head_ip: required for an on-prem (ssh) cluster")
+        if not cfg.auth.ssh_user:
+            p.append("auth.ssh_user: required for an on-prem (ssh) cluster")
+        for i, host in enumerate([prov.head_ip or "", *(prov.worker_ips or [])]):
+            _, sep, port = host.rpartition(":")
+            if sep and "]" not in port and not (port.isdigit() and 0 < int(port) < 65536):
+                where = "provider.head_ip" if i == 0 else f"provider.worker_ips.{i - 1}"
+                p.append(f"{where}: {host!r} has an invalid port")
     elif prov.worker_ips:
         p.append(f"provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type {prov.type!r})")
 

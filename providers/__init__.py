@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # kind -> (module, class). A kind missing here is recognised by the config but not available yet.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("providers.local", "LocalProvider"),
+    "ssh": ("providers.ssh", "SSHProvider"),
 }
 
 

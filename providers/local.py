@@ -9,8 +9,6 @@ file written atomically under a lock.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -18,13 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from launcher.command_runner import LocalCommandRunner
 from launcher.config import ClusterConfig
 from providers.base import NodeInfo, NodeNotFound
+from providers.state_file import locked_json
 
 MARKER_ENV = "LAUNCH_LOCAL_NODE"
 LOCAL_IP = "127.0.0.1"
@@ -96,21 +93,9 @@ class LocalProvider:
         self.head_port = int(cfg.provider.extra.get("head_port", 0))
         self.nodes_dir.mkdir(parents=True, exist_ok=True)
 
-    # State file: {node_id: {node_type, tags, pid, start_time, launched_at}}
-    @contextmanager
-    def _locked_state(self) -> Iterator[dict[str, dict]]:
-        with open(self.root / "lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-                before = json.dumps(state, sort_keys=True)
-                yield state
-                if json.dumps(state, sort_keys=True) != before:
-                    tmp = self.state_path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-                    os.replace(tmp, self.state_path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked_state(self):
+        """{node_id: {node_type, tags, pid, start_time, launched_at}}, under the provider's lock."""
+        return locked_json(self.state_path)
 
     def bootstrap_config(self, cfg: ClusterConfig) -> ClusterConfig:
         return cfg  # nothing to create: no keys, networks or images on this machine

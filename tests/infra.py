@@ -61,3 +61,136 @@ def processes_with_env(needle: str) -> list[int]:
             except OSError:
                 pass
     return [p for p in found if p != os.getpid()]
+
+
+# --- real sshd hosts ----------------------------------------------------------------------------------
+
+import itertools
+import shutil
+import signal
+import socket
+import threading
+import time
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSH_PORT = 2222
+
+
+class SSHHost:
+    """One real sshd on its own loopback address, with its own HOME (sessions and SFTP) and host key."""
+
+    def __init__(self, lab: SSHLab, index: int):
+        self.lab = lab
+        self.ip = f"127.0.{lab.subnet}.{10 + index}"
+        self.port = SSH_PORT
+        self.dir = lab.root / f"host{index}"
+        self.home = self.dir / "home"
+        self.home.mkdir(parents=True)
+        self.pid: int | None = None
+        self.new_host_key()
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    def new_host_key(self) -> None:
+        key = self.dir / "host_key"
+        key.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        (self.dir / "sshd_config").write_text(
+            f"HostKey {key}\nAuthorizedKeysFile {self.lab.root}/authorized_keys\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            "UsePAM no\nStrictModes no\nMaxStartups 100\nMaxSessions 50\n"
+            f"SetEnv HOME={self.home}\nSubsystem sftp internal-sftp -d {self.home}\n"
+        )
+
+    def start(self) -> SSHHost:
+        pidfile = self.dir / "sshd.pid"
+        pidfile.unlink(missing_ok=True)
+        subprocess.run([SSHD, "-f", str(self.dir / "sshd_config"), "-o", f"ListenAddress={self.ip}",
+                        "-o", f"Port={self.port}", "-o", f"PidFile={pidfile}"], check=True)
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline, f"sshd on {self.address} did not start"
+            time.sleep(0.01)
+        self.pid = int(pidfile.read_text())
+        return self
+
+    def stop(self) -> None:
+        """Stop the listener (sessions already open keep running, as with a real sshd restart)."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.pid = None
+
+    def runtime_processes(self) -> list[int]:
+        """Processes started on this host by the runtime (their HOME is this host's)."""
+        return processes_with_env(f"HOME={self.home}\0")
+
+
+class SSHLab:
+    """A factory of SSH hosts for one test session; every host and process goes at close()."""
+
+    _subnets = itertools.count(60)
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.subnet = next(self._subnets)
+        root.mkdir(parents=True, exist_ok=True)
+        self.client_key = root / "client_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key)], check=True)
+        shutil.copy(root / "client_key.pub", root / "authorized_keys")
+        self.hosts: list[SSHHost] = []
+        self.blackholes: list[socket.socket] = []
+
+    def host(self, start: bool = True) -> SSHHost:
+        h = SSHHost(self, len(self.hosts) + len(self.blackholes))
+        self.hosts.append(h)
+        return h.start() if start else h
+
+    def blackhole(self) -> str:
+        """An address that accepts TCP connections and never says a word (a hung host)."""
+        ip = f"127.0.{self.subnet}.{10 + len(self.hosts) + len(self.blackholes)}"
+        s = socket.socket()
+        s.bind((ip, SSH_PORT))
+        s.listen(16)
+        self.blackholes.append(s)
+        return f"{ip}:{SSH_PORT}"
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.stop()
+            for pid in h.runtime_processes():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for s in self.blackholes:
+            s.close()
+
+
+def ssh_cluster(name: str, lab: SSHLab, head: SSHHost, workers: list[str], **overrides) -> dict:
+    """An on-prem cluster config over lab hosts: Ray's `type: local` with head_ip/worker_ips."""
+    cfg = {
+        "cluster_name": name,
+        "max_workers": len(workers),
+        "provider": {"type": "local", "head_ip": head.address, "worker_ips": workers,
+                     "head_bind_host": head.ip, "head_port": free_port(head.ip), "ssh_wait_s": 20},
+        "auth": {"ssh_user": "root", "ssh_private_key": str(lab.client_key)},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 1}, "max_workers": 0},
+            "worker": {"resources": {"CPU": 1}, "min_workers": len(workers), "max_workers": len(workers)},
+        },
+        "head_node_type": "head",
+        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]

@@ -83,7 +83,11 @@ BAD = [
     ("available_node_types", {}, "available_node_types: must declare at least one node type"),
     ("provider.type", "kubernetes",
      "provider.type: unknown provider 'kubernetes'; expected one of local, ssh, aws, gcp, azure, slurm"),
-    ("provider", {"type": "ssh"}, "provider.head_ip: required for an on-prem (ssh) cluster"),
+    ("provider", {"type": "ssh"}, ["provider.head_ip: required for an on-prem (ssh) cluster",
+                                   "auth.ssh_user: required for an on-prem (ssh) cluster"]),
+    ("provider", {"type": "local", "head_ip": "10.0.0.1:22", "worker_ips": ["10.0.0.2:http"]}, [
+        "auth.ssh_user: required for an on-prem (ssh) cluster",
+        "provider.worker_ips.0: '10.0.0.2:http' has an invalid port"]),
     ("provider", {"type": "aws", "worker_ips": ["1.2.3.4"]},
      "provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type 'aws')"),
     ("available_node_types.gpu.resources.GPU", -1, "available_node_types.gpu.resources.GPU: must be >= 0 (got -1.0)"),
