@@ -147,32 +147,29 @@ class Cluster:
         return workers
 
     def _update_workers(self, cfg, workers, token, head_address, mounts, restart, actions) -> list[NodeUpdateFailed]:
-        jobs = []
-        for w in workers:
+        """Check and update every worker in parallel: a check is a round trip to the node, too."""
+        if not workers:
+            return []
+        failures: list[NodeUpdateFailed] = []
+
+        def run(w: NodeInfo):
             rhash = runtime_hash(cfg, w.node_type, False, mounts, head_address=head_address)
             updater = self._updater(w, cfg, token, False, head_address, 0, rhash)
             plan = self._plan(w, updater, rhash, restart)
-            if plan is not None:
-                jobs.append((w, updater, plan))
-        if not jobs:
-            return []
-        self.say(f"updating {len(jobs)} worker(s) in parallel")
-        failures: list[NodeUpdateFailed] = []
-
-        def run(job):
-            w, updater, plan = job
+            if plan is None:
+                return None, None
             try:
                 updater.update(plan)
                 return f"worker {w.id}: {'set up' if plan.full else 'runtime started'}", None
             except NodeUpdateFailed as e:
                 return None, e
 
-        with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
-            for done, err in pool.map(run, jobs):
+        with ThreadPoolExecutor(max_workers=min(32, len(workers))) as pool:
+            for done, err in pool.map(run, workers):
                 if err is not None:
                     failures.append(err)
                     self.say(f"[red]worker {err.node_id} failed[/red]: {err} (log: {self.dir.node_log(err.node_id)})")
-                else:
+                elif done:
                     actions.append(done)
         return failures
 

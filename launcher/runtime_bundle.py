@@ -77,17 +77,19 @@ def build_bundle() -> tuple[str, Path]:
 
 def ensure_runtime(runner: CommandRunner, log: TextIO) -> str:
     """Install the launcher's runtime on the node if it is not there yet; returns the node's python."""
-    probe = runner.run("python3 -c \"import sys, platform; print(sys.implementation.cache_tag + '-' + platform.machine())\"")
-    remote_abi = probe.tail[-1].strip() if probe.ok and probe.tail else ""
-    if not probe.ok:
+    bundle_id, path = build_bundle()
+    install = f"~/.launch-runtime/install/{bundle_id}"
+    # one round trip (each command costs the node's sshd ~0.1 s): the node's ABI, and whether it has this install
+    probe = runner.run("python3 -c \"import sys, platform; print(sys.implementation.cache_tag + '-' + platform.machine())\""
+                       f" && if test -f {install}/.complete; then echo installed; else echo missing; fi")
+    if not probe.ok or len(probe.tail) < 2:
         raise LaunchError("python3 is not available on the node: install Python 3 there (setup cannot run the runtime)")
+    remote_abi, installed = probe.tail[-2].strip(), probe.tail[-1].strip() == "installed"
     if remote_abi != local_abi():
         raise LaunchError(f"the node's python3 is {remote_abi} but the launcher runs {local_abi()}: the shipped "
                           f"runtime has compiled parts; use a node image with the same Python, or run launch "
                           f"with the node's Python version")
-    bundle_id, path = build_bundle()
-    install = f"~/.launch-runtime/install/{bundle_id}"
-    if not runner.run(f"test -f {install}/.complete").ok:
+    if not installed:
         log.write(f"installing the runtime ({bundle_id}, {path.stat().st_size // 1024} KiB)\n")
         upload = f"~/.launch-runtime/runtime-{bundle_id}.tar.gz"
         runner.put_file(path.read_bytes(), upload, mode=0o600)

@@ -206,3 +206,52 @@ def test_commands_on_a_cluster_that_is_not_up(tmp_path):
     assert r.returncode == 1 and "not confirmed" in r.stderr
     r = cli("down", str(path), "--yes", home=home)
     assert r.returncode == 0 and "0 node(s) terminated" in r.stdout
+
+
+def test_exec_start_stop_attach_rsync_on_local_nodes(tmp_path):
+    import sys
+
+    import pexpect
+
+    from tests.infra import ROOT
+
+    home = tmp_path / "home"
+    data = local_cluster("cmds")
+    data["available_node_types"]["cpu"]["min_workers"] = 0
+    path = write_config(tmp_path / "c.yaml", data)
+    try:
+        # --start brings the cluster up first
+        r = cli("exec", str(path), "echo started", "--start", home=home)
+        assert r.returncode == 0 and r.stdout.endswith("started\n"), r.stderr
+        assert cli("get-head-ip", str(path), home=home).stdout.strip() == "127.0.0.1"
+        assert cli("get-worker-ips", str(path), home=home).stdout == ""
+
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f.txt").write_text("payload\n")
+        assert "1 file(s) sent" in cli("rsync-up", str(path), str(src), "~/in", home=home).stdout
+        r = cli("rsync-down", str(path), "~/in/f.txt", str(tmp_path / "out.txt"), home=home)
+        assert r.returncode == 0 and (tmp_path / "out.txt").read_text() == "payload\n"
+
+        env = {**os.environ, "LAUNCH_HOME": str(home)}
+        child = pexpect.spawn(sys.executable, ["-m", "launcher", "attach", str(path)], cwd=str(ROOT), env=env,
+                              timeout=30, encoding="utf-8")
+        child.sendline("cat ~/in/f.txt; exit 6")
+        child.expect("payload")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 6
+
+        r = cli("attach", str(path), "--new", home=home)
+        assert r.returncode == 1 and "--new needs --tmux or --screen" in r.stderr
+        r = cli("exec", str(path), "true", "--tmux", "--screen", home=home)
+        assert r.returncode == 1 and "choose one" in r.stderr
+        r = cli("exec", str(path), "true", "--node", "local-nope", home=home)
+        assert r.returncode == 1 and "no node 'local-nope'" in r.stderr
+
+        # --stop tears the cluster down after the command, which still gives its exit code
+        r = cli("exec", str(path), "exit 2", "--stop", home=home)
+        assert r.returncode == 2 and "tearing down" in r.stderr
+        assert _status(path, home)["nodes"] == []
+    finally:
+        cli("down", str(path), "--yes", home=home)
