@@ -1,0 +1,294 @@
+"""The autoscaler's planner: a pure function of the cluster's state. No I/O, no clock reads, deterministic.
+
+    plan(PlanInput) -> Plan
+
+1. Demand is grouped by resource shape (real queues hold 100k items of a handful of shapes).
+2. Free capacity is filled first: what nodes have available now, and the whole of nodes that are
+   launching and not yet registered.
+3. What is left is served by launching the node types that cost least per unit of demand served:
+   a greedy set cover where each shape's unit of work is weighed by its cheapest stand-alone price,
+   and one node's fill pattern is repeated as often as the demand allows (so a million queued items
+   cost a few iterations). GPU types serve non-GPU work only when nothing else fits. Types backed off
+   after capacity errors are skipped (so spot falls back to the next cheapest type, on-demand), as are
+   types at their max. The global max_workers, the $/h budget and upscaling_speed cap the total.
+4. Scale-down: idle workers (past idle_timeout, above min_workers), least useful first; workers whose
+   node config is outdated; workers stuck before up-to-date past the launch timeout or failed to set
+   up. Never the head, never a node running work: busy outdated nodes are drained first.
+Every decision carries a short reason for `launch status`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+Shape = tuple[tuple[str, float], ...]
+
+
+def shape_of(request: dict[str, float]) -> Shape:
+    return tuple(sorted((k, float(v)) for k, v in request.items() if v > 0))
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shape) + "}"
+
+
+@dataclass(frozen=True)
+class NodeTypeSpec:
+    name: str
+    resources: dict[str, float]
+    min_workers: int = 0
+    max_workers: int = 0
+    cost_per_hour: float = 0.0
+    spot: bool = False
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.resources.get("GPU", 0) > 0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    id: str
+    node_type: str
+    status: str  # the node status tag: pending ... up-to-date, update-failed, draining, terminating
+    is_head: bool = False
+    registered: bool = False  # known to the runtime
+    total: dict[str, float] = field(default_factory=dict)
+    available: dict[str, float] = field(default_factory=dict)
+    running: int = 0
+    idle_since: float = 0.0  # 0 while busy
+    launched_at: float = 0.0
+    outdated: bool = False  # its launch hash (node_config, auth) is no longer the config's
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_workers: int
+    upscaling_speed: float = 1.0
+    idle_timeout_s: float = 300.0
+    max_cost_per_hour: float | None = None
+    launch_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    node_types: dict[str, NodeTypeSpec]
+    nodes: list[NodeView]
+    demand: list[tuple[dict[str, float], int]]
+    limits: Limits
+    backoff_until: dict[str, float] = field(default_factory=dict)  # node type -> time it may be tried again
+    now: float = 0.0
+
+
+@dataclass
+class Plan:
+    launches: dict[str, int] = field(default_factory=dict)
+    launch_reasons: dict[str, str] = field(default_factory=dict)
+    terminations: list[tuple[str, str]] = field(default_factory=list)  # (node id, reason)
+    drains: list[tuple[str, str]] = field(default_factory=list)  # busy nodes to stop feeding, (id, reason)
+    infeasible: list[tuple[Shape, int, str]] = field(default_factory=list)
+    unmet: list[tuple[Shape, int, str]] = field(default_factory=list)  # feasible, but blocked by a limit now
+
+
+LIVE = ("pending", "waiting-for-ssh", "syncing-files", "setting-up", "up-to-date")
+
+
+def _fits(capacity: dict[str, float], shape: Shape) -> int:
+    """How many items of `shape` fit in `capacity`."""
+    n = math.inf
+    for k, v in shape:
+        n = min(n, math.floor((capacity.get(k, 0.0) + EPS) / v))
+    return 0 if n is math.inf else max(int(n), 0)
+
+
+def _take(capacity: dict[str, float], shape: Shape, n: int) -> None:
+    for k, v in shape:
+        capacity[k] = capacity.get(k, 0.0) - v * n
+
+
+def _pack(capacity: dict[str, float], remaining: dict[Shape, int], order: list[Shape]) -> dict[Shape, int]:
+    """First-fit of the remaining demand into one node's capacity, largest shapes first."""
+    cap = dict(capacity)
+    placed: dict[Shape, int] = {}
+    for s in order:
+        want = remaining.get(s, 0)
+        if want <= 0:
+            continue
+        n = min(want, _fits(cap, s))
+        if n > 0:
+            _take(cap, s, n)
+            placed[s] = n
+    return placed
+
+
+def _size(shape: Shape) -> tuple:
+    d = dict(shape)
+    return (d.get("GPU", 0.0), sum(v for k, v in shape if k not in ("memory",)), d.get("memory", 0.0))
+
+
+def plan(inp: PlanInput) -> Plan:
+    out = Plan()
+    types = inp.node_types
+    now = inp.now
+    lim = inp.limits
+
+    # --- demand, grouped ------------------------------------------------------------------------
+    remaining: dict[Shape, int] = {}
+    for request, count in inp.demand:
+        s = shape_of(request)
+        if s and count > 0:
+            remaining[s] = remaining.get(s, 0) + count
+    order = sorted(remaining, key=_size, reverse=True)
+
+    # infeasible: no node type can hold even one item
+    for s in list(order):
+        if not any(_fits(t.resources, s) >= 1 for t in types.values()):
+            out.infeasible.append((s, remaining.pop(s), f"no node type has {fmt_shape(s)}"))
+            order.remove(s)
+
+    # --- existing and pending capacity ------------------------------------------------------------
+    workers = [n for n in inp.nodes if not n.is_head and n.status != "terminating"]
+    absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
+    for n in sorted(inp.nodes, key=lambda n: n.id):
+        if n.status not in LIVE:
+            continue
+        if n.registered:
+            cap = dict(n.available)
+        elif n.node_type in types:  # launching: all of its type's resources will be free
+            cap = dict(types[n.node_type].resources)
+        else:
+            continue
+        for s, k in _pack(cap, remaining, order).items():
+            remaining[s] -= k
+            absorbing.add(n.id)
+
+    # --- scale-down (decided before launches so replacements are counted) -------------------------
+    count_by_type: dict[str, int] = {}
+    for n in workers:
+        count_by_type[n.node_type] = count_by_type.get(n.node_type, 0) + 1
+    leaving: set[str] = set()
+
+    def terminate(node: NodeView, reason: str) -> None:
+        out.terminations.append((node.id, reason))
+        leaving.add(node.id)
+        count_by_type[node.node_type] = count_by_type.get(node.node_type, 0) - 1
+
+    def retire(n: NodeView, reason: str) -> None:
+        """Terminate an idle node; drain a busy one first (it is terminated once drained)."""
+        if n.running == 0:
+            terminate(n, reason)
+        elif n.status != "draining":
+            out.drains.append((n.id, f"{reason}: draining first"))
+
+    for n in sorted(workers, key=lambda n: n.id):
+        if n.node_type not in types:
+            retire(n, f"node type {n.node_type} is no longer in the config")
+        elif n.status == "update-failed":
+            retire(n, "setup failed: replacing it")
+        elif n.status in LIVE and n.status != "up-to-date" and now - n.launched_at > lim.launch_timeout_s:
+            retire(n, f"stuck in {n.status} for {(now - n.launched_at) / 60:.0f} min")
+        elif n.outdated:
+            retire(n, "outdated node config: replacing it")
+        elif n.status == "draining" and n.running == 0:
+            terminate(n, "drained")
+
+    idle = [n for n in workers if n.id not in leaving and n.id not in absorbing and n.status == "up-to-date"
+            and n.registered and n.running == 0 and n.idle_since > 0 and now - n.idle_since >= lim.idle_timeout_s]
+    # least useful first: the most expensive, then the longest idle
+    for n in sorted(idle, key=lambda n: (-types[n.node_type].cost_per_hour if n.node_type in types else 0.0,
+                                         n.idle_since, n.id)):
+        if n.node_type in types and count_by_type.get(n.node_type, 0) - 1 < types[n.node_type].min_workers:
+            continue
+        terminate(n, f"idle for {(now - n.idle_since) / 60:.1f} min")
+
+    # --- launches --------------------------------------------------------------------------------
+    current_workers = sum(1 for n in workers if n.id not in leaving)
+    pending = sum(1 for n in workers if n.id not in leaving and n.status in LIVE and n.status != "up-to-date")
+    running_nodes = max(1, sum(1 for n in inp.nodes if n.status == "up-to-date"))
+    speed_cap = max(5, math.ceil(lim.upscaling_speed * running_nodes)) - pending
+    budget = math.inf if lim.max_cost_per_hour is None else lim.max_cost_per_hour - sum(
+        types[n.node_type].cost_per_hour for n in inp.nodes if n.id not in leaving and n.node_type in types
+        and n.status != "terminating")
+    global_room = lim.max_workers - current_workers
+    room = max(0, min(speed_cap, global_room))
+    backed_off = {t for t, until in inp.backoff_until.items() if until > now}
+
+    def can_launch(t: NodeTypeSpec) -> bool:
+        return (t.name not in backed_off and count_by_type.get(t.name, 0) + out.launches.get(t.name, 0)
+                < t.max_workers and t.cost_per_hour <= budget + EPS)
+
+    def add(t: NodeTypeSpec, k: int, reason: str) -> None:
+        nonlocal room, budget
+        out.launches[t.name] = out.launches.get(t.name, 0) + k
+        room -= k
+        budget -= k * t.cost_per_hour
+        prev = out.launch_reasons.get(t.name)
+        out.launch_reasons[t.name] = f"{prev}; {reason}" if prev else reason
+
+    # min_workers first: they are owed whatever the demand
+    for t in sorted(types.values(), key=lambda t: t.name):
+        missing = t.min_workers - count_by_type.get(t.name, 0)
+        while missing > 0 and room > 0 and can_launch(t):
+            add(t, 1, "min_workers")
+            missing -= 1
+            for s, k in _pack(dict(t.resources), remaining, order).items():
+                remaining[s] -= k
+
+    # weigh a unit of each shape by its cheapest stand-alone price, so mixed demand compares fairly
+    weight: dict[Shape, float] = {}
+    for s in order:
+        prices = [t.cost_per_hour / _fits(t.resources, s) for t in types.values() if _fits(t.resources, s) >= 1]
+        weight[s] = min(prices) if prices else 0.0
+
+    while room > 0 and any(remaining.get(s, 0) > 0 for s in order):
+        candidates = []
+        for t in sorted(types.values(), key=lambda t: t.name):
+            if can_launch(t):
+                placed = _pack(t.resources, remaining, order)
+                if placed:
+                    candidates.append((t, placed))
+        cpu_alternative = any(not t.has_gpu for t, _ in candidates)
+        best = None
+        for t, placed in candidates:
+            served = sum(weight[s] * k for s, k in placed.items())
+            value = served if served > 0 else sum(placed.values())
+            # a GPU node that would run no GPU work loses to any non-GPU node that can serve
+            gpu_waste = t.has_gpu and cpu_alternative and not any(dict(s).get("GPU", 0) > 0 for s in placed)
+            key = (gpu_waste, t.cost_per_hour / value, t.name)
+            if best is None or key < best[0]:
+                best = (key, t, placed)
+        if best is None:
+            break
+        _, t, placed = best
+        # repeat this fill pattern as often as the demand, the type's max, the budget and the cap allow
+        reps = min(remaining[s] // k for s, k in placed.items())
+        reps = min(reps, room, t.max_workers - count_by_type.get(t.name, 0) - out.launches.get(t.name, 0))
+        if t.cost_per_hour > 0 and budget != math.inf:
+            reps = min(reps, int((budget + EPS) // t.cost_per_hour))
+        reps = max(reps, 1)
+        for s, k in placed.items():
+            remaining[s] = max(0, remaining[s] - k * reps)
+        desc = ", ".join(f"{k * reps} x {fmt_shape(s)}" for s, k in placed.items())
+        add(t, reps, f"{reps} x {t.name}: {desc} queued")
+
+    # what is still waiting, and why
+    for s in order:
+        if remaining.get(s, 0) > 0:
+            why = _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget)
+            out.unmet.append((s, remaining[s], why))
+    return out
+
+
+def _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget) -> str:
+    fitting = [t for t in types.values() if _fits(t.resources, s) >= 1]
+    if fitting and all(t.name in backed_off for t in fitting):
+        return "every node type that fits is backing off after failures: " + ", ".join(t.name for t in fitting)
+    if room <= 0:
+        return f"at the global max_workers ({lim.max_workers}) or the upscaling_speed cap"
+    if lim.max_cost_per_hour is not None and all(t.cost_per_hour > budget + EPS for t in fitting):
+        return f"max_cost_per_hour ({lim.max_cost_per_hour:g} $/h) reached"
+    if all(count_by_type.get(t.name, 0) + out.launches.get(t.name, 0) >= t.max_workers for t in fitting):
+        return "every node type that fits is at its max_workers"
+    return "waiting for capacity"

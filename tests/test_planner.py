@@ -1,0 +1,187 @@
+"""The autoscaler's planner, rule by rule, plus properties that must hold for any input."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoscaler.planner import Limits, NodeTypeSpec, NodeView, PlanInput, plan
+
+CPU4 = NodeTypeSpec("cpu4", {"CPU": 4}, 0, 10, 0.20)
+CPU16 = NodeTypeSpec("cpu16", {"CPU": 16}, 0, 10, 0.70)
+GPU = NodeTypeSpec("gpu", {"CPU": 8, "GPU": 1}, 0, 4, 0.90)
+SPOT = NodeTypeSpec("cpu4-spot", {"CPU": 4}, 0, 10, 0.06, spot=True)
+TYPES = {t.name: t for t in (CPU4, CPU16, GPU)}
+WIDE = Limits(max_workers=100, upscaling_speed=100)
+
+
+def _plan(demand, nodes=(), types=TYPES, limits=WIDE, **kw):
+    return plan(PlanInput(types, list(nodes), list(demand), limits, **kw))
+
+
+def _node(id, type_, status="up-to-date", **kw):
+    return NodeView(id=id, node_type=type_, status=status, registered=status == "up-to-date", **kw)
+
+
+def test_cheapest_per_unit_of_demand():
+    # 32 x {CPU:1}: two cpu16 ($1.40) beat eight cpu4 ($1.60), whatever the listing order
+    p = _plan([({"CPU": 1}, 32)])
+    assert p.launches == {"cpu16": 2}
+    assert "32 x {CPU: 1}" in p.launch_reasons["cpu16"]
+
+
+def test_tail_goes_to_the_smaller_type():
+    p = _plan([({"CPU": 1}, 18)])
+    assert p.launches == {"cpu16": 1, "cpu4": 1}
+
+
+def test_free_and_pending_capacity_first():
+    nodes = [_node("a", "cpu4", available={"CPU": 3}, total={"CPU": 4}), _node("b", "cpu16", status="setting-up")]
+    assert _plan([({"CPU": 1}, 19)], nodes).launches == {}
+    assert _plan([({"CPU": 1}, 20)], nodes).launches == {"cpu4": 1}
+
+
+def test_gpu_nodes_kept_for_gpu_work():
+    types = {"cpu4": CPU4, "gpu": NodeTypeSpec("gpu", {"CPU": 8, "GPU": 1}, 0, 4, 0.15)}  # GPU is even cheaper
+    p = _plan([({"CPU": 1}, 8)], types=types)
+    assert p.launches == {"cpu4": 2}
+    p = _plan([({"CPU": 1}, 8), ({"GPU": 1}, 1)], types=types)
+    assert p.launches == {"gpu": 1}  # the GPU node launched anyway takes the CPU work too
+    only_gpu = {"gpu": types["gpu"]}
+    assert _plan([({"CPU": 1}, 2)], types=only_gpu).launches == {"gpu": 1}  # nothing else fits
+
+
+def test_spot_preferred_then_on_demand_while_spot_backs_off():
+    types = {**TYPES, SPOT.name: SPOT}
+    assert _plan([({"CPU": 1}, 8)], types=types).launches == {"cpu4-spot": 2}
+    p = _plan([({"CPU": 1}, 8)], types=types, backoff_until={"cpu4-spot": 100.0}, now=50.0)
+    assert p.launches == {"cpu4": 2}
+    p = _plan([({"CPU": 1}, 8)], types=types, backoff_until={"cpu4-spot": 100.0}, now=150.0)  # backoff over
+    assert p.launches == {"cpu4-spot": 2}
+
+
+def test_all_fitting_types_backed_off_is_reported():
+    p = _plan([({"GPU": 1}, 2)], backoff_until={"gpu": 10.0}, now=0.0)
+    assert p.launches == {}
+    assert p.unmet[0][1] == 2 and "backing off" in p.unmet[0][2] and "gpu" in p.unmet[0][2]
+
+
+def test_infeasible_with_reason():
+    p = _plan([({"GPU": 2}, 3), ({"CPU": 1}, 1)])
+    assert p.infeasible == [((("GPU", 2.0),), 3, "no node type has {GPU: 2}")]
+    assert p.launches == {"cpu4": 1}
+
+
+def test_min_workers_and_max_workers_per_type():
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 2, 3, 0.2)}
+    assert _plan([], types=types).launches == {"cpu4": 2}
+    assert _plan([], types=types).launch_reasons["cpu4"].startswith("min_workers")
+    p = _plan([({"CPU": 4}, 10)], types=types)
+    assert p.launches == {"cpu4": 3}
+    assert "max_workers" in p.unmet[0][2]
+
+
+def test_global_max_workers_and_upscaling_speed():
+    assert sum(_plan([({"CPU": 4}, 50)], limits=Limits(max_workers=3, upscaling_speed=100)).launches.values()) == 3
+    # speed 1 with 2 nodes up: max(5, 1 x 2) new nodes at a time, minus those still launching
+    nodes = [_node("h", "cpu4", is_head=True, available={"CPU": 0}), _node("a", "cpu4", available={"CPU": 0}),
+             _node("b", "cpu4", status="pending")]
+    p = _plan([({"CPU": 4}, 50)], nodes, limits=Limits(max_workers=100, upscaling_speed=1))
+    assert sum(p.launches.values()) == 4
+
+
+def test_budget():
+    p = _plan([({"CPU": 16}, 5)], limits=Limits(max_workers=100, upscaling_speed=100, max_cost_per_hour=1.5))
+    assert p.launches == {"cpu16": 2}
+    assert "max_cost_per_hour" in p.unmet[0][2]
+
+
+def test_idle_scale_down_least_useful_first_never_below_min_never_busy():
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 1, 10, 0.2), "cpu16": CPU16}
+    lim = Limits(max_workers=10, idle_timeout_s=60)
+    nodes = [
+        _node("h", "cpu4", is_head=True, idle_since=1.0, available={"CPU": 4}),
+        _node("a", "cpu4", idle_since=1.0, available={"CPU": 4}),
+        _node("b", "cpu4", idle_since=1.0, available={"CPU": 4}),
+        _node("c", "cpu16", idle_since=1.0, available={"CPU": 16}),
+        _node("d", "cpu16", idle_since=90.0, available={"CPU": 16}),  # idle only 10 s
+        _node("e", "cpu16", running=2, idle_since=0.0, available={"CPU": 14}),  # busy
+    ]
+    p = _plan([], nodes, types=types, limits=lim, now=100.0)
+    assert [t for t, _ in p.terminations] == ["c", "a"]  # the expensive one first; one cpu4 stays (min 1)
+    assert all("idle for" in why for _, why in p.terminations)
+
+
+def test_idle_node_that_fits_waiting_work_is_kept():
+    nodes = [_node("a", "cpu4", idle_since=1.0, available={"CPU": 4})]
+    p = _plan([({"CPU": 2}, 1)], nodes, limits=Limits(max_workers=10, idle_timeout_s=10), now=100.0)
+    assert p.terminations == [] and p.launches == {}
+
+
+def test_outdated_replaced_idle_drained_busy():
+    nodes = [_node("a", "cpu4", outdated=True, idle_since=5.0, available={"CPU": 4}),
+             _node("b", "cpu4", outdated=True, running=1, available={"CPU": 3})]
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 2, 10, 0.2)}
+    p = _plan([], nodes, types=types, now=10.0)
+    assert p.terminations == [("a", "outdated node config: replacing it")]
+    assert p.drains == [("b", "outdated node config: replacing it: draining first")]
+    assert p.launches == {"cpu4": 1}  # the replacement of a keeps min_workers
+
+
+def test_stuck_and_failed_nodes_replaced():
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 2, 10, 0.2)}
+    nodes = [_node("a", "cpu4", status="setting-up", launched_at=0.0),
+             _node("b", "cpu4", status="update-failed", launched_at=900.0)]
+    p = _plan([], nodes, types=types, limits=Limits(max_workers=10, launch_timeout_s=600), now=1000.0)
+    assert sorted(p.terminations) == [("a", "stuck in setting-up for 17 min"), ("b", "setup failed: replacing it")]
+    assert p.launches == {"cpu4": 2}
+
+
+def test_drained_node_terminated_and_head_never():
+    nodes = [_node("h", "cpu4", is_head=True, status="up-to-date", idle_since=1.0),
+             _node("d", "cpu4", status="draining", running=0)]
+    p = _plan([], nodes, limits=Limits(max_workers=10, idle_timeout_s=0), now=100.0)
+    assert p.terminations == [("d", "drained")]
+
+
+def test_deterministic_and_fast_for_a_million_items():
+    demand = [({"CPU": 1}, 600_000), ({"CPU": 2, "memory": 2**32}, 300_000), ({"GPU": 1}, 100_000)]
+    types = {**TYPES, "mem": NodeTypeSpec("mem", {"CPU": 8, "memory": 2**36}, 0, 10_000, 0.5)}
+    a = _plan(demand, types=types, limits=Limits(max_workers=200_000, upscaling_speed=1e9))
+    b = _plan(demand, types=types, limits=Limits(max_workers=200_000, upscaling_speed=1e9))
+    assert a == b and sum(a.launches.values()) > 0
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+shapes = st.sampled_from([{"CPU": 1}, {"CPU": 2}, {"CPU": 4}, {"GPU": 1}, {"CPU": 1, "GPU": 1}, {"CPU": 8}])
+node_st = st.builds(
+    lambda i, t, busy, idle, status: NodeView(
+        id=f"n{i}", node_type=t, status=status, registered=status == "up-to-date", running=busy,
+        idle_since=0.0 if busy else idle, available=dict(TYPES[t].resources), total=dict(TYPES[t].resources)),
+    st.integers(0, 10_000), st.sampled_from(sorted(TYPES)), st.integers(0, 3), st.floats(0, 1000),
+    st.sampled_from(["up-to-date", "pending", "setting-up", "draining", "update-failed"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(demand=st.lists(st.tuples(shapes, st.integers(1, 500)), max_size=6),
+       nodes=st.lists(node_st, max_size=12, unique_by=lambda n: n.id),
+       max_workers=st.integers(0, 30), speed=st.floats(0.1, 10), budget=st.one_of(st.none(), st.floats(0.1, 20)),
+       now=st.floats(0, 5000))
+def test_plan_never_exceeds_a_limit_and_never_terminates_a_busy_node(demand, nodes, max_workers, speed, budget, now):
+    lim = Limits(max_workers=max_workers, upscaling_speed=speed, idle_timeout_s=60, max_cost_per_hour=budget)
+    p = _plan(demand, nodes, limits=lim, now=now)
+    by_id = {n.id: n for n in nodes}
+    for node_id, _why in p.terminations:
+        assert by_id[node_id].running == 0, "terminated a node running work"
+        assert not by_id[node_id].is_head
+    gone = {i for i, _ in p.terminations}
+    staying = [n for n in nodes if n.id not in gone and n.status != "terminating" and not n.is_head]
+    assert len(staying) + sum(p.launches.values()) <= max(max_workers, len(staying))
+    for t, k in p.launches.items():
+        assert k > 0
+        assert sum(1 for n in staying if n.node_type == t) + k <= TYPES[t].max_workers
+    if budget is not None and p.launches:
+        cost = sum(TYPES[n.node_type].cost_per_hour for n in staying) + sum(
+            TYPES[t].cost_per_hour * k for t, k in p.launches.items())
+        assert cost <= budget + 1e-6
