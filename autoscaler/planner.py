@@ -13,7 +13,7 @@
    types at their max. The global max_workers, the $/h budget and upscaling_speed cap the total.
 4. Scale-down: idle workers (past idle_timeout, above min_workers), least useful first; workers whose
    node config is outdated; workers stuck before up-to-date past the launch timeout or failed to set
-   up. Never the head, never a node running work: busy outdated nodes are drained first.
+   up; workers up-to-date but unknown to the runtime past a grace period (an instance nobody uses). Never the head, never a node running work: busy outdated nodes are drained first.
 Every decision carries a short reason for `launch status`.
 """
 
@@ -61,6 +61,7 @@ class NodeView:
     idle_since: float = 0.0  # 0 while busy
     launched_at: float = 0.0
     outdated: bool = False  # its launch hash (node_config, auth) is no longer the config's
+    lost_for: float = 0.0  # seconds it has been up-to-date yet unknown to the runtime
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Limits:
     idle_timeout_s: float = 300.0
     max_cost_per_hour: float | None = None
     launch_timeout_s: float = 600.0
+    runtime_grace_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ def plan(inp: PlanInput) -> Plan:
             retire(n, f"stuck in {n.status} for {(now - n.launched_at) / 60:.0f} min")
         elif n.outdated:
             retire(n, "outdated node config: replacing it")
+        elif n.status == "up-to-date" and not n.registered and n.lost_for > lim.runtime_grace_s:
+            terminate(n, f"unknown to the runtime for {n.lost_for:.0f} s")
         elif n.status == "draining" and n.running == 0:
             terminate(n, "drained")
 

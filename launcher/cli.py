@@ -146,6 +146,26 @@ def _fmt_age(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
+def _print_autoscaler(a: dict | None) -> None:
+    if not a:
+        return
+    shape = lambda d: "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(d.items())) + "}"  # noqa: E731
+    lines = [f"Autoscaler (cost {a.get('cost_per_hour', 0):.2f} $/h):"]
+    demand = ", ".join(f"{d['count']} x {shape(d['shape'])}" for d in a.get("pending_demand", []))
+    lines.append(f"  pending demand: {demand or 'none'}")
+    for t, why in a.get("launch_reasons", {}).items():
+        lines.append(f"  launching {a['launches'].get(t, 0)} x {t}: {why}")
+    for t in a.get("terminations", []):
+        lines.append(f"  terminating {t['node']}: {t['reason']}")
+    for d in a.get("infeasible", []):
+        lines.append(f"  infeasible: {d['count']} x {d['shape']}: {d['reason']}")
+    for d in a.get("unmet", []):
+        lines.append(f"  waiting: {d['count']} x {d['shape']}: {d['reason']}")
+    for t, f in a.get("failures", {}).items():
+        lines.append(f"  failing: {t}: {f['count']} failure(s), backing off; last: {f.get('last_error', '')}")
+    out.print("\n".join(lines), highlight=False)
+
+
 @app.command()
 @_handle_errors
 def status(
@@ -174,6 +194,7 @@ def status(
         table.add_row(n["id"], n["kind"], n["node_type"], n["status"], n["ip"] or "-", n["runtime"],
                       _fmt_resources(n["resources_total"], n["resources_available"]), _fmt_age(n["age_s"]))
     out.print(table)
+    _print_autoscaler(st.get("autoscaler"))
     if st["runtime_error"]:
         err.print(f"[yellow]warning:[/yellow] {st['runtime_error']}")
 

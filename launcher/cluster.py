@@ -7,6 +7,7 @@ file sync, setup and start on it, a dead runtime is restarted, and an unchanged 
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable
@@ -50,10 +51,14 @@ class UpResult:
     failures: list[NodeUpdateFailed] = field(default_factory=list)
 
 
+AUTOSCALER_CONFIG = "~/.launch-runtime/autoscaler.json"
+AUTOSCALER_STATUS = "~/.launch-runtime/autoscaler-status.json"
+
+
 class Cluster:
-    def __init__(self, cfg: ClusterConfig, say: Say = lambda msg: None):
+    def __init__(self, cfg: ClusterConfig, say: Say = lambda msg: None, home: Path | None = None):
         self.cfg = cfg
-        self.dir = ClusterDir(cfg.cluster_name)
+        self.dir = ClusterDir(cfg.cluster_name, home)
         self.provider = get_provider(cfg, self.dir.path)
         self.say = say
 
@@ -82,6 +87,7 @@ class Cluster:
         actions: list[str] = []
 
         head = self._ensure_head(cfg, confirm, actions)
+        self._pause_monitor(head)  # one writer at a time: the autoscaler waits while `up` works
         head_rhash = runtime_hash(cfg, head.node_type, True, mounts)
         saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
         head_port = self.provider.head_port or saved_port
@@ -100,7 +106,47 @@ class Cluster:
         failed = {f.node_id for f in failures}
         expected = {head.id} | {w.id for w in workers if w.id not in failed}
         self._wait_registered(head_address, token, expected)
+        self._start_monitor(head, head_updater.runner)
         return UpResult(head_address, actions, failures)
+
+    # --- the autoscaler on the head ------------------------------------------------------------------
+
+    @property
+    def autoscales(self) -> bool:
+        """The monitor runs on the head where the provider's state is reachable from there."""
+        return self.cfg.autoscaler.enabled and bool(getattr(self.provider, "supports_autoscaler", False))
+
+    def _pause_monitor(self, head: NodeInfo) -> None:
+        if self.autoscales and head.status == NodeStatus.UP_TO_DATE.value:
+            runner = self.provider.command_runner(head)
+            try:
+                runner.run(f"{runner.python} -m runtime.node stop-monitor", timeout=60)
+            except LaunchError:
+                pass  # an unreachable head is handled by the update that follows
+
+    def _start_monitor(self, head: NodeInfo, runner) -> None:
+        if not self.autoscales:
+            return
+        settings = {
+            "config": self.cfg.model_dump(mode="json"),
+            "base_dir": str(self.cfg.base_dir),
+            "launch_home": str(self.dir.path.parent.parent),
+            "head_node_id": head.id,
+        }
+        runner.put_file(json.dumps(settings).encode(), AUTOSCALER_CONFIG, mode=0o600)
+        runner.run(f"{runner.python} -m runtime.node start-monitor", check=True, timeout=60)
+
+    def set_up_worker(self, node: NodeInfo, token: str, head_address: str, mounts: dict[str, str] | None = None,
+                      restart: bool = False) -> str | None:
+        """Bring a worker up to date (what `up` and the autoscaler both do). Returns what was done."""
+        cfg = self.cfg
+        rhash = runtime_hash(cfg, node.node_type, False, mounts, head_address=head_address)
+        updater = self._updater(node, cfg, token, False, head_address, 0, rhash)
+        plan = self._plan(node, updater, rhash, restart)
+        if plan is None:
+            return None
+        updater.update(plan)
+        return "set up" if plan.full else "runtime started"
 
     def _ensure_head(self, cfg: ClusterConfig, confirm: Confirm, actions: list[str]) -> NodeInfo:
         lhash = launch_hash(cfg, cfg.head_node_type)
@@ -153,14 +199,9 @@ class Cluster:
         failures: list[NodeUpdateFailed] = []
 
         def run(w: NodeInfo):
-            rhash = runtime_hash(cfg, w.node_type, False, mounts, head_address=head_address)
-            updater = self._updater(w, cfg, token, False, head_address, 0, rhash)
-            plan = self._plan(w, updater, rhash, restart)
-            if plan is None:
-                return None, None
             try:
-                updater.update(plan)
-                return f"worker {w.id}: {'set up' if plan.full else 'runtime started'}", None
+                done = self.set_up_worker(w, token, head_address, mounts, restart)
+                return (f"worker {w.id}: {done}" if done else None), None
             except NodeUpdateFailed as e:
                 return None, e
 
@@ -292,12 +333,21 @@ class Cluster:
                     "age_s": round(now - n.launched_at, 1),
                 }
             )
+        autoscaler = None
+        head = next((n for n in nodes if n.kind == KIND_HEAD), None)
+        if head is not None and self.autoscales:
+            try:
+                raw = self.provider.command_runner(head).read_file(AUTOSCALER_STATUS)
+                autoscaler = json.loads(raw) if raw else None
+            except (LaunchError, ValueError):
+                autoscaler = None
         return {
             "cluster": self.cfg.cluster_name,
             "provider": self.cfg.provider.kind,
             "head_address": info.get("head_address") if nodes else None,
             "runtime_error": runtime_error,
             "nodes": rows,
+            "autoscaler": autoscaler,
         }
 
     def head_client(self) -> HeadClient:
@@ -362,9 +412,11 @@ class Cluster:
         return [n.internal_ip or "" for n in self.nodes() if n.kind == KIND_WORKER]
 
     def monitor(self, on_output: Callable[[str], None], *, lines: int = 50, follow: bool = True) -> int:
-        """The head's runtime log (the autoscaler's events will join it)."""
+        """The head's runtime log and, where the autoscaler runs, its event log (JSON lines)."""
         logs = "~/.launch-runtime/logs/head.log"
-        cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{logs}"
+        if self.autoscales:
+            logs += " ~/.launch-runtime/logs/autoscaler.log"
+        cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{logs} 2>/dev/null"
         return self.runner(None).run(cmd, on_output=on_output).exit_code
 
     def setup_log(self, node_id: str) -> str:

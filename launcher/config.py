@@ -97,6 +97,18 @@ class RuntimeSettings(_Strict):
     node_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class AutoscalerSettings(_Strict):
+    """Ours: how the autoscaler on the head behaves (it runs where the provider allows: local, clouds)."""
+
+    enabled: bool = True  # false: a static cluster, sized and repaired only by `launch up`
+    tick_s: float = Field(default=5.0, gt=0)
+    launch_timeout_minutes: float = Field(default=10.0, gt=0)  # a node not up-to-date by then is replaced
+    runtime_grace_s: float = Field(default=60.0, gt=0)  # up-to-date but unknown to the runtime that long: replaced
+    backoff_initial_s: float = Field(default=30.0, gt=0)  # after a capacity/quota error; doubles per failure
+    backoff_max_s: float = Field(default=600.0, gt=0)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus text on the head; 0: any free port
+
+
 class ClusterConfig(_Strict):
     cluster_name: str
     max_workers: int = 2
@@ -127,6 +139,7 @@ class ClusterConfig(_Strict):
     # Ours: the autoscaler never plans a fleet above this price.
     max_cost_per_hour: float | None = None
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
     # Where relative file_mounts paths are resolved: the directory of the config file.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -181,6 +194,8 @@ _PYDANTIC_MESSAGES = {
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
     "greater_than": "must be > 0",
+    "greater_than_equal": "must be >= 0",
+    "less_than_equal": "must be <= 65535",
 }
 
 

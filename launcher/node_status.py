@@ -2,7 +2,8 @@
 
 pending -> waiting-for-ssh -> syncing-files -> setting-up -> up-to-date
 any (but terminating) -> update-failed; up-to-date -> draining -> terminating.
-An up-to-date or failed node may be updated again (back to waiting-for-ssh); any node may be
+An up-to-date or failed node may be updated again (back to waiting-for-ssh), and so may a node whose
+update was interrupted (the autoscaler crashed mid-setup and a new one adopts it); any node may be
 terminated (down removes a cluster whatever its state).
 """
 
@@ -28,9 +29,9 @@ class NodeStatus(str, Enum):
 S = NodeStatus
 _ALLOWED: dict[NodeStatus, set[NodeStatus]] = {
     S.PENDING: {S.WAITING_FOR_SSH},
-    S.WAITING_FOR_SSH: {S.SYNCING_FILES},
-    S.SYNCING_FILES: {S.SETTING_UP},
-    S.SETTING_UP: {S.UP_TO_DATE},
+    S.WAITING_FOR_SSH: {S.SYNCING_FILES, S.WAITING_FOR_SSH},
+    S.SYNCING_FILES: {S.SETTING_UP, S.WAITING_FOR_SSH},
+    S.SETTING_UP: {S.UP_TO_DATE, S.WAITING_FOR_SSH},
     S.UP_TO_DATE: {S.WAITING_FOR_SSH, S.DRAINING},
     S.UPDATE_FAILED: {S.WAITING_FOR_SSH},
     S.DRAINING: {S.UP_TO_DATE},  # a drain can be cancelled when work arrives again

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from launcher.command_runner import LocalCommandRunner
 from launcher.config import ClusterConfig
-from providers.base import NodeInfo, NodeNotFound
+from providers.base import CapacityError, NodeInfo, NodeNotFound
 from providers.state_file import locked_json
 
 MARKER_ENV = "LAUNCH_LOCAL_NODE"
@@ -84,6 +84,8 @@ def _signal(pid: int, sig: int) -> None:
 
 class LocalProvider:
     head_bind_host = LOCAL_IP
+    # the head is on this machine, so the autoscaler there reaches the same state file
+    supports_autoscaler = True
 
     def __init__(self, cfg: ClusterConfig, cluster_dir: Path):
         self.cfg = cfg
@@ -91,6 +93,8 @@ class LocalProvider:
         self.nodes_dir = self.root / "nodes"
         self.state_path = self.root / "nodes.json"
         self.head_port = int(cfg.provider.extra.get("head_port", 0))
+        # Like a cloud out of stock: creating these node types fails with CapacityError (to try fallback)
+        self.capacity_errors = set(cfg.provider.extra.get("capacity_errors", []))
         self.nodes_dir.mkdir(parents=True, exist_ok=True)
 
     def _locked_state(self):
@@ -101,6 +105,8 @@ class LocalProvider:
         return cfg  # nothing to create: no keys, networks or images on this machine
 
     def create_nodes(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        if node_type in self.capacity_errors:
+            raise CapacityError(node_type, "local", "listed in provider.capacity_errors")
         created = []
         for _ in range(count):
             node_id = f"local-{secrets.token_hex(5)}"

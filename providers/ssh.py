@@ -34,6 +34,9 @@ def node_id(host: str, port: int) -> str:
 
 
 class SSHProvider:
+    # the pool's claims live on the launcher's machine: `up` sizes the cluster (min_workers)
+    supports_autoscaler = False
+
     def __init__(self, cfg: ClusterConfig, cluster_dir: Path):
         self.cfg = cfg
         prov = cfg.provider

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
-DAEMONS = {"head": "runtime.head", "agent": "runtime.agent"}
+DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor"}
+MONITOR_CONFIG = "autoscaler.json"  # in the runtime dir; written by `launch up` where the provider allows
 
 
 def _pid_file(name: str) -> Path:
@@ -104,8 +105,18 @@ def start(restart: bool, wait_s: float = 30.0) -> int:
 
 
 def stop() -> int:
-    for name in ("agent", "head"):
+    for name in ("monitor", "agent", "head"):
         _stop(name)
+    return 0
+
+
+def start_monitor() -> int:
+    """(Re)start the autoscaler monitor on the head: it reads its config when it starts."""
+    if not (runtime_dir() / MONITOR_CONFIG).exists():
+        print(f"no {MONITOR_CONFIG}: the autoscaler is not configured on this node", file=sys.stderr)
+        return 1
+    _stop("monitor")
+    _spawn("monitor")
     return 0
 
 
@@ -121,11 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--restart", action="store_true", help="stop running daemons first")
     sub.add_parser("stop", help="stop the runtime daemons of this node")
     sub.add_parser("status", help="print the pids of the running daemons as JSON")
+    sub.add_parser("start-monitor", help="(re)start the autoscaler monitor (head only)")
+    sub.add_parser("stop-monitor", help="stop the autoscaler monitor, e.g. while `launch up` works")
     args = parser.parse_args(argv)
     if args.cmd == "start":
         return start(args.restart)
     if args.cmd == "stop":
         return stop()
+    if args.cmd == "start-monitor":
+        return start_monitor()
+    if args.cmd == "stop-monitor":
+        _stop("monitor")
+        return 0
     return status()
 
 

@@ -155,7 +155,9 @@ def test_failing_head_setup_is_reported_and_fails_up(tmp_path):
 
 def test_failing_worker_does_not_fail_up(tmp_path):
     home = tmp_path / "home"
-    path = write_config(tmp_path / "c.yaml", local_cluster("wfail", worker_setup_commands=["exit 9"]))
+    # static cluster: with the autoscaler on, the failed worker would (rightly) be replaced at once
+    path = write_config(tmp_path / "c.yaml", local_cluster("wfail", worker_setup_commands=["exit 9"],
+                                                           autoscaler={"enabled": False}))
     try:
         r = cli("up", str(path), "--yes", home=home)
         assert r.returncode == 0, r.stderr

@@ -33,6 +33,8 @@ def test_any_live_state_can_fail_or_terminate():
             assert can_transition(s, S.UPDATE_FAILED) and can_transition(s, S.TERMINATING)
 
 
-def test_updated_again_after_success_or_failure():
+def test_updated_again_after_success_failure_or_interruption():
     assert can_transition(S.UP_TO_DATE, S.WAITING_FOR_SSH)
     assert can_transition(S.UPDATE_FAILED, S.WAITING_FOR_SSH)
+    for interrupted in (S.WAITING_FOR_SSH, S.SYNCING_FILES, S.SETTING_UP):  # adopted after a crash
+        assert can_transition(interrupted, S.WAITING_FOR_SSH)

@@ -137,6 +137,13 @@ def test_stuck_and_failed_nodes_replaced():
     assert p.launches == {"cpu4": 2}
 
 
+def test_instance_unknown_to_the_runtime_past_grace_is_terminated():
+    nodes = [NodeView("x", "cpu4", "up-to-date", registered=False, lost_for=30.0),
+             NodeView("y", "cpu4", "up-to-date", registered=False, lost_for=120.0)]
+    p = _plan([], nodes, limits=Limits(max_workers=10, runtime_grace_s=60))
+    assert p.terminations == [("y", "unknown to the runtime for 120 s")]
+
+
 def test_drained_node_terminated_and_head_never():
     nodes = [_node("h", "cpu4", is_head=True, status="up-to-date", idle_since=1.0),
              _node("d", "cpu4", status="draining", running=0)]

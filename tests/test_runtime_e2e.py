@@ -32,7 +32,9 @@ def where(sleep_s: float = 0.0):
 def rt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rt")
     home = tmp / "home"
-    data = local_cluster("rt", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5})
+    # the autoscaler stays off: these tests kill nodes and expect work to move to the survivors
+    data = local_cluster("rt", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5},
+                         autoscaler={"enabled": False})
     data["available_node_types"] = {
         "head": {"resources": {"CPU": 1}, "max_workers": 0},
         "cpu": {"resources": {"CPU": 2, "work": 1}, "min_workers": 1, "max_workers": 1},
