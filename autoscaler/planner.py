@@ -246,17 +246,31 @@ def plan(inp: PlanInput) -> Plan:
         prices = [t.cost_per_hour / _fits(t.resources, s) for t in types.values() if _fits(t.resources, s) >= 1]
         weight[s] = min(prices) if prices else 0.0
 
+    def value_of(placed: dict[Shape, int]) -> float:
+        return sum(weight[s] * k for s, k in placed.items())
+
+    def best_pattern(t: NodeTypeSpec) -> dict[Shape, int]:
+        """The most valuable fill of one node: first-fit seeded with each waiting shape in turn
+        (largest-first alone misses fits such as {CPU: 5, 40G} + {CPU: 3} on an 8-CPU 64G node)."""
+        waiting = [s for s in order if remaining.get(s, 0) > 0]
+        best: dict[Shape, int] = {}
+        for seed in waiting:
+            placed = _pack(t.resources, remaining, [seed] + [s for s in waiting if s != seed])
+            if value_of(placed) > value_of(best) + EPS:
+                best = placed
+        return best
+
     while room > 0 and any(remaining.get(s, 0) > 0 for s in order):
         candidates = []
         for t in sorted(types.values(), key=lambda t: t.name):
             if can_launch(t):
-                placed = _pack(t.resources, remaining, order)
+                placed = best_pattern(t)
                 if placed:
                     candidates.append((t, placed))
         cpu_alternative = any(not t.has_gpu for t, _ in candidates)
         best = None
         for t, placed in candidates:
-            served = sum(weight[s] * k for s, k in placed.items())
+            served = value_of(placed)
             value = served if served > 0 else sum(placed.values())
             # a GPU node that would run no GPU work loses to any non-GPU node that can serve
             gpu_waste = t.has_gpu and cpu_alternative and not any(dict(s).get("GPU", 0) > 0 for s in placed)

@@ -36,11 +36,10 @@ for value, node in runtime.get(parts):
     print(f"square -> {value:3d} on {node}")
 print("total of squares:", runtime.get(total.remote(*parts)))  # futures as arguments
 
-ref = on_gpu.remote()
-ready, _ = runtime.wait([ref], timeout=1.0)
+ref = on_gpu.remote()  # no gpu node is up: the task waits as demand, and the autoscaler launches one
+ready, _ = runtime.wait([ref], timeout=120)
 if ready:
     print("GPU task ran with CUDA_VISIBLE_DEVICES =", runtime.get(ref))
 else:
-    # no node of the gpu type is up: the task waits in the queue as demand for one
-    print("GPU task is queued: no gpu node is up; cancelling it:", runtime.cancel(ref))
+    print("GPU task still queued after 2 minutes (is the autoscaler on?); cancelling it:", runtime.cancel(ref))
 print(f"done (driver on {socket.gethostname()}, pid {os.getpid()})")

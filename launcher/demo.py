@@ -6,10 +6,12 @@ the demo checks that no process of the cluster is left.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,15 @@ def main() -> None:
 
     os.environ.setdefault("COLUMNS", "140")
     launch("validate", CONFIG)
-    node_ids: list[str] = []
+    cfg = load_config(ROOT / CONFIG)
+    state = ClusterDir(cfg.cluster_name).path / "local" / "nodes.json"
+    node_ids: set[str] = set()
+
+    def remember_nodes() -> int:
+        ids = set(json.loads(state.read_text())) if state.exists() else set()
+        node_ids.update(ids)
+        return len(ids)
+
     try:
         launch("up", CONFIG, "--yes")
         launch("status", CONFIG)
@@ -44,22 +54,26 @@ def main() -> None:
         print("\n(exit codes pass through: `exit 3` on the head makes `launch exec` exit 3)")
         code = launch("exec", CONFIG, "exit 3", check=False)
         print(f"launch exec exited {code}")
-        print("\n(tasks: a Python script using the runtime API, shipped to the cluster as a job)")
-        launch("submit", CONFIG, "examples/hello_tasks.py", "--", "6")
-        launch("job", "list", CONFIG)
         launch("up", CONFIG, "--yes")  # idempotent: nothing changed
-        cfg = load_config(ROOT / CONFIG)
-        state = (ClusterDir(cfg.cluster_name).path / "local" / "nodes.json")
-        if state.exists():
-            import json
 
-            node_ids = list(json.loads(state.read_text()))
+        print("\n(autoscaling: the cluster has only its head; a job submits CPU and GPU tasks, the autoscaler"
+              "\n launches cpu and gpu workers for them, and removes them once idle)")
+        launch("submit", CONFIG, "examples/hello_tasks.py", "--", "6")
+        remember_nodes()
+        launch("status", CONFIG)
+        print("\n(waiting for the idle workers to be scaled down...)", flush=True)
+        deadline = time.time() + 60
+        while remember_nodes() > 1 and time.time() < deadline:
+            time.sleep(1)
+        launch("status", CONFIG)
+        launch("monitor", CONFIG, "--no-follow", "--lines", "8")
     finally:
         launch("down", CONFIG, "--yes", check=False)
     left = cluster_processes(node_ids)
     if left:
         raise SystemExit(f"demo: processes of the cluster left after down: {left}")
-    print(f"\ndemo done: {len(node_ids)} node(s) came up, ran a command, and went away with no process left.")
+    print(f"\ndemo done: {len(node_ids)} node(s) came and went (the head, and the workers the autoscaler"
+          " launched for the work), with no process left.")
 
 
 if __name__ == "__main__":
