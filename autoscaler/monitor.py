@@ -160,10 +160,11 @@ class Monitor:
                 if not reply.drained:
                     self.event("terminate-deferred", node=node_id, reason=f"{reason}; busy with {reply.running}")
                     continue
+            # logged first: the node leaves the provider's listing before its processes have all stopped
+            self.event("terminate", node=node_id, node_type=node.node_type, reason=reason)
             self._set_status(node, NodeStatus.TERMINATING)
             self.provider.terminate_nodes([node_id])
             self.counters["terminations"][node.node_type] += 1
-            self.event("terminate", node=node_id, node_type=node.node_type, reason=reason)
 
         for node_type, count in sorted(p.launches.items()):
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)

@@ -216,7 +216,7 @@ def test_cli_invalid_yaml_and_missing_file(tmp_path):
 def test_cli_validate_good_file(tmp_path):
     r = cli("validate", "configs/local.yaml", home=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "valid" in r.stdout and "cpu(1-2)" in r.stdout
+    assert "valid" in r.stdout and "cpu(0-2)" in r.stdout
 
 
 def test_cli_schema_is_json_schema_of_the_config(tmp_path):
