@@ -80,7 +80,8 @@ class Cluster:
     # --- up -----------------------------------------------------------------------------------------
 
     def up(self, *, confirm: Confirm, restart_runtime: bool = False) -> UpResult:
-        cfg = self.provider.bootstrap_config(self.cfg)
+        # from here on, the config as the provider completed it (keys, networks, resources of types)
+        cfg = self.cfg = self.provider.bootstrap_config(self.cfg)
         token = self.dir.token()
         mounts = mounts_digest(cfg)
         restart = restart_runtime and not cfg.no_restart

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("providers.local", "LocalProvider"),
     "ssh": ("providers.ssh", "SSHProvider"),
+    "aws": ("providers.aws", "AWSProvider"),
 }
 
 
