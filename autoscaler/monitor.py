@@ -133,12 +133,23 @@ class Monitor:
         types = self.node_types(state)
         demand = [(dict(d.shape.amounts), d.count) for d in state.demand]
         backoff = {t: f["backoff_until"] for t, f in self.failures.items()}
+        self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
         result = plan(PlanInput(types, views, demand, limits, backoff, now))
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.adopt(nodes, {i for i, _ in result.terminations})
         self.report(result, nodes, types, demand, now)
         return result
+
+    def drain_vanished(self, nodes: list[NodeInfo], state) -> None:
+        """A node the runtime knows whose instance is gone (a spot interruption, a terminate outside
+        launch) gets no new work; what it ran is requeued once its heartbeats stop."""
+        listed = {n.id for n in nodes}
+        for r in state.nodes:
+            if r.state == "alive" and not r.is_head and not r.draining and r.node_id not in listed:
+                self.head.drain(r.node_id)
+                self.event("instance-gone", node=r.node_id, node_type=r.node_type,
+                           reason="its instance is no longer listed by the provider (interrupted?): drained")
 
     # --- act ----------------------------------------------------------------------------------------
 

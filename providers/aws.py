@@ -328,7 +328,7 @@ class AWSProvider:
                     batch = [b for b in batch if b not in gone]
         for node_id in node_ids:
             runner = self._runners.pop(node_id, None)
-            if runner is not None and self.local_runner:
+            if self.local_runner:  # the "instance" ran on this machine: its processes go with it
                 from providers.local import kill_node_processes
 
                 kill_node_processes(node_id)
