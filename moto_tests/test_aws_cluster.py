@@ -6,26 +6,15 @@ on the head alike."""
 from __future__ import annotations
 
 import json
-import time
 
 import boto3
 import pytest
 
 import runtime
 from moto_tests.conftest import REGION
-from tests.infra import cli, processes_with_env, write_config
+from tests.infra import cli, processes_with_env, wait_for, write_config
 
 AMI = "ami-12c6146b"
-
-
-def _wait(pred, timeout=90.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def live_instances(ec2, cluster: str) -> list[dict]:
@@ -88,7 +77,7 @@ def test_up_autoscale_gpu_from_zero_and_back_spot_interruption_and_down(cluster)
 
     # a spot interruption while a task runs: the instance goes, its work is requeued on a replacement
     ref = infer.remote(30.0)
-    _wait(lambda: any(n["runtime"] == "alive" and n["resources_total"].get("GPU")
+    wait_for(lambda: any(n["runtime"] == "alive" and n["resources_total"].get("GPU")
                       and n["resources_available"].get("GPU") == 0
                       for n in json.loads(cli("status", str(path), "--json", home=home).stdout)["nodes"]),
           what="the task running")
@@ -103,7 +92,7 @@ def test_up_autoscale_gpu_from_zero_and_back_spot_interruption_and_down(cluster)
     runtime.cancel(ref)
 
     # idle past the timeout: back to zero workers, terminated in EC2
-    _wait(lambda: [i["InstanceId"] for i in live_instances(ec2, "awse2e")] == [head["InstanceId"]],
+    wait_for(lambda: [i["InstanceId"] for i in live_instances(ec2, "awse2e")] == [head["InstanceId"]],
           what="scale-down to the head only")
     st = json.loads(cli("status", str(path), "--json", home=home).stdout)
     events = (cdir / "aws-local" / head["InstanceId"] / ".launch-runtime" / "logs" / "autoscaler.log").read_text()

@@ -166,7 +166,8 @@ class AWSProvider:
 
     def _key_pair(self, cfg: ClusterConfig, cluster: str) -> tuple[str, Path | None]:
         key_name = str(cfg.provider.extra.get("key_name", f"launch-{cluster}"))
-        existing = self.ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
+        existing = self.call(self.ec2, "describe_key_pairs",
+                             Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
         if cfg.auth.ssh_public_key:
             if not existing:
                 public = Path(cfg.auth.ssh_public_key).expanduser().read_bytes()

@@ -5,9 +5,14 @@ Expensive fixtures (sshd hosts, moto server, Slurm) will live here too, built on
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -24,6 +29,17 @@ def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = 120, i
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
         input=input if input is not None else "",
     )
+
+
+def wait_for(pred, timeout: float = 60.0, every: float = 0.2, what: str = "condition"):
+    """Poll `pred` until it returns something truthy (returned), or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def write_config(path: Path, data: dict) -> Path:
@@ -64,13 +80,6 @@ def processes_with_env(needle: str) -> list[int]:
 
 
 # --- real sshd hosts ----------------------------------------------------------------------------------
-
-import itertools
-import shutil
-import signal
-import socket
-import threading
-import time
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_PORT = 2222

@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import runtime
-from tests.infra import cli, processes_with_env, write_config
+from tests.infra import cli, processes_with_env, wait_for, write_config
 
 
 def _config(name: str, **overrides) -> dict:
@@ -30,16 +30,6 @@ def _config(name: str, **overrides) -> dict:
     }
     cfg.update(overrides)
     return cfg
-
-
-def _wait(pred, timeout=60.0, every=0.2, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Up:
@@ -109,7 +99,7 @@ def test_scale_up_from_zero_for_cpu_and_gpu_then_down_when_idle(tmp_path):
         assert 'launch_launches_total{node_type="gpu"} 1' in body and "launch_cost_per_hour" in body
 
         # idle past the timeout: everything goes, with the reason, and the status says so
-        _wait(lambda: c.workers() == [], timeout=60, what="scale-down to zero workers")
+        wait_for(lambda: c.workers() == [], timeout=60, what="scale-down to zero workers")
         terminated = [e for e in c.events() if e["event"] == "terminate"]
         assert {e["node"] for e in terminated} >= set(workers) and all("idle for" in e["reason"] for e in terminated)
         table = cli("status", str(c.path), home=c.home).stdout
@@ -142,7 +132,7 @@ def test_kill_9_of_the_monitor_during_scale_up_leaks_nothing_and_duplicates_noth
     c = Up(tmp_path, data)
     try:
         refs = [cpu_task.options(num_cpus=2).remote(0.2) for _ in range(2)]  # needs exactly 2 cpu nodes
-        _wait(lambda: len(c.workers("cpu")) == 2, what="two cpu nodes launching")
+        wait_for(lambda: len(c.workers("cpu")) == 2, what="two cpu nodes launching")
         assert all(n["status"] != "up-to-date" for n in c.workers("cpu"))
         pid = int((c.head_dir / "pids" / "monitor.pid").read_text())
         os.kill(pid, signal.SIGKILL)  # mid-bootstrap
@@ -150,7 +140,7 @@ def test_kill_9_of_the_monitor_during_scale_up_leaks_nothing_and_duplicates_noth
         r = cli("exec", str(c.path), f"{sys.executable} -m runtime.node start-monitor", home=c.home)
         assert r.returncode == 0, r.stdout + r.stderr
         runtime.get(refs, timeout=90)
-        cpu_nodes = _wait(lambda: [n for n in c.workers("cpu") if n["status"] == "up-to-date"] if all(
+        cpu_nodes = wait_for(lambda: [n for n in c.workers("cpu") if n["status"] == "up-to-date"] if all(
             n["status"] == "up-to-date" for n in c.workers("cpu")) else None, what="both cpu nodes up-to-date")
         assert len(cpu_nodes) == 2
         launched = [i for e in c.events() if e["event"] == "launch" for i in e["nodes"]]
@@ -166,13 +156,13 @@ def test_scale_down_never_kills_a_busy_node(tmp_path):
     c = Up(tmp_path, _config("busy", idle_timeout_minutes=0.01))
     try:
         long = cpu_task.remote(4.0)
-        node = _wait(lambda: [n["id"] for n in c.workers(status="up-to-date")], what="a worker")[0]
+        node = wait_for(lambda: [n["id"] for n in c.workers(status="up-to-date")], what="a worker")[0]
         result = runtime.get(long, timeout=60)
         finished = time.time()
         assert result == node  # it ran to the end on the node it started on (a killed node would requeue it)
         killed_early = [e for e in c.events() if e["event"] == "terminate" and e["node"] == node
                         and e["ts"] < finished]
         assert killed_early == []
-        _wait(lambda: c.workers() == [], timeout=60, what="scale-down after the work")
+        wait_for(lambda: c.workers() == [], timeout=60, what="scale-down after the work")
     finally:
         c.down()
