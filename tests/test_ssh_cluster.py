@@ -11,7 +11,7 @@ import time
 import pexpect
 import pytest
 
-from tests.infra import ROOT, cli, ssh_cluster, write_config
+from tests.infra import ROOT, cli, ssh_cluster, wait_for, write_config
 
 
 def _status(path, home) -> dict:
@@ -87,6 +87,10 @@ def test_rsync_both_ways(onprem):
     r = cli("rsync-down", str(path), "~/nope", str(back), home=home)
     assert r.returncode == 1 and "no such file" in r.stderr
 
+    r = cli("rsync-up", str(path), str(src / "pkg"), "~/everywhere", "--all-nodes", home=home)
+    assert r.returncode == 0, r.stderr
+    assert all((h.home / "everywhere" / "a.py").read_text() == "A = 1\n" for h in onprem["hosts"])
+
 
 def test_attach_drives_a_real_pty(onprem):
     env = {**os.environ, "LAUNCH_HOME": str(onprem["home"]), "TERM": "dumb"}
@@ -123,6 +127,10 @@ def test_tmux_exec_and_setup_log(onprem):
         assert time.time() < deadline
         time.sleep(0.1)
     cli("exec", str(path), "tmux kill-server", home=home)
+    r = cli("exec", str(path), "echo in-screen > ~/screen.txt", "--screen", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: (head.home / "screen.txt").exists(), timeout=10, what="the screen session's command")
+    cli("exec", str(path), "screen -ls | grep -o 'launch-[0-9]*' | xargs -r -I{} screen -S {} -X quit", home=home)
     log = cli("status", str(path), "--node", head.address, "--log", home=home)
     assert log.returncode == 0 and "$ echo set-up >> ~/setup.log" in log.stdout
 
