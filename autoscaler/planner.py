@@ -22,12 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-EPS = 1e-9
-Shape = tuple[tuple[str, float], ...]
+# the runtime groups queued work by the same shapes the planner plans for
+from runtime.scheduler import EPS, Shape, shape_of
 
-
-def shape_of(request: dict[str, float]) -> Shape:
-    return tuple(sorted((k, float(v)) for k, v in request.items() if v > 0))
+__all__ = ["EPS", "Limits", "NodeTypeSpec", "NodeView", "Plan", "PlanInput", "Shape", "fmt_shape", "plan", "shape_of"]
 
 
 def fmt_shape(shape: Shape) -> str:

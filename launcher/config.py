@@ -28,6 +28,16 @@ _NODE_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _RESOURCE_NAME = re.compile(r"^[^\s]+$")
 
 
+def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6addr]:port` -> (host, port); ValueError for a port that is not one."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or "]" in port:  # no port (or a bare IPv6 address in brackets)
+        return spec.strip("[]"), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{spec!r} has an invalid port")
+    return host.strip("[]"), int(port)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -235,10 +245,11 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
         if not cfg.auth.ssh_user:
             p.append("auth.ssh_user: required for an on-prem (ssh) cluster")
         for i, host in enumerate([prov.head_ip or "", *(prov.worker_ips or [])]):
-            _, sep, port = host.rpartition(":")
-            if sep and "]" not in port and not (port.isdigit() and 0 < int(port) < 65536):
+            try:
+                split_host_port(host, 22)
+            except ValueError as e:
                 where = "provider.head_ip" if i == 0 else f"provider.worker_ips.{i - 1}"
-                p.append(f"{where}: {host!r} has an invalid port")
+                p.append(f"{where}: {e}")
     elif prov.worker_ips:
         p.append(f"provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type {prov.type!r})")
 

@@ -10,6 +10,7 @@ cpython-311 on x86_64); a node that differs gets a clear error instead of a brok
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -17,6 +18,7 @@ import os
 import platform
 import sys
 import tarfile
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -54,16 +56,29 @@ def _files() -> list[tuple[str, Path]]:
     return out
 
 
-def build_bundle() -> tuple[str, Path]:
-    """(bundle id, path of the tar.gz), built on first use and cached under $LAUNCH_HOME/bundles."""
-    files = _files()
+@functools.lru_cache(maxsize=1)
+def _fingerprint() -> tuple[str, tuple[tuple[str, Path], ...]]:
+    """(bundle id, files): the walk and stat of every shipped file, once per launcher process."""
+    files = tuple(_files())
     fp = hashlib.sha256(local_abi().encode())
     for arc, path in files:
         st = path.stat()
         fp.update(f"{arc}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    bundle_id = fp.hexdigest()[:16]
+    return fp.hexdigest()[:16], files
+
+
+_build_lock = threading.Lock()
+
+
+def build_bundle() -> tuple[str, Path]:
+    """(bundle id, path of the tar.gz), built on first use and cached under $LAUNCH_HOME/bundles.
+
+    Nodes are set up in parallel threads: the lock makes the first build the only one."""
+    bundle_id, files = _fingerprint()
     cache = launch_home() / "bundles" / f"runtime-{bundle_id}.tar.gz"
-    if not cache.exists():
+    with _build_lock:
+        if cache.exists():
+            return bundle_id, cache
         cache.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:

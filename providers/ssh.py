@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from launcher.config import ClusterConfig
+from launcher.config import ClusterConfig, split_host_port
 from launcher.errors import ConfigError
 from launcher.ssh import SSHCommandRunner
 from providers.base import KIND_HEAD, TAG_KIND, NodeInfo, NodeNotFound
@@ -21,12 +21,10 @@ TERMINATE_CONNECT_TIMEOUT_S = 5.0
 
 
 def parse_host(spec: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep or "]" in port:  # no port (or a bare IPv6 address in brackets)
-        return spec.strip("[]"), default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"provider: host {spec!r} has an invalid port")
-    return host.strip("[]"), int(port)
+    try:
+        return split_host_port(spec, default_port)
+    except ValueError as e:
+        raise ConfigError(f"provider: host {e}") from None
 
 
 def node_id(host: str, port: int) -> str:
