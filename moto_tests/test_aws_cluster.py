@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 
 import runtime
