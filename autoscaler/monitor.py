@@ -2,16 +2,18 @@
 
 - observe: the provider's nodes (by cluster tag) and the runtime's ClusterState (nodes, demand);
 - plan: autoscaler.planner.plan, a pure function;
-- act: drain, then terminate; create nodes (tagged with a launch request id at birth) and set them up
-  in background threads, so a slow bootstrap never blocks the tick.
+- act: through the lifecycle (the same code `up` runs): drain, undrain, terminate; create nodes
+  (tagged at birth with a launch request id) and set them up in background threads, so a slow
+  bootstrap never blocks the tick.
 
 Crash-safe by construction: all state is in instance tags and the runtime. A restarted monitor sees
 launching nodes as capacity (no duplicate launch), adopts nodes whose set-up was interrupted (nobody is
-setting them up any more), and the planner terminates nodes stuck past the launch timeout or unknown to
-the runtime past a grace period (no leak). Capacity and quota errors back a node type off with a
-growing delay; the planner then picks the next type. Events go to ~/.launch-runtime/logs/autoscaler.log
-(JSON lines, followed by `launch monitor`), the last plan to autoscaler-status.json (shown by
-`launch status`), and Prometheus metrics are served on the head.
+setting them up any more), and the planner terminates nodes stuck in a status past the launch timeout
+or unknown to the runtime past a grace period (no leak). Any failure to create or set up nodes of a type
+(capacity, quota, a bad image, a missing permission, a setup command that fails) backs that type off
+with a growing delay, and the planner keeps serving the other types. Events go to
+~/.launch-runtime/logs/autoscaler.log (JSON lines, followed by `launch monitor`), the last plan to
+autoscaler-status.json (shown by `launch status`), and Prometheus metrics are served on the head.
 """
 
 from __future__ import annotations
@@ -23,55 +25,55 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoscaler.planner import Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
-from launcher.bootstrap import NodeUpdateFailed
-from launcher.cluster import Cluster
-from launcher.config import parse_config
-from launcher.errors import LaunchError
-from launcher.hashing import launch_hash, mounts_digest
-from launcher.node_status import NodeStatus, can_transition
-from providers.base import (
-    KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_STATUS,
-    CapacityError, NodeInfo, ProviderError, QuotaError,
-)
+from core.backoff import Backoff
+from core.errors import LaunchError
+from core.files import atomic_write
+from core.node import NodeInfo
+from core.paths import HEAD_ADDRESS, LOGS, MONITOR_SETTINGS, MONITOR_STATUS
+from core.spec import ClusterSpec
+from core.status import SETTING_UP, NodeStatus
+from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
+from lifecycle.cluster import Lifecycle
+from lifecycle.hashing import launch_hash
+from lifecycle.state import ClusterDir
 from runtime.client import HeadClient
-from runtime.node_config import NodeRuntimeConfig, runtime_dir
+from runtime.node_config import NodeRuntimeConfig
 
 log = logging.getLogger("launch.autoscaler")
 
-SETTING_UP = ("pending", "waiting-for-ssh", "syncing-files", "setting-up")
+
+def _home(path: str) -> Path:
+    return Path(os.path.expanduser(path))
 
 
 class Monitor:
-    def __init__(self, settings: dict, clock=time.time):
+    def __init__(self, spec: ClusterSpec, state: ClusterDir, token: str, head_address: str, bind_host: str,
+                 clock=time.time):
         self.clock = clock
-        self.cfg = parse_config(settings["config"], base_dir=Path(settings["base_dir"]))
-        self.cluster = Cluster(self.cfg, home=Path(settings["launch_home"]))
-        self.provider = self.cluster.provider
-        self.name = self.cfg.cluster_name
-        node_cfg = NodeRuntimeConfig.load()
-        self.token = node_cfg.token
-        self.bind_host = node_cfg.bind_host
-        self.head_address = (runtime_dir() / "head.address").read_text().strip()
-        self.head = HeadClient(self.head_address, self.token, timeout_s=10)
-        self.mounts = mounts_digest(self.cfg)
+        self.spec = spec
+        self.cfg = spec.config
+        self.name = spec.name
+        self.lifecycle = Lifecycle(spec, state)
+        self.token = token
+        self.bind_host = bind_host
+        self.head_address = head_address
+        self.head = HeadClient(head_address, token, timeout_s=10)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bootstrap")
         self.bootstrapping: dict[str, Future] = {}
-        self.failures: dict[str, dict] = {}  # node type -> {count, backoff_until, last_error}
+        self.backoff: dict[str, Backoff] = {}  # node type -> its failures and when it may be tried again
         self.lost_since: dict[str, float] = {}
-        self.counters: dict[str, Counter] = {"launches": Counter(), "failures": Counter(), "terminations": Counter()}
+        self.learned: dict[str, dict[str, float]] = {}  # node type -> resources its nodes registered with
         self.recent: deque[dict] = deque(maxlen=30)
-        self.last: dict = {}
-        logs = runtime_dir() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.events = open(logs / "autoscaler.log", "a", buffering=1)
         self.lock = threading.Lock()
+        _home(LOGS).mkdir(parents=True, exist_ok=True)
+        self.events = open(_home(LOGS) / "autoscaler.log", "a", buffering=1)
+        self.metrics = _Metrics()
 
     # --- events -------------------------------------------------------------------------------------
 
@@ -84,25 +86,26 @@ class Monitor:
     # --- observe ------------------------------------------------------------------------------------
 
     def node_types(self, state) -> dict[str, NodeTypeSpec]:
-        seen = {n.node_type: dict(n.total.amounts) for n in state.nodes if n.state == "alive"}
-        return {
-            name: NodeTypeSpec(
-                name=name,
-                resources=dict(nt.resources) or seen.get(name, {}),
-                min_workers=nt.min_workers,
-                max_workers=self.cfg.worker_max(name),
-                cost_per_hour=cost_per_hour(self.cfg, name),
-                spot=nt.spot,
-            )
-            for name, nt in self.cfg.available_node_types.items()
-        }
+        """The spec's resources (declared or from the catalog), else what a node of the type registered with."""
+        for n in state.nodes:
+            if n.state == "alive" and n.node_type in self.cfg.available_node_types:
+                self.learned.setdefault(n.node_type, dict(n.total.amounts))
+        out = {}
+        for name, nt in self.cfg.available_node_types.items():
+            resources = self.spec.resources_of(name)
+            if not resources or ("CPU" not in resources and name in self.learned):
+                resources = {**self.learned.get(name, {}), **resources}
+            out[name] = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers,
+                                     max_workers=self.cfg.worker_max(name),
+                                     cost_per_hour=cost_per_hour(self.cfg, name, resources), spot=nt.spot)
+        return out
 
     def views(self, nodes: list[NodeInfo], state, now: float) -> list[NodeView]:
         runtime = {n.node_id: n for n in state.nodes if n.state == "alive"}
         out = []
         for n in nodes:
             r = runtime.get(n.id)
-            if n.status == "up-to-date" and r is None:
+            if n.status == NodeStatus.UP_TO_DATE and r is None:
                 lost_for = now - self.lost_since.setdefault(n.id, now)
             else:
                 self.lost_since.pop(n.id, None)
@@ -114,7 +117,8 @@ class Monitor:
                 registered=r is not None,
                 total=dict(r.total.amounts) if r else {}, available=dict(r.available.amounts) if r else {},
                 running=r.running if r else 0, idle_since=r.idle_since if r else 0.0,
-                launched_at=n.launched_at, outdated=outdated, lost_for=lost_for,
+                launched_at=n.launched_at, status_since=n.status_since, draining=bool(r and r.draining),
+                outdated=outdated, lost_for=lost_for,
             ))
         return out
 
@@ -122,7 +126,7 @@ class Monitor:
 
     def tick(self) -> Plan:
         now = self.clock()
-        nodes = self.provider.list_nodes({TAG_CLUSTER: self.name})
+        nodes = self.lifecycle.nodes()
         state = self.head.cluster_state()
         a = self.cfg.autoscaler
         limits = Limits(
@@ -132,13 +136,13 @@ class Monitor:
         )
         types = self.node_types(state)
         demand = [(dict(d.shape.amounts), d.count) for d in state.demand]
-        backoff = {t: f["backoff_until"] for t, f in self.failures.items()}
+        backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
         result = plan(PlanInput(types, views, demand, limits, backoff, now))
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.adopt(nodes, {i for i, _ in result.terminations})
-        self.report(result, nodes, types, demand, now)
+        self.report(result, nodes, types, demand, state, now)
         return result
 
     def drain_vanished(self, nodes: list[NodeInfo], state) -> None:
@@ -153,14 +157,14 @@ class Monitor:
 
     # --- act ----------------------------------------------------------------------------------------
 
-    def _set_status(self, node: NodeInfo, status: NodeStatus) -> None:
-        if can_transition(node.status, status):
-            self.provider.set_tags(node.id, {TAG_STATUS: status.value})
-
     def act(self, p: Plan, nodes: dict[str, NodeInfo], views: dict[str, NodeView], now: float) -> None:
+        for node_id, reason in p.undrains:
+            self.head.drain(node_id, undrain=True)
+            self.event("undrain", node=node_id, reason=reason)
+
         for node_id, reason in p.drains:
             self.head.drain(node_id)
-            self._set_status(nodes[node_id], NodeStatus.DRAINING)
+            self.lifecycle.set_status(nodes[node_id], NodeStatus.DRAINING)
             self.event("drain", node=node_id, reason=reason)
 
         for node_id, reason in p.terminations:
@@ -169,31 +173,26 @@ class Monitor:
                 # drain first: once the head says it is drained, no work can reach it any more
                 reply = self.head.drain(node_id)
                 if not reply.drained:
+                    # busy after all (work landed since we looked): it stays drained, so it is no
+                    # capacity; the planner takes it back if work waits, or retires it once idle
                     self.event("terminate-deferred", node=node_id, reason=f"{reason}; busy with {reply.running}")
                     continue
             # logged first: the node leaves the provider's listing before its processes have all stopped
             self.event("terminate", node=node_id, node_type=node.node_type, reason=reason)
-            self._set_status(node, NodeStatus.TERMINATING)
-            self.provider.terminate_nodes([node_id])
-            self.counters["terminations"][node.node_type] += 1
+            self.lifecycle.terminate([node])
+            self.metrics.terminations.labels(node.node_type).inc()
 
         for node_type, count in sorted(p.launches.items()):
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)
 
     def launch(self, node_type: str, count: int, reason: str, now: float) -> None:
         request_id = uuid.uuid4().hex[:12]
-        tags = {
-            TAG_CLUSTER: self.name, TAG_KIND: KIND_WORKER, TAG_NODE_TYPE: node_type,
-            TAG_LAUNCH_HASH: launch_hash(self.cfg, node_type), TAG_STATUS: NodeStatus.PENDING.value,
-            TAG_REQUEST_ID: request_id,
-        }
         try:
-            created = self.provider.create_nodes(node_type, count, tags)
-        except (CapacityError, QuotaError, ProviderError) as e:
-            self.back_off(node_type, str(e), now)
+            created = self.lifecycle.create(node_type, count, request_id=request_id)
+        except Exception as e:  # noqa: BLE001  any failure of one type must not stop the others
+            self.back_off(node_type, _describe(e), now)
             return
-        self.failures.pop(node_type, None)
-        self.counters["launches"][node_type] += len(created)
+        self.metrics.launches.labels(node_type).inc(len(created))
         self.event("launch", node_type=node_type, count=len(created), asked=count, request=request_id,
                    reason=reason, nodes=[n.id for n in created])
         for node in created:
@@ -201,20 +200,23 @@ class Monitor:
 
     def back_off(self, node_type: str, error: str, now: float) -> None:
         a = self.cfg.autoscaler
-        f = self.failures.setdefault(node_type, {"count": 0})
-        f["count"] += 1
-        delay = min(a.backoff_initial_s * 2 ** (f["count"] - 1), a.backoff_max_s)
-        f.update(backoff_until=now + delay, last_error=error)
-        self.counters["failures"][node_type] += 1
-        self.event("launch-failed", node_type=node_type, error=error, backoff_s=delay, failures=f["count"])
+        with self.lock:
+            b = self.backoff.setdefault(node_type, Backoff(a.backoff_initial_s, a.backoff_max_s))
+            delay = b.fail(now, error)
+        self.metrics.failures.labels(node_type).inc()
+        self.event("launch-failed", node_type=node_type, error=error, backoff_s=delay, failures=b.failures)
 
     def bootstrap(self, node: NodeInfo) -> None:
         def run():
             try:
-                self.cluster.set_up_worker(node, self.token, self.head_address, self.mounts)
-                self.event("node-up", node=node.id, node_type=node.node_type)
-            except (NodeUpdateFailed, LaunchError) as e:
-                self.event("setup-failed", node=node.id, node_type=node.node_type, error=str(e))
+                self.lifecycle.set_up_worker(node, self.token, self.head_address)
+            except Exception as e:  # noqa: BLE001  a node whose setup fails backs its type off
+                self.event("setup-failed", node=node.id, node_type=node.node_type, error=_describe(e))
+                self.back_off(node.node_type, f"setup of {node.id} failed: {_describe(e)}", self.clock())
+                return
+            with self.lock:
+                self.backoff.pop(node.node_type, None)  # a node of it came up: the type works
+            self.event("node-up", node=node.id, node_type=node.node_type)
 
         self.bootstrapping[node.id] = self.pool.submit(run)
 
@@ -225,13 +227,19 @@ class Monitor:
                 continue
             future = self.bootstrapping.get(n.id)
             if future is None or future.done():
-                self.event("adopt", node=n.id, node_type=n.node_type, status=n.status)
+                self.event("adopt", node=n.id, node_type=n.node_type, status=n.status.value)
                 self.bootstrap(n)
 
     # --- report -------------------------------------------------------------------------------------
 
-    def report(self, p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand, now: float) -> None:
-        by_type_status = Counter((n.node_type, n.status) for n in nodes)
+    def report(self, p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand, state,
+               now: float) -> None:
+        with self.lock:
+            failures = {t: {"count": b.failures, "backoff_until": b.until, "backoff_s": max(0.0, b.until - now),
+                            "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
+        infeasible = [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.infeasible]
+        infeasible += [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count, "reason": d.reason}
+                       for d in state.infeasible]
         status = {
             "updated_at": now,
             "pending_demand": [{"shape": dict(shape_of(d)), "count": c} for d, c in demand],
@@ -239,72 +247,25 @@ class Monitor:
             "launch_reasons": p.launch_reasons,
             "terminations": [{"node": i, "reason": r} for i, r in p.terminations],
             "drains": [{"node": i, "reason": r} for i, r in p.drains],
-            "infeasible": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.infeasible],
+            "undrains": [{"node": i, "reason": r} for i, r in p.undrains],
+            "infeasible": infeasible,
             "unmet": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.unmet],
-            "failures": {t: dict(f) for t, f in self.failures.items()},
+            "failures": failures,
             "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
-            "nodes": [{"node_type": t, "status": s, "count": c} for (t, s), c in sorted(by_type_status.items())],
+            "nodes": _count_nodes(nodes),
             "recent_events": list(self.recent)[-10:],
         }
-        if p.launches or p.terminations or p.drains:
-            self.event("plan", launches=p.launches, terminations=len(p.terminations), drains=len(p.drains))
-        with self.lock:
-            self.last = status
-        path = runtime_dir() / "autoscaler-status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-
-    def metrics(self) -> str:
-        with self.lock:
-            st = dict(self.last)
-            counters = {k: Counter(v) for k, v in self.counters.items()}
-        lines = ["# HELP launch_nodes Nodes of the cluster by node type and status.", "# TYPE launch_nodes gauge"]
-        for n in st.get("nodes", []):
-            lines.append(f'launch_nodes{{node_type="{n["node_type"]}",status="{n["status"]}"}} {n["count"]}')
-        lines += ["# HELP launch_pending_demand Queued work that fits no node now, by resource shape.",
-                  "# TYPE launch_pending_demand gauge"]
-        for d in st.get("pending_demand", []):
-            lines.append(f'launch_pending_demand{{shape="{fmt_shape(shape_of(d["shape"]))}"}} {d["count"]}')
-        lines += ["# HELP launch_infeasible_demand Work no node type can run.", "# TYPE launch_infeasible_demand gauge"]
-        for d in st.get("infeasible", []):
-            lines.append(f'launch_infeasible_demand{{shape="{d["shape"]}"}} {d["count"]}')
-        for name, help_ in (("launches", "Nodes launched."), ("failures", "Launch failures (capacity, quota)."),
-                            ("terminations", "Nodes terminated.")):
-            lines += [f"# HELP launch_{name}_total {help_}", f"# TYPE launch_{name}_total counter"]
-            for t, v in sorted(counters[name].items()):
-                lines.append(f'launch_{name}_total{{node_type="{t}"}} {v}')
-        lines += ["# HELP launch_cost_per_hour The fleet's cost in $/h.", "# TYPE launch_cost_per_hour gauge",
-                  f"launch_cost_per_hour {st.get('cost_per_hour', 0.0)}"]
-        return "\n".join(lines) + "\n"
-
-    def serve_metrics(self) -> ThreadingHTTPServer:
-        monitor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path != "/metrics":
-                    self.send_error(404)
-                    return
-                body = monitor.metrics().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer((self.bind_host, self.cfg.autoscaler.metrics_port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
-        (runtime_dir() / "metrics.address").write_text(f"{self.bind_host}:{server.server_address[1]}")
-        return server
+        if p.launches or p.terminations or p.drains or p.undrains:
+            self.event("plan", launches=p.launches, terminations=len(p.terminations), drains=len(p.drains),
+                       undrains=len(p.undrains))
+        self.metrics.update(status)
+        atomic_write(_home(MONITOR_STATUS), json.dumps(status, indent=1, sort_keys=True), mode=0o644)
 
     # --- loop ---------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        server = self.serve_metrics()
+        address = self.metrics.serve(self.bind_host, self.cfg.autoscaler.metrics_port)
+        (_home(LOGS).parent / "metrics.address").write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
         while not stop.is_set():
             started = time.monotonic()
@@ -312,17 +273,69 @@ class Monitor:
                 self.tick()
             except Exception as e:  # a tick that fails (head busy, provider hiccup) is retried next tick
                 log.exception("tick failed")
-                self.event("tick-failed", error=f"{type(e).__name__}: {e}"[:500])
+                self.event("tick-failed", error=_describe(e)[:500])
             stop.wait(max(0.0, self.cfg.autoscaler.tick_s - (time.monotonic() - started)))
-        server.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.event("monitor-stopped")
 
 
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, LaunchError) else f"{type(e).__name__}: {e}"
+
+
+def _count_nodes(nodes: list[NodeInfo]) -> list[dict]:
+    counts: dict[tuple[str, str], int] = {}
+    for n in nodes:
+        key = (n.node_type, n.status.value)
+        counts[key] = counts.get(key, 0) + 1
+    return [{"node_type": t, "status": s, "count": c} for (t, s), c in sorted(counts.items())]
+
+
+class _Metrics:
+    """Prometheus metrics of the autoscaler (prometheus_client, with its process metrics)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.nodes = Gauge("launch_nodes", "Nodes of the cluster by node type and status.", ["node_type", "status"],
+                           registry=r)
+        self.pending = Gauge("launch_pending_demand", "Queued work that fits no node now, by resource shape.",
+                             ["shape"], registry=r)
+        self.infeasible = Gauge("launch_infeasible_demand", "Work no node type can run.", ["shape"], registry=r)
+        self.cost = Gauge("launch_cost_per_hour", "The fleet's cost in $/h.", registry=r)
+        self.launches = Counter("launch_launches", "Nodes launched.", ["node_type"], registry=r)
+        self.failures = Counter("launch_failures", "Launch and setup failures, by node type.", ["node_type"], registry=r)
+        self.terminations = Counter("launch_terminations", "Nodes terminated.", ["node_type"], registry=r)
+
+    def update(self, status: dict) -> None:
+        for gauge in (self.nodes, self.pending, self.infeasible):
+            gauge.clear()
+        for n in status["nodes"]:
+            self.nodes.labels(n["node_type"], n["status"]).set(n["count"])
+        for d in status["pending_demand"]:
+            self.pending.labels(fmt_shape(shape_of(d["shape"]))).set(d["count"])
+        for d in status["infeasible"]:
+            self.infeasible.labels(d["shape"]).set(d["count"])
+        self.cost.set(status["cost_per_hour"])
+
+    def serve(self, host: str, port: int) -> str:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return f"{host}:{server.server_address[1]}"
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = json.loads((runtime_dir() / "autoscaler.json").read_text())
-    monitor = Monitor(settings)
+    settings = json.loads(_home(MONITOR_SETTINGS).read_text())
+    spec = ClusterSpec.from_json(json.dumps(settings["spec"]))
+    node_cfg = NodeRuntimeConfig.load()
+    # the head's own state for this cluster (setup logs, pinned host keys), never a path of the laptop
+    state = ClusterDir(spec.name, path=_home(LOGS).parent / "cluster")
+    monitor = Monitor(spec, state, node_cfg.token, _home(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -4,7 +4,8 @@
 
 1. Demand is grouped by resource shape (real queues hold 100k items of a handful of shapes).
 2. Free capacity is filled first: what nodes have available now, and the whole of nodes that are
-   launching and not yet registered.
+   launching and not yet registered. Draining nodes are no capacity; one drained on its way out for
+   being idle is taken back (undrained) when waiting work fits it.
 3. What is left is served by launching the node types that cost least per unit of demand served:
    a greedy set cover where each shape's unit of work is weighed by its cheapest stand-alone price,
    and one node's fill pattern is repeated as often as the demand allows (so a million queued items
@@ -13,7 +14,9 @@
    types at their max. The global max_workers, the $/h budget and upscaling_speed cap the total.
 4. Scale-down: idle workers (past idle_timeout, above min_workers), least useful first; workers whose
    node config is outdated; workers stuck before up-to-date past the launch timeout or failed to set
-   up; workers up-to-date but unknown to the runtime past a grace period (an instance nobody uses). Never the head, never a node running work: busy outdated nodes are drained first.
+   up (the launch timeout counts from when a node entered its current status); workers up-to-date but
+   unknown to the runtime past a grace period (an instance nobody uses). Never the head, never a node
+   running work: busy outdated nodes are drained first.
 Every decision carries a short reason for `launch status`.
 """
 
@@ -23,13 +26,12 @@ import math
 from dataclasses import dataclass, field
 
 # the runtime groups queued work by the same shapes the planner plans for
-from runtime.scheduler import EPS, Shape, shape_of
+from core.shapes import EPS, UNIVERSAL, Shape, fmt_shape, shape_of, type_can_run
+from core.status import LIVE, NodeStatus
 
 __all__ = ["EPS", "Limits", "NodeTypeSpec", "NodeView", "Plan", "PlanInput", "Shape", "fmt_shape", "plan", "shape_of"]
 
-
-def fmt_shape(shape: Shape) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shape) + "}"
+S = NodeStatus
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class NodeTypeSpec:
 class NodeView:
     id: str
     node_type: str
-    status: str  # the node status tag: pending ... up-to-date, update-failed, draining, terminating
+    status: NodeStatus
     is_head: bool = False
     registered: bool = False  # known to the runtime
     total: dict[str, float] = field(default_factory=dict)
@@ -58,8 +60,15 @@ class NodeView:
     running: int = 0
     idle_since: float = 0.0  # 0 while busy
     launched_at: float = 0.0
+    status_since: float = 0.0  # when it entered its status: the launch timeout counts from here
+    draining: bool = False  # the runtime gives it no new work (whatever its status tag says)
     outdated: bool = False  # its launch hash (node_config, auth) is no longer the config's
     lost_for: float = 0.0  # seconds it has been up-to-date yet unknown to the runtime
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", NodeStatus(self.status))
+        if not self.status_since:
+            object.__setattr__(self, "status_since", self.launched_at)
 
 
 @dataclass(frozen=True)
@@ -88,18 +97,22 @@ class Plan:
     launch_reasons: dict[str, str] = field(default_factory=dict)
     terminations: list[tuple[str, str]] = field(default_factory=list)  # (node id, reason)
     drains: list[tuple[str, str]] = field(default_factory=list)  # busy nodes to stop feeding, (id, reason)
+    undrains: list[tuple[str, str]] = field(default_factory=list)  # drained nodes demand needs again
     infeasible: list[tuple[Shape, int, str]] = field(default_factory=list)
     unmet: list[tuple[Shape, int, str]] = field(default_factory=list)  # feasible, but blocked by a limit now
 
 
-LIVE = ("pending", "waiting-for-ssh", "syncing-files", "setting-up", "up-to-date")
-
-
 def _fits(capacity: dict[str, float], shape: Shape) -> int:
-    """How many items of `shape` fit in `capacity`."""
+    """How many items of `shape` fit in `capacity`. CPU or memory that a capacity does not state is
+    unknown (the runtime assumes enough): such a node is counted on for one item, no more."""
+    if not type_can_run(capacity, dict(shape)):
+        return 0
     n = math.inf
     for k, v in shape:
-        n = min(n, math.floor((capacity.get(k, 0.0) + EPS) / v))
+        if k in UNIVERSAL and k not in capacity:
+            n = min(n, 1)
+        else:
+            n = min(n, math.floor((capacity.get(k, 0.0) + EPS) / v))
     return 0 if n is math.inf else max(int(n), 0)
 
 
@@ -142,16 +155,27 @@ def plan(inp: PlanInput) -> Plan:
             remaining[s] = remaining.get(s, 0) + count
     order = sorted(remaining, key=_size, reverse=True)
 
-    # infeasible: no node type can hold even one item
+    # infeasible: no node type can hold even one item (judged as the runtime judges it)
     for s in list(order):
-        if not any(_fits(t.resources, s) >= 1 for t in types.values()):
+        if not any(type_can_run(t.resources, dict(s)) for t in types.values()):
             out.infeasible.append((s, remaining.pop(s), f"no node type has {fmt_shape(s)}"))
             order.remove(s)
 
     # --- existing and pending capacity ------------------------------------------------------------
-    workers = [n for n in inp.nodes if not n.is_head and n.status != "terminating"]
+    workers = [n for n in inp.nodes if not n.is_head and n.status != S.TERMINATING]
     absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
     for n in sorted(inp.nodes, key=lambda n: n.id):
+        if n.status == S.DRAINING or (n.draining and n.status == S.UP_TO_DATE):
+            # A drained node is no capacity. One drained on its way out for being idle (its status still
+            # up-to-date: the terminate found it busy) is taken back when waiting work fits it; one being
+            # retired (status draining: outdated, failed, removed type) is not.
+            if (n.status == S.UP_TO_DATE and n.registered and not n.is_head and not n.outdated
+                    and n.node_type in types and _pack(dict(n.available), remaining, order)):
+                out.undrains.append((n.id, "work is waiting that it can run"))
+                for s, k in _pack(dict(n.available), remaining, order).items():
+                    remaining[s] -= k
+                absorbing.add(n.id)
+            continue
         if n.status not in LIVE:
             continue
         if n.registered:
@@ -179,24 +203,24 @@ def plan(inp: PlanInput) -> Plan:
         """Terminate an idle node; drain a busy one first (it is terminated once drained)."""
         if n.running == 0:
             terminate(n, reason)
-        elif n.status != "draining":
+        elif n.status != S.DRAINING:
             out.drains.append((n.id, f"{reason}: draining first"))
 
     for n in sorted(workers, key=lambda n: n.id):
         if n.node_type not in types:
             retire(n, f"node type {n.node_type} is no longer in the config")
-        elif n.status == "update-failed":
+        elif n.status == S.UPDATE_FAILED:
             retire(n, "setup failed: replacing it")
-        elif n.status in LIVE and n.status != "up-to-date" and now - n.launched_at > lim.launch_timeout_s:
-            retire(n, f"stuck in {n.status} for {(now - n.launched_at) / 60:.0f} min")
+        elif n.status in LIVE and n.status != S.UP_TO_DATE and now - n.status_since > lim.launch_timeout_s:
+            retire(n, f"stuck in {n.status.value} for {(now - n.status_since) / 60:.0f} min")
         elif n.outdated:
             retire(n, "outdated node config: replacing it")
-        elif n.status == "up-to-date" and not n.registered and n.lost_for > lim.runtime_grace_s:
+        elif n.status == S.UP_TO_DATE and not n.registered and n.lost_for > lim.runtime_grace_s:
             terminate(n, f"unknown to the runtime for {n.lost_for:.0f} s")
-        elif n.status == "draining" and n.running == 0:
+        elif n.status == S.DRAINING and n.running == 0 and n.id not in absorbing:
             terminate(n, "drained")
 
-    idle = [n for n in workers if n.id not in leaving and n.id not in absorbing and n.status == "up-to-date"
+    idle = [n for n in workers if n.id not in leaving and n.id not in absorbing and n.status == S.UP_TO_DATE
             and n.registered and n.running == 0 and n.idle_since > 0 and now - n.idle_since >= lim.idle_timeout_s]
     # least useful first: the most expensive, then the longest idle
     for n in sorted(idle, key=lambda n: (-types[n.node_type].cost_per_hour if n.node_type in types else 0.0,
@@ -207,12 +231,12 @@ def plan(inp: PlanInput) -> Plan:
 
     # --- launches --------------------------------------------------------------------------------
     current_workers = sum(1 for n in workers if n.id not in leaving)
-    pending = sum(1 for n in workers if n.id not in leaving and n.status in LIVE and n.status != "up-to-date")
-    running_nodes = max(1, sum(1 for n in inp.nodes if n.status == "up-to-date"))
+    pending = sum(1 for n in workers if n.id not in leaving and n.status in LIVE and n.status != S.UP_TO_DATE)
+    running_nodes = max(1, sum(1 for n in inp.nodes if n.status == S.UP_TO_DATE))
     speed_cap = max(5, math.ceil(lim.upscaling_speed * running_nodes)) - pending
     budget = math.inf if lim.max_cost_per_hour is None else lim.max_cost_per_hour - sum(
         types[n.node_type].cost_per_hour for n in inp.nodes if n.id not in leaving and n.node_type in types
-        and n.status != "terminating")
+        and n.status != S.TERMINATING)
     global_room = lim.max_workers - current_workers
     room = max(0, min(speed_cap, global_room))
     backed_off = {t for t, until in inp.backoff_until.items() if until > now}
@@ -298,7 +322,7 @@ def plan(inp: PlanInput) -> Plan:
 
 
 def _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget) -> str:
-    fitting = [t for t in types.values() if _fits(t.resources, s) >= 1]
+    fitting = [t for t in types.values() if type_can_run(t.resources, dict(s))]
     if fitting and all(t.name in backed_off for t in fitting):
         return "every node type that fits is backing off after failures: " + ", ".join(t.name for t in fitting)
     if room <= 0:

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from launcher.config import ClusterConfig
+from core.config import ClusterConfig
 
 MACHINE_KEY = {"aws": "InstanceType", "gcp": "machineType", "azure": "vmSize"}
 # $/h per unit when nothing better is known: roughly a cloud's on-demand rate per vCPU, GPU and GiB
@@ -37,9 +37,10 @@ def estimate(resources: dict[str, float]) -> float:
             + ESTIMATE["memory_gib"] * resources.get("memory", 0.0) / 2**30)
 
 
-def cost_per_hour(cfg: ClusterConfig, node_type: str) -> float:
+def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> float:
+    """The declared price, else the catalog's for its instance type, else an estimate from its resources."""
     nt = cfg.available_node_types[node_type]
     if nt.cost_per_hour is not None:
         return nt.cost_per_hour
     price = catalog_price(cfg.provider.kind, nt.node_config)
-    return price if price is not None else estimate(nt.resources)
+    return price if price is not None else estimate(resources if resources is not None else nt.resources)

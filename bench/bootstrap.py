@@ -32,7 +32,7 @@ def machine_cpu_s() -> float:
 
 def timed_up(lab, n_hosts: int, base: Path) -> tuple[float, float]:
     from launcher.cluster import Cluster
-    from launcher.config import parse_config
+    from core.config import parse_config
     from tests.infra import ssh_cluster
 
     head = lab.host()
@@ -64,7 +64,7 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="bench-bootstrap-"))
     os.environ["LAUNCH_HOME"] = str(base / "home")
-    from launcher.runtime_bundle import build_bundle
+    from lifecycle.runtime_bundle import build_bundle
 
     _, bundle = build_bundle()
     lab = SSHLab(base / "lab")

@@ -48,7 +48,7 @@ def run_launch(n: int, rounds: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="bench-launch-"))
     os.environ["LAUNCH_HOME"] = str(home)
     from launcher.cluster import Cluster
-    from launcher.config import parse_config
+    from core.config import parse_config
 
     cfg = parse_config({
         "cluster_name": "bench", "max_workers": 1, "provider": {"type": "local"},

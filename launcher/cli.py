@@ -15,8 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from launcher.config import ClusterConfig, json_schema, load_config
-from launcher.errors import ConfigError, LaunchError
+from core.config import ClusterConfig, json_schema
+from core.errors import ConfigError, LaunchError
+from lifecycle.config import load_config
 
 app = typer.Typer(
     name="launch",
@@ -146,23 +147,46 @@ def _fmt_age(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
+def _shape(d: dict) -> str:
+    return "{" + ", ".join(f"{k}: {_fmt_amount(k, v)}" for k, v in sorted(d.items())) + "}"
+
+
+def _print_work(st: dict) -> None:
+    """What waits and why: queued work (demand) and work no node type can run, with the reason."""
+    demand = ", ".join(f"{d['count']} x {_shape(d['shape'])}" for d in st.get("pending_demand", []))
+    lines = [f"pending demand: {demand or 'none'}"]
+    for d in st.get("infeasible", []):
+        lines.append(f"infeasible: {d['count']} x {_shape(d['shape'])}: {d['reason']}")
+    out.print("\n".join(lines), highlight=False)
+
+
 def _print_autoscaler(a: dict | None) -> None:
-    if not a:
+    if a is None:
         return
-    shape = lambda d: "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(d.items())) + "}"  # noqa: E731
-    lines = [f"Autoscaler (cost {a.get('cost_per_hour', 0):.2f} $/h):"]
-    demand = ", ".join(f"{d['count']} x {shape(d['shape'])}" for d in a.get("pending_demand", []))
-    lines.append(f"  pending demand: {demand or 'none'}")
+    age = a.get("last_tick_age_s")
+    tick = "never ticked" if age is None else f"last tick {_fmt_age(age)} ago"
+    if a.get("alive"):
+        head = f"[green]running[/green] (pid {a['pid']}, {tick})"
+    elif a.get("running"):
+        head = f"[yellow]running but not ticking[/yellow] (pid {a['pid']}, {tick}): what follows is stale"
+    else:
+        head = f"[red]NOT RUNNING[/red] ({tick}): what follows is stale; `launch up` restarts it"
+    lines = [f"Autoscaler: {head}, cost {a.get('cost_per_hour', 0):.2f} $/h"]
+    if a.get("error"):
+        lines.append(f"  {a['error']}")
     for t, why in a.get("launch_reasons", {}).items():
         lines.append(f"  launching {a['launches'].get(t, 0)} x {t}: {why}")
     for t in a.get("terminations", []):
         lines.append(f"  terminating {t['node']}: {t['reason']}")
+    for d in a.get("drains", []):
+        lines.append(f"  draining {d['node']}: {d['reason']}")
     for d in a.get("infeasible", []):
         lines.append(f"  infeasible: {d['count']} x {d['shape']}: {d['reason']}")
     for d in a.get("unmet", []):
         lines.append(f"  waiting: {d['count']} x {d['shape']}: {d['reason']}")
     for t, f in a.get("failures", {}).items():
-        lines.append(f"  failing: {t}: {f['count']} failure(s), backing off; last: {f.get('last_error', '')}")
+        lines.append(f"  failing: {t}: {f['count']} failure(s), backing off {_fmt_age(f.get('backoff_s', 0))}; "
+                     f"last: {f.get('last_error', '')}")
     out.print("\n".join(lines), highlight=False)
 
 
@@ -194,6 +218,7 @@ def status(
         table.add_row(n["id"], n["kind"], n["node_type"], n["status"], n["ip"] or "-", n["runtime"],
                       _fmt_resources(n["resources_total"], n["resources_available"]), _fmt_age(n["age_s"]))
     out.print(table)
+    _print_work(st)
     _print_autoscaler(st.get("autoscaler"))
     if st["runtime_error"]:
         err.print(f"[yellow]warning:[/yellow] {st['runtime_error']}")

@@ -33,8 +33,8 @@ def cluster_processes(node_ids: list[str]) -> list[int]:
 
 
 def main() -> None:
-    from launcher.config import load_config
-    from launcher.state import ClusterDir
+    from core.config import load_config
+    from lifecycle.state import ClusterDir
 
     os.environ.setdefault("COLUMNS", "140")
     launch("validate", CONFIG)

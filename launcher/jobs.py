@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from launcher.errors import LaunchError
+from core.errors import LaunchError
 from runtime.client import HeadClient
 from runtime.proto import head_pb2 as pb
 

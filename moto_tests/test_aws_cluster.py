@@ -29,7 +29,7 @@ def cluster(aws, tmp_path):
         "max_workers": 3,
         "idle_timeout_minutes": 0.05,
         "provider": {"type": "aws", "region": REGION, "availability_zone": "us-west-2a", "local_runner": True,
-                     "retry_base_s": 0.01},
+                     "retry_attempts": 3},
         "auth": {"ssh_user": "ubuntu"},
         "autoscaler": {"tick_s": 0.3},
         "runtime": {"heartbeat_interval_s": 0.2, "node_timeout_s": 2},
@@ -75,7 +75,7 @@ def test_up_autoscale_gpu_from_zero_and_back_spot_interruption_and_down(cluster)
     assert gpu_nodes[0].get("InstanceLifecycle") == "spot"
 
     # a spot interruption while a task runs: the instance goes, its work is requeued on a replacement
-    ref = infer.remote(30.0)
+    ref = infer.remote(8.0)
     wait_for(lambda: any(n["runtime"] == "alive" and n["resources_total"].get("GPU")
                       and n["resources_available"].get("GPU") == 0
                       for n in json.loads(cli("status", str(path), "--json", home=home).stdout)["nodes"]),
@@ -85,10 +85,9 @@ def test_up_autoscale_gpu_from_zero_and_back_spot_interruption_and_down(cluster)
     ec2.terminate_instances(InstanceIds=[busy])  # AWS takes the spot instance back...
     from providers.local import kill_node_processes
     kill_node_processes(busy)  # ...and everything on it stops
-    ref2 = infer.remote(0.1)
-    replacement, _ = runtime.get(ref2, timeout=120)
-    assert replacement != busy
-    runtime.cancel(ref)
+    rerun_on, _ = runtime.get(ref, timeout=120)  # the interrupted task itself ran again, elsewhere
+    assert rerun_on != busy
+    assert rerun_on in {i["InstanceId"] for i in live_instances(ec2, "awse2e")}
 
     # idle past the timeout: back to zero workers, terminated in EC2
     wait_for(lambda: [i["InstanceId"] for i in live_instances(ec2, "awse2e")] == [head["InstanceId"]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import stat
 
@@ -10,19 +11,19 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from launcher.config import parse_config
-from launcher.errors import ConfigError
+import providers
+from core.errors import CapacityError, ConfigError, InvalidRequest, PermissionDenied, TransientError
+from core.spec import ClusterSpec
+from lifecycle.config import parse_config
+from lifecycle.spec import resolve
 from moto_tests.conftest import REGION
-from providers import get_provider
-from providers.aws import AWSProvider
-from providers.base import CapacityError, TransientError
 
 AMI = "ami-12c6146b"
 BASE = {
     "cluster_name": "aws1",
     "max_workers": 6,
     "provider": {"type": "aws", "region": REGION, "availability_zone": "us-west-2a,us-west-2b",
-                 "retry_base_s": 0.01},
+                 "retry_attempts": 3},
     "auth": {"ssh_user": "ubuntu"},
     "available_node_types": {
         "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "max_workers": 0},
@@ -35,14 +36,15 @@ BASE = {
 }
 
 
-def provider(tmp_path, **overrides) -> AWSProvider:
+def spec_of(tmp_path, **overrides) -> ClusterSpec:
     data = copy.deepcopy(BASE)
     data.update(overrides)
-    cfg = parse_config(data, base_dir=tmp_path)
-    p = get_provider(cfg, tmp_path / "cluster")
+    return resolve(parse_config(data, base_dir=tmp_path), tmp_path / "cluster")
+
+
+def provider(tmp_path, **overrides):
     (tmp_path / "cluster").mkdir(exist_ok=True)
-    p.bootstrap_config(cfg)
-    return p
+    return providers.build(spec_of(tmp_path, **overrides))
 
 
 def counts(aws) -> dict:
@@ -58,19 +60,18 @@ def counts(aws) -> dict:
 
 def test_bootstrap_in_an_empty_account_then_again_reuses_everything(aws, tmp_path):
     p = provider(tmp_path)
-    cfg = p.cfg
     key = tmp_path / "cluster" / "launch-aws1.pem"
     assert key.exists() and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "PRIVATE KEY" in key.read_text()
-    assert cfg.auth.ssh_private_key == str(key)
+    assert p.spec.ssh_private_key == str(key.resolve())
     sg = aws.describe_security_groups(GroupNames=["launch-aws1"])["SecurityGroups"][0]
     ports = {(r.get("FromPort"), r["IpProtocol"]) for r in sg["IpPermissions"]}
-    assert (22, "tcp") in ports and (6380, "tcp") in ports
+    assert (22, "tcp") in ports and (6380, "tcp") not in ports  # the runtime's port is never opened
     assert any(pair["GroupId"] == sg["GroupId"] for r in sg["IpPermissions"] for pair in r.get("UserIdGroupPairs", []))
-    head_nc = cfg.available_node_types["head"].node_config
-    assert head_nc["IamInstanceProfile"] == {"Name": "launch-head-aws1"} and head_nc["KeyName"] == "launch-aws1"
-    assert "IamInstanceProfile" not in cfg.available_node_types["cpu"].node_config  # workers get no role
-    assert [s["AvailabilityZone"] for s in p.subnets] == ["us-west-2a", "us-west-2b"]
+    head_params = p._params("head", {})
+    assert head_params["IamInstanceProfile"] == {"Name": "launch-head-aws1"} and head_params["KeyName"] == "launch-aws1"
+    assert "IamInstanceProfile" not in p._params("cpu", {})  # workers get no role
+    assert [s["zone"] for s in p.state["subnets"]] == ["us-west-2a", "us-west-2b"]
     before = counts(aws)
     assert before == {"keys": 1, "groups": 1, "roles": 1, "profiles": 1}
 
@@ -86,17 +87,48 @@ def test_imported_public_key(aws, tmp_path):
     p = provider(tmp_path, auth={"ssh_user": "ubuntu", "ssh_public_key": str(pub), "ssh_private_key": "~/.ssh/id"})
     assert aws.describe_key_pairs()["KeyPairs"][0]["KeyName"] == "launch-aws1"
     assert not (tmp_path / "cluster" / "launch-aws1.pem").exists()
-    assert p.cfg.auth.ssh_private_key == "~/.ssh/id"
+    assert p.spec.ssh_private_key == os.path.expanduser("~/.ssh/id")
 
 
 def test_resources_filled_from_instance_types(aws, tmp_path):
-    p = provider(tmp_path)
-    gpu = p.cfg.available_node_types["gpu"].resources
+    spec = spec_of(tmp_path)
+    gpu = spec.node_resources["gpu"]
     assert gpu["CPU"] == 4 and gpu["GPU"] == 1 and gpu["accelerator_type:T4"] == 1 and gpu["memory"] == 16 * 2**30
-    assert p.cfg.available_node_types["cpu"].resources == {"CPU": 4.0, "memory": 16 * 2**30}
+    assert spec.node_resources["cpu"] == {"CPU": 4.0, "memory": 16 * 2**30}
     declared = copy.deepcopy(BASE["available_node_types"])
     declared["cpu"]["resources"] = {"CPU": 3}
-    assert provider(tmp_path, available_node_types=declared).cfg.available_node_types["cpu"].resources == {"CPU": 3}
+    assert spec_of(tmp_path, available_node_types=declared).node_resources["cpu"] == {"CPU": 3, "memory": 16 * 2**30}
+
+
+def test_a_provider_rebuilt_from_the_stored_spec_keeps_key_and_zones(aws, tmp_path):
+    # what `exec`, `status` and the head do: no bootstrap, only the spec `up` stored (defect: they
+    # used to get no SSH key, and the head lost the subnets, so no zone order and no fallback)
+    stored = spec_of(tmp_path).to_json()
+    again = providers.build(ClusterSpec.from_json(stored))
+    assert again.spec.ssh_private_key and again.spec.ssh_private_key.endswith("launch-aws1.pem")
+    first = again.state["subnets"][0]["id"]
+    calls, hook = _inject(again.aws.ec2, "InsufficientInstanceCapacity", lambda params, n: params.get("SubnetId") == first)
+    again.aws.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
+    (node,) = again.create("cpu", 1, {"launch-cluster": "aws1"})
+    assert [c.get("SubnetId") for c in calls] == [first, again.state["subnets"][1]["id"]]
+    inst = aws.describe_instances(InstanceIds=[node.id])["Reservations"][0]["Instances"][0]
+    assert inst["KeyName"] == "launch-aws1"
+
+
+def test_the_heads_role_may_do_only_what_the_autoscaler_does(aws, tmp_path):
+    provider(tmp_path)
+    iam = boto3.client("iam", region_name=REGION)
+    doc = iam.get_role_policy(RoleName="launch-head-aws1", PolicyName="launch-autoscaler")["PolicyDocument"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    actions = {a for st in doc["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert not any(a.endswith(":*") or a == "*" for a in actions)
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances"} <= actions
+    by_action = {a: st for st in doc["Statement"]
+                 for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    role_arn = iam.get_role(RoleName="launch-head-aws1")["Role"]["Arn"]
+    assert by_action["iam:PassRole"]["Resource"] == role_arn  # its own role only
+    own = by_action["ec2:TerminateInstances"]
+    assert own["Condition"] == {"StringEquals": {"ec2:ResourceTag/launch-cluster": "aws1"}}
 
 
 def test_heterogeneous_nodes_tagged_from_birth_and_all_gone_after_terminate(aws, tmp_path):
@@ -104,9 +136,9 @@ def test_heterogeneous_nodes_tagged_from_birth_and_all_gone_after_terminate(aws,
     tags = {"launch-cluster": "aws1", "launch-kind": "worker", "launch-request-id": "r1"}
     made = []
     for t in ("cpu", "gpu", "gpu-spot"):
-        made += p.create_nodes(t, 1, {**tags, "launch-node-type": t})
+        made += p.create(t, 1, {**tags, "launch-node-type": t})
     assert len(made) == 3
-    listed = {n.id: n for n in p.list_nodes({"launch-cluster": "aws1"})}
+    listed = {n.id: n for n in p.list({"launch-cluster": "aws1"})}
     assert set(listed) == {n.id for n in made}
     # every instance carries the tags in EC2 itself, from the RunInstances call
     for r in aws.describe_instances(InstanceIds=list(listed))["Reservations"]:
@@ -116,13 +148,13 @@ def test_heterogeneous_nodes_tagged_from_birth_and_all_gone_after_terminate(aws,
             assert inst["KeyName"] == "launch-aws1"
     spot = [n for n in listed.values() if n.node_type == "gpu-spot"]
     assert spot[0].spot and not [n for n in listed.values() if n.spot and n.node_type != "gpu-spot"]
-    assert p.list_nodes({"launch-node-type": "gpu"})[0].node_type == "gpu"
+    assert p.list({"launch-node-type": "gpu"})[0].node_type == "gpu"
     p.set_tags(made[0].id, {"launch-status": "up-to-date"})
-    assert p.list_nodes({"launch-status": "up-to-date"})[0].id == made[0].id
+    assert p.list({"launch-status": "up-to-date"})[0].id == made[0].id
 
-    p.terminate_nodes([n.id for n in made])
-    p.terminate_nodes([n.id for n in made])  # idempotent
-    assert p.list_nodes({"launch-cluster": "aws1"}) == []
+    p.terminate([n.id for n in made])
+    p.terminate([n.id for n in made])  # idempotent
+    assert p.list({"launch-cluster": "aws1"}) == []
 
 
 def _inject(client, code: str, when) -> tuple[list, object]:
@@ -143,65 +175,95 @@ def _inject(client, code: str, when) -> tuple[list, object]:
 
 def test_capacity_error_falls_back_to_the_next_zone_then_raises(aws, tmp_path):
     p = provider(tmp_path)
-    first_subnet = p.subnets[0]["SubnetId"]
-    calls, hook = _inject(p.ec2, "InsufficientInstanceCapacity", lambda params, n: params.get("SubnetId") == first_subnet)
-    p.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
-    (node,) = p.create_nodes("gpu", 1, {"launch-cluster": "aws1"})
+    first_subnet = p.state["subnets"][0]["id"]
+    calls, hook = _inject(p.aws.ec2, "InsufficientInstanceCapacity", lambda params, n: params.get("SubnetId") == first_subnet)
+    p.aws.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
+    (node,) = p.create("gpu", 1, {"launch-cluster": "aws1"})
+    second = p.state["subnets"][1]
     inst = aws.describe_instances(InstanceIds=[node.id])["Reservations"][0]["Instances"][0]
-    assert inst["SubnetId"] == p.subnets[1]["SubnetId"] and p.subnets[1]["AvailabilityZone"] == "us-west-2b"
-    assert [c.get("SubnetId") for c in calls] == [first_subnet, p.subnets[1]["SubnetId"]]
+    assert inst["SubnetId"] == second["id"] and second["zone"] == "us-west-2b"
+    assert [c.get("SubnetId") for c in calls] == [first_subnet, second["id"]]
 
-    calls2, always = _inject(p.ec2, "InsufficientInstanceCapacity", lambda params, n: True)
-    p.ec2.meta.events.unregister("before-call.ec2.RunInstances", hook)
-    p.ec2.meta.events.register("before-call.ec2.RunInstances", always)
+    calls2, always = _inject(p.aws.ec2, "InsufficientInstanceCapacity", lambda params, n: True)
+    p.aws.ec2.meta.events.unregister("before-call.ec2.RunInstances", hook)
+    p.aws.ec2.meta.events.register("before-call.ec2.RunInstances", always)
     with pytest.raises(CapacityError) as e:
-        p.create_nodes("gpu", 1, {"launch-cluster": "aws1"})
+        p.create("gpu", 1, {"launch-cluster": "aws1"})
     assert e.value.node_type == "gpu" and e.value.zone == "us-west-2b" and len(calls2) == 2
 
 
-def test_throttling_is_retried_then_reported(aws, tmp_path):
-    p = provider(tmp_path)
-    calls, hook = _inject(p.ec2, "RequestLimitExceeded", lambda params, n: n <= 2)
-    p.ec2.meta.events.register("before-call.ec2.DescribeInstances", hook)
-    assert p.list_nodes({"launch-cluster": "aws1"}) == []
-    assert len(calls) == 3  # two throttled answers, then through
-    _, always = _inject(p.ec2, "RequestLimitExceeded", lambda params, n: True)
-    p.ec2.meta.events.unregister("before-call.ec2.DescribeInstances", hook)
-    p.ec2.meta.events.register("before-call.ec2.DescribeInstances", always)
-    with pytest.raises(TransientError, match="still throttled"):
-        p.list_nodes({})
+class _Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **kw):
+        yield self.data
 
 
-def test_unauthorized_and_bad_parameters_are_clear_config_errors(aws, tmp_path):
+def _throttle_on_the_wire(client, op: str, times) -> list:
+    """Answer `op` with EC2's throttling error at the HTTP layer, so botocore's own retries see it."""
+    sent = []
+    body = (b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error>"
+            b"</Errors><RequestID>r</RequestID></Response>")
+
+    def hook(request, **kwargs):
+        sent.append(request)
+        if times is None or len(sent) <= times:
+            return AWSResponse(request.url, 503, {}, _Body(body))
+        return None
+
+    client.meta.events.register(f"before-send.ec2.{op}", hook)
+    return sent
+
+
+def test_throttling_is_retried_by_the_sdk_then_reported(aws, tmp_path):
     p = provider(tmp_path)
-    _, hook = _inject(p.ec2, "UnauthorizedOperation", lambda params, n: True)
-    p.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
-    with pytest.raises(ConfigError) as e:
-        p.create_nodes("cpu", 1, {})
-    assert str(e.value).startswith("available_node_types.cpu.node_config: aws run_instances refused: UnauthorizedOperation")
+    sent = _throttle_on_the_wire(p.aws.ec2, "DescribeInstances", times=2)
+    assert p.list({"launch-cluster": "aws1"}) == []
+    assert len(sent) == 3  # two throttled answers, then through: retried by botocore, not by us
+    again = provider(tmp_path)
+    _throttle_on_the_wire(again.aws.ec2, "DescribeInstances", times=None)
+    with pytest.raises(TransientError, match="still throttled after 3 tries"):
+        again.list({})
+
+
+@pytest.mark.parametrize("code,error,text", [
+    ("UnauthorizedOperation", PermissionDenied, "aws run_instances refused: UnauthorizedOperation"),
+    ("InvalidAMIID.NotFound", InvalidRequest, "available_node_types.cpu.node_config: aws run_instances refused: "
+                                              "InvalidAMIID.NotFound"),
+    ("VcpuLimitExceeded", Exception, "quota exceeded for node type 'cpu'"),
+])
+def test_each_ec2_error_maps_to_one_typed_error(aws, tmp_path, code, error, text):
+    # not a ConfigError any more: the autoscaler backs the type off and keeps serving the others
+    p = provider(tmp_path)
+    _, hook = _inject(p.aws.ec2, code, lambda params, n: True)
+    p.aws.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
+    with pytest.raises(error) as e:
+        p.create("cpu", 1, {})
+    assert text in str(e.value) and not isinstance(e.value, ConfigError)
 
 
 def test_terminate_batches_of_at_most_1000_and_skips_ids_already_gone(aws, tmp_path):
     p = provider(tmp_path)
-    real = [n.id for n in p.create_nodes("cpu", 3, {"launch-cluster": "aws1"})]
+    real = [n.id for n in p.create("cpu", 3, {"launch-cluster": "aws1"})]
     while len(real) < 3:
-        real += [n.id for n in p.create_nodes("cpu", 1, {"launch-cluster": "aws1"})]
+        real += [n.id for n in p.create("cpu", 1, {"launch-cluster": "aws1"})]
     batches = []
-    p.ec2.meta.events.register("before-call.ec2.TerminateInstances", lambda params, **kw: batches.append(
+    p.aws.ec2.meta.events.register("before-call.ec2.TerminateInstances", lambda params, **kw: batches.append(
         [v for k, v in params["body"].items() if k.startswith("InstanceId.")]))
     gone = [f"i-{n:017x}" for n in range(2497)]  # never existed, or terminated long ago
-    p.terminate_nodes(gone[:1200] + real + gone[1200:])
+    p.terminate(gone[:1200] + real + gone[1200:])
     assert max(len(b) for b in batches) <= 1000
     sent = {i for b in batches for i in b}
     assert set(real) <= sent and len([b for b in batches if len(b) == 1000]) >= 2
-    assert p.list_nodes({"launch-cluster": "aws1"}) == []
+    assert p.list({"launch-cluster": "aws1"}) == []
 
 
 def test_missing_region_and_missing_sdk_message(tmp_path, moto_server, monkeypatch):
     data = copy.deepcopy(BASE)
     del data["provider"]["region"]
     with pytest.raises(ConfigError, match="provider.region: required"):
-        get_provider(parse_config(data), tmp_path)
+        parse_config(data)
     import builtins
 
     real_import = builtins.__import__
@@ -213,5 +275,5 @@ def test_missing_region_and_missing_sdk_message(tmp_path, moto_server, monkeypat
 
     monkeypatch.setattr(builtins, "__import__", no_boto)
     with pytest.raises(ConfigError, match=r"pip install 'launch\[aws\]'"):
-        get_provider(parse_config(BASE), tmp_path)
+        resolve(parse_config(BASE), tmp_path)
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")

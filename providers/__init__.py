@@ -1,33 +1,56 @@
-"""Providers: one module per provider behind one interface (providers.base.NodeProvider).
+"""Providers: one module per provider behind one interface (providers.base).
 
 The registry maps a config's provider kind to a module and imports it only when that kind is used, so
-a missing cloud SDK fails only for the cloud that needs it.
+a missing cloud SDK fails only for the cloud that needs it (SDKs are imported inside the modules,
+lazily, too: validating a config never needs one).
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
 
-from launcher.errors import ConfigError
+from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    from launcher.config import ClusterConfig
-    from providers.base import NodeProvider
+from core.config import ClusterConfig, ProviderConfig, pydantic_problems
+from core.errors import ConfigError
+from core.spec import ClusterSpec
+from providers.base import Bootstrapped, Provider
 
-# kind -> (module, class). A kind missing here is recognised by the config but not available yet.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "local": ("providers.local", "LocalProvider"),
-    "ssh": ("providers.ssh", "SSHProvider"),
-    "aws": ("providers.aws", "AWSProvider"),
+# kind -> module. A kind missing here is recognised by the config but not available yet.
+_MODULES: dict[str, str] = {
+    "local": "providers.local",
+    "ssh": "providers.ssh",
+    "aws": "providers.aws",
 }
 
 
-def get_provider(cfg: ClusterConfig, cluster_dir: Path) -> NodeProvider:
-    kind = cfg.provider.kind
-    if kind not in _REGISTRY:
+def _module(kind: str) -> ModuleType:
+    if kind not in _MODULES:
         raise ConfigError(f"provider.type: the {kind!r} provider is not available in this version of launch")
-    module_name, cls_name = _REGISTRY[kind]
-    module = importlib.import_module(module_name)
-    return getattr(module, cls_name)(cfg, cluster_dir)
+    return importlib.import_module(_MODULES[kind])
+
+
+def section_problems(section: ProviderConfig) -> list[str]:
+    """The provider section checked against its provider's own typed model: e.g. `provider.regoin`."""
+    if section.kind not in _MODULES:
+        return []
+    try:
+        _module(section.kind).Section.model_validate(section.model_dump(exclude_none=True))
+    except ValidationError as e:
+        return pydantic_problems(e, ("provider",))
+    return []
+
+
+def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
+    return _module(config.provider.kind).bootstrap(config, state_dir)
+
+
+def build(spec: ClusterSpec) -> Provider:
+    return _module(spec.provider_kind).Provider(spec)
+
+
+def section(config: ClusterConfig):
+    """The provider section as its provider's typed model (validated already when the config loaded)."""
+    return _module(config.provider.kind).Section.model_validate(config.provider.model_dump(exclude_none=True))

@@ -1,244 +1,296 @@
 """The `aws` provider (EC2 through boto3, imported only when an aws cluster is used).
 
-- bootstrap_config fills in what is missing and reuses what exists: a key pair (imported from
-  auth.ssh_public_key, or created and its private key saved 0600), one security group per cluster
-  (SSH and the head's port from provider.ssh_cidr, all traffic within the group), subnets of the
-  requested availability zones, and an IAM instance profile for the head so the autoscaler there calls
-  EC2 with a role, never with the user's keys. Node types without `resources` get CPU, memory, GPUs and
-  the accelerator type from describe_instance_types.
-- create_nodes: run_instances with TagSpecifications, so an instance is tagged from birth; node_config
-  passes through; spot through InstanceMarketOptions. An out-of-capacity answer moves on to the next
-  subnet (zone); when all are out, CapacityError(type, zone) tells the planner to back off. Throttling
-  is retried with exponential backoff and jitter; auth and parameter errors become a one-line ConfigError.
-- list_nodes by tag filters, paginated; terminate in batches of at most 1,000 ids, idempotent.
+- bootstrap finds or creates, idempotently: a key pair (imported from auth.ssh_public_key, or created
+  and its private key saved 0600), one security group per cluster (SSH from provider.ssh_cidr, all
+  traffic within the group; never the runtime's port), the subnets of the requested availability
+  zones (in the user's order), and an instance profile for the head whose role may do only what the
+  autoscaler does, on this cluster's instances. All of it is returned as the provider state.
+- create: run_instances with TagSpecifications, so an instance is tagged from birth; node_config
+  passes through, completed with the bootstrap's key, security group and (head) profile; spot through
+  InstanceMarketOptions. An out-of-capacity answer moves on to the next subnet (zone); when all are
+  out, CapacityError(type, zone) tells the planner to back off.
+- Every EC2 error code is mapped once (`map_error`) onto the core's typed errors. Throttling is
+  retried by botocore's own adaptive retry mode, configured once per client.
+- list by tag filters, paginated; terminate in batches of at most 1,000 ids, idempotent.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from launcher.config import ClusterConfig
-from launcher.errors import ConfigError
-from launcher.ssh import SSHCommandRunner
-from providers.base import (
-    TAG_CLUSTER, CapacityError, NodeInfo, NodeNotFound, ProviderError, QuotaError, TransientError,
+from pydantic import Field
+
+from core.config import ClusterConfig
+from core.errors import (
+    CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
+    QuotaError, TransientError,
 )
+from core.files import atomic_write
+from core.spec import ClusterSpec
+from core.tags import TAG_CLUSTER, TAG_NODE_TYPE
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity",
             "InsufficientReservedInstanceCapacity", "SpotMaxPriceTooLow", "InsufficientFreeAddressesInSubnet",
-            "UnfulfillableCapacity"}
-QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"}
-CONFIG = {"UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId", "OptInRequired", "SignatureDoesNotMatch",
-          "InvalidParameterValue", "InvalidParameterCombination", "InvalidParameter", "MissingParameter",
-          "InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidKeyPair.NotFound", "InvalidSubnetID.NotFound",
-          "InvalidGroup.NotFound", "InvalidInstanceType", "Unsupported", "AccessDenied", "AccessDeniedException"}
+            "UnfulfillableCapacity", "MaxSpotInstanceCountExceeded"}
+QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "ResourceLimitExceeded"}
+PERMISSION = {"UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId", "OptInRequired",
+              "SignatureDoesNotMatch", "AccessDenied", "AccessDeniedException", "Blocked"}
+NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 TERMINATE_BATCH = 1000
 DEFAULT_HEAD_PORT = 6380
 
 
-def _boto3():
+class Section(CommonSection):
+    region: str
+    availability_zone: str | None = None  # comma-separated, in order of preference
+    # Ray's keys: credentials for the boto3 clients (a private cloud or tests may add endpoint_url)
+    aws_credentials: dict[str, str] | None = None
+    security_group: dict[str, Any] | None = None
+    # ours
+    vpc_id: str | None = None
+    key_name: str | None = None
+    ssh_cidr: str = "0.0.0.0/0"
+    head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
+    head_bind_host: str = "0.0.0.0"
+    # botocore's standard retry mode, attempts per call (throttling, 5xx, connection errors)
+    retry_attempts: int = Field(default=8, ge=1, le=20)
+    # tests only: "instances" run on this machine as local nodes (moto has no SSH to reach)
+    local_runner: bool = False
+
+
+def _sdk():
     try:
         import boto3
-        import botocore
+        import botocore.config
+        import botocore.exceptions
     except ImportError:
         raise ConfigError("provider.type: aws needs the AWS SDK: pip install 'launch[aws]'") from None
     return boto3, botocore
 
 
 def error_code(e: Exception) -> str:
-    return getattr(e, "response", {}).get("Error", {}).get("Code", "") if hasattr(e, "response") else ""
+    return (getattr(e, "response", None) or {}).get("Error", {}).get("Code", "")
 
 
-class AWSProvider:
+def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = None, attempts: int = 0) -> LaunchError:
+    """One EC2/IAM error -> the core's typed error, naming the node type and the field where one is at fault."""
+    code = error_code(e)
+    message = ((getattr(e, "response", None) or {}).get("Error", {}).get("Message") or str(e)).splitlines()[0][:300]
+    where = f"available_node_types.{node_type}.node_config" if node_type else "provider"
+    if code in CAPACITY:
+        return CapacityError(node_type or "?", zone, f"{code}: {message}")
+    if code in QUOTA:
+        return QuotaError(node_type or "?", f"{code}: {message}")
+    if code in THROTTLING:
+        return TransientError(f"aws {op}: still throttled after {attempts} tries ({code})")
+    if code in PERMISSION:
+        return PermissionDenied(f"aws {op} refused: {code}: {message}")
+    if code in NOT_FOUND:
+        return NodeNotFound(message)
+    if code.startswith(("Invalid", "Missing", "Unsupported")) or code in ("ValidationError", "MalformedPolicyDocument"):
+        return InvalidRequest(f"{where}: aws {op} refused: {code}: {message}")
+    return ProviderError(f"aws {op} failed: {code or type(e).__name__}: {message}")
 
-    def __init__(self, cfg: ClusterConfig, cluster_dir: Path):
-        boto3, botocore = _boto3()
-        self._ClientError = botocore.exceptions.ClientError
-        self.cfg = cfg
-        self.cluster_dir = cluster_dir
-        p = cfg.provider
-        if not p.region:
-            raise ConfigError("provider.region: required for aws (e.g. us-west-2)")
-        self.region = p.region
-        self.zones = [z.strip() for z in (p.availability_zone or "").split(",") if z.strip()]
-        self.head_port = int(p.extra.get("head_port", DEFAULT_HEAD_PORT))
-        self.head_bind_host = str(p.extra.get("head_bind_host", "0.0.0.0"))
-        self.ssh_cidr = str(p.extra.get("ssh_cidr", "0.0.0.0/0"))
-        self.retry_base_s = float(p.extra.get("retry_base_s", 0.5))
-        self.retry_attempts = int(p.extra.get("retry_attempts", 6))
-        # For tests against moto, where no SSH reaches an instance: node commands run on this machine,
-        # so nodes are reached at 127.0.0.1 and the head listens there, on any free port.
-        self.local_runner = bool(p.extra.get("local_runner", False))
-        if self.local_runner:
-            self.head_bind_host = "127.0.0.1"
-            self.head_port = int(p.extra.get("head_port", 0))
-        # The autoscaler runs on the head. All state is in EC2 tags, but a real head also needs the
-        # cluster's SSH key and file mounts shipped to it, which is not built yet: until then only
-        # local_runner clusters (whose head is this machine) autoscale; others are sized by `up`.
-        self.supports_autoscaler = self.local_runner
-        session = boto3.session.Session(region_name=self.region)
-        self.ec2 = session.client("ec2")
-        self.iam = session.client("iam")
-        self.known_hosts = cluster_dir / "known_hosts"
+
+class _Clients:
+    """The boto3 clients of one region, each with botocore's standard retry mode (throttling, 5xx,
+    connection errors: exponential backoff with jitter), configured here once."""
+
+    def __init__(self, section: Section):
+        boto3, botocore = _sdk()
+        self.ClientError = botocore.exceptions.ClientError
+        creds = dict(section.aws_credentials or {})
+        endpoint = creds.pop("endpoint_url", None)
+        session = boto3.session.Session(region_name=section.region, **creds)
+        self.attempts = section.retry_attempts
+        config = botocore.config.Config(retries={"mode": "standard", "max_attempts": self.attempts})
+        kw = {"config": config, **({"endpoint_url": endpoint} if endpoint else {})}
+        self.ec2 = session.client("ec2", **kw)
+        self.iam = session.client("iam", **kw)
+
+    def call(self, client, op: str, node_type: str = "", zone: str | None = None, **kwargs):
+        try:
+            return getattr(client, op)(**kwargs)
+        except self.ClientError as e:
+            raise map_error(e, op, node_type, zone, self.attempts) from None
+
+
+# --- bootstrap ----------------------------------------------------------------------------------------
+
+
+def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
+    section = Section.model_validate(config.provider.model_dump(exclude_none=True))
+    aws = _Clients(section)
+    name = config.cluster_name
+    zones = _zones(section)
+    vpc_id = section.vpc_id or _default_vpc(aws)
+    key_name, key_path = _key_pair(aws, config, section, state_dir)
+    state = {
+        "vpc_id": vpc_id,
+        "subnets": _subnets(aws, vpc_id, zones),
+        "key_name": key_name,
+        "security_group": _security_group(aws, name, vpc_id, section),
+        "head_profile": _head_profile(aws, name),
+    }
+    if section.local_runner:
+        state["local_root"] = str((state_dir / "aws-local").resolve())
+    return Bootstrapped(state=state, ssh_user=config.auth.ssh_user or "ubuntu",
+                        ssh_private_key=str(key_path) if key_path else None)
+
+
+def _zones(section: Section) -> list[str]:
+    return [z.strip() for z in (section.availability_zone or "").split(",") if z.strip()]
+
+
+def _default_vpc(aws: _Clients) -> str:
+    vpcs = aws.call(aws.ec2, "describe_vpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise ConfigError("provider.vpc_id: this region has no default VPC; name one")
+    return vpcs[0]["VpcId"]
+
+
+def _subnets(aws: _Clients, vpc_id: str, zones: list[str]) -> list[dict[str, str]]:
+    """One subnet per zone, in the order the user gave the zones."""
+    filters = [{"Name": "vpc-id", "Values": [vpc_id]}]
+    if zones:
+        filters.append({"Name": "availability-zone", "Values": zones})
+    subnets = aws.call(aws.ec2, "describe_subnets", Filters=filters)["Subnets"]
+    if not subnets:
+        raise ConfigError(f"provider.availability_zone: no subnet of {vpc_id} in {', '.join(zones) or 'any zone'}")
+    order = {z: i for i, z in enumerate(zones)}
+    by_zone: dict[str, dict] = {}
+    for s in sorted(subnets, key=lambda s: (not s.get("DefaultForAz", False), s["SubnetId"])):
+        by_zone.setdefault(s["AvailabilityZone"], s)
+    ordered = sorted(by_zone.values(), key=lambda s: (order.get(s["AvailabilityZone"], 99), s["AvailabilityZone"]))
+    return [{"id": s["SubnetId"], "zone": s["AvailabilityZone"]} for s in ordered]
+
+
+def _key_pair(aws: _Clients, config: ClusterConfig, section: Section, state_dir: Path) -> tuple[str, Path | None]:
+    key_name = section.key_name or f"launch-{config.cluster_name}"
+    existing = aws.call(aws.ec2, "describe_key_pairs", Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
+    if config.auth.ssh_public_key:
+        if not existing:
+            public = Path(config.auth.ssh_public_key).expanduser().read_bytes()
+            aws.call(aws.ec2, "import_key_pair", KeyName=key_name, PublicKeyMaterial=public)
+        return key_name, None
+    key_path = state_dir / f"{key_name}.pem"
+    if existing:
+        if not key_path.exists() and not config.auth.ssh_private_key:
+            raise ConfigError(f"auth.ssh_private_key: key pair {key_name} exists in {section.region} but its "
+                              f"private key is not at {key_path}; point auth.ssh_private_key at it")
+        return key_name, key_path.resolve() if key_path.exists() else None
+    material = aws.call(aws.ec2, "create_key_pair", KeyName=key_name, TagSpecifications=[{
+        "ResourceType": "key-pair", "Tags": [{"Key": TAG_CLUSTER, "Value": config.cluster_name}]}])["KeyMaterial"]
+    atomic_write(key_path, material, mode=0o600)
+    return key_name, key_path.resolve()
+
+
+def _security_group(aws: _Clients, cluster: str, vpc_id: str, section: Section) -> str:
+    name = (section.security_group or {}).get("GroupName") or f"launch-{cluster}"
+    found = aws.call(aws.ec2, "describe_security_groups", Filters=[
+        {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+    if found:
+        return found[0]["GroupId"]
+    sg_id = aws.call(aws.ec2, "create_security_group", GroupName=name, VpcId=vpc_id,
+                     Description=f"launch cluster {cluster}", TagSpecifications=[{
+                         "ResourceType": "security-group", "Tags": [{"Key": TAG_CLUSTER, "Value": cluster}]}])["GroupId"]
+    # SSH from where the launcher is, everything within the cluster; the runtime's port is reached
+    # through SSH only, never opened here
+    permissions = [
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": section.ssh_cidr}]},
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": sg_id}]},
+        *(section.security_group or {}).get("IpPermissions", []),
+    ]
+    aws.call(aws.ec2, "authorize_security_group_ingress", GroupId=sg_id, IpPermissions=permissions)
+    return sg_id
+
+
+def head_policy(cluster: str, role_arn: str) -> dict:
+    """What the head's autoscaler may do: launch tagged instances of this cluster, and describe, tag,
+    stop, start and terminate only instances that carry this cluster's tag; pass only its own role."""
+    own = {"StringEquals": {f"ec2:ResourceTag/{TAG_CLUSTER}": cluster}}
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Describe", "Effect": "Allow", "Resource": "*", "Action": [
+            "ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets",
+            "ec2:DescribeImages", "ec2:DescribeKeyPairs", "ec2:DescribeSecurityGroups",
+            "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeSpotPriceHistory"]},
+        {"Sid": "LaunchTaggedInstances", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Condition": {"StringEquals": {f"aws:RequestTag/{TAG_CLUSTER}": cluster}}},
+        {"Sid": "LaunchFrom", "Effect": "Allow", "Action": "ec2:RunInstances", "Resource": [
+            "arn:aws:ec2:*::image/*", "arn:aws:ec2:*:*:subnet/*", "arn:aws:ec2:*:*:network-interface/*",
+            "arn:aws:ec2:*:*:security-group/*", "arn:aws:ec2:*:*:key-pair/*", "arn:aws:ec2:*::snapshot/*"]},
+        {"Sid": "TagAtLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
+        {"Sid": "OwnInstances", "Effect": "Allow", "Resource": "arn:aws:ec2:*:*:instance/*", "Condition": own,
+         "Action": ["ec2:CreateTags", "ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"]},
+        {"Sid": "PassOwnRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": role_arn},
+    ]}
+
+
+def _head_profile(aws: _Clients, cluster: str) -> str:
+    name = f"launch-head-{cluster}"
+    no_such = aws.iam.exceptions.NoSuchEntityException
+    try:
+        role = aws.iam.get_role(RoleName=name)["Role"]
+    except no_such:
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                          "Principal": {"Service": "ec2.amazonaws.com"}}]}
+        role = aws.call(aws.iam, "create_role", RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
+                        Description=f"the head node of launch cluster {cluster}: the autoscaler calls EC2 with it")["Role"]
+    # (re)written every bootstrap, so a cluster made by an older version loses broader rights
+    aws.call(aws.iam, "put_role_policy", RoleName=name, PolicyName="launch-autoscaler",
+             PolicyDocument=json.dumps(head_policy(cluster, role["Arn"])))
+    try:
+        profile = aws.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    except no_such:
+        profile = aws.call(aws.iam, "create_instance_profile", InstanceProfileName=name)["InstanceProfile"]
+    if not any(r["RoleName"] == name for r in profile.get("Roles", [])):
+        aws.call(aws.iam, "add_role_to_instance_profile", InstanceProfileName=name, RoleName=name)
+    return name
+
+
+# --- the provider -------------------------------------------------------------------------------------
+
+
+class Provider:
+    def __init__(self, spec: ClusterSpec):
+        self.spec = spec
+        self.section = section = Section.model_validate(spec.config.provider.model_dump(exclude_none=True))
+        self.aws = _Clients(section)
+        self.state = spec.provider_state
+        self.local_root = Path(self.state["local_root"]) if self.state.get("local_root") else None
+        if self.local_root is not None:  # the head runs on this machine, on any free loopback port
+            self.head_bind_host, self.head_port = "127.0.0.1", 0
+        else:
+            self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
+        # The autoscaler needs the cluster's SSH key and file mounts on the head, which is not built yet:
+        # until then only local_runner clusters (whose head is this machine) autoscale.
+        self.capabilities = Capabilities(autoscale_on_head=self.local_root is not None, spot=True, zones=True,
+                                         stop_start=True)
         self._instance_types: dict[str, dict] = {}
-        self._runners: dict[str, object] = {}
-        self.subnets: list[dict] = []
 
-    # --- calls, with retries and typed errors -------------------------------------------------------
+    # --- catalog ----------------------------------------------------------------------------------
 
-    def call(self, client, op: str, node_type: str = "", **kwargs):
-        for attempt in range(self.retry_attempts):
-            try:
-                return getattr(client, op)(**kwargs)
-            except self._ClientError as e:
-                code = error_code(e)
-                message = e.response.get("Error", {}).get("Message", str(e))
-                if code in THROTTLING:
-                    if attempt == self.retry_attempts - 1:
-                        raise TransientError(f"aws {op}: still throttled after {self.retry_attempts} tries ({code})")
-                    # full jitter: spread retries of many callers apart
-                    time.sleep(random.uniform(0, self.retry_base_s * 2 ** attempt))
-                    continue
-                if code in CAPACITY:
-                    raise CapacityError(node_type or "?", kwargs.get("SubnetId"), f"{code}: {message}") from None
-                if code in QUOTA:
-                    raise QuotaError(node_type or "?", f"{code}: {message}") from None
-                if code in CONFIG or code.startswith("Invalid"):
-                    where = f"available_node_types.{node_type}.node_config" if node_type else "provider"
-                    raise ConfigError(f"{where}: aws {op} refused: {code}: {message}") from None
-                raise ProviderError(f"aws {op} failed: {code or type(e).__name__}: {message}") from None
-
-    # --- bootstrap ----------------------------------------------------------------------------------
-
-    def bootstrap_config(self, cfg: ClusterConfig) -> ClusterConfig:
-        cfg = cfg.model_copy(deep=True)
-        cfg._base_dir = self.cfg.base_dir
-        name = cfg.cluster_name
-        vpc_id = self._vpc_id(cfg)
-        self.subnets = self._subnets(vpc_id)
-        key_name, key_path = self._key_pair(cfg, name)
-        if key_path:
-            cfg.auth.ssh_private_key = str(key_path)
-        cfg.auth.ssh_user = cfg.auth.ssh_user or "ubuntu"
-        sg_id = self._security_group(name, vpc_id)
-        profile = self._head_profile(name)
-        self._fill_resources(cfg)
-        for type_name, nt in cfg.available_node_types.items():
-            nc = nt.node_config
-            nc.setdefault("KeyName", key_name)
-            if "NetworkInterfaces" not in nc and "SecurityGroupIds" not in nc:
-                nc["SecurityGroupIds"] = [sg_id]
-            if type_name == cfg.head_node_type:
-                nc.setdefault("IamInstanceProfile", {"Name": profile})
-        self.cfg = cfg
-        return cfg
-
-    def _vpc_id(self, cfg: ClusterConfig) -> str:
-        given = cfg.provider.extra.get("vpc_id")
-        if given:
-            return given
-        vpcs = self.call(self.ec2, "describe_vpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-        if not vpcs:
-            raise ConfigError("provider.vpc_id: this region has no default VPC; name one")
-        return vpcs[0]["VpcId"]
-
-    def _subnets(self, vpc_id: str) -> list[dict]:
-        filters = [{"Name": "vpc-id", "Values": [vpc_id]}]
-        if self.zones:
-            filters.append({"Name": "availability-zone", "Values": self.zones})
-        subnets = self.call(self.ec2, "describe_subnets", Filters=filters)["Subnets"]
-        if not subnets:
-            raise ConfigError(f"provider.availability_zone: no subnet of {vpc_id} in {', '.join(self.zones) or 'any zone'}")
-        order = {z: i for i, z in enumerate(self.zones)}
-        # one subnet per zone, in the order the user gave the zones
-        by_zone: dict[str, dict] = {}
-        for s in sorted(subnets, key=lambda s: (not s.get("DefaultForAz", False), s["SubnetId"])):
-            by_zone.setdefault(s["AvailabilityZone"], s)
-        return sorted(by_zone.values(), key=lambda s: (order.get(s["AvailabilityZone"], 99), s["AvailabilityZone"]))
-
-    def _key_pair(self, cfg: ClusterConfig, cluster: str) -> tuple[str, Path | None]:
-        key_name = str(cfg.provider.extra.get("key_name", f"launch-{cluster}"))
-        existing = self.call(self.ec2, "describe_key_pairs",
-                             Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
-        if cfg.auth.ssh_public_key:
-            if not existing:
-                public = Path(cfg.auth.ssh_public_key).expanduser().read_bytes()
-                self.call(self.ec2, "import_key_pair", KeyName=key_name, PublicKeyMaterial=public)
-            return key_name, None
-        key_path = self.cluster_dir / f"{key_name}.pem"
-        if existing:
-            if not key_path.exists() and not cfg.auth.ssh_private_key:
-                raise ConfigError(f"auth.ssh_private_key: key pair {key_name} exists in {self.region} but its "
-                                  f"private key is not at {key_path}; point auth.ssh_private_key at it")
-            return key_name, key_path if key_path.exists() else None
-        material = self.call(self.ec2, "create_key_pair", KeyName=key_name,
-                             TagSpecifications=[{"ResourceType": "key-pair",
-                                                 "Tags": [{"Key": TAG_CLUSTER, "Value": cluster}]}])["KeyMaterial"]
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(material)
-        return key_name, key_path
-
-    def _security_group(self, cluster: str, vpc_id: str) -> str:
-        name = f"launch-{cluster}"
-        found = self.call(self.ec2, "describe_security_groups", Filters=[
-            {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
-        if found:
-            return found[0]["GroupId"]
-        sg_id = self.call(self.ec2, "create_security_group", GroupName=name, VpcId=vpc_id,
-                          Description=f"launch cluster {cluster}", TagSpecifications=[{
-                              "ResourceType": "security-group", "Tags": [{"Key": TAG_CLUSTER, "Value": cluster}]}])["GroupId"]
-        self.call(self.ec2, "authorize_security_group_ingress", GroupId=sg_id, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": self.ssh_cidr}]},
-            {"IpProtocol": "tcp", "FromPort": self.head_port, "ToPort": self.head_port,
-             "IpRanges": [{"CidrIp": self.ssh_cidr}]},
-            {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": sg_id}]},
-        ])
-        return sg_id
-
-    def _head_profile(self, cluster: str) -> str:
-        name = f"launch-head-{cluster}"
-        no_such = self.iam.exceptions.NoSuchEntityException
-        try:
-            self.iam.get_role(RoleName=name)
-        except no_such:
-            trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                              "Principal": {"Service": "ec2.amazonaws.com"}}]}
-            self.call(self.iam, "create_role", RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
-                      Description=f"the head node of launch cluster {cluster}: the autoscaler calls EC2 with it")
-            policy = {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": ["ec2:*"], "Resource": "*"},
-                {"Effect": "Allow", "Action": ["iam:PassRole"], "Resource": "*"}]}
-            self.call(self.iam, "put_role_policy", RoleName=name, PolicyName="launch-autoscaler",
-                      PolicyDocument=json.dumps(policy))
-        try:
-            profile = self.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-        except no_such:
-            profile = self.call(self.iam, "create_instance_profile", InstanceProfileName=name)["InstanceProfile"]
-        if not any(r["RoleName"] == name for r in profile.get("Roles", [])):
-            self.call(self.iam, "add_role_to_instance_profile", InstanceProfileName=name, RoleName=name)
-        return name
-
-    # --- instance types -----------------------------------------------------------------------------
-
-    def instance_type(self, name: str) -> dict:
+    def instance_type(self, name: str, node_type: str = "") -> dict:
         if name not in self._instance_types:
-            info = self.call(self.ec2, "describe_instance_types", InstanceTypes=[name])["InstanceTypes"]
+            info = self.aws.call(self.aws.ec2, "describe_instance_types", node_type, InstanceTypes=[name])["InstanceTypes"]
             if not info:
-                raise ConfigError(f"node_config.InstanceType: unknown instance type {name!r} in {self.region}")
+                raise InvalidRequest(f"available_node_types.{node_type}.node_config.InstanceType: unknown instance "
+                                     f"type {name!r} in {self.section.region}")
             self._instance_types[name] = info[0]
         return self._instance_types[name]
 
-    def resources_of(self, name: str) -> dict[str, float]:
-        info = self.instance_type(name)
+    def resources_of(self, name: str, node_type: str = "") -> dict[str, float]:
+        info = self.instance_type(name, node_type)
         res = {"CPU": float(info["VCpuInfo"]["DefaultVCpus"]), "memory": float(info["MemoryInfo"]["SizeInMiB"]) * 2**20}
         gpus = info.get("GpuInfo", {}).get("Gpus", [])
         if gpus:
@@ -246,35 +298,45 @@ class AWSProvider:
             res[f"accelerator_type:{gpus[0]['Name']}"] = 1.0
         return res
 
-    def _fill_resources(self, cfg: ClusterConfig) -> None:
-        for type_name, nt in cfg.available_node_types.items():
+    def node_types(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, nt in self.spec.config.available_node_types.items():
             it = nt.node_config.get("InstanceType")
-            if not nt.resources and it:
-                nt.resources = self.resources_of(it)
+            out[name] = self.resources_of(it, name) if it else {}
+        return out
 
     # --- nodes --------------------------------------------------------------------------------------
 
-    def create_nodes(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        nt = self.cfg.available_node_types[node_type]
+    def _params(self, node_type: str, tags: dict[str, str]) -> dict:
+        nt = self.spec.config.available_node_types[node_type]
         params = json.loads(json.dumps(nt.node_config))
+        if self.state.get("key_name"):
+            params.setdefault("KeyName", self.state["key_name"])
+        if "NetworkInterfaces" not in params and "SecurityGroupIds" not in params and self.state.get("security_group"):
+            params["SecurityGroupIds"] = [self.state["security_group"]]
+        if node_type == self.spec.config.head_node_type and self.state.get("head_profile"):
+            params.setdefault("IamInstanceProfile", {"Name": self.state["head_profile"]})
         if nt.spot and "InstanceMarketOptions" not in params:
             params["InstanceMarketOptions"] = {"MarketType": "spot"}
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         params["TagSpecifications"] = [s for s in params.get("TagSpecifications", [])
                                        if s.get("ResourceType") not in ("instance", "volume")] + [
             {"ResourceType": "instance", "Tags": tag_list}, {"ResourceType": "volume", "Tags": tag_list}]
+        return params
+
+    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        params = self._params(node_type, tags)
         pinned = "SubnetId" in params or "NetworkInterfaces" in params
-        subnets = [None] if pinned else [s["SubnetId"] for s in self.subnets] or [None]
+        subnets = [{"id": None, "zone": None}] if pinned else (self.state.get("subnets") or [{"id": None, "zone": None}])
         last: CapacityError | None = None
         for subnet in subnets:
             call = dict(params, MinCount=1, MaxCount=count)  # fewer than asked is not an error
-            if subnet:
-                call["SubnetId"] = subnet
+            if subnet["id"]:
+                call["SubnetId"] = subnet["id"]
             try:
-                reply = self.call(self.ec2, "run_instances", node_type=node_type, **call)
+                reply = self.aws.call(self.aws.ec2, "run_instances", node_type, subnet["zone"], **call)
             except CapacityError as e:
-                zone = next((s["AvailabilityZone"] for s in self.subnets if s["SubnetId"] == subnet), subnet)
-                last = CapacityError(node_type, zone, str(e).split(": ", 1)[-1])
+                last = e
                 continue
             return [self._info(i) for i in reply["Instances"]]
         raise last or CapacityError(node_type)
@@ -282,24 +344,25 @@ class AWSProvider:
     def _info(self, inst: dict) -> NodeInfo:
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
         launched = inst.get("LaunchTime")
-        local = "127.0.0.1" if self.local_runner else None
+        local = "127.0.0.1" if self.local_root else None
+        if self.local_root:  # the "instance" is a directory of this machine
+            (self.local_root / inst["InstanceId"]).mkdir(parents=True, exist_ok=True)
         return NodeInfo(
-            id=inst["InstanceId"], node_type=tags.get("launch-node-type", inst.get("InstanceType", "")),
+            id=inst["InstanceId"], node_type=tags.get(TAG_NODE_TYPE, inst.get("InstanceType", "")),
             state=inst["State"]["Name"], tags=tags, internal_ip=local or inst.get("PrivateIpAddress"),
             external_ip=local or inst.get("PublicIpAddress"),
             launched_at=launched.timestamp() if hasattr(launched, "timestamp") else time.time(),
             spot=inst.get("InstanceLifecycle") == "spot",
+            local_home=str(self.local_root / inst["InstanceId"]) if self.local_root else None,
         )
 
-    def list_nodes(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+    def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tag_filters.items()]
         filters.append({"Name": "instance-state-name", "Values": LIVE_STATES})
         nodes, token = [], None
         while True:
-            kwargs = {"Filters": filters, "MaxResults": 500}
-            if token:
-                kwargs["NextToken"] = token
-            reply = self.call(self.ec2, "describe_instances", **kwargs)
+            kwargs = {"Filters": filters, "MaxResults": 500, **({"NextToken": token} if token else {})}
+            reply = self.aws.call(self.aws.ec2, "describe_instances", **kwargs)
             nodes += [self._info(i) for r in reply["Reservations"] for i in r["Instances"]]
             token = reply.get("NextToken")
             if not token:
@@ -308,49 +371,25 @@ class AWSProvider:
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
         try:
-            self.call(self.ec2, "create_tags", Resources=[node_id],
-                      Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        except ConfigError as e:
-            if "InvalidInstanceID" in str(e):
-                raise NodeNotFound(node_id) from None
-            raise
+            self.aws.call(self.aws.ec2, "create_tags", Resources=[node_id],
+                          Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        except NodeNotFound:
+            raise NodeNotFound(node_id) from None
 
-    def terminate_nodes(self, node_ids: list[str]) -> None:
+    def terminate(self, node_ids: list[str]) -> None:
         for i in range(0, len(node_ids), TERMINATE_BATCH):
             batch = list(node_ids[i:i + TERMINATE_BATCH])
             while batch:
                 try:
-                    self.call(self.ec2, "terminate_instances", InstanceIds=batch)
+                    self.aws.call(self.aws.ec2, "terminate_instances", InstanceIds=batch)
                     break
-                except ConfigError as e:  # some ids are gone already: idempotent, drop them and retry
+                except NodeNotFound as e:  # some ids are gone already: idempotent, drop them and retry
                     gone = [b for b in batch if b in str(e)]
-                    if "InvalidInstanceID" not in str(e) or not gone:
+                    if not gone:
                         raise
                     batch = [b for b in batch if b not in gone]
-        for node_id in node_ids:
-            runner = self._runners.pop(node_id, None)
-            if self.local_runner:  # the "instance" ran on this machine: its processes go with it
-                from providers.local import kill_node_processes
+        if self.local_root:  # the "instances" ran on this machine: their processes go with them
+            from providers.local import kill_node_processes
 
+            for node_id in node_ids:
                 kill_node_processes(node_id)
-            elif runner is not None:
-                runner.close()
-
-    def command_runner(self, node: NodeInfo):
-        if node.id not in self._runners:
-            if self.local_runner:
-                from launcher.command_runner import LocalCommandRunner
-                from providers.local import MARKER_ENV
-
-                home = self.cluster_dir / "aws-local" / node.id
-                home.mkdir(parents=True, exist_ok=True)
-                self._runners[node.id] = LocalCommandRunner(home, {MARKER_ENV: node.id}, sys.executable)
-            else:
-                use_internal = self.cfg.provider.use_internal_ips
-                host = (node.internal_ip if use_internal else node.external_ip) or node.internal_ip
-                auth = self.cfg.auth
-                self._runners[node.id] = SSHCommandRunner(
-                    host, 22, auth.ssh_user or "ubuntu", auth.ssh_private_key, self.known_hosts,
-                    proxy_command=auth.ssh_proxy_command,
-                    connect_timeout=float(self.cfg.provider.extra.get("ssh_connect_timeout_s", 10)))
-        return self._runners[node.id]

@@ -1,113 +1,80 @@
-"""The interface every provider implements, the tags that carry cluster state, and typed errors.
+"""The interface every provider implements (DESIGN.md, "Provider interface (v2)").
 
-A provider creates, lists, tags and terminates instances and hands out a command runner for one. It
-knows nothing about autoscaling. All durable state lives in instance tags, so the launcher and the
-autoscaler can rebuild everything from `list_nodes`.
+A provider module has:
+- `Section`: the pydantic model of its `provider:` keys (a misspelt key is a config error);
+- `bootstrap(config, state_dir) -> Bootstrapped`: create or reuse keys, networks, roles; a pure result
+  that the lifecycle stores in the ClusterSpec;
+- `Provider(spec)`: built from the spec alone, so any provider object (exec on the laptop, the
+  autoscaler on the head) behaves the same as the one `up` used.
+
+A provider creates, lists, tags and terminates instances. It knows nothing of autoscaling and hands out
+no command runners (transport builds them from a NodeInfo and the auth settings). All durable node
+state is in instance tags, so everything can be rebuilt from `list`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-from launcher.errors import ConfigError, LaunchError
+from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from launcher.command_runner import CommandRunner
-    from launcher.config import ClusterConfig
+from core.errors import (  # noqa: F401  (re-exported: what providers raise)
+    CapacityError, ConfigError, InvalidRequest, NodeNotFound, PermissionDenied, ProviderError, QuotaError,
+    TransientError,
+)
+from core.spec import ClusterSpec
+from core.node import NodeInfo  # noqa: F401  (re-exported)
 
-TAG_CLUSTER = "launch-cluster"
-TAG_KIND = "launch-kind"  # head | worker
-TAG_NODE_TYPE = "launch-node-type"
-TAG_STATUS = "launch-status"
-TAG_LAUNCH_HASH = "launch-launch-hash"
-TAG_RUNTIME_HASH = "launch-runtime-hash"
-TAG_REQUEST_ID = "launch-request-id"
 
-KIND_HEAD = "head"
-KIND_WORKER = "worker"
+class CommonSection(BaseModel):
+    """The provider keys every provider takes; each provider's `Section` adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    use_internal_ips: bool = False
+    cache_stopped_nodes: bool | None = None
+    ssh_wait_s: float = Field(default=300.0, gt=0)  # how long a new node may take to answer SSH
+    ssh_connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    # the autoscaler can run on the head: the provider's state and API are reachable from there
+    autoscale_on_head: bool
+    spot: bool = False
+    zones: bool = False  # create falls back across availability zones
+    stop_start: bool = False  # instances can be stopped and started again
 
 
 @dataclass
-class NodeInfo:
-    id: str
-    node_type: str
-    state: str  # the provider's own instance state: pending | running | ...
-    tags: dict[str, str] = field(default_factory=dict)
-    internal_ip: str | None = None
-    external_ip: str | None = None
-    launched_at: float = 0.0
-    spot: bool = False
+class Bootstrapped:
+    """What bootstrap resolved: the provider's own state, and the SSH identity nodes accept."""
 
-    @property
-    def kind(self) -> str:
-        return self.tags.get(TAG_KIND, KIND_WORKER)
-
-    @property
-    def status(self) -> str:
-        return self.tags.get(TAG_STATUS, "pending")
+    state: dict[str, Any] = field(default_factory=dict)
+    ssh_user: str | None = None
+    ssh_private_key: str | None = None
 
 
-class ProviderError(LaunchError):
-    """A provider call failed in a way the caller may handle."""
+class Provider(Protocol):
+    capabilities: Capabilities
+    # Where the head's runtime service listens: the interface it binds and the port (0: any free one).
+    head_bind_host: str
+    head_port: int
 
+    def __init__(self, spec: ClusterSpec) -> None: ...
 
-class CapacityError(ProviderError):
-    """The cloud has no capacity for this node type (in this zone): back off, try another type."""
-
-    def __init__(self, node_type: str, zone: str | None = None, detail: str = ""):
-        self.node_type, self.zone = node_type, zone
-        where = f" in {zone}" if zone else ""
-        super().__init__(f"no capacity for node type {node_type!r}{where}" + (f": {detail}" if detail else ""))
-
-
-class QuotaError(ProviderError):
-    def __init__(self, node_type: str, detail: str = ""):
-        self.node_type = node_type
-        super().__init__(f"quota exceeded for node type {node_type!r}" + (f": {detail}" if detail else ""))
-
-
-class TransientError(ProviderError):
-    """Throttling or a passing fault: retry with backoff."""
-
-
-class NodeNotFound(ProviderError):
-    def __init__(self, node_id: str):
-        self.node_id = node_id
-        super().__init__(f"node {node_id!r} not found")
-
-
-__all__ = [
-    "CapacityError",
-    "ConfigError",
-    "NodeInfo",
-    "NodeNotFound",
-    "NodeProvider",
-    "ProviderError",
-    "QuotaError",
-    "TransientError",
-]
-
-
-class NodeProvider(Protocol):
-    """One instance per cluster: `provider_cls(cfg, cluster_dir)`."""
-
-    def bootstrap_config(self, cfg: ClusterConfig) -> ClusterConfig:
-        """Fill in what the provider needs (keys, security groups, subnets); may create cloud objects."""
-
-    def create_nodes(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """Create up to `count` nodes carrying `tags` from birth. Fewer than asked is not an error."""
 
-    def terminate_nodes(self, node_ids: list[str]) -> None:
-        """Idempotent: unknown or already-gone ids are ignored."""
-
-    def list_nodes(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+    def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         """Non-terminated nodes whose tags include every filter pair."""
+
+    def terminate(self, node_ids: list[str]) -> None:
+        """Idempotent and batched: unknown or already-gone ids are ignored."""
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None: ...
 
-    def command_runner(self, node: NodeInfo) -> CommandRunner: ...
-
-    # Where the runtime listens: the interface the head binds and the port (0: any free port).
-    head_bind_host: str
-    head_port: int
+    def node_types(self) -> dict[str, dict[str, float]]:
+        """Each node type's resources from the provider's catalog ({} where it cannot tell)."""

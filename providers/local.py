@@ -1,10 +1,14 @@
 """The `local` provider: nodes as process trees on this machine, no account needed.
 
 A node is a directory (its HOME) plus a small "machine" process that stands in for the VM: the node is
-alive while that process is. Every process started for the node carries `LAUNCH_LOCAL_NODE=<id>` in its
-environment, inherited by everything it spawns, so terminating the node finds and stops its whole tree,
-daemons included, by reading /proc/*/environ. Node records and tags persist across CLI runs in a state
-file written atomically under a lock.
+alive while that process is. Every process started for the node carries the node marker
+(core.paths.NODE_MARKER_ENV) in its environment, inherited by everything it spawns, jobs and tasks
+included, so terminating the node finds and stops its whole tree, daemons included.
+
+Node records and tags persist in a state file (under a lock, written atomically) whose folder is the
+provider's bootstrap state, so any process holding the spec (the CLI, the head's autoscaler) sees the
+same nodes. A record is written *before* the machine process starts: whatever dies when, a node is
+findable from the moment it exists, and one whose machine never came up is swept.
 """
 
 from __future__ import annotations
@@ -18,13 +22,25 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.command_runner import LocalCommandRunner
-from launcher.config import ClusterConfig
-from providers.base import CapacityError, NodeInfo, NodeNotFound
-from providers.state_file import locked_json
+from pydantic import Field
 
-MARKER_ENV = "LAUNCH_LOCAL_NODE"
+from core.config import ClusterConfig
+from core.errors import CapacityError, NodeNotFound
+from core.files import locked_json
+from core.machine import detect_cpus, detect_memory_bytes
+from core.paths import NODE_MARKER_ENV
+from core.spec import ClusterSpec
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+
 LOCAL_IP = "127.0.0.1"
+# a record without a live machine process this long after creation was interrupted: swept
+START_GRACE_S = 10.0
+
+
+class Section(CommonSection):
+    head_port: int = Field(default=0, ge=0, le=65535)
+    # like a cloud out of stock: creating these node types fails with CapacityError (tests, demos)
+    capacity_errors: list[str] = Field(default_factory=list)
 
 
 # --- process bookkeeping ---------------------------------------------------------------------------
@@ -45,7 +61,7 @@ def process_start_time(pid: int) -> int | None:
 
 def marked_pids(node_id: str) -> list[int]:
     """Every live process whose environment carries this node's marker."""
-    needle = f"{MARKER_ENV}={node_id}".encode()
+    needle = f"{NODE_MARKER_ENV}={node_id}".encode()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -79,110 +95,98 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-# --- the provider ------------------------------------------------------------------------------------
+# --- bootstrap and the provider ------------------------------------------------------------------------
 
 
-class LocalProvider:
+def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
+    """Nothing to create: the state is where the nodes' records and homes live."""
+    root = state_dir / "local"
+    (root / "nodes").mkdir(parents=True, exist_ok=True)
+    return Bootstrapped(state={"root": str(root.resolve())})
+
+
+class Provider:
+    capabilities = Capabilities(autoscale_on_head=True)  # the head is on this machine: same state file
     head_bind_host = LOCAL_IP
-    # the head is on this machine, so the autoscaler there reaches the same state file
-    supports_autoscaler = True
 
-    def __init__(self, cfg: ClusterConfig, cluster_dir: Path):
-        self.cfg = cfg
-        self.root = cluster_dir / "local"
+    def __init__(self, spec: ClusterSpec):
+        self.spec = spec
+        section = Section.model_validate(spec.config.provider.model_dump(exclude_none=True))
+        self.head_port = section.head_port
+        self.capacity_errors = set(section.capacity_errors)
+        self.root = Path(spec.provider_state["root"])
         self.nodes_dir = self.root / "nodes"
         self.state_path = self.root / "nodes.json"
-        self.head_port = int(cfg.provider.extra.get("head_port", 0))
-        # Like a cloud out of stock: creating these node types fails with CapacityError (to try fallback)
-        self.capacity_errors = set(cfg.provider.extra.get("capacity_errors", []))
-        self.nodes_dir.mkdir(parents=True, exist_ok=True)
 
-    def _locked_state(self):
-        """{node_id: {node_type, tags, pid, start_time, launched_at}}, under the provider's lock."""
-        return locked_json(self.state_path)
+    def node_types(self) -> dict[str, dict[str, float]]:
+        # a local node has the machine's CPUs and memory unless its type declares otherwise
+        machine = {"CPU": detect_cpus(), "memory": detect_memory_bytes()}
+        return {name: dict(machine) for name in self.spec.config.available_node_types}
 
-    def bootstrap_config(self, cfg: ClusterConfig) -> ClusterConfig:
-        return cfg  # nothing to create: no keys, networks or images on this machine
-
-    def create_nodes(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         if node_type in self.capacity_errors:
             raise CapacityError(node_type, "local", "listed in provider.capacity_errors")
         created = []
         for _ in range(count):
             node_id = f"local-{secrets.token_hex(5)}"
             home = self.nodes_dir / node_id
-            home.mkdir(parents=True)
+            record = {"node_type": node_type, "tags": dict(tags), "pid": None, "start_time": None,
+                      "launched_at": time.time()}
+            with locked_json(self.state_path) as state:  # recorded first: never a node nobody knows
+                state[node_id] = record
+            home.mkdir(parents=True, exist_ok=True)
             env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
-            env.update({MARKER_ENV: node_id, "HOME": str(home)})
+            env.update({NODE_MARKER_ENV: node_id, "HOME": str(home)})
             proc = subprocess.Popen(
                 [sys.executable, "-m", "providers.local_machine"],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
+                cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True,
             )
-            start_time = process_start_time(proc.pid)
-            record = {
-                "node_type": node_type,
-                "tags": dict(tags),
-                "pid": proc.pid,
-                "start_time": start_time,
-                "launched_at": time.time(),
-            }
-            with self._locked_state() as state:
-                state[node_id] = record
+            with locked_json(self.state_path) as state:
+                known = node_id in state
+                if known:
+                    state[node_id].update(pid=proc.pid, start_time=process_start_time(proc.pid))
+                    record = state[node_id]
+            if not known:  # terminated while it was being created (e.g. by `down`)
+                self._destroy(node_id)
+                continue
             created.append(self._info(node_id, record))
         return created
 
     def _alive(self, record: dict) -> bool:
+        if record["pid"] is None:  # created, machine not recorded yet: alive while young
+            return time.time() - record["launched_at"] < START_GRACE_S
         st = process_start_time(record["pid"])
         return st is not None and st == record["start_time"]
 
     def _info(self, node_id: str, record: dict) -> NodeInfo:
-        node_type = self.cfg.available_node_types.get(record["node_type"])
+        node_type = self.spec.config.available_node_types.get(record["node_type"])
         return NodeInfo(
-            id=node_id,
-            node_type=record["node_type"],
-            state="running",
-            tags=dict(record["tags"]),
-            internal_ip=LOCAL_IP,
-            external_ip=LOCAL_IP,
-            launched_at=record["launched_at"],
-            spot=bool(node_type and node_type.spot),
+            id=node_id, node_type=record["node_type"], state="running", tags=dict(record["tags"]),
+            internal_ip=LOCAL_IP, external_ip=LOCAL_IP, launched_at=record["launched_at"],
+            spot=bool(node_type and node_type.spot), local_home=str(self.nodes_dir / node_id),
         )
 
-    def list_nodes(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+    def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         dead = []
-        with self._locked_state() as state:
-            for node_id in list(state):
-                if not self._alive(state[node_id]):
-                    dead.append(node_id)
-                    del state[node_id]
-            nodes = [
-                self._info(nid, rec)
-                for nid, rec in state.items()
-                if all(rec["tags"].get(k) == v for k, v in tag_filters.items())
-            ]
+        with locked_json(self.state_path) as state:
+            for node_id in [n for n, rec in state.items() if not self._alive(rec)]:
+                dead.append(node_id)
+                del state[node_id]
+            nodes = [self._info(nid, rec) for nid, rec in state.items()
+                     if all(rec["tags"].get(k) == v for k, v in tag_filters.items())]
         for node_id in dead:  # a machine that died takes its processes and disk with it
             self._destroy(node_id)
         return sorted(nodes, key=lambda n: n.launched_at)
 
-    def get_node(self, node_id: str) -> NodeInfo:
-        for n in self.list_nodes({}):
-            if n.id == node_id:
-                return n
-        raise NodeNotFound(node_id)
-
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
-        with self._locked_state() as state:
+        with locked_json(self.state_path) as state:
             if node_id not in state:
                 raise NodeNotFound(node_id)
             state[node_id]["tags"].update(tags)
 
-    def terminate_nodes(self, node_ids: list[str]) -> None:
-        with self._locked_state() as state:
+    def terminate(self, node_ids: list[str]) -> None:
+        with locked_json(self.state_path) as state:
             for node_id in node_ids:
                 state.pop(node_id, None)
         for node_id in node_ids:
@@ -191,8 +195,3 @@ class LocalProvider:
     def _destroy(self, node_id: str) -> None:
         kill_node_processes(node_id)
         shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
-
-    def command_runner(self, node: NodeInfo) -> LocalCommandRunner:
-        return LocalCommandRunner(
-            home=self.nodes_dir / node.id, env={MARKER_ENV: node.id}, python=sys.executable
-        )

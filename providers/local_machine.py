@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 
-from providers.local import MARKER_ENV, kill_node_processes
+from core.paths import NODE_MARKER_ENV as MARKER_ENV
+from providers.local import kill_node_processes
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import threading
 
 import grpc
 
+from core.paths import NODE_MARKER_ENV
 from runtime.client import HeadClient
 from runtime.executor import Executor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
@@ -34,7 +35,8 @@ class Agent:
         self.interval = cfg.heartbeat_interval_s
         self.stop = threading.Event()
         self.registered = threading.Event()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+        # The node's marker stays: every process the node runs, jobs and tasks too, goes with the node.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") or k == NODE_MARKER_ENV}
         # Work on the node can submit more work: it finds the head and token in its environment.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": cfg.token,
                     "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})

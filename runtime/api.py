@@ -134,7 +134,7 @@ _conn: _Connection | None = None
 def _discover() -> tuple[str, str]:
     if os.environ.get("LAUNCH_HEAD_ADDRESS") and os.environ.get("LAUNCH_CLUSTER_TOKEN"):
         return os.environ["LAUNCH_HEAD_ADDRESS"], os.environ["LAUNCH_CLUSTER_TOKEN"]
-    from launcher.state import launch_home
+    from core.paths import launch_home
 
     clusters = sorted(p for p in (launch_home() / "clusters").glob("*") if (p / "cluster.json").exists())
     if len(clusters) != 1:
@@ -156,7 +156,7 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
 
     if address is None or token is None:
         if cluster is not None:
-            from launcher.state import launch_home
+            from core.paths import launch_home
 
             address, token = _read_cluster(launch_home() / "clusters" / cluster)
         else:

@@ -62,8 +62,9 @@ class HeadClient:
         return self._stub.JobLogs(pb.JobLogsRequest(id=item_id, offset=offset), metadata=self._md,
                                   timeout=self.timeout_s)
 
-    def drain(self, node_id: str) -> pb.DrainReply:
-        return self._stub.Drain(pb.DrainRequest(node_id=node_id), metadata=self._md, timeout=self.timeout_s)
+    def drain(self, node_id: str, undrain: bool = False) -> pb.DrainReply:
+        return self._stub.Drain(pb.DrainRequest(node_id=node_id, undrain=undrain), metadata=self._md,
+                                timeout=self.timeout_s)
 
     # --- agent side ---------------------------------------------------------------------------------
 

@@ -105,7 +105,9 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def Drain(self, request, context):
         with self.cond:
-            drained, running = self.sched.drain(request.node_id)
+            drained, running = self.sched.drain(request.node_id, undrain=request.undrain)
+            if request.undrain:
+                self._dispatch(self.clock())
         return pb.DrainReply(drained=drained, running=running)
 
     def GetClusterState(self, request, context):

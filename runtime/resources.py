@@ -6,23 +6,7 @@ import os
 import shutil
 import subprocess
 
-
-def detect_cpus() -> float:
-    try:
-        return float(len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return float(os.cpu_count() or 1)
-
-
-def detect_memory_bytes() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return float(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return 0.0
+from core.machine import detect_cpus, detect_memory_bytes  # noqa: F401  (re-exported)
 
 
 def detect_gpus() -> list[dict[str, str]]:

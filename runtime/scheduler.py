@@ -18,8 +18,8 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-EPS = 1e-9
-UNBOUNDED = ("CPU", "memory")  # detected at runtime when a node type does not declare them
+from core.shapes import EPS, UNIVERSAL, Shape, shape_of, type_can_run  # noqa: F401  (re-exported)
+
 
 QUEUED, BLOCKED, RUNNING, FINISHED, FAILED, CANCELLED, INFEASIBLE = (
     "queued", "blocked", "running", "finished", "failed", "cancelled", "infeasible")
@@ -27,13 +27,6 @@ QUEUED, BLOCKED, RUNNING, FINISHED, FAILED, CANCELLED, INFEASIBLE = (
 # down): a system failure, retried like a node death, never the item's own result.
 LOST = "lost"
 DONE_STATES = (FINISHED, FAILED, CANCELLED)
-
-Shape = tuple[tuple[str, float], ...]
-
-
-def shape_of(request: dict[str, float]) -> Shape:
-    return tuple(sorted((k, float(v)) for k, v in request.items() if v > 0))
-
 
 class InvalidRequest(ValueError):
     pass
@@ -166,12 +159,13 @@ class Scheduler:
         else:
             self._finish(item, FAILED, now, message=f"{reason} and no retries are left")
 
-    def drain(self, node_id: str) -> tuple[bool, int]:
+    def drain(self, node_id: str, undrain: bool = False) -> tuple[bool, int]:
+        """Stop (or, undrain, resume) giving the node new work. Returns (drained: nothing runs, running)."""
         node = self.nodes.get(node_id)
         if node is None:
             return True, 0
-        node.draining = True
-        return not node.running, len(node.running)
+        node.draining = not undrain
+        return not node.running and not undrain, len(node.running)
 
     # --- submission ---------------------------------------------------------------------------------
 
@@ -222,7 +216,7 @@ class Scheduler:
             if all(node.total.get(k, 0.0) + EPS >= v for k, v in request.items()):
                 return None
         for caps in self.node_types.values():
-            if all(k in UNBOUNDED and k not in caps or caps.get(k, 0.0) + EPS >= v for k, v in request.items()):
+            if type_can_run(caps, request):  # the planner judges node types with the same rule
                 return None
         wanted = ", ".join(f"{k}: {v:g}" for k, v in sorted(request.items()))
         return f"no node type of the cluster has {{{wanted}}}"
@@ -240,7 +234,7 @@ class Scheduler:
 
     def _place_key(self, node: Node, request: dict[str, float]):
         wastes_gpu = node.total.get("GPU", 0) > 0 and request.get("GPU", 0) <= 0
-        unused_custom = sum(1 for k in node.total if k not in UNBOUNDED and k != "GPU" and k not in request)
+        unused_custom = sum(1 for k in node.total if k not in UNIVERSAL and k != "GPU" and k not in request)
         return (wastes_gpu, unused_custom, node.total.get("CPU", 0.0), node.id)
 
     def schedule(self, now: float) -> list[Item]:

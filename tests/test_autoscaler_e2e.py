@@ -103,7 +103,7 @@ def test_scale_up_from_zero_for_cpu_and_gpu_then_down_when_idle(tmp_path):
         terminated = [e for e in c.events() if e["event"] == "terminate"]
         assert {e["node"] for e in terminated} >= set(workers) and all("idle for" in e["reason"] for e in terminated)
         table = cli("status", str(c.path), home=c.home).stdout
-        assert "Autoscaler (cost" in table and "pending demand: none" in table
+        assert "Autoscaler: running" in table and "pending demand: none" in table
     finally:
         c.down()
 
@@ -164,5 +164,123 @@ def test_scale_down_never_kills_a_busy_node(tmp_path):
                         and e["ts"] < finished]
         assert killed_early == []
         wait_for(lambda: c.workers() == [], timeout=60, what="scale-down after the work")
+    finally:
+        c.down()
+
+
+# --- regressions of issue 9 ------------------------------------------------------------------------
+
+
+def _monitor_pid(c: Up) -> int | None:
+    r = cli("exec", str(c.path), f"{sys.executable} -m runtime.node status", home=c.home)
+    return json.loads(r.stdout.strip().splitlines()[-1]).get("monitor")
+
+
+def test_a_worker_whose_setup_fails_backs_its_type_off(tmp_path):
+    # `up` reports the failed worker; the autoscaler runs afterwards; the failing type is backed off
+    # (not replaced every tick, as it was: 23 launch/terminate pairs in 22 s) and `status` says why
+    data = _config("setupfail", idle_timeout_minutes=1)
+    data["available_node_types"]["cpu"].update(min_workers=1, worker_setup_commands=["echo broken >&2; exit 3"])
+    home, path = tmp_path / "home", write_config(tmp_path / "c.yaml", data)
+    try:
+        r = cli("up", str(path), "--yes", home=home)
+        assert "failed at setting-up" in r.stderr
+        c = Up.__new__(Up)
+        c.home, c.path, c.seen = home, path, set()
+        info = json.loads((home / "clusters" / "setupfail" / "cluster.json").read_text())
+        c.head_dir = home / "clusters" / "setupfail" / "local" / "nodes" / info["head_node_id"] / ".launch-runtime"
+        assert _monitor_pid(c) is not None  # the autoscaler runs whatever `up`'s outcome
+        failed = wait_for(lambda: [e for e in c.events() if e["event"] == "launch-failed"], what="a backoff")
+        assert failed[0]["node_type"] == "cpu" and "setup of" in failed[0]["error"] and failed[0]["backoff_s"] == 30
+        time.sleep(2.0)  # ~7 ticks: with the type backed off, no launch/terminate churn
+        launches = [e for e in c.events() if e["event"] == "launch" and e["node_type"] == "cpu"]
+        assert len(launches) <= 1
+        assert "failing: cpu" in cli("status", str(path), home=home).stdout
+    finally:
+        cli("down", str(path), "--yes", home=home)
+
+
+def test_a_failed_up_leaves_the_autoscaler_running(tmp_path):
+    data = _config("failedup")
+    data["available_node_types"]["cpu"]["min_workers"] = 1
+    c = Up(tmp_path, data)
+    try:
+        data["available_node_types"]["cpu"]["node_config"] = {"changed": 1}  # the worker is now outdated
+        write_config(c.path, data)
+        r = cli("up", str(c.path), home=c.home)  # no terminal and no --yes: the replacement is refused
+        assert r.returncode == 1 and "outdated workers were not replaced" in r.stderr
+        assert _monitor_pid(c) is not None  # paused while `up` worked, running again after it failed
+    finally:
+        c.down()
+
+
+def test_status_shows_infeasible_work_and_a_dead_autoscaler(tmp_path):
+    c = Up(tmp_path, _config("liveness"))
+    try:
+        ref = cpu_task.options(num_cpus=64).remote()  # no node type has 64 CPUs
+        def status_with_infeasible():
+            table = cli("status", str(c.path), home=c.home).stdout
+            return table if "infeasible" in table else None
+
+        table = wait_for(status_with_infeasible, what="infeasible work in status")
+        assert "no node type of the cluster has {CPU: 64}" in table and "Autoscaler: running" in table
+        os.kill(_monitor_pid(c), signal.SIGKILL)
+        table = cli("status", str(c.path), home=c.home).stdout
+        assert "Autoscaler: NOT RUNNING" in table and "stale" in table
+        assert json.loads(cli("status", str(c.path), "--json", home=c.home).stdout)["autoscaler"]["alive"] is False
+        runtime.cancel(ref)
+    finally:
+        c.down()
+
+
+def test_two_ups_at_once_make_one_head(tmp_path):
+    data = _config("twice")
+    path, home = write_config(tmp_path / "c.yaml", data), tmp_path / "home"
+    env_cli = [sys.executable, "-m", "launcher", "up", str(path), "--yes"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}, "LAUNCH_HOME": str(home)}
+    import subprocess
+
+    try:
+        procs = [subprocess.Popen(env_cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        nodes = json.loads(cli("status", str(path), "--json", home=home).stdout)["nodes"]
+        assert [n["kind"] for n in nodes] == ["head"]
+        assert any("busy" in err for _, err in outs)  # the second one waited for the first, and said so
+    finally:
+        cli("down", str(path), "--yes", home=home)
+
+
+def test_down_while_the_autoscaler_launches_leaves_nothing(tmp_path):
+    data = _config("race", worker_setup_commands=["sleep 1"], idle_timeout_minutes=1)
+    c = Up(tmp_path, data)
+    refs = [cpu_task.options(num_cpus=2).remote(0.1) for _ in range(3)]
+    wait_for(lambda: c.workers(), what="the autoscaler launching")
+    runtime.shutdown()
+    r = cli("down", str(c.path), "--yes", home=c.home)
+    assert r.returncode == 0, r.stderr
+    for node_id in c.seen | {n for e in c.events() if e["event"] == "launch" for n in e["nodes"]}:
+        assert processes_with_env(f"LAUNCH_LOCAL_NODE={node_id}\0") == [], f"{node_id} left running"
+    state = json.loads((c.home / "clusters" / "race" / "local" / "nodes.json").read_text())
+    assert state == {} and refs
+
+
+def test_a_job_goes_with_its_node(tmp_path):
+    c = Up(tmp_path, _config("jobmark", idle_timeout_minutes=1))
+    try:
+        script = tmp_path / "long.sh"
+        script.write_text("echo started; sleep 300\n")
+        r = cli("submit", str(c.path), str(script), "--cpus", "1", "--no-follow", home=c.home)
+        assert r.returncode == 0, r.stderr
+        worker = wait_for(lambda: c.workers(status="up-to-date"), what="a worker for the job")[0]["id"]
+        marker = f"LAUNCH_LOCAL_NODE={worker}\0"
+        wait_for(lambda: any(b"sleep" in open(f"/proc/{p}/cmdline", "rb").read() for p in processes_with_env(marker)),
+                 what="the job's process, marked as the node's")
+        state_file = c.home / "clusters" / "jobmark" / "local" / "nodes.json"
+        pid = json.loads(state_file.read_text())[worker]["pid"]
+        os.kill(pid, signal.SIGKILL)  # the node dies
+        cli("status", str(c.path), "--json", home=c.home)  # the provider notices and sweeps it
+        wait_for(lambda: processes_with_env(marker) == [], what="every process of the dead node gone")
     finally:
         c.down()

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.config import ClusterConfig, load_config, parse_config
-from launcher.errors import ConfigError
-from launcher.hashing import launch_hash, runtime_hash
+from core.config import ClusterConfig
+from core.errors import ConfigError
+from lifecycle.config import load_config, parse_config
+from lifecycle.hashing import launch_hash, runtime_hash
+from lifecycle.spec import resolve
 from tests.infra import ROOT, cli, local_cluster, write_config
 
 DATA = Path(__file__).parent / "data"
@@ -29,8 +31,9 @@ def test_ray_file_validates_unchanged_with_ray_aliases():
     assert cfg.head_start_commands[0] == "ray stop"  # head_start_ray_commands is an alias
     assert cfg.worker_start_commands[1].startswith("ray start --address")
     assert cfg.available_node_types["ray.worker.default"].node_config["InstanceMarketOptions"]["MarketType"] == "spot"
-    # unset per-type max falls back to the cluster's max_workers, as in Ray
-    assert cfg.worker_max("ray.head.default") == 2
+    # unset per-type max falls back to the cluster's max_workers, as in Ray; the head type's to 0
+    assert cfg.worker_max("ray.worker.default") == 2
+    assert cfg.worker_max("ray.head.default") == 0
 
 
 def test_ray_onprem_local_type_maps_to_ssh():
@@ -88,8 +91,14 @@ BAD = [
     ("provider", {"type": "local", "head_ip": "10.0.0.1:22", "worker_ips": ["10.0.0.2:http"]}, [
         "auth.ssh_user: required for an on-prem (ssh) cluster",
         "provider.worker_ips.0: '10.0.0.2:http' has an invalid port"]),
-    ("provider", {"type": "aws", "worker_ips": ["1.2.3.4"]},
+    ("provider", {"type": "aws", "region": "us-west-2", "worker_ips": ["1.2.3.4"]},
      "provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type 'aws')"),
+    # each provider owns its typed section: a misspelt key is named, a missing required one too
+    ("provider", {"type": "aws", "regoin": "us-west-2"},
+     ["provider.region: required field is missing", "provider.regoin: unknown field"]),
+    ("provider", {"type": "local", "capacity_error": ["gpu"]}, "provider.capacity_error: unknown field"),
+    ("provider", {"type": "local", "head_ip": "10.0.0.1", "worker_ips": [], "ssh_prot": 22},
+     ["auth.ssh_user: required for an on-prem (ssh) cluster", "provider.ssh_prot: unknown field"]),
     ("available_node_types.gpu.resources.GPU", -1, "available_node_types.gpu.resources.GPU: must be >= 0 (got -1.0)"),
     ("available_node_types.gpu.resources", {"bad name": 1},
      "available_node_types.gpu.resources: resource name 'bad name' must be non-empty without spaces"),
@@ -156,24 +165,30 @@ def test_hashes_separate_instance_from_setup(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "f.txt").write_text("one")
     base = local_cluster("c", file_mounts={"~/m": "./m"})
-    cfg = parse_config(copy.deepcopy(base), base_dir=tmp_path)
-    lh, rh = launch_hash(cfg, "cpu"), runtime_hash(cfg, "cpu", False)
+    state = tmp_path / "state"
 
-    changed_setup = parse_config({**copy.deepcopy(base), "setup_commands": ["echo v2"]}, base_dir=tmp_path)
-    assert launch_hash(changed_setup, "cpu") == lh
+    def spec_of(data):
+        return resolve(parse_config(copy.deepcopy(data), base_dir=tmp_path), state)
+
+    spec = spec_of(base)
+    cfg = spec.config
+    lh, rh = launch_hash(cfg, "cpu"), runtime_hash(spec, "cpu", False)
+
+    changed_setup = spec_of({**base, "setup_commands": ["echo v2"]})
+    assert launch_hash(changed_setup.config, "cpu") == lh
     assert runtime_hash(changed_setup, "cpu", False) != rh
 
     node_cfg = copy.deepcopy(base)
     node_cfg["available_node_types"]["cpu"]["node_config"] = {"InstanceType": "m5.large"}
-    changed_node = parse_config(node_cfg, base_dir=tmp_path)
-    assert launch_hash(changed_node, "cpu") != lh
+    changed_node = spec_of(node_cfg)
+    assert launch_hash(changed_node.config, "cpu") != lh
     assert runtime_hash(changed_node, "cpu", False) == rh
 
     (tmp_path / "m" / "f.txt").write_text("two")  # file mount content is part of the runtime hash
-    assert runtime_hash(cfg, "cpu", False) != rh
-    assert launch_hash(cfg, "cpu") == lh
+    assert runtime_hash(spec_of(base), "cpu", False) != rh
+    assert launch_hash(spec_of(base).config, "cpu") == lh
     # a worker set up against another head address is redone
-    assert runtime_hash(cfg, "cpu", False, head_address="a:1") != runtime_hash(cfg, "cpu", False, head_address="b:1")
+    assert runtime_hash(spec, "cpu", False, head_address="a:1") != runtime_hash(spec, "cpu", False, head_address="b:1")
 
 
 # --- through the CLI -------------------------------------------------------------------------------

@@ -8,19 +8,26 @@ import time
 
 import pytest
 
-from launcher.config import parse_config
-from providers import get_provider
-from providers.base import NodeNotFound
-from providers.local import LocalProvider, process_start_time
+import providers
+from core.errors import NodeNotFound
+from core.files import locked_json
+from lifecycle.config import parse_config
+from lifecycle.spec import resolve
+from providers.local import Provider as LocalProvider, process_start_time
 from tests.infra import local_cluster, processes_with_env
+from transport import SSHAuth, runner_for
 
 
 @pytest.fixture
 def provider(tmp_path):
-    cfg = parse_config(local_cluster("prov"))
-    p = get_provider(cfg, tmp_path / "cluster")
+    spec = resolve(parse_config(local_cluster("prov")), tmp_path / "cluster")
+    p = providers.build(spec)
     yield p
-    p.terminate_nodes([n.id for n in p.list_nodes({})])
+    p.terminate([n.id for n in p.list({})])
+
+
+def runner_of(node):
+    return runner_for(node, SSHAuth(user="root", private_key=None, known_hosts=None))
 
 
 def _wait(pred, timeout=10.0):
@@ -37,52 +44,51 @@ def test_registry_returns_local_provider(provider):
 
 
 def test_create_list_tag_terminate(provider, tmp_path):
-    nodes = provider.create_nodes("cpu", 2, {"launch-cluster": "prov", "role": "x"})
+    nodes = provider.create("cpu", 2, {"launch-cluster": "prov", "role": "x"})
     assert len(nodes) == 2 and all(n.state == "running" and n.internal_ip == "127.0.0.1" for n in nodes)
-    assert {n.id for n in provider.list_nodes({"role": "x"})} == {n.id for n in nodes}
-    assert provider.list_nodes({"role": "y"}) == []
+    assert {n.id for n in provider.list({"role": "x"})} == {n.id for n in nodes}
+    assert provider.list({"role": "y"}) == []
 
     provider.set_tags(nodes[0].id, {"role": "y"})
     # a second provider object, as a second CLI invocation would make, sees the same nodes and tags
-    again = LocalProvider(provider.cfg, tmp_path / "cluster")
-    assert [n.id for n in again.list_nodes({"role": "y"})] == [nodes[0].id]
+    again = LocalProvider(provider.spec)
+    assert [n.id for n in again.list({"role": "y"})] == [nodes[0].id]
 
-    again.terminate_nodes([nodes[0].id, "local-unknown"])  # unknown ids are ignored
-    assert [n.id for n in provider.list_nodes({})] == [nodes[1].id]
+    again.terminate([nodes[0].id, "local-unknown"])  # unknown ids are ignored
+    assert [n.id for n in provider.list({})] == [nodes[1].id]
     assert processes_with_env(f"LAUNCH_LOCAL_NODE={nodes[0].id}\0") == []
-    provider.terminate_nodes([nodes[0].id])  # idempotent
+    provider.terminate([nodes[0].id])  # idempotent
     with pytest.raises(NodeNotFound):
         provider.set_tags(nodes[0].id, {"a": "b"})
 
 
 def test_terminate_stops_daemonized_descendants(provider):
-    node = provider.create_nodes("cpu", 1, {})[0]
-    runner = provider.command_runner(node)
+    node = provider.create("cpu", 1, {})[0]
+    runner = runner_of(node)
     # a daemon in its own session, as a runtime would start it: it outlives the command that started it
     r = runner.run("setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo started")
     assert r.ok and r.tail == ["started"]
     marker = f"LAUNCH_LOCAL_NODE={node.id}\0"
     assert _wait(lambda: len(processes_with_env(marker)) >= 2)  # the machine and the sleeper
-    provider.terminate_nodes([node.id])
+    provider.terminate([node.id])
     assert processes_with_env(marker) == []
     assert not (provider.nodes_dir / node.id).exists()
 
 
 def test_dead_machine_is_dropped_and_its_processes_swept(provider):
-    node = provider.create_nodes("cpu", 1, {})[0]
-    provider.command_runner(node).run("setsid sleep 300 >/dev/null 2>&1 < /dev/null &")
-    state = provider._locked_state
-    with state() as s:
+    node = provider.create("cpu", 1, {})[0]
+    runner_of(node).run("setsid sleep 300 >/dev/null 2>&1 < /dev/null &")
+    with locked_json(provider.state_path) as s:
         pid = s[node.id]["pid"]
     os.kill(pid, signal.SIGKILL)  # the "VM" crashes
     assert _wait(lambda: process_start_time(pid) is None)
-    assert provider.list_nodes({}) == []
+    assert provider.list({}) == []
     assert processes_with_env(f"LAUNCH_LOCAL_NODE={node.id}\0") == []
 
 
 def test_runner_home_env_exit_code_and_streaming(provider):
-    node = provider.create_nodes("cpu", 1, {})[0]
-    runner = provider.command_runner(node)
+    node = provider.create("cpu", 1, {})[0]
+    runner = runner_of(node)
     lines = []
     r = runner.run('echo "$HOME"; pwd; echo err >&2; exit 7', on_output=lines.append)
     home = str(provider.nodes_dir / node.id)
@@ -91,8 +97,8 @@ def test_runner_home_env_exit_code_and_streaming(provider):
 
 
 def test_runner_put_file_is_atomic_with_mode(provider):
-    node = provider.create_nodes("cpu", 1, {})[0]
-    runner = provider.command_runner(node)
+    node = provider.create("cpu", 1, {})[0]
+    runner = runner_of(node)
     runner.put_file(b"secret", "~/.launch-runtime/node.json", mode=0o600)
     path = provider.nodes_dir / node.id / ".launch-runtime" / "node.json"
     assert path.read_bytes() == b"secret"
@@ -102,8 +108,41 @@ def test_runner_put_file_is_atomic_with_mode(provider):
 
 
 def test_unavailable_provider_kind_is_a_clear_config_error(tmp_path):
-    from launcher.errors import ConfigError
+    from core.errors import ConfigError
 
     cfg = parse_config({**local_cluster("c"), "provider": {"type": "gcp", "project_id": "p"}})
     with pytest.raises(ConfigError, match="provider.type: the 'gcp' provider is not available"):
-        get_provider(cfg, tmp_path)
+        resolve(cfg, tmp_path)
+
+
+def test_a_creator_killed_mid_create_leaks_no_node(provider, tmp_path):
+    # The creating process (an autoscaler) is kill -9'd right after the machine process started and
+    # before it could record it: the node must be findable by its tags, and go with a terminate.
+    import subprocess
+    import sys
+    import textwrap
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(provider.spec.to_json())
+    creator = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, time
+        import providers, providers.local
+        from core.spec import ClusterSpec
+        real = subprocess.Popen
+        def popen_then_hang(*a, **kw):
+            real(*a, **kw)
+            print("spawned", flush=True)
+            time.sleep(600)  # killed here, before the pid is recorded
+        providers.local.subprocess.Popen = popen_then_hang
+        p = providers.build(ClusterSpec.from_json(open({str(spec_path)!r}).read()))
+        p.create("cpu", 1, {{"launch-cluster": "prov", "launch-request-id": "r1"}})
+    """)], stdout=subprocess.PIPE, text=True, cwd=str(tmp_path.parent), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert creator.stdout.readline().strip() == "spawned"
+    creator.kill()
+    creator.wait()
+    (node,) = provider.list({"launch-request-id": "r1"})  # findable by its tags from the moment it exists
+    marker = f"LAUNCH_LOCAL_NODE={node.id}\0"
+    assert _wait(lambda: processes_with_env(marker) != [])  # its machine runs, unrecorded
+    provider.terminate([node.id])
+    assert processes_with_env(marker) == []
+    assert not (provider.nodes_dir / node.id).exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.node_status import InvalidTransition, NodeStatus as S, can_transition, check_transition
+from core.status import InvalidTransition, NodeStatus as S, can_transition, check_transition
 
 PATH = [S.PENDING, S.WAITING_FOR_SSH, S.SYNCING_FILES, S.SETTING_UP, S.UP_TO_DATE, S.DRAINING, S.TERMINATING]
 

@@ -20,7 +20,8 @@ def _plan(demand, nodes=(), types=TYPES, limits=WIDE, **kw):
 
 
 def _node(id, type_, status="up-to-date", **kw):
-    return NodeView(id=id, node_type=type_, status=status, registered=status == "up-to-date", **kw)
+    kw.setdefault("registered", status == "up-to-date")
+    return NodeView(id=id, node_type=type_, status=status, **kw)
 
 
 def test_cheapest_per_unit_of_demand():
@@ -192,3 +193,59 @@ def test_plan_never_exceeds_a_limit_and_never_terminates_a_busy_node(demand, nod
         cost = sum(TYPES[n.node_type].cost_per_hour for n in staying) + sum(
             TYPES[t].cost_per_hour * k for t, k in p.launches.items())
         assert cost <= budget + 1e-6
+
+
+# --- regressions of issue 9 ------------------------------------------------------------------------
+
+
+def test_a_draining_node_is_no_capacity():
+    # a node being retired (status draining) has CPUs free, yet queued work must get a new node
+    busy_out = _node("d", "cpu4", status="draining", registered=True, available={"CPU": 3}, total={"CPU": 4}, running=1)
+    p = _plan([({"CPU": 1}, 2)], [busy_out])
+    assert p.launches == {"cpu4": 1} and p.undrains == []
+
+
+def test_a_node_drained_for_idleness_is_taken_back_when_work_waits():
+    # the terminate found it busy, so the runtime drained it while its status stayed up-to-date: the
+    # deferred drain used to block every launch with nothing said
+    drained = _node("i", "cpu4", available={"CPU": 4}, total={"CPU": 4}, draining=True, idle_since=1.0)
+    p = _plan([({"CPU": 1}, 3)], [drained], now=2.0)
+    assert p.undrains == [("i", "work is waiting that it can run")] and p.launches == {}
+    # with no work waiting it stays drained and is no capacity for anything
+    assert _plan([], [drained], now=2.0).undrains == []
+
+
+def test_stuck_counts_from_the_status_not_the_launch():
+    # an old node that entered setting-up a minute ago (a new autoscaler adopted it) is not stuck
+    old = _node("o", "cpu4", status="setting-up", launched_at=0.0, status_since=3540.0)
+    lim = Limits(max_workers=10, upscaling_speed=10, launch_timeout_s=600)
+    assert _plan([], [old], limits=lim, now=3600.0).terminations == []
+    stuck = _node("s", "cpu4", status="setting-up", launched_at=0.0, status_since=100.0)
+    assert [i for i, _ in _plan([], [stuck], limits=lim, now=3600.0).terminations] == ["s"]
+
+
+def test_a_type_of_unknown_resources_is_feasible_for_cpu_work_as_in_the_runtime():
+    from runtime.scheduler import Scheduler
+
+    unknown = NodeTypeSpec("pool", {}, 0, 3, 0.1)
+    p = _plan([({"CPU": 2}, 1)], types={"pool": unknown})
+    assert p.infeasible == [] and p.launches == {"pool": 1}
+    # and the runtime agrees: the same work is queued, not infeasible, for the same node type
+    assert Scheduler({"pool": {}}).infeasible_reason({"CPU": 2}) is None
+    gpu_work = _plan([({"GPU": 1}, 1)], types={"pool": unknown})
+    assert gpu_work.infeasible and Scheduler({"pool": {}}).infeasible_reason({"GPU": 1})
+
+
+@settings(max_examples=200, deadline=None)
+@given(types=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.dictionaries(
+           st.sampled_from(["CPU", "GPU", "memory", "tpu"]), st.floats(0, 8, allow_nan=False), max_size=3),
+           min_size=1, max_size=3),
+       request=st.dictionaries(st.sampled_from(["CPU", "GPU", "memory", "tpu"]), st.floats(0.5, 8), min_size=1,
+                               max_size=3))
+def test_planner_and_runtime_judge_feasibility_alike(types, request):
+    from runtime.scheduler import Scheduler
+
+    specs = {n: NodeTypeSpec(n, r, 0, 5, 0.1) for n, r in types.items()}
+    planner_says = not _plan([(request, 1)], types=specs).infeasible
+    runtime_says = Scheduler(types).infeasible_reason(request) is None
+    assert planner_says == runtime_says

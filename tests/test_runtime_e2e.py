@@ -13,7 +13,7 @@ import pytest
 
 import runtime
 from launcher.cluster import Cluster
-from launcher.config import load_config
+from lifecycle.config import load_config
 from runtime.proto import head_pb2 as pb
 from tests.infra import cli, local_cluster, processes_with_env, write_config
 
@@ -247,7 +247,7 @@ def test_drain_then_node_death_requeues(rt, monkeypatch):
     assert node == gpu
 
     monkeypatch.setenv("LAUNCH_HOME", str(rt["home"]))
-    Cluster(load_config(rt["path"])).provider.terminate_nodes([cpu])  # the node dies with the task on it
+    Cluster(load_config(rt["path"])).lifecycle.provider.terminate([cpu])  # the node dies with the task on it
     node, *_ = runtime.get(ref, timeout=30)
     assert node == gpu  # requeued after the head declared the cpu node dead, and run elsewhere
     st = _state(rt)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from launcher.command_runner import CommandRunner
+    from transport.base import CommandRunner
 
 MANIFEST_DIR = "~/.launch-runtime/mounts"
 

@@ -1,7 +1,7 @@
 """The node updater: brings one node from created to up-to-date, tagging its status at each step.
 
 waiting-for-ssh -> syncing-files -> setting-up -> up-to-date, or update-failed with the step and the
-last lines of output. Every command and its output go to the node's setup log on this machine.
+last lines of output. Every command and its output go to the node's setup log.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from launcher.command_runner import CommandResult, CommandRunner, ConnectionLost
-from launcher.config import ClusterConfig
-from launcher.errors import LaunchError
-from launcher.file_sync import sync_up
-from launcher.node_status import NodeStatus, can_transition, check_transition
-from launcher.runtime_bundle import ensure_runtime
-from providers.base import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH, TAG_STATUS, NodeInfo, NodeProvider
-from runtime.node_config import NODE_CONFIG_PATH, NodeRuntimeConfig
+from core.errors import LaunchError
+from core.node import NodeInfo
+from core.paths import NODE_CONFIG
+from core.spec import ClusterSpec
+from core.status import NodeStatus, can_transition, status_tags
+from core.tags import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH
+from lifecycle.runtime_bundle import ensure_runtime
+from providers.base import Provider
+from runtime.node_config import NodeRuntimeConfig
+from transport.base import CommandResult, CommandRunner, ConnectionLost
+from transport.file_sync import sync_up
 
-WAIT_READY_S = 300.0
 STEP_ATTEMPTS = 3  # a step whose connection drops is retried on a new connection
 
 
@@ -41,32 +43,26 @@ class UpdatePlan:
 
 
 class NodeUpdater:
-    def __init__(
-        self,
-        provider: NodeProvider,
-        node: NodeInfo,
-        cfg: ClusterConfig,
-        runtime_cfg: NodeRuntimeConfig,
-        *,
-        launch_hash: str,
-        runtime_hash: str,
-        log_path: Path,
-    ):
+    def __init__(self, provider: Provider, runner: CommandRunner, node: NodeInfo, spec: ClusterSpec,
+                 runtime_cfg: NodeRuntimeConfig, *, launch_hash: str, runtime_hash: str, log_path: Path,
+                 wait_ready_s: float):
         self.provider = provider
+        self.runner = runner
         self.node = node
-        self.cfg = cfg
+        self.spec = spec
+        self.cfg = spec.config
         self.runtime_cfg = runtime_cfg
         self.launch_hash = launch_hash
         self.runtime_hash = runtime_hash
         self.log_path = log_path
-        self.runner: CommandRunner = provider.command_runner(node)
-        self.status = NodeStatus(node.status) if node.status in NodeStatus._value2member_map_ else NodeStatus.PENDING
+        self.status = node.status
         self.head_address: str | None = None
-        self.wait_ready_s = float(cfg.provider.extra.get("ssh_wait_s", WAIT_READY_S))
+        self.wait_ready_s = wait_ready_s
 
     def _set_status(self, new: NodeStatus, **extra_tags: str) -> None:
-        self.status = check_transition(self.status, new)
-        self.provider.set_tags(self.node.id, {TAG_STATUS: new.value, **extra_tags})
+        tags = status_tags(self.status, new, time.time())
+        self.provider.set_tags(self.node.id, {**tags, **extra_tags})
+        self.status = new
 
     def _retrying(self, log: TextIO, step: str, fn):
         for attempt in range(1, STEP_ATTEMPTS + 1):
@@ -101,11 +97,9 @@ class NodeUpdater:
                     self.runner.wait_ready(self.wait_ready_s)
                     step = "syncing-files"
                     self._set_status(NodeStatus.SYNCING_FILES)
-                    for remote, local in self.cfg.file_mounts.items():
+                    for remote, local in self.spec.file_mounts.items():
                         n = self._retrying(log, step, lambda: sync_up(
-                            self.runner, self.cfg.local_mount_path(local), remote,
-                            self.cfg.rsync_exclude, self.cfg.rsync_filter,
-                        ))
+                            self.runner, Path(local), remote, self.cfg.rsync_exclude, self.cfg.rsync_filter))
                         log.write(f"synced {local} -> {remote}: {n} file(s) sent\n")
                     step = "setting-up"
                     self._set_status(NodeStatus.SETTING_UP)
@@ -117,10 +111,8 @@ class NodeUpdater:
                 if plan.full:
                     for cmd in self.cfg.start_commands_for(self.runtime_cfg.is_head):
                         self._run(log, step, cmd)
-                    self._set_status(
-                        NodeStatus.UP_TO_DATE,
-                        **{TAG_RUNTIME_HASH: self.runtime_hash, TAG_LAUNCH_HASH: self.launch_hash},
-                    )
+                    self._set_status(NodeStatus.UP_TO_DATE,
+                                     **{TAG_RUNTIME_HASH: self.runtime_hash, TAG_LAUNCH_HASH: self.launch_hash})
             except NodeUpdateFailed as e:
                 log.write(f"FAILED at {e.step}: {e}\n")
                 self._mark_failed()
@@ -132,14 +124,16 @@ class NodeUpdater:
 
     def _mark_failed(self) -> None:
         if can_transition(self.status, NodeStatus.UPDATE_FAILED):
-            self._set_status(NodeStatus.UPDATE_FAILED)
+            try:
+                self._set_status(NodeStatus.UPDATE_FAILED)
+            except LaunchError:
+                pass  # the node is gone (terminated meanwhile): nothing to mark
 
     def start_runtime(self, log: TextIO, restart: bool) -> None:
         if self.runner.ships_runtime:
-            self.runner.python = self._retrying(log, "installing the runtime",
-                                                lambda: ensure_runtime(self.runner, log))
+            self.runner.python = self._retrying(log, "installing the runtime", lambda: ensure_runtime(self.runner, log))
         self._retrying(log, "starting the runtime",
-                       lambda: self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG_PATH, mode=0o600))
+                       lambda: self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG, mode=0o600))
         cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")
         result = self._run(log, "starting the runtime", cmd)
         for line in result.tail:

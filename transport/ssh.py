@@ -24,8 +24,8 @@ from pathlib import Path
 
 import paramiko
 
-from launcher.command_runner import TAIL_LINES, CommandFailed, CommandResult, ConnectionLost, OutputFn
-from launcher.errors import LaunchError
+from transport.base import TAIL_LINES, CommandFailed, CommandResult, ConnectionLost, OutputFn
+from core.errors import LaunchError
 
 KEEPALIVE_S = 15
 _known_hosts_lock = threading.Lock()
@@ -89,6 +89,7 @@ class SSHCommandRunner:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._forwards: dict[tuple[str, int], socket.socket] = {}
 
     @property
     def label(self) -> str:
@@ -145,6 +146,9 @@ class SSHCommandRunner:
 
     def close(self) -> None:
         with self._lock:
+            for listener in self._forwards.values():
+                listener.close()
+            self._forwards.clear()
             self._drop()
 
     def wait_ready(self, deadline_s: float) -> None:
@@ -286,6 +290,37 @@ class SSHCommandRunner:
             count += self.download(posixpath.join(remote_path, entry.filename), local / entry.filename)
         return count
 
+    # --- port forwarding ------------------------------------------------------------------------------
+
+    def forward_port(self, remote_host: str, remote_port: int) -> tuple[str, int]:
+        """A listener on 127.0.0.1 whose connections are carried over this SSH connection to
+        remote_host:remote_port as the node sees it (a service bound to the node's loopback included)."""
+        key = (remote_host, remote_port)
+        with self._lock:
+            if key in self._forwards:
+                return "127.0.0.1", self._forwards[key].getsockname()[1]
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        with self._lock:
+            self._forwards[key] = listener
+        threading.Thread(target=self._accept_forwarded, args=(listener, key), daemon=True,
+                         name=f"forward-{remote_port}").start()
+        return "127.0.0.1", listener.getsockname()[1]
+
+    def _accept_forwarded(self, listener: socket.socket, key: tuple[str, int]) -> None:
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                chan = self._conn().get_transport().open_channel("direct-tcpip", key, peer)
+            except (OSError, EOFError, paramiko.SSHException, LaunchError):
+                sock.close()
+                continue
+            threading.Thread(target=_pump, args=(sock, chan), daemon=True).start()
+
     # --- interactive --------------------------------------------------------------------------------
 
     def interactive(self, command: str | None = None) -> int:
@@ -331,6 +366,28 @@ def _bridge(chan: paramiko.Channel) -> int:
         if old is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
     return chan.recv_exit_status()
+
+
+def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
+    """Copy bytes both ways between a local socket and an SSH channel until either side closes."""
+    try:
+        while True:
+            r, _, _ = select.select([sock, chan], [], [], 5.0)
+            if sock in r:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chan.sendall(data)
+            if chan in r:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                sock.sendall(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+    finally:
+        chan.close()
+        sock.close()
 
 
 def _reason(e: BaseException) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from launcher.errors import ConfigError
+from core.errors import ConfigError
 
 # Provider types we know. `local` is overloaded as in Ray: without head_ip it is our process provider,
 # with head_ip/worker_ips it is Ray's on-prem form, which is our `ssh` provider.
@@ -162,9 +163,12 @@ class ClusterConfig(_Strict):
         return self.available_node_types[name]
 
     def worker_max(self, name: str) -> int:
-        """A node type's own cap; Ray's default when unset is the cluster-wide cap."""
+        """How many workers of this type may run. Unset: the cluster-wide cap, except for the head's
+        type, whose default is 0 (as in Ray): the head type is never launched as a worker unless asked."""
         nt = self.available_node_types[name]
-        return self.max_workers if nt.max_workers is None else nt.max_workers
+        if nt.max_workers is not None:
+            return nt.max_workers
+        return 0 if name == self.head_node_type else self.max_workers
 
     def local_mount_path(self, local: str) -> Path:
         p = Path(local).expanduser()
@@ -209,9 +213,11 @@ _PYDANTIC_MESSAGES = {
 }
 
 
-def _pydantic_problems(err: ValidationError) -> list[str]:
+def pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One line per problem, each starting with the dotted path of the field (under `prefix`)."""
     problems = []
     for e in err.errors():
+        e = dict(e, loc=(*prefix, *e["loc"]))
         msg = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
         if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
             shown = repr(e["input"])
@@ -302,8 +308,14 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     return p
 
 
-def parse_config(data: Any, base_dir: Path | None = None) -> ClusterConfig:
-    """Validate a loaded YAML document. Raises ConfigError listing every problem."""
+SectionCheck = Callable[["ProviderConfig"], list[str]]
+
+
+def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None) -> ClusterConfig:
+    """Validate a loaded YAML document. Raises ConfigError listing every problem.
+
+    `section_check` validates the provider section against the provider's own typed model (the
+    providers layer owns those; see lifecycle.config.load_config)."""
     if not isinstance(data, dict):
         raise ConfigError("(top level): the cluster config must be a mapping of keys to values")
     if "head_node" in data or "worker_nodes" in data:
@@ -314,15 +326,18 @@ def parse_config(data: Any, base_dir: Path | None = None) -> ClusterConfig:
     try:
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_pydantic_problems(e)) from None
+        raise ConfigError(pydantic_problems(e)) from None
     cfg._base_dir = (base_dir or Path.cwd()).resolve()
     problems = _semantic_problems(cfg)
+    if section_check is not None and cfg.provider.type in PROVIDER_TYPES:
+        named = {p.split(":", 1)[0] for p in problems}  # each field's problem once
+        problems += [q for q in section_check(cfg.provider) if q.split(":", 1)[0] not in named]
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def load_config(path: str | Path) -> ClusterConfig:
+def load_config(path: str | Path, section_check: SectionCheck | None = None) -> ClusterConfig:
     path = Path(path)
     try:
         text = path.read_text()
@@ -337,7 +352,7 @@ def load_config(path: str | Path) -> ClusterConfig:
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
-    return parse_config(data, base_dir=path.parent)
+    return parse_config(data, base_dir=path.parent, section_check=section_check)
 
 
 def json_schema() -> dict[str, Any]:

@@ -1,8 +1,7 @@
-"""Running commands and moving files on a node.
+"""Commands on a node that is a directory of this machine (the `local` provider).
 
-`CommandRunner` is what the node updater, `exec` and file sync talk to. The local runner serves the
-`local` provider: commands run on this machine in the node's directory, which is the node's HOME, with
-the node's marker in the environment so every process the node starts can be found again.
+Commands run in the node's directory, which is the node's HOME, with the node's marker in the
+environment so every process the node starts can be found (and stopped) again.
 """
 
 from __future__ import annotations
@@ -10,63 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from launcher.errors import LaunchError
-
-OutputFn = Callable[[str], None]
-
-
-@dataclass
-class CommandResult:
-    exit_code: int
-    tail: list[str]  # the last lines of combined output, for error reports
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-class CommandFailed(LaunchError):
-    def __init__(self, cmd: str, result: CommandResult):
-        self.cmd, self.result = cmd, result
-        last = result.tail[-1] if result.tail else ""
-        super().__init__(f"command exited {result.exit_code}: {cmd}" + (f" ({last})" if last else ""))
-
-
-class ConnectionLost(LaunchError):
-    """The connection broke while a command or transfer ran: it may or may not have finished."""
-
-
-class CommandRunner(Protocol):
-    #: The Python interpreter that runs this project's code on the node.
-    python: str
-    #: Whether the runtime must be shipped to the node before it can start (see runtime_bundle).
-    ships_runtime: bool
-
-    def wait_ready(self, deadline_s: float) -> None:
-        """Block until the node accepts commands, or raise LaunchError naming the node."""
-
-    def run(
-        self,
-        cmd: str,
-        *,
-        env: dict[str, str] | None = None,
-        on_output: OutputFn | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> CommandResult: ...
-
-    def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None: ...
-
-    def read_file(self, remote_path: str) -> bytes | None:
-        """The file's content, or None if it does not exist."""
-
-
-TAIL_LINES = 20
+from core.errors import LaunchError
+from transport.base import TAIL_LINES, CommandFailed, CommandResult
 
 
 class LocalCommandRunner:
@@ -158,6 +104,12 @@ class LocalCommandRunner:
             return 1
         shutil.copytree(src, local, dirs_exist_ok=True)
         return sum(1 for p in local.rglob("*") if p.is_file())
+
+    def forward_port(self, remote_host: str, remote_port: int) -> tuple[str, int]:
+        return remote_host, remote_port  # the node is this machine: nothing to forward
+
+    def close(self) -> None:
+        pass
 
     def interactive(self, command: str | None = None) -> int:
         """A shell (or `command`) in the node's directory and environment, on this terminal."""

@@ -22,13 +22,13 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from launcher.command_runner import CommandRunner
-from launcher.errors import LaunchError
-from launcher.state import launch_home
+from transport.base import CommandRunner
+from core.errors import LaunchError
+from core.paths import NODE_PYTHON
+from core.paths import launch_home
 
-OUR_PACKAGES = ["launcher", "providers", "runtime", "autoscaler"]
+OUR_PACKAGES = ["core", "transport", "providers", "lifecycle", "autoscaler", "launcher", "runtime"]
 DEPENDENCIES = ["grpc", "google.protobuf", "google._upb", "cloudpickle", "typing_extensions"]
-NODE_PYTHON = "~/.launch-runtime/bin/python"
 
 
 def local_abi() -> str:

@@ -1,0 +1,39 @@
+"""A node as a provider lists it: what every layer above the providers reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.status import NodeStatus, parse_status
+from core.tags import KIND_WORKER, TAG_KIND, TAG_STATUS, TAG_STATUS_SINCE
+
+
+@dataclass
+class NodeInfo:
+    id: str
+    node_type: str
+    state: str  # the provider's own instance state: pending | running | ...
+    tags: dict[str, str] = field(default_factory=dict)
+    internal_ip: str | None = None
+    external_ip: str | None = None
+    launched_at: float = 0.0
+    spot: bool = False
+    ssh_port: int = 22
+    # a node that is a directory on this machine (local provider): its HOME; commands run there
+    local_home: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.tags.get(TAG_KIND, KIND_WORKER)
+
+    @property
+    def status(self) -> NodeStatus:
+        return parse_status(self.tags.get(TAG_STATUS))
+
+    @property
+    def status_since(self) -> float:
+        """When the node entered its current status (its launch time if never recorded)."""
+        try:
+            return float(self.tags[TAG_STATUS_SINCE])
+        except (KeyError, ValueError):
+            return self.launched_at

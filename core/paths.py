@@ -1,0 +1,21 @@
+"""Where the runtime keeps its files on a node (relative to the node user's home), and node markers."""
+
+RUNTIME_DIR = "~/.launch-runtime"
+NODE_CONFIG = f"{RUNTIME_DIR}/node.json"  # the node's runtime settings and token (0600)
+HEAD_ADDRESS = f"{RUNTIME_DIR}/head.address"  # written by the head service once it listens
+MONITOR_SETTINGS = f"{RUNTIME_DIR}/autoscaler.json"  # the ClusterSpec the head's autoscaler runs on
+MONITOR_STATUS = f"{RUNTIME_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
+LOGS = f"{RUNTIME_DIR}/logs"
+NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
+
+# Every process a `local` node starts carries this variable (value: the node id), inherited by all it
+# spawns, jobs and tasks included, so the node's death or removal finds and stops all of them.
+NODE_MARKER_ENV = "LAUNCH_LOCAL_NODE"
+
+
+def launch_home():
+    """Where the launcher keeps its clusters on the user's machine: $LAUNCH_HOME, default ~/.launch."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("LAUNCH_HOME", "~/.launch")).expanduser()

@@ -1,0 +1,46 @@
+"""The tags that carry a cluster's state on its instances, and how their values are encoded.
+
+All durable node state lives in tags (on clouds) or the provider's own records, so the launcher and
+the autoscaler rebuild everything from a listing. Clouds restrict tag keys and values (GCP labels:
+lowercase, digits, '-' and '_', at most 63 characters); `encode_label`/`decode_label` is the one
+reversible encoding for those, so any valid cluster or node-type name round-trips.
+"""
+
+from __future__ import annotations
+
+TAG_CLUSTER = "launch-cluster"
+TAG_KIND = "launch-kind"  # head | worker
+TAG_NODE_TYPE = "launch-node-type"
+TAG_STATUS = "launch-status"
+TAG_STATUS_SINCE = "launch-status-since"  # unix time the current status was entered
+TAG_LAUNCH_HASH = "launch-launch-hash"
+TAG_RUNTIME_HASH = "launch-runtime-hash"
+TAG_REQUEST_ID = "launch-request-id"
+
+KIND_HEAD = "head"
+KIND_WORKER = "worker"
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def encode_label(value: str) -> str:
+    """Any string -> [a-z0-9_-]*: '_' escapes every other character as _XX (its UTF-8 bytes in hex)."""
+    out = []
+    for ch in value:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def decode_label(value: str) -> str:
+    raw, i = bytearray(), 0
+    while i < len(value):
+        if value[i] == "_":
+            raw.append(int(value[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(value[i].encode())
+            i += 1
+    return raw.decode()

@@ -1,0 +1,363 @@
+"""The one lifecycle of a cluster's nodes: create, set up, drain, terminate; and `up`/`down` on top.
+
+`up` reconciles once; the autoscaler on the head reconciles in a loop; both call these same methods on
+the same ClusterSpec. `up` is idempotent: it compares each node's tags (status, launch hash, runtime
+hash) with the spec and redoes only what differs: a changed launch hash replaces the node, a changed
+runtime hash re-runs file sync, setup and start on it, a dead runtime is restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import providers
+from core.errors import LaunchError, NodeNotFound
+from core.node import NodeInfo
+from core.paths import HEAD_ADDRESS, MONITOR_SETTINGS
+from core.spec import ClusterSpec
+from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
+from core.tags import (
+    KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_RUNTIME_HASH,
+)
+from lifecycle.hashing import launch_hash, runtime_hash
+from lifecycle.state import ClusterDir
+from lifecycle.updater import NodeUpdateFailed, NodeUpdater, UpdatePlan
+from runtime.node_config import NodeRuntimeConfig
+from transport import SSHAuth, runner_for
+from transport.base import CommandRunner
+
+Say = Callable[[str], None]
+Confirm = Callable[[str], bool]
+
+REGISTER_TIMEOUT_S = 60.0
+DOWN_ROUNDS = 5  # a node created while `down` ran (by an autoscaler being stopped) is found next round
+
+
+@dataclass
+class UpResult:
+    head_address: str
+    actions: list[str] = field(default_factory=list)
+    failures: list[NodeUpdateFailed] = field(default_factory=list)
+
+
+class Lifecycle:
+    def __init__(self, spec: ClusterSpec, state: ClusterDir, say: Say = lambda msg: None):
+        self.spec = spec
+        self.cfg = spec.config
+        self.dir = state
+        self.say = say
+        self.provider = providers.build(spec)
+        self.section = providers.section(spec.config)
+        self.auth = SSHAuth(user=spec.ssh_user or "root", private_key=spec.ssh_private_key,
+                            known_hosts=state.known_hosts, proxy_command=spec.config.auth.ssh_proxy_command,
+                            connect_timeout_s=self.section.ssh_connect_timeout_s,
+                            use_internal_ips=self.section.use_internal_ips)
+        self._runners: dict[str, CommandRunner] = {}
+        self._runners_lock = threading.Lock()
+
+    @property
+    def autoscales(self) -> bool:
+        return self.cfg.autoscaler.enabled and self.provider.capabilities.autoscale_on_head
+
+    # --- observation ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        return self.provider.list({TAG_CLUSTER: self.spec.name})
+
+    def head(self) -> NodeInfo | None:
+        heads = [n for n in self.nodes() if n.kind == KIND_HEAD]
+        return heads[0] if heads else None
+
+    def require_head(self) -> NodeInfo:
+        head = self.head()
+        if head is None:
+            raise LaunchError(f"cluster {self.spec.name!r} is not up (no head node); run `launch up` first")
+        return head
+
+    def runner(self, node: NodeInfo) -> CommandRunner:
+        with self._runners_lock:
+            if node.id not in self._runners:
+                self._runners[node.id] = runner_for(node, self.auth)
+            return self._runners[node.id]
+
+    def close(self) -> None:
+        with self._runners_lock:
+            runners, self._runners = list(self._runners.values()), {}
+        for r in runners:
+            r.close()
+
+    # --- the node operations: create, set status, set up, terminate ---------------------------------
+
+    def create(self, node_type: str, count: int, kind: str = KIND_WORKER, request_id: str | None = None) -> list[NodeInfo]:
+        """Nodes tagged from birth with their cluster, type, launch hash and a pending status."""
+        tags = {TAG_CLUSTER: self.spec.name, TAG_KIND: kind, TAG_NODE_TYPE: node_type,
+                TAG_LAUNCH_HASH: launch_hash(self.cfg, node_type), **initial_status_tags(time.time())}
+        if request_id:
+            tags[TAG_REQUEST_ID] = request_id
+        return self.provider.create(node_type, count, tags)
+
+    def set_status(self, node: NodeInfo, new: NodeStatus) -> None:
+        """Moves a node to `new` (InvalidTransition if the machine forbids it) and records when."""
+        tags = status_tags(node.status, new, time.time())
+        self.provider.set_tags(node.id, tags)
+        node.tags.update(tags)
+
+    def terminate(self, nodes: list[NodeInfo]) -> None:
+        for n in nodes:
+            if can_transition(n.status, NodeStatus.TERMINATING):
+                try:
+                    self.set_status(n, NodeStatus.TERMINATING)
+                except NodeNotFound:
+                    pass  # gone already
+        if nodes:
+            self.provider.terminate([n.id for n in nodes])
+        with self._runners_lock:
+            runners = [self._runners.pop(n.id) for n in nodes if n.id in self._runners]
+        for r in runners:
+            r.close()
+
+    def node_runtime_config(self, node: NodeInfo, token: str, is_head: bool, head_address: str,
+                            head_port: int) -> NodeRuntimeConfig:
+        nt = self.cfg.node_type(node.node_type)
+        return NodeRuntimeConfig(
+            node_id=node.id, node_type=node.node_type, is_head=is_head, token=token,
+            address=node.internal_ip or "127.0.0.1", head_address=head_address,
+            bind_host=self.provider.head_bind_host, head_port=head_port,
+            # as resolved in the spec (declared, else the provider's catalog): what the planner counts on
+            resources=self.spec.resources_of(node.node_type), labels=dict(nt.labels),
+            # head only: what each node type has, judged the same way as the planner judges it
+            node_types=dict(self.spec.node_resources) if is_head else {},
+            heartbeat_interval_s=self.cfg.runtime.heartbeat_interval_s,
+            node_timeout_s=self.cfg.runtime.node_timeout_s,
+        )
+
+    def updater(self, node: NodeInfo, token: str, *, is_head: bool, head_address: str = "",
+                head_port: int = 0) -> NodeUpdater:
+        rhash = runtime_hash(self.spec, node.node_type, is_head, "" if is_head else head_address)
+        return NodeUpdater(
+            self.provider, self.runner(node), node, self.spec,
+            self.node_runtime_config(node, token, is_head, head_address, head_port),
+            launch_hash=launch_hash(self.cfg, node.node_type), runtime_hash=rhash,
+            log_path=self.dir.node_log(node.id), wait_ready_s=self.section.ssh_wait_s,
+        )
+
+    @staticmethod
+    def update_plan(node: NodeInfo, updater: NodeUpdater, restart: bool) -> UpdatePlan | None:
+        if node.status != NodeStatus.UP_TO_DATE:
+            return UpdatePlan(full=True, restart_runtime=restart)
+        if node.tags.get(TAG_RUNTIME_HASH) != updater.runtime_hash:
+            # setup changed on a running node: Ray's semantics, the runtime restarts unless no_restart
+            return UpdatePlan(full=True, restart_runtime=True)
+        if restart:
+            return UpdatePlan(full=False, restart_runtime=True)
+        if not updater.runtime_running():
+            return UpdatePlan(full=False, restart_runtime=False)
+        return None
+
+    def set_up_worker(self, node: NodeInfo, token: str, head_address: str, restart: bool = False) -> str | None:
+        """Bring a worker up to date (what `up` and the autoscaler both do). Returns what was done."""
+        updater = self.updater(node, token, is_head=False, head_address=head_address)
+        plan = self.update_plan(node, updater, restart)
+        if plan is None:
+            return None
+        updater.update(plan)
+        return "set up" if plan.full else "runtime started"
+
+    # --- the autoscaler on the head ------------------------------------------------------------------
+
+    def _node_cmd(self, node: NodeInfo, args: str, check: bool = False) -> None:
+        runner = self.runner(node)
+        runner.run(f"{runner.python} -m runtime.node {args}", timeout=60, check=check)
+
+    def stop_monitor(self, head: NodeInfo) -> None:
+        """One writer at a time: the autoscaler stops while `up` or `down` works."""
+        if not self.autoscales or head.status != NodeStatus.UP_TO_DATE:
+            return
+        try:
+            self._node_cmd(head, "stop-monitor")
+        except LaunchError as e:
+            self.say(f"could not stop the autoscaler on the head ({e}); going on")
+
+    def start_monitor(self, head: NodeInfo) -> None:
+        if not self.autoscales:
+            return
+        settings = {"spec": json.loads(self.spec.to_json()), "head_node_id": head.id}
+        self.runner(head).put_file(json.dumps(settings).encode(), MONITOR_SETTINGS, mode=0o600)
+        self._node_cmd(head, "start-monitor", check=True)
+
+    # --- up -----------------------------------------------------------------------------------------
+
+    def up(self, token: str, *, confirm: Confirm, restart_runtime: bool = False) -> UpResult:
+        restart = restart_runtime and not self.cfg.no_restart
+        actions: list[str] = []
+        head = self._ensure_head(confirm, actions)
+        self.stop_monitor(head)
+        head_ready = False
+        try:
+            head_address = self._set_up_head(head, token, restart, actions)
+            head_ready = True
+            workers = self._ensure_workers(confirm, actions)
+            failures = self._update_workers(workers, token, head_address, restart, actions)
+            failed = {f.node_id for f in failures}
+            self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
+        finally:
+            if head_ready:  # whatever `up`'s outcome, the autoscaler runs again
+                self.start_monitor(self.head() or head)
+        return UpResult(head_address, actions, failures)
+
+    def _set_up_head(self, head: NodeInfo, token: str, restart: bool, actions: list[str]) -> str:
+        saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
+        updater = self.updater(head, token, is_head=True, head_port=self.provider.head_port or saved_port)
+        plan = self.update_plan(head, updater, restart)
+        if plan is not None:
+            self.say(f"head {head.id}: {'setting up' if plan.full else 'starting the runtime'}")
+            updater.update(plan)  # a failed head fails `up`: nothing works without it
+            actions.append(f"head {head.id}: {'set up' if plan.full else 'runtime started'}")
+        address = updater.head_address or self._read_head_address(head)
+        self.dir.write_info(head_node_id=head.id, head_address=address, head_port=int(address.rsplit(":", 1)[1]))
+        return address
+
+    def _read_head_address(self, head: NodeInfo) -> str:
+        raw = self.runner(head).read_file(HEAD_ADDRESS)
+        if not raw:
+            raise LaunchError(f"the head node {head.id} runs no head service; run `launch up --restart-runtime`")
+        return raw.decode().strip()
+
+    def _ensure_head(self, confirm: Confirm, actions: list[str]) -> NodeInfo:
+        head_type = self.cfg.head_node_type
+        head = self.head()
+        if head is not None and (head.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, head_type)
+                                 or head.node_type != head_type):
+            if not confirm(f"The head node {head.id} is outdated (its node config changed). Replace it?"):
+                raise LaunchError("the head node is outdated and was not replaced; nothing changed")
+            self.say(f"replacing outdated head {head.id}")
+            self.stop_monitor(head)
+            self.terminate([head])
+            actions.append(f"head {head.id}: terminated (outdated)")
+            head = None
+        if head is None:
+            self.say(f"creating head node ({head_type})")
+            head = self.create(head_type, 1, KIND_HEAD)[0]
+            actions.append(f"head {head.id}: created")
+        return head
+
+    def _ensure_workers(self, confirm: Confirm, actions: list[str]) -> list[NodeInfo]:
+        """Replace outdated workers, drop those of removed types, and launch up to min_workers per type."""
+        types = self.cfg.available_node_types
+        workers = [n for n in self.nodes() if n.kind == KIND_WORKER and n.status != NodeStatus.TERMINATING]
+        stale = [w for w in workers
+                 if w.node_type not in types or w.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, w.node_type)]
+        if stale:
+            ids = ", ".join(w.id for w in stale)
+            if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
+                raise LaunchError("outdated workers were not replaced; stopping here")
+            self.terminate(stale)
+            actions.append(f"{len(stale)} outdated worker(s) terminated")
+            workers = [w for w in workers if w not in stale]
+        for name, nt in types.items():
+            missing = nt.min_workers - sum(1 for w in workers if w.node_type == name)
+            if missing > 0:
+                self.say(f"creating {missing} worker(s) of type {name}")
+                created = self.create(name, missing)
+                workers.extend(created)
+                actions.append(f"{len(created)} worker(s) of type {name}: created")
+        return workers
+
+    def _update_workers(self, workers, token, head_address, restart, actions) -> list[NodeUpdateFailed]:
+        """Check and update every worker in parallel: a check is a round trip to the node, too."""
+        if not workers:
+            return []
+        failures: list[NodeUpdateFailed] = []
+
+        def run(w: NodeInfo):
+            try:
+                done = self.set_up_worker(w, token, head_address, restart)
+                return (f"worker {w.id}: {done}" if done else None), None
+            except NodeUpdateFailed as e:
+                return None, e
+
+        with ThreadPoolExecutor(max_workers=min(32, len(workers))) as pool:
+            for done, err in pool.map(run, workers):
+                if err is not None:
+                    failures.append(err)
+                    self.say(f"[red]worker {err.node_id} failed[/red]: {err} (log: {self.dir.node_log(err.node_id)})")
+                elif done:
+                    actions.append(done)
+        return failures
+
+    def _wait_registered(self, head_address: str, token: str, node_ids: set[str]) -> None:
+        import grpc
+
+        from runtime.client import HeadClient
+
+        self.say(f"waiting for {len(node_ids)} node(s) to register with the head")
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        missing = set(node_ids)
+        with HeadClient(head_address, token, timeout_s=5) as client:
+            while time.monotonic() < deadline:
+                try:
+                    alive = {n.node_id for n in client.cluster_state().nodes if n.state == "alive"}
+                    missing = node_ids - alive
+                    if not missing:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        logs = ", ".join(str(self.dir.node_log(n)) for n in sorted(missing))
+        raise LaunchError(f"node(s) {', '.join(sorted(missing))} did not register with the head "
+                          f"within {REGISTER_TIMEOUT_S:.0f}s; setup logs: {logs}")
+
+    # --- down ---------------------------------------------------------------------------------------
+
+    def down(self) -> int:
+        """Stop the autoscaler first (it may be launching), then terminate until nothing is listed."""
+        head = self.head()
+        if head is not None:
+            self.stop_monitor(head)
+        gone: set[str] = set()
+        for _ in range(DOWN_ROUNDS):
+            nodes = self.nodes()
+            if not nodes:
+                break
+            workers = [n for n in nodes if n.kind != KIND_HEAD]
+            heads = [n for n in nodes if n.kind == KIND_HEAD]
+            for group in (workers, heads):  # workers first: the head is the last to know about them
+                self.terminate(group)
+                gone |= {n.id for n in group}
+        left = self.nodes()
+        if left:
+            raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in left)}")
+        self.close()
+        return len(gone)
+
+
+# --- the whole commands, each under the cluster's lock ------------------------------------------------
+
+
+def bring_up(config, state: ClusterDir, *, say: Say, confirm: Confirm, restart_runtime: bool = False
+             ) -> tuple[Lifecycle, UpResult]:
+    """`launch up`: resolve the spec (bootstrap, once), store it, and reconcile the cluster once."""
+    from lifecycle.spec import resolve
+
+    with state.locked("up", say):
+        spec = resolve(config, state.path)
+        state.save_spec(spec)  # before any node exists: a failed `up` can still be brought down
+        lifecycle = Lifecycle(spec, state, say)
+        return lifecycle, lifecycle.up(state.token(), confirm=confirm, restart_runtime=restart_runtime)
+
+
+def tear_down(config, state: ClusterDir, *, say: Say) -> int:
+    """`launch down`: with the spec `up` stored (or, if lost, one that creates nothing), stop the
+    autoscaler, terminate every node of the cluster, and forget its runtime state."""
+    from lifecycle.spec import unbootstrapped
+
+    with state.locked("down", say):
+        spec = state.load_spec() or unbootstrapped(config, state.path)
+        n = Lifecycle(spec, state, say).down()
+        state.forget_runtime()
+        return n

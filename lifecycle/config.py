@@ -1,0 +1,18 @@
+"""Loading a cluster config: the core model, with the provider section checked by its provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core import config as _config
+from core.config import ClusterConfig
+from providers import section_problems
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    return _config.load_config(path, section_check=section_problems)
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> ClusterConfig:
+    return _config.parse_config(data, base_dir=base_dir, section_check=section_problems)

@@ -1,0 +1,42 @@
+"""The transport layer: how commands and files reach a node (locally, or over SSH), and port forwards.
+
+`runner_for` builds a node's runner from the node as a provider listed it and the cluster's auth
+settings; providers hand out no runners of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.node import NodeInfo
+from core.paths import NODE_MARKER_ENV
+from transport.base import CommandRunner
+
+
+@dataclass(frozen=True)
+class SSHAuth:
+    user: str
+    private_key: str | None
+    known_hosts: Path  # host keys pinned on first contact, per cluster
+    proxy_command: str | None = None
+    connect_timeout_s: float = 10.0
+    use_internal_ips: bool = False
+
+
+def runner_for(node: NodeInfo, auth: SSHAuth) -> CommandRunner:
+    if node.local_home is not None:
+        import sys
+
+        from transport.local import LocalCommandRunner
+
+        return LocalCommandRunner(Path(node.local_home), {NODE_MARKER_ENV: node.id}, sys.executable)
+    from transport.ssh import SSHCommandRunner
+
+    host = (node.internal_ip if auth.use_internal_ips else node.external_ip) or node.internal_ip
+    if not host:
+        from core.errors import LaunchError
+
+        raise LaunchError(f"node {node.id} has no IP address yet")
+    return SSHCommandRunner(host, node.ssh_port, auth.user, auth.private_key, auth.known_hosts,
+                            proxy_command=auth.proxy_command, connect_timeout=auth.connect_timeout_s)
