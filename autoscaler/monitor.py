@@ -37,7 +37,7 @@ from core.files import atomic_write
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, LOGS, MONITOR_SETTINGS, MONITOR_STATUS
 from core.spec import ClusterSpec
-from core.status import SETTING_UP, NodeStatus
+from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
 from lifecycle.cluster import Lifecycle
 from lifecycle.hashing import launch_hash
@@ -164,7 +164,10 @@ class Monitor:
 
         for node_id, reason in p.drains:
             self.head.drain(node_id)
-            self.lifecycle.set_status(nodes[node_id], NodeStatus.DRAINING)
+            try:
+                self.lifecycle.set_status(nodes[node_id], NodeStatus.DRAINING)
+            except InvalidTransition as e:  # e.g. a failed node: drained in the runtime, its status kept
+                self.event("status-kept", node=node_id, reason=str(e))
             self.event("drain", node=node_id, reason=reason)
 
         for node_id, reason in p.terminations:

@@ -8,7 +8,6 @@ to ~/.launch-runtime/head.address once it is listening.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from core.files import atomic_write
 from runtime.auth import TokenInterceptor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
@@ -279,9 +279,7 @@ def main() -> None:
     address = f"{cfg.address}:{port}"
     # Written last and atomically: its presence means the head is serving.
     addr_file = runtime_dir() / "head.address"
-    tmp = addr_file.with_suffix(".tmp")
-    tmp.write_text(address)
-    os.replace(tmp, addr_file)
+    atomic_write(addr_file, address, mode=0o644)
     log.info("head service listening on %s (bound to %s)", address, cfg.bind_host)
 
     stop = threading.Event()

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.planner import Limits, NodeTypeSpec, NodeView, PlanInput, plan
+from core.status import NodeStatus as S
 
 CPU4 = NodeTypeSpec("cpu4", {"CPU": 4}, 0, 10, 0.20)
 CPU16 = NodeTypeSpec("cpu16", {"CPU": 16}, 0, 10, 0.70)
@@ -249,3 +250,14 @@ def test_planner_and_runtime_judge_feasibility_alike(types, request):
     planner_says = not _plan([(request, 1)], types=specs).infeasible
     runtime_says = Scheduler(types).infeasible_reason(request) is None
     assert planner_says == runtime_says
+
+
+def test_an_illegal_status_change_is_an_error_that_names_both_statuses():
+    import pytest
+
+    from core.status import InvalidTransition, status_tags
+
+    with pytest.raises(InvalidTransition, match="from terminating to up-to-date"):
+        status_tags("terminating", S.UP_TO_DATE, 1.0)
+    assert status_tags("setting-up", S.UP_TO_DATE, 2.5) == {"launch-status": "up-to-date",
+                                                             "launch-status-since": "2.500"}
