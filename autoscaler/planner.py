@@ -105,14 +105,18 @@ class Plan:
 def _fits(capacity: dict[str, float], shape: Shape) -> int:
     """How many items of `shape` fit in `capacity`. CPU or memory that a capacity does not state is
     unknown (the runtime assumes enough): such a node is counted on for one item, no more."""
-    if not type_can_run(capacity, dict(shape)):
-        return 0
+    # one pass, the rule of core.shapes.type_can_run inlined: this runs for every shape and node tried
     n = math.inf
     for k, v in shape:
-        if k in UNIVERSAL and k not in capacity:
-            n = min(n, 1)
+        have = capacity.get(k)
+        if have is None:
+            if k not in UNIVERSAL:
+                return 0
+            fit = 1
         else:
-            n = min(n, math.floor((capacity.get(k, 0.0) + EPS) / v))
+            fit = math.floor((have + EPS) / v)
+        if fit < n:
+            n = fit
     return 0 if n is math.inf else max(int(n), 0)
 
 
@@ -134,6 +138,17 @@ def _pack(capacity: dict[str, float], remaining: dict[Shape, int], order: list[S
             _take(cap, s, n)
             placed[s] = n
     return placed
+
+
+_UNIVERSAL_KEYS = frozenset(UNIVERSAL)
+
+
+def _free(n: NodeView) -> dict[str, float]:
+    """What a registered node has free: known exactly, so CPU or memory it does not list is none (only a
+    node *type* can have unknown resources). Not copied: _pack works on its own copy."""
+    if n.available.keys() >= _UNIVERSAL_KEYS:
+        return n.available
+    return {**dict.fromkeys(UNIVERSAL, 0.0), **n.available}
 
 
 def _size(shape: Shape) -> tuple:
@@ -170,16 +185,16 @@ def plan(inp: PlanInput) -> Plan:
             # up-to-date: the terminate found it busy) is taken back when waiting work fits it; one being
             # retired (status draining: outdated, failed, removed type) is not.
             if (n.status == S.UP_TO_DATE and n.registered and not n.is_head and not n.outdated
-                    and n.node_type in types and _pack(dict(n.available), remaining, order)):
+                    and n.node_type in types and _pack(_free(n), remaining, order)):
                 out.undrains.append((n.id, "work is waiting that it can run"))
-                for s, k in _pack(dict(n.available), remaining, order).items():
+                for s, k in _pack(_free(n), remaining, order).items():
                     remaining[s] -= k
                 absorbing.add(n.id)
             continue
         if n.status not in LIVE:
             continue
         if n.registered:
-            cap = dict(n.available)
+            cap = _free(n)
         elif n.node_type in types:  # launching: all of its type's resources will be free
             cap = dict(types[n.node_type].resources)
         else:

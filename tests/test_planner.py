@@ -261,3 +261,9 @@ def test_an_illegal_status_change_is_an_error_that_names_both_statuses():
         status_tags("terminating", S.UP_TO_DATE, 1.0)
     assert status_tags("setting-up", S.UP_TO_DATE, 2.5) == {"launch-status": "up-to-date",
                                                              "launch-status-since": "2.500"}
+
+
+def test_a_busy_node_that_lists_no_free_cpu_is_no_capacity():
+    # a registered node's free resources are known: a missing CPU entry is none free, not "unknown"
+    busy = _node("b", "cpu4", available={}, total={"CPU": 4}, running=4)
+    assert _plan([({"CPU": 1}, 5)], [busy]).launches == {"cpu4": 2}
