@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 from autoscaler.planner import Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
@@ -35,7 +34,9 @@ from core.backoff import Backoff
 from core.errors import LaunchError
 from core.files import atomic_write
 from core.node import NodeInfo
-from core.paths import HEAD_ADDRESS, LOGS, MONITOR_SETTINGS, MONITOR_STATUS
+from core.paths import (
+    HEAD_ADDRESS, HEAD_CLUSTER_STATE, LOGS, METRICS_ADDRESS, MONITOR_SETTINGS, MONITOR_STATUS, on_this_node,
+)
 from core.spec import ClusterSpec
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
@@ -46,10 +47,6 @@ from runtime.client import HeadClient
 from runtime.node_config import NodeRuntimeConfig
 
 log = logging.getLogger("launch.autoscaler")
-
-
-def _home(path: str) -> Path:
-    return Path(os.path.expanduser(path))
 
 
 class Monitor:
@@ -71,8 +68,8 @@ class Monitor:
         self.learned: dict[str, dict[str, float]] = {}  # node type -> resources its nodes registered with
         self.recent: deque[dict] = deque(maxlen=30)
         self.lock = threading.Lock()
-        _home(LOGS).mkdir(parents=True, exist_ok=True)
-        self.events = open(_home(LOGS) / "autoscaler.log", "a", buffering=1)
+        on_this_node(LOGS).mkdir(parents=True, exist_ok=True)
+        self.events = open(on_this_node(LOGS) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
 
     # --- events -------------------------------------------------------------------------------------
@@ -240,9 +237,10 @@ class Monitor:
         with self.lock:
             failures = {t: {"count": b.failures, "backoff_until": b.until, "backoff_s": max(0.0, b.until - now),
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
+        # what the planner found infeasible among queued work; `launch status` shows the runtime's own
+        # infeasible items beside it, so they are counted in the metric only
         infeasible = [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.infeasible]
-        infeasible += [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count, "reason": d.reason}
-                       for d in state.infeasible]
+        held = [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count} for d in state.infeasible]
         status = {
             "updated_at": now,
             "pending_demand": [{"shape": dict(shape_of(d)), "count": c} for d, c in demand],
@@ -261,14 +259,14 @@ class Monitor:
         if p.launches or p.terminations or p.drains or p.undrains:
             self.event("plan", launches=p.launches, terminations=len(p.terminations), drains=len(p.drains),
                        undrains=len(p.undrains))
-        self.metrics.update(status)
-        atomic_write(_home(MONITOR_STATUS), json.dumps(status, indent=1, sort_keys=True), mode=0o644)
+        self.metrics.update(status, held)
+        atomic_write(on_this_node(MONITOR_STATUS), json.dumps(status, indent=1, sort_keys=True), mode=0o644)
 
     # --- loop ---------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         address = self.metrics.serve(self.bind_host, self.cfg.autoscaler.metrics_port)
-        (_home(LOGS).parent / "metrics.address").write_text(address)
+        on_this_node(METRICS_ADDRESS).write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
         while not stop.is_set():
             started = time.monotonic()
@@ -313,15 +311,18 @@ class _Metrics:
         self.failures = Counter("launch_failures", "Launch and setup failures, by node type.", ["node_type"], registry=r)
         self.terminations = Counter("launch_terminations", "Nodes terminated.", ["node_type"], registry=r)
 
-    def update(self, status: dict) -> None:
+    def update(self, status: dict, held_infeasible: list[dict]) -> None:
         for gauge in (self.nodes, self.pending, self.infeasible):
             gauge.clear()
         for n in status["nodes"]:
             self.nodes.labels(n["node_type"], n["status"]).set(n["count"])
         for d in status["pending_demand"]:
             self.pending.labels(fmt_shape(shape_of(d["shape"]))).set(d["count"])
-        for d in status["infeasible"]:
-            self.infeasible.labels(d["shape"]).set(d["count"])
+        totals: dict[str, int] = {}
+        for d in [*status["infeasible"], *held_infeasible]:
+            totals[d["shape"]] = totals.get(d["shape"], 0) + d["count"]
+        for shape, count in totals.items():
+            self.infeasible.labels(shape).set(count)
         self.cost.set(status["cost_per_hour"])
 
     def serve(self, host: str, port: int) -> str:
@@ -333,12 +334,12 @@ class _Metrics:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = json.loads(_home(MONITOR_SETTINGS).read_text())
+    settings = json.loads(on_this_node(MONITOR_SETTINGS).read_text())
     spec = ClusterSpec.from_json(json.dumps(settings["spec"]))
     node_cfg = NodeRuntimeConfig.load()
     # the head's own state for this cluster (setup logs, pinned host keys), never a path of the laptop
-    state = ClusterDir(spec.name, path=_home(LOGS).parent / "cluster")
-    monitor = Monitor(spec, state, node_cfg.token, _home(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
+    state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
+    monitor = Monitor(spec, state, node_cfg.token, on_this_node(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -11,8 +11,8 @@ dotted path of the field it is about.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -44,7 +44,8 @@ class _Strict(BaseModel):
 
 
 class ProviderConfig(BaseModel):
-    """Provider section. Provider-specific keys (region, project_id, ...) pass through."""
+    """Provider section. Provider-specific keys (region, project_id, ...) pass through here; each
+    provider checks them against its own typed `Section` (providers/), named field by field."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,10 +56,6 @@ class ProviderConfig(BaseModel):
     worker_ips: list[str] | None = None
     use_internal_ips: bool = False
     cache_stopped_nodes: bool | None = None
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
     @property
     def kind(self) -> str:

@@ -1,11 +1,17 @@
 """Where the runtime keeps its files on a node (relative to the node user's home), and node markers."""
 
+import os
+from pathlib import Path
+
 RUNTIME_DIR = "~/.launch-runtime"
 NODE_CONFIG = f"{RUNTIME_DIR}/node.json"  # the node's runtime settings and token (0600)
 HEAD_ADDRESS = f"{RUNTIME_DIR}/head.address"  # written by the head service once it listens
 MONITOR_SETTINGS = f"{RUNTIME_DIR}/autoscaler.json"  # the ClusterSpec the head's autoscaler runs on
 MONITOR_STATUS = f"{RUNTIME_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
 LOGS = f"{RUNTIME_DIR}/logs"
+METRICS_ADDRESS = f"{RUNTIME_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
+HEAD_CLUSTER_STATE = f"{RUNTIME_DIR}/cluster"  # the head autoscaler's own state dir (setup logs, host keys)
+MOUNT_MANIFESTS = f"{RUNTIME_DIR}/mounts"  # what the last file sync sent, per mount
 NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
 
 # Every process a `local` node starts carries this variable (value: the node id), inherited by all it
@@ -13,9 +19,11 @@ NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes 
 NODE_MARKER_ENV = "LAUNCH_LOCAL_NODE"
 
 
-def launch_home():
-    """Where the launcher keeps its clusters on the user's machine: $LAUNCH_HOME, default ~/.launch."""
-    import os
-    from pathlib import Path
+def on_this_node(path: str) -> Path:
+    """One of the paths above, for code running on the node itself."""
+    return Path(os.path.expanduser(path))
 
+
+def launch_home() -> Path:
+    """Where the launcher keeps its clusters on the user's machine: $LAUNCH_HOME, default ~/.launch."""
     return Path(os.environ.get("LAUNCH_HOME", "~/.launch")).expanduser()

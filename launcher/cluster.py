@@ -31,15 +31,20 @@ class Cluster:
         self.say = say
         self._lifecycle: Lifecycle | None = None
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """The lifecycle on the spec `up` stored; a cluster never brought up has none."""
+    def _stored_lifecycle(self) -> Lifecycle | None:
+        """The lifecycle on the spec `up` stored; None for a cluster never brought up (or down)."""
         if self._lifecycle is None:
             spec = self.dir.load_spec()
-            if spec is None:
-                raise LaunchError(f"cluster {self.cfg.cluster_name!r} is not up (no head node); run `launch up` first")
-            self._lifecycle = Lifecycle(spec, self.dir, self.say)
+            if spec is not None:
+                self._lifecycle = Lifecycle(spec, self.dir, self.say)
         return self._lifecycle
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        lc = self._stored_lifecycle()
+        if lc is None:
+            raise LaunchError(f"cluster {self.cfg.cluster_name!r} is not up (no head node); run `launch up` first")
+        return lc
 
     # --- up and down ----------------------------------------------------------------------------------
 
@@ -62,10 +67,10 @@ class Cluster:
 
         from runtime.client import HeadClient
 
-        if self.dir.load_spec() is None:  # never up, or down: nothing to list
+        lc = self._stored_lifecycle()
+        if lc is None:  # never up, or down: nothing to list
             return {"cluster": self.cfg.cluster_name, "provider": self.cfg.provider.kind, "head_address": None,
                     "runtime_error": None, "nodes": [], "pending_demand": [], "infeasible": [], "autoscaler": None}
-        lc = self.lifecycle
         nodes = lc.nodes()
         info = self.dir.read_info()
         token = self.dir.existing_token()

@@ -207,7 +207,7 @@ class Lifecycle:
             self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
         finally:
             if head_ready:  # whatever `up`'s outcome, the autoscaler runs again
-                self.start_monitor(self.head() or head)
+                self.start_monitor(head)
         return UpResult(head_address, actions, failures)
 
     def _set_up_head(self, head: NodeInfo, token: str, restart: bool, actions: list[str]) -> str:
@@ -316,12 +316,11 @@ class Lifecycle:
 
     def down(self) -> int:
         """Stop the autoscaler first (it may be launching), then terminate until nothing is listed."""
-        head = self.head()
-        if head is not None:
+        nodes = self.nodes()
+        for head in (n for n in nodes if n.kind == KIND_HEAD):
             self.stop_monitor(head)
         gone: set[str] = set()
         for _ in range(DOWN_ROUNDS):
-            nodes = self.nodes()
             if not nodes:
                 break
             workers = [n for n in nodes if n.kind != KIND_HEAD]
@@ -329,9 +328,9 @@ class Lifecycle:
             for group in (workers, heads):  # workers first: the head is the last to know about them
                 self.terminate(group)
                 gone |= {n.id for n in group}
-        left = self.nodes()
-        if left:
-            raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in left)}")
+            nodes = self.nodes()
+        if nodes:
+            raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in nodes)}")
         self.close()
         return len(gone)
 

@@ -37,7 +37,7 @@ def section_problems(section: ProviderConfig) -> list[str]:
     if section.kind not in _MODULES:
         return []
     try:
-        _module(section.kind).Section.model_validate(section.model_dump(exclude_none=True))
+        _module(section.kind).Section.of(section)
     except ValidationError as e:
         return pydantic_problems(e, ("provider",))
     return []
@@ -53,4 +53,4 @@ def build(spec: ClusterSpec) -> Provider:
 
 def section(config: ClusterConfig):
     """The provider section as its provider's typed model (validated already when the config loaded)."""
-    return _module(config.provider.kind).Section.model_validate(config.provider.model_dump(exclude_none=True))
+    return _module(config.provider.kind).Section.of(config.provider)

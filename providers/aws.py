@@ -126,7 +126,7 @@ class _Clients:
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
-    section = Section.model_validate(config.provider.model_dump(exclude_none=True))
+    section = Section.of(config.provider)
     aws = _Clients(section)
     name = config.cluster_name
     zones = _zones(section)
@@ -264,7 +264,7 @@ def _head_profile(aws: _Clients, cluster: str) -> str:
 class Provider:
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
-        self.section = section = Section.model_validate(spec.config.provider.model_dump(exclude_none=True))
+        self.section = section = Section.of(spec.config.provider)
         self.aws = _Clients(section)
         self.state = spec.provider_state
         self.local_root = Path(self.state["local_root"]) if self.state.get("local_root") else None

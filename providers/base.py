@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.config import ProviderConfig
 from core.errors import (  # noqa: F401  (re-exported: what providers raise)
     CapacityError, ConfigError, InvalidRequest, NodeNotFound, PermissionDenied, ProviderError, QuotaError,
     TransientError,
@@ -37,6 +38,11 @@ class CommonSection(BaseModel):
     cache_stopped_nodes: bool | None = None
     ssh_wait_s: float = Field(default=300.0, gt=0)  # how long a new node may take to answer SSH
     ssh_connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    @classmethod
+    def of(cls, provider: ProviderConfig):
+        """The config's provider section as this typed model (keys left unset take their defaults)."""
+        return cls.model_validate(provider.model_dump(exclude_none=True))
 
 
 @dataclass(frozen=True)

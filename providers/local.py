@@ -111,7 +111,7 @@ class Provider:
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
-        section = Section.model_validate(spec.config.provider.model_dump(exclude_none=True))
+        section = Section.of(spec.config.provider)
         self.head_port = section.head_port
         self.capacity_errors = set(section.capacity_errors)
         self.root = Path(spec.provider_state["root"])

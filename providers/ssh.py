@@ -58,7 +58,7 @@ class Provider:
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
-        section = Section.model_validate(spec.config.provider.model_dump(exclude_none=True))
+        section = Section.of(spec.config.provider)
         self.section = section
         self.head_host = parse_host(section.head_ip, section.ssh_port)
         self.worker_hosts = [parse_host(h, section.ssh_port) for h in section.worker_ips]

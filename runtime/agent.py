@@ -15,10 +15,10 @@ import threading
 
 import grpc
 
-from core.paths import NODE_MARKER_ENV
+from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, on_this_node
 from runtime.client import HeadClient
 from runtime.executor import Executor
-from runtime.node_config import NodeRuntimeConfig, runtime_dir
+from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
 
@@ -124,7 +124,7 @@ class Agent:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeRuntimeConfig.load()
-    head_address = cfg.head_address or (runtime_dir() / "head.address").read_text().strip()
+    head_address = cfg.head_address or on_this_node(HEAD_ADDRESS).read_text().strip()
     agent = Agent(cfg, head_address)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())

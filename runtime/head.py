@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from core.files import atomic_write
+from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
@@ -278,7 +279,7 @@ def main() -> None:
     server, servicer, port = serve(cfg)
     address = f"{cfg.address}:{port}"
     # Written last and atomically: its presence means the head is serving.
-    addr_file = runtime_dir() / "head.address"
+    addr_file = on_this_node(HEAD_ADDRESS)
     atomic_write(addr_file, address, mode=0o644)
     log.info("head service listening on %s (bound to %s)", address, cfg.bind_host)
 

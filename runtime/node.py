@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from core.paths import HEAD_ADDRESS, MONITOR_SETTINGS, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor"}
-MONITOR_CONFIG = "autoscaler.json"  # in the runtime dir; written by `launch up` where the provider allows
 
 
 def _pid_file(name: str) -> Path:
@@ -86,7 +86,7 @@ def start(restart: bool, wait_s: float = 30.0) -> int:
         for name in reversed(names):
             _stop(name)
     if cfg.is_head:
-        addr_file = runtime_dir() / "head.address"
+        addr_file = on_this_node(HEAD_ADDRESS)
         if daemon_pid("head") is None:
             addr_file.unlink(missing_ok=True)
             proc = _spawn("head")
@@ -112,8 +112,8 @@ def stop() -> int:
 
 def start_monitor() -> int:
     """(Re)start the autoscaler monitor on the head: it reads its config when it starts."""
-    if not (runtime_dir() / MONITOR_CONFIG).exists():
-        print(f"no {MONITOR_CONFIG}: the autoscaler is not configured on this node", file=sys.stderr)
+    if not on_this_node(MONITOR_SETTINGS).exists():
+        print(f"no {MONITOR_SETTINGS}: the autoscaler is not configured on this node", file=sys.stderr)
         return 1
     _stop("monitor")
     _spawn("monitor")

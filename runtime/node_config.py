@@ -7,15 +7,14 @@ command line, never in a log.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-NODE_CONFIG_PATH = "~/.launch-runtime/node.json"
+from core.paths import NODE_CONFIG, RUNTIME_DIR, on_this_node
 
 
 def runtime_dir() -> Path:
-    return Path(os.path.expanduser("~/.launch-runtime"))
+    return on_this_node(RUNTIME_DIR)
 
 
 @dataclass
@@ -40,5 +39,5 @@ class NodeRuntimeConfig:
 
     @classmethod
     def load(cls, path: Path | None = None) -> NodeRuntimeConfig:
-        path = path or Path(os.path.expanduser(NODE_CONFIG_PATH))
+        path = path or on_this_node(NODE_CONFIG)
         return cls(**json.loads(path.read_text()))

@@ -209,6 +209,15 @@ def test_cli_validate_reports_every_problem_and_exits_2(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
 
 
+def test_cli_validate_names_a_misspelt_provider_key(tmp_path):
+    # the provider's own typed section checks its keys; the message names the field, in one line
+    data = {**local_cluster("c"), "provider": {"type": "aws", "regoin": "us-west-2"}}
+    r = cli("validate", str(write_config(tmp_path / "typo.yaml", data)), home=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.strip().splitlines() == ["error: provider.region: required field is missing",
+                                             "error: provider.regoin: unknown field"]
+
+
 def test_cli_up_with_bad_config_calls_no_provider(tmp_path):
     data = local_cluster("badup")
     data["available_node_types"]["cpu"]["max_workers"] = 0

@@ -15,10 +15,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.paths import MOUNT_MANIFESTS
+
 if TYPE_CHECKING:
     from transport.base import CommandRunner
 
-MANIFEST_DIR = "~/.launch-runtime/mounts"
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
@@ -79,7 +80,7 @@ def sync_up(
     """Copy `local` (file or directory) to `remote` on the node; returns how many files were sent."""
     manifest = local_manifest(local, exclude, rsync_filter)
     key = hashlib.sha1(remote.encode()).hexdigest()[:16]
-    manifest_path = f"{MANIFEST_DIR}/{key}.json"
+    manifest_path = f"{MOUNT_MANIFESTS}/{key}.json"
     old_raw = runner.read_file(manifest_path)
     old = json.loads(old_raw) if old_raw else {}
     sent = 0

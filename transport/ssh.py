@@ -24,6 +24,7 @@ from pathlib import Path
 
 import paramiko
 
+from core.paths import NODE_PYTHON
 from transport.base import TAIL_LINES, CommandFailed, CommandResult, ConnectionLost, OutputFn
 from core.errors import LaunchError
 
@@ -79,7 +80,7 @@ class SSHCommandRunner:
 
     def __init__(self, host: str, port: int, user: str, key_path: str | None, known_hosts: Path, *,
                  proxy_command: str | None = None, connect_timeout: float = 10.0,
-                 python: str = "~/.launch-runtime/bin/python"):
+                 python: str = NODE_PYTHON):
         self.host, self.port, self.user = host, port, user
         self.key_path = os.path.expanduser(key_path) if key_path else None
         self.known_hosts = known_hosts
