@@ -35,13 +35,14 @@ from core.errors import LaunchError
 from core.files import atomic_write
 from core.node import NodeInfo
 from core.paths import (
-    HEAD_ADDRESS, HEAD_CLUSTER_STATE, LOGS, METRICS_ADDRESS, MONITOR_SETTINGS, MONITOR_STATUS, on_this_node,
+    HEAD_ADDRESS, HEAD_CLUSTER_STATE, LOGS, METRICS_ADDRESS, MONITOR_STATUS, on_this_node,
 )
 from core.spec import ClusterSpec
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
 from lifecycle.cluster import Lifecycle
 from lifecycle.hashing import launch_hash
+from lifecycle.head import load_head_spec
 from lifecycle.state import ClusterDir
 from runtime.client import HeadClient
 from runtime.node_config import NodeRuntimeConfig
@@ -265,7 +266,7 @@ class Monitor:
     # --- loop ---------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        address = self.metrics.serve(self.bind_host, self.cfg.autoscaler.metrics_port)
+        address = self.metrics.serve(self.bind_host or "127.0.0.1", self.cfg.autoscaler.metrics_port)
         on_this_node(METRICS_ADDRESS).write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
         while not stop.is_set():
@@ -334,10 +335,9 @@ class _Metrics:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = json.loads(on_this_node(MONITOR_SETTINGS).read_text())
-    spec = ClusterSpec.from_json(json.dumps(settings["spec"]))
+    spec = load_head_spec()
     node_cfg = NodeRuntimeConfig.load()
-    # the head's own state for this cluster (setup logs, pinned host keys), never a path of the laptop
+    # the head's own state for this cluster (spec, key, mounts, setup logs, pinned host keys)
     state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
     monitor = Monitor(spec, state, node_cfg.token, on_this_node(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
     stop = threading.Event()

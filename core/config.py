@@ -307,6 +307,28 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
 
 SectionCheck = Callable[["ProviderConfig"], list[str]]
 
+# Ray's on-prem form declares no node types: one type serves the head and the workers, each host's
+# resources are detected when its runtime registers.
+ONPREM_NODE_TYPE = "local.cluster.node"
+
+
+def _onprem_node_type(data: dict) -> dict:
+    """Ray's on-prem file (`provider: {type: local, head_ip, worker_ips}`, no available_node_types)
+    as Ray reads it: one node type for every host; top-level `min_workers` and `max_workers` (both
+    default to the number of worker_ips) become that type's limits."""
+    provider = data.get("provider")
+    if (not isinstance(provider, dict) or provider.get("type") not in ("local", "ssh") or not provider.get("head_ip")
+            or "available_node_types" in data):
+        return data
+    data = dict(data)
+    ips = provider.get("worker_ips") or []
+    n = len(ips) if isinstance(ips, list) else 0
+    max_workers = data.setdefault("max_workers", n)
+    data["available_node_types"] = {ONPREM_NODE_TYPE: {
+        "resources": {}, "min_workers": data.pop("min_workers", n), "max_workers": max_workers}}
+    data["head_node_type"] = ONPREM_NODE_TYPE
+    return data
+
 
 def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None) -> ClusterConfig:
     """Validate a loaded YAML document. Raises ConfigError listing every problem.
@@ -320,6 +342,7 @@ def parse_config(data: Any, base_dir: Path | None = None, section_check: Section
             "head_node: the legacy head_node/worker_nodes format is not supported; "
             "declare available_node_types and head_node_type"
         )
+    data = _onprem_node_type(data)
     try:
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as e:

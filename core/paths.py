@@ -6,13 +6,18 @@ from pathlib import Path
 RUNTIME_DIR = "~/.launch-runtime"
 NODE_CONFIG = f"{RUNTIME_DIR}/node.json"  # the node's runtime settings and token (0600)
 HEAD_ADDRESS = f"{RUNTIME_DIR}/head.address"  # written by the head service once it listens
-MONITOR_SETTINGS = f"{RUNTIME_DIR}/autoscaler.json"  # the ClusterSpec the head's autoscaler runs on
 MONITOR_STATUS = f"{RUNTIME_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
 LOGS = f"{RUNTIME_DIR}/logs"
 METRICS_ADDRESS = f"{RUNTIME_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
-HEAD_CLUSTER_STATE = f"{RUNTIME_DIR}/cluster"  # the head autoscaler's own state dir (setup logs, host keys)
+# The head's own state dir of its cluster (a lifecycle ClusterDir): the ClusterSpec `up` shipped
+# (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned
+# host keys, the workers' setup logs. The autoscaler and the head-side half of `up` run on it.
+HEAD_CLUSTER_STATE = f"{RUNTIME_DIR}/cluster"
+HEAD_SSH_KEY = f"{HEAD_CLUSTER_STATE}/ssh_key"  # 0600
+HEAD_MOUNTS = f"{HEAD_CLUSTER_STATE}/mounts"  # one copy per file mount, synced from the laptop by `up`
 MOUNT_MANIFESTS = f"{RUNTIME_DIR}/mounts"  # what the last file sync sent, per mount
 NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
+INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per bundle id
 
 # Every process a `local` node starts carries this variable (value: the node id), inherited by all it
 # spawns, jobs and tasks included, so the node's death or removal finds and stops all of them.

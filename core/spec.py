@@ -28,6 +28,9 @@ class ClusterSpec:
     mount_digests: dict[str, str] = field(default_factory=dict)
     ssh_user: str | None = None
     ssh_private_key: str | None = None  # absolute path, 0600
+    # True in the head's copy (lifecycle.head): the paths above are the head's, and nodes are reached
+    # over their private IPs
+    on_head: bool = False
 
     @property
     def name(self) -> str:
@@ -49,6 +52,7 @@ class ClusterSpec:
             "mount_digests": self.mount_digests,
             "ssh_user": self.ssh_user,
             "ssh_private_key": self.ssh_private_key,
+            "on_head": self.on_head,
         }, indent=1, sort_keys=True)
 
     @classmethod
@@ -62,4 +66,5 @@ class ClusterSpec:
             mount_digests=d.get("mount_digests") or {},
             ssh_user=d.get("ssh_user"),
             ssh_private_key=d.get("ssh_private_key"),
+            on_head=bool(d.get("on_head")),
         )

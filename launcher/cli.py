@@ -108,7 +108,7 @@ def up(
     else:
         out.print(f"Cluster {cluster.cfg.cluster_name!r} is up to date: nothing changed.")
     for f in result.failures:
-        err.print(f"[red]failed:[/red] {f} (log: {cluster.dir.node_log(f.node_id)})", highlight=False)
+        err.print(f"[red]failed:[/red] {f} (log: launch status {config} --node {f.node_id} --log)", highlight=False)
     nodes = len(cluster.nodes())
     out.print(f"Cluster {cluster.cfg.cluster_name!r} is up: {nodes} node(s), head service at "
               f"{result.head_address}.", highlight=False)

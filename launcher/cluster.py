@@ -15,13 +15,26 @@ from pathlib import Path
 from core.config import ClusterConfig
 from core.errors import LaunchError
 from core.node import NodeInfo
-from core.paths import LOGS, MONITOR_STATUS
+from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS
 from core.tags import KIND_HEAD, KIND_WORKER
 from lifecycle.cluster import Confirm, Lifecycle, Say, UpResult, bring_up, tear_down
 from lifecycle.state import ClusterDir
 
 # The autoscaler ticks every few seconds; a status older than this many ticks means it is not running.
 STALE_TICKS = 4
+
+
+def open_head_forward(lifecycle: Lifecycle, state: ClusterDir) -> str:
+    """host:port on this machine that reaches the head service: a port forward on the launcher's SSH
+    connection to the head (the service listens on the head's loopback and private IP only; the token
+    never crosses a network in clear). For a local head, the service's own address."""
+    head = lifecycle.require_head()
+    address = state.read_info().get("head_address")
+    if not address:
+        raise LaunchError(f"cluster {state.name!r} has no known head service; run `launch up` again")
+    host, port = address.rsplit(":", 1)
+    local_host, local_port = lifecycle.runner(head).forward_port(host, int(port))
+    return f"{local_host}:{local_port}"
 
 
 class Cluster:
@@ -81,7 +94,7 @@ class Cluster:
         head = next((n for n in nodes if n.kind == KIND_HEAD), None)
         if head is not None and info.get("head_address") and token:
             try:
-                with HeadClient(info["head_address"], token, timeout_s=3) as client:
+                with HeadClient(open_head_forward(lc, self.dir), token, timeout_s=3) as client:
                     state = client.cluster_state()
                 runtime = {n.node_id: n for n in state.nodes}
                 demand = [{"shape": dict(d.shape.amounts), "count": d.count} for d in state.demand]
@@ -89,6 +102,8 @@ class Cluster:
                               for d in state.infeasible]
             except grpc.RpcError as e:
                 runtime_error = f"head service at {info['head_address']} unreachable ({e.code().name})"
+            except LaunchError as e:
+                runtime_error = f"head node unreachable over SSH ({e})"
         now = time.time()
         rows = []
         for n in nodes:
@@ -136,11 +151,10 @@ class Cluster:
         """A client of the head service, with this cluster's token."""
         from runtime.client import HeadClient
 
-        self.lifecycle.require_head()
-        info, token = self.dir.read_info(), self.dir.existing_token()
-        if not info.get("head_address") or not token:
-            raise LaunchError(f"cluster {self.cfg.cluster_name!r} has no known head service; run `launch up` again")
-        return HeadClient(info["head_address"], token, timeout_s=30)
+        token = self.dir.existing_token()
+        if not token:
+            raise LaunchError(f"cluster {self.cfg.cluster_name!r} has no token; run `launch up` again")
+        return HeadClient(open_head_forward(self.lifecycle, self.dir), token, timeout_s=30)
 
     # --- commands on nodes --------------------------------------------------------------------------
 
@@ -204,7 +218,12 @@ class Cluster:
         return self.runner(None).run(cmd, on_output=on_output).exit_code
 
     def setup_log(self, node_id: str) -> str:
+        """A node's setup log: the head's is here; the workers' are on the head, which set them up."""
         path = self.dir.node_log(node_id)
-        if not path.exists() or not path.stat().st_size:
-            raise LaunchError(f"no setup log for node {node_id!r} (expected {path})")
-        return path.read_text(errors="replace")
+        if path.exists() and path.stat().st_size:
+            return path.read_text(errors="replace")
+        remote = f"{HEAD_CLUSTER_STATE}/logs/{node_id.replace('/', '_')}.log"
+        raw = self.runner(None).read_file(remote)
+        if not raw:
+            raise LaunchError(f"no setup log for node {node_id!r} (expected {path} here or {remote} on the head)")
+        return raw.decode(errors="replace")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import providers
 from core.errors import LaunchError, NodeNotFound
 from core.node import NodeInfo
-from core.paths import HEAD_ADDRESS, MONITOR_SETTINGS
+from core.paths import HEAD_ADDRESS
 from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
 from core.tags import (
@@ -56,7 +56,8 @@ class Lifecycle:
         self.auth = SSHAuth(user=spec.ssh_user or "root", private_key=spec.ssh_private_key,
                             known_hosts=state.known_hosts, proxy_command=spec.config.auth.ssh_proxy_command,
                             connect_timeout_s=self.section.ssh_connect_timeout_s,
-                            use_internal_ips=self.section.use_internal_ips)
+                            # the head reaches the workers over the cluster's private network
+                            use_internal_ips=self.section.use_internal_ips or spec.on_head)
         self._runners: dict[str, CommandRunner] = {}
         self._runners_lock = threading.Lock()
 
@@ -80,16 +81,26 @@ class Lifecycle:
         return head
 
     def runner(self, node: NodeInfo) -> CommandRunner:
+        """How commands reach a node. From the laptop, a worker of an SSH cluster is reached through the
+        head's SSH connection, at its private IP: the head's port 22 is all the laptop needs."""
         with self._runners_lock:
-            if node.id not in self._runners:
-                self._runners[node.id] = runner_for(node, self.auth)
-            return self._runners[node.id]
+            if node.id in self._runners:
+                return self._runners[node.id]
+        via = None
+        if not self.spec.on_head and node.kind == KIND_WORKER and node.local_home is None:
+            head = self.head()
+            via = self.runner(head) if head is not None else None
+        with self._runners_lock:
+            return self._runners.setdefault(node.id, runner_for(node, self.auth, via))
 
     def close(self) -> None:
         with self._runners_lock:
             runners, self._runners = list(self._runners.values()), {}
         for r in runners:
             r.close()
+        close_provider = getattr(self.provider, "close", None)  # a provider that holds connections
+        if close_provider is not None:
+            close_provider()
 
     # --- the node operations: create, set status, set up, terminate ---------------------------------
 
@@ -168,7 +179,7 @@ class Lifecycle:
         updater.update(plan)
         return "set up" if plan.full else "runtime started"
 
-    # --- the autoscaler on the head ------------------------------------------------------------------
+    # --- the head's control plane --------------------------------------------------------------------
 
     def _node_cmd(self, node: NodeInfo, args: str, check: bool = False) -> None:
         runner = self.runner(node)
@@ -184,15 +195,39 @@ class Lifecycle:
             self.say(f"could not stop the autoscaler on the head ({e}); going on")
 
     def start_monitor(self, head: NodeInfo) -> None:
-        if not self.autoscales:
-            return
-        settings = {"spec": json.loads(self.spec.to_json()), "head_node_id": head.id}
-        self.runner(head).put_file(json.dumps(settings).encode(), MONITOR_SETTINGS, mode=0o600)
-        self._node_cmd(head, "start-monitor", check=True)
+        if self.autoscales:
+            self._node_cmd(head, "start-monitor", check=True)
+
+    def on_head(self, head: NodeInfo, args: str) -> dict:
+        """Run `python -m lifecycle.head ARGS` on the head, relaying its progress lines; its result."""
+        from lifecycle.head import ERROR, RESULT
+
+        runner = self.runner(head)
+        result: dict = {}
+        error: list[str] = []
+
+        def line(text: str) -> None:
+            text = text.rstrip("\n")
+            if text.startswith(RESULT):
+                result.update(json.loads(text[len(RESULT):]))
+            elif text.startswith(ERROR):
+                error.append(text[len(ERROR):])
+            elif text.strip():
+                self.say(text)
+
+        done = runner.run(f"{runner.python} -m lifecycle.head {args}", on_output=line)
+        if error:
+            raise LaunchError(error[-1])
+        if not done.ok or not result:
+            raise LaunchError(f"the head node {head.id} failed to run `lifecycle.head {args}` "
+                              f"(exit {done.exit_code}): {done.tail[-1] if done.tail else 'no output'}")
+        return result
 
     # --- up -----------------------------------------------------------------------------------------
 
     def up(self, token: str, *, confirm: Confirm, restart_runtime: bool = False) -> UpResult:
+        """The head is made and set up from here; then it gets the spec, key and mounts, and the head
+        itself launches, updates and waits for the workers over their private IPs."""
         restart = restart_runtime and not self.cfg.no_restart
         actions: list[str] = []
         head = self._ensure_head(confirm, actions)
@@ -201,14 +236,41 @@ class Lifecycle:
         try:
             head_address = self._set_up_head(head, token, restart, actions)
             head_ready = True
-            workers = self._ensure_workers(confirm, actions)
-            failures = self._update_workers(workers, token, head_address, restart, actions)
-            failed = {f.node_id for f in failures}
-            self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
+            from lifecycle.head import pull_known_hosts, ship
+
+            ship(self.spec, self.runner(head), self.dir.known_hosts)
+            stale = self.stale_workers()
+            if stale:
+                ids = ", ".join(w.id for w in stale)
+                if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
+                    raise LaunchError("outdated workers were not replaced; stopping here")
+            flags = (" --restart" if restart else "") + (" --replace-stale" if stale else "")
+            done = self.on_head(head, f"reconcile{flags}")
+            pull_known_hosts(self.runner(head), self.dir.known_hosts)  # workers' keys, as the head pinned them
+            actions += done["actions"]
+            failures = [NodeUpdateFailed(f["node_id"], f["step"], f["tail"], f["detail"]) for f in done["failures"]]
         finally:
             if head_ready:  # whatever `up`'s outcome, the autoscaler runs again
                 self.start_monitor(head)
         return UpResult(head_address, actions, failures)
+
+    def stale_workers(self) -> list[NodeInfo]:
+        """Workers whose node config changed, or whose type is gone: `up` replaces them (once confirmed)."""
+        types = self.cfg.available_node_types
+        return [w for w in self.nodes() if w.kind == KIND_WORKER and w.status != NodeStatus.TERMINATING
+                and (w.node_type not in types or w.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, w.node_type))]
+
+    def reconcile_workers(self, token: str, head_address: str, *, restart: bool, replace_stale: bool) -> dict:
+        """The head's half of `up`: replace stale workers (if confirmed), launch up to min_workers per
+        type, update every worker, and wait until those that came up have registered."""
+        head = self.require_head()
+        actions: list[str] = []
+        workers = self._ensure_workers(lambda question: replace_stale, actions)
+        failures = self._update_workers(workers, token, head_address, restart, actions)
+        failed = {f.node_id for f in failures}
+        self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
+        return {"actions": actions, "failures": [{"node_id": f.node_id, "step": f.step, "tail": f.tail,
+                                                  "detail": f.detail} for f in failures]}
 
     def _set_up_head(self, head: NodeInfo, token: str, restart: bool, actions: list[str]) -> str:
         saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
@@ -219,7 +281,10 @@ class Lifecycle:
             updater.update(plan)  # a failed head fails `up`: nothing works without it
             actions.append(f"head {head.id}: {'set up' if plan.full else 'runtime started'}")
         address = updater.head_address or self._read_head_address(head)
-        self.dir.write_info(head_node_id=head.id, head_address=address, head_port=int(address.rsplit(":", 1)[1]))
+        # how this machine reaches it: a local head directly, any other through SSH (launcher.tunnel)
+        reach = "direct" if head.local_home is not None else "ssh"
+        self.dir.write_info(head_node_id=head.id, head_address=address, head_port=int(address.rsplit(":", 1)[1]),
+                            head_reach=reach)
         return address
 
     def _read_head_address(self, head: NodeInfo) -> str:
@@ -250,15 +315,14 @@ class Lifecycle:
         """Replace outdated workers, drop those of removed types, and launch up to min_workers per type."""
         types = self.cfg.available_node_types
         workers = [n for n in self.nodes() if n.kind == KIND_WORKER and n.status != NodeStatus.TERMINATING]
-        stale = [w for w in workers
-                 if w.node_type not in types or w.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, w.node_type)]
+        stale = self.stale_workers()
         if stale:
             ids = ", ".join(w.id for w in stale)
             if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
                 raise LaunchError("outdated workers were not replaced; stopping here")
             self.terminate(stale)
             actions.append(f"{len(stale)} outdated worker(s) terminated")
-            workers = [w for w in workers if w not in stale]
+            workers = [w for w in workers if w.id not in {s.id for s in stale}]
         for name, nt in types.items():
             missing = nt.min_workers - sum(1 for w in workers if w.node_type == name)
             if missing > 0:
@@ -315,11 +379,29 @@ class Lifecycle:
     # --- down ---------------------------------------------------------------------------------------
 
     def down(self) -> int:
-        """Stop the autoscaler first (it may be launching), then terminate until nothing is listed."""
+        """Stop the autoscaler first (it may be launching); the head terminates the workers (it reaches
+        them on their private network); then terminate from here until nothing is listed."""
         nodes = self.nodes()
-        for head in (n for n in nodes if n.kind == KIND_HEAD):
+        heads = [n for n in nodes if n.kind == KIND_HEAD]
+        for head in heads:
             self.stop_monitor(head)
+        gone = 0
+        for head in heads:
+            if head.status == NodeStatus.UP_TO_DATE and any(n.kind == KIND_WORKER for n in nodes):
+                try:
+                    gone += self.on_head(head, "terminate-workers")["terminated"]
+                except LaunchError as e:
+                    self.say(f"the head could not terminate the workers ({e}); terminating them from here")
+        gone += self._terminate_rounds(lambda n: True)
+        self.close()
+        return gone
+
+    def terminate_workers(self) -> int:
+        return self._terminate_rounds(lambda n: n.kind == KIND_WORKER)
+
+    def _terminate_rounds(self, which: Callable[[NodeInfo], bool]) -> int:
         gone: set[str] = set()
+        nodes = [n for n in self.nodes() if which(n)]
         for _ in range(DOWN_ROUNDS):
             if not nodes:
                 break
@@ -328,10 +410,9 @@ class Lifecycle:
             for group in (workers, heads):  # workers first: the head is the last to know about them
                 self.terminate(group)
                 gone |= {n.id for n in group}
-            nodes = self.nodes()
+            nodes = [n for n in self.nodes() if which(n)]
         if nodes:
             raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in nodes)}")
-        self.close()
         return len(gone)
 
 

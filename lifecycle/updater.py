@@ -29,7 +29,7 @@ STEP_ATTEMPTS = 3  # a step whose connection drops is retried on a new connectio
 
 class NodeUpdateFailed(LaunchError):
     def __init__(self, node_id: str, step: str, tail: list[str], detail: str = ""):
-        self.node_id, self.step, self.tail = node_id, step, tail
+        self.node_id, self.step, self.tail, self.detail = node_id, step, tail, detail
         last = f": {tail[-1]}" if tail else ""
         super().__init__(f"node {node_id} failed at {step}{(' (' + detail + ')') if detail else ''}{last}")
 
@@ -131,7 +131,8 @@ class NodeUpdater:
 
     def start_runtime(self, log: TextIO, restart: bool) -> None:
         if self.runner.ships_runtime:
-            self.runner.python = self._retrying(log, "installing the runtime", lambda: ensure_runtime(self.runner, log))
+            self.runner.python = self._retrying(log, "installing the runtime", lambda: ensure_runtime(
+                self.runner, log, self.spec.provider_kind if self.runtime_cfg.is_head else None))
         self._retrying(log, "starting the runtime",
                        lambda: self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG, mode=0o600))
         cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")

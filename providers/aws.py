@@ -58,11 +58,9 @@ class Section(CommonSection):
     key_name: str | None = None
     ssh_cidr: str = "0.0.0.0/0"
     head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
-    head_bind_host: str = "0.0.0.0"
+    head_bind_host: str = ""  # "": loopback and the private IP (the runtime is reached through SSH)
     # botocore's standard retry mode, attempts per call (throttling, 5xx, connection errors)
     retry_attempts: int = Field(default=8, ge=1, le=20)
-    # tests only: "instances" run on this machine as local nodes (moto has no SSH to reach)
-    local_runner: bool = False
 
 
 def _sdk():
@@ -137,10 +135,10 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
         "subnets": _subnets(aws, vpc_id, zones),
         "key_name": key_name,
         "security_group": _security_group(aws, name, vpc_id, section),
-        "head_profile": _head_profile(aws, name),
+        # the head's own credentials: the profile its node_config names (Ray's way), else one made here
+        "head_profile": (None if "IamInstanceProfile" in config.node_type(config.head_node_type).node_config
+                         else _head_profile(aws, name)),
     }
-    if section.local_runner:
-        state["local_root"] = str((state_dir / "aws-local").resolve())
     return Bootstrapped(state=state, ssh_user=config.auth.ssh_user or "ubuntu",
                         ssh_private_key=str(key_path) if key_path else None)
 
@@ -267,15 +265,8 @@ class Provider:
         self.section = section = Section.of(spec.config.provider)
         self.aws = _Clients(section)
         self.state = spec.provider_state
-        self.local_root = Path(self.state["local_root"]) if self.state.get("local_root") else None
-        if self.local_root is not None:  # the head runs on this machine, on any free loopback port
-            self.head_bind_host, self.head_port = "127.0.0.1", 0
-        else:
-            self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
-        # The autoscaler needs the cluster's SSH key and file mounts on the head, which is not built yet:
-        # until then only local_runner clusters (whose head is this machine) autoscale.
-        self.capabilities = Capabilities(autoscale_on_head=self.local_root is not None, spot=True, zones=True,
-                                         stop_start=True)
+        self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
+        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True)
         self._instance_types: dict[str, dict] = {}
 
     # --- catalog ----------------------------------------------------------------------------------
@@ -344,16 +335,12 @@ class Provider:
     def _info(self, inst: dict) -> NodeInfo:
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
         launched = inst.get("LaunchTime")
-        local = "127.0.0.1" if self.local_root else None
-        if self.local_root:  # the "instance" is a directory of this machine
-            (self.local_root / inst["InstanceId"]).mkdir(parents=True, exist_ok=True)
         return NodeInfo(
             id=inst["InstanceId"], node_type=tags.get(TAG_NODE_TYPE, inst.get("InstanceType", "")),
-            state=inst["State"]["Name"], tags=tags, internal_ip=local or inst.get("PrivateIpAddress"),
-            external_ip=local or inst.get("PublicIpAddress"),
+            state=inst["State"]["Name"], tags=tags, internal_ip=inst.get("PrivateIpAddress"),
+            external_ip=inst.get("PublicIpAddress"),
             launched_at=launched.timestamp() if hasattr(launched, "timestamp") else time.time(),
             spot=inst.get("InstanceLifecycle") == "spot",
-            local_home=str(self.local_root / inst["InstanceId"]) if self.local_root else None,
         )
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
@@ -388,8 +375,3 @@ class Provider:
                     if not gone:
                         raise
                     batch = [b for b in batch if b not in gone]
-        if self.local_root:  # the "instances" ran on this machine: their processes go with them
-            from providers.local import kill_node_processes
-
-            for node_id in node_ids:
-                kill_node_processes(node_id)

@@ -1,28 +1,33 @@
 """The `ssh` provider: a fixed pool of on-prem hosts (Ray's `type: local` with head_ip/worker_ips).
 
 "Creating" a node claims a free host of the pool; "terminating" stops the runtime on it and frees it.
-Claims (with the node's tags) persist in a state file whose path is the provider's bootstrap state. A
-host is written `host` or `host:port`; `provider.ssh_port` is the default port.
+Claims (with the node's tags) live on the head host (providers/ssh_claims.py), so the autoscaler on
+the head owns them. A host is written `host` or `host:port`; `provider.ssh_port` is the default port.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+import shlex
 import time
 from pathlib import Path
 
 from pydantic import Field
 
 from core.config import ClusterConfig, split_host_port
-from core.errors import ConfigError, LaunchError, NodeNotFound
-from core.files import locked_json
-from core.paths import NODE_PYTHON
+from core.errors import ConfigError, LaunchError, NodeNotFound, ProviderError
+from core.paths import HEAD_CLUSTER_STATE, NODE_PYTHON, RUNTIME_DIR, on_this_node
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
+from providers import ssh_claims
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
 from transport import SSHAuth, runner_for
 
 DEFAULT_HEAD_PORT = 6380
 TERMINATE_CONNECT_TIMEOUT_S = 5.0
+POOL_DIR = f"{RUNTIME_DIR}/pool"  # on the head host: the pool's claims, per cluster
 
 
 class Section(CommonSection):
@@ -31,7 +36,7 @@ class Section(CommonSection):
     external_head_ip: str | None = None
     ssh_port: int = Field(default=22, gt=0, le=65535)
     head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
-    head_bind_host: str = "0.0.0.0"
+    head_bind_host: str = ""  # "": loopback and the private IP (the runtime is reached through SSH)
 
 
 def parse_host(spec: str, default_port: int) -> tuple[str, int]:
@@ -46,15 +51,32 @@ def node_id(host: str, port: int) -> str:
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
-    """The hosts exist already: the state is where the pool's claims are kept."""
-    claims = state_dir / "ssh" / "claims.json"
-    claims.parent.mkdir(parents=True, exist_ok=True)
-    return Bootstrapped(state={"claims": str(claims.resolve()), "known_hosts": str((state_dir / "known_hosts").resolve())})
+    """The hosts exist already: the state is where the pool's claims are kept (on the head host)."""
+    return Bootstrapped(state={"claims": f"{POOL_DIR}/{config.cluster_name}.json",
+                               "known_hosts": str((state_dir / "known_hosts").resolve())})
+
+
+class _RemoteClaims:
+    """The claims file on the head host, reached over SSH from the machine that runs `launch up`."""
+
+    def __init__(self, path: str, runner):
+        self.path, self.runner = path, runner
+        self.source = base64.b64encode(Path(ssh_claims.__file__).read_bytes()).decode()
+
+    def apply(self, op: str, args: dict):
+        payload = base64.b64encode(json.dumps(args).encode()).decode()
+        cmd = (f"python3 -c 'import base64, sys; exec(base64.b64decode(sys.argv.pop(1)))' "
+               f"{self.source} {shlex.quote(self.path)} {op} {payload}")
+        result = self.runner.run(cmd, timeout=60)
+        if not result.ok or not result.tail:
+            raise ProviderError(f"provider.head_ip: cannot read the pool's claims on the head host "
+                                f"({result.tail[-1] if result.tail else 'no output'})")
+        return json.loads(result.tail[-1])
 
 
 class Provider:
-    # the pool's claims live where `up` ran until the head carries them (issue: autoscaling on the head)
-    capabilities = Capabilities(autoscale_on_head=False)
+    # the autoscaler on the head owns the pool's claims, which live there
+    capabilities = Capabilities(autoscale_on_head=True)
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
@@ -64,54 +86,63 @@ class Provider:
         self.worker_hosts = [parse_host(h, section.ssh_port) for h in section.worker_ips]
         self.head_port = section.head_port
         self.head_bind_host = section.head_bind_host
-        self.claims_path = Path(spec.provider_state["claims"])
-        self.known_hosts = Path(spec.provider_state["known_hosts"])
+        self.known_hosts = (on_this_node(HEAD_CLUSTER_STATE) / "known_hosts" if spec.on_head
+                            else Path(spec.provider_state["known_hosts"]))
+        self._remote: _RemoteClaims | None = None
+
+    def _auth(self, connect_timeout_s: float) -> SSHAuth:
+        return SSHAuth(user=self.spec.ssh_user or "root", private_key=self.spec.ssh_private_key,
+                       known_hosts=self.known_hosts, proxy_command=self.spec.config.auth.ssh_proxy_command,
+                       connect_timeout_s=connect_timeout_s)
+
+    def _claims(self, op: str, **args):
+        path = self.spec.provider_state["claims"]
+        if self.spec.on_head:
+            return ssh_claims.apply(path, op, args)
+        if self._remote is None:
+            host, port = self.head_host
+            head = NodeInfo(id=node_id(host, port), node_type="", state="running", tags={},
+                            internal_ip=host, external_ip=self.section.external_head_ip or host, ssh_port=port)
+            self._remote = _RemoteClaims(path, runner_for(head, self._auth(self.section.ssh_connect_timeout_s)))
+        return self._remote.apply(op, args)
 
     def node_types(self) -> dict[str, dict[str, float]]:
         return {}  # the hosts' resources are detected when their runtime registers
 
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         pool = [self.head_host] if tags.get(TAG_KIND) == KIND_HEAD else self.worker_hosts
-        created = []
-        with locked_json(self.claims_path) as claims:
-            for host, port in pool:
-                if len(created) == count:
-                    break
-                nid = node_id(host, port)
-                if nid in claims:
-                    continue
-                claims[nid] = {"node_type": node_type, "tags": dict(tags), "launched_at": time.time()}
-                created.append(self._info(nid, claims[nid]))
-        return created  # fewer than asked when the pool is used up: not an error
+        created = self._claims("claim", hosts=[node_id(h, p) for h, p in pool], count=count, node_type=node_type,
+                               tags=dict(tags), now=time.time())
+        return [self._info(nid, c) for nid, c in created]  # fewer than asked when the pool is used up
 
     def _info(self, nid: str, claim: dict) -> NodeInfo:
         host, port = nid.rsplit(":", 1)
+        external = self.section.external_head_ip if claim["tags"].get(TAG_KIND) == KIND_HEAD else None
         return NodeInfo(id=nid, node_type=claim["node_type"], state="running", tags=dict(claim["tags"]),
-                        internal_ip=host, external_ip=host, launched_at=claim["launched_at"], ssh_port=int(port))
+                        internal_ip=host, external_ip=external or host, launched_at=claim["launched_at"],
+                        ssh_port=int(port))
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
-        with locked_json(self.claims_path) as claims:
-            nodes = [self._info(nid, c) for nid, c in claims.items()
-                     if all(c["tags"].get(k) == v for k, v in tag_filters.items())]
+        nodes = [self._info(nid, c) for nid, c in self._claims("list", filters=dict(tag_filters))]
         return sorted(nodes, key=lambda n: n.launched_at)
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
-        with locked_json(self.claims_path) as claims:
-            if node_id not in claims:
-                raise NodeNotFound(node_id)
-            claims[node_id]["tags"].update(tags)
+        if not self._claims("set_tags", node_id=node_id, tags=dict(tags)):
+            raise NodeNotFound(node_id)
 
     def terminate(self, node_ids: list[str]) -> None:
-        with locked_json(self.claims_path) as claims:
-            released = [(nid, claims.pop(nid)) for nid in node_ids if nid in claims]
-        auth = SSHAuth(user=self.spec.ssh_user or "root", private_key=self.spec.ssh_private_key,
-                       known_hosts=self.known_hosts, proxy_command=self.spec.config.auth.ssh_proxy_command,
-                       connect_timeout_s=TERMINATE_CONNECT_TIMEOUT_S)
+        """The host goes back to the pool: its runtime (and every process of it) is stopped, its claim dropped."""
+        released = self._claims("release", ids=list(node_ids))
+        auth = self._auth(TERMINATE_CONNECT_TIMEOUT_S)
         for nid, claim in released:
-            runner = runner_for(self._info(nid, claim), auth)
+            runner = runner_for(self._info(nid, claim), dataclasses.replace(auth, use_internal_ips=self.spec.on_head))
             try:  # best effort: an unreachable host is freed all the same
                 runner.run(f"test -x {NODE_PYTHON} && {NODE_PYTHON} -m runtime.node stop", timeout=30)
             except LaunchError:
                 pass
             finally:
                 runner.close()
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.runner.close()

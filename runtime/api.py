@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -132,10 +135,17 @@ _conn: _Connection | None = None
 
 
 def _discover() -> tuple[str, str]:
+    """Inside a job or task: its cluster. On a node of a cluster: that cluster (from the node's runtime
+    config). On the machine that ran `launch up`: the one cluster that is up there."""
     if os.environ.get("LAUNCH_HEAD_ADDRESS") and os.environ.get("LAUNCH_CLUSTER_TOKEN"):
         return os.environ["LAUNCH_HEAD_ADDRESS"], os.environ["LAUNCH_CLUSTER_TOKEN"]
-    from core.paths import launch_home
+    from core.paths import HEAD_ADDRESS, NODE_CONFIG, launch_home, on_this_node
 
+    node_config = on_this_node(NODE_CONFIG)
+    if node_config.exists():
+        cfg = json.loads(node_config.read_text())
+        address = cfg.get("head_address") or on_this_node(HEAD_ADDRESS).read_text().strip()
+        return address, cfg["token"]
     clusters = sorted(p for p in (launch_home() / "clusters").glob("*") if (p / "cluster.json").exists())
     if len(clusters) != 1:
         names = ", ".join(p.name for p in clusters) or "none"
@@ -143,9 +153,45 @@ def _discover() -> tuple[str, str]:
     return _read_cluster(clusters[0])
 
 
+_tunnels: dict[str, tuple[subprocess.Popen, str]] = {}
+
+
 def _read_cluster(path: Path) -> tuple[str, str]:
     info = json.loads((path / "cluster.json").read_text())
-    return info["head_address"], (path / "token").read_text().strip()
+    token = (path / "token").read_text().strip()
+    if info.get("head_reach") != "ssh":
+        return info["head_address"], token
+    return _tunnel(path.name), token
+
+
+def _tunnel(cluster: str) -> str:
+    """The head service of a remote cluster listens on its loopback and private IP only: reach it through
+    a port forward on an SSH connection to the head, held by a helper process (`launcher.tunnel`) for as
+    long as this process lives."""
+    if cluster in _tunnels and _tunnels[cluster][0].poll() is None:
+        return _tunnels[cluster][1]
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.tunnel", cluster], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("address "):
+        proc.wait()
+        problem = (proc.stderr.read().strip().splitlines() or ["no reason given"])[-1]
+        raise ConnectionError(f"runtime.init(): cannot reach the head of cluster {cluster!r} over SSH: {problem}")
+    address = line.split(" ", 1)[1].strip()
+    _tunnels[cluster] = (proc, address)
+    atexit.register(_close_tunnels)
+    return address
+
+
+def _close_tunnels() -> None:
+    for proc, _ in _tunnels.values():
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    _tunnels.clear()
 
 
 def init(address: str | None = None, token: str | None = None, cluster: str | None = None):

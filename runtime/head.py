@@ -258,6 +258,14 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.JobLogsReply(data=data, offset=request.offset + len(data), done=done and len(data) < (1 << 20))
 
 
+def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
+    """Where the service listens: loopback (the launcher's SSH port forward and the node's own
+    processes reach it there) and the address its agents use; never every interface unless asked."""
+    if cfg.bind_host:
+        return [cfg.bind_host]
+    return ["127.0.0.1"] + ([cfg.address] if cfg.address not in ("127.0.0.1", "localhost", "") else [])
+
+
 def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
     servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s, node_types=cfg.node_types,
                             log_dir=log_dir)
@@ -266,9 +274,11 @@ def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Ser
         futures.ThreadPoolExecutor(max_workers=64), interceptors=[TokenInterceptor(cfg.token)]
     )
     pb_grpc.add_HeadServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{cfg.bind_host}:{cfg.head_port}")
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {cfg.bind_host}:{cfg.head_port}")
+    port = cfg.head_port
+    for host in bind_hosts(cfg):
+        port = server.add_insecure_port(f"{host}:{port}")  # port 0 the first time: the others take the same
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {host}:{cfg.head_port}")
     server.start()
     return server, servicer, port
 
@@ -281,7 +291,7 @@ def main() -> None:
     # Written last and atomically: its presence means the head is serving.
     addr_file = on_this_node(HEAD_ADDRESS)
     atomic_write(addr_file, address, mode=0o644)
-    log.info("head service listening on %s (bound to %s)", address, cfg.bind_host)
+    log.info("head service listening on %s (bound to %s)", address, ", ".join(bind_hosts(cfg)))
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

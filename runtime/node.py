@@ -1,9 +1,13 @@
-"""Node-side control of the runtime: `python -m runtime.node start|stop|status`.
+"""Node-side control of the runtime: `python -m runtime.node start|stop|status|start-monitor|stop-monitor`.
 
 `start` launches the head service (head node only) and the agent as daemons in their own sessions,
 logging to ~/.launch-runtime/logs, and returns once they run: on the head, once the service listens
 (it prints `head-address: HOST:PORT`). It is idempotent: running daemons are left alone unless
 `--restart`. Everything it needs, the token included, comes from ~/.launch-runtime/node.json.
+
+A supervisor daemon keeps every daemon that is wanted running: one that dies (the autoscaler, the
+agent, the head service) is started again within a second or two. Which daemons are wanted is kept
+on disk (pids/NAME.wanted), so `stop-monitor` (while `launch up` works) is not undone by it.
 """
 
 from __future__ import annotations
@@ -17,14 +21,30 @@ import sys
 import time
 from pathlib import Path
 
-from core.paths import HEAD_ADDRESS, MONITOR_SETTINGS, on_this_node
+from core.files import file_lock
+from core.paths import HEAD_ADDRESS, HEAD_CLUSTER_STATE, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
-DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor"}
+DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
+           "supervisor": "runtime.node supervise"}
+SUPERVISED = ("head", "agent", "monitor")
+SUPERVISE_EVERY_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 def _pid_file(name: str) -> Path:
     return runtime_dir() / "pids" / f"{name}.pid"
+
+
+def _wanted_file(name: str) -> Path:
+    return runtime_dir() / "pids" / f"{name}.wanted"
+
+
+def _spawn_lock():
+    """Held by whoever starts or stops daemons (start, stop, the supervisor): one at a time."""
+    path = runtime_dir() / "pids" / "spawn.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return file_lock(path)
 
 
 def daemon_pid(name: str) -> int | None:
@@ -32,7 +52,7 @@ def daemon_pid(name: str) -> int | None:
     try:
         pid = int(_pid_file(name).read_text())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().split(b"\0")
+            cmdline = b" ".join(f.read().split(b"\0"))
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                 return None
@@ -47,7 +67,7 @@ def _spawn(name: str) -> subprocess.Popen:
     _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", DAEMONS[name]],
+            [sys.executable, "-m", *DAEMONS[name].split()],
             cwd=Path.home(),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -72,6 +92,15 @@ def _stop(name: str, grace_s: float = 5.0) -> None:
     _pid_file(name).unlink(missing_ok=True)
 
 
+def _want(name: str, wanted: bool) -> None:
+    path = _wanted_file(name)
+    if wanted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _tail(name: str, n: int = 10) -> str:
     try:
         return "\n".join((runtime_dir() / "logs" / f"{name}.log").read_text().splitlines()[-n:])
@@ -79,44 +108,91 @@ def _tail(name: str, n: int = 10) -> str:
         return ""
 
 
+def _ensure_supervisor() -> None:
+    if daemon_pid("supervisor") is None:
+        _spawn("supervisor")
+
+
 def start(restart: bool, wait_s: float = 30.0) -> int:
     cfg = NodeRuntimeConfig.load()
     names = ["head", "agent"] if cfg.is_head else ["agent"]
-    if restart:
-        for name in reversed(names):
-            _stop(name)
-    if cfg.is_head:
-        addr_file = on_this_node(HEAD_ADDRESS)
-        if daemon_pid("head") is None:
-            addr_file.unlink(missing_ok=True)
-            proc = _spawn("head")
-            deadline = time.monotonic() + wait_s
-            while not addr_file.exists():
-                # poll() on our own child: right after fork its cmdline is still ours, so
-                # daemon_pid() would not recognise it yet.
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    print(f"the head service (pid {proc.pid}) did not start:\n{_tail('head')}", file=sys.stderr)
-                    return 1
-                time.sleep(0.05)
-        print(f"head-address: {addr_file.read_text().strip()}")
-    if daemon_pid("agent") is None:
-        _spawn("agent")
+    with _spawn_lock():
+        for name in names:
+            _want(name, True)
+        if restart:
+            for name in reversed(names):
+                _stop(name)
+        if cfg.is_head:
+            addr_file = on_this_node(HEAD_ADDRESS)
+            if daemon_pid("head") is None:
+                addr_file.unlink(missing_ok=True)
+                proc = _spawn("head")
+                deadline = time.monotonic() + wait_s
+                while not addr_file.exists():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        print(f"the head service (pid {proc.pid}) did not start:\n{_tail('head')}", file=sys.stderr)
+                        return 1
+                    time.sleep(0.05)
+            print(f"head-address: {addr_file.read_text().strip()}")
+        if daemon_pid("agent") is None:
+            _spawn("agent")
+        _ensure_supervisor()
     return 0
 
 
 def stop() -> int:
-    for name in ("monitor", "agent", "head"):
-        _stop(name)
+    with _spawn_lock():
+        _stop("supervisor")
+        for name in SUPERVISED:
+            _want(name, False)
+            _stop(name)
     return 0
 
 
 def start_monitor() -> int:
-    """(Re)start the autoscaler monitor on the head: it reads its config when it starts."""
-    if not on_this_node(MONITOR_SETTINGS).exists():
-        print(f"no {MONITOR_SETTINGS}: the autoscaler is not configured on this node", file=sys.stderr)
+    """(Re)start the autoscaler on the head: it reads the cluster spec `up` shipped when it starts."""
+    spec = on_this_node(HEAD_CLUSTER_STATE) / "spec.json"
+    if not spec.exists():
+        print(f"no {spec}: the autoscaler is not configured on this node", file=sys.stderr)
         return 1
-    _stop("monitor")
-    _spawn("monitor")
+    with _spawn_lock():
+        _want("monitor", True)
+        _stop("monitor")
+        _spawn("monitor")
+        _ensure_supervisor()
+    return 0
+
+
+def stop_monitor() -> int:
+    with _spawn_lock():
+        _want("monitor", False)
+        _stop("monitor")
+    return 0
+
+
+def supervise() -> int:
+    """Start again every wanted daemon that is not running; a daemon that keeps dying is retried less
+    and less often (up to every 30 s), and every restart is logged."""
+    stop_now = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_now.append(True))
+    delay = {name: SUPERVISE_EVERY_S for name in SUPERVISED}
+    next_try = {name: 0.0 for name in SUPERVISED}
+    while not stop_now:
+        now = time.monotonic()
+        with _spawn_lock():
+            for name in SUPERVISED:
+                if stop_now or not _wanted_file(name).exists() or daemon_pid(name) is not None:
+                    continue
+                if now < next_try[name]:
+                    continue
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} is not running: starting it again", flush=True)
+                _spawn(name)
+                next_try[name] = now + delay[name]
+                delay[name] = min(RESTART_BACKOFF_MAX_S, delay[name] * 2)
+        for name in SUPERVISED:  # a daemon that stayed up a while is healthy again
+            if now > next_try[name] + 60:
+                delay[name] = SUPERVISE_EVERY_S
+        time.sleep(SUPERVISE_EVERY_S)
     return 0
 
 
@@ -134,17 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print the pids of the running daemons as JSON")
     sub.add_parser("start-monitor", help="(re)start the autoscaler monitor (head only)")
     sub.add_parser("stop-monitor", help="stop the autoscaler monitor, e.g. while `launch up` works")
+    sub.add_parser("supervise", help="(the supervisor daemon) keep the wanted daemons running")
     args = parser.parse_args(argv)
-    if args.cmd == "start":
-        return start(args.restart)
-    if args.cmd == "stop":
-        return stop()
-    if args.cmd == "start-monitor":
-        return start_monitor()
-    if args.cmd == "stop-monitor":
-        _stop("monitor")
-        return 0
-    return status()
+    commands = {"start": lambda: start(args.restart), "stop": stop, "start-monitor": start_monitor,
+                "stop-monitor": stop_monitor, "supervise": supervise, "status": status}
+    return commands[args.cmd]()
 
 
 if __name__ == "__main__":

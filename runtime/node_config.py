@@ -25,7 +25,7 @@ class NodeRuntimeConfig:
     token: str
     address: str  # this node's IP as other nodes reach it
     head_address: str = ""  # host:port of the head service (workers; the head learns its own)
-    bind_host: str = "0.0.0.0"
+    bind_host: str = ""  # head only; "": loopback and `address` (runtime.head.bind_hosts)
     head_port: int = 0
     resources: dict[str, float] = field(default_factory=dict)  # declared by the node type
     labels: dict[str, str] = field(default_factory=dict)

@@ -186,7 +186,7 @@ def ssh_cluster(name: str, lab: SSHLab, head: SSHHost, workers: list[str], **ove
         "cluster_name": name,
         "max_workers": len(workers),
         "provider": {"type": "local", "head_ip": head.address, "worker_ips": workers,
-                     "head_bind_host": head.ip, "head_port": free_port(head.ip), "ssh_wait_s": 20},
+                     "head_port": free_port(head.ip), "ssh_wait_s": 20},
         "auth": {"ssh_user": "root", "ssh_private_key": str(lab.client_key)},
         "available_node_types": {
             "head": {"resources": {"CPU": 1}, "max_workers": 0},

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from runtime.client import HeadClient
-from tests.infra import cli, local_cluster, processes_with_env, write_config
+from tests.infra import cli, local_cluster, processes_with_env, wait_for, write_config
 
 
 def _status(cfg_path: Path, home: Path) -> dict:
@@ -121,12 +121,23 @@ def test_outdated_node_not_replaced_without_confirmation(cluster):
     assert len(_status(path, home)["nodes"]) == 2
 
 
-def test_dead_runtime_is_restarted_by_up(cluster):
+def test_dead_agent_is_restarted_by_the_supervisor_and_a_dead_node_runtime_by_up(cluster):
     path, home, _ = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
     worker = _status(path, home)["nodes"][1]
-    pid_file = home / "clusters" / "e2e" / "local" / "nodes" / worker["id"] / ".launch-runtime" / "pids" / "agent.pid"
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    pids = home / "clusters" / "e2e" / "local" / "nodes" / worker["id"] / ".launch-runtime" / "pids"
+
+    # the agent dies: the node's supervisor starts it again, and it registers again
+    old = int((pids / "agent.pid").read_text())
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: (pids / "agent.pid").exists() and int((pids / "agent.pid").read_text()) != old,
+             timeout=15, what="the supervisor to restart the agent")
+    wait_for(lambda: all(n["runtime"] == "alive" for n in _status(path, home)["nodes"]), timeout=30,
+             what="the restarted agent to register")
+
+    # everything of the node's runtime dies (as in a reboot): `up` starts it again
+    for name in ("supervisor", "agent"):
+        os.kill(int((pids / f"{name}.pid").read_text()), signal.SIGKILL)
     r = cli("up", str(path), "--yes", home=home)
     assert r.returncode == 0, r.stderr
     assert f"worker {worker['id']}: runtime started" in r.stdout

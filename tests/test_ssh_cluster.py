@@ -48,8 +48,11 @@ def test_up_status_exec_and_idempotent_up(onprem):
         assert (h.home / "mount" / "conf.txt").read_text() == "mounted\n"
         assert list((h.home / ".launch-runtime" / "install").iterdir())
         assert ((h.home / ".launch-runtime" / "node.json").stat().st_mode & 0o777) == 0o600
+    # the laptop pinned the head; the head pinned the workers it set up, and the laptop learnt them
     known_hosts = (home / "clusters" / "onprem" / "known_hosts").read_text()
+    on_head = (head.home / ".launch-runtime" / "cluster" / "known_hosts").read_text()
     assert all(f"[{h.ip}]:{h.port}" in known_hosts for h in (head, w1, w2))
+    assert all(f"[{h.ip}]:{h.port}" in on_head for h in (w1, w2))
 
     r = cli("exec", str(path), "echo $HOME; exit 4", home=home)
     assert r.returncode == 4 and r.stdout.strip() == str(head.home)
@@ -173,6 +176,7 @@ def test_late_sshd_dropped_connection_hung_host_and_failing_setup(ssh_lab, tmp_p
     workers = [late.address, dropper.address, failing.address, hung]
     data = ssh_cluster("faults", ssh_lab, head, workers)
     data["provider"].update({"ssh_wait_s": 6, "ssh_connect_timeout_s": 1})
+    data["autoscaler"] = {"enabled": False}  # `up`'s own handling is under test: no replacing of failed nodes
     data["worker_setup_commands"] = [
         # first run on the dropper host: kill our own sshd session process mid-command
         'if [ "$HOME" = "%s" ] && [ ! -f ~/dropped ]; then touch ~/dropped; kill -9 $PPID; sleep 5; fi' % dropper.home,

@@ -24,7 +24,9 @@ class SSHAuth:
     use_internal_ips: bool = False
 
 
-def runner_for(node: NodeInfo, auth: SSHAuth) -> CommandRunner:
+def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) -> CommandRunner:
+    """`via`: the head's runner, to reach a worker at its private IP through the head's SSH connection
+    (where the launcher can reach the head's port 22 only)."""
     if node.local_home is not None:
         import sys
 
@@ -33,10 +35,11 @@ def runner_for(node: NodeInfo, auth: SSHAuth) -> CommandRunner:
         return LocalCommandRunner(Path(node.local_home), {NODE_MARKER_ENV: node.id}, sys.executable)
     from transport.ssh import SSHCommandRunner
 
-    host = (node.internal_ip if auth.use_internal_ips else node.external_ip) or node.internal_ip
+    host = (node.internal_ip if auth.use_internal_ips or via is not None else node.external_ip) or node.internal_ip
     if not host:
         from core.errors import LaunchError
 
         raise LaunchError(f"node {node.id} has no IP address yet")
     return SSHCommandRunner(host, node.ssh_port, auth.user, auth.private_key, auth.known_hosts,
-                            proxy_command=auth.proxy_command, connect_timeout=auth.connect_timeout_s)
+                            proxy_command=None if via is not None else auth.proxy_command,
+                            connect_timeout=auth.connect_timeout_s, jump=via)

@@ -41,6 +41,8 @@ class LocalCommandRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
         env.update(self.env)
         env["HOME"] = str(self.home)
+        # `python3` on a local node is the runtime's interpreter, as on a node the runtime was shipped to
+        env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", "")
         if extra:
             env.update(extra)
         return env

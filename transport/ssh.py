@@ -80,11 +80,12 @@ class SSHCommandRunner:
 
     def __init__(self, host: str, port: int, user: str, key_path: str | None, known_hosts: Path, *,
                  proxy_command: str | None = None, connect_timeout: float = 10.0,
-                 python: str = NODE_PYTHON):
+                 python: str = NODE_PYTHON, jump: SSHCommandRunner | None = None):
         self.host, self.port, self.user = host, port, user
         self.key_path = os.path.expanduser(key_path) if key_path else None
         self.known_hosts = known_hosts
         self.proxy_command = proxy_command
+        self.jump = jump  # reach this node through another one's SSH connection (a worker via the head)
         self.connect_timeout = connect_timeout
         self.python = python
         self._client: paramiko.SSHClient | None = None
@@ -94,7 +95,8 @@ class SSHCommandRunner:
 
     @property
     def label(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        via = f" (via {self.jump.host})" if self.jump is not None else ""
+        return f"{self.user}@{self.host}:{self.port}{via}"
 
     # --- connection ---------------------------------------------------------------------------------
 
@@ -104,7 +106,10 @@ class SSHCommandRunner:
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(PinOnFirstContact(self.known_hosts))
         sock = None
-        if self.proxy_command:
+        if self.jump is not None:
+            sock = self.jump._conn().get_transport().open_channel(
+                "direct-tcpip", (self.host, self.port), ("127.0.0.1", 0), timeout=self.connect_timeout)
+        elif self.proxy_command:
             cmd = self.proxy_command.replace("%h", self.host).replace("%p", str(self.port)).replace("%r", self.user)
             sock = paramiko.ProxyCommand(cmd)
         try:
