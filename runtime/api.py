@@ -219,6 +219,7 @@ def shutdown() -> None:
     if _conn is not None:
         conn, _conn = _conn, None
         conn.close()
+    _close_tunnels()
 
 
 def _connection() -> _Connection:

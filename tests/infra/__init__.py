@@ -1,6 +1,6 @@
 """Shared test helpers: the CLI as a user runs it, config files, and process checks.
 
-Expensive fixtures (sshd hosts, moto server, Slurm) will live here too, built once per session.
+Expensive fixtures live here too, built once per session: sshd hosts (below), VM twins (twins.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = 120, input: str | None = None):

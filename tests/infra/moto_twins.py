@@ -1,0 +1,76 @@
+"""AWS on moto whose instances are VM twins: a moto server on the twins' bridge (the head's autoscaler
+calls it from its twin), a VPC and subnet in the twins' range, and a watcher that gives every running
+instance a twin at its private IP and kills the twin when the instance is terminated."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import requests
+
+from tests.infra.twins import TwinNet
+
+REGION = "us-west-2"
+ZONE = "us-west-2a"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class MotoTwins:
+    def __init__(self, net: TwinNet):
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.net = net
+        self.server = ThreadedMotoServer(ip_address=net.gateway, port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        self.ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=self.url, **CREDENTIALS)
+        self.instances: dict[str, str] = {}  # instance id -> twin name
+        self.vpc_id = self.subnet_id = ""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.reset()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="moto-twins")
+        self._thread.start()
+
+    def provider(self, **extra) -> dict:
+        """A provider section for a cluster in this cloud (Ray's keys, endpoint_url as for a private cloud)."""
+        return {"type": "aws", "region": REGION, "availability_zone": ZONE, "vpc_id": self.vpc_id,
+                "aws_credentials": {**CREDENTIALS, "endpoint_url": self.url}, **extra}
+
+    def reset(self) -> None:
+        """A fresh account: every twin of an instance goes, then a VPC and subnet in the twins' range."""
+        with self._lock:
+            for instance in list(self.instances):
+                self.net.remove(self.instances.pop(instance))
+            requests.post(f"{self.url}/moto-api/reset", timeout=10)
+            self.vpc_id = self.ec2.create_vpc(CidrBlock=f"10.{self.net.n}.0.0/16")["Vpc"]["VpcId"]
+            self.subnet_id = self.ec2.create_subnet(VpcId=self.vpc_id, CidrBlock=self.net.subnet,
+                                                    AvailabilityZone=ZONE)["Subnet"]["SubnetId"]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                reply = self.ec2.describe_instances()
+            except Exception:  # noqa: BLE001  the server is being reset or stopped
+                continue
+            running = {i["InstanceId"]: i.get("PrivateIpAddress") for r in reply["Reservations"]
+                       for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")}
+            with self._lock:
+                for instance, ip in running.items():
+                    if instance not in self.instances and ip and ip.startswith(f"10.{self.net.n}.0."):
+                        self.instances[instance] = instance
+                        self.net.twin(instance, ip)
+                for instance in [i for i in self.instances if i not in running]:
+                    self.net.remove(self.instances.pop(instance))  # terminated: the machine stops
+
+    def twin(self, instance_id: str):
+        return self.net.twins.get(self.instances.get(instance_id, ""))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.stop()

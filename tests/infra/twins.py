@@ -1,0 +1,186 @@
+"""VM twins (../shared/TESTING.md): hosts that are network namespaces on a bridge, each with its own IP,
+hostname and /root (a mount namespace), running a real sshd. A cloud's instance gets a twin at its
+private IP, so the production path runs for real: laptop -> head over SSH -> autoscaler on the head ->
+cloud API -> worker set up over SSH from the head.
+
+The "laptop" (the tests' LAUNCH_HOME, config files and keys) lives under `TwinNet.laptop`, which every
+twin sees as an empty tmpfs: anything on a node that still reads a laptop path fails. `block_laptop`
+lets the laptop reach a twin on port 22 only, as a firewall in front of a cloud head would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.infra import SSHD
+
+
+def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def twins_unavailable() -> str | None:
+    """Why twins cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "VM twins need root (network and mount namespaces)"
+    for tool in ("ip", "unshare", "iptables"):
+        if shutil.which(tool) is None:
+            return f"VM twins need `{tool}` (./dev test installs it when run as root)"
+    if not os.path.exists(SSHD):
+        return "VM twins need openssh-server (./dev test installs it when run as root)"
+    probe = f"lt-probe-{os.getpid()}"
+    if _sh("ip", "netns", "add", probe, check=False).returncode != 0:
+        return "network namespaces are not available on this machine"
+    _sh("ip", "netns", "del", probe, check=False)
+    return None
+
+
+class Twin:
+    def __init__(self, net: TwinNet, name: str, ip: str, index: int):
+        self.net, self.name, self.ip, self.index = net, name, ip, index
+        self.netns = f"{net.prefix}-{name}"
+        self.dir = net.root / "twins" / name
+        self.root = self.dir / "root"  # what the twin sees as /root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sshd_pid: int | None = None
+
+    def start(self) -> Twin:
+        net, ns = self.net, self.netns
+        host_if, ns_if = f"{net.prefix}h{self.index}", f"{net.prefix}n{self.index}"
+        _sh("ip", "netns", "add", ns)
+        _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        _sh("ip", "link", "set", host_if, "master", net.bridge, "up")
+        _sh("ip", "-n", ns, "addr", "add", f"{self.ip}/24", "dev", ns_if)
+        _sh("ip", "-n", ns, "link", "set", ns_if, "up")
+        _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        _sh("ip", "-n", ns, "route", "add", "default", "via", net.gateway)
+        key = self.dir / "host_key"
+        if not key.exists():
+            _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        cfg = self.dir / "sshd_config"
+        cfg.write_text(
+            f"Port 22\nHostKey {key}\nAuthorizedKeysFile {net.authorized_keys}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            "UsePAM no\nStrictModes no\nMaxStartups 100\nMaxSessions 50\nSubsystem sftp internal-sftp\n")
+        pidfile = self.dir / "sshd.pid"
+        pidfile.unlink(missing_ok=True)
+        script = (f"hostname {self.name} && mount --bind {self.root} /root && "
+                  f"mount -t tmpfs -o size=1m none {net.laptop} && "
+                  f"exec {SSHD} -f {cfg} -o PidFile={pidfile}")
+        _sh("ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline, f"sshd of twin {self.name} did not start"
+            time.sleep(0.01)
+        self.sshd_pid = int(pidfile.read_text())
+        return self
+
+    def pids(self) -> list[int]:
+        r = _sh("ip", "netns", "pids", self.netns, check=False)
+        return [int(p) for p in r.stdout.split()]
+
+    def processes(self) -> list[str]:
+        """Command lines of what runs in the twin, its sshd aside."""
+        out = []
+        for pid in self.pids():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+            if pid != self.sshd_pid and not cmd.startswith(SSHD):
+                out.append(cmd)
+        return out
+
+    def kill(self) -> None:
+        """The machine dies: every process in it, sshd included."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def block_laptop(self) -> None:
+        """The laptop (the bridge's address) reaches this twin on port 22 only; other twins reach all."""
+        for rule in (["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+                     ["-s", self.net.gateway, "-p", "tcp", "--dport", "22", "-j", "ACCEPT"],
+                     ["-s", self.net.gateway, "-j", "DROP"]):
+            _sh("ip", "netns", "exec", self.netns, "iptables", "-A", "INPUT", *rule)
+
+    def destroy(self) -> None:
+        self.kill()
+        _sh("ip", "netns", "del", self.netns, check=False)
+
+
+class TwinNet:
+    """A bridge 10.<N>.0.1/24 on this machine and the twins on it; N is this session's own."""
+
+    def __init__(self, root: Path, authorized_key: Path):
+        self.root = root
+        self.n = 200 + os.getpid() % 50
+        self.prefix = f"lt{self.n}"
+        self.bridge = f"{self.prefix}br"
+        self.gateway = f"10.{self.n}.0.1"
+        self.subnet = f"10.{self.n}.0.0/24"
+        self.laptop = root / "laptop"  # hidden from every twin
+        self.laptop.mkdir(parents=True, exist_ok=True)
+        self.authorized_keys = root / "authorized_keys"
+        shutil.copy(authorized_key, self.authorized_keys)
+        self.twins: dict[str, Twin] = {}
+        self._lock = threading.Lock()
+        self._index = itertools.count(1)  # veth names are never reused while the net lives
+        self._cleanup_stale()
+        _sh("ip", "link", "add", self.bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _sh("ip", "link", "set", self.bridge, "up")
+
+    def _cleanup_stale(self) -> None:
+        """What a killed earlier session with the same N left behind."""
+        for line in _sh("ip", "netns", "list", check=False).stdout.splitlines():
+            ns = line.split()[0] if line.split() else ""
+            if ns.startswith(f"{self.prefix}-"):
+                for pid in _sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                _sh("ip", "netns", "del", ns, check=False)
+        _sh("ip", "link", "del", self.bridge, check=False)
+
+    def laptop_for(self, name: str, private_key: Path) -> tuple[Path, Path]:
+        """A folder of the laptop for one test (its LAUNCH_HOME, config, key), hidden from every twin;
+        and the cluster's SSH key in it (0600)."""
+        d = self.laptop / name
+        d.mkdir(parents=True, exist_ok=True)
+        key = d / "id_ed25519"
+        shutil.copy(private_key, key)
+        shutil.copy(f"{private_key}.pub", f"{key}.pub")
+        os.chmod(key, 0o600)
+        return d, key
+
+    def ip(self, host: int) -> str:
+        return f"10.{self.n}.0.{host}"
+
+    def twin(self, name: str, ip: str) -> Twin:
+        with self._lock:
+            assert name not in self.twins, f"twin {name} exists"
+            t = Twin(self, name, ip, next(self._index))
+            self.twins[name] = t
+        return t.start()
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            t = self.twins.pop(name, None)
+        if t is not None:
+            t.destroy()
+
+    def close(self) -> None:
+        for name in list(self.twins):
+            self.remove(name)
+        _sh("ip", "link", "del", self.bridge, check=False)

@@ -1,0 +1,128 @@
+"""An on-prem pool of VM twins in Ray's own form, autoscaled by the head: the laptop reaches the head on
+port 22 only, and its state, config and key are invisible to every twin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import runtime
+from tests.infra import cli, wait_for, write_config
+
+CLUSTER = "onprem-twins"
+
+
+@pytest.fixture(scope="module")
+def pool(twin_net, ssh_lab, tmp_path_factory):
+    head = twin_net.twin("op-head", twin_net.ip(11))
+    workers = [twin_net.twin(f"op-w{i}", twin_net.ip(12 + i)) for i in (1, 2)]
+    head.block_laptop()
+    laptop, key = twin_net.laptop_for(CLUSTER, ssh_lab.client_key)
+    (laptop / "data").mkdir(exist_ok=True)
+    (laptop / "data" / "weights.txt").write_text("w=1\n")
+    # Ray's on-prem file: no node types; min/max workers at the top; each host's resources detected
+    data = {
+        "cluster_name": CLUSTER,
+        "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [w.ip for w in workers]},
+        "auth": {"ssh_user": "root", "ssh_private_key": str(key)},
+        "min_workers": 0,
+        "idle_timeout_minutes": 0.1,
+        "file_mounts": {"~/data": "./data"},
+        "autoscaler": {"tick_s": 0.5},
+        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+    }
+    path = write_config(laptop / "cluster.yaml", data)
+    home = laptop / "home"
+    old_home = os.environ.get("LAUNCH_HOME")
+    os.environ["LAUNCH_HOME"] = str(home)  # for runtime.init() in this process
+    yield {"path": path, "home": home, "head": head, "workers": workers, "shared": tmp_path_factory.mktemp("shared")}
+    runtime.shutdown()
+    cli("down", str(path), "--yes", home=home, timeout=180)
+    for t in (head, *workers):
+        twin_net.remove(t.name)
+    if old_home is None:
+        os.environ.pop("LAUNCH_HOME", None)
+    else:
+        os.environ["LAUNCH_HOME"] = old_home
+
+
+def _status(pool) -> dict:
+    r = cli("status", str(pool["path"]), "--json", home=pool["home"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def test_the_heads_autoscaler_claims_sets_up_and_returns_pool_hosts(pool):
+    path, home, head, workers = pool["path"], pool["home"], pool["head"], pool["workers"]
+    r = cli("up", str(path), "--yes", home=home, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = _status(pool)
+    assert [(n["kind"], n["node_type"]) for n in st["nodes"]] == [("head", "local.cluster.node")]
+    assert st["nodes"][0]["runtime"] == "alive" and st["autoscaler"]["running"]
+    # the head holds what its control plane needs; the pool's claims are there too
+    held = head.root / ".launch-runtime" / "cluster"
+    assert (held / "ssh_key").stat().st_mode & 0o777 == 0o600
+    assert json.loads((held / "spec.json").read_text())["on_head"] is True
+    assert json.loads((head.root / ".launch-runtime" / "pool" / f"{CLUSTER}.json").read_text()).keys() == {
+        f"{head.ip}:22"}
+
+    # the laptop reaches the head service through SSH only (its port is closed to the laptop)
+    runtime.init(cluster=CLUSTER)
+    shared = pool["shared"]
+
+    @runtime.remote(num_cpus=2)
+    def where(n_hosts: int, shared_dir: str):
+        """Blocks until n_hosts tasks run at once: the work must be spread over that many hosts."""
+        import pathlib
+        import socket
+        import time
+        d = pathlib.Path(shared_dir)
+        (d / socket.gethostname()).write_text(open(pathlib.Path.home() / "data" / "weights.txt").read())
+        deadline = time.time() + 180
+        while len(list(d.iterdir())) < n_hosts and time.time() < deadline:
+            time.sleep(0.2)
+        return socket.gethostname()
+
+    # each host has the machine's 2 CPUs: three 2-CPU tasks at once need the head and two workers
+    refs = [where.remote(3, str(shared)) for _ in range(3)]
+    assert sorted(runtime.get(refs, timeout=240)) == ["op-head", "op-w1", "op-w2"]
+    assert {p.read_text() for p in shared.iterdir()} == {"w=1\n"}  # file mounts reached the workers, from the head
+
+    # on any node, the runtime is at hand: `python3` imports it and init() needs no arguments
+    st = _status(pool)
+    worker_ids = [n["id"] for n in st["nodes"] if n["kind"] == "worker"]
+    assert len(worker_ids) == 2
+    probe = "python3 -c 'import runtime; print(len(runtime.init().cluster_state().nodes))'"
+    for node in (None, worker_ids[0]):
+        r = cli("exec", str(path), probe, *(["--node", node] if node else []), home=home)
+        assert r.returncode == 0 and r.stdout.strip() == "3", r.stdout + r.stderr
+
+    # idle workers go back to the pool: runtime stopped, nothing of the cluster left running there
+    wait_for(lambda: len(_status(pool)["nodes"]) == 1, timeout=90, what="idle workers released")
+    wait_for(lambda: all(w.processes() == [] for w in workers), timeout=15, what="workers' runtimes stopped")
+    claims = json.loads((head.root / ".launch-runtime" / "pool" / f"{CLUSTER}.json").read_text())
+    assert list(claims) == [f"{head.ip}:22"]
+
+
+def test_the_laptop_cannot_reach_the_head_service_directly(pool):
+    info = json.loads((pool["home"] / "clusters" / CLUSTER / "cluster.json").read_text())
+    host, port = info["head_address"].rsplit(":", 1)
+    probe = f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=2)"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode != 0 and "timed out" in r.stderr  # dropped by the head's firewall: SSH is the way in
+
+
+def test_down_leaves_nothing_running_on_any_twin(pool):
+    runtime.shutdown()  # closes this process's SSH tunnel to the head, too
+    r = cli("down", str(pool["path"]), "--yes", home=pool["home"], timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for t in (pool["head"], *pool["workers"]):
+        try:
+            wait_for(lambda: t.processes() == [], timeout=15)
+        except AssertionError:
+            raise AssertionError(f"left running on {t.name}: {t.processes()}") from None
+    assert _status(pool)["nodes"] == []
