@@ -124,8 +124,12 @@ class Monitor:
 
     def tick(self) -> Plan:
         now = self.clock()
+        phases: dict[str, float] = {}
+        t0 = time.monotonic()
         nodes = self.lifecycle.nodes()
+        phases["list"] = time.monotonic() - t0
         state = self.head.cluster_state()
+        phases["cluster_state"] = time.monotonic() - t0 - phases["list"]
         a = self.cfg.autoscaler
         limits = Limits(
             max_workers=self.cfg.max_workers, upscaling_speed=self.cfg.upscaling_speed,
@@ -138,9 +142,14 @@ class Monitor:
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
         result = plan(PlanInput(types, views, demand, limits, backoff, now))
+        t1 = time.monotonic()
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.adopt(nodes, {i for i, _ in result.terminations})
+        phases["act"] = time.monotonic() - t1
         self.report(result, nodes, types, demand, state, now)
+        took = time.monotonic() - t0
+        if took > max(5.0, 5 * self.cfg.autoscaler.tick_s):  # a slow cloud API or head: say where
+            self.event("tick-slow", took_s=round(took, 2), phases={k: round(v, 2) for k, v in phases.items()})
         return result
 
     def drain_vanished(self, nodes: list[NodeInfo], state) -> None:

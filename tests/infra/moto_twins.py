@@ -1,6 +1,7 @@
 """AWS on moto whose instances are VM twins: a moto server on the twins' bridge (the head's autoscaler
 calls it from its twin), a VPC and subnet in the twins' range, and a watcher that gives every running
-instance a twin at its private IP and kills the twin when the instance is terminated."""
+instance a twin at its private IP and kills the twin when the instance is terminated. A head's twin
+lets the laptop in on port 22 only."""
 
 from __future__ import annotations
 
@@ -57,13 +58,16 @@ class MotoTwins:
                 reply = self.ec2.describe_instances()
             except Exception:  # noqa: BLE001  the server is being reset or stopped
                 continue
-            running = {i["InstanceId"]: i.get("PrivateIpAddress") for r in reply["Reservations"]
+            running = {i["InstanceId"]: i for r in reply["Reservations"]
                        for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")}
             with self._lock:
-                for instance, ip in running.items():
-                    if instance not in self.instances and ip and ip.startswith(f"10.{self.net.n}.0."):
+                for instance, info in running.items():
+                    ip = info.get("PrivateIpAddress") or ""
+                    if instance not in self.instances and ip.startswith(f"10.{self.net.n}.0."):
                         self.instances[instance] = instance
-                        self.net.twin(instance, ip)
+                        twin = self.net.twin(instance, ip)
+                        if any(t["Key"] == "launch-kind" and t["Value"] == "head" for t in info.get("Tags", [])):
+                            twin.block_laptop()  # a head behind a firewall that lets SSH in only
                 for instance in [i for i in self.instances if i not in running]:
                     self.net.remove(self.instances.pop(instance))  # terminated: the machine stops
 

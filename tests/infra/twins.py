@@ -137,6 +137,9 @@ class TwinNet:
         self._index = itertools.count(1)  # veth names are never reused while the net lives
         self._cleanup_stale()
         _sh("ip", "link", "add", self.bridge, "type", "bridge")
+        # A bridge takes the lowest MAC of its ports unless given one: each new twin could change the
+        # gateway's MAC under the others' ARP caches, stalling their connections for a minute.
+        _sh("ip", "link", "set", self.bridge, "address", f"02:00:0a:{self.n:02x}:00:01")
         _sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _sh("ip", "link", "set", self.bridge, "up")
 

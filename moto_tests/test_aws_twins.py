@@ -1,0 +1,124 @@
+"""A whole AWS cluster on moto whose instances are VM twins: `up` from the laptop makes the head, the
+autoscaler on the head creates GPU and CPU instances through the EC2 API and sets them up over SSH from
+the head, a spot interruption is drained and replaced, idle workers are terminated, `down` leaves no
+instance. The laptop reaches the head on port 22 only, and its state is invisible to the twins."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import runtime
+from tests.infra import cli, wait_for, write_config
+
+CLUSTER = "aws-twins"
+AMI = "ami-12c6146b"
+
+
+def live_instances(ec2) -> list[dict]:
+    reply = ec2.describe_instances(Filters=[{"Name": "tag:launch-cluster", "Values": [CLUSTER]},
+                                            {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+
+@pytest.fixture
+def cluster(moto_twins, twin_net, ssh_lab):
+    moto_twins.reset()
+    laptop, key = twin_net.laptop_for(CLUSTER, ssh_lab.client_key)
+    data = {
+        "cluster_name": CLUSTER,
+        "max_workers": 3,
+        "idle_timeout_minutes": 0.1,
+        "provider": moto_twins.provider(retry_attempts=3, ssh_wait_s=60),
+        # the user's key, imported as the cluster's key pair: the twins accept it
+        "auth": {"ssh_user": "root", "ssh_private_key": str(key), "ssh_public_key": f"{key}.pub"},
+        "autoscaler": {"tick_s": 0.5},
+        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+        "available_node_types": {
+            "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "resources": {"CPU": 0}},
+            "cpu": {"node_config": {"InstanceType": "m5.xlarge", "ImageId": AMI}, "max_workers": 2},
+            "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
+                         "cost_per_hour": 0.2, "max_workers": 2},
+        },
+        "head_node_type": "head",
+    }
+    path = write_config(laptop / "aws.yaml", data)
+    home = laptop / "home"
+    old_home = os.environ.get("LAUNCH_HOME")
+    os.environ["LAUNCH_HOME"] = str(home)  # for runtime.init() in this process
+    yield path, home, moto_twins
+    runtime.shutdown()
+    cli("down", str(path), "--yes", home=home, timeout=180)
+    if old_home is None:
+        os.environ.pop("LAUNCH_HOME", None)
+    else:
+        os.environ["LAUNCH_HOME"] = old_home
+
+
+def _status(path, home) -> dict:
+    r = cli("status", str(path), "--json", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
+    path, home, cloud = cluster
+    ec2 = cloud.ec2
+    r = cli("up", str(path), "--yes", home=home, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (head,) = live_instances(ec2)
+    tags = {t["Key"]: t["Value"] for t in head["Tags"]}
+    assert tags["launch-kind"] == "head" and tags["launch-status"] == "up-to-date"
+    assert head["IamInstanceProfile"]["Arn"].endswith(f"launch-head-{CLUSTER}")
+    # the security group lets SSH in, and nothing else from outside the cluster
+    (sg,) = ec2.describe_security_groups(GroupIds=[head["SecurityGroups"][0]["GroupId"]])["SecurityGroups"]
+    assert [(p.get("FromPort"), p.get("ToPort")) for p in sg["IpPermissions"] if p.get("IpRanges")] == [(22, 22)]
+
+    runtime.init(cluster=CLUSTER)  # through an SSH tunnel: the head's port is closed to the laptop
+
+    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=2)
+    def infer(sleep_s):
+        import os
+        import socket
+        import time as t
+        t.sleep(sleep_s)
+        return socket.gethostname(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    @runtime.remote(num_cpus=4)
+    def crunch():
+        import socket
+        return socket.gethostname()
+
+    # GPU and CPU work: the head's autoscaler creates a spot g4dn and an m5.xlarge through EC2 and sets
+    # them up over SSH from the head; each twin's hostname is its instance id
+    gpu_ref, cpu_ref = infer.remote(0.1), crunch.remote()
+    (gpu_host, cuda), cpu_host = runtime.get([gpu_ref, cpu_ref], timeout=240)
+    types = {i["InstanceId"]: i for i in live_instances(ec2)}
+    assert types[gpu_host]["InstanceType"] == "g4dn.xlarge" and types[gpu_host].get("InstanceLifecycle") == "spot"
+    assert cuda == "0" and types[cpu_host]["InstanceType"] == "m5.xlarge"
+    head_twin = cloud.twin(head["InstanceId"])
+    logs = head_twin.root / ".launch-runtime" / "cluster" / "logs"
+    assert (logs / f"{gpu_host}.log").exists()  # set up by the head, which logged it
+
+    # a spot interruption while a task runs: the instance (and its twin) goes; the head drains it and
+    # the task runs again on a replacement
+    ref = infer.remote(6.0)
+    busy = wait_for(lambda: [n["id"] for n in _status(path, home)["nodes"]
+                             if n["resources_total"].get("GPU") and n["resources_available"].get("GPU") == 0],
+                    timeout=120, what="the task running")[0]
+    ec2.terminate_instances(InstanceIds=[busy])
+    rerun_on, _ = runtime.get(ref, timeout=240)
+    assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)}
+    events = (head_twin.root / ".launch-runtime" / "logs" / "autoscaler.log").read_text()
+    assert '"event": "instance-gone"' in events
+
+    # idle past the timeout: back to the head alone, terminated in EC2, their twins gone
+    wait_for(lambda: [i["InstanceId"] for i in live_instances(ec2)] == [head["InstanceId"]], timeout=120,
+             what="scale-down to the head only")
+    runtime.shutdown()
+    r = cli("down", str(path), "--yes", home=home, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert live_instances(ec2) == []
+    wait_for(lambda: cloud.instances == {}, timeout=15, what="every twin gone")
