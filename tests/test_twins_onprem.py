@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 import runtime
 from tests.infra import cli, wait_for, write_config
@@ -106,6 +107,25 @@ def test_the_heads_autoscaler_claims_sets_up_and_returns_pool_hosts(pool):
     wait_for(lambda: all(w.processes() == [] for w in workers), timeout=15, what="workers' runtimes stopped")
     claims = json.loads((head.root / ".launch-runtime" / "pool" / f"{CLUSTER}.json").read_text())
     assert list(claims) == [f"{head.ip}:22"]
+
+
+def test_after_the_head_machine_restarts_up_brings_it_back_and_readopts_the_workers(pool):
+    path, home, head = pool["path"], pool["home"], pool["head"]
+    data = yaml.safe_load(path.read_text())
+    write_config(path, {**data, "min_workers": 1, "idle_timeout_minutes": 10})
+    r = cli("up", str(path), "--yes", home=home, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (worker,) = [n["id"] for n in _status(pool)["nodes"] if n["kind"] == "worker"]
+
+    runtime.shutdown()
+    head.reboot()  # the head machine restarts: its runtime and autoscaler are gone, its disk is not
+    r = cli("up", str(path), "--yes", home=home, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "runtime started" in r.stdout and "created" not in r.stdout
+    st = _status(pool)
+    assert [n["id"] for n in st["nodes"] if n["kind"] == "worker"] == [worker]  # the same worker, adopted
+    assert all(n["runtime"] == "alive" for n in st["nodes"]) and st["autoscaler"]["running"]
+    write_config(path, data)
 
 
 def test_the_laptop_cannot_reach_the_head_service_directly(pool):

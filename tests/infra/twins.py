@@ -61,6 +61,10 @@ class Twin:
         _sh("ip", "-n", ns, "link", "set", ns_if, "up")
         _sh("ip", "-n", ns, "link", "set", "lo", "up")
         _sh("ip", "-n", ns, "route", "add", "default", "via", net.gateway)
+        return self._start_sshd()
+
+    def _start_sshd(self) -> Twin:
+        net, ns = self.net, self.netns
         key = self.dir / "host_key"
         if not key.exists():
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
@@ -105,6 +109,12 @@ class Twin:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def reboot(self) -> None:
+        """The machine restarts: every process dies; its disk (/root), network and firewall stay; sshd
+        comes back."""
+        self.kill()
+        self._start_sshd()
 
     def block_laptop(self) -> None:
         """The laptop (the bridge's address) reaches this twin on port 22 only; other twins reach all."""
