@@ -191,6 +191,8 @@ class Monitor:
             self.event("terminate", node=node_id, node_type=node.node_type, reason=reason)
             self.lifecycle.terminate([node])
             self.metrics.terminations.labels(node.node_type).inc()
+            if views[node_id].registered:  # gone now, not when its heartbeats stop (nor "interrupted")
+                self.head.remove_node(node_id, reason)
 
         for node_type, count in sorted(p.launches.items()):
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)

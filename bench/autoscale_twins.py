@@ -7,8 +7,8 @@ For each provider it brings a cluster up (head only), then per round queues work
 worker and measures:
 - queued -> registered: from submitting the work to the new worker registering with the head (claim
   or create, SSH, ship the runtime, start it);
-- done -> gone: from the last work finishing to the worker leaving the provider's listing (idle
-  timeout, drain, terminate) with the idle timeout subtracted, so what remains is the control loop's own delay;
+- done -> gone: from the last work finishing to the worker leaving the cluster (idle timeout, drain,
+  terminate, removed from the head), with the idle timeout subtracted: the control loop's own delay;
 - CPU seconds per worker set up: the launcher's (`launch up` of a cluster whose head sets up N
   workers, over N) and the head's (its autoscaler process, per worker it set up).
 The twins share this machine's cores; the figures include their own work (sshd, unpacking the
@@ -127,6 +127,12 @@ def main() -> None:
     net = TwinNet(tmp / "net", Path(f"{key}.pub"))
     cloud = MotoTwins(net)
     results = []
+    home = net.laptop / "home"  # the laptop's LAUNCH_HOME, hidden from the twins
+    os.environ["LAUNCH_HOME"] = str(home)
+    from lifecycle.runtime_bundle import build_bundle
+
+    for kind, provider in (("node", ""), ("head", "ssh"), ("head", "aws")):
+        build_bundle(kind, provider)  # built before timing: every `up` measures the same work
     try:
         # on-prem: a typed pool whose head takes no work, so every task needs a worker host
         head = net.twin("bench-head", net.ip(11))
@@ -141,7 +147,7 @@ def main() -> None:
                                            "cpu": {"resources": {"CPU": 1}, "max_workers": 2}},
                   "head_node_type": "head"}
         path = write(laptop / "onprem.yaml", onprem)
-        results.append(measure("on-prem (ssh pool)", path, laptop / "home", lambda: head.root, args.rounds,
+        results.append(measure("on-prem (ssh pool)", path, home, lambda: head.root, args.rounds,
                                1, 2, onprem))
 
         laptop, k = net.laptop_for("aws", key)
@@ -161,7 +167,7 @@ def main() -> None:
                            if (net.twins[name].root / ".launch-runtime" / "pids" / "monitor.pid").exists()]
             return net.twins[instance].root
 
-        results.append(measure("aws (moto, twins)", path, laptop / "home", aws_head_root, args.rounds, 4, 2, aws))
+        results.append(measure("aws (moto, twins)", path, home, aws_head_root, args.rounds, 4, 2, aws))
     finally:
         cloud.close()
         net.close()

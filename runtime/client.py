@@ -66,6 +66,10 @@ class HeadClient:
         return self._stub.Drain(pb.DrainRequest(node_id=node_id, undrain=undrain), metadata=self._md,
                                 timeout=self.timeout_s)
 
+    def remove_node(self, node_id: str, reason: str = "") -> pb.RemoveNodeReply:
+        return self._stub.RemoveNode(pb.RemoveNodeRequest(node_id=node_id, reason=reason), metadata=self._md,
+                                     timeout=self.timeout_s)
+
     # --- agent side ---------------------------------------------------------------------------------
 
     def work_stream(self, node_id: str):

@@ -87,6 +87,13 @@ class HeadServicer(pb_grpc.HeadServicer):
             rec.last_heartbeat = self.clock()
         return pb.HeartbeatReply(known=True)
 
+    def _declare_dead(self, r: NodeRecord, now: float, why: str) -> int:
+        """(under self.cond) The node is gone: what it ran goes back to the queue or fails."""
+        r.state = DEAD
+        touched = self.sched.remove_node(r.node_id, now, f"its node {why}")
+        log.warning("node %s %s: declared dead; %d item(s) requeued or failed", r.node_id, why, len(touched))
+        return len(touched)
+
     def mark_dead_nodes(self) -> list[str]:
         """Nodes silent for longer than the timeout are dead: their work goes back to the queue."""
         now = self.clock()
@@ -94,15 +101,23 @@ class HeadServicer(pb_grpc.HeadServicer):
         with self.cond:
             for r in self.nodes.values():
                 if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
-                    r.state = DEAD
                     newly.append(r.node_id)
-                    touched = self.sched.remove_node(r.node_id, now)
-                    log.warning("node %s missed heartbeats for %.0fs: declared dead; %d item(s) requeued or failed",
-                                r.node_id, self.node_timeout_s, len(touched))
+                    self._declare_dead(r, now, f"missed heartbeats for {self.node_timeout_s:.0f}s")
             if newly:
                 self._dispatch(now)
                 self.cond.notify_all()
         return newly
+
+    def RemoveNode(self, request, context):
+        now = self.clock()
+        with self.cond:
+            r = self.nodes.get(request.node_id)
+            if r is None or r.state != ALIVE:
+                return pb.RemoveNodeReply(known=r is not None, requeued=0)
+            requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})")
+            self._dispatch(now)
+            self.cond.notify_all()
+        return pb.RemoveNodeReply(known=True, requeued=requeued)
 
     def Drain(self, request, context):
         with self.cond:

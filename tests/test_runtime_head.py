@@ -74,6 +74,22 @@ def test_silent_node_is_declared_dead_and_must_reregister(head):
         assert client.cluster_state().nodes[0].state == "alive"
 
 
+def test_a_removed_node_is_dead_at_once_and_its_work_requeued(head):
+    """The autoscaler terminated the node: no wait for its heartbeats to stop, no 'interrupted' guess."""
+    address, _ = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60", max_retries=1,
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        assert client.cluster_state().nodes[0].running == 1
+        reply = client.remove_node("n1", "idle for 5 min")
+        assert reply.known and reply.requeued == 1
+        st = client.cluster_state()
+        assert st.nodes[0].state == "dead" and [d.count for d in st.demand] == [1]  # queued again, as demand
+        assert client.remove_node("n1").requeued == 0  # idempotent
+        assert not client.remove_node("stranger").known
+
+
 def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")

@@ -238,6 +238,22 @@ class DrainReply(_message.Message):
     running: int
     def __init__(self, drained: _Optional[bool] = ..., running: _Optional[int] = ...) -> None: ...
 
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("node_id", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RemoveNodeReply(_message.Message):
+    __slots__ = ("known", "requeued")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    requeued: int
+    def __init__(self, known: _Optional[bool] = ..., requeued: _Optional[int] = ...) -> None: ...
+
 class WorkStreamRequest(_message.Message):
     __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

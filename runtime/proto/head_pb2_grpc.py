@@ -79,6 +79,11 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.DrainRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.DrainReply.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/launch.runtime.Head/RemoveNode',
+                request_serializer=runtime_dot_proto_dot_head__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.RemoveNodeReply.FromString,
+                _registered_method=True)
         self.WorkStream = channel.unary_stream(
                 '/launch.runtime.Head/WorkStream',
                 request_serializer=runtime_dot_proto_dot_head__pb2.WorkStreamRequest.SerializeToString,
@@ -153,6 +158,12 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WorkStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -218,6 +229,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.DrainRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.DrainReply.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.RemoveNodeReply.SerializeToString,
             ),
             'WorkStream': grpc.unary_stream_rpc_method_handler(
                     servicer.WorkStream,
@@ -478,6 +494,33 @@ class Head:
             '/launch.runtime.Head/Drain',
             runtime_dot_proto_dot_head__pb2.DrainRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.DrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/RemoveNode',
+            runtime_dot_proto_dot_head__pb2.RemoveNodeRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.RemoveNodeReply.FromString,
             options,
             channel_credentials,
             insecure,
