@@ -131,6 +131,22 @@ def test_the_heads_role_may_do_only_what_the_autoscaler_does(aws, tmp_path):
     assert own["Condition"] == {"StringEquals": {"ec2:ResourceTag/launch-cluster": "aws1"}}
 
 
+def test_a_head_profile_named_in_node_config_is_used_and_none_is_made(aws, tmp_path):
+    """Ray's way of giving the head its credentials: IamInstanceProfile in the head's node_config."""
+    iam = boto3.client("iam", region_name=REGION)
+    iam.create_instance_profile(InstanceProfileName="team-head")
+    types = copy.deepcopy(BASE["available_node_types"])
+    types["head"]["node_config"]["IamInstanceProfile"] = {"Name": "team-head"}
+    p = provider(tmp_path, available_node_types=types)
+    assert counts(aws)["roles"] == 0 and counts(aws)["profiles"] == 0
+    (head,) = p.create("head", 1, {"launch-cluster": "aws1", "launch-kind": "head"})
+    (inst,) = [i for r in aws.describe_instances(InstanceIds=[head.id])["Reservations"] for i in r["Instances"]]
+    assert inst["IamInstanceProfile"]["Arn"].endswith("/team-head")
+    (worker,) = p.create("cpu", 1, {"launch-cluster": "aws1", "launch-kind": "worker"})
+    (inst,) = [i for r in aws.describe_instances(InstanceIds=[worker.id])["Reservations"] for i in r["Instances"]]
+    assert "IamInstanceProfile" not in inst  # workers get no credentials at all
+
+
 def test_heterogeneous_nodes_tagged_from_birth_and_all_gone_after_terminate(aws, tmp_path):
     p = provider(tmp_path)
     tags = {"launch-cluster": "aws1", "launch-kind": "worker", "launch-request-id": "r1"}

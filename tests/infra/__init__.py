@@ -42,6 +42,13 @@ def wait_for(pred, timeout: float = 60.0, every: float = 0.2, what: str = "condi
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def wait_for_pidfile(pidfile: Path, what: str) -> int:
+    """The pid a daemon (sshd) wrote once it started; fails naming `what` if it did not within 5 s."""
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=5, every=0.01,
+             what=f"{what} to start")
+    return int(pidfile.read_text())
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -118,11 +125,7 @@ class SSHHost:
         pidfile.unlink(missing_ok=True)
         subprocess.run([SSHD, "-f", str(self.dir / "sshd_config"), "-o", f"ListenAddress={self.ip}",
                         "-o", f"Port={self.port}", "-o", f"PidFile={pidfile}"], check=True)
-        deadline = time.monotonic() + 5
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert time.monotonic() < deadline, f"sshd on {self.address} did not start"
-            time.sleep(0.01)
-        self.pid = int(pidfile.read_text())
+        self.pid = wait_for_pidfile(pidfile, f"sshd on {self.address}")
         return self
 
     def stop(self) -> None:

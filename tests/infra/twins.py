@@ -16,10 +16,9 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-from tests.infra import SSHD
+from tests.infra import SSHD, wait_for_pidfile
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -79,11 +78,7 @@ class Twin:
                   f"mount -t tmpfs -o size=1m none {net.laptop} && "
                   f"exec {SSHD} -f {cfg} -o PidFile={pidfile}")
         _sh("ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
-        deadline = time.monotonic() + 5
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert time.monotonic() < deadline, f"sshd of twin {self.name} did not start"
-            time.sleep(0.01)
-        self.sshd_pid = int(pidfile.read_text())
+        self.sshd_pid = wait_for_pidfile(pidfile, f"sshd of twin {self.name}")
         return self
 
     def pids(self) -> list[int]:
