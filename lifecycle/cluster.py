@@ -90,6 +90,10 @@ class Lifecycle:
         if not self.spec.on_head and node.kind == KIND_WORKER and node.local_home is None:
             head = self.head()
             via = self.runner(head) if head is not None else None
+            if via is not None:  # trust the worker's key exactly as the head pinned it when it set it up
+                from lifecycle.head import pull_known_hosts
+
+                pull_known_hosts(via, self.dir.known_hosts)
         with self._runners_lock:
             return self._runners.setdefault(node.id, runner_for(node, self.auth, via))
 

@@ -102,6 +102,12 @@ def test_the_heads_autoscaler_claims_sets_up_and_returns_pool_hosts(pool):
         r = cli("exec", str(path), probe, *(["--node", node] if node else []), home=home)
         assert r.returncode == 0 and r.stdout.strip() == "3", r.stdout + r.stderr
 
+    # jobs too go through the SSH tunnel
+    script = pool["shared"].parent / "job.sh"
+    script.write_text("echo job on $(hostname)\n")
+    r = cli("submit", str(path), str(script), home=home)
+    assert r.returncode == 0 and "job on op-" in r.stdout, r.stdout + r.stderr
+
     # idle workers go back to the pool: runtime stopped, nothing of the cluster left running there
     wait_for(lambda: len(_status(pool)["nodes"]) == 1, timeout=90, what="idle workers released")
     wait_for(lambda: all(w.processes() == [] for w in workers), timeout=15, what="workers' runtimes stopped")
