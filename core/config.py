@@ -10,7 +10,10 @@ dotted path of the field it is about.
 
 from __future__ import annotations
 
+import copy
+import os
 import re
+import reprlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,9 @@ class AuthConfig(_Strict):
     ssh_private_key: str | None = None
     ssh_public_key: str | None = None
     ssh_proxy_command: str | None = None
+    # Ray's: the proxy command's %h is the node's id (an instance id, e.g. for `aws ssm start-session
+    # --target %h`), not its IP
+    ssh_proxy_use_node_id: bool = False
 
 
 class DockerConfig(BaseModel):
@@ -81,9 +87,6 @@ class DockerConfig(BaseModel):
     worker_image: str | None = None
     container_name: str | None = None
 
-    def wants_container(self) -> bool:
-        return bool(self.image or self.head_image or self.worker_image)
-
 
 class NodeTypeConfig(_Strict):
     node_config: dict[str, Any] = Field(default_factory=dict)
@@ -92,6 +95,12 @@ class NodeTypeConfig(_Strict):
     max_workers: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     worker_setup_commands: list[str] | None = None
+    # Ray's: run before the cluster's initialization_commands on nodes of this type
+    initialization_commands: list[str] = Field(default_factory=list)
+    # Ray's: an idle node of this type is removed after this long (overrides idle_timeout_minutes)
+    idle_timeout_s: float | None = Field(default=None, ge=0)
+    # Ray's: among node types that serve demand at the same cost, the higher priority is launched first
+    priority: int = 0
     docker: DockerConfig | None = None
     # Ours: price used by the autoscaler's cost-aware choice; spot marks interruptible capacity.
     cost_per_hour: float | None = None
@@ -119,6 +128,7 @@ class AutoscalerSettings(_Strict):
 
 class ClusterConfig(_Strict):
     cluster_name: str
+    metadata: dict[str, Any] = Field(default_factory=dict)  # Ray's: free-form, kept and ignored
     max_workers: int = 2
     upscaling_speed: float = 1.0
     idle_timeout_minutes: float = 5.0
@@ -151,6 +161,12 @@ class ClusterConfig(_Strict):
 
     # Where relative file_mounts paths are resolved: the directory of the config file.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    # what reading the file as Ray reads it dropped or filled in, said once by the CLI
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     @property
     def base_dir(self) -> Path:
@@ -170,6 +186,9 @@ class ClusterConfig(_Strict):
     def local_mount_path(self, local: str) -> Path:
         p = Path(local).expanduser()
         return p if p.is_absolute() else (self._base_dir / p)
+
+    def initialization_commands_for(self, node_type: str) -> list[str]:
+        return [*self.available_node_types[node_type].initialization_commands, *self.initialization_commands]
 
     def setup_commands_for(self, node_type: str, is_head: bool) -> list[str]:
         if is_head:
@@ -193,6 +212,7 @@ _PYDANTIC_MESSAGES = {
     "missing": "required field is missing",
     "extra_forbidden": "unknown field",
     "int_parsing": "must be an integer",
+    "int_parsing_size": "must be an integer",
     "int_type": "must be an integer",
     "int_from_float": "must be a whole number",
     "float_parsing": "must be a number",
@@ -210,6 +230,12 @@ _PYDANTIC_MESSAGES = {
 }
 
 
+_SHORT = reprlib.Repr()  # Python 3.11 takes no keywords here
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxtuple = 4
+_SHORT.maxlevel = 2
+
+
 def pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
     """One line per problem, each starting with the dotted path of the field (under `prefix`)."""
     problems = []
@@ -217,8 +243,7 @@ def pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> lis
         e = dict(e, loc=(*prefix, *e["loc"]))
         msg = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
         if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
-            shown = repr(e["input"])
-            msg += f" (got {shown[:60]})"
+            msg += f" (got {_SHORT.repr(e['input'])})"  # bounded: never expands a huge value first
         problems.append(f"{_path(e['loc'])}: {msg}")
     return problems
 
@@ -285,17 +310,22 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
                 p.append(f"{where}.resources.{res}: must be >= 0 (got {amount})")
         if nt.cost_per_hour is not None and nt.cost_per_hour < 0:
             p.append(f"{where}.cost_per_hour: must be >= 0 (got {nt.cost_per_hour})")
-        if nt.docker is not None and nt.docker.wants_container():
-            p.append(f"{where}.docker: containers are not supported yet; remove the image to run on the host")
     if min_sum > cfg.max_workers >= 0:
         p.append(f"max_workers: must be >= the sum of the worker types' min_workers ({min_sum})")
 
-    if cfg.docker is not None and cfg.docker.wants_container():
-        p.append("docker: containers are not supported yet; remove docker.image to run on the host")
     if cfg.cluster_synced_files:
         p.append("cluster_synced_files: not supported yet; use file_mounts")
     if cfg.file_mounts_sync_continuously:
         p.append("file_mounts_sync_continuously: not supported yet; set it to false")
+
+    for key in ("ssh_private_key", "ssh_public_key"):
+        value = getattr(cfg.auth, key)
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                p.append(f"auth.{key}: {value}: no such file")
+            elif not os.access(path, os.R_OK):
+                p.append(f"auth.{key}: {value}: cannot be read (permission denied)")
 
     for remote, local in cfg.file_mounts.items():
         if not remote.strip():
@@ -330,50 +360,215 @@ def _onprem_node_type(data: dict) -> dict:
     return data
 
 
-def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None) -> ClusterConfig:
-    """Validate a loaded YAML document. Raises ConfigError listing every problem.
+ProviderDefaults = Callable[[dict], "dict | None"]  # a provider section -> its provider's defaults
 
-    `section_check` validates the provider section against the provider's own typed model (the
-    providers layer owns those; see lifecycle.config.load_config)."""
+
+def _ray_form(data: dict, defaults: ProviderDefaults | None) -> tuple[dict, list[str], list[str]]:
+    """A Ray file read as Ray reads it: (data, warnings, problems).
+
+    - Empty legacy `head_node`/`worker_nodes` are dropped (warned); non-empty ones are refused, naming them.
+    - On-prem files without node types get Ray's one node type (`_onprem_node_type`).
+    - The provider's defaults (Ray's defaults.yaml, ours per provider) are merged under the file as Ray
+      merges them: each top-level key the file has replaces the default's whole.
+    - Top-level `min_workers` elsewhere is dropped as Ray drops it (warned)."""
+    warnings: list[str] = []
+    problems: list[str] = []
+    data = dict(data)
+    for key in ("head_node", "worker_nodes"):
+        if key not in data:
+            continue
+        if not data[key]:
+            warnings.append(f"{key}: empty legacy key ignored (as Ray does)")
+        else:
+            problems.append(f"{key}: the legacy head_node/worker_nodes format is not supported; move its "
+                            f"node_config into available_node_types.<type>.node_config")
+        del data[key]
+    data = _onprem_node_type(data)
+    provider = data.get("provider")
+    if defaults is not None and isinstance(provider, dict) and not provider.get("head_ip"):
+        base = defaults(provider)
+        if base:
+            if "available_node_types" not in data:
+                warnings.append(f"available_node_types: none declared; using the {provider.get('type')} "
+                                f"provider's default node types ({', '.join(base.get('available_node_types', {}))})")
+            data = {**copy.deepcopy(base), **data}
+    if "min_workers" in data:
+        del data["min_workers"]
+        warnings.append("min_workers: ignored at the top level (as Ray does); set it per node type in "
+                        "available_node_types")
+    return data, warnings, problems
+
+
+def _raw_problems(data: dict) -> list[str]:
+    """Problems seen on the document itself, reported even when its shape is wrong elsewhere."""
+    p: list[str] = []
+    types = data.get("available_node_types")
+    if isinstance(types, dict) and len(types) > MAX_NODE_TYPES:
+        return [f"available_node_types: {len(types):,} node types; at most {MAX_NODE_TYPES:,}"]
+    docker = data.get("docker")
+    sections = [("docker", docker)] + [(f"available_node_types.{name}.docker", (nt or {}).get("docker"))
+                                        for name, nt in (types.items() if isinstance(types, dict) else [])
+                                        if isinstance(nt, dict)]
+    for where, section in sections:
+        if isinstance(section, dict):
+            for key in ("image", "head_image", "worker_image"):
+                if section.get(key):
+                    p.append(f"{where}.{key}: containers are not supported yet; remove it to run on the host")
+    return p
+
+
+def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None,
+                 defaults: ProviderDefaults | None = None) -> ClusterConfig:
+    """Validate a loaded YAML document. Raises ConfigError listing every problem, all at once: those of
+    the document itself, of its shape (pydantic), and of the rules that span fields.
+
+    `section_check` validates the provider section against the provider's own typed model, and
+    `defaults` gives a provider's default keys (the providers layer owns both; see lifecycle.config)."""
     if not isinstance(data, dict):
         raise ConfigError("(top level): the cluster config must be a mapping of keys to values")
-    if "head_node" in data or "worker_nodes" in data:
-        raise ConfigError(
-            "head_node: the legacy head_node/worker_nodes format is not supported; "
-            "declare available_node_types and head_node_type"
-        )
-    data = _onprem_node_type(data)
+    data, warnings, problems = _ray_form(data, defaults)
+    problems += _raw_problems(data)
+    if problems and problems[0].startswith("available_node_types:") and "at most" in problems[0]:
+        raise ConfigError(problems)  # too big to validate further in bounded time
     try:
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(pydantic_problems(e)) from None
+        raise ConfigError(_once([*problems, *pydantic_problems(e)])) from None
     cfg._base_dir = (base_dir or Path.cwd()).resolve()
-    problems = _semantic_problems(cfg)
+    cfg._warnings = warnings
+    problems += _semantic_problems(cfg)
     if section_check is not None and cfg.provider.type in PROVIDER_TYPES:
-        named = {p.split(":", 1)[0] for p in problems}  # each field's problem once
-        problems += [q for q in section_check(cfg.provider) if q.split(":", 1)[0] not in named]
+        problems += section_check(cfg.provider)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_once(problems))
     return cfg
 
 
-def load_config(path: str | Path, section_check: SectionCheck | None = None) -> ClusterConfig:
+MAX_PROBLEMS = 50
+
+
+def _once(problems: list[str]) -> list[str]:
+    """Each field's problem once (the first said), and at most MAX_PROBLEMS lines."""
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        field = p.split(":", 1)[0]
+        if field not in seen:
+            seen.add(field)
+            out.append(p)
+    if len(out) > MAX_PROBLEMS:
+        out = out[:MAX_PROBLEMS] + [f"(top level): {len(out) - MAX_PROBLEMS} more problem(s) not shown"]
+    return out
+
+
+# Bounds that keep a hostile file (huge, binary, deeply nested, an alias bomb) to one clean line in a
+# second or two and bounded memory. A real cluster config is a few KiB, nests 6-8 levels, and uses
+# a handful of YAML anchors.
+MAX_FILE_BYTES = 1 << 20
+MAX_NESTING = 64
+MAX_ELEMENTS = 200_000  # values in the document with every alias expanded
+MAX_NODE_TYPES = 1000
+
+
+def _nesting_problem(text: str) -> str | None:
+    """A cheap scan before the YAML parser sees the text (libyaml recurses per level, and crashes on a
+    document nested 100,000 deep): flow brackets and block indentation, each bounded."""
+    depth = 0
+    for line_no, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip(" -?")
+        if len(line) - len(stripped) > 4 * MAX_NESTING:
+            return f"line {line_no}: nested deeper than {MAX_NESTING} levels"
+        # brackets are counted even inside quotes and comments: a false alarm would need dozens of
+        # unbalanced ones in a string, and no string can hide real nesting
+        for ch in line:
+            if ch in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    return f"line {line_no}: nested deeper than {MAX_NESTING} levels"
+            elif ch in "]}":
+                depth = max(0, depth - 1)
+    return None
+
+
+def _too_many_elements(data: Any) -> bool:
+    """True when the document, aliases expanded, holds more than MAX_ELEMENTS values (an alias bomb):
+    counted with a budget, so the walk itself stops early."""
+    budget = MAX_ELEMENTS
+    stack = [data]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return True
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The YAML document of a config file, or ConfigError with one line saying what is wrong with it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a cluster config is a few KiB")
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: contains NUL bytes: not a text file")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    problem = _nesting_problem(text)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
-    return parse_config(data, base_dir=path.parent, section_check=section_check)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {str(problem)[:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_NESTING} levels") from None
+    if _too_many_elements(data):
+        raise ConfigError(f"{path}: more than {MAX_ELEMENTS:,} values once YAML aliases are expanded "
+                          "(an alias bomb?)")
+    return data
+
+
+def load_config(path: str | Path, section_check: SectionCheck | None = None,
+                defaults: ProviderDefaults | None = None) -> ClusterConfig:
+    path = Path(path)
+    return parse_config(read_config_file(path), base_dir=path.parent, section_check=section_check,
+                        defaults=defaults)
 
 
 def json_schema() -> dict[str, Any]:
-    return ClusterConfig.model_json_schema(by_alias=False)
+    """The JSON Schema of what `validate` accepts, for editors: Ray's aliases and the keys read the way
+    Ray reads them (legacy empties, top-level min_workers) included; node types and the head type are
+    not required (a provider's defaults fill them)."""
+    schema = ClusterConfig.model_json_schema(by_alias=False)
+    props = schema["properties"]
+    for name, info in ClusterConfig.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None) or []
+        for alias in choices:
+            if isinstance(alias, str) and alias != name:
+                props[alias] = props[name]
+    props["min_workers"] = {"type": "integer", "description": "Ray's: on-prem, the node type's minimum; "
+                                                            "elsewhere ignored (as Ray does)"}
+    for legacy in ("head_node", "worker_nodes"):
+        props[legacy] = {"description": "Ray's legacy key: accepted only empty", "anyOf": [
+            {"type": "null"}, {"type": "object", "maxProperties": 0}]}
+    schema["required"] = ["cluster_name", "provider"]
+    return schema

@@ -64,10 +64,18 @@ def _confirm(yes: bool):
     return confirm
 
 
-def _cluster(path: Path):
+def _warn(cfg: ClusterConfig) -> None:
+    """What reading the file as Ray reads it dropped or filled in: said by `validate` and `up`."""
+    for w in cfg.warnings:
+        err.print(f"warning: {w}", highlight=False)
+
+
+def _cluster(path: Path, warn: bool = False):
     from launcher.cluster import Cluster  # keeps `launch validate/schema` free of gRPC imports
 
     cfg = load_config(path)
+    if warn:
+        _warn(cfg)
     return Cluster(cfg, say=lambda msg: err.print(msg, highlight=False))
 
 
@@ -76,6 +84,7 @@ def _cluster(path: Path):
 def validate(config: Path = ConfigFile) -> None:
     """Check a cluster config and print a summary of it."""
     cfg: ClusterConfig = load_config(config)
+    _warn(cfg)
     types = ", ".join(
         f"{name}({nt.min_workers}-{cfg.worker_max(name)})" for name, nt in cfg.available_node_types.items()
     )
@@ -99,7 +108,7 @@ def up(
     ),
 ) -> None:
     """Create or update the cluster: only what changed is redone."""
-    cluster = _cluster(config)
+    cluster = _cluster(config, warn=True)
     with err.status(f"bringing up cluster {cluster.cfg.cluster_name}…"):
         result = cluster.up(confirm=_confirm(yes), restart_runtime=restart_runtime)
     if result.actions:

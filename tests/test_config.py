@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import ClusterConfig
 from core.errors import ConfigError
 from lifecycle.config import load_config, parse_config
 from lifecycle.hashing import launch_hash, runtime_hash
@@ -19,8 +18,19 @@ from tests.infra import ROOT, cli, local_cluster, write_config
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture
+def user_keys(tmp_path, monkeypatch):
+    """A HOME whose ~/.ssh holds the keys example configs name (validate checks they are readable)."""
+    ssh = tmp_path / "user" / ".ssh"
+    ssh.mkdir(parents=True)
+    for name in ("id_ed25519", "id_rsa", "id_rsa.pub"):
+        (ssh / name).write_text("key\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    return ssh
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path):
+def test_shipped_configs_validate(path, user_keys):
     cfg = load_config(path)
     assert cfg.head_node_type in cfg.available_node_types
 
@@ -36,7 +46,7 @@ def test_ray_file_validates_unchanged_with_ray_aliases():
     assert cfg.worker_max("ray.head.default") == 0
 
 
-def test_ray_onprem_local_type_maps_to_ssh():
+def test_ray_onprem_local_type_maps_to_ssh(user_keys):
     cfg = load_config(DATA / "ray_onprem.yaml")
     assert cfg.provider.type == "local"
     assert cfg.provider.kind == "ssh"
@@ -104,9 +114,11 @@ BAD = [
      "available_node_types.gpu.resources: resource name 'bad name' must be non-empty without spaces"),
     ("available_node_types.gpu.cost_per_hour", -0.5, "available_node_types.gpu.cost_per_hour: must be >= 0 (got -0.5)"),
     ("docker", {"image": "rayproject/ray:latest"},
-     "docker: containers are not supported yet; remove docker.image to run on the host"),
+     "docker.image: containers are not supported yet; remove it to run on the host"),
+    ("docker", {"head_image": "x", "container_name": "ray"},
+     "docker.head_image: containers are not supported yet; remove it to run on the host"),
     ("available_node_types.gpu.docker", {"worker_image": "x"},
-     "available_node_types.gpu.docker: containers are not supported yet; remove the image to run on the host"),
+     "available_node_types.gpu.docker.worker_image: containers are not supported yet; remove it to run on the host"),
     ("cluster_synced_files", ["a"], "cluster_synced_files: not supported yet; use file_mounts"),
     ("file_mounts_sync_continuously", True, "file_mounts_sync_continuously: not supported yet; set it to false"),
     ("file_mounts", {"~/data": "./does-not-exist"}, "file_mounts.~/data: local path './does-not-exist' does not exist"),
@@ -150,7 +162,13 @@ def test_sum_of_min_workers_within_max_workers():
 
 
 def test_legacy_and_non_mapping_documents():
-    assert _problems({"cluster_name": "c", "head_node": {}})[0].startswith("head_node: the legacy")
+    # empty legacy keys are dropped with a warning, as Ray does; non-empty ones are refused by name
+    cfg = parse_config({**local_cluster("c"), "head_node": {}, "worker_nodes": None})
+    assert cfg.warnings == ["head_node: empty legacy key ignored (as Ray does)",
+                            "worker_nodes: empty legacy key ignored (as Ray does)"]
+    problems = _problems({**local_cluster("c"), "worker_nodes": {"InstanceType": "m5.large"}})
+    assert problems == ["worker_nodes: the legacy head_node/worker_nodes format is not supported; move its "
+                        "node_config into available_node_types.<type>.node_config"]
     assert _problems(["a"]) == ["(top level): the cluster config must be a mapping of keys to values"]
 
 
@@ -247,9 +265,10 @@ def test_cli_schema_is_json_schema_of_the_config(tmp_path):
     r = cli("schema", home=tmp_path)
     assert r.returncode == 0
     schema = json.loads(r.stdout)
-    assert set(schema["required"]) == {"cluster_name", "provider", "available_node_types", "head_node_type"}
+    # node types and the head type may come from the provider's defaults, as in Ray
+    assert set(schema["required"]) == {"cluster_name", "provider"}
     assert "cost_per_hour" in json.dumps(schema["$defs"]["NodeTypeConfig"])
-    assert schema == ClusterConfig.model_json_schema(by_alias=False)
+    assert schema["properties"]["head_start_ray_commands"] == schema["properties"]["head_start_commands"]
 
 
 def test_yaml_round_trip_of_shipped_demo():
