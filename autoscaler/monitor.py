@@ -95,7 +95,8 @@ class Monitor:
                 resources = {**self.learned.get(name, {}), **resources}
             out[name] = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers,
                                      max_workers=self.cfg.worker_max(name),
-                                     cost_per_hour=cost_per_hour(self.cfg, name, resources), spot=nt.spot)
+                                     cost_per_hour=cost_per_hour(self.cfg, name, resources), spot=nt.spot,
+                                     idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
         return out
 
     def views(self, nodes: list[NodeInfo], state, now: float) -> list[NodeView]:

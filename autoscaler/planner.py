@@ -42,6 +42,8 @@ class NodeTypeSpec:
     max_workers: int = 0
     cost_per_hour: float = 0.0
     spot: bool = False
+    idle_timeout_s: float | None = None  # Ray's per-type idle timeout; None: the cluster's
+    priority: int = 0  # Ray's: among equal-cost choices, the higher priority is launched first
 
     @property
     def has_gpu(self) -> bool:
@@ -235,8 +237,12 @@ def plan(inp: PlanInput) -> Plan:
         elif n.status == S.DRAINING and n.running == 0 and n.id not in absorbing:
             terminate(n, "drained")
 
+    def idle_timeout(n: NodeView) -> float:
+        own = types[n.node_type].idle_timeout_s if n.node_type in types else None
+        return lim.idle_timeout_s if own is None else own
+
     idle = [n for n in workers if n.id not in leaving and n.id not in absorbing and n.status == S.UP_TO_DATE
-            and n.registered and n.running == 0 and n.idle_since > 0 and now - n.idle_since >= lim.idle_timeout_s]
+            and n.registered and n.running == 0 and n.idle_since > 0 and now - n.idle_since >= idle_timeout(n)]
     # least useful first: the most expensive, then the longest idle
     for n in sorted(idle, key=lambda n: (-types[n.node_type].cost_per_hour if n.node_type in types else 0.0,
                                          n.idle_since, n.id)):
@@ -311,7 +317,8 @@ def plan(inp: PlanInput) -> Plan:
             value = served if served > 0 else sum(placed.values())
             # a GPU node that would run no GPU work loses to any non-GPU node that can serve
             gpu_waste = t.has_gpu and cpu_alternative and not any(dict(s).get("GPU", 0) > 0 for s in placed)
-            key = (gpu_waste, t.cost_per_hour / value, t.name)
+            # equal cost per unit served: the higher priority, then the name (deterministic)
+            key = (gpu_waste, round(t.cost_per_hour / value, 9), -t.priority, t.name)
             if best is None or key < best[0]:
                 best = (key, t, placed)
         if best is None:

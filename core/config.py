@@ -187,6 +187,15 @@ class ClusterConfig(_Strict):
         p = Path(local).expanduser()
         return p if p.is_absolute() else (self._base_dir / p)
 
+    def ray_bootstrap_yaml(self) -> str:
+        """The config as Ray writes it to the head's ~/ray_bootstrap_config.yaml (Ray's key names)."""
+        data = self.model_dump(mode="json", exclude_unset=True)
+        for ours, rays in (("head_start_commands", "head_start_ray_commands"),
+                           ("worker_start_commands", "worker_start_ray_commands")):
+            if ours in data:
+                data[rays] = data.pop(ours)
+        return yaml.safe_dump(data, sort_keys=False)
+
     def initialization_commands_for(self, node_type: str) -> list[str]:
         return [*self.available_node_types[node_type].initialization_commands, *self.initialization_commands]
 

@@ -57,7 +57,8 @@ class Lifecycle:
                             known_hosts=state.known_hosts, proxy_command=spec.config.auth.ssh_proxy_command,
                             connect_timeout_s=self.section.ssh_connect_timeout_s,
                             # the head reaches the workers over the cluster's private network
-                            use_internal_ips=self.section.use_internal_ips or spec.on_head)
+                            use_internal_ips=self.section.use_internal_ips or spec.on_head,
+                            proxy_use_node_id=spec.config.auth.ssh_proxy_use_node_id)
         self._runners: dict[str, CommandRunner] = {}
         self._runners_lock = threading.Lock()
 

@@ -39,7 +39,7 @@ def runtime_hash(spec: ClusterSpec, node_type: str, is_head: bool, head_address:
     nt = cfg.node_type(node_type)
     return _digest({
         "version": __version__,
-        "init": cfg.initialization_commands,
+        "init": cfg.initialization_commands_for(node_type),
         "setup": cfg.setup_commands_for(node_type, is_head),
         "start": cfg.start_commands_for(is_head),
         "mounts": spec.mount_digests,

@@ -24,7 +24,8 @@ from runtime.node_config import NodeRuntimeConfig
 from transport.base import CommandResult, CommandRunner, ConnectionLost
 from transport.file_sync import sync_up
 
-STEP_ATTEMPTS = 3  # a step whose connection drops is retried on a new connection
+STEP_ATTEMPTS = 3
+RAY_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # a step whose connection drops is retried on a new connection
 
 
 class NodeUpdateFailed(LaunchError):
@@ -58,6 +59,14 @@ class NodeUpdater:
         self.status = node.status
         self.head_address: str | None = None
         self.wait_ready_s = wait_ready_s
+
+    @property
+    def command_env(self) -> dict[str, str]:
+        """What Ray's setup and start commands expect on every node: the head's internal IP
+        (`$RAY_HEAD_IP`, and ours, `$LAUNCH_HEAD_IP`)."""
+        cfg = self.runtime_cfg
+        ip = cfg.address if cfg.is_head else cfg.head_address.rsplit(":", 1)[0]
+        return {"RAY_HEAD_IP": ip, "LAUNCH_HEAD_IP": ip}
 
     def _set_status(self, new: NodeStatus, **extra_tags: str) -> None:
         tags = status_tags(self.status, new, time.time())
@@ -103,14 +112,17 @@ class NodeUpdater:
                         log.write(f"synced {local} -> {remote}: {n} file(s) sent\n")
                     step = "setting-up"
                     self._set_status(NodeStatus.SETTING_UP)
-                    for cmd in [*self.cfg.initialization_commands,
+                    if self.runtime_cfg.is_head:  # where Ray's start commands expect the cluster's config
+                        self._retrying(log, step, lambda: self.runner.put_file(
+                            self.spec.config.ray_bootstrap_yaml().encode(), RAY_BOOTSTRAP_CONFIG, mode=0o600))
+                    for cmd in [*self.cfg.initialization_commands_for(self.node.node_type),
                                 *self.cfg.setup_commands_for(self.node.node_type, self.runtime_cfg.is_head)]:
-                        self._run(log, step, cmd)
+                        self._run(log, step, cmd, env=self.command_env)
                 step = "starting the runtime"
                 self.start_runtime(log, plan.restart_runtime)
                 if plan.full:
                     for cmd in self.cfg.start_commands_for(self.runtime_cfg.is_head):
-                        self._run(log, step, cmd)
+                        self._run(log, step, cmd, env=self.command_env)
                     self._set_status(NodeStatus.UP_TO_DATE,
                                      **{TAG_RUNTIME_HASH: self.runtime_hash, TAG_LAUNCH_HASH: self.launch_hash})
             except NodeUpdateFailed as e:

@@ -114,6 +114,25 @@ def test_idle_scale_down_least_useful_first_never_below_min_never_busy():
     assert all("idle for" in why for _, why in p.terminations)
 
 
+def test_a_node_types_own_idle_timeout_overrides_the_clusters():
+    """Ray's available_node_types.X.idle_timeout_s."""
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 0, 10, 0.2, idle_timeout_s=5),
+             "cpu16": NodeTypeSpec("cpu16", {"CPU": 16}, 0, 10, 0.7, idle_timeout_s=3600)}
+    nodes = [_node("a", "cpu4", idle_since=90.0, available={"CPU": 4}),       # idle 10 s > its 5 s
+             _node("c", "cpu16", idle_since=1.0, available={"CPU": 16})]      # idle 99 s < its hour
+    p = _plan([], nodes, types=types, limits=Limits(max_workers=10, idle_timeout_s=60), now=100.0)
+    assert [t for t, _ in p.terminations] == ["a"]
+
+
+def test_priority_orders_equal_cost_choices_only():
+    """Ray's available_node_types.X.priority: a tie-break, never a reason to pay more."""
+    low = NodeTypeSpec("a-low", {"CPU": 4}, 0, 10, 0.2, priority=0)
+    high = NodeTypeSpec("z-high", {"CPU": 4}, 0, 10, 0.2, priority=5)
+    assert _plan([({"CPU": 1}, 4)], types={t.name: t for t in (low, high)}).launches == {"z-high": 1}
+    dear = NodeTypeSpec("z-high", {"CPU": 4}, 0, 10, 0.3, priority=5)
+    assert _plan([({"CPU": 1}, 4)], types={t.name: t for t in (low, dear)}).launches == {"a-low": 1}
+
+
 def test_idle_node_that_fits_waiting_work_is_kept():
     nodes = [_node("a", "cpu4", idle_since=1.0, available={"CPU": 4})]
     p = _plan([({"CPU": 2}, 1)], nodes, limits=Limits(max_workers=10, idle_timeout_s=10), now=100.0)

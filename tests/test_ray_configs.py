@@ -145,6 +145,17 @@ def test_rays_node_type_and_auth_keys_are_understood(user_home):
     assert cfg.head_start_commands == RAY_START_HEAD  # Ray's start commands run as written
 
 
+def test_ssh_proxy_use_node_id_gives_the_proxy_the_node_id(tmp_path):
+    from core.node import NodeInfo
+    from transport import SSHAuth, runner_for
+
+    node = NodeInfo(id="i-0abc", node_type="cpu", state="running", tags={}, internal_ip="10.0.0.5")
+    auth = SSHAuth(user="ubuntu", private_key=None, known_hosts=tmp_path / "kh",
+                   proxy_command="aws ssm start-session --target %h", proxy_use_node_id=True)
+    assert runner_for(node, auth).proxy_host == "i-0abc"
+    assert runner_for(node, SSHAuth(user="u", private_key=None, known_hosts=tmp_path / "kh")).proxy_host == "10.0.0.5"
+
+
 def test_a_container_image_is_named_by_its_key_beside_other_problems(user_home):
     data = {"cluster_name": "c", "docker": {"image": "rayproject/ray-ml:latest-gpu", "container_name": "ray"}}
     with pytest.raises(ConfigError) as e:

@@ -27,7 +27,11 @@ def onprem(ssh_lab, tmp_path_factory):
     (tmp / "mount").mkdir()
     (tmp / "mount" / "conf.txt").write_text("mounted\n")
     data = ssh_cluster("onprem", ssh_lab, head, [w1.address, w2.address],
-                       file_mounts={"~/mount": "./mount"}, setup_commands=["echo set-up >> ~/setup.log"])
+                       file_mounts={"~/mount": "./mount"}, setup_commands=["echo set-up >> ~/setup.log"],
+                       initialization_commands=["echo cluster-init >> ~/init.log"],
+                       # Ray's start commands, verbatim: they expect $RAY_HEAD_IP on every node
+                       worker_start_ray_commands=["echo $RAY_HEAD_IP $LAUNCH_HEAD_IP > ~/head_ip; true"])
+    data["available_node_types"]["worker"]["initialization_commands"] = ["echo type-init >> ~/init.log"]
     path = write_config(tmp / "onprem.yaml", data)
     home = tmp / "home"
     yield {"path": path, "home": home, "hosts": [head, w1, w2], "tmp": tmp, "data": data}
@@ -48,6 +52,11 @@ def test_up_status_exec_and_idempotent_up(onprem):
         assert (h.home / "mount" / "conf.txt").read_text() == "mounted\n"
         assert list((h.home / ".launch-runtime" / "install").iterdir())
         assert ((h.home / ".launch-runtime" / "node.json").stat().st_mode & 0o777) == 0o600
+    for w in (w1, w2):  # the type's initialization commands first, then the cluster's
+        assert (w.home / "init.log").read_text() == "type-init\ncluster-init\n"
+        assert (w.home / "head_ip").read_text() == f"{head.ip} {head.ip}\n"
+    bootstrap = head.home / "ray_bootstrap_config.yaml"  # where Ray's head start commands look for it
+    assert bootstrap.stat().st_mode & 0o777 == 0o600 and "cluster_name: onprem" in bootstrap.read_text()
     # the laptop pinned the head; the head pinned the workers it set up, and the laptop learnt them
     known_hosts = (home / "clusters" / "onprem" / "known_hosts").read_text()
     on_head = (head.home / ".launch-runtime" / "cluster" / "known_hosts").read_text()

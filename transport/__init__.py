@@ -22,6 +22,7 @@ class SSHAuth:
     proxy_command: str | None = None
     connect_timeout_s: float = 10.0
     use_internal_ips: bool = False
+    proxy_use_node_id: bool = False  # Ray's: the proxy command's %h is the node's id, not its IP
 
 
 def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) -> CommandRunner:
@@ -42,4 +43,5 @@ def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) 
         raise LaunchError(f"node {node.id} has no IP address yet")
     return SSHCommandRunner(host, node.ssh_port, auth.user, auth.private_key, auth.known_hosts,
                             proxy_command=None if via is not None else auth.proxy_command,
+                            proxy_host=node.id if auth.proxy_use_node_id else None,
                             connect_timeout=auth.connect_timeout_s, jump=via)

@@ -80,12 +80,14 @@ class SSHCommandRunner:
 
     def __init__(self, host: str, port: int, user: str, key_path: str | None, known_hosts: Path, *,
                  proxy_command: str | None = None, connect_timeout: float = 10.0,
-                 python: str = NODE_PYTHON, jump: SSHCommandRunner | None = None):
+                 python: str = NODE_PYTHON, jump: SSHCommandRunner | None = None,
+                 proxy_host: str | None = None):
         self.host, self.port, self.user = host, port, user
         self.key_path = os.path.expanduser(key_path) if key_path else None
         self.known_hosts = known_hosts
         self.proxy_command = proxy_command
         self.jump = jump  # reach this node through another one's SSH connection (a worker via the head)
+        self.proxy_host = proxy_host or host  # what the proxy command's %h becomes
         self.connect_timeout = connect_timeout
         self.python = python
         self._client: paramiko.SSHClient | None = None
@@ -110,7 +112,7 @@ class SSHCommandRunner:
             sock = self.jump._conn().get_transport().open_channel(
                 "direct-tcpip", (self.host, self.port), ("127.0.0.1", 0), timeout=self.connect_timeout)
         elif self.proxy_command:
-            cmd = self.proxy_command.replace("%h", self.host).replace("%p", str(self.port)).replace("%r", self.user)
+            cmd = self.proxy_command.replace("%h", self.proxy_host).replace("%p", str(self.port)).replace("%r", self.user)
             sock = paramiko.ProxyCommand(cmd)
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_path,
@@ -176,7 +178,8 @@ class SSHCommandRunner:
     def run(self, cmd: str, *, env: dict[str, str] | None = None, on_output: OutputFn | None = None,
             timeout: float | None = None, check: bool = False) -> CommandResult:
         if env:  # not for secrets: they would show in `ps` on the node
-            cmd = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + cmd
+            # exported, so every command of a compound one sees them and `$VAR` in it expands
+            cmd = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; " + cmd
         client = self._conn()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
