@@ -84,10 +84,10 @@ def test_imported_public_key(aws, tmp_path):
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")], check=True)
     pub = tmp_path / "id.pub"
-    p = provider(tmp_path, auth={"ssh_user": "ubuntu", "ssh_public_key": str(pub), "ssh_private_key": "~/.ssh/id"})
+    p = provider(tmp_path, auth={"ssh_user": "ubuntu", "ssh_public_key": str(pub), "ssh_private_key": str(tmp_path / "id")})
     assert aws.describe_key_pairs()["KeyPairs"][0]["KeyName"] == "launch-aws1"
     assert not (tmp_path / "cluster" / "launch-aws1.pem").exists()
-    assert p.spec.ssh_private_key == os.path.expanduser("~/.ssh/id")
+    assert p.spec.ssh_private_key == str(tmp_path / "id")
 
 
 def test_resources_filled_from_instance_types(aws, tmp_path):
@@ -145,6 +145,43 @@ def test_a_head_profile_named_in_node_config_is_used_and_none_is_made(aws, tmp_p
     (worker,) = p.create("cpu", 1, {"launch-cluster": "aws1", "launch-kind": "worker"})
     (inst,) = [i for r in aws.describe_instances(InstanceIds=[worker.id])["Reservations"] for i in r["Instances"]]
     assert "IamInstanceProfile" not in inst  # workers get no credentials at all
+
+
+def _publish_image(ami_id: str, name: str, owner: str, alias: str | None, created: str) -> None:
+    """An image as its vendor publishes it (moto has none of today's Ubuntu or Deep Learning AMIs)."""
+    from datetime import datetime
+
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.amis import Ami
+
+    backend = ec2_backends["123456789012"][REGION]
+    backend.amis[ami_id] = Ami(backend, ami_id, name=name, owner_id=owner, owner_alias=alias, public=True,
+                               architecture="x86_64", creation_date=datetime.fromisoformat(created))
+
+
+def test_node_configs_without_an_image_get_the_regions_current_default_and_subnet_ids_are_honoured(aws, tmp_path):
+    _publish_image("ami-0ubuntu2601", "ubuntu/images/hvm-ssd-gp3/ubuntu-jammy-22.04-amd64-server-20260101",
+                   "099720109477", None, "2026-01-01T00:00:00")
+    _publish_image("ami-0ubuntu2610", "ubuntu/images/hvm-ssd-gp3/ubuntu-jammy-22.04-amd64-server-20261001",
+                   "099720109477", None, "2026-10-01T00:00:00")
+    _publish_image("ami-0dlami2610", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261001",
+                   "898082745236", "amazon", "2026-10-01T00:00:00")
+    _publish_image("ami-0squatter", "ubuntu/images/hvm-ssd-gp3/ubuntu-jammy-22.04-amd64-server-20991231",
+                   "666666666666", None, "2026-11-01T00:00:00")  # newest, but not from a vendor: never picked
+    zone_b = [sn for sn in aws.describe_subnets()["Subnets"] if sn["AvailabilityZone"] == "us-west-2b"][0]
+    types = copy.deepcopy(BASE["available_node_types"])
+    for name in ("cpu", "gpu"):
+        del types[name]["node_config"]["ImageId"]
+    types["cpu"]["node_config"]["SubnetIds"] = [zone_b["SubnetId"]]
+    p = provider(tmp_path, available_node_types=types)
+    assert p.state["images"] == {"cpu": "ami-0ubuntu2610", "gpu": "ami-0dlami2610"}
+    (cpu,) = p.create("cpu", 1, {"launch-cluster": "aws1", "launch-kind": "worker"})
+    (gpu,) = p.create("gpu", 1, {"launch-cluster": "aws1", "launch-kind": "worker"})
+    by_id = {i["InstanceId"]: i for r in aws.describe_instances(InstanceIds=[cpu.id, gpu.id])["Reservations"]
+             for i in r["Instances"]}
+    assert by_id[cpu.id]["ImageId"] == "ami-0ubuntu2610" and by_id[gpu.id]["ImageId"] == "ami-0dlami2610"
+    assert by_id[cpu.id]["SubnetId"] == zone_b["SubnetId"]  # SubnetIds honoured, not passed to EC2 raw
+    assert by_id[gpu.id]["Placement"]["AvailabilityZone"] == "us-west-2a"  # the cluster's zones otherwise
 
 
 def test_heterogeneous_nodes_tagged_from_birth_and_all_gone_after_terminate(aws, tmp_path):

@@ -133,6 +133,10 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     state = {
         "vpc_id": vpc_id,
         "subnets": _subnets(aws, vpc_id, zones),
+        # node type -> its subnets, for types whose node_config names them (Ray's SubnetIds)
+        "type_subnets": _type_subnets(aws, config),
+        # node type -> the region's default image, for types whose node_config names none
+        "images": _default_images(aws, config, section),
         "key_name": key_name,
         "security_group": _security_group(aws, name, vpc_id, section),
         # the head's own credentials: the profile its node_config names (Ray's way), else one made here
@@ -168,6 +172,58 @@ def _subnets(aws: _Clients, vpc_id: str, zones: list[str]) -> list[dict[str, str
         by_zone.setdefault(s["AvailabilityZone"], s)
     ordered = sorted(by_zone.values(), key=lambda s: (order.get(s["AvailabilityZone"], 99), s["AvailabilityZone"]))
     return [{"id": s["SubnetId"], "zone": s["AvailabilityZone"]} for s in ordered]
+
+
+# A current image per kind of node, from owners AWS vouches for (Amazon's Deep Learning AMIs for GPU
+# nodes, as Ray picks; Canonical's Ubuntu otherwise). The newest match of the region wins.
+IMAGE_OWNERS = ["amazon", "099720109477"]
+IMAGE_NAMES = {
+    "gpu": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+    "cpu": "ubuntu/images/hvm-ssd*/ubuntu-jammy-22.04-{arch}-server-*",
+}
+
+
+def _default_images(aws: _Clients, config: ClusterConfig, section: Section) -> dict[str, str]:
+    images: dict[str, str] = {}
+    found: dict[tuple[str, str], str] = {}
+    for name, nt in config.available_node_types.items():
+        nc = nt.node_config
+        if nc.get("ImageId") or "LaunchTemplate" in nc:
+            continue
+        itype = nc.get("InstanceType")
+        if not itype:
+            raise ConfigError(f"available_node_types.{name}.node_config.InstanceType: required (or a LaunchTemplate)")
+        info = aws.call(aws.ec2, "describe_instance_types", name, InstanceTypes=[itype])["InstanceTypes"]
+        if not info:
+            raise InvalidRequest(f"available_node_types.{name}.node_config.InstanceType: unknown instance type "
+                                 f"{itype!r} in {section.region}")
+        arch = "arm64" if "arm64" in info[0].get("ProcessorInfo", {}).get("SupportedArchitectures", []) else "x86_64"
+        kind = "gpu" if info[0].get("GpuInfo", {}).get("Gpus") else "cpu"
+        if (kind, arch) not in found:
+            pattern = IMAGE_NAMES[kind].format(arch="amd64" if arch == "x86_64" else "arm64")
+            candidates = aws.call(aws.ec2, "describe_images", name, Owners=IMAGE_OWNERS, Filters=[
+                {"Name": "name", "Values": [pattern]}, {"Name": "architecture", "Values": [arch]},
+                {"Name": "state", "Values": ["available"]}])["Images"]
+            if not candidates:
+                raise ConfigError(f"available_node_types.{name}.node_config.ImageId: no default image ({pattern}) "
+                                  f"in {section.region}; name one")
+            found[(kind, arch)] = max(candidates, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+        images[name] = found[(kind, arch)]
+    return images
+
+
+def _type_subnets(aws: _Clients, config: ClusterConfig) -> dict[str, list[dict[str, str]]]:
+    """Ray's `SubnetIds` in a node_config: that type launches in those subnets, in the file's order."""
+    out = {}
+    for name, nt in config.available_node_types.items():
+        ids = nt.node_config.get("SubnetIds")
+        if not ids:
+            continue
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"available_node_types.{name}.node_config.SubnetIds: must be a list of subnet ids")
+        found = {s["SubnetId"]: s for s in aws.call(aws.ec2, "describe_subnets", name, SubnetIds=ids)["Subnets"]}
+        out[name] = [{"id": i, "zone": found[i]["AvailabilityZone"]} for i in ids if i in found]
+    return out
 
 
 def _key_pair(aws: _Clients, config: ClusterConfig, section: Section, state_dir: Path) -> tuple[str, Path | None]:
@@ -301,6 +357,9 @@ class Provider:
     def _params(self, node_type: str, tags: dict[str, str]) -> dict:
         nt = self.spec.config.available_node_types[node_type]
         params = json.loads(json.dumps(nt.node_config))
+        params.pop("SubnetIds", None)  # Ray's key, not EC2's: resolved at bootstrap (type_subnets)
+        if node_type in (self.state.get("images") or {}):
+            params.setdefault("ImageId", self.state["images"][node_type])
         if self.state.get("key_name"):
             params.setdefault("KeyName", self.state["key_name"])
         if "NetworkInterfaces" not in params and "SecurityGroupIds" not in params and self.state.get("security_group"):
@@ -318,7 +377,9 @@ class Provider:
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         params = self._params(node_type, tags)
         pinned = "SubnetId" in params or "NetworkInterfaces" in params
-        subnets = [{"id": None, "zone": None}] if pinned else (self.state.get("subnets") or [{"id": None, "zone": None}])
+        own = (self.state.get("type_subnets") or {}).get(node_type)
+        subnets = ([{"id": None, "zone": None}] if pinned
+                   else own or self.state.get("subnets") or [{"id": None, "zone": None}])
         last: CapacityError | None = None
         for subnet in subnets:
             call = dict(params, MinCount=1, MaxCount=count)  # fewer than asked is not an error
