@@ -189,8 +189,12 @@ class Monitor:
                     self.event("terminate-deferred", node=node_id, reason=f"{reason}; busy with {reply.running}")
                     continue
             # logged first: the node leaves the provider's listing before its processes have all stopped
-            self.event("terminate", node=node_id, node_type=node.node_type, reason=reason)
-            self.lifecycle.terminate([node])
+            view = views[node_id]
+            # a healthy node (idle) is retired: stopped where the provider caches stopped nodes
+            healthy = view.status in (NodeStatus.UP_TO_DATE, NodeStatus.DRAINING) and not view.outdated
+            self.event("terminate", node=node_id, node_type=node.node_type, reason=reason,
+                       stopped=healthy and self.lifecycle.caches_stopped_nodes and not node.spot)
+            (self.lifecycle.retire if healthy else self.lifecycle.terminate)([node])
             self.metrics.terminations.labels(node.node_type).inc()
             if views[node_id].registered:  # gone now, not when its heartbeats stop (nor "interrupted")
                 self.head.remove_node(node_id, reason)

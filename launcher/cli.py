@@ -126,14 +126,22 @@ def up(
 
 @app.command()
 @_handle_errors
-def down(config: Path = ConfigFile, yes: bool = Yes) -> None:
-    """Terminate every node of the cluster."""
+def down(
+    config: Path = ConfigFile,
+    yes: bool = Yes,
+    keep_stopped: bool = typer.Option(
+        False, "--keep-stopped",
+        help="Stop the nodes instead of terminating them, and keep stopped ones (providers that can stop)."),
+) -> None:
+    """Terminate every node of the cluster (stopped, cached ones too)."""
     cluster = _cluster(config)
-    if not _confirm(yes)(f"Terminate every node of cluster {cluster.cfg.cluster_name!r}?"):
+    verb = "Stop" if keep_stopped else "Terminate"
+    if not _confirm(yes)(f"{verb} every node of cluster {cluster.cfg.cluster_name!r}?"):
         raise LaunchError("not confirmed; nothing was terminated")
     with err.status(f"tearing down cluster {cluster.cfg.cluster_name}…"):
-        n = cluster.down()
-    out.print(f"Cluster {cluster.cfg.cluster_name!r} is down: {n} node(s) terminated.")
+        n = cluster.down(keep_stopped=keep_stopped)
+    done = "stopped or terminated (spot)" if keep_stopped else "terminated"
+    out.print(f"Cluster {cluster.cfg.cluster_name!r} is down: {n} node(s) {done}.")
 
 
 def _fmt_amount(name: str, v: float) -> str:

@@ -66,9 +66,9 @@ class Cluster:
                                            restart_runtime=restart_runtime)
         return result
 
-    def down(self) -> int:
+    def down(self, keep_stopped: bool = False) -> int:
         self._lifecycle = None
-        return tear_down(self.cfg, self.dir, say=self.say)
+        return tear_down(self.cfg, self.dir, say=self.say, keep_stopped=keep_stopped)
 
     # --- observation ------------------------------------------------------------------------------
 

@@ -124,14 +124,33 @@ class Lifecycle:
         node.tags.update(tags)
 
     def terminate(self, nodes: list[NodeInfo]) -> None:
+        self._leaving(nodes)
+        if nodes:
+            self.provider.terminate([n.id for n in nodes])
+
+    @property
+    def caches_stopped_nodes(self) -> bool:
+        return self.provider.capabilities.stop_start and bool(getattr(self.provider, "cache_stopped_nodes", False))
+
+    def retire(self, nodes: list[NodeInfo]) -> None:
+        """A healthy node leaves the cluster: stopped where the provider caches stopped nodes (Ray's
+        cache_stopped_nodes; a spot node is terminated, as in Ray), so the next scale-up starts it
+        again with its disk (the runtime installed, the files synced); else terminated."""
+        if not self.caches_stopped_nodes:
+            return self.terminate(nodes)
+        stop = [n for n in nodes if not n.spot]
+        self._leaving(stop)
+        if stop:
+            self.provider.stop([n.id for n in stop])
+        self.terminate([n for n in nodes if n.spot])
+
+    def _leaving(self, nodes: list[NodeInfo]) -> None:
         for n in nodes:
             if can_transition(n.status, NodeStatus.TERMINATING):
                 try:
                     self.set_status(n, NodeStatus.TERMINATING)
                 except NodeNotFound:
                     pass  # gone already
-        if nodes:
-            self.provider.terminate([n.id for n in nodes])
         with self._runners_lock:
             runners = [self._runners.pop(n.id) for n in nodes if n.id in self._runners]
         for r in runners:
@@ -383,9 +402,10 @@ class Lifecycle:
 
     # --- down ---------------------------------------------------------------------------------------
 
-    def down(self) -> int:
+    def down(self, keep_stopped: bool = False) -> int:
         """Stop the autoscaler first (it may be launching); the head terminates the workers (it reaches
-        them on their private network); then terminate from here until nothing is listed."""
+        them on their private network); then terminate from here until nothing is listed, stopped
+        (cached) nodes included. `keep_stopped`: stop the nodes instead and keep them stopped."""
         nodes = self.nodes()
         heads = [n for n in nodes if n.kind == KIND_HEAD]
         for head in heads:
@@ -394,18 +414,25 @@ class Lifecycle:
         for head in heads:
             if head.status == NodeStatus.UP_TO_DATE and any(n.kind == KIND_WORKER for n in nodes):
                 try:
-                    gone += self.on_head(head, "terminate-workers")["terminated"]
+                    args = "terminate-workers" + (" --keep-stopped" if keep_stopped else "")
+                    gone += self.on_head(head, args)["terminated"]
                 except LaunchError as e:
                     self.say(f"the head could not terminate the workers ({e}); terminating them from here")
-        gone += self._terminate_rounds(lambda n: True)
+        gone += self._terminate_rounds(lambda n: True, keep_stopped)
+        if self.provider.capabilities.stop_start and not keep_stopped:
+            cached = self.provider.stopped({TAG_CLUSTER: self.spec.name})
+            if cached:
+                self.provider.terminate([n.id for n in cached])
+                gone += len(cached)
         self.close()
         return gone
 
-    def terminate_workers(self) -> int:
-        return self._terminate_rounds(lambda n: n.kind == KIND_WORKER)
+    def terminate_workers(self, keep_stopped: bool = False) -> int:
+        return self._terminate_rounds(lambda n: n.kind == KIND_WORKER, keep_stopped)
 
-    def _terminate_rounds(self, which: Callable[[NodeInfo], bool]) -> int:
+    def _terminate_rounds(self, which: Callable[[NodeInfo], bool], keep_stopped: bool = False) -> int:
         gone: set[str] = set()
+        end = self.retire if keep_stopped and self.provider.capabilities.stop_start else self.terminate
         nodes = [n for n in self.nodes() if which(n)]
         for _ in range(DOWN_ROUNDS):
             if not nodes:
@@ -413,7 +440,7 @@ class Lifecycle:
             workers = [n for n in nodes if n.kind != KIND_HEAD]
             heads = [n for n in nodes if n.kind == KIND_HEAD]
             for group in (workers, heads):  # workers first: the head is the last to know about them
-                self.terminate(group)
+                end(group)
                 gone |= {n.id for n in group}
             nodes = [n for n in self.nodes() if which(n)]
         if nodes:
@@ -436,13 +463,13 @@ def bring_up(config, state: ClusterDir, *, say: Say, confirm: Confirm, restart_r
         return lifecycle, lifecycle.up(state.token(), confirm=confirm, restart_runtime=restart_runtime)
 
 
-def tear_down(config, state: ClusterDir, *, say: Say) -> int:
+def tear_down(config, state: ClusterDir, *, say: Say, keep_stopped: bool = False) -> int:
     """`launch down`: with the spec `up` stored (or, if lost, one that creates nothing), stop the
     autoscaler, terminate every node of the cluster, and forget its runtime state."""
     from lifecycle.spec import unbootstrapped
 
     with state.locked("down", say):
         spec = state.load_spec() or unbootstrapped(config, state.path)
-        n = Lifecycle(spec, state, say).down()
+        n = Lifecycle(spec, state, say).down(keep_stopped)
         state.forget_runtime()
         return n

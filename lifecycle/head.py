@@ -95,7 +95,7 @@ def _reconcile(restart: bool, replace_stale: bool) -> dict:
         lc.close()
 
 
-def _terminate_workers() -> dict:
+def _terminate_workers(keep_stopped: bool) -> dict:
     from lifecycle.cluster import Lifecycle
     from lifecycle.state import ClusterDir
 
@@ -103,7 +103,7 @@ def _terminate_workers() -> dict:
     state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
     lc = Lifecycle(spec, state, say=lambda msg: print(msg, flush=True))
     with state.locked("down", lc.say):
-        return {"terminated": lc.terminate_workers()}
+        return {"terminated": lc.terminate_workers(keep_stopped)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reconcile", help="launch min_workers, update outdated workers, wait for them")
     p.add_argument("--restart", action="store_true")
     p.add_argument("--replace-stale", action="store_true")
-    sub.add_parser("terminate-workers", help="terminate every worker of the cluster")
+    t = sub.add_parser("terminate-workers", help="terminate every worker of the cluster")
+    t.add_argument("--keep-stopped", action="store_true", help="stop them instead, and keep them stopped")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "reconcile":
             result = _reconcile(args.restart, args.replace_stale)
         else:
-            result = _terminate_workers()
+            result = _terminate_workers(args.keep_stopped)
     except LaunchError as e:
         print(ERROR + str(e).replace("\n", " "), flush=True)
         return 1

@@ -330,3 +330,45 @@ def test_missing_region_and_missing_sdk_message(tmp_path, moto_server, monkeypat
     with pytest.raises(ConfigError, match=r"pip install 'launch\[aws\]'"):
         resolve(parse_config(BASE), tmp_path)
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
+
+
+def _states(aws, ids) -> dict[str, str]:
+    return {i["InstanceId"]: i["State"]["Name"] for r in aws.describe_instances(InstanceIds=list(ids))["Reservations"]
+            for i in r["Instances"]}
+
+
+def test_cache_stopped_nodes_stops_idle_nodes_and_starts_them_before_creating_new_ones(aws, tmp_path):
+    """Ray's provider.cache_stopped_nodes (default true on AWS)."""
+    from lifecycle.cluster import Lifecycle
+    from lifecycle.state import ClusterDir
+
+    (tmp_path / "cluster").mkdir()
+    lc = Lifecycle(spec_of(tmp_path), ClusterDir("aws1", path=tmp_path / "state"))
+    assert lc.caches_stopped_nodes
+    (a,), (b,) = lc.create("cpu", 1), lc.create("cpu", 1)  # moto launches MinCount: one per call
+    (spot,) = lc.create("gpu-spot", 1)
+    lc.retire([a, spot])
+    assert _states(aws, [a.id, spot.id]) in ({a.id: "stopped", spot.id: "terminated"},
+                                             {a.id: "stopping", spot.id: "terminated"})  # spot: terminated, as in Ray
+    assert {n.id for n in lc.nodes()} == {b.id}  # a stopped node is no capacity
+    assert [n.id for n in lc.provider.stopped({"launch-cluster": "aws1"})] == [a.id]
+
+    again = lc.create("cpu", 2, request_id="r2")
+    assert a.id in {n.id for n in again} and len(again) == 2  # started again first, one new
+    assert _states(aws, [a.id])[a.id] in ("pending", "running")
+    tags = {n.id: n.tags for n in lc.nodes()}
+    assert tags[a.id]["launch-request-id"] == "r2" and tags[a.id]["launch-status"] == "pending"
+
+    # a stopped node whose node config changed since is never started again for the new config
+    lc.retire([n for n in lc.nodes() if n.id == a.id])
+    changed = copy.deepcopy(BASE["available_node_types"])
+    changed["cpu"]["node_config"]["InstanceType"] = "m5.2xlarge"
+    lc2 = Lifecycle(spec_of(tmp_path, available_node_types=changed), ClusterDir("aws1", path=tmp_path / "state"))
+    (fresh,) = lc2.create("cpu", 1)
+    assert fresh.id != a.id
+
+    # down --keep-stopped stops what runs and keeps what is stopped; down terminates them all
+    lc.down(keep_stopped=True)
+    assert lc.nodes() == [] and len(lc.provider.stopped({"launch-cluster": "aws1"})) >= 2
+    lc.down()
+    assert lc.nodes() == [] and lc.provider.stopped({"launch-cluster": "aws1"}) == []

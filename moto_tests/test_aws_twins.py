@@ -1,7 +1,7 @@
 """A whole AWS cluster on moto whose instances are VM twins: `up` from the laptop makes the head, the
 autoscaler on the head creates GPU and CPU instances through the EC2 API and sets them up over SSH from
-the head, a spot interruption is drained and replaced, idle workers are terminated, `down` leaves no
-instance. The laptop reaches the head on port 22 only, and its state is invisible to the twins."""
+the head, a spot interruption is drained and replaced, idle workers are stopped (on-demand) or
+terminated (spot) and a stopped one is started again for new work, `down` leaves no instance. The laptop reaches the head on port 22 only, and its state is invisible to the twins."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def cluster(moto_twins, twin_net, ssh_lab):
         os.environ.pop("LAUNCH_HOME", None)
     else:
         os.environ["LAUNCH_HOME"] = old_home
+
+
+def _state(ec2, instance_id: str) -> str:
+    (inst,) = [i for r in ec2.describe_instances(InstanceIds=[instance_id])["Reservations"] for i in r["Instances"]]
+    return inst["State"]["Name"]
 
 
 def _status(path, home) -> dict:
@@ -114,9 +119,15 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     events = (head_twin.root / ".launch-runtime" / "logs" / "autoscaler.log").read_text()
     assert '"event": "instance-gone"' in events
 
-    # idle past the timeout: back to the head alone, terminated in EC2, their twins gone
+    # idle past the timeout: back to the head alone, their twins gone; the on-demand node is stopped
+    # (Ray's cache_stopped_nodes, on by default), the spot ones terminated
     wait_for(lambda: [i["InstanceId"] for i in live_instances(ec2)] == [head["InstanceId"]], timeout=120,
              what="scale-down to the head only")
+    wait_for(lambda: _state(ec2, cpu_host) == "stopped", timeout=30, what="the idle cpu node stopped")
+
+    # new CPU work starts the stopped node again, before any new instance: its disk kept the runtime
+    assert runtime.get(crunch.remote(), timeout=240) == cpu_host
+    assert "already installed" in (logs / f"{cpu_host}.log").read_text().split("=== ")[-1]
     runtime.shutdown()
     r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr

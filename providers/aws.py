@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.files import atomic_write
 from core.spec import ClusterSpec
-from core.tags import TAG_CLUSTER, TAG_NODE_TYPE
+from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
@@ -42,7 +42,8 @@ QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "ResourceLimitExceeded"}
 PERMISSION = {"UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId", "OptInRequired",
               "SignatureDoesNotMatch", "AccessDenied", "AccessDeniedException", "Blocked"}
 NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+LIVE_STATES = ["pending", "running"]  # what `list` shows: a stopped instance is cached, not capacity
+STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
 DEFAULT_HEAD_PORT = 6380
 
@@ -323,6 +324,8 @@ class Provider:
         self.state = spec.provider_state
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True)
+        # Ray's key and default: idle nodes are stopped, and started again before new ones are made
+        self.cache_stopped_nodes = section.cache_stopped_nodes is not False
         self._instance_types: dict[str, dict] = {}
 
     # --- catalog ----------------------------------------------------------------------------------
@@ -375,6 +378,37 @@ class Provider:
         return params
 
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        """Stopped nodes of this type and launch hash are started again first (cache_stopped_nodes)."""
+        started = self._start_stopped(node_type, count, tags) if self.cache_stopped_nodes else []
+        if len(started) == count:
+            return started
+        return started + self._run(node_type, count - len(started), tags)
+
+    def _start_stopped(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        match = {k: v for k, v in tags.items() if k in (TAG_CLUSTER, TAG_NODE_TYPE, TAG_LAUNCH_HASH)}
+        match[TAG_NODE_TYPE] = node_type
+        cached = [n for n in self._describe(match, ["stopped"]) if not n.spot][:count]
+        if not cached:
+            return []
+        ids = [n.id for n in cached]
+        self.aws.call(self.aws.ec2, "start_instances", node_type, InstanceIds=ids)
+        self.aws.call(self.aws.ec2, "create_tags", node_type, Resources=ids,
+                      Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        for n in cached:
+            n.tags.update(tags)
+            n.state = "pending"
+        return cached
+
+    def stop(self, node_ids: list[str]) -> None:
+        """Stop (not terminate) instances: their disks stay, and `create` starts them again."""
+        for i in range(0, len(node_ids), TERMINATE_BATCH):
+            self.aws.call(self.aws.ec2, "stop_instances", InstanceIds=list(node_ids[i:i + TERMINATE_BATCH]))
+
+    def stopped(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+        """Stopped (cached) instances, which `list` leaves out."""
+        return self._describe(tag_filters, STOPPED_STATES)
+
+    def _run(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         params = self._params(node_type, tags)
         pinned = "SubnetId" in params or "NetworkInterfaces" in params
         own = (self.state.get("type_subnets") or {}).get(node_type)
@@ -405,8 +439,11 @@ class Provider:
         )
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+        return self._describe(tag_filters, LIVE_STATES)
+
+    def _describe(self, tag_filters: dict[str, str], states: list[str]) -> list[NodeInfo]:
         filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tag_filters.items()]
-        filters.append({"Name": "instance-state-name", "Values": LIVE_STATES})
+        filters.append({"Name": "instance-state-name", "Values": states})
         nodes, token = [], None
         while True:
             kwargs = {"Filters": filters, "MaxResults": 500, **({"NextToken": token} if token else {})}

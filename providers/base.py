@@ -84,3 +84,8 @@ class Provider(Protocol):
 
     def node_types(self) -> dict[str, dict[str, float]]:
         """Each node type's resources from the provider's catalog ({} where it cannot tell)."""
+
+    # Providers with `capabilities.stop_start` also have:
+    #   cache_stopped_nodes: bool                 (Ray's key: retire by stopping, create by starting)
+    #   stop(node_ids) -> None                    stop, keeping the disk; `list` no longer shows them
+    #   stopped(tag_filters) -> list[NodeInfo]    the stopped ones, for `down`
