@@ -87,11 +87,12 @@ class HeadServicer(pb_grpc.HeadServicer):
             rec.last_heartbeat = self.clock()
         return pb.HeartbeatReply(known=True)
 
-    def _declare_dead(self, r: NodeRecord, now: float, why: str) -> int:
+    def _declare_dead(self, r: NodeRecord, now: float, why: str, expected: bool = False) -> int:
         """(under self.cond) The node is gone: what it ran goes back to the queue or fails."""
         r.state = DEAD
         touched = self.sched.remove_node(r.node_id, now, f"its node {why}")
-        log.warning("node %s %s: declared dead; %d item(s) requeued or failed", r.node_id, why, len(touched))
+        log.log(logging.INFO if expected else logging.WARNING, "node %s %s: declared dead; %d item(s) requeued "
+                "or failed", r.node_id, why, len(touched))
         return len(touched)
 
     def mark_dead_nodes(self) -> list[str]:
@@ -114,7 +115,7 @@ class HeadServicer(pb_grpc.HeadServicer):
             r = self.nodes.get(request.node_id)
             if r is None or r.state != ALIVE:
                 return pb.RemoveNodeReply(known=r is not None, requeued=0)
-            requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})")
+            requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})", expected=True)
             self._dispatch(now)
             self.cond.notify_all()
         return pb.RemoveNodeReply(known=True, requeued=requeued)

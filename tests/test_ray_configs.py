@@ -66,6 +66,23 @@ RAY_FILES = {
                       "provider": {"type": "azure", "location": "westus2", "resource_group": "ray-cluster"},
                       "auth": {"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_rsa",
                                "ssh_public_key": "~/.ssh/id_rsa.pub"}},
+    "azure-full": {
+        "cluster_name": "default", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "provider": {"type": "azure", "location": "westus2", "resource_group": "ray-cluster",
+                     "cache_stopped_nodes": False},
+        "auth": {"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_rsa", "ssh_public_key": "~/.ssh/id_rsa.pub"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 2}, "node_config": {"azure_arm_parameters": {
+                "vmSize": "Standard_D2s_v3", "imagePublisher": "microsoft-dsvm", "imageOffer": "ubuntu-1804",
+                "imageSku": "1804-gen2", "imageVersion": "latest"}}},
+            "ray.worker.default": {"min_workers": 0, "max_workers": 2, "resources": {"CPU": 2}, "node_config": {
+                "azure_arm_parameters": {"vmSize": "Standard_D2s_v3", "imagePublisher": "microsoft-dsvm",
+                                         "imageOffer": "ubuntu-1804", "imageSku": "1804-gen2",
+                                         "imageVersion": "latest", "priority": "Spot"}}}},
+        "head_node_type": "ray.head.default",
+        "file_mounts": {"~/.ssh/id_rsa.pub": "~/.ssh/id_rsa.pub"},
+        "head_start_ray_commands": RAY_START_HEAD, "worker_start_ray_commands": RAY_START_WORKER,
+    },
     "onprem-minimal": {"cluster_name": "default",
                        "provider": {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2", "10.0.0.3"]},
                        "auth": {"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_rsa"}},
@@ -84,6 +101,7 @@ EXPECTED = {
     "gcp-minimal": ({"ray_head_default": (0, 0), "ray_worker_small": (0, 2)}, "ray_head_default"),
     "gcp-full": ({"ray_head_default": (0, 0), "ray_worker_small": (0, 2)}, "ray_head_default"),
     "azure-minimal": ({"ray.head.default": (0, 0), "ray.worker.default": (0, 2)}, "ray.head.default"),
+    "azure-full": ({"ray.head.default": (0, 0), "ray.worker.default": (0, 2)}, "ray.head.default"),
     "onprem-minimal": ({"local.cluster.node": (2, 2)}, "local.cluster.node"),
     "onprem-full": ({"local.cluster.node": (0, 2)}, "local.cluster.node"),
 }
