@@ -67,7 +67,7 @@ def _confirm(yes: bool):
 def _warn(cfg: ClusterConfig) -> None:
     """What reading the file as Ray reads it dropped or filled in: said by `validate` and `up`."""
     for w in cfg.warnings:
-        err.print(f"warning: {w}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
 def _cluster(path: Path, warn: bool = False):
@@ -89,7 +89,7 @@ def validate(config: Path = ConfigFile) -> None:
         f"{name}({nt.min_workers}-{cfg.worker_max(name)})" for name, nt in cfg.available_node_types.items()
     )
     out.print(f"{config}: valid. cluster {cfg.cluster_name!r} on {cfg.provider.kind}, head {cfg.head_node_type}, "
-              f"node types: {types}", highlight=False)
+              f"node types: {types}", highlight=False, soft_wrap=True)
 
 
 @app.command()
