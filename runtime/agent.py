@@ -16,6 +16,7 @@ import threading
 import grpc
 
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, on_this_node
+from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
 from runtime.node_config import NodeRuntimeConfig
@@ -37,8 +38,9 @@ class Agent:
         self.registered = threading.Event()
         # The node's marker stays: every process the node runs, jobs and tasks too, goes with the node.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") or k == NODE_MARKER_ENV}
-        # Work on the node can submit more work: it finds the head and token in its environment.
-        env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": cfg.token,
+        # Work on the node can submit more work: it finds the head and a credential in its environment,
+        # the work credential, which cannot register nodes, drain them, or take work as an agent.
+        env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
                     "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})
         self.executor = Executor(cfg.node_id, env, self._report, self._ship_log)
 

@@ -1,12 +1,14 @@
 """The cluster token on every gRPC call: an interceptor on the server, metadata on the client.
 
 An open job-submission port is remote code execution, so the head refuses any call whose
-`authorization` metadata is not `Bearer <cluster token>`. The token is compared in constant time and
-never logged.
+`authorization` metadata is not `Bearer <cluster token>`, or the work credential derived from it for
+the calls work may make. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
 
@@ -23,19 +25,46 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((METADATA_KEY, f"Bearer {token}"),)
 
 
+# What work running on the cluster (tasks, jobs) may call with its credential: submit more work, fetch
+# results and logs, cancel, read the cluster's state. Registering nodes, heartbeats, the agents' work
+# streams and reports, drains and node removal need the cluster token itself.
+WORK_METHODS = frozenset({"Submit", "GetResults", "Cancel", "ListItems", "JobLogs", "GetClusterState"})
+STREAMING_METHODS = frozenset({"WorkStream"})  # their refusal must be a stream handler
+
+
+def work_token(cluster_token: str) -> str:
+    """The credential tasks and jobs get: derived from the cluster token (so the head and every agent
+    know it without storing it), and good only for WORK_METHODS."""
+    digest = hmac.new(cluster_token.encode(), b"launch work credential v1", hashlib.sha256).digest()
+    return "w." + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str):
         if not token:
             raise ValueError("the runtime refuses to start without a cluster token")
         self._expected = f"Bearer {token}".encode()
+        self._work = f"Bearer {work_token(token)}".encode()
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
 
+        def deny_work(request, context):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "work on the cluster may not make this call")
+
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_work = grpc.unary_unary_rpc_method_handler(deny_work)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_work_stream = grpc.unary_stream_rpc_method_handler(deny_work)
 
     def intercept_service(self, continuation, handler_call_details):
-        given = dict(handler_call_details.invocation_metadata or ()).get(METADATA_KEY, "")
-        if hmac.compare_digest(given.encode(), self._expected):
+        given = dict(handler_call_details.invocation_metadata or ()).get(METADATA_KEY, "").encode()
+        if hmac.compare_digest(given, self._expected):
             return continuation(handler_call_details)
-        return self._deny
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        stream = method in STREAMING_METHODS
+        if hmac.compare_digest(given, self._work):
+            if method in WORK_METHODS:
+                return continuation(handler_call_details)
+            return self._deny_work_stream if stream else self._deny_work
+        return self._deny_stream if stream else self._deny

@@ -155,12 +155,15 @@ class Executor:
         spec = a.spec
         job_dir = runtime_dir() / "jobs" / a.item_id
         job_dir.mkdir(parents=True, exist_ok=True)
+        for d in (job_dir.parent, job_dir):  # a job's files and output are its user's only
+            os.chmod(d, 0o700)
         for name, data in spec.files.items():
             dst = (job_dir / name).resolve()
             if job_dir.resolve() not in dst.parents:
                 continue  # a file name may not escape the job's directory
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(data)
+            with os.fdopen(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.write(data)
         cwd = Path(os.path.expanduser(spec.working_dir)) if spec.working_dir else job_dir
         if not cwd.is_absolute():
             cwd = job_dir / cwd
@@ -172,7 +175,7 @@ class Executor:
             self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
                                                 message=f"working directory {cwd} does not exist on the node"))
             return
-        with open(log_path, "wb") as out:
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             try:
                 proc = subprocess.Popen(["bash", "-c", spec.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -8,6 +8,7 @@ to ~/.launch-runtime/head.address once it is listening.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -57,6 +58,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.cond = threading.Condition()  # guards nodes and sched; notified when an item finishes
         self.log_dir = log_dir or (runtime_dir() / "job-logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.log_dir, 0o700)  # jobs' output is the cluster user's only
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -255,7 +257,8 @@ class HeadServicer(pb_grpc.HeadServicer):
     def AppendLog(self, request, context):
         if request.item_id not in self.sched.items:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.item_id}")
-        with open(self._log_path(request.item_id), "ab") as f:
+        with os.fdopen(os.open(self._log_path(request.item_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                       "ab") as f:
             f.write(request.data)
         return pb.AppendLogReply()
 

@@ -217,6 +217,15 @@ def test_readme_example_runs_as_a_job(rt):
     assert "GPU task ran with CUDA_VISIBLE_DEVICES = 0" in r.stdout  # the declared GPUs of the gpu node
 
 
+def test_a_job_gets_the_work_credential_and_its_output_is_private(rt, tmp_path):
+    script = tmp_path / "probe.sh"
+    script.write_text('case "$LAUNCH_CLUSTER_TOKEN" in w.*) echo work-credential;; *) echo the-cluster-token;; esac\n'
+                      'echo modes $(stat -c %a "$LAUNCH_JOB_DIR" "$LAUNCH_JOB_DIR/output.log")\n')
+    r = cli("submit", str(rt["path"]), str(script), home=rt["home"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "work-credential" in r.stdout and "modes 700 600" in r.stdout
+
+
 def test_submit_requires_the_token(rt):
     from runtime.client import HeadClient
 

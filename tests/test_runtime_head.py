@@ -90,6 +90,31 @@ def test_a_removed_node_is_dead_at_once_and_its_work_requeued(head):
         assert not client.remove_node("stranger").known
 
 
+def test_the_work_credential_submits_and_fetches_but_cannot_act_as_a_node(head):
+    """Tasks and jobs get a derived credential: enough to submit and fetch work, never to register a
+    node, heartbeat, take work from an agent's stream, or drain or remove nodes."""
+    from runtime.auth import work_token
+
+    address, servicer = head
+    work = work_token(TOKEN)
+    assert work != TOKEN and TOKEN not in work
+    with HeadClient(address, TOKEN) as admin:
+        _register(admin)
+    with HeadClient(address, work) as client:
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="true",
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        assert client.get_results([job], timeout_s=0) == []  # allowed; queued (no agent takes it), so none yet
+        assert client.cluster_state().nodes[0].node_id == "n1"
+        for call in (lambda: _register(client, "rogue"), lambda: client.drain("n1"),
+                     lambda: client.remove_node("n1"),
+                     lambda: client.heartbeat(pb.HeartbeatRequest(node_id="n1")),
+                     lambda: next(iter(client.work_stream("n1")))):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert set(servicer.nodes) == {"n1"} and servicer.nodes["n1"].state == "alive"
+
+
 def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")
