@@ -45,6 +45,15 @@ def _handle_errors(fn):
         except LaunchError as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except Exception as e:
+            grpc = sys.modules.get("grpc")  # imported only by the commands that talk to the head
+            if grpc is None or not isinstance(e, grpc.RpcError):
+                raise
+            # the head away (HeadUnavailable says so), or it refused: one line, no raw gRPC text
+            message = str(e) if isinstance(e, ConnectionError) else (
+                f"the head service refused the call ({e.code().name}): {(e.details() or '').splitlines()[0][:200]}")
+            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None

@@ -104,9 +104,9 @@ class _Connection:
             try:
                 self.client.submit_many([spec for _, spec in batch], [i for i, _ in batch])
             except grpc.RpcError as e:
-                with self.cond:
-                    self.error = ConnectionError(f"the head refused {len(batch)} submission(s): "
-                                                 f"{e.code().name}: {e.details()}")
+                with self.cond:  # the head away says so itself (HeadUnavailable)
+                    self.error = e if isinstance(e, ConnectionError) else ConnectionError(
+                        f"the head refused {len(batch)} submission(s): {e.code().name}: {e.details()}")
             finally:
                 with self.cond:
                     self.inflight -= 1

@@ -9,12 +9,51 @@ from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 
 
+_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class HeadUnavailable(grpc.RpcError, ConnectionError):
+    """The head service does not answer (down, restarting, unreachable): one line that says so. Still an
+    RpcError with its code, so callers that retry on RpcError go on doing so."""
+
+    def __init__(self, address: str, code: grpc.StatusCode):
+        super().__init__(f"the head service at {address} does not answer ({code.name}): is the cluster up, "
+                         f"or is its head restarting? (`launch status`)")
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return str(self)
+
+
+class _Stub:
+    """The generated stub, with 'the head is away' turned into HeadUnavailable (unary calls)."""
+
+    def __init__(self, stub, address: str):
+        self._stub, self._address = stub, address
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except grpc.RpcError as e:
+                if getattr(e, "code", None) and e.code() in _AWAY and not isinstance(e, HeadUnavailable):
+                    raise HeadUnavailable(self._address, e.code()) from None
+                raise
+
+        return call
+
+
 class HeadClient:
     def __init__(self, address: str, token: str, timeout_s: float = 10.0):
         self.address = address
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.HeadStub(self._channel)
+        self._stub = _Stub(pb_grpc.HeadStub(self._channel), address)
         self._md = call_metadata(token)
 
     def close(self) -> None:

@@ -268,3 +268,39 @@ def test_exec_start_stop_attach_rsync_on_local_nodes(tmp_path):
         assert _status(path, home)["nodes"] == []
     finally:
         cli("down", str(path), "--yes", home=home)
+
+
+def test_while_the_head_is_away_commands_and_the_api_say_so_in_one_line(cluster):
+    import runtime
+    from runtime.client import HeadUnavailable
+
+    path, home, _ = cluster
+    assert cli("up", str(path), "--yes", home=home).returncode == 0
+    head = _status(path, home)["nodes"][0]
+    pids = home / "clusters" / "e2e" / "local" / "nodes" / head["id"] / ".launch-runtime" / "pids"
+    for name in ("supervisor", "head"):  # nothing restarts the head service now
+        os.kill(int((pids / f"{name}.pid").read_text()), signal.SIGKILL)
+    info = json.loads((home / "clusters" / "e2e" / "cluster.json").read_text())
+    wait_for(lambda: not _answers(info["head_address"]), timeout=10, what="the head service gone")
+
+    for args in (("job", "list", str(path)), ("submit", str(path), "examples/hello_tasks.py")):
+        r = cli(*args, home=home)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and "does not answer (UNAVAILABLE)" in r.stderr
+    runtime.init(address=info["head_address"], token=(home / "clusters" / "e2e" / "token").read_text().strip())
+    try:
+        with pytest.raises(HeadUnavailable, match="does not answer"):
+            runtime.get(runtime.remote(lambda: 1).remote(), timeout=5)
+    finally:
+        runtime.shutdown()
+
+
+def _answers(address: str) -> bool:
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
