@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from runtime.auth import call_metadata
+from runtime.limits import GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 
@@ -52,7 +53,7 @@ class HeadClient:
     def __init__(self, address: str, token: str, timeout_s: float = 10.0):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
         self._stub = _Stub(pb_grpc.HeadStub(self._channel), address)
         self._md = call_metadata(token)
 
@@ -88,7 +89,14 @@ class HeadClient:
         """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns."""
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
                                    num_returns=num_returns)
-        return list(self._stub.GetResults(req, metadata=self._md).results)
+        reply = self._stub.GetResults(req, metadata=self._md)
+        results = list(reply.results)
+        while reply.truncated:  # more were done than one reply carries: fetch the rest, done already
+            got = {r.id for r in results}
+            rest = [i for i in ids if i not in got]
+            reply = self._stub.GetResults(pb.GetResultsRequest(ids=rest, timeout_s=0), metadata=self._md)
+            results += reply.results
+        return results
 
     def cancel(self, item_id: str) -> str:
         return self._stub.Cancel(pb.CancelRequest(id=item_id), metadata=self._md, timeout=self.timeout_s).state

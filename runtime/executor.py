@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cloudpickle
 
+from runtime.limits import MAX_RESULT_BYTES
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.worker import read_frame, write_frame
@@ -142,6 +143,12 @@ class Executor:
                                                 message=f"its worker process died ({e})"))
             return
         self._release(key, worker)
+        if len(data) > MAX_RESULT_BYTES:  # fail it clearly rather than let it hang on a message limit
+            what = "result" if status == "ok" else "error"
+            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", message=(
+                f"its {what} is {len(data) / 2**20:.0f} MiB, over the limit of {MAX_RESULT_BYTES >> 20} MiB "
+                "per result; return a smaller value, or write it to shared storage and return its path")))
+            return
         if status == "ok":
             self._done(a.item_id, pb.ItemResult(id=a.item_id, state="finished", value=data))
         else:

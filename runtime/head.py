@@ -22,6 +22,7 @@ import grpc
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
+from runtime.limits import GRPC_OPTIONS, MAX_REPLY_BYTES
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
@@ -225,8 +226,20 @@ class HeadServicer(pb_grpc.HeadServicer):
                 done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
                 left = None if deadline is None else deadline - time.monotonic()
                 if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
-                    return pb.GetResultsReply(results=[self._result(i) for i in done])
+                    return self._results_reply(done)
                 self.cond.wait(timeout=1.0 if left is None else min(left, 1.0))
+
+    def _results_reply(self, done: list[Item]) -> pb.GetResultsReply:
+        """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest."""
+        results, size = [], 0
+        for item in done:
+            r = self._result(item)
+            n = r.ByteSize()
+            if results and size + n > MAX_REPLY_BYTES:
+                return pb.GetResultsReply(results=results, truncated=True)
+            results.append(r)
+            size += n
+        return pb.GetResultsReply(results=results)
 
     def Cancel(self, request, context):
         now = self.clock()
@@ -290,7 +303,7 @@ def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Ser
                             log_dir=log_dir)
     # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=64), interceptors=[TokenInterceptor(cfg.token)]
+        futures.ThreadPoolExecutor(max_workers=64), interceptors=[TokenInterceptor(cfg.token)], options=GRPC_OPTIONS,
     )
     pb_grpc.add_HeadServicer_to_server(servicer, server)
     port = cfg.head_port

@@ -94,6 +94,18 @@ def test_fractional_gpus_share_and_whole_gpus_do_not(rt):
     assert node == rt["ids"]["gpu"] and gpus == "0,1"
 
 
+@runtime.remote(num_cpus=0.5)
+def blob(n: int) -> bytes:
+    return b"x" * n
+
+
+def test_many_results_and_large_ones_in_one_get(rt):
+    """100 results of 50 KB (over gRPC's default 4 MiB per message together) and a 6 MiB result: each
+    `get` completes; no RESOURCE_EXHAUSTED, no task left running for ever."""
+    assert [len(v) for v in runtime.get([blob.remote(50_000) for _ in range(100)], timeout=120)] == [50_000] * 100
+    assert len(runtime.get(blob.remote(6 << 20), timeout=60)) == 6 << 20
+
+
 def test_custom_resources_pick_the_node(rt):
     node, *_ = runtime.get(where.options(num_cpus=0, resources={"special": 1}).remote(), timeout=30)
     assert node == rt["ids"]["gpu"]
