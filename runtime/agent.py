@@ -53,6 +53,10 @@ class Agent:
             )
         )
         self.interval = reply.heartbeat_interval_s or self.interval
+        if reply.drop_running:  # the head gave our work to others meanwhile: stop it, report none of it
+            dropped = self.executor.drop_all()
+            if dropped:
+                log.warning("the head had declared this node dead: dropped %d item(s) it had requeued", dropped)
         self.registered.set()
         log.info("registered with the head at %s: %s", self.client.address, self.total)
 

@@ -74,6 +74,7 @@ class Executor:
         self.idle: dict[tuple[str, ...], list[Worker]] = {}
         self.running: dict[str, object] = {}  # item id -> Worker | Popen
         self.cancelled: set[str] = set()
+        self.dropped: set[str] = set()  # stopped because the head requeued them: never reported
 
     def _env(self, gpu_ids: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(self.base_env)
@@ -99,9 +100,22 @@ class Executor:
         elif isinstance(handle, subprocess.Popen):
             _kill_group(handle)
 
+    def drop_all(self) -> int:
+        """Stop everything running and report none of it (the head no longer counts it as ours)."""
+        with self.lock:
+            items = list(self.running)
+            self.dropped.update(items)
+        for item_id in items:
+            self.cancel(item_id)
+        return len(items)
+
     def _done(self, item_id: str, result: pb.ItemResult) -> None:
         with self.lock:
             self.running.pop(item_id, None)
+            if item_id in self.dropped:
+                self.dropped.discard(item_id)
+                self.cancelled.discard(item_id)
+                return
             if item_id in self.cancelled:
                 self.cancelled.discard(item_id)
                 result = pb.ItemResult(id=item_id, state="cancelled", message="cancelled",

@@ -80,7 +80,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
         log.info("node %s (%s) registered from %s: %s", request.node_id, request.node_type, request.address, total)
-        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s)
+        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s, drop_running=old is not None)
 
     def Heartbeat(self, request, context):
         with self.cond:
@@ -199,7 +199,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         r = request.result
         now = self.clock()
         with self.cond:
-            item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r)
+            item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
+                                       node_id=request.node_id)
             if item is not None and item.state == "queued":
                 log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
             if item is not None:

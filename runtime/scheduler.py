@@ -270,10 +270,11 @@ class Scheduler:
     # --- completion ---------------------------------------------------------------------------------
 
     def complete(self, item_id: str, state: str, now: float, *, exit_code: int = 0, message: str = "",
-                 result: object = None) -> Item | None:
-        """The agent reports an item done. Returns the item, or None if it was not running there."""
+                 result: object = None, node_id: str | None = None) -> Item | None:
+        """The agent of `node_id` reports an item done. Returns the item, or None if it was not running
+        there: a completion counts only from the node the item was given to, and only once."""
         item = self.items.get(item_id)
-        if item is None or item.state != RUNNING:
+        if item is None or item.state != RUNNING or (node_id is not None and item.node_id != node_id):
             return None
         node = self.nodes.get(item.node_id)
         if node is not None:

@@ -115,8 +115,49 @@ def test_the_work_credential_submits_and_fetches_but_cannot_act_as_a_node(head):
     assert set(servicer.nodes) == {"n1"} and servicer.nodes["n1"].state == "alive"
 
 
+def test_a_node_back_from_the_dead_drops_its_work_and_only_the_assignee_completes(head):
+    """A node paused past the timeout (SIGSTOP) comes back: the head told others to run its work, so
+    it is told to drop what it runs, and a late completion from it is not counted."""
+    import time
+
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        assert not _register(client, "n1").drop_running
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60", max_retries=1,
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        assert servicer.sched.items[job].node_id == "n1"
+        servicer.clock = lambda: servicer.nodes["n1"].last_heartbeat + 1.0
+        assert servicer.mark_dead_nodes() == ["n1"]
+        servicer.clock = time.time
+        _register(client, "n2")
+        assert servicer.sched.items[job].node_id == "n2"  # requeued and given to the other node
+        assert _register(client, "n1").drop_running  # back: it must stop what it still runs
+        late = pb.ItemResult(id=job, state="finished")
+        client.report(pb.ReportRequest(node_id="n1", result=late))
+        assert servicer.sched.items[job].state == "running" and servicer.sched.items[job].node_id == "n2"
+        client.report(pb.ReportRequest(node_id="n2", result=late))
+        client.report(pb.ReportRequest(node_id="n2", result=late))  # once
+        assert servicer.sched.items[job].state == "finished"
+        assert [n.running for n in client.cluster_state().nodes] == [0, 0]
+
+
 def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")
     with pytest.raises(ValueError, match="without a cluster token"):
         serve(cfg, log_dir=tmp_path)
+
+
+def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypatch):
+    from runtime.executor import Executor
+    from tests.infra import wait_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reports = []
+    ex = Executor("n1", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, reports.append, lambda *a: None)
+    ex.handle(pb.Assignment(item_id="j1", spec=pb.WorkSpec(kind="job", command="sleep 30")))
+    proc = wait_for(lambda: ex.running.get("j1"), timeout=10, what="the job to start")
+    assert ex.drop_all() == 1
+    assert proc.wait(timeout=10) != 0  # stopped
+    wait_for(lambda: "j1" not in ex.running, timeout=5, what="the job's thread to see it end")
+    assert reports == []
