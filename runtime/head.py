@@ -31,6 +31,10 @@ from runtime.scheduler import DONE_STATES, INFEASIBLE, InvalidRequest, Item, Sch
 log = logging.getLogger("launch.runtime.head")
 
 ALIVE, DEAD = "alive", "dead"
+# A blocking `get` holds one server thread while it waits (asleep on its own event): enough threads that
+# a thousand waiting clients never leave heartbeats, reports or ClusterState without one.
+SERVER_THREADS = 2048
+WAIT_CHECK_S = 2.0  # how often a waiting GetResults looks whether its client went away
 
 
 @dataclass
@@ -56,7 +60,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
         self.sched = Scheduler(node_types)
-        self.cond = threading.Condition()  # guards nodes and sched; notified when an item finishes
+        self.cond = threading.Condition()  # guards nodes, sched and waiters
+        self.waiters: dict[str, set[threading.Event]] = {}  # item id -> the GetResults calls waiting for it
         self.log_dir = log_dir or (runtime_dir() / "job-logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)  # jobs' output is the cluster user's only
@@ -76,7 +81,7 @@ class HeadServicer(pb_grpc.HeadServicer):
             lost = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
                                        list(request.gpu_ids))
             self._dispatch(now)
-            self.cond.notify_all()
+            self._wake()
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
         log.info("node %s (%s) registered from %s: %s", request.node_id, request.node_type, request.address, total)
@@ -109,7 +114,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                     self._declare_dead(r, now, f"missed heartbeats for {self.node_timeout_s:.0f}s")
             if newly:
                 self._dispatch(now)
-                self.cond.notify_all()
+                self._wake()
         return newly
 
     def RemoveNode(self, request, context):
@@ -120,7 +125,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 return pb.RemoveNodeReply(known=r is not None, requeued=0)
             requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})", expected=True)
             self._dispatch(now)
-            self.cond.notify_all()
+            self._wake()
         return pb.RemoveNodeReply(known=True, requeued=requeued)
 
     def Drain(self, request, context):
@@ -174,7 +179,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                             submitted_at=now, spec=spec, depends_on=set(spec.depends_on))
                 self.sched.submit(item, now)
             self._dispatch(now)
-            self.cond.notify_all()
+            self._wake()
         return pb.SubmitReply(ids=ids)
 
     def _dispatch(self, now: float) -> None:
@@ -205,7 +210,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
             if item is not None:
                 self._dispatch(now)
-                self.cond.notify_all()
+                self._wake()
         return pb.ReportReply()
 
     def _result(self, item: Item) -> pb.ItemResult:
@@ -215,20 +220,43 @@ class HeadServicer(pb_grpc.HeadServicer):
             res.value, res.error = item.result.value, item.result.error
         return res
 
+    def _wake(self) -> None:
+        """(under self.cond) Wake the GetResults calls waiting for an item that is done now, only those."""
+        for item_id in self.sched.take_finished():
+            for waiter in self.waiters.pop(item_id, ()):
+                waiter.set()
+
     def GetResults(self, request, context):
+        """Waits on an event set when one of its items is done: no re-scan of the others' items, no
+        polling; a check every few seconds only notices a client that went away."""
         ids = list(request.ids)
         want = request.num_returns or len(ids)
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
+        event = threading.Event()
         with self.cond:
             unknown = [i for i in ids if i not in self.sched.items]
             if unknown:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
+        try:
             while True:
-                done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
-                left = None if deadline is None else deadline - time.monotonic()
-                if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
-                    return self._results_reply(done)
-                self.cond.wait(timeout=1.0 if left is None else min(left, 1.0))
+                with self.cond:
+                    done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
+                        return self._results_reply(done)
+                    event.clear()
+                    for i in ids:
+                        if self.sched.items[i].state not in DONE_STATES:
+                            self.waiters.setdefault(i, set()).add(event)
+                event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
+        finally:
+            with self.cond:
+                for i in ids:
+                    waiting = self.waiters.get(i)
+                    if waiting is not None:
+                        waiting.discard(event)
+                        if not waiting:
+                            del self.waiters[i]
 
     def _results_reply(self, done: list[Item]) -> pb.GetResultsReply:
         """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest."""
@@ -251,7 +279,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.id}")
             if node_id and node_id in self.nodes:
                 self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.id, cancel=True))
-            self.cond.notify_all()
+            self._wake()
         return pb.CancelReply(state=state)
 
     def ListItems(self, request, context):
@@ -304,7 +332,8 @@ def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Ser
                             log_dir=log_dir)
     # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=64), interceptors=[TokenInterceptor(cfg.token)], options=GRPC_OPTIONS,
+        futures.ThreadPoolExecutor(max_workers=SERVER_THREADS), interceptors=[TokenInterceptor(cfg.token)],
+        options=GRPC_OPTIONS,
     )
     pb_grpc.add_HeadServicer_to_server(servicer, server)
     port = cfg.head_port

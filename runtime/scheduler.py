@@ -115,6 +115,7 @@ class Node:
 class Scheduler:
     def __init__(self, node_types: dict[str, dict[str, float]] | None = None):
         self.node_types = node_types or {}
+        self.finished_ids: list[str] = []
         self.items: dict[str, Item] = {}
         self.nodes: dict[str, Node] = {}
         self.queues: OrderedDict[Shape, deque[str]] = OrderedDict()
@@ -305,8 +306,14 @@ class Scheduler:
             return RUNNING, item.node_id
         return item.state, None
 
+    def take_finished(self) -> list[str]:
+        """Ids of the items done since the last call (the head wakes whoever waits for them)."""
+        done, self.finished_ids = self.finished_ids, []
+        return done
+
     def _finish(self, item: Item, state: str, now: float, message: str = "") -> None:
         item.state, item.finished_at = state, now
+        self.finished_ids.append(item.id)
         if message:
             item.message = message
         for dep_id in sorted(self.dependents.pop(item.id, ())):

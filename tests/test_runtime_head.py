@@ -161,3 +161,36 @@ def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypa
     assert proc.wait(timeout=10) != 0  # stopped
     wait_for(lambda: "j1" not in ex.running, timeout=5, what="the job's thread to see it end")
     assert reports == []
+
+
+def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_is_done(head):
+    """300 blocking `get`s of one running job (each holds a server thread, asleep): heartbeats and
+    ClusterState are still answered at once; the job's completion wakes every waiter."""
+    import threading
+    import time
+
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60",
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        got: list[int] = []
+
+        def wait():
+            got.append(len(client.get_results([job], timeout_s=30)))
+
+        threads = [threading.Thread(target=wait) for _ in range(300)]
+        for t in threads:
+            t.start()
+        from tests.infra import wait_for
+
+        wait_for(lambda: len(servicer.waiters.get(job, ())) == 300, timeout=20, what="300 clients waiting")
+        for _ in range(5):
+            started = time.monotonic()
+            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+            assert client.cluster_state().nodes[0].running == 1
+            assert time.monotonic() - started < 1.0
+        client.report(pb.ReportRequest(node_id="n1", result=pb.ItemResult(id=job, state="finished")))
+        for t in threads:
+            t.join(timeout=10)
+        assert got == [1] * 300 and servicer.waiters == {}

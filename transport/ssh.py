@@ -378,23 +378,43 @@ def _bridge(chan: paramiko.Channel) -> int:
 
 
 def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
-    """Copy bytes both ways between a local socket and an SSH channel until either side closes."""
-    try:
-        while True:
-            r, _, _ = select.select([sock, chan], [], [], 5.0)
-            if sock in r:
+    """Copy bytes both ways between a local socket and an SSH channel until both sides are done.
+
+    One thread per direction, blocking reads: no select() on the channel, because its event pipe
+    (made by fileno()) is closed by close() while paramiko's transport thread may still write to it,
+    which kills the whole SSH connection (EBADF in the transport thread)."""
+
+    def upstream() -> None:
+        try:
+            while True:
                 data = sock.recv(65536)
                 if not data:
                     break
                 chan.sendall(data)
-            if chan in r:
-                data = chan.recv(65536)
-                if not data:
-                    break
-                sock.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            try:
+                chan.shutdown_write()  # the remote end sees EOF and closes its side
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+
+    up = threading.Thread(target=upstream, daemon=True, name="forward-up")
+    up.start()
+    try:
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                break
+            sock.sendall(data)
     except (OSError, EOFError, paramiko.SSHException):
         pass
     finally:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # ends the upstream reader too
+        except OSError:
+            pass
+        up.join(timeout=10)
         chan.close()
         sock.close()
 
