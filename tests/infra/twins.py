@@ -18,11 +18,20 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tests.infra import SSHD, wait_for_pidfile
+from tests.infra import SSHD, wait_for, wait_for_pidfile
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def twins_unavailable() -> str | None:
@@ -98,12 +107,15 @@ class Twin:
         return out
 
     def kill(self) -> None:
-        """The machine dies: every process in it, sshd included."""
+        """The machine dies: every process in it, sshd included; returns once they are all gone (a
+        listener not yet closed would keep a restarted sshd from binding port 22)."""
         for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        wait_for(lambda: not [p for p in self.pids() if _alive(p)], timeout=10, every=0.02,
+                 what=f"the processes of twin {self.name} to die")
 
     def reboot(self) -> None:
         """The machine restarts: every process dies; its disk (/root), network and firewall stay; sshd
