@@ -194,3 +194,21 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
         for t in threads:
             t.join(timeout=10)
         assert got == [1] * 300 and servicer.waiters == {}
+
+
+def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, monkeypatch):
+    import runtime.head
+
+    monkeypatch.setattr(runtime.head, "MAX_REPLY_BYTES", 1500)  # one 1,000-byte result per reply
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        jobs = client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
+                                               request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
+        for i, job in enumerate(jobs):
+            client.report(pb.ReportRequest(node_id="n1", result=pb.ItemResult(
+                id=job, state="finished", value=bytes([i]) * 1000)))
+        reply = client._stub.GetResults(pb.GetResultsRequest(ids=jobs, timeout_s=0), metadata=client._md)
+        assert len(reply.results) == 1 and reply.truncated  # the head's reply is bounded...
+        results = client.get_results(jobs, timeout_s=5)  # ...and the client fetches the rest
+    assert sorted(r.value for r in results) == [bytes([i]) * 1000 for i in range(3)]
