@@ -35,14 +35,14 @@ from core.errors import LaunchError
 from core.files import atomic_write
 from core.node import NodeInfo
 from core.paths import (
-    HEAD_ADDRESS, HEAD_CLUSTER_STATE, LOGS, METRICS_ADDRESS, MONITOR_STATUS, on_this_node,
+    HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_STATUS, on_this_node,
 )
 from core.spec import ClusterSpec
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
 from lifecycle.cluster import Lifecycle
 from lifecycle.hashing import launch_hash
-from lifecycle.head import load_head_spec
+from lifecycle.head import head_state
 from lifecycle.state import ClusterDir
 from runtime.client import HeadClient
 from runtime.node_config import NodeRuntimeConfig
@@ -351,10 +351,8 @@ class _Metrics:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = load_head_spec()
+    spec, state = head_state()  # the head's own: spec, key, mounts, setup logs, pinned host keys
     node_cfg = NodeRuntimeConfig.load()
-    # the head's own state for this cluster (spec, key, mounts, setup logs, pinned host keys)
-    state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
     monitor = Monitor(spec, state, node_cfg.token, on_this_node(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

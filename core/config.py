@@ -412,8 +412,6 @@ def _raw_problems(data: dict) -> list[str]:
     """Problems seen on the document itself, reported even when its shape is wrong elsewhere."""
     p: list[str] = []
     types = data.get("available_node_types")
-    if isinstance(types, dict) and len(types) > MAX_NODE_TYPES:
-        return [f"available_node_types: {len(types):,} node types; at most {MAX_NODE_TYPES:,}"]
     docker = data.get("docker")
     sections = [("docker", docker)] + [(f"available_node_types.{name}.docker", (nt or {}).get("docker"))
                                         for name, nt in (types.items() if isinstance(types, dict) else [])
@@ -436,9 +434,10 @@ def parse_config(data: Any, base_dir: Path | None = None, section_check: Section
     if not isinstance(data, dict):
         raise ConfigError("(top level): the cluster config must be a mapping of keys to values")
     data, warnings, problems = _ray_form(data, defaults)
+    types = data.get("available_node_types")
+    if isinstance(types, dict) and len(types) > MAX_NODE_TYPES:  # too many to validate in bounded time
+        raise ConfigError([*problems, f"available_node_types: {len(types):,} node types; at most {MAX_NODE_TYPES:,}"])
     problems += _raw_problems(data)
-    if problems and problems[0].startswith("available_node_types:") and "at most" in problems[0]:
-        raise ConfigError(problems)  # too big to validate further in bounded time
     try:
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as e:

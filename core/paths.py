@@ -13,6 +13,11 @@ METRICS_ADDRESS = f"{RUNTIME_DIR}/metrics.address"  # where the head's autoscale
 # (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned
 # host keys, the workers' setup logs. The autoscaler and the head-side half of `up` run on it.
 HEAD_CLUSTER_STATE = f"{RUNTIME_DIR}/cluster"
+# The layout of a cluster state dir (lifecycle.state.ClusterDir), on the laptop and on the head alike
+SPEC_FILE = "spec.json"
+KNOWN_HOSTS_FILE = "known_hosts"
+HEAD_SPEC = f"{HEAD_CLUSTER_STATE}/{SPEC_FILE}"
+HEAD_KNOWN_HOSTS = f"{HEAD_CLUSTER_STATE}/{KNOWN_HOSTS_FILE}"
 HEAD_SSH_KEY = f"{HEAD_CLUSTER_STATE}/ssh_key"  # 0600
 HEAD_MOUNTS = f"{HEAD_CLUSTER_STATE}/mounts"  # one copy per file mount, synced from the laptop by `up`
 MOUNT_MANIFESTS = f"{RUNTIME_DIR}/mounts"  # what the last file sync sent, per mount
@@ -22,6 +27,11 @@ INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per b
 # Every process a `local` node starts carries this variable (value: the node id), inherited by all it
 # spawns, jobs and tasks included, so the node's death or removal finds and stops all of them.
 NODE_MARKER_ENV = "LAUNCH_LOCAL_NODE"
+
+
+def node_log_name(node_id: str) -> str:
+    """A node's setup log within a cluster state dir."""
+    return f"logs/{node_id.replace('/', '_')}.log"
 
 
 def on_this_node(path: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from core.config import ClusterConfig
 from core.errors import LaunchError
 from core.node import NodeInfo
-from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS
+from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, node_log_name
 from core.tags import KIND_HEAD, KIND_WORKER
 from lifecycle.cluster import Confirm, Lifecycle, Say, UpResult, bring_up, tear_down
 from lifecycle.state import ClusterDir
@@ -222,7 +222,7 @@ class Cluster:
         path = self.dir.node_log(node_id)
         if path.exists() and path.stat().st_size:
             return path.read_text(errors="replace")
-        remote = f"{HEAD_CLUSTER_STATE}/logs/{node_id.replace('/', '_')}.log"
+        remote = f"{HEAD_CLUSTER_STATE}/{node_log_name(node_id)}"
         raw = self.runner(None).read_file(remote)
         if not raw:
             raise LaunchError(f"no setup log for node {node_id!r} (expected {path} here or {remote} on the head)")

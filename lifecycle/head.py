@@ -22,15 +22,16 @@ from pathlib import Path
 
 from core.errors import LaunchError
 from core.files import atomic_write
-from core.paths import HEAD_ADDRESS, HEAD_CLUSTER_STATE, HEAD_MOUNTS, HEAD_SSH_KEY, on_this_node
+from core.paths import (
+    HEAD_ADDRESS, HEAD_CLUSTER_STATE, HEAD_KNOWN_HOSTS, HEAD_MOUNTS, HEAD_SPEC, HEAD_SSH_KEY, on_this_node,
+)
 from core.spec import ClusterSpec
+from lifecycle.state import ClusterDir
 from transport.base import CommandRunner
 from transport.file_sync import sync_up
 
 RESULT = "launch-result: "
 ERROR = "launch-error: "
-HEAD_SPEC = f"{HEAD_CLUSTER_STATE}/spec.json"
-HEAD_KNOWN_HOSTS = f"{HEAD_CLUSTER_STATE}/known_hosts"
 
 
 def ship(spec: ClusterSpec, runner: CommandRunner, known_hosts: Path) -> int:
@@ -46,10 +47,10 @@ def ship(spec: ClusterSpec, runner: CommandRunner, known_hosts: Path) -> int:
         runner.put_file(Path(spec.ssh_private_key).expanduser().read_bytes(), HEAD_SSH_KEY, mode=0o600)
         key = HEAD_SSH_KEY
     if known_hosts.exists():  # the head trusts what the laptop pinned, and keeps what it pinned itself
-        theirs = (runner.read_file(HEAD_KNOWN_HOSTS) or b"").decode().splitlines()
-        merged = list(dict.fromkeys([*theirs, *known_hosts.read_text().splitlines()]))
-        if merged != theirs:
-            runner.put_file(("\n".join(merged) + "\n").encode(), HEAD_KNOWN_HOSTS, mode=0o600)
+        theirs = (runner.read_file(HEAD_KNOWN_HOSTS) or b"").decode()
+        merged = _merged_lines(theirs, known_hosts.read_text())
+        if merged is not None:
+            runner.put_file(merged.encode(), HEAD_KNOWN_HOSTS, mode=0o600)
     head_spec = dataclasses.replace(spec, file_mounts=mounts, ssh_private_key=key, on_head=True)
     runner.put_file(head_spec.to_json().encode(), HEAD_SPEC, mode=0o600)
     return sent
@@ -58,11 +59,17 @@ def ship(spec: ClusterSpec, runner: CommandRunner, known_hosts: Path) -> int:
 def pull_known_hosts(runner: CommandRunner, known_hosts: Path) -> None:
     """The workers' host keys as the head pinned them, added to the laptop's (which reaches workers
     through the head, and must refuse a worker whose key changed just as the head does)."""
-    theirs = (runner.read_file(HEAD_KNOWN_HOSTS) or b"").decode().splitlines()
-    ours = known_hosts.read_text().splitlines() if known_hosts.exists() else []
-    merged = list(dict.fromkeys([*ours, *theirs]))
-    if merged != ours:
-        atomic_write(known_hosts, "\n".join(merged) + "\n", mode=0o600)
+    ours = known_hosts.read_text() if known_hosts.exists() else ""
+    merged = _merged_lines(ours, (runner.read_file(HEAD_KNOWN_HOSTS) or b"").decode())
+    if merged is not None:
+        atomic_write(known_hosts, merged, mode=0o600)
+
+
+def _merged_lines(base: str, extra: str) -> str | None:
+    """`base` with the lines of `extra` it lacks appended (in order, once); None when it lacks none."""
+    lines = base.splitlines()
+    merged = list(dict.fromkeys([*lines, *extra.splitlines()]))
+    return None if merged == lines else "\n".join(merged) + "\n"
 
 
 def load_head_spec() -> ClusterSpec:
@@ -78,13 +85,17 @@ def load_head_spec() -> ClusterSpec:
     return spec
 
 
+def head_state() -> tuple[ClusterSpec, ClusterDir]:
+    """The spec `up` shipped and the head's own state dir of the cluster (for the lifecycle there)."""
+    spec = load_head_spec()
+    return spec, ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
+
+
 def _reconcile(restart: bool, replace_stale: bool) -> dict:
     from lifecycle.cluster import Lifecycle
-    from lifecycle.state import ClusterDir
     from runtime.node_config import NodeRuntimeConfig
 
-    spec = load_head_spec()
-    state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
+    spec, state = head_state()
     token = NodeRuntimeConfig.load().token
     head_address = on_this_node(HEAD_ADDRESS).read_text().strip()
     lc = Lifecycle(spec, state, say=lambda msg: print(msg, flush=True))
@@ -97,10 +108,8 @@ def _reconcile(restart: bool, replace_stale: bool) -> dict:
 
 def _terminate_workers(keep_stopped: bool) -> dict:
     from lifecycle.cluster import Lifecycle
-    from lifecycle.state import ClusterDir
 
-    spec = load_head_spec()
-    state = ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))
+    spec, state = head_state()
     lc = Lifecycle(spec, state, say=lambda msg: print(msg, flush=True))
     with state.locked("down", lc.say):
         return {"terminated": lc.terminate_workers(keep_stopped)}

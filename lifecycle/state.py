@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.errors import ClusterBusy
 from core.files import atomic_write, file_lock
-from core.paths import launch_home
+from core.paths import KNOWN_HOSTS_FILE, SPEC_FILE, launch_home, node_log_name
 from core.spec import ClusterSpec
 from runtime.auth import new_token
 
@@ -72,7 +72,7 @@ class ClusterDir:
 
     @property
     def spec_path(self) -> Path:
-        return self.path / "spec.json"
+        return self.path / SPEC_FILE
 
     def save_spec(self, spec: ClusterSpec) -> None:
         atomic_write(self.spec_path, spec.to_json())
@@ -107,9 +107,9 @@ class ClusterDir:
 
     @property
     def known_hosts(self) -> Path:
-        return self.path / "known_hosts"
+        return self.path / KNOWN_HOSTS_FILE
 
     def node_log(self, node_id: str) -> Path:
-        p = self.path / "logs" / f"{node_id.replace('/', '_')}.log"
+        p = self.path / node_log_name(node_id)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p

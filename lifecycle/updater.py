@@ -34,6 +34,10 @@ class NodeUpdateFailed(LaunchError):
         last = f": {tail[-1]}" if tail else ""
         super().__init__(f"node {node_id} failed at {step}{(' (' + detail + ')') if detail else ''}{last}")
 
+    def as_dict(self) -> dict:
+        """As the head reports it to the laptop (lifecycle.head); `NodeUpdateFailed(**d)` rebuilds it."""
+        return {"node_id": self.node_id, "step": self.step, "tail": self.tail, "detail": self.detail}
+
 
 @dataclass
 class UpdatePlan:

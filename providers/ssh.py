@@ -18,7 +18,7 @@ from pydantic import Field
 
 from core.config import ClusterConfig, split_host_port
 from core.errors import ConfigError, LaunchError, NodeNotFound, ProviderError
-from core.paths import HEAD_CLUSTER_STATE, NODE_PYTHON, RUNTIME_DIR, on_this_node
+from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_DIR, on_this_node
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
@@ -53,7 +53,7 @@ def node_id(host: str, port: int) -> str:
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     """The hosts exist already: the state is where the pool's claims are kept (on the head host)."""
     return Bootstrapped(state={"claims": f"{POOL_DIR}/{config.cluster_name}.json",
-                               "known_hosts": str((state_dir / "known_hosts").resolve())})
+                               "known_hosts": str((state_dir / KNOWN_HOSTS_FILE).resolve())})
 
 
 class _RemoteClaims:
@@ -86,7 +86,7 @@ class Provider:
         self.worker_hosts = [parse_host(h, section.ssh_port) for h in section.worker_ips]
         self.head_port = section.head_port
         self.head_bind_host = section.head_bind_host
-        self.known_hosts = (on_this_node(HEAD_CLUSTER_STATE) / "known_hosts" if spec.on_head
+        self.known_hosts = (on_this_node(HEAD_KNOWN_HOSTS) if spec.on_head
                             else Path(spec.provider_state["known_hosts"]))
         self._remote: _RemoteClaims | None = None
 

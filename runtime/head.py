@@ -60,7 +60,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
         self.sched = Scheduler(node_types)
-        self.cond = threading.Condition()  # guards nodes, sched and waiters
+        self.lock = threading.RLock()  # guards nodes, sched and waiters
         self.waiters: dict[str, set[threading.Event]] = {}  # item id -> the GetResults calls waiting for it
         self.log_dir = log_dir or (runtime_dir() / "job-logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ class HeadServicer(pb_grpc.HeadServicer):
     def RegisterNode(self, request, context):
         now = self.clock()
         total = dict(request.total.amounts)
-        with self.cond:
+        with self.lock:
             old = self.nodes.get(request.node_id)
             rec = NodeRecord(request.node_id, request.node_type, request.address, request.is_head,
                              dict(request.labels), now, now)
@@ -88,7 +88,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s, drop_running=old is not None)
 
     def Heartbeat(self, request, context):
-        with self.cond:
+        with self.lock:
             rec = self.nodes.get(request.node_id)
             if rec is None or rec.state == DEAD:
                 return pb.HeartbeatReply(known=False)
@@ -96,7 +96,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.HeartbeatReply(known=True)
 
     def _declare_dead(self, r: NodeRecord, now: float, why: str, expected: bool = False) -> int:
-        """(under self.cond) The node is gone: what it ran goes back to the queue or fails."""
+        """(under self.lock) The node is gone: what it ran goes back to the queue or fails."""
         r.state = DEAD
         touched = self.sched.remove_node(r.node_id, now, f"its node {why}")
         log.log(logging.INFO if expected else logging.WARNING, "node %s %s: declared dead; %d item(s) requeued "
@@ -107,7 +107,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         """Nodes silent for longer than the timeout are dead: their work goes back to the queue."""
         now = self.clock()
         newly = []
-        with self.cond:
+        with self.lock:
             for r in self.nodes.values():
                 if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
                     newly.append(r.node_id)
@@ -119,7 +119,7 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def RemoveNode(self, request, context):
         now = self.clock()
-        with self.cond:
+        with self.lock:
             r = self.nodes.get(request.node_id)
             if r is None or r.state != ALIVE:
                 return pb.RemoveNodeReply(known=r is not None, requeued=0)
@@ -129,14 +129,14 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.RemoveNodeReply(known=True, requeued=requeued)
 
     def Drain(self, request, context):
-        with self.cond:
+        with self.lock:
             drained, running = self.sched.drain(request.node_id, undrain=request.undrain)
             if request.undrain:
                 self._dispatch(self.clock())
         return pb.DrainReply(drained=drained, running=running)
 
     def GetClusterState(self, request, context):
-        with self.cond:
+        with self.lock:
             nodes = []
             for r in self.nodes.values():
                 n = self.sched.nodes.get(r.node_id)
@@ -169,7 +169,7 @@ class HeadServicer(pb_grpc.HeadServicer):
             except InvalidRequest as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         now = self.clock()
-        with self.cond:
+        with self.lock:
             if any(i in self.sched.items for i in given) or len(set(given)) != len(given):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
             ids = given or [self.sched.new_id(spec.kind) for spec in specs]
@@ -190,7 +190,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 item_id=item.id, spec=item.spec, gpu_ids=item.gpu_ids, dep_values=deps, attempt=item.attempt))
 
     def WorkStream(self, request, context):
-        with self.cond:
+        with self.lock:
             rec = self.nodes.get(request.node_id)
         if rec is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
@@ -203,7 +203,7 @@ class HeadServicer(pb_grpc.HeadServicer):
     def Report(self, request, context):
         r = request.result
         now = self.clock()
-        with self.cond:
+        with self.lock:
             item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
                                        node_id=request.node_id)
             if item is not None and item.state == "queued":
@@ -221,7 +221,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         return res
 
     def _wake(self) -> None:
-        """(under self.cond) Wake the GetResults calls waiting for an item that is done now, only those."""
+        """(under self.lock) Wake the GetResults calls waiting for an item that is done now, only those."""
         for item_id in self.sched.take_finished():
             for waiter in self.waiters.pop(item_id, ()):
                 waiter.set()
@@ -233,13 +233,13 @@ class HeadServicer(pb_grpc.HeadServicer):
         want = request.num_returns or len(ids)
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         event = threading.Event()
-        with self.cond:
+        with self.lock:
             unknown = [i for i in ids if i not in self.sched.items]
             if unknown:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
                     left = None if deadline is None else deadline - time.monotonic()
                     if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
@@ -250,7 +250,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                             self.waiters.setdefault(i, set()).add(event)
                 event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
         finally:
-            with self.cond:
+            with self.lock:
                 for i in ids:
                     waiting = self.waiters.get(i)
                     if waiting is not None:
@@ -272,7 +272,7 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def Cancel(self, request, context):
         now = self.clock()
-        with self.cond:
+        with self.lock:
             try:
                 state, node_id = self.sched.cancel(request.id, now)
             except KeyError:
@@ -283,7 +283,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.CancelReply(state=state)
 
     def ListItems(self, request, context):
-        with self.cond:
+        with self.lock:
             items = [i for i in self.sched.items.values() if not request.kind or i.kind == request.kind]
             infos = [pb.ItemInfo(id=i.id, kind=i.kind, name=i.name, state=i.state, node_id=i.node_id,
                                  request=pb.Resources(amounts=i.request), submitted_at=i.submitted_at,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from core.files import file_lock
-from core.paths import HEAD_ADDRESS, HEAD_CLUSTER_STATE, on_this_node
+from core.paths import HEAD_ADDRESS, HEAD_SPEC, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
@@ -151,7 +151,7 @@ def stop() -> int:
 
 def start_monitor() -> int:
     """(Re)start the autoscaler on the head: it reads the cluster spec `up` shipped when it starts."""
-    spec = on_this_node(HEAD_CLUSTER_STATE) / "spec.json"
+    spec = on_this_node(HEAD_SPEC)
     if not spec.exists():
         print(f"no {spec}: the autoscaler is not configured on this node", file=sys.stderr)
         return 1

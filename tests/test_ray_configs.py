@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import time
 import tracemalloc
-from pathlib import Path
 
 import jsonschema
 import pytest

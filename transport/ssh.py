@@ -385,38 +385,31 @@ def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
     which kills the whole SSH connection (EBADF in the transport thread)."""
 
     def upstream() -> None:
+        _copy(sock.recv, chan.sendall)
         try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chan.sendall(data)
+            chan.shutdown_write()  # the remote end sees EOF and closes its side
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        finally:
-            try:
-                chan.shutdown_write()  # the remote end sees EOF and closes its side
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
 
     up = threading.Thread(target=upstream, daemon=True, name="forward-up")
     up.start()
+    _copy(chan.recv, sock.sendall)
     try:
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            sock.sendall(data)
+        sock.shutdown(socket.SHUT_RDWR)  # ends the upstream reader too
+    except OSError:
+        pass
+    up.join(timeout=10)
+    chan.close()
+    sock.close()
+
+
+def _copy(read, write) -> None:
+    """Copy from `read` to `write` until end of file or an error on either side."""
+    try:
+        while data := read(65536):
+            write(data)
     except (OSError, EOFError, paramiko.SSHException):
         pass
-    finally:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # ends the upstream reader too
-        except OSError:
-            pass
-        up.join(timeout=10)
-        chan.close()
-        sock.close()
 
 
 def _reason(e: BaseException) -> str:
