@@ -61,6 +61,7 @@ class Lifecycle:
                             proxy_use_node_id=spec.config.auth.ssh_proxy_use_node_id)
         self._runners: dict[str, CommandRunner] = {}
         self._runners_lock = threading.Lock()
+        self._route: CommandRunner | None = None  # the head's runner, for workers (see runner())
 
     @property
     def autoscales(self) -> bool:
@@ -89,18 +90,26 @@ class Lifecycle:
                 return self._runners[node.id]
         via = None
         if not self.spec.on_head and node.kind == KIND_WORKER and node.local_home is None:
-            head = self.head()
-            via = self.runner(head) if head is not None else None
-            if via is not None:  # trust the worker's key exactly as the head pinned it when it set it up
-                from lifecycle.head import pull_known_hosts
-
-                pull_known_hosts(via, self.dir.known_hosts)
+            via = self._head_route()
         with self._runners_lock:
             return self._runners.setdefault(node.id, runner_for(node, self.auth, via))
 
+    def _head_route(self) -> CommandRunner | None:
+        """The head's runner, through which this machine reaches the workers; found once, and the workers'
+        host keys taken once, exactly as the head pinned them when it set the workers up."""
+        if self._route is None:
+            head = self.head()
+            if head is None:
+                return None
+            from lifecycle.head import pull_known_hosts
+
+            self._route = self.runner(head)
+            pull_known_hosts(self._route, self.dir.known_hosts)
+        return self._route
+
     def close(self) -> None:
         with self._runners_lock:
-            runners, self._runners = list(self._runners.values()), {}
+            runners, self._runners, self._route = list(self._runners.values()), {}, None
         for r in runners:
             r.close()
         close_provider = getattr(self.provider, "close", None)  # a provider that holds connections
@@ -134,9 +143,14 @@ class Lifecycle:
 
     def retire(self, nodes: list[NodeInfo]) -> None:
         """A healthy node leaves the cluster: stopped where the provider caches stopped nodes (Ray's
-        cache_stopped_nodes; a spot node is terminated, as in Ray), so the next scale-up starts it
-        again with its disk (the runtime installed, the files synced); else terminated."""
-        if not self.caches_stopped_nodes:
+        cache_stopped_nodes), so the next scale-up starts it again with its disk (the runtime
+        installed, the files synced); else terminated."""
+        (self.stop if self.caches_stopped_nodes else self.terminate)(nodes)
+
+    def stop(self, nodes: list[NodeInfo]) -> None:
+        """Stopped, keeping their disks, where the provider can stop instances; a spot node (which
+        cannot be started again) and any node of a provider that cannot stop are terminated."""
+        if not self.provider.capabilities.stop_start:
             return self.terminate(nodes)
         stop = [n for n in nodes if not n.spot]
         self._leaving(stop)
@@ -153,6 +167,8 @@ class Lifecycle:
                     pass  # gone already
         with self._runners_lock:
             runners = [self._runners.pop(n.id) for n in nodes if n.id in self._runners]
+            if self._route in runners:
+                self._route = None
         for r in runners:
             r.close()
 
@@ -264,15 +280,12 @@ class Lifecycle:
 
             ship(self.spec, self.runner(head), self.dir.known_hosts)
             stale = self.stale_workers()
-            if stale:
-                ids = ", ".join(w.id for w in stale)
-                if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
-                    raise LaunchError("outdated workers were not replaced; stopping here")
+            _confirm_replacing(stale, confirm)
             flags = (" --restart" if restart else "") + (" --replace-stale" if stale else "")
             done = self.on_head(head, f"reconcile{flags}")
             pull_known_hosts(self.runner(head), self.dir.known_hosts)  # workers' keys, as the head pinned them
             actions += done["actions"]
-            failures = [NodeUpdateFailed(f["node_id"], f["step"], f["tail"], f["detail"]) for f in done["failures"]]
+            failures = [NodeUpdateFailed(**f) for f in done["failures"]]
         finally:
             if head_ready:  # whatever `up`'s outcome, the autoscaler runs again
                 self.start_monitor(head)
@@ -293,8 +306,7 @@ class Lifecycle:
         failures = self._update_workers(workers, token, head_address, restart, actions)
         failed = {f.node_id for f in failures}
         self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
-        return {"actions": actions, "failures": [{"node_id": f.node_id, "step": f.step, "tail": f.tail,
-                                                  "detail": f.detail} for f in failures]}
+        return {"actions": actions, "failures": [f.as_dict() for f in failures]}
 
     def _set_up_head(self, head: NodeInfo, token: str, restart: bool, actions: list[str]) -> str:
         saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
@@ -341,9 +353,7 @@ class Lifecycle:
         workers = [n for n in self.nodes() if n.kind == KIND_WORKER and n.status != NodeStatus.TERMINATING]
         stale = self.stale_workers()
         if stale:
-            ids = ", ".join(w.id for w in stale)
-            if not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type ({ids}). Replace them?"):
-                raise LaunchError("outdated workers were not replaced; stopping here")
+            _confirm_replacing(stale, confirm)
             self.terminate(stale)
             actions.append(f"{len(stale)} outdated worker(s) terminated")
             workers = [w for w in workers if w.id not in {s.id for s in stale}]
@@ -432,7 +442,7 @@ class Lifecycle:
 
     def _terminate_rounds(self, which: Callable[[NodeInfo], bool], keep_stopped: bool = False) -> int:
         gone: set[str] = set()
-        end = self.retire if keep_stopped and self.provider.capabilities.stop_start else self.terminate
+        end = self.stop if keep_stopped else self.terminate
         nodes = [n for n in self.nodes() if which(n)]
         for _ in range(DOWN_ROUNDS):
             if not nodes:
@@ -446,6 +456,12 @@ class Lifecycle:
         if nodes:
             raise LaunchError(f"nodes still listed after terminate: {', '.join(n.id for n in nodes)}")
         return len(gone)
+
+
+def _confirm_replacing(stale: list[NodeInfo], confirm: Confirm) -> None:
+    if stale and not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type "
+                             f"({', '.join(w.id for w in stale)}). Replace them?"):
+        raise LaunchError("outdated workers were not replaced; stopping here")
 
 
 # --- the whole commands, each under the cluster's lock ------------------------------------------------

@@ -372,3 +372,19 @@ def test_cache_stopped_nodes_stops_idle_nodes_and_starts_them_before_creating_ne
     assert lc.nodes() == [] and len(lc.provider.stopped({"launch-cluster": "aws1"})) >= 2
     lc.down()
     assert lc.nodes() == [] and lc.provider.stopped({"launch-cluster": "aws1"}) == []
+
+
+def test_down_keep_stopped_stops_even_where_idle_nodes_are_not_cached(aws, tmp_path):
+    from lifecycle.cluster import Lifecycle
+    from lifecycle.state import ClusterDir
+
+    (tmp_path / "cluster").mkdir()
+    data = copy.deepcopy(BASE["provider"])
+    lc = Lifecycle(spec_of(tmp_path, provider={**data, "cache_stopped_nodes": False}),
+                   ClusterDir("aws1", path=tmp_path / "state"))
+    assert not lc.caches_stopped_nodes
+    (node,) = lc.create("cpu", 1)
+    lc.down(keep_stopped=True)
+    assert [n.id for n in lc.provider.stopped({"launch-cluster": "aws1"})] == [node.id]
+    lc.down()
+    assert lc.provider.stopped({"launch-cluster": "aws1"}) == []
