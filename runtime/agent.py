@@ -19,11 +19,14 @@ from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
+from runtime.limits import MAX_REPLY_BYTES
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
 
 log = logging.getLogger("launch.runtime.agent")
+
+REPORT_BATCH = 1000
 
 
 class Agent:
@@ -42,21 +45,29 @@ class Agent:
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
                     "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})
-        self.executor = Executor(cfg.node_id, env, self._report, self._ship_log)
+        self.executor = Executor(cfg.node_id, env, self._report, self._ship_log, total=self.total, head=self)
+        # results not yet taken by the head, (result, attempt): sent in batches, kept until the head has them
+        self.reports: list[tuple[pb.ItemResult, int]] = []
+        self.reports_cond = threading.Condition()
 
     def register(self) -> None:
+        with self.reports_cond:
+            unreported = [(r.id, attempt) for r, attempt in self.reports]
+        running = self.executor.in_flight() + unreported
         reply = self.client.register(
             pb.RegisterNodeRequest(
                 node_id=self.cfg.node_id, node_type=self.cfg.node_type, address=self.cfg.address,
                 is_head=self.cfg.is_head, total=pb.Resources(amounts=self.total), labels=self.cfg.labels,
-                gpu_ids=self.gpu_ids,
+                gpu_ids=self.gpu_ids, running=[pb.RunningItem(id=i, attempt=a) for i, a in running],
             )
         )
         self.interval = reply.heartbeat_interval_s or self.interval
-        if reply.drop_running:  # the head gave our work to others meanwhile: stop it, report none of it
-            dropped = self.executor.drop_all()
-            if dropped:
-                log.warning("the head had declared this node dead: dropped %d item(s) it had requeued", dropped)
+        drop = {(d.id, d.attempt) for d in reply.drop}
+        if drop:  # the head gave this work to others meanwhile: stop it, report none of it
+            with self.reports_cond:
+                self.reports = [(r, a) for r, a in self.reports if (r.id, a) not in drop]
+            self.executor.drop(sorted(drop))
+            log.warning("the head no longer counts %d item(s) as this node's: dropped them", len(drop))
         self.registered.set()
         log.info("registered with the head at %s: %s", self.client.address, self.total)
 
@@ -74,9 +85,57 @@ class Agent:
                 delay = min(delay * 2, 5.0)
         log.error("%s failed %d times; giving up", what, attempts)
 
-    def _report(self, result: pb.ItemResult) -> None:
-        self._retrying(f"report of {result.id}",
-                       lambda: self.client.report(pb.ReportRequest(node_id=self.cfg.node_id, result=result)))
+    def _report(self, result: pb.ItemResult, attempt: int) -> None:
+        with self.reports_cond:
+            self.reports.append((result, attempt))
+            self.reports_cond.notify()
+
+    def report_loop(self) -> None:
+        """Every result ready goes in the next report; one the head did not take is sent again (a head
+        restarting takes it when it is back), never dropped."""
+        backoff = 0.1
+        while not self.stop.is_set():
+            with self.reports_cond:
+                while not self.reports and not self.stop.is_set():
+                    self.reports_cond.wait(timeout=1.0)
+                batch, size = [], 0
+                for r, a in self.reports:  # bounded in count and bytes, like any message
+                    size += r.ByteSize()
+                    if batch and (len(batch) >= REPORT_BATCH or size > MAX_REPLY_BYTES):
+                        break
+                    batch.append((r, a))
+            if not batch:
+                continue
+            try:
+                self.client.report(self.cfg.node_id, [r for r, _ in batch])
+            except grpc.RpcError as e:
+                log.warning("report of %d result(s) failed (%s); retrying in %.1fs", len(batch), e.code().name, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            with self.reports_cond:
+                sent = {id(r) for r, _ in batch}
+                self.reports = [(r, a) for r, a in self.reports if id(r) not in sent]
+
+    # --- Transfers, for the executor: large payloads and results move in chunks ----------------------
+
+    def fetch_args(self, item_id: str) -> bytes:
+        return self.client.fetch_args(item_id)
+
+    def fetch_result(self, item_id: str) -> bytes:
+        return self.client.fetch_result(item_id)
+
+    def upload_result(self, item_id: str, data: bytes) -> None:
+        delay = 0.2
+        while True:  # the head restarting: wait for it, as reports do
+            try:
+                return self.client.upload_result(item_id, self.cfg.node_id, data)
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or self.stop.is_set():
+                    raise
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _ship_log(self, item_id: str, data: bytes) -> None:
         self._retrying(f"log of {item_id}",
@@ -108,8 +167,9 @@ class Agent:
             if not self.registered.wait(timeout=0.5):
                 continue
             try:
-                for assignment in self.client.work_stream(self.cfg.node_id):
-                    self.executor.handle(assignment)
+                for batch in self.client.work_stream(self.cfg.node_id):
+                    for assignment in batch.items:
+                        self.executor.handle(assignment)
                     if self.stop.is_set():
                         break
             except grpc.RpcError as e:
@@ -119,7 +179,8 @@ class Agent:
 
     def run(self) -> None:
         threads = [threading.Thread(target=self.heartbeat_loop, daemon=True, name="heartbeat"),
-                   threading.Thread(target=self.work_loop, daemon=True, name="work")]
+                   threading.Thread(target=self.work_loop, daemon=True, name="work"),
+                   threading.Thread(target=self.report_loop, daemon=True, name="report")]
         for t in threads:
             t.start()
         self.stop.wait()

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,12 @@ from typing import Any
 
 import cloudpickle
 
+from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
+
 DEFAULT_MAX_RETRIES = 3
+# How long a client waits for a head that went away (restarted by its supervisor in a second, or by
+# `launch up`) before it gives up and says so.
+HEAD_RETURN_S = 300.0
 
 
 class ObjectRef:
@@ -70,7 +76,8 @@ class _Connection:
 
     `.remote()` returns at once with an id made here; a thread ships pending submissions in batches, in
     order (so a task is always submitted after the tasks it depends on). get/wait/cancel flush first.
-    A submission the head refused is raised at the next flush.
+    A submission the head refused is raised at the next flush; while the head is away (restarting) a
+    batch is sent again until it is back.
     """
 
     BATCH = 1000
@@ -99,10 +106,16 @@ class _Connection:
                     self.cond.wait()
                 if not self.pending:
                     return
-                batch, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
+                n, size = 0, 0
+                for _, spec in self.pending[: self.BATCH]:  # bounded in bytes too, like any message
+                    size += spec.ByteSize()
+                    if n and size > MAX_REPLY_BYTES:
+                        break
+                    n += 1
+                batch, self.pending = self.pending[:n], self.pending[n:]
                 self.inflight += 1
             try:
-                self.client.submit_many([spec for _, spec in batch], [i for i, _ in batch])
+                self._submit(batch)
             except grpc.RpcError as e:
                 with self.cond:  # the head away says so itself (HeadUnavailable)
                     self.error = e if isinstance(e, ConnectionError) else ConnectionError(
@@ -111,6 +124,25 @@ class _Connection:
                 with self.cond:
                     self.inflight -= 1
                     self.cond.notify_all()
+
+    def _submit(self, batch: list[tuple[str, object]]) -> None:
+        import grpc
+
+        sent_before = False
+        specs, ids = [spec for _, spec in batch], [i for i, _ in batch]
+
+        def send():
+            nonlocal sent_before
+            try:
+                self.client.submit_many(specs, ids)
+            except grpc.RpcError as e:
+                # sent again after the head came back: it had taken the batch (all or nothing) before it went
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS and sent_before:
+                    return
+                sent_before = True
+                raise
+
+        _reconnecting(send)
 
     def flush(self) -> None:
         with self.cond:
@@ -235,6 +267,23 @@ def _require():
     return conn.client
 
 
+def _reconnecting(call: Callable[[], Any]) -> Any:
+    """Run a call to the head; while the head is away (a restart), try again until it is back, for up to
+    HEAD_RETURN_S, then say it is away."""
+    from runtime.client import HeadUnavailable
+
+    deadline = time.monotonic() + HEAD_RETURN_S
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except HeadUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)  # backoff between attempts to reach a head that is down, not a wait for work
+            delay = min(delay * 2, 5.0)
+
+
 def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[str, float] | None) -> dict:
     req = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
     req.update({k: float(v) for k, v in (resources or {}).items()})
@@ -269,13 +318,19 @@ class RemoteFunction:
         if self._fn_blob is None:
             self._fn_blob = cloudpickle.dumps(self._fn)
         deps = sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
-        spec = pb.WorkSpec(
-            kind="task", name=o["name"], request=pb.Resources(amounts=request),
-            payload=cloudpickle.dumps((self._fn_blob, args, kwargs)), depends_on=deps,
-            max_retries=o["max_retries"],
-        )
+        payload = cloudpickle.dumps((self._fn_blob, args, kwargs))
+        if len(payload) > MAX_OBJECT_BYTES:
+            raise ValueError(f"{o['name']}: {too_large('function with its arguments', len(payload))}")
         item_id = f"t-{uuid.uuid4().hex[:20]}"
-        _connection().enqueue(item_id, spec)
+        spec = pb.WorkSpec(kind="task", name=o["name"], request=pb.Resources(amounts=request), depends_on=deps,
+                           max_retries=o["max_retries"])
+        conn = _connection()
+        if len(payload) > INLINE_BYTES:  # on the head's disk, in chunks, before the item is submitted
+            _reconnecting(lambda: conn.client.upload_args(item_id, payload))
+            spec.payload_size = len(payload)
+        else:
+            spec.payload = payload
+        conn.enqueue(item_id, spec)
         return ObjectRef(item_id)
 
 
@@ -290,6 +345,8 @@ def remote(fn: Callable | None = None, *, num_cpus: float = 1, num_gpus: float =
 
 def _value(res) -> Any:
     if res.state == "finished":
+        if res.stored:  # too large for a message: fetched from the head in chunks
+            return cloudpickle.loads(_reconnecting(lambda: _connection().client.fetch_result(res.id)))
         return cloudpickle.loads(res.value)
     if res.state == "cancelled":
         raise TaskCancelledError(f"task {res.id} was cancelled")
@@ -312,7 +369,8 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     single = isinstance(refs, ObjectRef)
     ref_list = [refs] if single else list(refs)
     ids = [r.id for r in ref_list]
-    results = {r.id: r for r in _require().get_results(list(dict.fromkeys(ids)), timeout)}
+    client = _require()
+    results = {r.id: r for r in _reconnecting(lambda: client.get_results(list(dict.fromkeys(ids)), timeout))}
     missing = [i for i in ids if i not in results]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
@@ -325,7 +383,9 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    done = {r.id for r in _require().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
+    client = _require()
+    done = {r.id for r in _reconnecting(lambda: client.get_results([r.id for r in refs], timeout,
+                                                                   num_returns=num_returns))}
     ready = [r for r in refs if r.id in done][:num_returns]
     ready_ids = {r.id for r in ready}
     return ready, [r for r in refs if r.id not in ready_ids]

@@ -28,8 +28,11 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
 # What work running on the cluster (tasks, jobs) may call with its credential: submit more work, fetch
 # results and logs, cancel, read the cluster's state. Registering nodes, heartbeats, the agents' work
 # streams and reports, drains and node removal need the cluster token itself.
-WORK_METHODS = frozenset({"Submit", "GetResults", "Cancel", "ListItems", "JobLogs", "GetClusterState"})
-STREAMING_METHODS = frozenset({"WorkStream"})  # their refusal must be a stream handler
+WORK_METHODS = frozenset({"Submit", "GetResults", "Cancel", "ListItems", "JobLogs", "GetClusterState",
+                          "UploadArgs", "FetchResult"})
+# a refusal must have the shape of the call it refuses
+RESPONSE_STREAMS = frozenset({"WorkStream", "FetchArgs", "FetchResult"})
+REQUEST_STREAMS = frozenset({"UploadArgs", "UploadResult"})
 
 
 def work_token(cluster_token: str) -> str:
@@ -52,19 +55,21 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def deny_work(request, context):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "work on the cluster may not make this call")
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_work = grpc.unary_unary_rpc_method_handler(deny_work)
-        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
-        self._deny_work_stream = grpc.unary_stream_rpc_method_handler(deny_work)
+        def handlers(fn):
+            return {"unary": grpc.unary_unary_rpc_method_handler(fn),
+                    "response": grpc.unary_stream_rpc_method_handler(fn),
+                    "request": grpc.stream_unary_rpc_method_handler(fn)}
+
+        self._deny, self._deny_work = handlers(deny), handlers(deny_work)
 
     def intercept_service(self, continuation, handler_call_details):
         given = dict(handler_call_details.invocation_metadata or ()).get(METADATA_KEY, "").encode()
         if hmac.compare_digest(given, self._expected):
             return continuation(handler_call_details)
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        stream = method in STREAMING_METHODS
+        shape = "response" if method in RESPONSE_STREAMS else "request" if method in REQUEST_STREAMS else "unary"
         if hmac.compare_digest(given, self._work):
             if method in WORK_METHODS:
                 return continuation(handler_call_details)
-            return self._deny_work_stream if stream else self._deny_work
-        return self._deny_stream if stream else self._deny
+            return self._deny_work[shape]
+        return self._deny[shape]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from runtime.auth import call_metadata
-from runtime.limits import GRPC_OPTIONS
+from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 
@@ -122,8 +122,46 @@ class HeadClient:
     def work_stream(self, node_id: str):
         return self._stub.WorkStream(pb.WorkStreamRequest(node_id=node_id), metadata=self._md)
 
-    def report(self, request: pb.ReportRequest) -> None:
-        self._stub.Report(request, metadata=self._md, timeout=self.timeout_s)
+    def report(self, node_id: str, results: list[pb.ItemResult]) -> None:
+        self._stub.Report(pb.ReportRequest(node_id=node_id, results=results), metadata=self._md,
+                          timeout=self.timeout_s)
+
+    # --- payloads and results too large for a message: in chunks --------------------------------
+
+    def _upload(self, method: str, item_id: str, data: bytes, node_id: str = "") -> None:
+        view = memoryview(data)
+
+        def chunks():
+            yield pb.Chunk(id=item_id, node_id=node_id, data=bytes(view[:CHUNK_BYTES]))
+            for start in range(CHUNK_BYTES, len(view), CHUNK_BYTES):
+                yield pb.Chunk(data=bytes(view[start:start + CHUNK_BYTES]))
+
+        reply = getattr(self._stub, method)(chunks(), metadata=self._md)
+        if reply.size != len(data):
+            raise ConnectionError(f"the head stored {reply.size} of {len(data)} bytes of {item_id}")
+
+    def _fetch(self, method: str, item_id: str) -> bytes:
+        parts = []
+        try:
+            for chunk in getattr(self._stub, method)(pb.FetchRequest(id=item_id, offset=0), metadata=self._md):
+                parts.append(chunk.data)
+        except grpc.RpcError as e:
+            if e.code() in _AWAY and not isinstance(e, HeadUnavailable):
+                raise HeadUnavailable(self.address, e.code()) from None
+            raise
+        return b"".join(parts)
+
+    def upload_args(self, item_id: str, data: bytes) -> None:
+        self._upload("UploadArgs", item_id, data)
+
+    def fetch_args(self, item_id: str) -> bytes:
+        return self._fetch("FetchArgs", item_id)
+
+    def upload_result(self, item_id: str, node_id: str, data: bytes) -> None:
+        self._upload("UploadResult", item_id, data, node_id)
+
+    def fetch_result(self, item_id: str) -> bytes:
+        return self._fetch("FetchResult", item_id)
 
     def append_log(self, request: pb.AppendLogRequest) -> None:
         self._stub.AppendLog(request, metadata=self._md, timeout=self.timeout_s)

@@ -15,12 +15,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import cloudpickle
 
-from runtime.limits import MAX_RESULT_BYTES
+from core.shapes import EPS
+from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.worker import read_frame, write_frame
@@ -30,8 +34,16 @@ log = logging.getLogger("launch.runtime.executor")
 MAX_IDLE_WORKERS_PER_KEY = 8
 LOG_SHIP_INTERVAL_S = 0.2
 
-Report = Callable[[pb.ItemResult], None]
+Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
 ShipLog = Callable[[str, bytes], None]
+
+
+class Transfers(Protocol):
+    """Moves what is too large for a message between this node and the head (the agent's client)."""
+
+    def fetch_args(self, item_id: str) -> bytes: ...
+    def fetch_result(self, item_id: str) -> bytes: ...
+    def upload_result(self, item_id: str, data: bytes) -> None: ...
 
 
 class WorkerDied(Exception):
@@ -65,16 +77,28 @@ class Worker:
 
 
 class Executor:
-    def __init__(self, node_id: str, base_env: dict[str, str], report: Report, ship_log: ShipLog):
+    """Starts assigned items in the order they came, each once the node has room for it: the head may
+    hand the node work ahead of time (pipelining), and this is what keeps the node from running more
+    than it has. `head` is how payloads and results too large for a message move (Transfers)."""
+
+    def __init__(self, node_id: str, base_env: dict[str, str], report: Report, ship_log: ShipLog,
+                 total: dict[str, float] | None = None, head: Transfers | None = None):
         self.node_id = node_id
         self.base_env = base_env
         self.report = report
         self.ship_log = ship_log
+        self.total = dict(total or {})
+        self.head = head
         self.lock = threading.Lock()
+        self.used: dict[str, float] = {}
+        self.waiting: deque[pb.Assignment] = deque()
         self.idle: dict[tuple[str, ...], list[Worker]] = {}
-        self.running: dict[str, object] = {}  # item id -> Worker | Popen
+        self.running: dict[str, tuple[int, object]] = {}  # item id -> (attempt, Worker | Popen | None: starting)
         self.cancelled: set[str] = set()
-        self.dropped: set[str] = set()  # stopped because the head requeued them: never reported
+        self.dropped: set[tuple[str, int]] = set()  # stopped because the head gave them to others: never reported
+        # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
+        # are reused: starting one per item costs more than a trivial task
+        self.threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="item")
 
     def _env(self, gpu_ids: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(self.base_env)
@@ -88,39 +112,105 @@ class Executor:
         if a.cancel:
             self.cancel(a.item_id)
             return
-        target = self._run_task if a.spec.kind == "task" else self._run_job
-        threading.Thread(target=target, args=(a,), name=f"item-{a.item_id}", daemon=True).start()
+        if a.revoke:
+            self.revoke(a.item_id)
+            return
+        with self.lock:
+            old = self.running.get(a.item_id)
+            if old is not None and old[0] != a.attempt:  # the head counts only its newest attempt
+                self.dropped.add((a.item_id, old[0]))
+                _stop(old[1])
+            self.waiting.append(a)
+            self._start_what_fits()
+
+    def _fits(self, request: dict[str, float]) -> bool:
+        if not self.total:  # no declared resources (a bare executor): no limit here
+            return True
+        return all(self.used.get(k, 0.0) + v <= self.total.get(k, 0.0) + EPS for k, v in request.items())
+
+    def _start_what_fits(self) -> None:
+        """(under self.lock) In order: the head counts an item as holding resources in the same order."""
+        while self.waiting and self._fits(dict(self.waiting[0].spec.request.amounts)):
+            a = self.waiting.popleft()
+            for k, v in a.spec.request.amounts.items():
+                self.used[k] = self.used.get(k, 0.0) + v
+            self.running[a.item_id] = (a.attempt, None)
+            self.threads.submit(self._run, a)
+
+    def _run(self, a: pb.Assignment) -> None:
+        try:
+            (self._run_task if a.spec.kind == "task" else self._run_job)(a)
+        except Exception:  # a bug here must not leave the item running forever, holding its resources
+            log.exception("running %s failed", a.item_id)
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="the node agent failed to run it"))
+
+    def in_flight(self) -> list[tuple[str, int]]:
+        """What this node runs or will run, as (id, attempt): after a head restart, the head adopts it."""
+        with self.lock:
+            return [(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
 
     def cancel(self, item_id: str) -> None:
         with self.lock:
             self.cancelled.add(item_id)
-            handle = self.running.get(item_id)
-        if isinstance(handle, Worker):
-            handle.kill()
-        elif isinstance(handle, subprocess.Popen):
-            _kill_group(handle)
-
-    def drop_all(self) -> int:
-        """Stop everything running and report none of it (the head no longer counts it as ours)."""
-        with self.lock:
-            items = list(self.running)
-            self.dropped.update(items)
-        for item_id in items:
-            self.cancel(item_id)
-        return len(items)
-
-    def _done(self, item_id: str, result: pb.ItemResult) -> None:
-        with self.lock:
-            self.running.pop(item_id, None)
-            if item_id in self.dropped:
-                self.dropped.discard(item_id)
+            queued = next((a for a in self.waiting if a.item_id == item_id), None)
+            if queued is not None:
+                self.waiting.remove(queued)
                 self.cancelled.discard(item_id)
+            handle = self.running.get(item_id, (0, None))[1]
+        if queued is not None:
+            self.report(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), queued.attempt)
+        else:
+            _stop(handle)
+
+    def revoke(self, item_id: str) -> None:
+        """Give back an item not started yet; one that started runs on and reports as usual."""
+        with self.lock:
+            queued = next((a for a in self.waiting if a.item_id == item_id), None)
+            if queued is not None:
+                self.waiting.remove(queued)
+        if queued is not None:
+            self.report(pb.ItemResult(id=item_id, state="revoked"), queued.attempt)
+
+    def drop(self, pairs: list[tuple[str, int]]) -> int:
+        """Stop these (id, attempt) and report none of them: the head no longer counts them as ours."""
+        handles = []
+        with self.lock:
+            for item_id, attempt in pairs:
+                queued = next((a for a in self.waiting if a.item_id == item_id and a.attempt == attempt), None)
+                if queued is not None:
+                    self.waiting.remove(queued)
+                elif self.running.get(item_id, (None,))[0] == attempt:
+                    self.dropped.add((item_id, attempt))
+                    handles.append(self.running[item_id][1])
+        for h in handles:
+            _stop(h)
+        return len(pairs)
+
+    def _started(self, a: pb.Assignment, handle) -> bool:
+        """Record the process running `a`; False if it was stopped meanwhile (then it is killed)."""
+        with self.lock:
+            if self.running.get(a.item_id, (None,))[0] == a.attempt:
+                self.running[a.item_id] = (a.attempt, handle)
+            stop = a.item_id in self.cancelled or (a.item_id, a.attempt) in self.dropped
+        if stop:
+            _stop(handle)
+        return not stop
+
+    def _done(self, a: pb.Assignment, result: pb.ItemResult) -> None:
+        with self.lock:
+            for k, v in a.spec.request.amounts.items():
+                self.used[k] = self.used.get(k, 0.0) - v
+            if self.running.get(a.item_id, (None,))[0] == a.attempt:
+                del self.running[a.item_id]
+            self._start_what_fits()
+            if (a.item_id, a.attempt) in self.dropped:
+                self.dropped.discard((a.item_id, a.attempt))
                 return
-            if item_id in self.cancelled:
-                self.cancelled.discard(item_id)
-                result = pb.ItemResult(id=item_id, state="cancelled", message="cancelled",
+            if a.item_id in self.cancelled:
+                self.cancelled.discard(a.item_id)
+                result = pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled",
                                        exit_code=result.exit_code)
-        self.report(result)
+        self.report(result, a.attempt)
 
     # --- tasks --------------------------------------------------------------------------------------
 
@@ -141,34 +231,51 @@ class Executor:
                 return
         w.kill()
 
+    def _inputs(self, a: pb.Assignment) -> tuple[bytes, dict[str, bytes]]:
+        """The payload and dependency values, fetched from the head where they were too large to come
+        with the assignment."""
+        payload = self.head.fetch_args(a.item_id) if a.spec.payload_size else a.spec.payload
+        deps = dict(a.dep_values)
+        for d in a.dep_stored:
+            deps[d] = self.head.fetch_result(d)
+        return payload, deps
+
     def _run_task(self, a: pb.Assignment) -> None:
+        try:
+            payload, deps = self._inputs(a)
+        except Exception as e:  # noqa: BLE001 - the head away or the data gone: retried as a lost item
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
+            return
         key = tuple(a.gpu_ids)
         worker = self._acquire(key)
-        with self.lock:
-            self.running[a.item_id] = worker
-            cancelled_early = a.item_id in self.cancelled
-        if cancelled_early:
-            worker.kill()
+        if not self._started(a, worker):
+            self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
+            return
         try:
-            status, data = worker.call(a.spec.payload, dict(a.dep_values))
+            status, data = worker.call(payload, deps)
         except WorkerDied as e:
             worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="lost",
-                                                message=f"its worker process died ({e})"))
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
             return
         self._release(key, worker)
-        if len(data) > MAX_RESULT_BYTES:  # fail it clearly rather than let it hang on a message limit
-            what = "result" if status == "ok" else "error"
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", message=(
-                f"its {what} is {len(data) / 2**20:.0f} MiB, over the limit of {MAX_RESULT_BYTES >> 20} MiB "
-                "per result; return a smaller value, or write it to shared storage and return its path")))
-            return
-        if status == "ok":
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="finished", value=data))
-        else:
+        self._done(a, self._result(a, status, data))
+
+    def _result(self, a: pb.Assignment, status: str, data: bytes) -> pb.ItemResult:
+        if status != "ok":
             exc, _tb = cloudpickle.loads(data)
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", error=data,
-                                                message=f"{type(exc).__name__}: {exc}"[:300]))
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            if len(data) > INLINE_BYTES:  # an error carries its message and traceback, not megabytes
+                data = cloudpickle.dumps((RuntimeError(message), _tb[-20000:]))
+            return pb.ItemResult(id=a.item_id, state="failed", error=data, message=message)
+        if len(data) > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
+            return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", len(data)))
+        if len(data) <= INLINE_BYTES:
+            return pb.ItemResult(id=a.item_id, state="finished", value=data)
+        try:
+            self.head.upload_result(a.item_id, data)
+        except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
+            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
+        return pb.ItemResult(id=a.item_id, state="finished", value_size=len(data), stored=True)
 
     # --- jobs ---------------------------------------------------------------------------------------
 
@@ -193,21 +300,18 @@ class Executor:
         env["LAUNCH_JOB_ID"] = a.item_id
         env["LAUNCH_JOB_DIR"] = str(job_dir)
         if not cwd.is_dir():
-            self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
-                                                message=f"working directory {cwd} does not exist on the node"))
+            self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
+                                        message=f"working directory {cwd} does not exist on the node"))
             return
         with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             try:
                 proc = subprocess.Popen(["bash", "-c", spec.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             except OSError as e:
-                self._done(a.item_id, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
-                                                    message=f"cannot start the job: {e}"))
+                self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
+                                            message=f"cannot start the job: {e}"))
                 return
-        with self.lock:
-            self.running[a.item_id] = proc
-            if a.item_id in self.cancelled:
-                _kill_group(proc)
+        self._started(a, proc)
         with open(log_path, "rb") as f:
             while True:
                 exited = proc.poll() is not None
@@ -219,21 +323,27 @@ class Executor:
                 time.sleep(LOG_SHIP_INTERVAL_S)
         code = proc.returncode
         state = "finished" if code == 0 else "failed"
-        self._done(a.item_id, pb.ItemResult(id=a.item_id, state=state, exit_code=code,
-                                            message="" if code == 0 else f"exit code {code}"))
+        self._done(a, pb.ItemResult(id=a.item_id, state=state, exit_code=code,
+                                    message="" if code == 0 else f"exit code {code}"))
 
     def shutdown(self) -> None:
         with self.lock:
-            handles = list(self.running.values())
+            handles = [h for _, h in self.running.values()]
             workers = [w for pool in self.idle.values() for w in pool]
             self.idle.clear()
+            self.waiting.clear()
         for h in handles:
-            if isinstance(h, Worker):
-                h.kill()
-            else:
-                _kill_group(h)
+            _stop(h)
         for w in workers:
             w.kill()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _stop(handle) -> None:
+    if isinstance(handle, Worker):
+        handle.kill()
+    elif isinstance(handle, subprocess.Popen):
+        _kill_group(handle)
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:

@@ -7,6 +7,7 @@ to ~/.launch-runtime/head.address once it is listening.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -22,11 +23,13 @@ import grpc
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
-from runtime.limits import GRPC_OPTIONS, MAX_REPLY_BYTES
+from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
-from runtime.scheduler import DONE_STATES, INFEASIBLE, InvalidRequest, Item, Scheduler, validate_request
+from runtime.scheduler import (DONE_STATES, FAILED, FINISHED, INFEASIBLE, QUEUED, RUNNING, InvalidRequest, Item,
+                               Scheduler, validate_request)
+from runtime.store import ID_PATTERN, Store
 
 log = logging.getLogger("launch.runtime.head")
 
@@ -35,6 +38,13 @@ ALIVE, DEAD = "alive", "dead"
 # a thousand waiting clients never leave heartbeats, reports or ClusterState without one.
 SERVER_THREADS = 2048
 WAIT_CHECK_S = 2.0  # how often a waiting GetResults looks whether its client went away
+SWEEP_EVERY_S = 60.0
+ASSIGNMENT_BATCH = 1000
+
+
+def default_state_dir() -> Path:
+    """The head's store: kept across head restarts (and `launch up` of the same head)."""
+    return runtime_dir() / "head-state"
 
 
 @dataclass
@@ -52,19 +62,101 @@ class NodeRecord:
     outbox: queue.Queue = field(default_factory=queue.Queue)  # Assignments for its WorkStream
 
 
+class Waiter:
+    """A GetResults call waiting for `needed` more of its items to be done."""
+
+    __slots__ = ("needed", "event")
+
+    def __init__(self, needed: int):
+        self.needed = needed
+        self.event = threading.Event()
+        if needed <= 0:
+            self.event.set()
+
+    def one_done(self) -> None:
+        self.needed -= 1
+        if self.needed <= 0:
+            self.event.set()
+
+
 class HeadServicer(pb_grpc.HeadServicer):
     def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time,
-                 node_types: dict[str, dict[str, float]] | None = None, log_dir: Path | None = None):
+                 node_types: dict[str, dict[str, float]] | None = None, state_dir: Path | None = None):
         self.heartbeat_interval_s = heartbeat_interval_s
         self.node_timeout_s = node_timeout_s
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
-        self.sched = Scheduler(node_types)
-        self.lock = threading.RLock()  # guards nodes, sched and waiters
-        self.waiters: dict[str, set[threading.Event]] = {}  # item id -> the GetResults calls waiting for it
-        self.log_dir = log_dir or (runtime_dir() / "job-logs")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.log_dir, 0o700)  # jobs' output is the cluster user's only
+        self.store = Store(state_dir or default_state_dir())
+        self.sched = Scheduler(node_types, done_state=self._done_state)
+        self.lock = threading.RLock()  # guards nodes, sched, the store's writes and waiters
+        self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
+        self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
+        self.recover_until = self._recover(clock())
+
+    # --- the store ----------------------------------------------------------------------------------
+
+    def _recover(self, now: float) -> float:
+        """Take back what a previous head left in the store: queued work queues again, running work waits
+        for its node to say it still runs it. Returns when the wait for those nodes ends."""
+        rows = self.store.live()
+        for row in rows:
+            item = Item(id=row.id, kind=row.kind, name=row.name, request=row.request, max_retries=row.max_retries,
+                        submitted_at=row.submitted_at, attempt=row.attempt, node_id=row.node_id,
+                        gpu_ids=row.gpu_ids, started_at=row.started_at,
+                        depends_on=set(pb.WorkSpec.FromString(row.spec).depends_on))
+            if row.state == RUNNING:
+                self.sched.recover(item)
+            else:
+                self.sched.submit(item, now)
+        self._commit()
+        if rows:
+            log.info("recovered %d item(s) from the store (%d were running)", len(rows), len(self.sched.recovering))
+        # agents retry every few seconds at most: past this, a node that has not come back is gone
+        return now + self.node_timeout_s + 10.0
+
+    def _done_state(self, item_id: str) -> str | None:
+        row = self.store.row(item_id)
+        return row.state if row is not None and row.state in DONE_STATES else None
+
+    def _commit(self) -> None:
+        """(under self.lock) Write what changed to the store, let done items leave memory, then wake the
+        GetResults calls waiting for them (so what they read is in the store)."""
+        live, done = [], []
+        for item in self.sched.take_dirty():
+            if item.state in DONE_STATES:
+                done.append(item)
+            else:
+                live.append((item.id, item.state, item.attempt, item.node_id, item.gpu_ids, item.started_at))
+        if live or done:
+            self.store.update(live, [self._done_row(item) for item in done])
+        for item in done:
+            self.sched.forget(item.id)
+            if item.id in self.uploaded_args:
+                self.uploaded_args.discard(item.id)
+                self.store.arg_path(item.id).unlink(missing_ok=True)
+        for item_id in self.sched.take_finished():
+            for waiter in self.waiters.pop(item_id, ()):
+                waiter.one_done()
+
+    @staticmethod
+    def _done_row(item: Item) -> tuple:
+        r = item.result
+        value, error, size, stored = (r.value, r.error, r.value_size, r.stored) if r is not None else (None, None, 0, False)
+        return (item.id, item.state, item.attempt, item.node_id, item.finished_at, item.exit_code, item.message,
+                value, error, size, stored)
+
+    def _take_upload(self, node_id: str, r: pb.ItemResult) -> pb.ItemResult:
+        """(under self.lock) A result its node uploaded becomes the item's result, if the item is that
+        node's: before the completion counts, so whoever is given the value next finds it."""
+        item = self.sched.items.get(r.id)
+        if not (r.stored and r.state == FINISHED and item is not None and item.state == RUNNING
+                and item.node_id == node_id):
+            return r
+        try:
+            os.replace(self.store.upload_path(r.id, node_id), self.store.result_path(r.id))
+        except OSError as e:
+            return pb.ItemResult(id=r.id, state=FAILED, message=f"its result was lost on the head ({e.strerror})")
+        return r
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -78,14 +170,16 @@ class HeadServicer(pb_grpc.HeadServicer):
             if old is not None:
                 rec.outbox = old.outbox
             self.nodes[request.node_id] = rec
-            lost = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
-                                       list(request.gpu_ids))
-            self._dispatch(now)
-            self._wake()
+            lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
+                                             list(request.gpu_ids), [(r.id, r.attempt) for r in request.running])
+            self._settle(now)
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
-        log.info("node %s (%s) registered from %s: %s", request.node_id, request.node_type, request.address, total)
-        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s, drop_running=old is not None)
+        adopted = len(request.running) - len(drop)
+        log.info("node %s (%s) registered from %s: %s%s", request.node_id, request.node_type, request.address, total,
+                 f"; it still runs {adopted} item(s)" if adopted else "")
+        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s,
+                                    drop=[pb.RunningItem(id=i, attempt=a) for i, a in drop])
 
     def Heartbeat(self, request, context):
         with self.lock:
@@ -104,7 +198,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         return len(touched)
 
     def mark_dead_nodes(self) -> list[str]:
-        """Nodes silent for longer than the timeout are dead: their work goes back to the queue."""
+        """Nodes silent for longer than the timeout are dead: their work goes back to the queue. After a
+        restart, work whose node never came back goes back too."""
         now = self.clock()
         newly = []
         with self.lock:
@@ -112,10 +207,20 @@ class HeadServicer(pb_grpc.HeadServicer):
                 if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
                     newly.append(r.node_id)
                     self._declare_dead(r, now, f"missed heartbeats for {self.node_timeout_s:.0f}s")
-            if newly:
-                self._dispatch(now)
-                self._wake()
+            expired = self.sched.expire_recovering(now) if self.sched.recovering and now > self.recover_until else []
+            if expired:
+                log.warning("%d item(s) that ran before the head restarted lost their node: requeued or failed",
+                            len(expired))
+            if newly or expired:
+                self._settle(now)
+            for item in self.sched.to_revoke(now):
+                self.nodes[item.node_id].outbox.put(pb.Assignment(item_id=item.id, revoke=True))
         return newly
+
+    def sweep(self) -> int:
+        """Done items whose retention is over leave the store."""
+        with self.lock:
+            return self.store.sweep(self.clock())
 
     def RemoveNode(self, request, context):
         now = self.clock()
@@ -124,15 +229,14 @@ class HeadServicer(pb_grpc.HeadServicer):
             if r is None or r.state != ALIVE:
                 return pb.RemoveNodeReply(known=r is not None, requeued=0)
             requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})", expected=True)
-            self._dispatch(now)
-            self._wake()
+            self._settle(now)
         return pb.RemoveNodeReply(known=True, requeued=requeued)
 
     def Drain(self, request, context):
         with self.lock:
             drained, running = self.sched.drain(request.node_id, undrain=request.undrain)
             if request.undrain:
-                self._dispatch(self.clock())
+                self._settle(self.clock())
         return pb.DrainReply(drained=drained, running=running)
 
     def GetClusterState(self, request, context):
@@ -146,8 +250,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                     total=pb.Resources(amounts=n.total if n else {}),
                     available=pb.Resources(amounts=n.available if n else {}),
                     labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
-                    idle_since=n.idle_since if n else 0.0,
-                    draining=bool(n and n.draining), running=len(n.running) if n else 0,
+                    idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
+                    running=len(n.running) + len(n.prefetched) if n else 0,
                 ))
             demand = [pb.ShapeDemand(shape=pb.Resources(amounts=dict(s)), count=c) for s, c in self.sched.demand()]
             infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
@@ -161,6 +265,10 @@ class HeadServicer(pb_grpc.HeadServicer):
         specs, given = list(request.specs), list(request.ids)
         if given and len(given) != len(specs):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids and specs differ in length")
+        for item_id in given:
+            if not ID_PATTERN.fullmatch(item_id):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"item id {item_id[:100]!r} is not of "
+                              f"letters, digits, '_', '.', '-' (1-100, not starting with a symbol)")
         for spec in specs:
             if spec.kind not in ("task", "job"):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be task or job, got {spec.kind!r}")
@@ -168,26 +276,65 @@ class HeadServicer(pb_grpc.HeadServicer):
                 validate_request(dict(spec.request.amounts))
             except InvalidRequest as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        for item_id, spec in zip(given, specs):
+            if spec.payload_size and not self._uploaded(self.store.arg_path(item_id), spec.payload_size):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")
         now = self.clock()
         with self.lock:
-            if any(i in self.sched.items for i in given) or len(set(given)) != len(given):
+            known = self.store.rows(given, with_values=False) if given else {}
+            if known or any(i in self.sched.items for i in given) or len(set(given)) != len(given):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
             ids = given or [self.sched.new_id(spec.kind) for spec in specs]
-            for item_id, spec in zip(ids, specs):
-                item = Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
-                            request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
-                            submitted_at=now, spec=spec, depends_on=set(spec.depends_on))
+            items = [Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
+                          request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
+                          submitted_at=now, depends_on=set(spec.depends_on)) for item_id, spec in zip(ids, specs)]
+            # in the store before anything else may happen to them (a dependency may finish them at once)
+            self.store.insert((i.id, i.kind, i.name, QUEUED, i.request, i.max_retries, spec.SerializeToString(), now)
+                              for i, spec in zip(items, specs))
+            for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
-            self._dispatch(now)
-            self._wake()
+                if spec.payload_size:
+                    self.uploaded_args.add(item.id)
+            # the rows just written have these states already
+            self.sched.dirty -= {i.id for i in items if i.state == QUEUED}
+            self._settle(now)
         return pb.SubmitReply(ids=ids)
+
+    @staticmethod
+    def _uploaded(path: Path, size: int) -> bool:
+        try:
+            return path.stat().st_size == size
+        except OSError:
+            return False
+
+    def _settle(self, now: float) -> None:
+        """(under self.lock) After a change: store it, place what can run now, store that."""
+        self._dispatch(now)
+        self._commit()
 
     def _dispatch(self, now: float) -> None:
         """Schedule, and hand each newly placed item to its node's WorkStream. Caller holds the lock."""
-        for item in self.sched.schedule(now):
-            deps = {d: self.sched.items[d].result.value for d in item.spec.depends_on}
-            self.nodes[item.node_id].outbox.put(pb.Assignment(
-                item_id=item.id, spec=item.spec, gpu_ids=item.gpu_ids, dep_values=deps, attempt=item.attempt))
+        assigned = self.sched.schedule(now)
+        if not assigned:
+            return
+        specs = {i: pb.WorkSpec.FromString(b) for i, b in self.store.specs([a.id for a in assigned]).items()}
+        # a dependency done just now is still in memory, not yet in the store
+        results = {}
+        for d in {d for spec in specs.values() for d in spec.depends_on}:
+            dep = self.sched.items.get(d)
+            if dep is not None and dep.result is not None:
+                results[d] = dep.result
+        rest = sorted({d for spec in specs.values() for d in spec.depends_on} - set(results))
+        results.update(self.store.rows(rest) if rest else {})
+        for item in assigned:
+            spec = specs[item.id]
+            a = pb.Assignment(item_id=item.id, spec=spec, gpu_ids=item.gpu_ids, attempt=item.attempt)
+            for d in spec.depends_on:
+                if results[d].stored:
+                    a.dep_stored.append(d)
+                else:
+                    a.dep_values[d] = results[d].value or b""
+            self.nodes[item.node_id].outbox.put(a)
 
     def WorkStream(self, request, context):
         with self.lock:
@@ -196,79 +343,93 @@ class HeadServicer(pb_grpc.HeadServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
         while context.is_active():
             try:
-                yield rec.outbox.get(timeout=0.5)
+                batch = [rec.outbox.get(timeout=0.5)]
             except queue.Empty:
                 continue
+            size = batch[0].ByteSize()
+            while len(batch) < ASSIGNMENT_BATCH and size < MAX_REPLY_BYTES:
+                try:
+                    batch.append(rec.outbox.get_nowait())
+                except queue.Empty:
+                    break
+                size += batch[-1].ByteSize()
+            yield pb.Assignments(items=batch)
 
     def Report(self, request, context):
-        r = request.result
         now = self.clock()
         with self.lock:
-            item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
-                                       node_id=request.node_id)
-            if item is not None and item.state == "queued":
-                log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
-            if item is not None:
-                self._dispatch(now)
-                self._wake()
+            changed = False
+            for r in request.results:
+                r = self._take_upload(request.node_id, r)
+                item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
+                                           node_id=request.node_id)
+                if item is not None and item.state == QUEUED:
+                    log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
+                changed = changed or item is not None
+            if changed:
+                self._settle(now)
         return pb.ReportReply()
 
-    def _result(self, item: Item) -> pb.ItemResult:
-        res = pb.ItemResult(id=item.id, state=item.state, message=item.message, exit_code=item.exit_code,
-                            node_id=item.node_id)
-        if item.result is not None:
-            res.value, res.error = item.result.value, item.result.error
-        return res
-
-    def _wake(self) -> None:
-        """(under self.lock) Wake the GetResults calls waiting for an item that is done now, only those."""
-        for item_id in self.sched.take_finished():
-            for waiter in self.waiters.pop(item_id, ()):
-                waiter.set()
-
     def GetResults(self, request, context):
-        """Waits on an event set when one of its items is done: no re-scan of the others' items, no
-        polling; a check every few seconds only notices a client that went away."""
-        ids = list(request.ids)
-        want = request.num_returns or len(ids)
+        """Waits on an event set once enough of its items are done: each item's completion counts once
+        (no re-scan of the others, no polling); a check every few seconds only notices a client that went
+        away."""
+        ids = list(dict.fromkeys(request.ids))
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
-        event = threading.Event()
         with self.lock:
-            unknown = [i for i in ids if i not in self.sched.items]
-            if unknown:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {unknown[0]}")
+            absent = [i for i in ids if i not in self.sched.items]
+        unknown = set(absent) - set(self.store.rows(absent, with_values=False))
+        if unknown:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
+        with self.lock:
+            live = [i for i in ids if i in self.sched.items]
+            want = min(request.num_returns or len(ids), len(ids)) - (len(ids) - len(live))
+            waiter = Waiter(max(want, 0))
+            if want > 0:
+                for i in live:
+                    self.waiters.setdefault(i, set()).add(waiter)
         try:
-            while True:
-                with self.lock:
-                    done = [self.sched.items[i] for i in ids if self.sched.items[i].state in DONE_STATES]
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if len(done) >= want or (left is not None and left <= 0) or not context.is_active():
-                        return self._results_reply(done)
-                    event.clear()
-                    for i in ids:
-                        if self.sched.items[i].state not in DONE_STATES:
-                            self.waiters.setdefault(i, set()).add(event)
-                event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
+            while not waiter.event.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not context.is_active():
+                    break
+                waiter.event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
         finally:
             with self.lock:
-                for i in ids:
+                for i in live:
                     waiting = self.waiters.get(i)
                     if waiting is not None:
-                        waiting.discard(event)
+                        waiting.discard(waiter)
                         if not waiting:
                             del self.waiters[i]
+                done = [i for i in ids if i not in self.sched.items]
+        return self._results_reply(done)
 
-    def _results_reply(self, done: list[Item]) -> pb.GetResultsReply:
-        """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest."""
+    def _results_reply(self, done_ids: list[str]) -> pb.GetResultsReply:
+        """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest. Read
+        from the store outside the head's lock: a done item's row no longer changes."""
         results, size = [], 0
-        for item in done:
-            r = self._result(item)
-            n = r.ByteSize()
-            if results and size + n > MAX_REPLY_BYTES:
-                return pb.GetResultsReply(results=results, truncated=True)
-            results.append(r)
-            size += n
+        for start in range(0, len(done_ids), 500):
+            chunk = done_ids[start:start + 500]
+            rows = self.store.rows(chunk)
+            for item_id in chunk:
+                row = rows[item_id]
+                r = pb.ItemResult(id=row.id, state=row.state, message=row.message, exit_code=row.exit_code,
+                                  node_id=row.node_id, value=row.value or b"", error=row.error or b"",
+                                  value_size=row.value_size, stored=row.stored)
+                n = r.ByteSize()
+                if results and size + n > MAX_REPLY_BYTES:
+                    self._fetched(results)
+                    return pb.GetResultsReply(results=results, truncated=True)
+                results.append(r)
+                size += n
+        self._fetched(results)
         return pb.GetResultsReply(results=results)
+
+    def _fetched(self, results: list[pb.ItemResult]) -> None:
+        if results:
+            with self.lock:
+                self.store.mark_fetched([r.id for r in results], self.clock())
 
     def Cancel(self, request, context):
         now = self.clock()
@@ -276,47 +437,118 @@ class HeadServicer(pb_grpc.HeadServicer):
             try:
                 state, node_id = self.sched.cancel(request.id, now)
             except KeyError:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.id}")
+                row = self.store.row(request.id)
+                if row is None:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.id}")
+                return pb.CancelReply(state=row.state)
             if node_id and node_id in self.nodes:
                 self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.id, cancel=True))
-            self._wake()
+            self._commit()
         return pb.CancelReply(state=state)
 
     def ListItems(self, request, context):
         with self.lock:
-            items = [i for i in self.sched.items.values() if not request.kind or i.kind == request.kind]
+            live = [i for i in self.sched.items.values() if not request.kind or i.kind == request.kind]
             infos = [pb.ItemInfo(id=i.id, kind=i.kind, name=i.name, state=i.state, node_id=i.node_id,
                                  request=pb.Resources(amounts=i.request), submitted_at=i.submitted_at,
                                  started_at=i.started_at, finished_at=i.finished_at, exit_code=i.exit_code,
-                                 message=i.message, attempt=i.attempt) for i in items]
-        return pb.ListItemsReply(items=infos)
+                                 message=i.message, attempt=i.attempt) for i in live]
+        done = [pb.ItemInfo(id=r.id, kind=r.kind, name=r.name, state=r.state, node_id=r.node_id,
+                            request=pb.Resources(amounts=r.request), submitted_at=r.submitted_at,
+                            started_at=r.started_at, finished_at=r.finished_at, exit_code=r.exit_code,
+                            message=r.message, attempt=r.attempt) for r in self.store.done(request.kind)]
+        return pb.ListItemsReply(items=sorted(done + infos, key=lambda i: i.submitted_at))
 
     # --- job logs: shipped by the agent, kept by the head ------------------------------------------
 
-    def _log_path(self, item_id: str) -> Path:
-        return self.log_dir / f"{item_id}.log"
+    def _state(self, item_id: str) -> str | None:
+        with self.lock:
+            item = self.sched.items.get(item_id)
+            if item is not None:
+                return item.state
+        row = self.store.row(item_id)
+        return row.state if row is not None else None
 
     def AppendLog(self, request, context):
-        if request.item_id not in self.sched.items:
+        if self._state(request.item_id) is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.item_id}")
-        with os.fdopen(os.open(self._log_path(request.item_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+        with os.fdopen(os.open(self.store.log_path(request.item_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
                        "ab") as f:
             f.write(request.data)
         return pb.AppendLogReply()
 
     def JobLogs(self, request, context):
-        item = self.sched.items.get(request.id)
-        if item is None:
+        state = self._state(request.id)
+        if state is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown job {request.id}")
-        done = item.state in DONE_STATES or item.state == INFEASIBLE
+        done = state in DONE_STATES or state == INFEASIBLE
         try:
-            with open(self._log_path(request.id), "rb") as f:
+            with open(self.store.log_path(request.id), "rb") as f:
                 f.seek(request.offset)
                 data = f.read(1 << 20)
         except FileNotFoundError:
             data = b""
         # done only once everything was read: the agent ships the log tail before it reports
         return pb.JobLogsReply(data=data, offset=request.offset + len(data), done=done and len(data) < (1 << 20))
+
+    # --- payloads and results too large for a message ---------------------------------------------
+
+    def _receive(self, chunks, path_for, context) -> pb.UploadReply:
+        """Write an upload to its file as it arrives (never whole in memory); the first chunk names it."""
+        first = next(chunks, None)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload with no chunks")
+        if not ID_PATTERN.fullmatch(first.id):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"item id {first.id[:100]!r} is not valid")
+        path = path_for(first, context)
+        size = 0
+        tmp = path.with_name(path.name + ".tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            for chunk in itertools.chain([first], chunks):
+                size += len(chunk.data)
+                if size > MAX_OBJECT_BYTES:
+                    tmp.unlink(missing_ok=True)
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large("upload", size))
+                f.write(chunk.data)
+        os.replace(tmp, path)
+        return pb.UploadReply(size=size)
+
+    def _send(self, path: Path, offset: int, context):
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"nothing stored at {path.name}")
+        with f:
+            f.seek(offset)
+            while context.is_active():
+                data = f.read(CHUNK_BYTES)
+                if not data:
+                    return
+                yield pb.Chunk(data=data)
+
+    def UploadArgs(self, request_iterator, context):
+        def path_for(first, context):
+            if self._state(first.id) is not None:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"item {first.id} was submitted already")
+            return self.store.arg_path(first.id)
+
+        return self._receive(iter(request_iterator), path_for, context)
+
+    def FetchArgs(self, request, context):
+        return self._send(self.store.arg_path(request.id), request.offset, context)
+
+    def UploadResult(self, request_iterator, context):
+        def path_for(first, context):
+            with self.lock:
+                item = self.sched.items.get(first.id)
+                if item is None or item.state != RUNNING or item.node_id != first.node_id:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{first.id} does not run on {first.node_id}")
+            return self.store.upload_path(first.id, first.node_id)
+
+        return self._receive(iter(request_iterator), path_for, context)
+
+    def FetchResult(self, request, context):
+        return self._send(self.store.result_path(request.id), request.offset, context)
 
 
 def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
@@ -327,22 +559,42 @@ def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
     return ["127.0.0.1"] + ([cfg.address] if cfg.address not in ("127.0.0.1", "localhost", "") else [])
 
 
-def serve(cfg: NodeRuntimeConfig, log_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
+def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
     servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s, node_types=cfg.node_types,
-                            log_dir=log_dir)
+                            state_dir=state_dir)
     # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_THREADS), interceptors=[TokenInterceptor(cfg.token)],
         options=GRPC_OPTIONS,
     )
     pb_grpc.add_HeadServicer_to_server(servicer, server)
-    port = cfg.head_port
-    for host in bind_hosts(cfg):
-        port = server.add_insecure_port(f"{host}:{port}")  # port 0 the first time: the others take the same
-        if port == 0:
-            raise RuntimeError(f"cannot listen on {host}:{cfg.head_port}")
+    # A restarted head takes the port it had, so its agents, clients and port forwards find it again.
+    port_file = servicer.store.dir / "port"
+    saved = int(port_file.read_text()) if not cfg.head_port and port_file.exists() else 0
+    port = _listen(server, bind_hosts(cfg), cfg.head_port or saved)
+    if port == 0 and saved:
+        log.warning("port %d of the previous head is taken: listening on another", saved)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
+                             interceptors=[TokenInterceptor(cfg.token)], options=GRPC_OPTIONS)
+        pb_grpc.add_HeadServicer_to_server(servicer, server)
+        port = _listen(server, bind_hosts(cfg), 0)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {', '.join(bind_hosts(cfg))} port {cfg.head_port}")
+    atomic_write(port_file, str(port), mode=0o600)
     server.start()
     return server, servicer, port
+
+
+def _listen(server: grpc.Server, hosts: list[str], port: int) -> int:
+    """Bind every host to one port (0: the first bind picks it); 0 if any bind fails."""
+    for host in hosts:
+        try:
+            port = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            return 0
+        if port == 0:
+            return 0
+    return port
 
 
 def main() -> None:
@@ -358,8 +610,12 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    last_sweep = 0.0
     while not stop.wait(min(1.0, cfg.node_timeout_s / 4)):
         servicer.mark_dead_nodes()
+        if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+            last_sweep = time.monotonic()
+            servicer.sweep()
     addr_file.unlink(missing_ok=True)
     server.stop(grace=2).wait()
     log.info("head service stopped")

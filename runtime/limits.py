@@ -1,13 +1,30 @@
-"""Size limits of what moves through the head service (one place, for the head, agents and clients).
+"""Size and time limits of what moves through and stays on the head service (one place, for the head,
+agents and clients; the README's "Limits" section states them).
 
-A task's result (or error) may be up to MAX_RESULT_BYTES; a larger one fails its task with a clear
-error instead of hanging it. One GetResults reply carries at most MAX_REPLY_BYTES of results (at
-least one result): the client fetches the rest in further replies, so a `get` of many results never
-exceeds a message limit. gRPC's own limit is raised to fit both.
+- A task's payload (function and arguments) and its result may each be up to MAX_OBJECT_BYTES. Up to
+  INLINE_BYTES they travel inside the ordinary messages; larger ones move in CHUNK_BYTES pieces
+  (UploadArgs/FetchArgs, UploadResult/FetchResult) and live on the head's disk, never in its memory.
+  Anything larger fails its task with a clear error instead of hanging it.
+- One GetResults reply carries at most MAX_REPLY_BYTES of inline results (at least one): the client
+  fetches the rest in further replies; a submit batch is cut at the same size.
+- Finished work leaves the head's memory at once; its record and result stay in the head's store
+  (SQLite on its disk) for RETAIN_FETCHED_S after a client first fetched it, RETAIN_UNFETCHED_S if
+  nobody does; job records and logs for RETAIN_JOBS_S.
 """
 
-MAX_RESULT_BYTES = 256 << 20
-MAX_REPLY_BYTES = 64 << 20
-MAX_MESSAGE_BYTES = MAX_RESULT_BYTES + (16 << 20)  # a result plus its envelope
+MAX_OBJECT_BYTES = 4 << 30
+INLINE_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
+MAX_REPLY_BYTES = 32 << 20
+MAX_MESSAGE_BYTES = MAX_REPLY_BYTES + INLINE_BYTES + (1 << 20)  # a full reply, one more result, envelope
 GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+
+RETAIN_FETCHED_S = 600.0
+RETAIN_UNFETCHED_S = 24 * 3600.0
+RETAIN_JOBS_S = 7 * 24 * 3600.0
+
+
+def too_large(what: str, size: int) -> str:
+    return (f"its {what} is {size / 2**30:.1f} GiB, over the limit of {MAX_OBJECT_BYTES >> 30} GiB; "
+            "pass or return a smaller value, or write it to shared storage and pass its path")

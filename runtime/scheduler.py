@@ -10,12 +10,23 @@
 - Work that no node type of the cluster could ever run is infeasible, with the reason; it is kept and
   re-checked when a larger node registers.
 - A node that dies gives its running items back to the queue (up to each item's max_retries).
+- Done items leave: the head writes each changed item to its store (take_dirty) and then forgets the
+  done ones (forget); a dependency that is no longer here is looked up with `done_state`.
+- Pipelining: when short tasks (of a shape whose recent tasks ran under PREFETCH_MAX_TASK_S) queue up
+  beyond what fits, a node is given some in advance (`prefetched`: 1-8 per CPU, more for shorter
+  tasks, holding no resources here). Its agent starts them in order as its own slots free, without a
+  round trip to the head; the head counts one as running (holding resources) when a completion makes
+  room, in the same order. The agent is what keeps a node from running more than it has. One that
+  waits past PREFETCH_REVOKE_S is asked back (what holds the node may be waiting for it).
+- After a head restart, items that were running are `recover`ed: held for their node, which adopts
+  them when it registers again saying it still runs them; the others go back to the queue.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.shapes import EPS, UNIVERSAL, Shape, shape_of, type_can_run  # noqa: F401  (re-exported)
@@ -26,7 +37,15 @@ QUEUED, BLOCKED, RUNNING, FINISHED, FAILED, CANCELLED, INFEASIBLE = (
 # Reported by an agent when the process running an item died under it (killed, OOM, node shutting
 # down): a system failure, retried like a node death, never the item's own result.
 LOST = "lost"
+# Reported by an agent for an item given to it ahead that it gave back unstarted (revoke): queued again
+# as it was, no retry spent.
+REVOKED = "revoked"
 DONE_STATES = (FINISHED, FAILED, CANCELLED)
+PREFETCH_MAX_TASK_S = 0.5  # longer tasks gain nothing from a saved round trip, and would wait on one node
+# An item given ahead that has not started by then is taken back: what holds the node may be waiting
+# for it (a job or task that `get`s it), and another node may be free.
+PREFETCH_REVOKE_S = 1.0
+PREFETCH_PAUSE_S = 10.0  # after a revoke, that node gets nothing ahead for this long
 
 class InvalidRequest(ValueError):
     pass
@@ -41,7 +60,7 @@ def validate_request(request: dict[str, float]) -> None:
         raise InvalidRequest(f"GPU: more than one GPU must be a whole number (got {g})")
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     id: str
     kind: str
@@ -49,7 +68,6 @@ class Item:
     request: dict[str, float]
     max_retries: int
     submitted_at: float
-    spec: object = None  # the WorkSpec as submitted; opaque here
     depends_on: set[str] = field(default_factory=set)
     state: str = QUEUED
     node_id: str = ""
@@ -75,10 +93,13 @@ class Node:
     is_head: bool = False
     available: dict[str, float] = field(default_factory=dict)
     gpu_free: dict[str, float] = field(default_factory=dict)  # gpu id -> free fraction
-    running: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)  # holding resources
+    prefetched: deque[str] = field(default_factory=deque)  # given ahead; started by the agent in order
     draining: bool = False
     alive: bool = True
     idle_since: float = 0.0
+    no_prefetch_until: float = 0.0
+    revoking: set[str] = field(default_factory=set)  # prefetched items asked back
 
     def fits(self, request: dict[str, float]) -> bool:
         if not all(self.available.get(k, 0.0) + EPS >= v for k, v in request.items()):
@@ -113,13 +134,18 @@ class Node:
 
 
 class Scheduler:
-    def __init__(self, node_types: dict[str, dict[str, float]] | None = None):
+    def __init__(self, node_types: dict[str, dict[str, float]] | None = None,
+                 done_state: Callable[[str], str | None] = lambda item_id: None):
         self.node_types = node_types or {}
+        self.done_state = done_state  # the state of a done item already forgotten here; None: unknown
+        self.dirty: set[str] = set()  # items changed since the last take_dirty
+        self.recovering: dict[str, str] = {}  # item id -> the node it ran on before a head restart
         self.finished_ids: list[str] = []
         self.items: dict[str, Item] = {}
         self.nodes: dict[str, Node] = {}
         self.queues: OrderedDict[Shape, deque[str]] = OrderedDict()
         self.queued_count: dict[Shape, int] = {}
+        self.task_seconds: dict[Shape, float] = {}  # recent run time of tasks by shape (moving average)
         self.infeasible: dict[str, str] = {}  # item id -> reason
         self.dependents: dict[str, set[str]] = {}
         self._seq = 0
@@ -127,15 +153,49 @@ class Scheduler:
     # --- nodes --------------------------------------------------------------------------------------
 
     def add_node(self, node_id: str, node_type: str, total: dict[str, float], is_head: bool,
-                 now: float, gpu_ids: list[str] | None = None) -> list[Item]:
-        """Register (or re-register) a node. Items it was running before are requeued and returned."""
+                 now: float, gpu_ids: list[str] | None = None,
+                 running: list[tuple[str, int]] | tuple = ()) -> tuple[list[Item], list[tuple[str, int]]]:
+        """Register (or re-register) a node that says it still runs `running` ((id, attempt) pairs).
+        Returns (items it was given before that went back to the queue, the pairs it runs that are no
+        longer its own: to drop)."""
         lost = self.remove_node(node_id, now, reason="its node agent restarted") if node_id in self.nodes else []
         n_gpu = int(total.get("GPU", 0))
         ids = gpu_ids if gpu_ids else [str(i) for i in range(n_gpu)]
-        self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),
-                                   {i: 1.0 for i in ids[:n_gpu]}, idle_since=now)
+        node = self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),
+                                          {i: 1.0 for i in ids[:n_gpu]}, idle_since=now)
+        drop = []
+        for item_id, attempt in running:
+            item = self.items.get(item_id)
+            if self.recovering.get(item_id) != node_id or item.attempt != attempt:
+                drop.append((item_id, attempt))
+                continue
+            del self.recovering[item_id]  # it ran here before the head restarted, and still does
+            item = self.items[item_id]
+            node.idle_since = 0.0
+            if node.prefetched or not node.fits(item.request):
+                node.prefetched.append(item_id)  # the agent runs it after what it runs now
+                continue
+            self._hold(node, item)
+        for item_id in [i for i, n in self.recovering.items() if n == node_id]:  # it no longer runs them
+            del self.recovering[item_id]
+            self._retry_or_fail(self.items[item_id], now, f"its node agent restarted ({node_id})")
+            lost.append(self.items[item_id])
         self._recheck_infeasible()
-        return lost
+        return lost, drop
+
+    def recover(self, item: Item) -> None:
+        """(head restart) An item the store says was running on item.node_id: held for that node."""
+        item.state = RUNNING
+        self.items[item.id] = item
+        self.recovering[item.id] = item.node_id
+
+    def expire_recovering(self, now: float) -> list[Item]:
+        """The recovery grace is over: items whose node never came back go back to the queue."""
+        gone = [self.items[i] for i in self.recovering]
+        self.recovering.clear()
+        for item in gone:
+            self._retry_or_fail(item, now, f"its node {item.node_id} did not come back after the head restarted")
+        return gone
 
     def remove_node(self, node_id: str, now: float, reason: str = "its node died") -> list[Item]:
         """The node is gone: its items go back to the queue, or fail once out of retries."""
@@ -143,7 +203,7 @@ class Scheduler:
         if node is None:
             return []
         touched = []
-        for item_id in sorted(node.running):
+        for item_id in sorted(node.running) + list(node.prefetched):
             item = self.items[item_id]
             self._retry_or_fail(item, now, f"{reason} ({node_id})")
             touched.append(item)
@@ -151,6 +211,7 @@ class Scheduler:
 
     def _retry_or_fail(self, item: Item, now: float, reason: str) -> None:
         item.node_id, item.gpu_ids = "", []
+        self.dirty.add(item.id)
         if item.cancel_requested:
             self._finish(item, CANCELLED, now, message="cancelled")
         elif item.attempt < item.max_retries:
@@ -166,7 +227,8 @@ class Scheduler:
         if node is None:
             return True, 0
         node.draining = not undrain
-        return not node.running and not undrain, len(node.running)
+        busy = len(node.running) + len(node.prefetched)
+        return not busy and not undrain, busy
 
     # --- submission ---------------------------------------------------------------------------------
 
@@ -174,18 +236,24 @@ class Scheduler:
         self._seq += 1
         return f"{kind[0]}-{self._seq:08x}"
 
+    def state_of(self, item_id: str) -> str | None:
+        item = self.items.get(item_id)
+        return item.state if item is not None else self.done_state(item_id)
+
     def submit(self, item: Item, now: float) -> None:
         validate_request(item.request)
         self.items[item.id] = item
-        failed_dep = next((d for d in item.depends_on if d in self.items and self.items[d].state in (FAILED, CANCELLED)), None)
-        unknown = [d for d in item.depends_on if d not in self.items]
+        self.dirty.add(item.id)
+        dep_states = {d: self.state_of(d) for d in item.depends_on}
+        unknown = sorted(d for d, s in dep_states.items() if s is None)
         if unknown:
             self._finish(item, FAILED, now, message=f"unknown dependency {unknown[0]}")
             return
+        failed_dep = next((d for d, s in sorted(dep_states.items()) if s in (FAILED, CANCELLED)), None)
         if failed_dep:
-            self._finish(item, FAILED, now, message=f"dependency {failed_dep} {self.items[failed_dep].state}")
+            self._finish(item, FAILED, now, message=f"dependency {failed_dep} {dep_states[failed_dep]}")
             return
-        pending = {d for d in item.depends_on if self.items[d].state != FINISHED}
+        pending = {d for d, s in dep_states.items() if s != FINISHED}
         if pending:
             item.state = BLOCKED
             for d in pending:
@@ -198,6 +266,7 @@ class Scheduler:
         reason = self.infeasible_reason(item.request)
         if reason:
             item.state = INFEASIBLE
+            self.dirty.add(item.id)
             item.message = reason
             self.infeasible[item.id] = reason
         else:
@@ -205,6 +274,7 @@ class Scheduler:
             self._enqueue(item)
 
     def _enqueue(self, item: Item) -> None:
+        self.dirty.add(item.id)
         s = item.shape
         self.queues.setdefault(s, deque()).append(item.id)
         self.queued_count[s] = self.queued_count.get(s, 0) + 1
@@ -247,8 +317,8 @@ class Scheduler:
             candidates = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
                                 key=lambda n: self._place_key(n, request))
             while q:
-                item = self.items[q[0]]
-                if item.state != QUEUED:  # cancelled while queued: dropped lazily
+                item = self.items.get(q[0])
+                if item is None or item.state != QUEUED:  # cancelled while queued: dropped lazily
                     q.popleft()
                     continue
                 node = next((n for n in candidates if n.fits(request)), None)
@@ -256,17 +326,58 @@ class Scheduler:
                     break
                 q.popleft()
                 self.queued_count[s] -= 1
-                for k, v in request.items():
-                    node.available[k] = node.available.get(k, 0.0) - v
-                item.gpu_ids = node.take_gpus(request.get("GPU", 0.0))
-                item.state, item.node_id, item.started_at = RUNNING, node.id, now
-                node.running.add(item.id)
-                node.idle_since = 0.0
+                self._hold(node, item)
+                self._assign(node, item, now)
                 assigned.append(item)
+            if q and self._prefetchable(s, item):
+                assigned += self._prefetch(s, q, candidates, now)
             if not q:
                 del self.queues[s]
                 self.queued_count.pop(s, None)
         return assigned
+
+    def _hold(self, node: Node, item: Item) -> None:
+        for k, v in item.request.items():
+            node.available[k] = node.available.get(k, 0.0) - v
+        if item.gpu_ids:  # adopted after a head restart: the GPUs it was given
+            share = 1.0 if item.request.get("GPU", 0.0) >= 1 else item.request.get("GPU", 0.0)
+            for g in item.gpu_ids:
+                node.gpu_free[g] = node.gpu_free.get(g, 1.0) - share
+        else:
+            item.gpu_ids = node.take_gpus(item.request.get("GPU", 0.0))
+        node.running.add(item.id)
+
+    def _assign(self, node: Node, item: Item, now: float) -> None:
+        item.state, item.node_id, item.started_at = RUNNING, node.id, now
+        self.dirty.add(item.id)
+        node.idle_since = 0.0
+
+    def _prefetchable(self, s: Shape, item: Item | None) -> bool:
+        return (item is not None and item.kind == "task" and not item.request.get("GPU")
+                and self.task_seconds.get(s, PREFETCH_MAX_TASK_S) < PREFETCH_MAX_TASK_S)
+
+    def _prefetch(self, s: Shape, q: deque[str], candidates: list[Node], now: float) -> list[Item]:
+        request = dict(s)
+        given = []
+        # enough to keep each CPU busy over a round trip to the head (a few ms): more for shorter tasks
+        t = self.task_seconds[s]
+        depth = 8 if t < 0.01 else 2 if t < 0.1 else 1
+        for node in candidates:
+            room = depth * max(1, int(node.total.get("CPU", 0.0))) - len(node.prefetched)
+            if (room <= 0 or now < node.no_prefetch_until
+                    or not all(node.total.get(k, 0.0) + EPS >= v for k, v in request.items())
+                    or any(self.items[i].kind != "task" for i in node.running)):  # a job holds it: may wait long
+                continue
+            while q and room > 0:
+                item = self.items.get(q.popleft())
+                if item is None or item.state != QUEUED:
+                    continue
+                self.queued_count[s] -= 1
+                node.prefetched.append(item.id)
+                self._assign(node, item, now)
+                given.append(item)
+                room -= 1
+        return given
 
     # --- completion ---------------------------------------------------------------------------------
 
@@ -277,14 +388,34 @@ class Scheduler:
         item = self.items.get(item_id)
         if item is None or item.state != RUNNING or (node_id is not None and item.node_id != node_id):
             return None
+        self.recovering.pop(item_id, None)  # reported by its node before that node registered again
         node = self.nodes.get(item.node_id)
         if node is not None:
-            node.running.discard(item_id)
-            node.give_back(item.request, item.gpu_ids)
-            if not node.running:
+            if item_id in node.running:
+                node.running.discard(item_id)
+                node.give_back(item.request, item.gpu_ids)
+            elif item_id in node.prefetched:
+                node.prefetched.remove(item_id)
+            node.revoking.discard(item_id)
+            while node.prefetched and node.fits(self.items[node.prefetched[0]].request):
+                self._hold(node, self.items[node.prefetched.popleft()])  # the agent starts it now too
+            if not node.running and not node.prefetched:
                 node.idle_since = now
+        if state == FINISHED and item.kind == "task":
+            s = item.shape
+            took = now - item.started_at
+            self.task_seconds[s] = took if s not in self.task_seconds else 0.8 * self.task_seconds[s] + 0.2 * took
         if state == LOST:
             self._retry_or_fail(item, now, message or "its process died")
+            return item
+        if state == REVOKED:  # back to the front of its queue, as if it had never left
+            item.state, item.node_id = QUEUED, ""
+            self.dirty.add(item.id)
+            self.queues.setdefault(item.shape, deque()).appendleft(item.id)
+            self.queues.move_to_end(item.shape, last=False)
+            self.queued_count[item.shape] = self.queued_count.get(item.shape, 0) + 1
+            if node is not None:
+                node.no_prefetch_until = now + PREFETCH_PAUSE_S
             return item
         item.exit_code, item.result = exit_code, result
         self._finish(item, state, now, message=message)
@@ -306,6 +437,27 @@ class Scheduler:
             return RUNNING, item.node_id
         return item.state, None
 
+    def to_revoke(self, now: float) -> list[Item]:
+        """Items given ahead that wait on their node past PREFETCH_REVOKE_S (each asked back once)."""
+        out = []
+        for node in self.nodes.values():
+            for item_id in node.prefetched:
+                item = self.items[item_id]
+                if item_id not in node.revoking and now - item.started_at > PREFETCH_REVOKE_S:
+                    node.revoking.add(item_id)
+                    out.append(item)
+        return out
+
+    def take_dirty(self) -> list[Item]:
+        """The items changed since the last call (the head writes them to its store)."""
+        dirty, self.dirty = self.dirty, set()
+        return [self.items[i] for i in dirty if i in self.items]
+
+    def forget(self, item_id: str) -> None:
+        """A done item leaves memory (its record is in the store)."""
+        self.items.pop(item_id, None)
+        self.infeasible.pop(item_id, None)
+
     def take_finished(self) -> list[str]:
         """Ids of the items done since the last call (the head wakes whoever waits for them)."""
         done, self.finished_ids = self.finished_ids, []
@@ -313,6 +465,7 @@ class Scheduler:
 
     def _finish(self, item: Item, state: str, now: float, message: str = "") -> None:
         item.state, item.finished_at = state, now
+        self.dirty.add(item.id)
         self.finished_ids.append(item.id)
         if message:
             item.message = message
@@ -330,8 +483,14 @@ class Scheduler:
     # --- reports ------------------------------------------------------------------------------------
 
     def demand(self) -> list[tuple[Shape, int]]:
-        """Queued work by shape: what fits nowhere right now, for the autoscaler."""
-        return [(s, c) for s, c in self.queued_count.items() if c > 0]
+        """Work waiting for resources by shape, for the autoscaler: queued, and given ahead to a node that
+        has no room for it yet (it waits there as it would in the queue)."""
+        counts = {s: c for s, c in self.queued_count.items() if c > 0}
+        for node in self.nodes.values():  # a few per node at most
+            for item_id in node.prefetched:
+                s = self.items[item_id].shape
+                counts[s] = counts.get(s, 0) + 1
+        return list(counts.items())
 
     def infeasible_demand(self) -> list[tuple[Shape, int, str]]:
         by_shape: dict[Shape, list] = {}

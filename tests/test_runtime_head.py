@@ -18,15 +18,16 @@ TOKEN = "t0k3n-for-tests"
 def head(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
                             bind_host="127.0.0.1", head_port=0, node_timeout_s=0.5)
-    server, servicer, port = serve(cfg, log_dir=tmp_path)
+    server, servicer, port = serve(cfg, state_dir=tmp_path)
     yield f"127.0.0.1:{port}", servicer
     server.stop(grace=0)
 
 
-def _register(client, node_id="n1"):
+def _register(client, node_id="n1", running=()):
     return client.register(pb.RegisterNodeRequest(
         node_id=node_id, node_type="cpu", address="127.0.0.1",
-        total=pb.Resources(amounts={"CPU": 2.0}), labels={"zone": "a"}))
+        total=pb.Resources(amounts={"CPU": 2.0}), labels={"zone": "a"},
+        running=[pb.RunningItem(id=i, attempt=a) for i, a in running]))
 
 
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)],
@@ -122,7 +123,7 @@ def test_a_node_back_from_the_dead_drops_its_work_and_only_the_assignee_complete
 
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
-        assert not _register(client, "n1").drop_running
+        assert not _register(client, "n1").drop
         (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60", max_retries=1,
                                                  request=pb.Resources(amounts={"CPU": 1.0}))])
         assert servicer.sched.items[job].node_id == "n1"
@@ -131,13 +132,13 @@ def test_a_node_back_from_the_dead_drops_its_work_and_only_the_assignee_complete
         servicer.clock = time.time
         _register(client, "n2")
         assert servicer.sched.items[job].node_id == "n2"  # requeued and given to the other node
-        assert _register(client, "n1").drop_running  # back: it must stop what it still runs
+        # back, still running attempt 0: it must stop it
+        assert [(d.id, d.attempt) for d in _register(client, "n1", running=[(job, 0)]).drop] == [(job, 0)]
         late = pb.ItemResult(id=job, state="finished")
-        client.report(pb.ReportRequest(node_id="n1", result=late))
+        client.report("n1", [late])
         assert servicer.sched.items[job].state == "running" and servicer.sched.items[job].node_id == "n2"
-        client.report(pb.ReportRequest(node_id="n2", result=late))
-        client.report(pb.ReportRequest(node_id="n2", result=late))  # once
-        assert servicer.sched.items[job].state == "finished"
+        client.report("n2", [late, late])  # counted once
+        assert job not in servicer.sched.items and servicer.store.row(job).state == "finished"
         assert [n.running for n in client.cluster_state().nodes] == [0, 0]
 
 
@@ -145,7 +146,7 @@ def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")
     with pytest.raises(ValueError, match="without a cluster token"):
-        serve(cfg, log_dir=tmp_path)
+        serve(cfg, state_dir=tmp_path)
 
 
 def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypatch):
@@ -154,10 +155,14 @@ def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypa
 
     monkeypatch.setenv("HOME", str(tmp_path))
     reports = []
-    ex = Executor("n1", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, reports.append, lambda *a: None)
-    ex.handle(pb.Assignment(item_id="j1", spec=pb.WorkSpec(kind="job", command="sleep 30")))
-    proc = wait_for(lambda: ex.running.get("j1"), timeout=10, what="the job to start")
-    assert ex.drop_all() == 1
+    ex = Executor("n1", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, lambda r, a: reports.append(r),
+                  lambda *a: None)
+    ex.handle(pb.Assignment(item_id="j1", attempt=2, spec=pb.WorkSpec(kind="job", command="sleep 30")))
+    proc = wait_for(lambda: ex.running.get("j1", (0, None))[1], timeout=10, what="the job to start")
+    assert ex.in_flight() == [("j1", 2)]
+    ex.drop([("j1", 1)])  # not the attempt it runs: kept
+    assert proc.poll() is None
+    ex.drop([("j1", 2)])
     assert proc.wait(timeout=10) != 0  # stopped
     wait_for(lambda: "j1" not in ex.running, timeout=5, what="the job's thread to see it end")
     assert reports == []
@@ -190,7 +195,7 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
             assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
             assert client.cluster_state().nodes[0].running == 1
             assert time.monotonic() - started < 1.0
-        client.report(pb.ReportRequest(node_id="n1", result=pb.ItemResult(id=job, state="finished")))
+        client.report("n1", [pb.ItemResult(id=job, state="finished")])
         for t in threads:
             t.join(timeout=10)
         assert got == [1] * 300 and servicer.waiters == {}
@@ -206,8 +211,7 @@ def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, mon
         jobs = client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
                                                request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
         for i, job in enumerate(jobs):
-            client.report(pb.ReportRequest(node_id="n1", result=pb.ItemResult(
-                id=job, state="finished", value=bytes([i]) * 1000)))
+            client.report("n1", [pb.ItemResult(id=job, state="finished", value=bytes([i]) * 1000)])
         reply = client._stub.GetResults(pb.GetResultsRequest(ids=jobs, timeout_s=0), metadata=client._md)
         assert len(reply.results) == 1 and reply.truncated  # the head's reply is bounded...
         results = client.get_results(jobs, timeout_s=5)  # ...and the client fetches the rest

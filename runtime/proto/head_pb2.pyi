@@ -20,7 +20,7 @@ class Resources(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids", "running")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class RegisterNodeRequest(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     GPU_IDS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
@@ -42,15 +43,24 @@ class RegisterNodeRequest(_message.Message):
     total: Resources
     labels: _containers.ScalarMap[str, str]
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[RunningItem]
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
+
+class RunningItem(_message.Message):
+    __slots__ = ("id", "attempt")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    attempt: int
+    def __init__(self, id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class RegisterNodeReply(_message.Message):
-    __slots__ = ("heartbeat_interval_s", "drop_running")
+    __slots__ = ("heartbeat_interval_s", "drop")
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
-    DROP_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_s: float
-    drop_running: bool
-    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., drop_running: _Optional[bool] = ...) -> None: ...
+    drop: _containers.RepeatedCompositeFieldContainer[RunningItem]
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., drop: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -69,7 +79,7 @@ class ClusterStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkSpec(_message.Message):
-    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries")
+    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +104,7 @@ class WorkSpec(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     request: Resources
@@ -104,7 +115,8 @@ class WorkSpec(_message.Message):
     files: _containers.ScalarMap[str, bytes]
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     max_retries: int
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    payload_size: int
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("specs", "ids")
@@ -121,7 +133,7 @@ class SubmitReply(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id")
+    __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id", "value_size", "stored")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +141,8 @@ class ItemResult(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     value: bytes
@@ -136,7 +150,9 @@ class ItemResult(_message.Message):
     message: str
     exit_code: int
     node_id: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    value_size: int
+    stored: bool
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ..., value_size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
     __slots__ = ("ids", "timeout_s", "num_returns")
@@ -265,7 +281,7 @@ class WorkStreamRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("item_id", "spec", "gpu_ids", "dep_values", "cancel", "attempt")
+    __slots__ = ("item_id", "spec", "gpu_ids", "dep_values", "cancel", "revoke", "attempt", "dep_stored")
     class DepValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -278,22 +294,32 @@ class Assignment(_message.Message):
     GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     DEP_VALUES_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DEP_STORED_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     spec: WorkSpec
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
     dep_values: _containers.ScalarMap[str, bytes]
     cancel: bool
+    revoke: bool
     attempt: int
-    def __init__(self, item_id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., dep_values: _Optional[_Mapping[str, bytes]] = ..., cancel: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+    dep_stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., dep_values: _Optional[_Mapping[str, bytes]] = ..., cancel: _Optional[bool] = ..., revoke: _Optional[bool] = ..., attempt: _Optional[int] = ..., dep_stored: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Assignments(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("node_id", "result")
+    __slots__ = ("node_id", "results")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    RESULT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    result: ItemResult
-    def __init__(self, node_id: _Optional[str] = ..., result: _Optional[_Union[ItemResult, _Mapping]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[ItemResult]
+    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ...) -> None: ...
 
 class ReportReply(_message.Message):
     __slots__ = ()
@@ -310,6 +336,30 @@ class AppendLogRequest(_message.Message):
 class AppendLogReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("id", "data", "node_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    data: bytes
+    node_id: str
+    def __init__(self, id: _Optional[str] = ..., data: _Optional[bytes] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class UploadReply(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("id", "offset")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    offset: int
+    def __init__(self, id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ShapeDemand(_message.Message):
     __slots__ = ("shape", "count")

@@ -87,7 +87,7 @@ class HeadStub:
         self.WorkStream = channel.unary_stream(
                 '/launch.runtime.Head/WorkStream',
                 request_serializer=runtime_dot_proto_dot_head__pb2.WorkStreamRequest.SerializeToString,
-                response_deserializer=runtime_dot_proto_dot_head__pb2.Assignment.FromString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.Assignments.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
                 '/launch.runtime.Head/Report',
@@ -98,6 +98,26 @@ class HeadStub:
                 '/launch.runtime.Head/AppendLog',
                 request_serializer=runtime_dot_proto_dot_head__pb2.AppendLogRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.AppendLogReply.FromString,
+                _registered_method=True)
+        self.UploadArgs = channel.stream_unary(
+                '/launch.runtime.Head/UploadArgs',
+                request_serializer=runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.UploadReply.FromString,
+                _registered_method=True)
+        self.FetchArgs = channel.unary_stream(
+                '/launch.runtime.Head/FetchArgs',
+                request_serializer=runtime_dot_proto_dot_head__pb2.FetchRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.UploadResult = channel.stream_unary(
+                '/launch.runtime.Head/UploadResult',
+                request_serializer=runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.UploadReply.FromString,
+                _registered_method=True)
+        self.FetchResult = channel.unary_stream(
+                '/launch.runtime.Head/FetchResult',
+                request_serializer=runtime_dot_proto_dot_head__pb2.FetchRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.Chunk.FromString,
                 _registered_method=True)
 
 
@@ -182,6 +202,34 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArgs(self, request_iterator, context):
+        """a client, before it submits the item
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchArgs(self, request, context):
+        """the agent that runs the item
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadResult(self, request_iterator, context):
+        """the agent that ran the item, before it reports
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchResult(self, request, context):
+        """a client (or an agent: a dependency's value)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,7 +286,7 @@ def add_HeadServicer_to_server(servicer, server):
             'WorkStream': grpc.unary_stream_rpc_method_handler(
                     servicer.WorkStream,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.WorkStreamRequest.FromString,
-                    response_serializer=runtime_dot_proto_dot_head__pb2.Assignment.SerializeToString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.Assignments.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
@@ -249,6 +297,26 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.AppendLog,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.AppendLogRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.AppendLogReply.SerializeToString,
+            ),
+            'UploadArgs': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArgs,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.Chunk.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.UploadReply.SerializeToString,
+            ),
+            'FetchArgs': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArgs,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.FetchRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
+            ),
+            'UploadResult': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadResult,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.Chunk.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.UploadReply.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.FetchRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -547,7 +615,7 @@ class Head:
             target,
             '/launch.runtime.Head/WorkStream',
             runtime_dot_proto_dot_head__pb2.WorkStreamRequest.SerializeToString,
-            runtime_dot_proto_dot_head__pb2.Assignment.FromString,
+            runtime_dot_proto_dot_head__pb2.Assignments.FromString,
             options,
             channel_credentials,
             insecure,
@@ -602,6 +670,114 @@ class Head:
             '/launch.runtime.Head/AppendLog',
             runtime_dot_proto_dot_head__pb2.AppendLogRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.AppendLogReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArgs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/launch.runtime.Head/UploadArgs',
+            runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArgs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/launch.runtime.Head/FetchArgs',
+            runtime_dot_proto_dot_head__pb2.FetchRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadResult(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/launch.runtime.Head/UploadResult',
+            runtime_dot_proto_dot_head__pb2.Chunk.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/launch.runtime.Head/FetchResult',
+            runtime_dot_proto_dot_head__pb2.FetchRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,231 @@
+"""The head's durable record of work: SQLite in WAL mode on the head's disk, plus files beside it for
+payloads and results too large for a message.
+
+Every item submitted is a row from the moment the head accepts it until its retention ends: its spec
+while it waits or runs (the head's memory keeps only what scheduling needs), its state as it moves,
+its result once done. A head restarted after a crash reads the rows that are not done and carries on;
+results not yet fetched are still here. SQLite commits survive the process being killed at any
+point (WAL, synchronous=NORMAL: a commit is in the log before the call returns).
+
+Writes go through one connection, under the head's lock. Reads (results, listings) take a connection of
+their own from a pool and need no lock: WAL lets them read committed rows while a write goes on, and a
+done item's row no longer changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
+
+DONE = ("finished", "failed", "cancelled")
+
+# Item ids name files on the head's disk: a client-made id is held to this before it is used.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  kind TEXT NOT NULL,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  request TEXT NOT NULL,
+  max_retries INTEGER NOT NULL,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  node_id TEXT NOT NULL DEFAULT '',
+  gpu_ids TEXT NOT NULL DEFAULT '',
+  spec BLOB,
+  submitted_at REAL NOT NULL,
+  started_at REAL NOT NULL DEFAULT 0,
+  finished_at REAL NOT NULL DEFAULT 0,
+  exit_code INTEGER NOT NULL DEFAULT 0,
+  message TEXT NOT NULL DEFAULT '',
+  value BLOB,
+  error BLOB,
+  value_size INTEGER NOT NULL DEFAULT 0,
+  stored INTEGER NOT NULL DEFAULT 0,
+  fetched_at REAL
+);
+CREATE INDEX IF NOT EXISTS items_by_state ON items(state);
+"""
+
+
+@dataclass
+class Row:
+    """An item as the store has it (a done item has left the head's memory; this is all there is)."""
+
+    id: str
+    kind: str
+    name: str
+    state: str
+    request: dict[str, float]
+    max_retries: int
+    attempt: int
+    node_id: str
+    gpu_ids: list[str]
+    spec: bytes | None
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    exit_code: int
+    message: str
+    value: bytes | None
+    error: bytes | None
+    value_size: int
+    stored: bool
+
+
+_COLUMNS = ("id, kind, name, state, request, max_retries, attempt, node_id, gpu_ids, spec, submitted_at, "
+            "started_at, finished_at, exit_code, message, value, error, value_size, stored")
+_BRIEF = _COLUMNS.replace("spec,", "NULL,").replace("value,", "NULL,").replace("error,", "NULL,")
+
+
+def _row(t: tuple) -> Row:
+    (id_, kind, name, state, request, max_retries, attempt, node_id, gpu_ids, spec, submitted_at, started_at,
+     finished_at, exit_code, message, value, error, value_size, stored) = t
+    return Row(id_, kind, name, state, json.loads(request), max_retries, attempt, node_id,
+               gpu_ids.split(",") if gpu_ids else [], spec, submitted_at, started_at, finished_at, exit_code,
+               message, value, error, value_size, bool(stored))
+
+
+def _chunks(ids: list[str], n: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
+
+
+class Store:
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir
+        self.blobs = state_dir / "blobs"
+        self.logs = state_dir / "logs"
+        for d in (state_dir, self.blobs, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)  # results, payloads and job output are the cluster user's only
+        self.path = state_dir / "head.db"
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        os.chmod(self.path, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+
+    @contextmanager
+    def _read(self):
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            yield db
+        finally:
+            self._readers.put(db)
+
+    def close(self) -> None:
+        self.db.close()
+        while not self._readers.empty():
+            self._readers.get_nowait().close()
+
+    # --- files --------------------------------------------------------------------------------------
+
+    def arg_path(self, item_id: str) -> Path:
+        return self.blobs / f"arg.{item_id}"
+
+    def result_path(self, item_id: str) -> Path:
+        return self.blobs / f"res.{item_id}"
+
+    def upload_path(self, item_id: str, node_id: str) -> Path:
+        """Where a node's upload of a result goes until its report makes it the result (a node the head
+        no longer counts as the item's may upload, and never overwrites the one that counts)."""
+        return self.blobs / f"part.{item_id}.{node_id}"
+
+    def log_path(self, item_id: str) -> Path:
+        return self.logs / f"{item_id}.log"
+
+    # --- writes -------------------------------------------------------------------------------------
+
+    def insert(self, rows: Iterable[tuple]) -> None:
+        """New items: (id, kind, name, state, request, max_retries, spec bytes, submitted_at)."""
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO items (id, kind, name, state, request, max_retries, spec, submitted_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(i, k, n, s, json.dumps(r, sort_keys=True), m, spec, t) for i, k, n, s, r, m, spec, t in rows])
+
+    def update(self, live: Iterable[tuple], done: Iterable[tuple]) -> None:
+        """State changes. live: (id, state, attempt, node_id, gpu_ids, started_at); done: (id, state, attempt,
+        node_id, finished_at, exit_code, message, value, error, value_size, stored), whose spec goes."""
+        with self.db:
+            self.db.executemany(
+                "UPDATE items SET state=?, attempt=?, node_id=?, gpu_ids=?, started_at=? WHERE id=?",
+                [(s, a, n, ",".join(g), t, i) for i, s, a, n, g, t in live])
+            self.db.executemany(
+                "UPDATE items SET state=?, attempt=?, node_id=?, finished_at=?, exit_code=?, message=?, value=?, "
+                "error=?, value_size=?, stored=?, spec=NULL WHERE id=?",
+                [(s, a, n, t, c, m, v, e, z, int(st), i) for i, s, a, n, t, c, m, v, e, z, st in done])
+
+    def mark_fetched(self, ids: list[str], now: float) -> None:
+        with self.db:
+            for chunk in _chunks(ids):
+                self.db.execute(f"UPDATE items SET fetched_at=? WHERE fetched_at IS NULL AND id IN "
+                                f"({','.join('?' * len(chunk))})", [now, *chunk])
+
+    def sweep(self, now: float) -> int:
+        """Drop the done items whose retention is over, with their files. Returns how many."""
+        expired = [r[0] for r in self.db.execute(
+            "SELECT id FROM items WHERE finished_at > 0 AND ("
+            " (kind = 'job' AND finished_at < ?) OR"
+            " (kind != 'job' AND fetched_at IS NOT NULL AND fetched_at < ?) OR"
+            " (kind != 'job' AND finished_at < ?))",
+            (now - RETAIN_JOBS_S, now - RETAIN_FETCHED_S, now - RETAIN_UNFETCHED_S))]
+        with self.db:
+            for chunk in _chunks(expired):
+                self.db.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        for item_id in expired:
+            for p in (self.result_path(item_id), self.arg_path(item_id), self.log_path(item_id)):
+                p.unlink(missing_ok=True)
+        return len(expired)
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def live(self) -> list[Row]:
+        """Items not done, in the order they were submitted (a dependency before its dependents)."""
+        marks = ",".join("?" * len(DONE))
+        with self._read() as db:
+            return [_row(t) for t in db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE state NOT IN ({marks}) ORDER BY seq", DONE)]
+
+    def specs(self, ids: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        with self._read() as db:
+            for chunk in _chunks(ids):
+                out.update(db.execute(f"SELECT id, spec FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                                      chunk))
+        return out
+
+    def rows(self, ids: list[str], with_values: bool = True) -> dict[str, Row]:
+        cols = _COLUMNS if with_values else _BRIEF
+        out: dict[str, Row] = {}
+        with self._read() as db:
+            for chunk in _chunks(ids):
+                for t in db.execute(f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    out[t[0]] = _row(t)
+        return out
+
+    def row(self, item_id: str, with_values: bool = False) -> Row | None:
+        return self.rows([item_id], with_values).get(item_id)
+
+    def done(self, kind: str = "") -> list[Row]:
+        marks = ",".join("?" * len(DONE))
+        where = f"state IN ({marks})" + (" AND kind = ?" if kind else "")
+        with self._read() as db:
+            return [_row(t) for t in db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq",
+                                                (*DONE, *([kind] if kind else [])))]
