@@ -49,6 +49,7 @@ class Agent:
         # results not yet taken by the head, (result, attempt): sent in batches, kept until the head has them
         self.reports: list[tuple[pb.ItemResult, int]] = []
         self.reports_cond = threading.Condition()
+        self.sending = False  # a thread is sending reports: others leave theirs to it
 
     def register(self) -> None:
         with self.reports_cond:
@@ -86,37 +87,58 @@ class Agent:
         log.error("%s failed %d times; giving up", what, attempts)
 
     def _report(self, result: pb.ItemResult, attempt: int) -> None:
+        """The thread that finished the item sends the report itself unless a send is under way (that
+        one takes this result along): no hand-over to another thread on the way to the head."""
         with self.reports_cond:
             self.reports.append((result, attempt))
-            self.reports_cond.notify()
-
-    def report_loop(self) -> None:
-        """Every result ready goes in the next report; one the head did not take is sent again (a head
-        restarting takes it when it is back), never dropped."""
-        backoff = 0.1
-        while not self.stop.is_set():
+            if self.sending:
+                return
+            self.sending = True
+        if not self._send_reports():
             with self.reports_cond:
-                while not self.reports and not self.stop.is_set():
-                    self.reports_cond.wait(timeout=1.0)
+                self.reports_cond.notify()  # report_loop retries
+
+    def _send_reports(self) -> bool:
+        """(as the one sender) Send batches until none is left. False: the head did not take one; what is
+        left stays for report_loop to send again."""
+        while True:
+            with self.reports_cond:
                 batch, size = [], 0
                 for r, a in self.reports:  # bounded in count and bytes, like any message
                     size += r.ByteSize()
                     if batch and (len(batch) >= REPORT_BATCH or size > MAX_REPLY_BYTES):
                         break
                     batch.append((r, a))
-            if not batch:
-                continue
+                if not batch:
+                    self.sending = False
+                    return True
             try:
                 self.client.report(self.cfg.node_id, [r for r, _ in batch])
             except grpc.RpcError as e:
-                log.warning("report of %d result(s) failed (%s); retrying in %.1fs", len(batch), e.code().name, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
+                log.warning("report of %d result(s) failed (%s)", len(batch), e.code().name)
+                with self.reports_cond:
+                    self.sending = False
+                return False
             with self.reports_cond:
                 sent = {id(r) for r, _ in batch}
                 self.reports = [(r, a) for r, a in self.reports if id(r) not in sent]
+
+    def report_loop(self) -> None:
+        """Results the head did not take are sent again (a head restarting takes them when it is back),
+        never dropped."""
+        backoff = 0.1
+        while not self.stop.is_set():
+            with self.reports_cond:
+                while (not self.reports or self.sending) and not self.stop.is_set():
+                    self.reports_cond.wait(timeout=1.0)
+                if self.stop.is_set():
+                    return
+                self.sending = True
+            if self._send_reports():
+                backoff = 0.1
+            else:
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     # --- Transfers, for the executor: large payloads and results move in chunks ----------------------
 

@@ -86,6 +86,7 @@ class _Connection:
         self.client = client
         self.pending: list[tuple[str, object]] = []
         self.inflight = 0
+        self.maybe_sent: set[str] = set()
         self.error: Exception | None = None
         self.closed = False
         self.cond = threading.Condition()
@@ -98,38 +99,48 @@ class _Connection:
             self.cond.notify_all()
 
     def _loop(self) -> None:
-        import grpc
-
         while True:
             with self.cond:
-                while not self.pending and not self.closed:
+                while not self.pending or self.inflight:  # one batch on the way at a time: in order
+                    if self.closed and not self.pending:
+                        return
                     self.cond.wait()
-                if not self.pending:
-                    return
-                n, size = 0, 0
-                for _, spec in self.pending[: self.BATCH]:  # bounded in bytes too, like any message
-                    size += spec.ByteSize()
-                    if n and size > MAX_REPLY_BYTES:
-                        break
-                    n += 1
-                batch, self.pending = self.pending[:n], self.pending[n:]
-                self.inflight += 1
-            try:
-                self._submit(batch)
-            except grpc.RpcError as e:
-                with self.cond:  # the head away says so itself (HeadUnavailable)
-                    self.error = e if isinstance(e, ConnectionError) else ConnectionError(
-                        f"the head refused {len(batch)} submission(s): {e.code().name}: {e.details()}")
-            finally:
-                with self.cond:
-                    self.inflight -= 1
-                    self.cond.notify_all()
+                batch = self._take_batch()
+            self._send(batch)
+
+    def _take_batch(self) -> list[tuple[str, object]]:
+        """(under self.cond) The next batch, bounded in count and bytes like any message."""
+        n, size = 0, 0
+        for _, spec in self.pending[: self.BATCH]:
+            size += spec.ByteSize()
+            if n and size > MAX_REPLY_BYTES:
+                break
+            n += 1
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        self.inflight += 1
+        return batch
+
+    def _send(self, batch: list[tuple[str, object]]) -> None:
+        import grpc
+
+        try:
+            self._submit(batch)
+        except grpc.RpcError as e:
+            with self.cond:  # the head away says so itself (HeadUnavailable)
+                self.error = e if isinstance(e, ConnectionError) else ConnectionError(
+                    f"the head refused {len(batch)} submission(s): {e.code().name}: {e.details()}")
+        finally:
+            with self.cond:
+                self.inflight -= 1
+                self.cond.notify_all()
 
     def _submit(self, batch: list[tuple[str, object]]) -> None:
         import grpc
 
-        sent_before = False
         specs, ids = [spec for _, spec in batch], [i for i, _ in batch]
+        with self.cond:  # went with a `get` when the head went away: it may have taken them
+            sent_before = any(i in self.maybe_sent for i in ids)
+            self.maybe_sent.difference_update(ids)
 
         def send():
             nonlocal sent_before
@@ -144,10 +155,52 @@ class _Connection:
 
         _reconnecting(send)
 
-    def flush(self) -> None:
+    def get_results(self, ids: list[str], timeout: float | None, num_returns: int = 0) -> list:
+        """Results, once every submission made so far reached the head: what is still pending goes with
+        the same call when it is all of one batch (one round trip for `get(f.remote())`)."""
+        import grpc
+
+        from runtime.client import HeadUnavailable
+        from runtime.proto import head_pb2 as pb
+
         with self.cond:
-            while self.pending or self.inflight:
-                self.cond.wait()
+            batch = self._take_batch() if self.pending and not self.inflight else None
+            if batch is not None and self.pending:  # more than one batch: the usual way, in order
+                self.pending[:0] = batch
+                self.inflight -= 1
+                batch = None
+        if batch is not None:
+            try:
+                return self.client.get_results(ids, timeout, num_returns, submit=pb.SubmitRequest(
+                    specs=[spec for _, spec in batch], ids=[i for i, _ in batch]))
+            except HeadUnavailable:
+                with self.cond:  # sent again first, before anything submitted after it
+                    self.pending[:0] = batch
+                    self.maybe_sent.update(i for i, _ in batch)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise ConnectionError(f"the head refused {len(batch)} submission(s): {e.code().name}: "
+                                      f"{e.details()}") from None
+            finally:
+                with self.cond:
+                    self.inflight -= 1
+                    self.cond.notify_all()
+        self.flush()
+        return _reconnecting(lambda: self.client.get_results(ids, timeout, num_returns))
+
+    def flush(self) -> None:
+        while True:
+            with self.cond:
+                if not self.pending and not self.inflight:
+                    break
+                # nothing on the way: send from here rather than wake the submitter and wait for it
+                batch = self._take_batch() if not self.inflight else None
+                if batch is None:
+                    self.cond.wait()
+                    continue
+            self._send(batch)
+        with self.cond:
             err, self.error = self.error, None
         if err is not None:
             raise err
@@ -369,8 +422,7 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     single = isinstance(refs, ObjectRef)
     ref_list = [refs] if single else list(refs)
     ids = [r.id for r in ref_list]
-    client = _require()
-    results = {r.id: r for r in _reconnecting(lambda: client.get_results(list(dict.fromkeys(ids)), timeout))}
+    results = {r.id: r for r in _connection().get_results(list(dict.fromkeys(ids)), timeout)}
     missing = [i for i in ids if i not in results]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
@@ -383,9 +435,7 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    client = _require()
-    done = {r.id for r in _reconnecting(lambda: client.get_results([r.id for r in refs], timeout,
-                                                                   num_returns=num_returns))}
+    done = {r.id for r in _connection().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
     ready = [r for r in refs if r.id in done][:num_returns]
     ready_ids = {r.id for r in ready}
     return ready, [r for r in refs if r.id not in ready_ids]

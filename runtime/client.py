@@ -85,10 +85,12 @@ class HeadClient:
                                   timeout=self.timeout_s)
         return list(reply.ids)
 
-    def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0) -> list[pb.ItemResult]:
-        """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns."""
+    def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0,
+                    submit: pb.SubmitRequest | None = None) -> list[pb.ItemResult]:
+        """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns;
+        `submit` is submitted first, in the same call."""
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
-                                   num_returns=num_returns)
+                                   num_returns=num_returns, submit=submit)
         reply = self._stub.GetResults(req, metadata=self._md)
         results = list(reply.results)
         while reply.truncated:  # more were done than one reply carries: fetch the rest, done already

@@ -90,6 +90,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.sched = Scheduler(node_types, done_state=self._done_state)
         self.lock = threading.RLock()  # guards nodes, sched, the store's writes and waiters
         self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
+        self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.recover_until = self._recover(clock())
 
@@ -118,17 +119,18 @@ class HeadServicer(pb_grpc.HeadServicer):
         row = self.store.row(item_id)
         return row.state if row is not None and row.state in DONE_STATES else None
 
-    def _commit(self) -> None:
-        """(under self.lock) Write what changed to the store, let done items leave memory, then wake the
-        GetResults calls waiting for them (so what they read is in the store)."""
+    def _commit(self, new: list[tuple] = ()) -> None:
+        """(under self.lock) Write what changed (and `new` items) to the store in one transaction, let done
+        items leave memory, then wake the GetResults calls waiting for them (so what they read is in the
+        store)."""
         live, done = [], []
         for item in self.sched.take_dirty():
             if item.state in DONE_STATES:
                 done.append(item)
             else:
                 live.append((item.id, item.state, item.attempt, item.node_id, item.gpu_ids, item.started_at))
-        if live or done:
-            self.store.update(live, [self._done_row(item) for item in done])
+        if live or done or new:
+            self.store.write(new, live, [self._done_row(item) for item in done])
         for item in done:
             self.sched.forget(item.id)
             if item.id in self.uploaded_args:
@@ -219,6 +221,7 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def sweep(self) -> int:
         """Done items whose retention is over leave the store."""
+        self.flush_fetched()
         with self.lock:
             return self.store.sweep(self.clock())
 
@@ -262,6 +265,9 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def Submit(self, request, context):
         """One or many items; ids are the client's where given (a batch is all or nothing)."""
+        return pb.SubmitReply(ids=self._submit(request, context))
+
+    def _submit(self, request, context) -> list[str]:
         specs, given = list(request.specs), list(request.ids)
         if given and len(given) != len(specs):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids and specs differ in length")
@@ -288,17 +294,15 @@ class HeadServicer(pb_grpc.HeadServicer):
             items = [Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
                           request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
                           submitted_at=now, depends_on=set(spec.depends_on)) for item_id, spec in zip(ids, specs)]
-            # in the store before anything else may happen to them (a dependency may finish them at once)
-            self.store.insert((i.id, i.kind, i.name, QUEUED, i.request, i.max_retries, spec.SerializeToString(), now)
-                              for i, spec in zip(items, specs))
             for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
                 if spec.payload_size:
                     self.uploaded_args.add(item.id)
-            # the rows just written have these states already
-            self.sched.dirty -= {i.id for i in items if i.state == QUEUED}
-            self._settle(now)
-        return pb.SubmitReply(ids=ids)
+            # new rows, written as queued (the same transaction then writes where they went since)
+            new = [(i.id, i.kind, i.name, QUEUED, i.request, i.max_retries, spec.SerializeToString(), now)
+                   for i, spec in zip(items, specs)]
+            self._settle(now, new, dict(zip(ids, specs)))
+        return ids
 
     @staticmethod
     def _uploaded(path: Path, size: int) -> bool:
@@ -307,17 +311,23 @@ class HeadServicer(pb_grpc.HeadServicer):
         except OSError:
             return False
 
-    def _settle(self, now: float) -> None:
-        """(under self.lock) After a change: store it, place what can run now, store that."""
-        self._dispatch(now)
-        self._commit()
+    def _settle(self, now: float, new: list[tuple] = (), new_specs: dict | None = None) -> None:
+        """(under self.lock) After a change: place what can run now, store it all in one transaction, and
+        only then hand the placed items to their nodes (a node never runs what a crash could forget)."""
+        assignments = self._dispatch(now, new_specs or {})
+        self._commit(new)
+        for a in assignments:
+            self.nodes[self.sched.items[a.item_id].node_id].outbox.put(a)
 
-    def _dispatch(self, now: float) -> None:
-        """Schedule, and hand each newly placed item to its node's WorkStream. Caller holds the lock."""
+    def _dispatch(self, now: float, known_specs: dict[str, pb.WorkSpec]) -> list[pb.Assignment]:
+        """(under self.lock) Schedule; the Assignments of the newly placed items."""
         assigned = self.sched.schedule(now)
         if not assigned:
-            return
-        specs = {i: pb.WorkSpec.FromString(b) for i, b in self.store.specs([a.id for a in assigned]).items()}
+            return []
+        specs = {i.id: known_specs[i.id] for i in assigned if i.id in known_specs}
+        missing = [i.id for i in assigned if i.id not in specs]
+        if missing:
+            specs.update((i, pb.WorkSpec.FromString(b)) for i, b in self.store.specs(missing).items())
         # a dependency done just now is still in memory, not yet in the store
         results = {}
         for d in {d for spec in specs.values() for d in spec.depends_on}:
@@ -326,6 +336,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 results[d] = dep.result
         rest = sorted({d for spec in specs.values() for d in spec.depends_on} - set(results))
         results.update(self.store.rows(rest) if rest else {})
+        out = []
         for item in assigned:
             spec = specs[item.id]
             a = pb.Assignment(item_id=item.id, spec=spec, gpu_ids=item.gpu_ids, attempt=item.attempt)
@@ -334,7 +345,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                     a.dep_stored.append(d)
                 else:
                     a.dep_values[d] = results[d].value or b""
-            self.nodes[item.node_id].outbox.put(a)
+            out.append(a)
+        return out
 
     def WorkStream(self, request, context):
         with self.lock:
@@ -374,6 +386,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         """Waits on an event set once enough of its items are done: each item's completion counts once
         (no re-scan of the others, no polling); a check every few seconds only notices a client that went
         away."""
+        if request.submit.specs:
+            self._submit(request.submit, context)
         ids = list(dict.fromkeys(request.ids))
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         with self.lock:
@@ -427,9 +441,17 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.GetResultsReply(results=results)
 
     def _fetched(self, results: list[pb.ItemResult]) -> None:
+        """Noted now, written with the next sweep tick (it only starts the retention clock)."""
         if results:
+            now = self.clock()
             with self.lock:
-                self.store.mark_fetched([r.id for r in results], self.clock())
+                self.fetched.extend((r.id, now) for r in results)
+
+    def flush_fetched(self) -> None:
+        with self.lock:
+            fetched, self.fetched = self.fetched, []
+            if fetched:
+                self.store.mark_fetched(fetched)
 
     def Cancel(self, request, context):
         now = self.clock()
@@ -613,6 +635,7 @@ def main() -> None:
     last_sweep = 0.0
     while not stop.wait(min(1.0, cfg.node_timeout_s / 4)):
         servicer.mark_dead_nodes()
+        servicer.flush_fetched()
         if time.monotonic() - last_sweep > SWEEP_EVERY_S:
             last_sweep = time.monotonic()
             servicer.sweep()

@@ -33,7 +33,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  seq INTEGER PRIMARY KEY,  -- the rowid: grows with each item (submission order)
   id TEXT NOT NULL UNIQUE,
   kind TEXT NOT NULL,
   name TEXT NOT NULL,
@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS items (
   stored INTEGER NOT NULL DEFAULT 0,
   fetched_at REAL
 );
-CREATE INDEX IF NOT EXISTS items_by_state ON items(state);
 """
 
 
@@ -129,6 +128,17 @@ class Store:
         finally:
             self._readers.put(db)
 
+    @contextmanager
+    def _tx(self):
+        """One transaction (the connection is in autocommit mode: each statement alone would be one)."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def close(self) -> None:
         self.db.close()
         while not self._readers.empty():
@@ -152,31 +162,30 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------------
 
-    def insert(self, rows: Iterable[tuple]) -> None:
-        """New items: (id, kind, name, state, request, max_retries, spec bytes, submitted_at)."""
-        with self.db:
-            self.db.executemany(
-                "INSERT INTO items (id, kind, name, state, request, max_retries, spec, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(i, k, n, s, json.dumps(r, sort_keys=True), m, spec, t) for i, k, n, s, r, m, spec, t in rows])
-
-    def update(self, live: Iterable[tuple], done: Iterable[tuple]) -> None:
-        """State changes. live: (id, state, attempt, node_id, gpu_ids, started_at); done: (id, state, attempt,
-        node_id, finished_at, exit_code, message, value, error, value_size, stored), whose spec goes."""
-        with self.db:
-            self.db.executemany(
-                "UPDATE items SET state=?, attempt=?, node_id=?, gpu_ids=?, started_at=? WHERE id=?",
-                [(s, a, n, ",".join(g), t, i) for i, s, a, n, g, t in live])
+    def write(self, new: Iterable[tuple], live: Iterable[tuple], done: Iterable[tuple]) -> None:
+        """One transaction. new: (id, kind, name, state, request, max_retries, spec bytes, submitted_at);
+        then state changes, live: (id, state, attempt, node_id, gpu_ids, started_at); done: (id, state,
+        attempt, node_id, finished_at, exit_code, message, value, error, value_size, stored), whose spec goes."""
+        with self._tx():
+            if new:
+                self.db.executemany(
+                    "INSERT INTO items (id, kind, name, state, request, max_retries, spec, submitted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(i, k, n, s, json.dumps(r, sort_keys=True), m, spec, t) for i, k, n, s, r, m, spec, t in new])
+            if live:
+                self.db.executemany(
+                    "UPDATE items SET state=?, attempt=?, node_id=?, gpu_ids=?, started_at=? WHERE id=?",
+                    [(s, a, n, ",".join(g), t, i) for i, s, a, n, g, t in live])
             self.db.executemany(
                 "UPDATE items SET state=?, attempt=?, node_id=?, finished_at=?, exit_code=?, message=?, value=?, "
                 "error=?, value_size=?, stored=?, spec=NULL WHERE id=?",
                 [(s, a, n, t, c, m, v, e, z, int(st), i) for i, s, a, n, t, c, m, v, e, z, st in done])
 
-    def mark_fetched(self, ids: list[str], now: float) -> None:
-        with self.db:
-            for chunk in _chunks(ids):
-                self.db.execute(f"UPDATE items SET fetched_at=? WHERE fetched_at IS NULL AND id IN "
-                                f"({','.join('?' * len(chunk))})", [now, *chunk])
+    def mark_fetched(self, fetched: list[tuple[str, float]]) -> None:
+        """(id, when) a client first took a result: its retention counts from then."""
+        with self._tx():
+            self.db.executemany("UPDATE items SET fetched_at=? WHERE fetched_at IS NULL AND id=?",
+                                [(when, i) for i, when in fetched])
 
     def sweep(self, now: float) -> int:
         """Drop the done items whose retention is over, with their files. Returns how many."""
@@ -186,7 +195,7 @@ class Store:
             " (kind != 'job' AND fetched_at IS NOT NULL AND fetched_at < ?) OR"
             " (kind != 'job' AND finished_at < ?))",
             (now - RETAIN_JOBS_S, now - RETAIN_FETCHED_S, now - RETAIN_UNFETCHED_S))]
-        with self.db:
+        with self._tx():
             for chunk in _chunks(expired):
                 self.db.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         for item_id in expired:

@@ -155,14 +155,16 @@ class ItemResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ..., value_size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
-    __slots__ = ("ids", "timeout_s", "num_returns")
+    __slots__ = ("ids", "timeout_s", "num_returns", "submit")
     IDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     timeout_s: float
     num_returns: int
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ...) -> None: ...
+    submit: SubmitRequest
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ...) -> None: ...
 
 class GetResultsReply(_message.Message):
     __slots__ = ("results", "truncated")
