@@ -65,15 +65,17 @@ class NodeRecord:
 class Waiter:
     """A GetResults call waiting for `needed` more of its items to be done."""
 
-    __slots__ = ("needed", "event")
+    __slots__ = ("needed", "event", "results")
 
     def __init__(self, needed: int):
         self.needed = needed
         self.event = threading.Event()
+        self.results: dict[str, pb.ItemResult] = {}  # handed over as they finish: no read of the store
         if needed <= 0:
             self.event.set()
 
-    def one_done(self) -> None:
+    def one_done(self, result: pb.ItemResult) -> None:
+        self.results[result.id] = result
         self.needed -= 1
         if self.needed <= 0:
             self.event.set()
@@ -136,9 +138,22 @@ class HeadServicer(pb_grpc.HeadServicer):
             if item.id in self.uploaded_args:
                 self.uploaded_args.discard(item.id)
                 self.store.arg_path(item.id).unlink(missing_ok=True)
+        done_now = {item.id: item for item in done}
         for item_id in self.sched.take_finished():
-            for waiter in self.waiters.pop(item_id, ()):
-                waiter.one_done()
+            waiters = self.waiters.pop(item_id, ())
+            if waiters:
+                result = self._result_of(done_now[item_id])
+                for waiter in waiters:
+                    waiter.one_done(result)
+
+    @staticmethod
+    def _result_of(item: Item) -> pb.ItemResult:
+        r = item.result
+        res = pb.ItemResult(id=item.id, state=item.state, message=item.message, exit_code=item.exit_code,
+                            node_id=item.node_id)
+        if r is not None:
+            res.value, res.error, res.value_size, res.stored = r.value, r.error, r.value_size, r.stored
+        return res
 
     @staticmethod
     def _done_row(item: Item) -> tuple:
@@ -417,20 +432,22 @@ class HeadServicer(pb_grpc.HeadServicer):
                         if not waiting:
                             del self.waiters[i]
                 done = [i for i in ids if i not in self.sched.items]
-        return self._results_reply(done)
+        return self._results_reply(done, waiter.results)
 
-    def _results_reply(self, done_ids: list[str]) -> pb.GetResultsReply:
+    def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult]) -> pb.GetResultsReply:
         """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest. Read
         from the store outside the head's lock: a done item's row no longer changes."""
         results, size = [], 0
         for start in range(0, len(done_ids), 500):
             chunk = done_ids[start:start + 500]
-            rows = self.store.rows(chunk)
+            rows = self.store.rows([i for i in chunk if i not in known])
             for item_id in chunk:
-                row = rows[item_id]
-                r = pb.ItemResult(id=row.id, state=row.state, message=row.message, exit_code=row.exit_code,
-                                  node_id=row.node_id, value=row.value or b"", error=row.error or b"",
-                                  value_size=row.value_size, stored=row.stored)
+                r = known.get(item_id)
+                if r is None:
+                    row = rows[item_id]
+                    r = pb.ItemResult(id=row.id, state=row.state, message=row.message, exit_code=row.exit_code,
+                                      node_id=row.node_id, value=row.value or b"", error=row.error or b"",
+                                      value_size=row.value_size, stored=row.stored)
                 n = r.ByteSize()
                 if results and size + n > MAX_REPLY_BYTES:
                     self._fetched(results)

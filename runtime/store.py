@@ -223,6 +223,8 @@ class Store:
     def rows(self, ids: list[str], with_values: bool = True) -> dict[str, Row]:
         cols = _COLUMNS if with_values else _BRIEF
         out: dict[str, Row] = {}
+        if not ids:
+            return out
         with self._read() as db:
             for chunk in _chunks(ids):
                 for t in db.execute(f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
