@@ -28,7 +28,8 @@ def read_frame(f) -> bytes | None:
 
 
 def write_frame(f, data: bytes) -> None:
-    f.write(struct.pack(">Q", len(data)) + data)
+    f.write(struct.pack(">Q", len(data)))
+    f.write(data)  # not joined to the header: a result may be gigabytes
     f.flush()
 
 

@@ -53,6 +53,11 @@ def rt(tmp_path_factory):
     cli("down", str(path), "--yes", home=home)
 
 
+def _head_pid(rt) -> int:
+    node = rt["home"] / "clusters" / "rt" / "local" / "nodes" / rt["ids"]["head"]
+    return int((node / ".launch-runtime" / "pids" / "head.pid").read_text())
+
+
 def _state(rt) -> pb.ClusterState:
     """The head's view, after every submission made so far has reached it (.remote() is async)."""
     from runtime.client import HeadClient
@@ -104,6 +109,22 @@ def test_many_results_and_large_ones_in_one_get(rt):
     `get` completes; no RESOURCE_EXHAUSTED, no task left running for ever."""
     assert [len(v) for v in runtime.get([blob.remote(50_000) for _ in range(100)], timeout=120)] == [50_000] * 100
     assert len(runtime.get(blob.remote(6 << 20), timeout=60)) == 6 << 20
+
+
+@runtime.remote(num_cpus=0.5)
+def echo_tail(data: bytes, extra: int) -> bytes:
+    return data + b"y" * extra
+
+
+def test_arguments_and_results_over_the_message_limit_move_in_chunks(rt):
+    """A 300 MiB argument and a 600 MiB result (over what the head kept in a message before: 256 MiB),
+    passed on as another task's argument: chunked both ways, never whole in the head's memory."""
+    first = echo_tail.remote(b"a" * (300 << 20), 300 << 20)
+    second = echo_tail.remote(first, 1)  # the 600 MiB value goes to the next task from the head's disk
+    value = runtime.get(second, timeout=300)
+    assert len(value) == (600 << 20) + 1 and value[:3] == b"aaa" and value[-2:] == b"yy"
+    head_rss_kib = int(next(ln.split()[1] for ln in open(f"/proc/{_head_pid(rt)}/status") if ln.startswith("VmHWM")))
+    assert head_rss_kib < 300 << 10  # the head's peak memory stayed under the size of one of them
 
 
 def test_custom_resources_pick_the_node(rt):

@@ -216,3 +216,25 @@ def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, mon
         assert len(reply.results) == 1 and reply.truncated  # the head's reply is bounded...
         results = client.get_results(jobs, timeout_s=5)  # ...and the client fetches the rest
     assert sorted(r.value for r in results) == [bytes([i]) * 1000 for i in range(3)]
+
+
+def test_a_result_or_payload_over_the_size_limit_fails_clearly(monkeypatch):
+    """Over MAX_OBJECT_BYTES (4 GiB; lowered here): the task fails naming the limit, never hangs; a
+    payload that large is refused where `.remote()` is called."""
+    import runtime
+    import runtime.api
+    import runtime.executor
+
+    monkeypatch.setattr(runtime.executor, "MAX_OBJECT_BYTES", 1000)
+    ex = runtime.executor.Executor("n1", {}, lambda r, a: None, lambda *a: None)
+    r = ex._result(pb.Assignment(item_id="t1"), "ok", b"x" * 2000)
+    assert r.state == "failed" and "over the limit" in r.message
+
+    monkeypatch.setattr(runtime.api, "MAX_OBJECT_BYTES", 1000)
+
+    @runtime.remote
+    def f(x):
+        return x
+
+    with pytest.raises(ValueError, match="over the limit"):
+        f.remote(b"x" * 2000)

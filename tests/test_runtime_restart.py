@@ -1,0 +1,84 @@
+"""A head restart loses nothing (a local cluster, as a user runs it): the head's store keeps queued and
+running work, job records, logs and results not yet fetched; the node supervisor restarts a head that was
+killed; agents register again saying what they still run, and the head adopts it; a client's `get` that
+was waiting when the head died completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+import runtime
+from tests.infra import cli, local_cluster, wait_for, write_config
+
+MARKS_ENV = "RESTART_TEST_MARKS"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restart")
+    home = tmp / "home"
+    data = local_cluster("rs", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 3},
+                         autoscaler={"enabled": False})
+    path = write_config(tmp / "rs.yaml", data)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((home / "clusters" / "rs" / "cluster.json").read_text())
+    runtime.init(address=info["head_address"], token=(home / "clusters" / "rs" / "token").read_text().strip())
+    yield {"path": path, "home": home, "head": home / "clusters" / "rs" / "local" / "nodes" / info["head_node_id"]}
+    runtime.shutdown()
+    cli("down", str(path), "--yes", home=home)
+
+
+def _head_pid(cluster) -> int:
+    return int((cluster["head"] / ".launch-runtime" / "pids" / "head.pid").read_text())
+
+
+@runtime.remote(num_cpus=1, max_retries=0)
+def square_once(i: int, marks: str, sleep_s: float) -> int:
+    """Leaves a mark per run: a task run twice leaves two."""
+    import time
+    import uuid
+
+    time.sleep(sleep_s)
+    with open(os.path.join(marks, f"{i}.{uuid.uuid4().hex}"), "w"):
+        pass
+    return i * i
+
+
+def test_killing_the_head_loses_no_work_result_or_log(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fetched_later = square_once.remote(100, str(marks), 0.0)
+    runtime.wait([fetched_later], timeout=30)  # done, its result not fetched yet
+    script = tmp_path / "count.sh"
+    script.write_text("for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 0.5; done\n")
+    r = cli("submit", str(cluster["path"]), str(script), "--no-follow", home=cluster["home"])
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    # max_retries=0: a task the restart requeued instead of adopting would fail, not run again quietly
+    refs = [square_once.remote(i, str(marks), 1.5) for i in range(8)]  # 2 run (the job has the head's CPU)
+    got: dict = {}
+    waiter = threading.Thread(target=lambda: got.update(values=runtime.get(refs, timeout=120)))
+    waiter.start()
+    wait_for(lambda: "line 2" in cli("job", "logs", str(cluster["path"]), job, home=cluster["home"]).stdout,
+             timeout=30, what="the job to log")
+
+    old = _head_pid(cluster)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _head_pid(cluster) != old, timeout=20, what="the supervisor to restart the head")
+
+    waiter.join(timeout=120)
+    assert got.get("values") == [i * i for i in range(8)]  # the get that was waiting completed
+    runs = sorted(p.name.split(".")[0] for p in marks.iterdir())
+    assert runs == sorted([str(i) for i in range(8)] + ["100"])  # each ran exactly once
+    assert runtime.get(fetched_later, timeout=10) == 10000  # a result from before the restart
+    r = cli("job", "logs", str(cluster["path"]), job, home=cluster["home"])  # follows to the end
+    assert r.returncode == 0, r.stderr
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("line")] == [f"line {i}" for i in range(1, 9)]
+    listed = json.loads(cli("job", "list", str(cluster["path"]), "--json", home=cluster["home"]).stdout)
+    assert [j["state"] for j in listed if j["id"] == job] == ["finished"]
