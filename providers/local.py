@@ -14,6 +14,7 @@ findable from the moment it exists, and one whose machine never came up is swept
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -41,6 +42,8 @@ class Section(CommonSection):
     head_port: int = Field(default=0, ge=0, le=65535)
     # like a cloud out of stock: creating these node types fails with CapacityError (tests, demos)
     capacity_errors: list[str] = Field(default_factory=list)
+    # like a flaky cloud: this share of create calls fails with CapacityError (chaos benches)
+    create_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 # --- process bookkeeping ---------------------------------------------------------------------------
@@ -114,6 +117,7 @@ class Provider:
         section = Section.of(spec.config.provider)
         self.head_port = section.head_port
         self.capacity_errors = set(section.capacity_errors)
+        self.create_failure_rate = section.create_failure_rate
         self.root = Path(spec.provider_state["root"])
         self.nodes_dir = self.root / "nodes"
         self.state_path = self.root / "nodes.json"
@@ -126,6 +130,8 @@ class Provider:
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         if node_type in self.capacity_errors:
             raise CapacityError(node_type, "local", "listed in provider.capacity_errors")
+        if self.create_failure_rate and random.random() < self.create_failure_rate:
+            raise CapacityError(node_type, "local", "provider.create_failure_rate")
         created = []
         for _ in range(count):
             node_id = f"local-{secrets.token_hex(5)}"
