@@ -120,11 +120,11 @@ class _Connection:
         self.inflight += 1
         return batch
 
-    def _send(self, batch: list[tuple[str, object]]) -> None:
+    def _send(self, batch: list[tuple[str, object]], deadline: float | None = None) -> None:
         import grpc
 
         try:
-            self._submit(batch)
+            self._submit(batch, deadline)
         except grpc.RpcError as e:
             with self.cond:  # the head away says so itself (HeadUnavailable)
                 self.error = e if isinstance(e, ConnectionError) else ConnectionError(
@@ -134,7 +134,7 @@ class _Connection:
                 self.inflight -= 1
                 self.cond.notify_all()
 
-    def _submit(self, batch: list[tuple[str, object]]) -> None:
+    def _submit(self, batch: list[tuple[str, object]], deadline: float | None = None) -> None:
         import grpc
 
         specs, ids = [spec for _, spec in batch], [i for i, _ in batch]
@@ -153,7 +153,7 @@ class _Connection:
                 sent_before = True
                 raise
 
-        _reconnecting(send)
+        _reconnecting(send, deadline)
 
     def get_results(self, ids: list[str], timeout: float | None, num_returns: int = 0) -> list:
         """Results, once every submission made so far reached the head: what is still pending goes with
@@ -163,6 +163,7 @@ class _Connection:
         from runtime.client import HeadUnavailable
         from runtime.proto import head_pb2 as pb
 
+        deadline = None if timeout is None else time.monotonic() + timeout  # the head's return included
         with self.cond:
             batch = self._take_batch() if self.pending and not self.inflight else None
             if batch is not None and self.pending:  # more than one batch: the usual way, in order
@@ -186,10 +187,11 @@ class _Connection:
                 with self.cond:
                     self.inflight -= 1
                     self.cond.notify_all()
-        self.flush()
-        return _reconnecting(lambda: self.client.get_results(ids, timeout, num_returns))
+        self.flush(deadline)
+        return _reconnecting(lambda: self.client.get_results(
+            ids, None if deadline is None else max(0.0, deadline - time.monotonic()), num_returns), deadline)
 
-    def flush(self) -> None:
+    def flush(self, deadline: float | None = None) -> None:
         while True:
             with self.cond:
                 if not self.pending and not self.inflight:
@@ -199,7 +201,7 @@ class _Connection:
                 if batch is None:
                     self.cond.wait()
                     continue
-            self._send(batch)
+            self._send(batch, deadline)
         with self.cond:
             err, self.error = self.error, None
         if err is not None:
@@ -320,12 +322,12 @@ def _require():
     return conn.client
 
 
-def _reconnecting(call: Callable[[], Any]) -> Any:
+def _reconnecting(call: Callable[[], Any], deadline: float | None = None) -> Any:
     """Run a call to the head; while the head is away (a restart), try again until it is back, for up to
-    HEAD_RETURN_S, then say it is away."""
+    HEAD_RETURN_S (or to the caller's own deadline), then say it is away."""
     from runtime.client import HeadUnavailable
 
-    deadline = time.monotonic() + HEAD_RETURN_S
+    deadline = time.monotonic() + HEAD_RETURN_S if deadline is None else deadline
     delay = 0.2
     while True:
         try:
