@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +85,15 @@ def main() -> None:
     from providers.local import marked_pids
     import runtime
 
+    from core.errors import CapacityError
+
     cluster = Cluster(parse_config(config()))
-    cluster.up(confirm=lambda q: True)
+    for attempt in range(10):  # the flaky provider fails the head's creation too: `up` again, as a user would
+        try:
+            cluster.up(confirm=lambda q: True)
+            break
+        except CapacityError as e:
+            print(f"up: {e}; again", flush=True)
     info = cluster.dir.read_info()
     head_dir = cluster.dir.path / "local" / "nodes" / info["head_node_id"]
     state_file = cluster.dir.path / "local" / "nodes.json"

@@ -30,6 +30,7 @@ DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autosca
 SUPERVISED = ("head", "agent", "monitor")
 SUPERVISE_EVERY_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 10.0  # a daemon that dies later than this after its start is restarted without backoff
 
 
 def _pid_file(name: str) -> Path:
@@ -171,27 +172,29 @@ def stop_monitor() -> int:
 
 
 def supervise() -> int:
-    """Start again every wanted daemon that is not running; a daemon that keeps dying is retried less
-    and less often (up to every 30 s), and every restart is logged."""
+    """Start again every wanted daemon that is not running. One that dies soon after it started (a crash
+    loop) is retried less and less often, up to every 30 s; one that ran a while and then died (killed,
+    out of memory) is started again at once. Every restart is logged."""
     stop_now = []
     signal.signal(signal.SIGTERM, lambda *_: stop_now.append(True))
     delay = {name: SUPERVISE_EVERY_S for name in SUPERVISED}
     next_try = {name: 0.0 for name in SUPERVISED}
+    started = {name: 0.0 for name in SUPERVISED}
     while not stop_now:
         now = time.monotonic()
         with _spawn_lock():
             for name in SUPERVISED:
                 if stop_now or not _wanted_file(name).exists() or daemon_pid(name) is not None:
                     continue
+                if now - started[name] > HEALTHY_AFTER_S:  # it had been up a while: not a crash loop
+                    delay[name], next_try[name] = SUPERVISE_EVERY_S, 0.0
                 if now < next_try[name]:
                     continue
                 print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} is not running: starting it again", flush=True)
                 _spawn(name)
+                started[name] = now
                 next_try[name] = now + delay[name]
                 delay[name] = min(RESTART_BACKOFF_MAX_S, delay[name] * 2)
-        for name in SUPERVISED:  # a daemon that stayed up a while is healthy again
-            if now > next_try[name] + 60:
-                delay[name] = SUPERVISE_EVERY_S
         time.sleep(SUPERVISE_EVERY_S)
     return 0
 
