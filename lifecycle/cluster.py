@@ -58,7 +58,8 @@ class Lifecycle:
                             connect_timeout_s=self.section.ssh_connect_timeout_s,
                             # the head reaches the workers over the cluster's private network
                             use_internal_ips=self.section.use_internal_ips or spec.on_head,
-                            proxy_use_node_id=spec.config.auth.ssh_proxy_use_node_id)
+                            proxy_use_node_id=spec.config.auth.ssh_proxy_use_node_id,
+                            pin_by_node_id=self.provider.capabilities.reuses_ips)
         self._runners: dict[str, CommandRunner] = {}
         self._runners_lock = threading.Lock()
         self._route: CommandRunner | None = None  # the head's runner, for workers (see runner())
@@ -434,6 +435,8 @@ class Lifecycle:
             if cached:
                 self.provider.terminate([n.id for n in cached])
                 gone += len(cached)
+        if not keep_stopped and hasattr(self.provider, "cleanup"):
+            self.provider.cleanup()  # what bootstrap made for this cluster alone (gcp: its firewall rules)
         self.close()
         return gone
 

@@ -50,7 +50,7 @@ DEFAULT_HEAD_PORT = 6380
 
 class Section(CommonSection):
     region: str
-    availability_zone: str | None = None  # comma-separated, in order of preference
+    availability_zone: str | list[str] | None = None  # a list or comma-separated, in order of preference
     # Ray's keys: credentials for the boto3 clients (a private cloud or tests may add endpoint_url)
     aws_credentials: dict[str, str] | None = None
     security_group: dict[str, Any] | None = None
@@ -149,7 +149,8 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
 
 
 def _zones(section: Section) -> list[str]:
-    return [z.strip() for z in (section.availability_zone or "").split(",") if z.strip()]
+    raw = section.availability_zone
+    return [z.strip() for z in (raw if isinstance(raw, list) else (raw or "").split(",")) if z and z.strip()]
 
 
 def _default_vpc(aws: _Clients) -> str:
@@ -323,7 +324,8 @@ class Provider:
         self.aws = _Clients(section)
         self.state = spec.provider_state
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
-        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True)
+        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
+                                         reuses_ips=True)
         # Ray's key and default: idle nodes are stopped, and started again before new ones are made
         self.cache_stopped_nodes = section.cache_stopped_nodes is not False
         self._instance_types: dict[str, dict] = {}

@@ -52,6 +52,9 @@ class Capabilities:
     spot: bool = False
     zones: bool = False  # create falls back across availability zones
     stop_start: bool = False  # instances can be stopped and started again
+    # a new instance may get an address a former one had (clouds): host keys are pinned per instance,
+    # not per address, so a new machine at a reused IP is not taken for a man in the middle
+    reuses_ips: bool = False
 
 
 @dataclass
@@ -89,3 +92,5 @@ class Provider(Protocol):
     #   cache_stopped_nodes: bool                 (Ray's key: retire by stopping, create by starting)
     #   stop(node_ids) -> None                    stop, keeping the disk; `list` no longer shows them
     #   stopped(tag_filters) -> list[NodeInfo]    the stopped ones, for `down`
+    # A provider may have `cleanup() -> None`: `down` calls it once no node is left, to remove what
+    # bootstrap made for this cluster alone (never what it found, or what other clusters share).

@@ -23,6 +23,7 @@ class SSHAuth:
     connect_timeout_s: float = 10.0
     use_internal_ips: bool = False
     proxy_use_node_id: bool = False  # Ray's: the proxy command's %h is the node's id, not its IP
+    pin_by_node_id: bool = False  # host keys recorded under the node's id (its instance), not its address
 
 
 def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) -> CommandRunner:
@@ -44,4 +45,5 @@ def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) 
     return SSHCommandRunner(host, node.ssh_port, auth.user, auth.private_key, auth.known_hosts,
                             proxy_command=None if via is not None else auth.proxy_command,
                             proxy_host=node.id if auth.proxy_use_node_id else None,
-                            connect_timeout=auth.connect_timeout_s, jump=via)
+                            connect_timeout=auth.connect_timeout_s, jump=via,
+                            host_key_alias=node.id if auth.pin_by_node_id else None)

@@ -81,8 +81,10 @@ class SSHCommandRunner:
     def __init__(self, host: str, port: int, user: str, key_path: str | None, known_hosts: Path, *,
                  proxy_command: str | None = None, connect_timeout: float = 10.0,
                  python: str = NODE_PYTHON, jump: SSHCommandRunner | None = None,
-                 proxy_host: str | None = None):
+                 proxy_host: str | None = None, host_key_alias: str | None = None):
         self.host, self.port, self.user = host, port, user
+        # the name its host key is pinned under: the address, or the instance's id where addresses are reused
+        self.key_name = host_key_alias or host
         self.key_path = os.path.expanduser(key_path) if key_path else None
         self.known_hosts = known_hosts
         self.proxy_command = proxy_command
@@ -114,14 +116,16 @@ class SSHCommandRunner:
         elif self.proxy_command:
             cmd = self.proxy_command.replace("%h", self.proxy_host).replace("%p", str(self.port)).replace("%r", self.user)
             sock = paramiko.ProxyCommand(cmd)
+        elif self.key_name != self.host:  # paramiko checks the key under the name it connects to: our socket
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         try:
-            client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_path,
+            client.connect(self.key_name, port=self.port, username=self.user, key_filename=self.key_path,
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, sock=sock, allow_agent=False,
                            look_for_keys=self.key_path is None)
         except paramiko.BadHostKeyException:
             client.close()
-            raise HostKeyChanged(_changed_message(host_key_name(self.host, self.port), self.known_hosts)) from None
+            raise HostKeyChanged(_changed_message(host_key_name(self.key_name, self.port), self.known_hosts)) from None
         except paramiko.AuthenticationException as e:
             client.close()
             raise LaunchError(f"{self.label}: SSH authentication failed ({e}); check auth.ssh_user and "
