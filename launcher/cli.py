@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.config import ClusterConfig, json_schema
@@ -40,10 +41,10 @@ def _handle_errors(fn):
             return fn(*args, **kwargs)
         except ConfigError as e:
             for problem in e.problems:
-                err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except LaunchError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except Exception as e:
             grpc = sys.modules.get("grpc")  # imported only by the commands that talk to the head
@@ -52,7 +53,7 @@ def _handle_errors(fn):
             # the head away (HeadUnavailable says so), or it refused: one line, no raw gRPC text
             message = str(e) if isinstance(e, ConnectionError) else (
                 f"the head service refused the call ({e.code().name}): {(e.details() or '').splitlines()[0][:200]}")
-            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
