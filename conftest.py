@@ -38,3 +38,33 @@ def moto_twins(twin_net):
     cloud = MotoTwins(twin_net)
     yield cloud
     cloud.close()
+
+
+GCE_PROJECT, GCE_REGION, GCE_ZONES = "launch-test", "us-west1", ["us-west1-a", "us-west1-b"]
+
+
+@pytest.fixture(scope="session")
+def gce_server():
+    """A fake Compute Engine endpoint (tests/infra/fake_gce.py) on loopback, without hosts behind it."""
+    from tests.infra.fake_gce import FakeGCE
+
+    fake = FakeGCE("127.0.0.1", GCE_PROJECT, GCE_REGION, GCE_ZONES)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def gce(gce_server):
+    """The fake, as a fresh project for this test."""
+    gce_server.reset()
+    return gce_server
+
+
+@pytest.fixture(scope="session")
+def gce_twins(twin_net):
+    """A fake Compute Engine endpoint on the twins' bridge whose instances are VM twins."""
+    from tests.infra.fake_gce import FakeGCE
+
+    fake = FakeGCE(twin_net.gateway, GCE_PROJECT, GCE_REGION, GCE_ZONES, net=twin_net)
+    yield fake
+    fake.close()

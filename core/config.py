@@ -54,7 +54,7 @@ class ProviderConfig(BaseModel):
 
     type: str
     region: str | None = None
-    availability_zone: str | None = None
+    availability_zone: str | list[str] | None = None  # a zone, or zones in order (a list or comma-separated)
     head_ip: str | None = None
     worker_ips: list[str] | None = None
     use_internal_ips: bool = False

@@ -44,3 +44,37 @@ def decode_label(value: str) -> str:
             raw.extend(value[i].encode())
             i += 1
     return raw.decode()
+
+
+LABEL_MAX = 63  # GCE label values (and keys) are at most 63 characters
+
+
+def labels_of(tags: dict[str, str]) -> dict[str, str]:
+    """Tags as GCE labels: each value encoded; one longer than a label holds continues in KEY--1, KEY--2..."""
+    out = {}
+    for key, value in tags.items():
+        enc = encode_label(value)
+        chunks = [enc[i:i + LABEL_MAX] for i in range(0, len(enc), LABEL_MAX)] or [""]
+        for n, chunk in enumerate(chunks):
+            out[key if n == 0 else f"{key}--{n}"] = chunk
+    return out
+
+
+def tags_of(labels: dict[str, str], prefix: str = "launch-") -> dict[str, str]:
+    """The tags labels_of wrote (keys starting with `prefix`; other labels are the user's own)."""
+    parts: dict[str, dict[int, str]] = {}
+    for key, value in labels.items():
+        if not key.startswith(prefix):
+            continue
+        base, sep, n = key.rpartition("--")
+        if sep and n.isdigit():
+            parts.setdefault(base, {})[int(n)] = value
+        else:
+            parts.setdefault(key, {})[0] = value
+    out = {}
+    for key, chunks in parts.items():
+        try:
+            out[key] = decode_label("".join(chunks[i] for i in sorted(chunks)))
+        except (ValueError, UnicodeDecodeError):  # not ours after all: leave it out rather than guess
+            continue
+    return out

@@ -5,7 +5,7 @@ Two bundles, each one tar.gz built once from the launcher's own environment and 
   protobuf, cloudpickle);
 - the **head** bundle, for the head only: what the control plane there imports (the autoscaler, the
   lifecycle, SSH to the workers, the config model) and the cloud SDK of the cluster's provider
-  (boto3 for AWS, with only the service models it calls).
+  (boto3 for AWS, with only the service models it calls; google-cloud-compute and google-auth for GCP).
 On the node each is unpacked into ~/.launch-runtime/install/<id>/site; ~/.launch-runtime/bin/python
 runs the node's python3 with them on its path, and a user-site `.pth` makes `import runtime` work in
 any `python3` of the node user (as a fallback: a package the user installed wins). The node bundle's
@@ -41,7 +41,12 @@ HEAD_DEPENDENCIES = ["pydantic", "pydantic_core", "annotated_types", "typing_ins
 # and the cloud SDK of the provider the head's autoscaler calls
 PROVIDER_DEPENDENCIES = {
     "aws": ["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"],
+    "gcp": ["google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
+            "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"],
 }
+# imported by the SDKs where present (optional there too)
+PROVIDER_OPTIONAL = {"gcp": {"google.api", "google.type", "google.longrunning", "grpc_status", "opentelemetry",
+                             "rsa", "pyasn1", "pyasn1_modules", "cachetools"}}
 # botocore carries every AWS service's model; the head calls only these
 BOTOCORE_SERVICES = {"ec2", "iam", "sts"}
 BUNDLE_NAME = "bundle.tar.gz"  # kept beside a node install: what the head ships on to its workers
@@ -105,7 +110,9 @@ def bundle_modules(kind: str, provider: str = "") -> tuple[list[str], set[str]]:
     """(modules, the optional ones) of the node bundle or of the head bundle for a provider."""
     if kind == "node":
         return OUR_PACKAGES + NODE_DEPENDENCIES, set()
-    return HEAD_DEPENDENCIES + PROVIDER_DEPENDENCIES.get(provider, []), {"invoke", "typing_inspection"}
+    optional = PROVIDER_OPTIONAL.get(provider, set())
+    return (HEAD_DEPENDENCIES + PROVIDER_DEPENDENCIES.get(provider, []) + sorted(optional),
+            {"invoke", "typing_inspection", *optional})
 
 
 @functools.lru_cache(maxsize=4)

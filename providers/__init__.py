@@ -23,6 +23,7 @@ _MODULES: dict[str, str] = {
     "local": "providers.local",
     "ssh": "providers.ssh",
     "aws": "providers.aws",
+    "gcp": "providers.gcp",
 }
 
 

@@ -117,6 +117,10 @@ class Twin:
         wait_for(lambda: not [p for p in self.pids() if _alive(p)], timeout=10, every=0.02,
                  what=f"the processes of twin {self.name} to die")
 
+    def boot(self) -> None:
+        """A stopped machine starts again: its disk (/root), network and firewall were kept."""
+        self._start_sshd()
+
     def reboot(self) -> None:
         """The machine restarts: every process dies; its disk (/root), network and firewall stay; sshd
         comes back."""

@@ -1,0 +1,204 @@
+"""The gcp provider through the real google-cloud-compute clients against the fake Compute Engine
+endpoint (tests/infra/fake_gce.py): Ray's node_config shapes, labels that round-trip any name, zone
+failover on stockouts, typed errors, operations that fail after they started, pagination, preemption,
+stop/start, and nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("google.cloud.compute_v1")
+
+import providers  # noqa: E402
+from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
+from core.config import parse_config  # noqa: E402
+from core.errors import CapacityError, InvalidRequest, QuotaError  # noqa: E402
+from core.spec import ClusterSpec  # noqa: E402
+from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS  # noqa: E402
+
+RAY_DISK = {"boot": True, "autoDelete": True, "type": "PERSISTENT", "initializeParams": {
+    "diskSizeGb": 50, "diskType": "pd-balanced",
+    "sourceImage": "projects/deeplearning-platform-release/global/images/family/common-cpu"}}
+
+
+def config(gce, name: str = "gcp-test", **provider) -> dict:
+    return {
+        "cluster_name": name,
+        "provider": {"type": "gcp", "project_id": GCE_PROJECT, "region": GCE_REGION,
+                     "availability_zone": "us-west1-a,us-west1-b", "api_endpoint": gce.url,
+                     "gcp_credentials": {"type": "credentials_token", "credentials": "test-token"},
+                     "retry_attempts": 4, **provider},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray_head_default": {"resources": {"CPU": 0}, "node_config": {"machineType": "n1-standard-2",
+                                                                          "disks": [RAY_DISK]}},
+            # Ray's GPU worker: short accelerator and disk names, scheduling as a list, no resources
+            "gpu_worker": {"max_workers": 4, "node_config": {
+                "machineType": "n1-standard-4", "disks": [RAY_DISK],
+                "guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}],
+                "scheduling": [{"preemptible": True}],
+                "metadata": {"items": [{"key": "install-nvidia-driver", "value": "True"}]}}},
+            "cpu_worker": {"max_workers": 4, "node_config": {"machineType": "e2-standard-4", "disks": [RAY_DISK],
+                                                             "labels": {"team": "ml"}}},
+            "spot_worker": {"max_workers": 4, "spot": True, "node_config": {"machineType": "e2-standard-4"}},
+            "l4_worker": {"max_workers": 2, "node_config": {"machineType": "g2-standard-4"}},
+        },
+        "head_node_type": "ray_head_default",
+    }
+
+
+def make(gce, tmp_path, name: str = "gcp-test", **provider):
+    cfg = parse_config(config(gce, name, **provider))
+    boot = providers.bootstrap(cfg, tmp_path)
+    return providers.build(ClusterSpec(config=cfg, provider_state=boot.state)), boot
+
+
+def tags(cluster: str, node_type: str, kind: str = "worker") -> dict[str, str]:
+    return {TAG_CLUSTER: cluster, TAG_KIND: kind, TAG_NODE_TYPE: node_type}
+
+
+def inserts(gce) -> int:
+    return sum(1 for m, p in gce.calls if m == "POST" and p.endswith("/instances"))
+
+
+def test_bootstrap_is_idempotent_and_opens_ssh_only(gce, tmp_path):
+    _, boot = make(gce, tmp_path)
+    rules = {name: fw for name, fw in gce.firewalls.items()}
+    assert sorted(rules) == ["launch-gcp-test-internal", "launch-gcp-test-ssh"]
+    ssh, internal = rules["launch-gcp-test-ssh"], rules["launch-gcp-test-internal"]
+    assert ssh["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}] and ssh["sourceRanges"] == ["0.0.0.0/0"]
+    assert internal["sourceTags"] == internal["targetTags"] == ["launch-gcp-test"]
+    assert "sourceRanges" not in internal  # the runtime's port is open to the cluster only
+    # a made key: 0600, its public half in the state for the instances' metadata
+    assert (tmp_path / "launch-gcp-gcp-test.pem").stat().st_mode & 0o777 == 0o600
+    assert boot.state["ssh_keys"].startswith("ubuntu:ssh-ed25519 ")
+    before = len([c for c in gce.calls if c[0] == "POST"])
+    _, again = make(gce, tmp_path)
+    assert len([c for c in gce.calls if c[0] == "POST"]) == before  # nothing made twice
+    assert again.state == boot.state
+
+
+def test_ray_node_config_becomes_a_valid_insert_and_labels_round_trip_any_name(gce, tmp_path):
+    name = "Team_A-" + "X" * 40  # upper case and '_' are not label characters; encoded, it spans two labels
+    provider, _ = make(gce, tmp_path, name=name)
+    (node,) = provider.create("gpu_worker", 1, tags(name, "gpu_worker"))
+    assert node.tags == tags(name, "gpu_worker") and node.spot and node.state == "running"
+    (inst,) = gce.live()
+    assert inst["machineType"].endswith("zones/us-west1-a/machineTypes/n1-standard-4")
+    assert inst["guestAccelerators"][0]["acceleratorType"] == \
+        f"projects/{GCE_PROJECT}/zones/us-west1-a/acceleratorTypes/nvidia-tesla-t4"
+    # GPUs need TERMINATE on host maintenance; a preemptible VM may not restart itself
+    assert inst["scheduling"] == {"preemptible": True, "onHostMaintenance": "TERMINATE", "automaticRestart": False}
+    keys = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
+    assert keys["install-nvidia-driver"] == "True" and keys["ssh-keys"].startswith("ubuntu:ssh-ed25519")
+    assert inst["tags"]["items"] == ["launch-team-a-" + "x" * 40]  # the firewall rules' target
+    assert [provider.list({TAG_CLUSTER: name})[0].id] == [node.id]
+    assert provider.list({TAG_CLUSTER: name[:-1]}) == []  # a prefix of the name is another cluster
+    provider.set_tags(node.id, {TAG_STATUS: "up-to-date"})
+    assert provider.list({TAG_STATUS: "up-to-date"})[0].tags == {**tags(name, "gpu_worker"), TAG_STATUS: "up-to-date"}
+
+
+def test_spot_node_types_are_spot_vms_deleted_when_preempted(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    (node,) = provider.create("spot_worker", 1, tags("gcp-test", "spot_worker"))
+    (inst,) = gce.live()
+    assert inst["scheduling"]["provisioningModel"] == "SPOT"
+    assert inst["scheduling"]["instanceTerminationAction"] == "DELETE"
+    gce.preempt(node.id)
+    assert provider.list({TAG_CLUSTER: "gcp-test"}) == [] and gce.live() == [] and gce.all_disks() == []
+
+
+def test_a_preempted_vm_left_stopped_is_deleted_when_seen(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    a, b = provider.create("gpu_worker", 2, tags("gcp-test", "gpu_worker"))
+    gce.preempt(a.id)  # `preemptible: true` (Ray's example): GCE stops it
+    assert [i["status"] for i in gce.live() if i["name"] == a.id] == ["TERMINATED"]
+    assert [n.id for n in provider.list({TAG_CLUSTER: "gcp-test"})] == [b.id]
+    assert [i["name"] for i in gce.live()] == [b.id]
+
+
+def test_resources_come_from_machine_and_accelerator_types(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    types = provider.node_types()
+    assert types["gpu_worker"] == {"CPU": 4.0, "memory": 15360 * 2**20, "GPU": 1.0, "accelerator_type:T4": 1.0}
+    assert types["l4_worker"]["GPU"] == 1.0 and types["l4_worker"]["accelerator_type:L4"] == 1.0
+    assert types["cpu_worker"] == {"CPU": 4.0, "memory": 16384 * 2**20}
+    # a g2 has its GPU built in: it still gets TERMINATE on host maintenance
+    provider.create("l4_worker", 1, tags("gcp-test", "l4_worker"))
+    assert gce.live()[0]["scheduling"]["onHostMaintenance"] == "TERMINATE"
+
+
+def test_a_stockout_fails_over_to_the_next_zone_then_backs_off(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    gce.stockout_zones.add("us-west1-a")
+    nodes = provider.create("cpu_worker", 2, tags("gcp-test", "cpu_worker"))
+    assert len(nodes) == 2 and {i["zone"].rsplit("/", 1)[1] for i in gce.live()} == {"us-west1-b"}
+    gce.stockout_zones.add("us-west1-b")
+    with pytest.raises(CapacityError) as e:
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert e.value.node_type == "cpu_worker" and "does not have enough resources" in str(e.value)
+    assert len(gce.live()) == 2  # the failed inserts left nothing
+
+
+def test_an_insert_that_fails_after_it_started_leaves_nothing(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    gce.fail_after_start_zones.update({"us-west1-a", "us-west1-b"})
+    with pytest.raises(Exception) as e:
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert "INTERNAL_ERROR" in str(e.value)
+    assert gce.live() == [] and gce.all_disks() == []  # the half-made instance was deleted
+
+
+def test_quota_is_a_quota_error_and_429s_are_retried(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    gce.quota_exceeded = True
+    with pytest.raises(QuotaError, match="cpu_worker.*Quota 'CPUS' exceeded"):
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    gce.quota_exceeded = False
+    gce.throttle_next = 2  # a burst of 429 rateLimitExceeded
+    (node,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert node.state == "running" and inserts(gce) == 4  # the quota refusal, two 429s, the one that went in
+
+
+def test_bad_arguments_fail_fast_naming_the_node_type_and_field(gce, tmp_path):
+    data = config(gce)
+    data["available_node_types"]["cpu_worker"]["node_config"]["machineType"] = "n9-imaginary-4"
+    cfg = parse_config(data)
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=providers.bootstrap(cfg, tmp_path).state))
+    with pytest.raises(InvalidRequest, match=r"available_node_types\.cpu_worker\.node_config.*machineType"):
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    data["available_node_types"]["cpu_worker"]["node_config"] = {"machineTyp": "e2-standard-4"}
+    cfg = parse_config(data)
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=providers.bootstrap(cfg, tmp_path).state))
+    with pytest.raises(InvalidRequest, match=r"available_node_types\.cpu_worker\.node_config"):
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert inserts(gce) == 1 and gce.live() == []
+
+
+def test_lists_page_through_and_terminate_ignores_what_is_gone(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    nodes = provider.create("cpu_worker", 5, tags("gcp-test", "cpu_worker"))
+    gce.max_page = 2
+    try:
+        listed = provider.list({TAG_CLUSTER: "gcp-test"})
+    finally:
+        gce.max_page = 500
+    assert sorted(n.id for n in listed) == sorted(n.id for n in nodes)
+    assert sum(1 for m, p in gce.calls if m == "GET" and p.endswith("us-west1-a/instances")) >= 3
+    provider.terminate([nodes[0].id])
+    provider.terminate([n.id for n in nodes] + ["never-existed"])
+    assert gce.live() == [] and gce.all_disks() == []
+
+
+def test_cache_stopped_nodes_stops_and_starts_instances(gce, tmp_path):
+    provider, _ = make(gce, tmp_path, cache_stopped_nodes=True)
+    (node,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    provider.stop([node.id])
+    assert provider.list({TAG_CLUSTER: "gcp-test"}) == []
+    assert [n.id for n in provider.stopped({TAG_CLUSTER: "gcp-test"})] == [node.id]
+    (again,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert again.id == node.id and inserts(gce) == 1  # started, not made anew
+    assert [i["status"] for i in gce.live()] == ["RUNNING"]
+    provider.terminate([node.id])
+    provider.cleanup()
+    assert gce.live() == [] and gce.firewalls == {}
