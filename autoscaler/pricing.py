@@ -26,10 +26,19 @@ def catalog() -> dict:
 def catalog_price(provider: str, node_config: dict) -> float | None:
     key = MACHINE_KEY.get(provider)
     machine = node_config.get(key) if key else None
-    if isinstance(machine, str):
-        machine = machine.rsplit("/", 1)[-1]  # GCP gives a URL: zones/us-central1-a/machineTypes/n2-...
-        return catalog().get(provider, {}).get(machine)
-    return None
+    if not isinstance(machine, str):
+        return None
+    machine = machine.rsplit("/", 1)[-1]  # GCP gives a URL: zones/us-central1-a/machineTypes/n2-...
+    price = catalog().get(provider, {}).get(machine)
+    if price is None or provider != "gcp":
+        return price
+    gpus = catalog().get("gcp_accelerators", {})
+    for acc in node_config.get("guestAccelerators") or []:  # GPUs attached to the VM cost on top of it
+        each = gpus.get(str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1])
+        if each is None:
+            return None  # a GPU the catalog does not know: estimate the whole node instead
+        price += each * int(acc.get("acceleratorCount", 1))
+    return price
 
 
 def estimate(resources: dict[str, float]) -> float:

@@ -147,7 +147,8 @@ def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = Non
     if status == 429 or reason in RETRY_REASONS:
         return TransientError(f"gcp {op}: still throttled or failing after retries ({reason or status})")
     if status in (401, 403):
-        return PermissionDenied(f"gcp {op} refused ({reason or status}): {message}")
+        who = f" for node type {node_type!r}" if node_type else ""
+        return PermissionDenied(f"gcp {op}{who} refused ({reason or status}): {message}")
     if status == 404:
         return NodeNotFound(message)
     if status == 400:

@@ -5,6 +5,8 @@ stop/start, and nothing left behind."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 pytest.importorskip("google.cloud.compute_v1")
@@ -12,9 +14,9 @@ pytest.importorskip("google.cloud.compute_v1")
 import providers  # noqa: E402
 from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
 from core.config import parse_config  # noqa: E402
-from core.errors import CapacityError, InvalidRequest, QuotaError  # noqa: E402
+from core.errors import CapacityError, InvalidRequest, PermissionDenied, QuotaError  # noqa: E402
 from core.spec import ClusterSpec  # noqa: E402
-from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS  # noqa: E402
+from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS, tags_of  # noqa: E402
 
 RAY_DISK = {"boot": True, "autoDelete": True, "type": "PERSISTENT", "initializeParams": {
     "diskSizeGb": 50, "diskType": "pd-balanced",
@@ -202,3 +204,39 @@ def test_cache_stopped_nodes_stops_and_starts_instances(gce, tmp_path):
     provider.terminate([node.id])
     provider.cleanup()
     assert gce.live() == [] and gce.firewalls == {}
+
+
+def test_rays_documented_gcp_file_launches_as_it_is(gce, tmp_path, monkeypatch):
+    from tests.test_ray_configs import RAY_FILES
+
+    data = copy.deepcopy(RAY_FILES["gcp-full"])
+    data["provider"].update(project_id=GCE_PROJECT, availability_zone="us-west1-b", api_endpoint=gce.url,
+                            gcp_credentials={"type": "credentials_token", "credentials": "test-token"})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = parse_config(data)
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=providers.bootstrap(cfg, tmp_path).state))
+    for node_type, kind in (("ray_head_default", "head"), ("ray_worker_small", "worker")):
+        (node,) = provider.create(node_type, 1, tags("default", node_type, kind))
+        assert node.state == "running" and node.external_ip  # not use_internal_ips: an external address
+    by_type = {tags_of(i["labels"])[TAG_NODE_TYPE]: i for i in gce.live()}  # '_' is escaped in labels
+    assert by_type["ray_worker_small"]["scheduling"]["preemptible"] is True  # Ray's list form, merged
+    assert by_type["ray_head_default"]["serviceAccounts"][0]["scopes"] == [
+        "https://www.googleapis.com/auth/cloud-platform"]  # the head calls the API with its own account
+
+
+def test_permission_errors_fail_fast_naming_the_node_type(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    provider.gcp.project = "someone-elses-project"
+    with pytest.raises(PermissionDenied, match="instances.insert for node type 'cpu_worker' refused"):
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+
+
+def test_catalog_prices_a_vm_with_its_attached_gpus():
+    from autoscaler.pricing import catalog_price
+
+    t4s = {"machineType": "n1-standard-4", "guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4",
+                                                                   "acceleratorCount": 2}]}
+    assert catalog_price("gcp", t4s) == pytest.approx(0.19 + 2 * 0.35)
+    assert catalog_price("gcp", {"machineType": "zones/us-central1-a/machineTypes/g2-standard-4"}) == 0.70683
+    unknown_gpu = {"machineType": "n1-standard-4", "guestAccelerators": [{"acceleratorType": "nvidia-h200"}]}
+    assert catalog_price("gcp", unknown_gpu) is None  # estimated from its resources rather than underpriced
