@@ -506,8 +506,10 @@ class Provider:
 
         def one(name: str):
             body = self.body(node_type, zone, name, tags)
-            op = self.gcp.call(self.gcp.instances.insert_unary, "instances.insert", node_type, zone,
-                               project=self.gcp.project, zone=zone, instance_resource=self._instance(body, node_type))
+            request = self.gcp.compute.InsertInstanceRequest(
+                project=self.gcp.project, zone=zone, instance_resource=self._instance(body, node_type),
+                request_id=str(uuid.uuid4()))  # a retried insert is the same insert to GCE
+            op = self.gcp.call(self.gcp.instances.insert_unary, "instances.insert", node_type, zone, request=request)
             try:
                 self.gcp.wait(op, "instances.insert", node_type, zone)
             except LaunchError:

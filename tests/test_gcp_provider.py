@@ -240,3 +240,10 @@ def test_catalog_prices_a_vm_with_its_attached_gpus():
     assert catalog_price("gcp", {"machineType": "zones/us-central1-a/machineTypes/g2-standard-4"}) == 0.70683
     unknown_gpu = {"machineType": "n1-standard-4", "guestAccelerators": [{"acceleratorType": "nvidia-h200"}]}
     assert catalog_price("gcp", unknown_gpu) is None  # estimated from its resources rather than underpriced
+
+
+def test_an_insert_retried_after_a_lost_reply_makes_one_vm(gce, tmp_path):
+    provider, _ = make(gce, tmp_path)
+    gce.lose_insert_replies = 1  # GCE made it, the 503 said otherwise: the retry carries the same requestId
+    (node,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert inserts(gce) == 2 and [i["name"] for i in gce.live()] == [node.id]

@@ -13,7 +13,7 @@ clients (../shared/TESTING.md). Faithful to the public REST reference where laun
 
 Every instance that reaches RUNNING is a VM twin at its networkIP (hostname = instance name); stop or
 delete kills it; start boots it again with its disk (/root) kept. Faults: a stockout per zone, quota,
-a burst of 429s, an operation that fails after it started (leaving a stopped instance behind, as a
+a burst of 429s, an insert whose reply is lost (a 503 after it was done), an operation that fails after it started (leaving a stopped instance behind, as a
 half-made create can), and preemption.
 """
 
@@ -98,6 +98,7 @@ class FakeGCE:
         self.disks: dict[str, dict[str, dict]] = {z: {} for z in zones}
         self.operations: dict[str, Operation] = {}
         self.firewalls: dict[str, dict] = {}
+        self.requests: dict[str, str] = {}  # requestId -> operation name
         self.ids = itertools.count(4_000_000_000_000_000_001)
         self.ops = itertools.count(1)
         self.first_ip = first_ip
@@ -108,6 +109,7 @@ class FakeGCE:
         self.quota_exceeded = False
         self.throttle_next = 0
         self.fail_after_start_zones: set[str] = set()
+        self.lose_insert_replies = 0
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
@@ -128,10 +130,11 @@ class FakeGCE:
                 self.disks[zone].clear()
             self.operations.clear()
             self.firewalls.clear()
+            self.requests.clear()
             self.calls.clear()
             self.stockout_zones.clear()
             self.fail_after_start_zones.clear()
-            self.quota_exceeded, self.throttle_next = False, 0
+            self.quota_exceeded, self.throttle_next, self.lose_insert_replies = False, 0, 0
 
     def live(self, label_filters: dict[str, str] | None = None) -> list[dict]:
         """Every instance not deleted, in any status, whose labels include the filters."""
@@ -490,7 +493,17 @@ class FakeGCE:
                     if len(r) == 3:
                         if method == "GET":
                             return self.list(zone, query)
-                        return self.insert(zone, body).json(self.project)
+                        # requestId: the same request sent again (a retry) is the same operation, not a new VM
+                        rid = query.get("requestId", [""])[0]
+                        if rid and rid in self.requests:
+                            return self.operations[self.requests[rid]].json(self.project)
+                        op = self.insert(zone, body)
+                        if rid:
+                            self.requests[rid] = op.name
+                        if self.lose_insert_replies > 0:  # done, but the answer never reaches the client
+                            self.lose_insert_replies -= 1
+                            raise ApiError(503, "backendError", "Backend Error")
+                        return op.json(self.project)
                     name = r[3]
                     if len(r) == 4:
                         if method == "GET":
