@@ -110,6 +110,8 @@ class FakeGCE:
         self.throttle_next = 0
         self.fail_after_start_zones: set[str] = set()
         self.lose_insert_replies = 0
+        self.tokens_issued = 0  # access tokens given for service account keys (POST /token)
+        self.last_authorization = ""
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
@@ -565,7 +567,21 @@ class FakeGCE:
                 try:
                     if throttled:
                         raise ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded")
-                    if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                    if method == "POST" and url.path == "/token":  # OAuth2 for service account keys
+                        form = parse_qs(raw.decode())
+                        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+                            raise ApiError(400, "invalid_grant", "unsupported grant type")
+                        out = {"access_token": "sa-token", "token_type": "Bearer", "expires_in": 3600}
+                        fake.tokens_issued += 1
+                        data = json.dumps(out).encode()
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                    fake.last_authorization = self.headers.get("Authorization") or ""
+                    if not fake.last_authorization.startswith("Bearer "):
                         raise ApiError(401, "required", "Request is missing required authentication credential.")
                     body = json.loads(raw) if raw else {}
                     out, code = fake.route(method, url.path, parse_qs(url.query), body), 200
