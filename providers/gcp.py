@@ -43,10 +43,10 @@ from core.errors import (
     CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
     QuotaError, TransientError,
 )
-from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 DEFAULT_HEAD_PORT = 6380
@@ -277,7 +277,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
         raise ConfigError(f"provider.availability_zone: {', '.join(wrong)} not in region {section.region}")
     gcp = _Clients(section)
     user = config.auth.ssh_user or "ubuntu"
-    public_key, private_key = _ssh_key(config, state_dir)
+    public_key, private_key = cluster_key_pair(config, state_dir, "gcp")
     network = _network(gcp, section)
     tag = network_tag(config.cluster_name)
     state = {
@@ -291,33 +291,6 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
         or [{"email": "default", "scopes": SCOPES}],
     }
     return Bootstrapped(state=state, ssh_user=user, ssh_private_key=private_key)
-
-
-def _ssh_key(config: ClusterConfig, state_dir: Path) -> tuple[str, str | None]:
-    """(public key line, private key path): the user's pair, else one made for the cluster (0600)."""
-    if config.auth.ssh_public_key:
-        path = Path(config.auth.ssh_public_key).expanduser()
-        try:
-            return path.read_text().strip(), None
-        except OSError as e:
-            raise ConfigError(f"auth.ssh_public_key: cannot read {path} ({e.strerror})") from None
-    if config.auth.ssh_private_key:
-        raise ConfigError("auth.ssh_public_key: GCE instances take the public key in their metadata; name it "
-                          "next to auth.ssh_private_key")
-    key_path = state_dir / f"launch-gcp-{config.cluster_name}.pem"
-    pub_path = key_path.with_suffix(".pub")
-    if not key_path.exists() or not pub_path.exists():
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        key = ed25519.Ed25519PrivateKey.generate()
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption()).decode()
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH).decode()
-        atomic_write(key_path, private, mode=0o600)
-        atomic_write(pub_path, f"{public} launch-{config.cluster_name}\n", mode=0o644)
-    return pub_path.read_text().strip(), str(key_path.resolve())
 
 
 def _network(gcp: _Clients, section: Section) -> str:

@@ -110,8 +110,8 @@ def test_runner_put_file_is_atomic_with_mode(provider):
 def test_unavailable_provider_kind_is_a_clear_config_error(tmp_path):
     from core.errors import ConfigError
 
-    cfg = parse_config({**local_cluster("c"), "provider": {"type": "gcp", "project_id": "p"}})
-    with pytest.raises(ConfigError, match="provider.type: the 'gcp' provider is not available"):
+    cfg = parse_config({**local_cluster("c"), "provider": {"type": "slurm"}})
+    with pytest.raises(ConfigError, match="provider.type: the 'slurm' provider is not available"):
         resolve(cfg, tmp_path)
 
 

@@ -103,6 +103,7 @@ class FakeGCE:
         self.ops = itertools.count(1)
         self.first_ip = first_ip
         self.max_page = 500  # GCE caps maxResults at 500
+        self.freed: list[str] = []  # internal IPs of deleted instances, reused last-freed first
         self.calls: list[tuple[str, str]] = []  # (method, path): what the clients asked, in order
         # faults
         self.stockout_zones: set[str] = set()
@@ -133,6 +134,7 @@ class FakeGCE:
             self.operations.clear()
             self.firewalls.clear()
             self.requests.clear()
+            self.freed.clear()
             self.calls.clear()
             self.stockout_zones.clear()
             self.fail_after_start_zones.clear()
@@ -223,6 +225,10 @@ class FakeGCE:
     def _ip(self) -> str:
         used = {nic.get("networkIP") for z in self.zones for i in self.instances[z].values()
                 for nic in i.get("networkInterfaces", [])}
+        while self.freed:  # the address freed last is given out first: GCE reuses internal IPs
+            ip = self.freed.pop()
+            if ip not in used:
+                return ip
         for host in range(self.first_ip, 250):
             ip = f"10.{self.net.n}.0.{host}" if self.net else f"10.128.0.{host}"
             if ip not in used:
@@ -344,6 +350,7 @@ class FakeGCE:
         if inst is None:
             return
         self._kill_twin(name, destroy=True)
+        self.freed.append(inst["networkInterfaces"][0]["networkIP"])
         for d in inst.get("disks", []):
             if d.get("autoDelete"):
                 self.disks[zone].pop(d["deviceName"], None)
