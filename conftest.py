@@ -68,3 +68,23 @@ def gce_twins(twin_net):
     fake = FakeGCE(twin_net.gateway, GCE_PROJECT, GCE_REGION, GCE_ZONES, net=twin_net)
     yield fake
     fake.close()
+
+
+ARM_SUBSCRIPTION, ARM_LOCATION = "00000000-0000-4000-8000-000000000001", "westus2"
+
+
+@pytest.fixture(scope="session")
+def arm_server(tmp_path_factory):
+    """A fake Azure Resource Manager over https (tests/infra/fake_arm.py) on loopback, no hosts behind it."""
+    from tests.infra.fake_arm import FakeARM
+
+    fake = FakeARM("127.0.0.1", ARM_SUBSCRIPTION, ARM_LOCATION, tmp_path_factory.mktemp("arm"))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def arm(arm_server):
+    """The fake, as a fresh subscription for this test."""
+    arm_server.reset()
+    return arm_server

@@ -24,6 +24,7 @@ _MODULES: dict[str, str] = {
     "ssh": "providers.ssh",
     "aws": "providers.aws",
     "gcp": "providers.gcp",
+    "azure": "providers.azure",
 }
 
 

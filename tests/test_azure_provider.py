@@ -1,0 +1,165 @@
+"""The azure provider through the real azure-mgmt-* clients against the fake ARM endpoint over https
+(tests/infra/fake_arm.py): bootstrap, Ray's azure_arm_parameters, spot, zone failover on allocation
+failures, typed errors, long-running operations, and nothing left behind when a VM goes."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("azure.mgmt.compute")
+
+import providers  # noqa: E402
+from conftest import ARM_LOCATION, ARM_SUBSCRIPTION  # noqa: E402
+from core.config import parse_config  # noqa: E402
+from core.errors import CapacityError, InvalidRequest, QuotaError  # noqa: E402
+from core.spec import ClusterSpec  # noqa: E402
+from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS  # noqa: E402
+
+IMAGE = {"imagePublisher": "microsoft-dsvm", "imageOffer": "ubuntu-2204", "imageSku": "2204-gen2",
+         "imageVersion": "latest"}
+
+
+def config(arm, name: str = "az-test", **provider) -> dict:
+    return {
+        "cluster_name": name,
+        "provider": {"type": "azure", "location": ARM_LOCATION, "resource_group": "launch-rg",
+                     "subscription_id": ARM_SUBSCRIPTION, "availability_zone": "1,2", "api_endpoint": arm.url,
+                     "ca_bundle": str(arm.cert), "access_token": "test-token", **provider},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {"azure_arm_parameters": {
+                "vmSize": "Standard_D2s_v5", **IMAGE}}},
+            "ray.worker.default": {"max_workers": 4, "node_config": {"azure_arm_parameters": {
+                "vmSize": "Standard_D4s_v5", **IMAGE}}},
+            "gpu.spot": {"max_workers": 4, "node_config": {"azure_arm_parameters": {
+                "vmSize": "Standard_NC4as_T4_v3", "priority": "Spot", "evictionPolicy": "Deallocate",
+                "billingProfile": {"maxPrice": 0.3}, **IMAGE}}},
+        },
+        "head_node_type": "ray.head.default",
+    }
+
+
+def make(arm, tmp_path, **provider):
+    cfg = parse_config(config(arm, **provider))
+    boot = providers.bootstrap(cfg, tmp_path)
+    return providers.build(ClusterSpec(config=cfg, provider_state=boot.state)), boot
+
+
+def tags(node_type: str, kind: str = "worker") -> dict[str, str]:
+    return {TAG_CLUSTER: "az-test", TAG_KIND: kind, TAG_NODE_TYPE: node_type}
+
+
+def vm_puts(arm) -> int:
+    return sum(1 for m, p in arm.calls if m == "PUT" and "/virtualMachines/" in p)
+
+
+def leftovers(arm) -> list[str]:
+    return [r["name"] for t in ("virtualMachines", "networkInterfaces", "publicIPAddresses", "disks")
+            for r in arm.of_type(t)]
+
+
+def test_bootstrap_is_idempotent_opens_ssh_only_and_scopes_the_heads_identity(arm, tmp_path):
+    _, boot = make(arm, tmp_path)
+    (nsg,) = arm.of_type("networkSecurityGroups")
+    rules = nsg["properties"]["securityRules"]
+    assert [(r["properties"]["destinationPortRange"], r["properties"]["direction"]) for r in rules] == [("22", "Inbound")]
+    (subnet,) = arm.of_type("subnets")
+    assert subnet["properties"]["networkSecurityGroup"]["id"] == nsg["id"]
+    (rg,) = arm.of_type("resourceGroups")
+    assert rg["tags"] == {"launch-created-by": "az-test"} and boot.state["resource_group_created"]
+    assignments = arm.of_type("roleAssignments")
+    (identity,) = arm.of_type("userAssignedIdentities")
+    assert len(assignments) == 2 and all(
+        a["id"].lower().startswith(rg["id"].lower() + "/") and  # the resource group only, not the subscription
+        a["properties"]["principalId"] == identity["properties"]["principalId"] for a in assignments)
+    _, again = make(arm, tmp_path)  # a second up: the same state, nothing duplicated
+    assert again.state == boot.state and len(arm.of_type("roleAssignments")) == 2
+
+
+def test_vms_carry_tags_spot_settings_and_leave_nothing_when_deleted(arm, tmp_path):
+    provider, _ = make(arm, tmp_path)
+    (node,) = provider.create("gpu.spot", 1, tags("gpu.spot"))
+    assert node.state == "running" and node.spot and node.tags == tags("gpu.spot") and node.external_ip
+    (vm,) = arm.of_type("virtualMachines")
+    props = vm["properties"]
+    assert (props["priority"], props["evictionPolicy"], props["billingProfile"]) == ("Spot", "Deallocate", {"maxPrice": 0.3})
+    assert props["storageProfile"]["imageReference"]["offer"] == "ubuntu-2204" and vm["zones"] == ["1"]
+    assert props["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"] is True
+    assert "identity" not in vm  # only the head gets the managed identity
+    provider.set_tags(node.id, {TAG_STATUS: "up-to-date"})
+    assert provider.list({TAG_STATUS: "up-to-date"})[0].id == node.id
+    provider.terminate([node.id, "never-existed"])
+    assert leftovers(arm) == []  # NIC, public IP and OS disk went with the VM
+
+
+def test_the_head_gets_the_managed_identity(arm, tmp_path):
+    provider, boot = make(arm, tmp_path, use_internal_ips=True)
+    provider.create("ray.head.default", 1, tags("ray.head.default", kind="head"))
+    (vm,) = arm.of_type("virtualMachines")
+    assert list(vm["identity"]["userAssignedIdentities"]) == [boot.state["identity"]]
+    assert arm.of_type("publicIPAddresses") == []  # use_internal_ips: no public address
+
+
+def test_allocation_failures_fail_over_to_the_next_zone_then_back_off(arm, tmp_path):
+    provider, _ = make(arm, tmp_path)
+    arm.allocation_failure_zones.add("1")
+    nodes = provider.create("ray.worker.default", 2, tags("ray.worker.default"))
+    assert len(nodes) == 2 and {v["zones"][0] for v in arm.of_type("virtualMachines")} == {"2"}
+    arm.allocation_failure_zones.add("2")
+    with pytest.raises(CapacityError, match="ZonalAllocationFailed"):
+        provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    assert len(arm.of_type("virtualMachines")) == 2 and len(arm.of_type("networkInterfaces")) == 2  # failed ones cleaned
+    arm.sku_not_available.add("Standard_NC4as_T4_v3")
+    with pytest.raises(CapacityError, match="SkuNotAvailable"):
+        provider.create("gpu.spot", 1, tags("gpu.spot"))
+    provider.terminate([n.id for n in nodes])
+    assert leftovers(arm) == []
+
+
+def test_quota_429s_and_bad_arguments(arm, tmp_path):
+    provider, _ = make(arm, tmp_path)
+    arm.quota_exceeded = True
+    with pytest.raises(QuotaError, match="ray.worker.default.*quota"):
+        provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    arm.quota_exceeded = False
+    arm.throttle_next = 2  # 429 with Retry-After: azure-core waits and retries
+    (node,) = provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    assert node.state == "running"
+    data = config(arm)
+    data["available_node_types"]["ray.worker.default"]["node_config"]["azure_arm_parameters"]["vmSize"] = "Standard_Z9"
+    cfg = parse_config(data)
+    bad = providers.build(ClusterSpec(config=cfg, provider_state=providers.bootstrap(cfg, tmp_path).state))
+    with pytest.raises(InvalidRequest, match=r"available_node_types\.ray\.worker\.default\.node_config\.azure_arm_parameters"):
+        bad.create("ray.worker.default", 1, tags("ray.worker.default"))
+    provider.terminate([node.id])
+    assert leftovers(arm) == []
+
+
+def test_resources_from_skus_eviction_and_stop_start(arm, tmp_path):
+    provider, _ = make(arm, tmp_path, cache_stopped_nodes=True)
+    types = provider.node_types()
+    assert types["gpu.spot"] == {"CPU": 4.0, "memory": 28 * 2**30, "GPU": 1.0, "accelerator_type:T4": 1.0}
+    assert types["ray.worker.default"] == {"CPU": 4.0, "memory": 16 * 2**30}
+    (spot,) = provider.create("gpu.spot", 1, tags("gpu.spot"))
+    arm.evict(spot.id, delete=False)  # deallocated by Azure: not capacity, deleted when seen
+    assert provider.list({TAG_CLUSTER: "az-test"}) == [] and leftovers(arm) == []
+    (node,) = provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    provider.stop([node.id])
+    assert provider.list({TAG_CLUSTER: "az-test"}) == []
+    assert [n.id for n in provider.stopped({TAG_CLUSTER: "az-test"})] == [node.id]
+    before = vm_puts(arm)
+    (again,) = provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    assert again.id == node.id and vm_puts(arm) == before  # started again, not made anew
+    provider.terminate([node.id])
+    assert leftovers(arm) == []
+
+
+def test_lists_page_through_next_link(arm, tmp_path):
+    provider, _ = make(arm, tmp_path, use_internal_ips=True)
+    nodes = provider.create("ray.worker.default", 3, tags("ray.worker.default"))
+    arm.max_page = 2
+    try:
+        assert sorted(n.id for n in provider.list({TAG_CLUSTER: "az-test"})) == sorted(n.id for n in nodes)
+    finally:
+        arm.max_page = 100
+    provider.terminate([n.id for n in nodes])
