@@ -88,3 +88,13 @@ def arm(arm_server):
     """The fake, as a fresh subscription for this test."""
     arm_server.reset()
     return arm_server
+
+
+@pytest.fixture(scope="session")
+def arm_twins(twin_net, tmp_path_factory):
+    """A fake ARM endpoint on the twins' bridge whose VMs are VM twins."""
+    from tests.infra.fake_arm import FakeARM
+
+    fake = FakeARM(twin_net.gateway, ARM_SUBSCRIPTION, ARM_LOCATION, tmp_path_factory.mktemp("arm-twins"), net=twin_net)
+    yield fake
+    fake.close()

@@ -142,6 +142,9 @@ def down(
     keep_stopped: bool = typer.Option(
         False, "--keep-stopped",
         help="Stop the nodes instead of terminating them, and keep stopped ones (providers that can stop)."),
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete what `up` created for the cluster and would otherwise keep "
+                               "(azure: the resource group, when launch made it)."),
 ) -> None:
     """Terminate every node of the cluster (stopped, cached ones too)."""
     cluster = _cluster(config)
@@ -149,7 +152,7 @@ def down(
     if not _confirm(yes)(f"{verb} every node of cluster {cluster.cfg.cluster_name!r}?"):
         raise LaunchError("not confirmed; nothing was terminated")
     with err.status(f"tearing down cluster {cluster.cfg.cluster_name}…"):
-        n = cluster.down(keep_stopped=keep_stopped)
+        n = cluster.down(keep_stopped=keep_stopped, purge=purge)
     done = "stopped or terminated (spot)" if keep_stopped else "terminated"
     out.print(f"Cluster {cluster.cfg.cluster_name!r} is down: {n} node(s) {done}.")
 

@@ -66,9 +66,9 @@ class Cluster:
                                            restart_runtime=restart_runtime)
         return result
 
-    def down(self, keep_stopped: bool = False) -> int:
+    def down(self, keep_stopped: bool = False, purge: bool = False) -> int:
         self._lifecycle = None
-        return tear_down(self.cfg, self.dir, say=self.say, keep_stopped=keep_stopped)
+        return tear_down(self.cfg, self.dir, say=self.say, keep_stopped=keep_stopped, purge=purge)
 
     # --- observation ------------------------------------------------------------------------------
 

@@ -413,7 +413,7 @@ class Lifecycle:
 
     # --- down ---------------------------------------------------------------------------------------
 
-    def down(self, keep_stopped: bool = False) -> int:
+    def down(self, keep_stopped: bool = False, purge: bool = False) -> int:
         """Stop the autoscaler first (it may be launching); the head terminates the workers (it reaches
         them on their private network); then terminate from here until nothing is listed, stopped
         (cached) nodes included. `keep_stopped`: stop the nodes instead and keep them stopped."""
@@ -436,7 +436,10 @@ class Lifecycle:
                 self.provider.terminate([n.id for n in cached])
                 gone += len(cached)
         if not keep_stopped and hasattr(self.provider, "cleanup"):
-            self.provider.cleanup()  # what bootstrap made for this cluster alone (gcp: its firewall rules)
+            # what bootstrap made for this cluster alone (gcp: its firewall rules); with purge, what it
+            # made and keeps otherwise (azure: the resource group it created)
+            for line in self.provider.cleanup(purge) or []:
+                self.say(line)
         self.close()
         return gone
 
@@ -482,13 +485,13 @@ def bring_up(config, state: ClusterDir, *, say: Say, confirm: Confirm, restart_r
         return lifecycle, lifecycle.up(state.token(), confirm=confirm, restart_runtime=restart_runtime)
 
 
-def tear_down(config, state: ClusterDir, *, say: Say, keep_stopped: bool = False) -> int:
+def tear_down(config, state: ClusterDir, *, say: Say, keep_stopped: bool = False, purge: bool = False) -> int:
     """`launch down`: with the spec `up` stored (or, if lost, one that creates nothing), stop the
     autoscaler, terminate every node of the cluster, and forget its runtime state."""
     from lifecycle.spec import unbootstrapped
 
     with state.locked("down", say):
         spec = state.load_spec() or unbootstrapped(config, state.path)
-        n = Lifecycle(spec, state, say).down(keep_stopped)
+        n = Lifecycle(spec, state, say).down(keep_stopped, purge)
         state.forget_runtime()
         return n

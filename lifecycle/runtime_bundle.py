@@ -5,7 +5,8 @@ Two bundles, each one tar.gz built once from the launcher's own environment and 
   protobuf, cloudpickle);
 - the **head** bundle, for the head only: what the control plane there imports (the autoscaler, the
   lifecycle, SSH to the workers, the config model) and the cloud SDK of the cluster's provider
-  (boto3 for AWS, with only the service models it calls; google-cloud-compute and google-auth for GCP).
+  (boto3 for AWS, with only the service models it calls; google-cloud-compute and google-auth for GCP;
+  the azure-mgmt clients and azure-identity, without their async halves, for Azure).
 On the node each is unpacked into ~/.launch-runtime/install/<id>/site; ~/.launch-runtime/bin/python
 runs the node's python3 with them on its path, and a user-site `.pth` makes `import runtime` work in
 any `python3` of the node user (as a fallback: a package the user installed wins). The node bundle's
@@ -43,10 +44,14 @@ PROVIDER_DEPENDENCIES = {
     "aws": ["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"],
     "gcp": ["google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
             "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"],
+    "azure": ["azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
+              "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",
+              "msal", "isodate", "requests", "urllib3", "certifi", "charset_normalizer", "idna"],
 }
 # imported by the SDKs where present (optional there too)
 PROVIDER_OPTIONAL = {"gcp": {"google.api", "google.type", "google.longrunning", "grpc_status", "opentelemetry",
-                             "rsa", "pyasn1", "pyasn1_modules", "cachetools"}}
+                             "rsa", "pyasn1", "pyasn1_modules", "cachetools"},
+                     "azure": {"jwt", "msal_extensions"}}
 # botocore carries every AWS service's model; the head calls only these
 BOTOCORE_SERVICES = {"ec2", "iam", "sts"}
 BUNDLE_NAME = "bundle.tar.gz"  # kept beside a node install: what the head ships on to its workers
@@ -60,6 +65,8 @@ def _skip(arc: str) -> bool:
     parts = arc.split("/")
     if parts[1:3] == ["botocore", "data"] and len(parts) > 4:  # site/botocore/data/<service>/...
         return parts[3] not in BOTOCORE_SERVICES
+    if parts[1:3] == ["azure", "mgmt"] and "aio" in parts[4:-1]:  # the async clients: the head uses the sync ones
+        return True
     return False
 
 

@@ -5,13 +5,11 @@ terminated (spot) and a stopped one is started again for new work, `down` leaves
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
 import runtime
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, wait_for
+from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
 
 CLUSTER = "aws-twins"
 AMI = "ami-12c6146b"
@@ -26,35 +24,15 @@ def live_instances(ec2) -> list[dict]:
 @pytest.fixture
 def cluster(moto_twins, twin_net, ssh_lab):
     moto_twins.reset()
-    laptop, key = twin_net.laptop_for(CLUSTER, ssh_lab.client_key)
-    data = {
-        "cluster_name": CLUSTER,
-        "max_workers": 3,
-        "idle_timeout_minutes": 0.1,
-        "provider": moto_twins.provider(retry_attempts=3, ssh_wait_s=60),
-        # the user's key, imported as the cluster's key pair: the twins accept it
-        "auth": {"ssh_user": "root", "ssh_private_key": str(key), "ssh_public_key": f"{key}.pub"},
-        "autoscaler": {"tick_s": 0.5},
-        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-        "available_node_types": {
-            "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "resources": {"CPU": 0}},
-            "cpu": {"node_config": {"InstanceType": "m5.xlarge", "ImageId": AMI}, "max_workers": 2},
-            "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
-                         "cost_per_hour": 0.2, "max_workers": 2},
-        },
-        "head_node_type": "head",
+    node_types = {
+        "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "resources": {"CPU": 0}},
+        "cpu": {"node_config": {"InstanceType": "m5.xlarge", "ImageId": AMI}, "max_workers": 2},
+        "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
+                     "cost_per_hour": 0.2, "max_workers": 2},
     }
-    path = write_config(laptop / "aws.yaml", data)
-    home = laptop / "home"
-    old_home = os.environ.get("LAUNCH_HOME")
-    os.environ["LAUNCH_HOME"] = str(home)  # for runtime.init() in this process
-    yield path, home, moto_twins
-    runtime.shutdown()
-    cli("down", str(path), "--yes", home=home, timeout=180)
-    if old_home is None:
-        os.environ.pop("LAUNCH_HOME", None)
-    else:
-        os.environ["LAUNCH_HOME"] = old_home
+    # the user's key is imported as the cluster's key pair: the twins accept it
+    with cloud_cluster(twin_net, ssh_lab, CLUSTER, moto_twins.provider(retry_attempts=3), node_types) as (path, home):
+        yield path, home, moto_twins
 
 
 def _state(ec2, instance_id: str) -> str:
@@ -62,10 +40,6 @@ def _state(ec2, instance_id: str) -> str:
     return inst["State"]["Name"]
 
 
-def _status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
 
 
 def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
@@ -83,18 +57,7 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
 
     runtime.init(cluster=CLUSTER)  # through an SSH tunnel: the head's port is closed to the laptop
 
-    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=2)
-    def infer(sleep_s):
-        import os
-        import socket
-        import time as t
-        t.sleep(sleep_s)
-        return socket.gethostname(), os.environ["CUDA_VISIBLE_DEVICES"]
-
-    @runtime.remote(num_cpus=4)
-    def crunch():
-        import socket
-        return socket.gethostname()
+    infer, crunch = gpu_and_cpu_tasks()
 
     # GPU and CPU work: the head's autoscaler creates a spot g4dn and an m5.xlarge through EC2 and sets
     # them up over SSH from the head; each twin's hostname is its instance id
@@ -111,9 +74,7 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     # a spot interruption while a task runs: the instance (and its twin) goes; the head drains it and
     # the task runs again on a replacement
     ref = infer.remote(6.0)
-    busy = wait_for(lambda: [n["id"] for n in _status(path, home)["nodes"]
-                             if n["resources_total"].get("GPU") and n["resources_available"].get("GPU") == 0],
-                    timeout=120, what="the task running")[0]
+    busy = busy_gpu_node(path, home)
     ec2.terminate_instances(InstanceIds=[busy])
     rerun_on, _ = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)}

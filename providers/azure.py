@@ -165,7 +165,7 @@ class _StaticToken:
 
 
 class _Clients:
-    def __init__(self, section: Section, subscription: str):
+    def __init__(self, section: Section, subscription: str, identity_client_id: str | None = None):
         sdk = _sdk()
         self.sdk, self.section, self.subscription = sdk, section, subscription
         if section.access_token:
@@ -173,7 +173,8 @@ class _Clients:
         else:
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential()  # laptop: CLI/env; head: its managed identity (IMDS)
+            # the laptop: environment or CLI login; the head: the managed identity bootstrap gave it (IMDS)
+            credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
         kw: dict[str, Any] = {"retry_total": section.retry_attempts}  # azure-core: 429/5xx, honours Retry-After
         if section.api_endpoint:
             kw["base_url"] = section.api_endpoint
@@ -226,7 +227,8 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
                          "addressPrefix": section.subnet_cidr, "networkSecurityGroup": {"id": nsg.id}}})
     identity = _head_identity(az, section, name, subscription)
     state = {"subscription_id": subscription, "resource_group_created": created, "subnet": subnet.id,
-             "nsg": nsg.id, "identity": identity, "ssh_public_key": public_key, "ssh_user": user}
+             "nsg": nsg.id, "identity": identity["id"], "identity_client_id": identity["client_id"],
+             "ssh_public_key": public_key, "ssh_user": user}
     return Bootstrapped(state=state, ssh_user=user, ssh_private_key=private_key)
 
 
@@ -241,7 +243,7 @@ def _resource_group(az: _Clients, section: Section, cluster: str) -> bool:
         return True
 
 
-def _head_identity(az: _Clients, section: Section, cluster: str, subscription: str) -> str:
+def _head_identity(az: _Clients, section: Section, cluster: str, subscription: str) -> dict[str, str]:
     """The head's user-assigned identity, with the roles the autoscaler needs on the resource group only."""
     rg = section.resource_group
     ident = az.call(az.msi.user_assigned_identities.create_or_update, "userAssignedIdentities.create", "", None,
@@ -261,7 +263,7 @@ def _head_identity(az: _Clients, section: Section, cluster: str, subscription: s
         except ProviderError as e:
             if "RoleAssignmentExists" not in str(e):
                 raise
-    return ident.id
+    return {"id": ident.id, "client_id": ident.client_id}
 
 
 # --- the provider -------------------------------------------------------------------------------------
@@ -272,7 +274,8 @@ class Provider:
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
         self.state = spec.provider_state
-        self.az = _Clients(section, self.state.get("subscription_id") or subscription_of(section))
+        self.az = _Clients(section, self.state.get("subscription_id") or subscription_of(section),
+                           self.state.get("identity_client_id"))
         self.rg = section.resource_group
         self.zones = zones_of(section)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
@@ -517,6 +520,24 @@ class Provider:
             raise NodeNotFound(node_id) from None
         self.az.call(self.az.compute.virtual_machines.begin_update, "virtualMachines.update", "", None, self.rg,
                      node_id, {"tags": {**(vm.tags or {}), **tags}})
+
+
+    def cleanup(self, purge: bool = False) -> list[str]:
+        """Every VM is gone (with its NIC, disk and IP). The resource group and its network stay, unless
+        launch made the group and `down --purge` asks: then the group goes, with all that is in it."""
+        if not purge:
+            return []
+        try:  # the group's own tag says whether launch made it (the spec may be gone after an earlier down)
+            group = self.az.call(self.az.resource.resource_groups.get, "resourceGroups.get", "", None, self.rg)
+        except NodeNotFound:
+            return []
+        if (group.tags or {}).get(TAG_CREATED) != self.spec.name:
+            return [f"resource group {self.rg} kept: launch did not create it"]
+        try:
+            self.az.call(self.az.resource.resource_groups.begin_delete, "resourceGroups.delete", "", None, self.rg)
+        except NodeNotFound:
+            pass
+        return [f"resource group {self.rg} deleted"]
 
 
 def _params(node_config: dict) -> dict:

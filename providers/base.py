@@ -92,5 +92,7 @@ class Provider(Protocol):
     #   cache_stopped_nodes: bool                 (Ray's key: retire by stopping, create by starting)
     #   stop(node_ids) -> None                    stop, keeping the disk; `list` no longer shows them
     #   stopped(tag_filters) -> list[NodeInfo]    the stopped ones, for `down`
-    # A provider may have `cleanup() -> None`: `down` calls it once no node is left, to remove what
-    # bootstrap made for this cluster alone (never what it found, or what other clusters share).
+    # A provider may have `cleanup(purge: bool) -> list[str]`: `down` calls it once no node is left, to
+    # remove what bootstrap made for this cluster alone (never what it found, or what other clusters
+    # share); `purge` (down --purge) also removes what it made and keeps by default. It returns lines
+    # saying what it kept or removed.

@@ -625,7 +625,7 @@ class Provider:
         raise TransientError(f"gcp setLabels on {node_id}: its labels kept changing")
 
 
-    def cleanup(self) -> None:
+    def cleanup(self, purge: bool = False) -> list[str]:
         """The cluster's own firewall rules (named for it, so never shared); the network and subnet stay."""
         for name in self.state.get("firewalls") or []:
             try:
@@ -634,6 +634,7 @@ class Provider:
                 self.gcp.wait(op, "firewalls.delete")
             except NodeNotFound:
                 pass
+        return []
 
 
 def _scheduling(body: dict) -> dict:

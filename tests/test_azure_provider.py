@@ -163,3 +163,39 @@ def test_lists_page_through_next_link(arm, tmp_path):
     finally:
         arm.max_page = 100
     provider.terminate([n.id for n in nodes])
+
+
+def test_purge_deletes_the_resource_group_only_when_launch_made_it(arm, tmp_path):
+    provider, boot = make(arm, tmp_path)
+    assert provider.cleanup(purge=False) == [] and arm.of_type("resourceGroups")
+    assert provider.cleanup(purge=True) == ["resource group launch-rg deleted"]
+    assert arm.resources == {}
+    arm.put(f"/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/launch-rg", {"location": ARM_LOCATION})  # the user's
+    provider, boot = make(arm, tmp_path)
+    assert not boot.state["resource_group_created"]
+    assert provider.cleanup(purge=True) == ["resource group launch-rg kept: launch did not create it"]
+    assert arm.of_type("resourceGroups")
+
+
+def test_rays_documented_azure_file_launches_as_it_is(arm, tmp_path, monkeypatch):
+    import copy
+
+    from tests.test_ray_configs import RAY_FILES
+
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_rsa").write_text("key\n")
+    (ssh / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2E user@laptop\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = copy.deepcopy(RAY_FILES["azure-full"])
+    data["provider"].update(subscription_id=ARM_SUBSCRIPTION, api_endpoint=arm.url, ca_bundle=str(arm.cert),
+                            access_token="test-token")
+    cfg = parse_config(data)
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=providers.bootstrap(cfg, tmp_path).state))
+    for node_type, kind in (("ray.head.default", "head"), ("ray.worker.default", "worker")):
+        (node,) = provider.create(node_type, 1, {TAG_CLUSTER: "default", TAG_KIND: kind, TAG_NODE_TYPE: node_type})
+        assert node.state == "running" and node.external_ip  # not use_internal_ips: a public address
+    vms = {v["tags"][TAG_NODE_TYPE]: v for v in arm.of_type("virtualMachines")}
+    assert vms["ray.worker.default"]["properties"]["priority"] == "Spot"  # Ray's `priority: Spot`
+    keys = vms["ray.head.default"]["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+    assert keys[0]["keyData"] == "ssh-rsa AAAAB3NzaC1yc2E user@laptop"  # auth.ssh_public_key

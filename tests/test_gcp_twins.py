@@ -6,16 +6,14 @@ instance, disk or firewall rule. The laptop reaches the head on port 22 only."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
 pytest.importorskip("google.cloud.compute_v1")
 
 import runtime  # noqa: E402
 from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
-from tests.infra import cli, wait_for, write_config  # noqa: E402
+from tests.infra import cli, wait_for  # noqa: E402
+from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks  # noqa: E402
 
 CLUSTER = "gcp-twins"
 DISK = {"boot": True, "autoDelete": True, "initializeParams": {
@@ -25,44 +23,18 @@ DISK = {"boot": True, "autoDelete": True, "initializeParams": {
 @pytest.fixture
 def cluster(gce_twins, twin_net, ssh_lab):
     gce_twins.reset()
-    laptop, key = twin_net.laptop_for(CLUSTER, ssh_lab.client_key)
-    data = {
-        "cluster_name": CLUSTER,
-        "max_workers": 3,
-        "idle_timeout_minutes": 0.1,
-        "provider": {"type": "gcp", "project_id": GCE_PROJECT, "region": GCE_REGION,
-                     "availability_zone": ["us-west1-a", "us-west1-b"], "api_endpoint": gce_twins.url,
-                     "gcp_credentials": {"type": "credentials_token", "credentials": "test-token"},
-                     "use_internal_ips": True, "ssh_wait_s": 60, "retry_attempts": 3},
-        "auth": {"ssh_user": "root", "ssh_private_key": str(key), "ssh_public_key": f"{key}.pub"},
-        "autoscaler": {"tick_s": 0.5},
-        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-        "available_node_types": {
-            "head": {"node_config": {"machineType": "n1-standard-2", "disks": [DISK]}, "resources": {"CPU": 0}},
-            "cpu": {"node_config": {"machineType": "e2-standard-4", "disks": [DISK]}, "max_workers": 2},
-            "gpu-spot": {"node_config": {"machineType": "n1-standard-4", "disks": [DISK], "guestAccelerators": [
-                {"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]},
-                "spot": True, "cost_per_hour": 0.2, "max_workers": 2},
-        },
-        "head_node_type": "head",
+    provider = {"type": "gcp", "project_id": GCE_PROJECT, "region": GCE_REGION,
+                "availability_zone": ["us-west1-a", "us-west1-b"], "api_endpoint": gce_twins.url,
+                "gcp_credentials": {"type": "credentials_token", "credentials": "test-token"}, "retry_attempts": 3}
+    node_types = {
+        "head": {"node_config": {"machineType": "n1-standard-2", "disks": [DISK]}, "resources": {"CPU": 0}},
+        "cpu": {"node_config": {"machineType": "e2-standard-4", "disks": [DISK]}, "max_workers": 2},
+        "gpu-spot": {"node_config": {"machineType": "n1-standard-4", "disks": [DISK], "guestAccelerators": [
+            {"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]},
+            "spot": True, "cost_per_hour": 0.2, "max_workers": 2},
     }
-    path = write_config(laptop / "gcp.yaml", data)
-    home = laptop / "home"
-    old_home = os.environ.get("LAUNCH_HOME")
-    os.environ["LAUNCH_HOME"] = str(home)  # for runtime.init() in this process
-    yield path, home, gce_twins
-    runtime.shutdown()
-    cli("down", str(path), "--yes", home=home, timeout=180)
-    if old_home is None:
-        os.environ.pop("LAUNCH_HOME", None)
-    else:
-        os.environ["LAUNCH_HOME"] = old_home
-
-
-def _status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
+    with cloud_cluster(twin_net, ssh_lab, CLUSTER, provider, node_types) as (path, home):
+        yield path, home, gce_twins
 
 
 def _ours(gce) -> list[dict]:
@@ -82,18 +54,7 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
 
     runtime.init(cluster=CLUSTER)  # through an SSH tunnel: the head's port is closed to the laptop
 
-    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=2)
-    def infer(sleep_s):
-        import os
-        import socket
-        import time as t
-        t.sleep(sleep_s)
-        return socket.gethostname(), os.environ["CUDA_VISIBLE_DEVICES"]
-
-    @runtime.remote(num_cpus=4)
-    def crunch():
-        import socket
-        return socket.gethostname()
+    infer, crunch = gpu_and_cpu_tasks()
 
     # GPU and CPU work: the head's autoscaler inserts a spot n1 with a T4 and an e2-standard-4 through
     # the API and sets them up over SSH from the head; each twin's hostname is its instance name
@@ -109,9 +70,7 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
     # GCE takes the spot VM back while a task runs on it: the head drains it, the task runs again on
     # a replacement the head makes
     ref = infer.remote(6.0)
-    busy = wait_for(lambda: [n["id"] for n in _status(path, home)["nodes"]
-                             if n["resources_total"].get("GPU") and n["resources_available"].get("GPU") == 0],
-                    timeout=120, what="the task running")[0]
+    busy = busy_gpu_node(path, home)
     ip_of = lambda name: [i for i in gce.live() if i["name"] == name][0]["networkInterfaces"][0]["networkIP"]  # noqa: E731
     worker_ips = {ip_of(i["name"]) for i in _ours(gce) if i["name"] != head["name"]}
     gce.preempt(busy)

@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 # name -> (vCPUs, MemoryGB, GPUs)
-VM_SIZES = {"Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
+VM_SIZES = {"Standard_D2s_v3": (2, 8, 0), "Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
             "Standard_NC4as_T4_v3": (4, 28, 1), "Standard_NC8as_T4_v3": (8, 56, 1)}
 GPU_NAMES = {"Standard_NC4as_T4_v3": "T4", "Standard_NC8as_T4_v3": "T4"}
 

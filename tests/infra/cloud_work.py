@@ -1,0 +1,80 @@
+"""The work the cloud end-to-end tests (AWS, GCP, Azure on VM twins) give a cluster, in one place.
+
+The remote functions are made inside a function so cloudpickle ships them by value: the tests package
+is not on the nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+from tests.infra import cli, wait_for, write_config
+
+
+def gpu_and_cpu_tasks():
+    """(infer, crunch): a T4 task that sleeps and says where it ran and which GPU it saw; a 4-CPU task
+    that says where it ran (each twin's hostname is its instance's name or id)."""
+    import runtime
+
+    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=2)
+    def infer(sleep_s):
+        import os
+        import socket
+        import time as t
+        t.sleep(sleep_s)
+        return socket.gethostname(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    @runtime.remote(num_cpus=4)
+    def crunch():
+        import socket
+        return socket.gethostname()
+
+    return infer, crunch
+
+
+def status(path, home) -> dict:
+    r = cli("status", str(path), "--json", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def busy_gpu_node(path, home) -> str:
+    """The id of the node whose GPU a task holds, once one does."""
+    return wait_for(lambda: [n["id"] for n in status(path, home)["nodes"]
+                             if n["resources_total"].get("GPU") and n["resources_available"].get("GPU") == 0],
+                    timeout=120, what="the task running")[0]
+
+
+@contextmanager
+def cloud_cluster(twin_net, ssh_lab, name: str, provider: dict, node_types: dict, down_args: tuple = ()):
+    """A cluster config on the laptop (the user's key, which the twins accept; a small, fast autoscaler),
+    LAUNCH_HOME pointed at it for runtime.init() in the test process; afterwards the runtime client
+    closed and the cluster brought down. Yields (config path, LAUNCH_HOME)."""
+    import runtime
+
+    laptop, key = twin_net.laptop_for(name, ssh_lab.client_key)
+    data = {
+        "cluster_name": name,
+        "max_workers": 3,
+        "idle_timeout_minutes": 0.1,
+        "provider": {**provider, "use_internal_ips": True, "ssh_wait_s": 60},
+        "auth": {"ssh_user": "root", "ssh_private_key": str(key), "ssh_public_key": f"{key}.pub"},
+        "autoscaler": {"tick_s": 0.5},
+        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+        "available_node_types": node_types,
+        "head_node_type": "head",
+    }
+    path = write_config(laptop / f"{name}.yaml", data)
+    home = laptop / "home"
+    old_home = os.environ.get("LAUNCH_HOME")
+    os.environ["LAUNCH_HOME"] = str(home)
+    try:
+        yield path, home
+    finally:
+        runtime.shutdown()
+        cli("down", str(path), "--yes", *down_args, home=home, timeout=180)
+        if old_home is None:
+            os.environ.pop("LAUNCH_HOME", None)
+        else:
+            os.environ["LAUNCH_HOME"] = old_home
