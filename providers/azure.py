@@ -419,7 +419,7 @@ class Provider:
                           (self.az.network.public_ip_addresses.begin_delete, f"{name}-ip")):
             try:
                 self.az.call(fn, "delete", "", None, self.rg, rname)
-            except NodeNotFound:
+            except LaunchError:  # gone already, or not ours to delete: the create's own error is the news
                 pass
 
     def _start_stopped(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:

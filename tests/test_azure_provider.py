@@ -199,3 +199,14 @@ def test_rays_documented_azure_file_launches_as_it_is(arm, tmp_path, monkeypatch
     assert vms["ray.worker.default"]["properties"]["priority"] == "Spot"  # Ray's `priority: Spot`
     keys = vms["ray.head.default"]["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
     assert keys[0]["keyData"] == "ssh-rsa AAAAB3NzaC1yc2E user@laptop"  # auth.ssh_public_key
+
+
+def test_permission_errors_fail_fast_naming_the_node_type(arm, tmp_path):
+    from core.errors import PermissionDenied
+
+    cfg = parse_config(config(arm))
+    state = dict(providers.bootstrap(cfg, tmp_path).state, subscription_id="someone-elses-subscription")
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=state))
+    with pytest.raises(PermissionDenied, match="for node type 'ray.worker.default' refused: AuthorizationFailed"):
+        provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    assert leftovers(arm) == []
