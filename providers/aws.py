@@ -31,7 +31,7 @@ from core.errors import (
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -128,7 +128,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     section = Section.of(config.provider)
     aws = _Clients(section)
     name = config.cluster_name
-    zones = _zones(section)
+    zones = zone_list(section.availability_zone)
     vpc_id = section.vpc_id or _default_vpc(aws)
     key_name, key_path = _key_pair(aws, config, section, state_dir)
     state = {
@@ -146,11 +146,6 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     }
     return Bootstrapped(state=state, ssh_user=config.auth.ssh_user or "ubuntu",
                         ssh_private_key=str(key_path) if key_path else None)
-
-
-def _zones(section: Section) -> list[str]:
-    raw = section.availability_zone
-    return [z.strip() for z in (raw if isinstance(raw, list) else (raw or "").split(",")) if z and z.strip()]
 
 
 def _default_vpc(aws: _Clients) -> str:

@@ -41,7 +41,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -87,12 +87,6 @@ def _sdk():
             "resource": ResourceManagementClient, "msi": ManagedServiceIdentityClient,
             "authorization": AuthorizationManagementClient, "HttpResponseError": HttpResponseError,
             "NotFound": ResourceNotFoundError}
-
-
-def zones_of(section: Section) -> list[str | None]:
-    raw = section.availability_zone
-    items = [z.strip() for z in (raw if isinstance(raw, list) else (raw or "").split(",")) if z and str(z).strip()]
-    return items or [None]
 
 
 def azure_name(text: str, limit: int = 64) -> str:
@@ -277,7 +271,7 @@ class Provider:
         self.az = _Clients(section, self.state.get("subscription_id") or subscription_of(section),
                            self.state.get("identity_client_id"))
         self.rg = section.resource_group
-        self.zones = zones_of(section)
+        self.zones: list[str | None] = zone_list(section.availability_zone) or [None]  # None: no zone
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
                                          reuses_ips=True)

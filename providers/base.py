@@ -45,6 +45,12 @@ class CommonSection(BaseModel):
         return cls.model_validate(provider.model_dump(exclude_none=True))
 
 
+def zone_list(raw: str | list[str] | None) -> list[str]:
+    """Ray's `availability_zone`: one zone, zones comma-separated, or a list; in order of preference."""
+    items = raw if isinstance(raw, list) else (raw or "").split(",")
+    return [str(z).strip() for z in items if z is not None and str(z).strip()]
+
+
 @dataclass(frozen=True)
 class Capabilities:
     # the autoscaler can run on the head: the provider's state and API are reachable from there

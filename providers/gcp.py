@@ -45,7 +45,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
 from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -88,12 +88,6 @@ def _sdk():
     except ImportError:
         raise ConfigError("provider.type: gcp needs the Compute Engine SDK: pip install 'launch[gcp]'") from None
     return compute_v1, exceptions, client_options
-
-
-def zones_of(section: Section) -> list[str]:
-    raw = section.availability_zone
-    items = raw if isinstance(raw, list) else (raw or "").split(",")
-    return [z.strip() for z in items if z and z.strip()]
 
 
 def gce_name(text: str, limit: int) -> str:
@@ -269,7 +263,7 @@ def _credentials(section: Section):
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     section = Section.of(config.provider)
-    zones = zones_of(section)
+    zones = zone_list(section.availability_zone)
     if not zones:
         raise ConfigError(f"provider.availability_zone: name at least one zone of {section.region}")
     wrong = [z for z in zones if not z.startswith(section.region + "-")]
@@ -347,7 +341,7 @@ class Provider:
         self.section = section = Section.of(spec.config.provider)
         self.gcp = _Clients(section)
         self.state = spec.provider_state
-        self.zones: list[str] = self.state.get("zones") or zones_of(section)
+        self.zones: list[str] = self.state.get("zones") or zone_list(section.availability_zone)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
                                          reuses_ips=True)
@@ -561,7 +555,7 @@ class Provider:
         """The zone of each instance (those not found anywhere are gone already)."""
         missing = [n for n in names if n not in self._zone_of]
         if missing:
-            self._scan({TAG_CLUSTER: self.spec.name}, {**LIVE, **STOPPED, "STOPPING": "stopping"})
+            self._scan({TAG_CLUSTER: self.spec.name}, {**LIVE, **STOPPED})
         return {n: self._zone_of[n] for n in names if n in self._zone_of}
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
