@@ -102,14 +102,14 @@ def arm_twins(twin_net, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """A real Slurm on this machine (munged, slurmctld, one slurmd as node `localhost` with 2 CPUs and 2
+    """A real Slurm on this machine (munged, slurmctld, one slurmd as node `localhost` with 4 CPUs and 2
     count-only GPUs): tests/infra/slurm.py. Every test leaves the queue empty."""
     from tests.infra.slurm import SlurmNode, TestSlurm, slurm_unavailable
 
     reason = slurm_unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = TestSlurm(tmp_path_factory.mktemp("slurm"), [SlurmNode("localhost", "127.0.0.1", cpus=2, gpus=2)])
+    cluster = TestSlurm(tmp_path_factory.mktemp("slurm"), [SlurmNode("localhost", "127.0.0.1", cpus=4, gpus=2)])
     cluster.start()
     yield cluster
     cluster.stop()

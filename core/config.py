@@ -344,7 +344,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     return p
 
 
-SectionCheck = Callable[["ProviderConfig"], list[str]]
+SectionCheck = Callable[["ClusterConfig"], list[str]]
 
 # Ray's on-prem form declares no node types: one type serves the head and the workers, each host's
 # resources are detected when its runtime registers.
@@ -446,7 +446,7 @@ def parse_config(data: Any, base_dir: Path | None = None, section_check: Section
     cfg._warnings = warnings
     problems += _semantic_problems(cfg)
     if section_check is not None and cfg.provider.type in PROVIDER_TYPES:
-        problems += section_check(cfg.provider)
+        problems += section_check(cfg)
     if problems:
         raise ConfigError(_once(problems))
     return cfg

@@ -8,6 +8,15 @@ from core.status import NodeStatus, parse_status
 from core.tags import KIND_WORKER, TAG_KIND, TAG_STATUS, TAG_STATUS_SINCE
 
 
+@dataclass(frozen=True)
+class SlurmJob:
+    """A node that is a Slurm allocation: the holder job that keeps it, and where the node's HOME is there."""
+
+    job_id: str
+    home: str  # absolute, on the compute node (made by the holder job)
+    slurm_conf: str | None = None  # SLURM_CONF for the Slurm commands that reach it
+
+
 @dataclass
 class NodeInfo:
     id: str
@@ -21,6 +30,10 @@ class NodeInfo:
     ssh_port: int = 22
     # a node that is a directory on this machine (local provider): its HOME; commands run there
     local_home: str | None = None
+    # a node that is a Slurm allocation: commands reach it with `srun --jobid --overlap`
+    slurm: SlurmJob | None = None
+    # why the node is not running yet, as the provider tells it (a Slurm job's pending reason)
+    detail: str = ""
 
     @property
     def kind(self) -> str:

@@ -245,7 +245,8 @@ def status(
     for col in ("NODE", "KIND", "TYPE", "STATUS", "IP", "RUNTIME", "RESOURCES (used/total)", "AGE"):
         table.add_column(col)
     for n in st["nodes"]:
-        table.add_row(n["id"], n["kind"], n["node_type"], n["status"], n["ip"] or "-", n["runtime"],
+        status = f"{n['status']} ({n['detail']})" if n.get("detail") else n["status"]
+        table.add_row(n["id"], n["kind"], n["node_type"], status, n["ip"] or "-", n["runtime"],
                       _fmt_resources(n["resources_total"], n["resources_available"]), _fmt_age(n["age_s"]))
     out.print(table)
     _print_work(st)

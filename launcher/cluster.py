@@ -110,6 +110,7 @@ class Cluster:
             r = runtime.get(n.id)
             rows.append({
                 "id": n.id, "kind": n.kind, "node_type": n.node_type, "status": n.status.value,
+                "detail": n.detail,  # why it is not running yet, as the provider says (Slurm's reason)
                 "status_age_s": round(now - n.status_since, 1),
                 "ip": n.external_ip or n.internal_ip,
                 "runtime": r.state if r is not None else "not registered",

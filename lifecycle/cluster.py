@@ -195,7 +195,7 @@ class Lifecycle:
             self.provider, self.runner(node), node, self.spec,
             self.node_runtime_config(node, token, is_head, head_address, head_port),
             launch_hash=launch_hash(self.cfg, node.node_type), runtime_hash=rhash,
-            log_path=self.dir.node_log(node.id), wait_ready_s=self.section.ssh_wait_s,
+            log_path=self.dir.node_log(node.id), wait_ready_s=self.section.node_wait_s(),
         )
 
     @staticmethod

@@ -13,7 +13,7 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from core.config import ClusterConfig, ProviderConfig, pydantic_problems
+from core.config import ClusterConfig, pydantic_problems
 from core.errors import ConfigError
 from core.spec import ClusterSpec
 from providers.base import Bootstrapped, Provider
@@ -25,6 +25,7 @@ _MODULES: dict[str, str] = {
     "aws": "providers.aws",
     "gcp": "providers.gcp",
     "azure": "providers.azure",
+    "slurm": "providers.slurm",
 }
 
 
@@ -34,15 +35,19 @@ def _module(kind: str) -> ModuleType:
     return importlib.import_module(_MODULES[kind])
 
 
-def section_problems(section: ProviderConfig) -> list[str]:
-    """The provider section checked against its provider's own typed model: e.g. `provider.regoin`."""
+def section_problems(config: ClusterConfig) -> list[str]:
+    """The provider section checked against its provider's own typed model (e.g. `provider.regoin`), and
+    the node types' node_config where the provider types it (`node_config_problems`)."""
+    section = config.provider
     if section.kind not in _MODULES:
         return []
+    module = _module(section.kind)
     try:
-        _module(section.kind).Section.of(section)
+        module.Section.of(section)
     except ValidationError as e:
         return pydantic_problems(e, ("provider",))
-    return []
+    check = getattr(module, "node_config_problems", None)
+    return check(config) if check is not None else []
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

@@ -39,6 +39,10 @@ class CommonSection(BaseModel):
     ssh_wait_s: float = Field(default=300.0, gt=0)  # how long a new node may take to answer SSH
     ssh_connect_timeout_s: float = Field(default=10.0, gt=0)
 
+    def node_wait_s(self) -> float:
+        """How long a new node may take to accept commands (a queue-based provider adds its queue wait)."""
+        return self.ssh_wait_s
+
     @classmethod
     def of(cls, provider: ProviderConfig):
         """The config's provider section as this typed model (keys left unset take their defaults)."""

@@ -114,9 +114,52 @@ def _ensure_supervisor() -> None:
         _spawn("supervisor")
 
 
+HOLDER_FIFO = "holder.fifo"  # made by a scheduler's holder job (providers/slurm.py) that runs the supervisor
+
+
+def _holder_fifo() -> Path | None:
+    path = runtime_dir() / HOLDER_FIFO
+    return path if path.exists() else None
+
+
+def _start_held(fifo: Path, names: list[str], is_head: bool, restart: bool, wait_s: float) -> int:
+    """A node held by a scheduler's job (a Slurm allocation): its daemons must be children of that job's
+    own process, or they would end with the command that started them. The holder job runs the
+    supervisor once told which interpreter to use; the supervisor starts what is wanted."""
+    with _spawn_lock():
+        for name in names:
+            _want(name, True)
+        if restart:
+            for name in reversed(names):
+                _stop(name)
+        if is_head and daemon_pid("head") is None:
+            on_this_node(HEAD_ADDRESS).unlink(missing_ok=True)
+    if daemon_pid("supervisor") is None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody reads it: the holder job is gone or ran its supervisor already
+            print(f"the job holding this node does not wait at {fifo} (it ended?)", file=sys.stderr)
+            return 1
+        with os.fdopen(fd, "w") as f:
+            f.write(sys.executable + "\n")
+    deadline = time.monotonic() + wait_s
+    while not all(daemon_pid(n) is not None for n in names) or (is_head and not on_this_node(HEAD_ADDRESS).exists()):
+        if time.monotonic() > deadline:
+            tails = "\n".join(_tail(n) for n in ["supervisor", *names])
+            print(f"the node's daemons did not start in {wait_s:.0f}s:\n{tails}", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    if is_head:
+        print(f"head-address: {on_this_node(HEAD_ADDRESS).read_text().strip()}")
+    return 0
+
+
 def start(restart: bool, wait_s: float = 30.0) -> int:
     cfg = NodeRuntimeConfig.load()
     names = ["head", "agent"] if cfg.is_head else ["agent"]
+    fifo = _holder_fifo()
+    if fifo is not None:
+        return _start_held(fifo, names, cfg.is_head, restart, wait_s)
     with _spawn_lock():
         for name in names:
             _want(name, True)
@@ -177,6 +220,8 @@ def supervise() -> int:
     out of memory) is started again at once. Every restart is logged."""
     stop_now = []
     signal.signal(signal.SIGTERM, lambda *_: stop_now.append(True))
+    _pid_file("supervisor").parent.mkdir(parents=True, exist_ok=True)
+    _pid_file("supervisor").write_text(str(os.getpid()))  # started by a holder job, not by _spawn
     delay = {name: SUPERVISE_EVERY_S for name in SUPERVISED}
     next_try = {name: 0.0 for name in SUPERVISED}
     started = {name: 0.0 for name in SUPERVISED}

@@ -1,4 +1,5 @@
-"""The transport layer: how commands and files reach a node (locally, or over SSH), and port forwards.
+"""The transport layer: how commands and files reach a node (locally, over SSH, or with srun into a Slurm
+allocation), and port forwards.
 
 `runner_for` builds a node's runner from the node as a provider listed it and the cluster's auth
 settings; providers hand out no runners of their own.
@@ -35,6 +36,10 @@ def runner_for(node: NodeInfo, auth: SSHAuth, via: CommandRunner | None = None) 
         from transport.local import LocalCommandRunner
 
         return LocalCommandRunner(Path(node.local_home), {NODE_MARKER_ENV: node.id}, sys.executable)
+    if node.slurm is not None:
+        from transport.srun import SrunCommandRunner
+
+        return SrunCommandRunner(node.slurm, node.internal_ip, via)
     from transport.ssh import SSHCommandRunner
 
     host = (node.internal_ip if auth.use_internal_ips or via is not None else node.external_ip) or node.internal_ip

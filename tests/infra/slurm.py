@@ -62,6 +62,8 @@ class TestSlurm:
             "SwitchType=switch/none", "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2", "GresTypes=gpu",
             "SlurmctldParameters=enable_configless", "MinJobAge=2",
+            # nodes may declare more CPUs than this machine has (several allocations on 2 cores)
+            "SlurmdParameters=config_overrides",
         ]
         gres = []
         for n in nodes:

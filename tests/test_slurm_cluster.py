@@ -1,0 +1,127 @@
+"""A whole cluster on the shared real Slurm, as a user on a login host meets it: `up` puts the head on this
+machine and no worker anywhere; work that needs more nodes than exist makes the head's autoscaler submit
+holder jobs (one that cannot start yet is shown pending with Slurm's reason), the tasks run inside the
+allocations (a GPU task sees only its job's GPU), a holder job killed by its time limit has its task
+requeued onto a replacement, idle allocations are cancelled, and `down` leaves an empty queue."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import runtime
+from tests.infra import cli, wait_for, write_config
+
+CLUSTER = "slurm-e2e"
+
+
+@pytest.fixture
+def cluster(slurm, tmp_path):
+    old = {k: os.environ.get(k) for k in ("LAUNCH_HOME", "SLURM_CONF")}
+    os.environ.update(LAUNCH_HOME=str(tmp_path / "home"), SLURM_CONF=str(slurm.conf))
+    data = {
+        "cluster_name": CLUSTER,
+        "max_workers": 5,
+        "idle_timeout_minutes": 0.1,
+        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "queue_wait_s": 240},
+        "autoscaler": {"tick_s": 0.5},
+        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}},
+            # killed by Slurm a minute after it starts: a node lost the way HPC nodes are lost
+            "short": {"node_config": {"cpus": 1, "time_limit": "1"}, "resources": {"CPU": 1, "short": 1},
+                      "max_workers": 2},
+            "cpu": {"node_config": {"cpus": 1, "memory": "200M"}, "max_workers": 3},
+            "gpu": {"node_config": {"cpus": 1, "gres": "gpu:1", "partition": "gpu"}, "max_workers": 1},
+        },
+        "head_node_type": "head",
+    }
+    path = write_config(tmp_path / "hpc.yaml", data)
+    try:
+        yield path, tmp_path / "home", slurm
+    finally:
+        runtime.shutdown()
+        cli("down", str(path), "--yes", home=tmp_path / "home", timeout=180)
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _status(path, home) -> dict:
+    r = cli("status", str(path), "--json", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _work(marker_dir: str):
+    @runtime.remote(num_cpus=1, resources={"short": 1}, max_retries=2)
+    def outlive_the_allocation():
+        """The first attempt runs past its allocation's time limit; the rerun returns at once."""
+        import os
+        import time
+        marker = os.path.join(marker_dir, "first-attempt")
+        if not os.path.exists(marker):
+            open(marker, "w").write(os.environ["SLURM_JOB_ID"])
+            time.sleep(600)
+        return os.environ["SLURM_JOB_ID"]
+
+    @runtime.remote(num_cpus=1, num_gpus=1)
+    def on_gpu():
+        import os
+        return os.environ["SLURM_JOB_ID"], os.environ["CUDA_VISIBLE_DEVICES"], os.environ["HOME"]
+
+    @runtime.remote(num_cpus=1)
+    def on_cpu(sleep_s):
+        import os
+        import time
+        time.sleep(sleep_s)
+        return os.environ["SLURM_JOB_ID"]
+
+    return outlive_the_allocation, on_gpu, on_cpu
+
+
+def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
+    path, home, slurm = cluster
+    r = cli("up", str(path), "--yes", home=home, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert slurm.queue() == []  # min_workers 0: the head is this machine, nothing is borrowed yet
+    runtime.init(cluster=CLUSTER)
+    outlive, on_gpu, on_cpu = _work(str(tmp_path))
+
+    # the time-limited node first: its minute runs while the rest of the test goes on
+    doomed = outlive.remote()
+    first_job = wait_for(lambda: (tmp_path / "first-attempt").exists() and (tmp_path / "first-attempt").read_text(),
+                         timeout=120, what="the task running in its time-limited allocation")
+
+    # five single-CPU tasks and a GPU task on a 4-CPU Slurm node that already holds one allocation:
+    # holder jobs are submitted; those that do not fit wait in the queue, shown with Slurm's reason
+    cpu_refs = [on_cpu.remote(4) for _ in range(5)]
+    gpu_ref = on_gpu.remote()
+    wait_for(lambda: [n for n in _status(path, home)["nodes"]
+                      if n["detail"] in ("queued in Slurm (Resources)", "queued in Slurm (Priority)")],
+             timeout=60, what="a holder job waiting in the queue for resources")
+    shown = cli("status", str(path), home=home)
+    assert shown.returncode == 0 and "queued in Slurm" in shown.stdout, shown.stdout
+
+    gpu_job, cuda, gpu_home = runtime.get(gpu_ref, timeout=240)
+    assert cuda in ("0", "1") and gpu_home.endswith(f"/{CLUSTER}/{gpu_job}")  # one of the node's two GPUs
+    cpu_jobs = runtime.get(cpu_refs, timeout=240)
+    assert first_job not in cpu_jobs and len(set(cpu_jobs)) >= 2  # spread over several allocations
+
+    # commands reach an allocation with srun, from the laptop's side too
+    r = cli("exec", str(path), "--node", gpu_job, "echo job=$SLURM_JOB_ID gpus=$CUDA_VISIBLE_DEVICES", home=home)
+    assert r.returncode == 0 and f"job={gpu_job}" in r.stdout, r.stdout + r.stderr
+
+    # Slurm ends the first allocation at its time limit: its task runs again on a replacement
+    rerun_job = runtime.get(doomed, timeout=240)
+    assert rerun_job != first_job
+    assert first_job not in slurm.queue()
+
+    # idle allocations are given back; `down` (the fixture's) leaves the queue empty
+    wait_for(lambda: [n["kind"] for n in _status(path, home)["nodes"]] == ["head"], timeout=120,
+             what="idle allocations cancelled")
+    wait_for(lambda: slurm.queue() == [], timeout=30, what="an empty queue")
+    r = cli("down", str(path), "--yes", home=home, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert slurm.queue() == [] and not list((tmp_path / "nodes").rglob("node.json"))
