@@ -34,6 +34,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -65,7 +66,10 @@ class Section(CommonSection):
     slurm_conf: str | None = None  # SLURM_CONF for every Slurm command (default: the environment's)
     node_root: str = "~/.launch-slurm"  # on the compute nodes: each node's HOME is NODE_ROOT/CLUSTER/JOBID
     queue_wait_s: float = Field(default=1800.0, gt=0)  # a holder job pending longer is given up
-    login_ip: str | None = None  # where compute nodes reach the head (default: this host's address)
+    # where the head runs: on the login host that runs `launch up`, or in an allocation of its own (the
+    # head node type's node_config is its request: give it a long time_limit)
+    head: Literal["login", "allocation"] = "login"
+    login_ip: str | None = None  # where compute nodes reach a login-host head (default: this host's address)
     head_port: int = Field(default=0, ge=0, le=65535)
     head_bind_host: str = ""  # "": loopback and login_ip
 
@@ -296,8 +300,9 @@ def _detect_login_ip(slurm_conf: str | None) -> str:
 def node_config_problems(config: ClusterConfig) -> list[str]:
     """Each worker type's node_config as a holder job's request (a misspelt key, a bad memory or gres)."""
     problems = []
+    head_on_login = Section.of(config.provider).head == "login"
     for name in config.available_node_types:
-        if name == config.head_node_type:
+        if name == config.head_node_type and head_on_login:
             continue  # the head is the login host: its node_config is not a request
         try:
             node_resources(node_config(config, name), f"available_node_types.{name}.node_config")
@@ -348,6 +353,7 @@ class Provider:
         self.login_ip: str = state["login_ip"]
         self.root = Path(state["root"])
         self.head_path = self.root / "head.json"
+        self.head_on_login = self.section.head == "login"
 
     def _slurm(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
         return run_slurm(argv, self.slurm_conf, stdin)
@@ -355,12 +361,12 @@ class Provider:
     def node_types(self) -> dict[str, dict[str, float]]:
         cfg = self.spec.config
         return {name: node_resources(node_config(cfg, name), f"available_node_types.{name}.node_config")
-                for name in cfg.available_node_types if name != cfg.head_node_type}
+                for name in cfg.available_node_types if name != cfg.head_node_type or not self.head_on_login}
 
     # --- create ---------------------------------------------------------------------------------------
 
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        if tags.get(TAG_KIND) == KIND_HEAD:
+        if tags.get(TAG_KIND) == KIND_HEAD and self.head_on_login:
             return [self._create_head(node_type, tags)]
         cluster = tags[TAG_CLUSTER]
         nc = node_config(self.spec.config, node_type)
@@ -416,10 +422,15 @@ class Provider:
         out = self._slurm(["scontrol", "show", "node", "-o", ",".join(sorted(names))])
         return parse_node_addrs(out.stdout) if out.returncode == 0 else {}
 
+    def _login_head(self) -> dict:
+        if not self.head_on_login:
+            return {}
+        with locked_json(self.head_path) as head:
+            return dict(head)
+
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         nodes = []
-        with locked_json(self.head_path) as head:
-            record = dict(head)
+        record = self._login_head()
         if record and all(record["tags"].get(k) == v for k, v in tag_filters.items()):
             nodes.append(self._head_info(record))
         jobs = []
@@ -443,10 +454,10 @@ class Provider:
         return sorted(nodes, key=lambda n: n.launched_at)
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
-        with locked_json(self.head_path) as head:
-            if head.get("id") == node_id:
+        if self._login_head().get("id") == node_id:
+            with locked_json(self.head_path) as head:
                 head["tags"].update(tags)
-                return
+            return
         current = next((j for j in self._jobs({}) if j["id"] == node_id), None)
         old = decode_tags(current["comment"]) if current else None
         if old is None:
@@ -459,12 +470,11 @@ class Provider:
 
     def terminate(self, node_ids: list[str]) -> None:
         jobs = []
+        login_head = self._login_head().get("id")
         for node_id in node_ids:
-            with locked_json(self.head_path) as head:
-                is_head = head.get("id") == node_id
-                if is_head:
+            if node_id == login_head:
+                with locked_json(self.head_path) as head:
                     head.clear()
-            if is_head:
                 kill_node_processes(node_id)
                 shutil.rmtree(self.root / "head", ignore_errors=True)
             elif node_id.isdigit():

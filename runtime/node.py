@@ -202,8 +202,16 @@ def start_monitor() -> int:
     with _spawn_lock():
         _want("monitor", True)
         _stop("monitor")
-        _spawn("monitor")
-        _ensure_supervisor()
+        if _holder_fifo() is None:
+            _spawn("monitor")
+            _ensure_supervisor()
+    if _holder_fifo() is not None:  # the holder job's supervisor starts it, inside the allocation
+        deadline = time.monotonic() + 30
+        while daemon_pid("monitor") is None:
+            if time.monotonic() > deadline or daemon_pid("supervisor") is None:
+                print(f"the autoscaler did not start:\n{_tail('monitor')}", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
     return 0
 
 

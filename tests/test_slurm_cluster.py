@@ -125,3 +125,41 @@ def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
     r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert slurm.queue() == [] and not list((tmp_path / "nodes").rglob("node.json"))
+
+
+def test_the_head_can_be_an_allocation_of_its_own(slurm, tmp_path, monkeypatch):
+    """`provider.head: allocation`: the head is a holder job too (its node type's request, a long time
+    limit); the launcher reaches its service at the allocation's address, its autoscaler submits the
+    workers from inside the allocation, and `down` empties the queue."""
+    monkeypatch.setenv("LAUNCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    path = write_config(tmp_path / "alloc.yaml", {
+        "cluster_name": "slurm-alloc", "max_workers": 1, "idle_timeout_minutes": 0.1,
+        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "head": "allocation"},
+        "autoscaler": {"tick_s": 0.5},
+        "available_node_types": {
+            "head": {"node_config": {"cpus": 1, "time_limit": "7-00:00:00"}, "resources": {"CPU": 0}},
+            "cpu": {"node_config": {"cpus": 1}, "max_workers": 1},
+        },
+        "head_node_type": "head",
+    })
+    home = tmp_path / "home"
+    try:
+        r = cli("up", str(path), "--yes", home=home, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (head,) = _status(path, home)["nodes"]
+        assert head["kind"] == "head" and head["id"] in slurm.queue() and head["runtime"] == "alive"
+        runtime.init(cluster="slurm-alloc")
+
+        @runtime.remote(num_cpus=1)
+        def where():
+            import os
+            return os.environ["SLURM_JOB_ID"]
+
+        worker_job = runtime.get(where.remote(), timeout=240)
+        assert worker_job != head["id"] and worker_job in slurm.queue()
+    finally:
+        runtime.shutdown()
+        r = cli("down", str(path), "--yes", home=home, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: slurm.queue() == [], timeout=30, what="an empty queue")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core.errors import LaunchError
 from core.node import SlurmJob
+from core.paths import NODE_PYTHON
 from transport.base import CommandFailed, CommandResult, CommandRunner, OutputFn
 
 WAIT_POLL_S = 2.0
@@ -40,30 +41,31 @@ class SrunCommandRunner:
     def __init__(self, job: SlurmJob, address: str | None, via: CommandRunner | None = None):
         self.job = job
         self.address = address
-        self.python = "python3"
+        self.python = NODE_PYTHON  # the shipped runtime's interpreter (relative to the node's HOME)
         self._owns_login = via is None
         self.login = via if via is not None else _login_runner()
         self.label = f"node {job.job_id} (Slurm job)"
 
     # --- the command lines ------------------------------------------------------------------------------
 
-    def _slurm_prefix(self) -> str:
-        conf = f"SLURM_CONF={shlex.quote(self.job.slurm_conf)} " if self.job.slurm_conf else ""
-        # the login runner may itself be inside an allocation: its SLURM_* must not steer this srun
-        return f"env -u SLURM_JOB_ID -u SLURM_JOBID {conf}"
+    def _slurm_cmd(self, argv: str) -> str:
+        """A Slurm command line for the login runner's bash. That shell may itself run inside an
+        allocation (the autoscaler's): its SLURM_* variables are dropped so they steer nothing here."""
+        conf = f"export SLURM_CONF={shlex.quote(self.job.slurm_conf)}; " if self.job.slurm_conf else ""
+        return f"(unset ${{!SLURM_@}}; {conf}exec {argv})"
 
     def _srun(self, inner: str, pty: bool = False) -> str:
         home = shlex.quote(self.job.home)
         body = (f"export HOME={home}; cd \"$HOME\" 2>/dev/null || {{ echo \"{self.label}: its home "
                 f"{self.job.home} is not there (the holder job has not made it)\" >&2; exit 255; }}; {inner}")
         flags = "--pty" if pty else "--unbuffered"
-        return (f"{self._slurm_prefix()}srun --jobid={self.job.job_id} --overlap --nodes=1 --ntasks=1 --quiet "
-                f"{flags} bash -c {shlex.quote(body)}")
+        return self._slurm_cmd(f"srun --jobid={self.job.job_id} --overlap --nodes=1 --ntasks=1 --quiet "
+                               f"{flags} bash -c {shlex.quote(body)}")
 
     def _squeue_state(self) -> str:
         out: list[str] = []
-        self.login.run(f"{self._slurm_prefix()}squeue -h -j {self.job.job_id} -o '%T|%r' 2>/dev/null "
-                       f"|| echo {_GONE}", on_output=out.append, timeout=60)
+        squeue = self._slurm_cmd(f"squeue -h -j {self.job.job_id} -o '%T|%r'")
+        self.login.run(f"{squeue} 2>/dev/null || echo {_GONE}", on_output=out.append, timeout=60)
         lines = [ln.strip() for ln in out if ln.strip()]
         return lines[-1] if lines else _GONE
 

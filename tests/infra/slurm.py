@@ -17,6 +17,12 @@ from pathlib import Path
 from tests.infra import wait_for
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def slurm_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "a test Slurm needs root (munged and slurmd run as root here)"
@@ -62,6 +68,8 @@ class TestSlurm:
             "SwitchType=switch/none", "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2", "GresTypes=gpu",
             "SlurmctldParameters=enable_configless", "MinJobAge=2",
+            # ports of its own: another Slurm on this machine (a developer's, a second test run) is left alone
+            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             # nodes may declare more CPUs than this machine has (several allocations on 2 cores)
             "SlurmdParameters=config_overrides",
         ]
