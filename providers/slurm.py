@@ -28,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -190,7 +191,7 @@ def holder_script(node_root: str, cluster: str) -> str:
     return f"""#!/bin/bash
 # launch: this job holds a node of cluster {cluster} while the cluster needs it
 umask 077
-export HOME={node_root}/{cluster}/$SLURM_JOB_ID
+export HOME={shlex.quote(f"{node_root}/{cluster}")}/$SLURM_JOB_ID
 mkdir -p "$HOME/.launch-runtime" && cd "$HOME" || exit 1
 exec >>"$HOME/holder.log" 2>&1
 echo "holding job $SLURM_JOB_ID on $(hostname), GPUs: ${{CUDA_VISIBLE_DEVICES:-none}}"

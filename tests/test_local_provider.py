@@ -107,11 +107,18 @@ def test_runner_put_file_is_atomic_with_mode(provider):
     assert runner.read_file("~/missing") is None
 
 
-def test_unavailable_provider_kind_is_a_clear_config_error(tmp_path):
+def test_slurm_where_there_is_no_slurm_is_a_clear_config_error(tmp_path, monkeypatch):
+    """`provider: {type: slurm}` on a machine without Slurm's commands (or with a slurm.conf that is not
+    there) says so in one line naming the field, before anything is made."""
     from core.errors import ConfigError
 
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue, sbatch on it
     cfg = parse_config({**local_cluster("c"), "provider": {"type": "slurm"}})
-    with pytest.raises(ConfigError, match="provider.type: the 'slurm' provider is not available"):
+    with pytest.raises(ConfigError, match=r"^provider.type: slurm needs Slurm's `squeue` on this machine"):
+        resolve(cfg, tmp_path)
+    cfg = parse_config({**local_cluster("c"), "provider": {"type": "slurm", "slurm_conf": str(tmp_path / "no.conf")}})
+    with pytest.raises(ConfigError, match=r"^provider.slurm_conf: .*no.conf does not exist$"):
         resolve(cfg, tmp_path)
 
 

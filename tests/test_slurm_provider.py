@@ -186,3 +186,14 @@ def test_a_holder_job_queued_past_its_wait_is_given_up_with_slurms_reason(provid
     provider.terminate([a.id, b.id])
     with pytest.raises(LaunchError, match="holder job ended"):
         runner.wait_ready(30)
+
+
+def test_the_holder_script_takes_node_root_literally(tmp_path):
+    """A node_root with spaces or shell syntax is a path, never a command: the holder makes that folder."""
+    import subprocess
+
+    root = tmp_path / "odd root $(touch pwned)"
+    script = sp.holder_script(str(root), "hpc").split("exec >>")[0]  # up to where it would start waiting
+    subprocess.run(["bash", "-c", script + 'echo "$HOME"'], env={"SLURM_JOB_ID": "7", "PATH": "/usr/bin:/bin"},
+                   cwd=tmp_path, check=True, capture_output=True)
+    assert (root / "hpc" / "7" / ".launch-runtime").is_dir() and not (tmp_path / "pwned").exists()
