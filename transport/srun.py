@@ -23,7 +23,7 @@ from core.node import SlurmJob
 from core.paths import NODE_PYTHON
 from transport.base import CommandFailed, CommandResult, CommandRunner, OutputFn
 
-WAIT_POLL_S = 2.0
+WAIT_POLL_S = 0.5  # squeue on the login host: cheap, and a node that starts sooner is set up sooner
 _GONE = "__launch_gone__"
 _NONE = "__launch_no_file__"
 _RUNNING = "__launch_running__"
