@@ -113,3 +113,23 @@ def slurm(tmp_path_factory):
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_twins(twin_net, tmp_path_factory):
+    """A real Slurm whose compute nodes are two VM twins (`hpc1`: 2 CPUs; `hpc2`: 2 CPUs, 2 GPUs): one
+    slurmd in each twin's network namespace, NodeAddr its IP; slurmctld on this machine at the bridge."""
+    from tests.infra.slurm import SlurmNode, TestSlurm, slurm_unavailable
+
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    nodes = [SlurmNode("hpc1", twin_net.ip(31), cpus=2), SlurmNode("hpc2", twin_net.ip(32), cpus=2, gpus=2)]
+    twins = {n.name: twin_net.twin(n.name, n.addr) for n in nodes}
+    cluster = TestSlurm(tmp_path_factory.mktemp("slurm-twins"), nodes, controller_addr=twin_net.gateway,
+                        netns={name: t.netns for name, t in twins.items()})
+    cluster.start()
+    yield cluster
+    cluster.stop()
+    for name in twins:
+        twin_net.remove(name)

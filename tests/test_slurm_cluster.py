@@ -163,3 +163,50 @@ def test_the_head_can_be_an_allocation_of_its_own(slurm, tmp_path, monkeypatch):
         r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: slurm.queue() == [], timeout=30, what="an empty queue")
+
+
+def test_allocations_on_other_hosts_reach_the_head_on_the_login_hosts_address(slurm_twins, tmp_path, monkeypatch):
+    """Compute nodes that are other hosts (VM twins, one slurmd each): the head on this login host binds
+    the address it reaches slurmctld from, the agents in the twins' allocations register there, work
+    runs on both hosts, and `down` empties the queue."""
+    monkeypatch.setenv("LAUNCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SLURM_CONF", str(slurm_twins.conf))
+    path = write_config(tmp_path / "twins.yaml", {
+        "cluster_name": "slurm-twins", "max_workers": 2, "idle_timeout_minutes": 0.1,
+        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes")},
+        "autoscaler": {"tick_s": 0.5},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}},
+            # extra sbatch options as a site would write them: CPU nodes off the GPU host
+            "cpu": {"node_config": {"cpus": 2, "sbatch_options": ["--exclude=hpc2"]},
+                    "resources": {"CPU": 2, "cpu_node": 1}, "max_workers": 1},
+            "gpu": {"node_config": {"cpus": 2, "gres": "gpu:2"}, "max_workers": 1},
+        },
+        "head_node_type": "head",
+    })
+    home = tmp_path / "home"
+    try:
+        r = cli("up", str(path), "--yes", home=home, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (head,) = _status(path, home)["nodes"]
+        runtime.init(cluster="slurm-twins")
+
+        @runtime.remote(num_cpus=2, resources={"cpu_node": 1})
+        def cpu_host():
+            import socket
+            return socket.gethostname()
+
+        @runtime.remote(num_cpus=1, num_gpus=2)
+        def gpu_host():
+            import os
+            import socket
+            return socket.gethostname(), os.environ["CUDA_VISIBLE_DEVICES"], os.environ["LAUNCH_HEAD_ADDRESS"]
+
+        cpu_at, (gpu_at, cuda, head_address) = runtime.get([cpu_host.remote(), gpu_host.remote()], timeout=240)
+        assert {cpu_at, gpu_at} == {"hpc1", "hpc2"} and gpu_at == "hpc2" and cuda == "0,1"
+        assert head_address.split(":")[0] == head["ip"] != "127.0.0.1"  # the bridge address, reachable from the twins
+    finally:
+        runtime.shutdown()
+        r = cli("down", str(path), "--yes", home=home, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: slurm_twins.queue() == [], timeout=30, what="an empty queue")

@@ -6,6 +6,7 @@ without hardware."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.infra import wait_for
+
+
+_instances = itertools.count()  # several test Slurms in one session: a munged each
 
 
 def _free_port() -> int:
@@ -51,7 +55,7 @@ class TestSlurm:
         host = socket.gethostname()
         # munged runs as its own user, which must reach its socket and logs through every parent folder:
         # the test's tmp folders are root's alone (0700), /run is not
-        self.munge = Path(f"/run/launch-test-munge-{os.getpid()}")
+        self.munge = Path(f"/run/launch-test-munge-{os.getpid()}-{next(_instances)}")
         self.munge.mkdir(parents=True, exist_ok=True)
         for d in ("state",):
             (root / d).mkdir(exist_ok=True)
