@@ -70,6 +70,9 @@ class Section(CommonSection):
     # where the head runs: on the login host that runs `launch up`, or in an allocation of its own (the
     # head node type's node_config is its request: give it a long time_limit)
     head: Literal["login", "allocation"] = "login"
+    # a login head on another host, reached over SSH (`auth`), as Ray's on-prem head_ip; unset: this machine
+    head_ip: str | None = None
+    ssh_port: int = Field(default=22, gt=0, le=65535)
     login_ip: str | None = None  # where compute nodes reach a login-host head (default: this host's address)
     head_port: int = Field(default=0, ge=0, le=65535)
     head_bind_host: str = ""  # "": loopback and login_ip
@@ -314,11 +317,28 @@ def node_config_problems(config: ClusterConfig) -> list[str]:
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     """Checks the node types' requests and that Slurm answers here; keeps where the head's record and
-    the nodes' homes are, and the SLURM_CONF every later command uses."""
+    the nodes' homes are, and the SLURM_CONF every later command uses. With `head_ip`, Slurm is on that
+    host: nothing of it is looked for here (its first command there says what is wrong)."""
     section = Section.of(config.provider)
     problems = node_config_problems(config)
+    if section.head_ip and section.head != "login":
+        problems.append("provider.head_ip: a head given by head_ip is a login host; leave provider.head unset")
+    if not (section.node_root.startswith("/") or section.node_root == "~" or section.node_root.startswith("~/")):
+        problems.append(f"provider.node_root: {section.node_root!r} must be an absolute path (or start with ~)")
     if problems:
         raise ConfigError(problems)
+    root = state_dir / "slurm"
+    root.mkdir(parents=True, exist_ok=True)
+    state = {"root": str(root.resolve()), "node_root": section.node_root}
+    if section.head_ip:
+        from core.paths import KNOWN_HOSTS_FILE
+        from providers.ssh import POOL_DIR, parse_host
+
+        host, port = parse_host(section.head_ip, section.ssh_port)
+        return Bootstrapped(state={**state, "slurm_conf": section.slurm_conf, "head_host": host, "head_port": port,
+                                   "claims": f"{POOL_DIR}/{config.cluster_name}-slurm-head.json",
+                                   "known_hosts": str((state_dir / KNOWN_HOSTS_FILE).resolve()),
+                                   "login_ip": section.login_ip or host})
     slurm_conf = section.slurm_conf or os.environ.get("SLURM_CONF")
     if slurm_conf:
         slurm_conf = str(Path(slurm_conf).expanduser().resolve())
@@ -328,14 +348,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     if ping.returncode != 0:
         last = (ping.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"provider.type: slurm: Slurm does not answer here ({last})")
-    node_root = section.node_root
-    if node_root == "~" or node_root.startswith("~/"):
-        node_root = os.path.expanduser("~") + node_root[1:]
-    if not node_root.startswith("/"):
-        raise ConfigError(f"provider.node_root: {section.node_root!r} must be an absolute path (or start with ~)")
-    root = state_dir / "slurm"
-    root.mkdir(parents=True, exist_ok=True)
-    return Bootstrapped(state={"root": str(root.resolve()), "slurm_conf": slurm_conf, "node_root": node_root,
+    return Bootstrapped(state={**state, "slurm_conf": slurm_conf, "node_root": os.path.expanduser(section.node_root),
                                "login_ip": section.login_ip or _detect_login_ip(slurm_conf)})
 
 
@@ -350,14 +363,66 @@ class Provider:
         self.head_bind_host = self.section.head_bind_host
         state = spec.provider_state
         self.slurm_conf: str | None = state.get("slurm_conf")
-        self.node_root: str = state["node_root"]
+        self._node_root: str = state["node_root"]
         self.login_ip: str = state["login_ip"]
         self.root = Path(state["root"])
         self.head_path = self.root / "head.json"
         self.head_on_login = self.section.head == "login"
+        # a login head on another host (head_ip): its record and Slurm's commands are there
+        self.head_host: tuple[str, int] | None = (state["head_host"], state["head_port"]) if "head_host" in state else None
+        self.remote = self.head_host is not None and not spec.on_head
+        self._runner = None
+        self._claims_remote = None
+
+    # --- where Slurm's commands run: here, or on the head host over SSH ------------------------------------
+
+    def _head_runner(self):
+        if self._runner is None:
+            from core.paths import HEAD_KNOWN_HOSTS, on_this_node
+            from transport import SSHAuth, runner_for
+
+            host, port = self.head_host
+            known = on_this_node(HEAD_KNOWN_HOSTS) if self.spec.on_head else Path(self.spec.provider_state["known_hosts"])
+            auth = SSHAuth(user=self.spec.ssh_user or "root", private_key=self.spec.ssh_private_key, known_hosts=known,
+                           proxy_command=self.spec.config.auth.ssh_proxy_command,
+                           connect_timeout_s=self.section.ssh_connect_timeout_s)
+            self._runner = runner_for(NodeInfo(id=f"{host}:{port}", node_type="", state="running",
+                                               internal_ip=host, external_ip=host, ssh_port=port), auth)
+        return self._runner
 
     def _slurm(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-        return run_slurm(argv, self.slurm_conf, stdin)
+        if not self.remote:
+            return run_slurm(argv, self.slurm_conf, stdin)
+        runner = self._head_runner()
+        staged = None
+        if stdin is not None:  # sbatch's script: a file of the head host's, not a command line
+            staged = f".launch-sbatch-{secrets.token_hex(6)}"
+            runner.put_file(stdin.encode(), staged, mode=0o600)
+            argv = [*argv, staged]
+        conf = f"export SLURM_CONF={shlex.quote(self.slurm_conf)}; " if self.slurm_conf else ""
+        lines: list[str] = []
+        try:
+            result = runner.run(f"(unset ${{!SLURM_@}}; {conf}exec {shlex.join(argv)})", on_output=lines.append,
+                                timeout=SLURM_TIMEOUT_S)
+        finally:
+            if staged:
+                runner.run(f"rm -f {staged}", timeout=SLURM_TIMEOUT_S)
+        out = "".join(lines)
+        if result.exit_code == 127:
+            raise ConfigError(f"provider.head_ip: Slurm's `{argv[0]}` is not on the head host's PATH")
+        return subprocess.CompletedProcess(argv, result.exit_code, out if result.ok else "", "" if result.ok else out)
+
+    @property
+    def node_root(self) -> str:
+        """Absolute: `~` is the home of whoever submits the holder jobs (on the head host with head_ip)."""
+        if self._node_root.startswith("~"):
+            if self.remote:
+                lines: list[str] = []
+                self._head_runner().run("echo \"$HOME\"", on_output=lines.append, timeout=SLURM_TIMEOUT_S)
+                self._node_root = lines[-1].strip() + self._node_root[1:]
+            else:
+                self._node_root = os.path.expanduser(self._node_root)
+        return self._node_root
 
     def node_types(self) -> dict[str, dict[str, float]]:
         cfg = self.spec.config
@@ -391,7 +456,25 @@ class Provider:
 
     # --- the head on the login host ---------------------------------------------------------------------
 
+    def _claims(self, op: str, **args):
+        """The head_ip head's record, kept on the head host (providers/ssh_claims.py)."""
+        from providers import ssh_claims
+
+        path = self.spec.provider_state["claims"]
+        if not self.remote:
+            return ssh_claims.apply(path, op, args)
+        if self._claims_remote is None:
+            from providers.ssh import RemoteClaims
+
+            self._claims_remote = RemoteClaims(path, self._head_runner())
+        return self._claims_remote.apply(op, args)
+
     def _create_head(self, node_type: str, tags: dict[str, str]) -> NodeInfo:
+        if self.head_host is not None:
+            host, port = self.head_host
+            self._claims("claim", hosts=[f"{host}:{port}"], count=1, node_type=node_type, tags=dict(tags),
+                         now=time.time())
+            return self._head_info(self._login_head())
         with locked_json(self.head_path) as head:
             if not head:
                 head.update(id=f"login-{secrets.token_hex(4)}", node_type=node_type, tags=dict(tags),
@@ -402,6 +485,11 @@ class Provider:
         return self._head_info(record)
 
     def _head_info(self, record: dict) -> NodeInfo:
+        if self.head_host is not None:
+            host, port = self.head_host
+            return NodeInfo(id=record["id"], node_type=record["node_type"], state="running",
+                            tags=dict(record["tags"]), internal_ip=self.login_ip, external_ip=host,
+                            launched_at=record["launched_at"], ssh_port=port)
         return NodeInfo(id=record["id"], node_type=record["node_type"], state="running", tags=dict(record["tags"]),
                         internal_ip=self.login_ip, external_ip=self.login_ip, launched_at=record["launched_at"],
                         local_home=str(self.root / "head"))
@@ -426,6 +514,9 @@ class Provider:
     def _login_head(self) -> dict:
         if not self.head_on_login:
             return {}
+        if self.head_host is not None:
+            claimed = self._claims("list", filters={})
+            return {"id": claimed[0][0], **claimed[0][1]} if claimed else {}
         with locked_json(self.head_path) as head:
             return dict(head)
 
@@ -456,6 +547,9 @@ class Provider:
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
         if self._login_head().get("id") == node_id:
+            if self.head_host is not None:
+                self._claims("set_tags", node_id=node_id, tags=dict(tags))
+                return
             with locked_json(self.head_path) as head:
                 head["tags"].update(tags)
             return
@@ -473,7 +567,15 @@ class Provider:
         jobs = []
         login_head = self._login_head().get("id")
         for node_id in node_ids:
-            if node_id == login_head:
+            if node_id == login_head and self.head_host is not None:
+                self._claims("release", ids=[node_id])
+                from core.errors import LaunchError
+                from core.paths import NODE_PYTHON
+                try:  # best effort: the runtime's processes on the head host
+                    self._head_runner().run(f"test -x {NODE_PYTHON} && {NODE_PYTHON} -m runtime.node stop", timeout=60)
+                except LaunchError:
+                    pass
+            elif node_id == login_head:
                 with locked_json(self.head_path) as head:
                     head.clear()
                 kill_node_processes(node_id)
@@ -484,3 +586,7 @@ class Provider:
             out = self._slurm(["scancel", *jobs])
             if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
                 raise ProviderError(f"scancel {' '.join(jobs)} failed: {out.stderr.strip()}")
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()

@@ -56,7 +56,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
                                "known_hosts": str((state_dir / KNOWN_HOSTS_FILE).resolve())})
 
 
-class _RemoteClaims:
+class RemoteClaims:
     """The claims file on the head host, reached over SSH from the machine that runs `launch up`."""
 
     def __init__(self, path: str, runner):
@@ -88,7 +88,7 @@ class Provider:
         self.head_bind_host = section.head_bind_host
         self.known_hosts = (on_this_node(HEAD_KNOWN_HOSTS) if spec.on_head
                             else Path(spec.provider_state["known_hosts"]))
-        self._remote: _RemoteClaims | None = None
+        self._remote: RemoteClaims | None = None
 
     def _auth(self, connect_timeout_s: float) -> SSHAuth:
         return SSHAuth(user=self.spec.ssh_user or "root", private_key=self.spec.ssh_private_key,
@@ -103,7 +103,7 @@ class Provider:
             host, port = self.head_host
             head = NodeInfo(id=node_id(host, port), node_type="", state="running", tags={},
                             internal_ip=host, external_ip=self.section.external_head_ip or host, ssh_port=port)
-            self._remote = _RemoteClaims(path, runner_for(head, self._auth(self.section.ssh_connect_timeout_s)))
+            self._remote = RemoteClaims(path, runner_for(head, self._auth(self.section.ssh_connect_timeout_s)))
         return self._remote.apply(op, args)
 
     def node_types(self) -> dict[str, dict[str, float]]:

@@ -210,3 +210,49 @@ def test_allocations_on_other_hosts_reach_the_head_on_the_login_hosts_address(sl
         r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: slurm_twins.queue() == [], timeout=30, what="an empty queue")
+
+
+def test_a_head_on_another_login_host_over_ssh(slurm_twins, twin_net, ssh_lab, tmp_path_factory):
+    """`provider.head_ip`: the laptop (no Slurm of its own needed) reaches a login host over SSH only;
+    the head runs there, sbatch/squeue/scancel run there (from the laptop over SSH for `up` and `down`,
+    locally for the head's autoscaler), and the work runs in allocations on the compute twins."""
+    import runtime
+
+    login = twin_net.twin("login1", twin_net.ip(33))
+    laptop, key = twin_net.laptop_for("slurm-login", ssh_lab.client_key)
+    nodes = tmp_path_factory.mktemp("slurm-login-nodes")  # on the shared filesystem, not the laptop's
+    path = write_config(laptop / "hpc.yaml", {
+        "cluster_name": "slurm-login", "max_workers": 1, "idle_timeout_minutes": 0.1,
+        "provider": {"type": "slurm", "head_ip": login.ip, "slurm_conf": str(slurm_twins.conf),
+                     "node_root": str(nodes)},
+        "auth": {"ssh_user": "root", "ssh_private_key": str(key)},
+        "autoscaler": {"tick_s": 0.5},
+        "available_node_types": {"head": {"resources": {"CPU": 0}},
+                                 "cpu": {"node_config": {"cpus": 1}, "max_workers": 1}},
+        "head_node_type": "head",
+    })
+    home = laptop / "home"
+    old_home = os.environ.get("LAUNCH_HOME")
+    os.environ["LAUNCH_HOME"] = str(home)
+    try:
+        r = cli("up", str(path), "--yes", home=home, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (head,) = _status(path, home)["nodes"]
+        assert head["id"] == f"{login.ip}:22" and head["runtime"] == "alive"
+        runtime.init(cluster="slurm-login")  # through an SSH tunnel to the login host
+
+        @runtime.remote(num_cpus=1)
+        def where():
+            import os
+            import socket
+            return socket.gethostname(), os.environ["SLURM_JOB_ID"]
+
+        host, job = runtime.get(where.remote(), timeout=240)
+        assert host in ("hpc1", "hpc2") and job in slurm_twins.queue()
+    finally:
+        runtime.shutdown()
+        r = cli("down", str(path), "--yes", home=home, timeout=180)
+        os.environ.pop("LAUNCH_HOME") if old_home is None else os.environ.__setitem__("LAUNCH_HOME", old_home)
+        twin_net.remove("login1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: slurm_twins.queue() == [], timeout=30, what="an empty queue")
