@@ -28,13 +28,9 @@ IDLE_TIMEOUT_S = 3.0
 
 
 def poll(pred, timeout: float = 120.0, every: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise SystemExit("timed out")
+    from tests.infra import wait_for
+
+    return wait_for(pred, timeout=timeout, every=every, what="the step")
 
 
 def slurm_reference(slurm, rounds: int, tmp: Path) -> dict:

@@ -117,6 +117,15 @@ def _ensure_supervisor() -> None:
 HOLDER_FIFO = "holder.fifo"  # made by a scheduler's holder job (providers/slurm.py) that runs the supervisor
 
 
+def _want_running(names: list[str], restart: bool) -> None:
+    """(under the spawn lock) These daemons are wanted; with restart, the running ones are stopped first."""
+    for name in names:
+        _want(name, True)
+    if restart:
+        for name in reversed(names):
+            _stop(name)
+
+
 def _holder_fifo() -> Path | None:
     path = runtime_dir() / HOLDER_FIFO
     return path if path.exists() else None
@@ -127,11 +136,7 @@ def _start_held(fifo: Path, names: list[str], is_head: bool, restart: bool, wait
     own process, or they would end with the command that started them. The holder job runs the
     supervisor once told which interpreter to use; the supervisor starts what is wanted."""
     with _spawn_lock():
-        for name in names:
-            _want(name, True)
-        if restart:
-            for name in reversed(names):
-                _stop(name)
+        _want_running(names, restart)
         if is_head and daemon_pid("head") is None:
             on_this_node(HEAD_ADDRESS).unlink(missing_ok=True)
     if daemon_pid("supervisor") is None:
@@ -161,11 +166,7 @@ def start(restart: bool, wait_s: float = 30.0) -> int:
     if fifo is not None:
         return _start_held(fifo, names, cfg.is_head, restart, wait_s)
     with _spawn_lock():
-        for name in names:
-            _want(name, True)
-        if restart:
-            for name in reversed(names):
-                _stop(name)
+        _want_running(names, restart)
         if cfg.is_head:
             addr_file = on_this_node(HEAD_ADDRESS)
             if daemon_pid("head") is None:
