@@ -28,11 +28,12 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
 # What work running on the cluster (tasks, jobs) may call with its credential: submit more work, fetch
 # results and logs, cancel, read the cluster's state. Registering nodes, heartbeats, the agents' work
 # streams and reports, drains and node removal need the cluster token itself.
-WORK_METHODS = frozenset({"Submit", "GetResults", "Cancel", "ListItems", "JobLogs", "GetClusterState",
+WORK_METHODS = frozenset({"Submit", "GetResults", "Session", "Cancel", "ListItems", "JobLogs", "GetClusterState",
                           "UploadArgs", "FetchResult"})
 # a refusal must have the shape of the call it refuses
 RESPONSE_STREAMS = frozenset({"WorkStream", "FetchArgs", "FetchResult"})
 REQUEST_STREAMS = frozenset({"UploadArgs", "UploadResult"})
+BOTH_STREAMS = frozenset({"Session", "ReportStream"})
 
 
 def work_token(cluster_token: str) -> str:
@@ -58,7 +59,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def handlers(fn):
             return {"unary": grpc.unary_unary_rpc_method_handler(fn),
                     "response": grpc.unary_stream_rpc_method_handler(fn),
-                    "request": grpc.stream_unary_rpc_method_handler(fn)}
+                    "request": grpc.stream_unary_rpc_method_handler(fn),
+                    "both": grpc.stream_stream_rpc_method_handler(fn)}
 
         self._deny, self._deny_work = handlers(deny), handlers(deny_work)
 
@@ -67,7 +69,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if hmac.compare_digest(given, self._expected):
             return continuation(handler_call_details)
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        shape = "response" if method in RESPONSE_STREAMS else "request" if method in REQUEST_STREAMS else "unary"
+        shape = ("response" if method in RESPONSE_STREAMS else "request" if method in REQUEST_STREAMS
+                 else "both" if method in BOTH_STREAMS else "unary")
         if hmac.compare_digest(given, self._work):
             if method in WORK_METHODS:
                 return continuation(handler_call_details)

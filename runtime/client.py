@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import grpc
 
 from runtime.auth import call_metadata
@@ -54,10 +57,16 @@ class HeadClient:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-        self._stub = _Stub(pb_grpc.HeadStub(self._channel), address)
+        self._raw = pb_grpc.HeadStub(self._channel)
+        self._stub = _Stub(self._raw, address)
         self._md = call_metadata(token)
+        # GetResults as messages on one stream (Session), for one caller at a time; others make calls
+        self._session_lock = threading.Lock()
+        self._session: tuple[queue.SimpleQueue, object] | None = None
+        self._sessions_refused = False
 
     def close(self) -> None:
+        self._close_session()
         self._channel.close()
 
     def __enter__(self) -> HeadClient:
@@ -91,14 +100,59 @@ class HeadClient:
         `submit` is submitted first, in the same call."""
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
                                    num_returns=num_returns, submit=submit)
-        reply = self._stub.GetResults(req, metadata=self._md)
+        reply = self._get(req)
         results = list(reply.results)
         while reply.truncated:  # more were done than one reply carries: fetch the rest, done already
             got = {r.id for r in results}
             rest = [i for i in ids if i not in got]
-            reply = self._stub.GetResults(pb.GetResultsRequest(ids=rest, timeout_s=0), metadata=self._md)
+            reply = self._get(pb.GetResultsRequest(ids=rest, timeout_s=0))
             results += reply.results
         return results
+
+    def _get(self, req: pb.GetResultsRequest) -> pb.GetResultsReply:
+        """On the session stream when no other caller of this client uses it, else as a call."""
+        if not self._sessions_refused and self._session_lock.acquire(blocking=False):
+            try:
+                return self._session_get(req)
+            finally:
+                self._session_lock.release()
+        return self._stub.GetResults(req, metadata=self._md)
+
+    def _session_get(self, req: pb.GetResultsRequest) -> pb.GetResultsReply:
+        """(holding _session_lock) One request and its reply on the session, opened if need be. Anything
+        but a reply closes the session (a reply must never be left for the next caller to read)."""
+        if self._session is None:
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+
+            def stream():
+                while (r := requests.get()) is not None:
+                    yield r
+
+            self._session = (requests, self._raw.Session(stream(), metadata=self._md))
+        requests, replies = self._session
+        requests.put(pb.SessionRequest(get=req))
+        try:
+            return next(replies).reply
+        except grpc.RpcError as e:
+            self._close_session()
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the head has sessions enough: calls, then
+                self._sessions_refused = True
+                return self._stub.GetResults(req, metadata=self._md)
+            if e.code() in _AWAY:
+                raise HeadUnavailable(self.address, e.code()) from None
+            raise
+        except StopIteration:
+            self._close_session()
+            raise HeadUnavailable(self.address, grpc.StatusCode.UNAVAILABLE) from None
+        except BaseException:
+            self._close_session()
+            raise
+
+    def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session[0].put(None)
+            session[1].cancel()
 
     def cancel(self, item_id: str) -> str:
         return self._stub.Cancel(pb.CancelRequest(id=item_id), metadata=self._md, timeout=self.timeout_s).state
@@ -123,6 +177,10 @@ class HeadClient:
 
     def work_stream(self, node_id: str):
         return self._stub.WorkStream(pb.WorkStreamRequest(node_id=node_id), metadata=self._md)
+
+    def report_stream(self, requests):
+        """ReportAcks for the ReportRequests the iterator yields (the agent's report stream)."""
+        return self._stub.ReportStream(requests, metadata=self._md)
 
     def report(self, node_id: str, results: list[pb.ItemResult]) -> None:
         self._stub.Report(pb.ReportRequest(node_id=node_id, results=results), metadata=self._md,

@@ -41,6 +41,9 @@ SERVER_THREADS = 2048
 WAIT_CHECK_S = 2.0  # how often a waiting GetResults looks whether its client went away
 SWEEP_EVERY_S = 60.0
 ASSIGNMENT_BATCH = 1000
+# client Session streams (each holds a server thread for its life): well below SERVER_THREADS, so agents'
+# streams, heartbeats and the autoscaler always find one
+SESSION_LIMIT = 512
 
 
 def default_state_dir() -> Path:
@@ -94,7 +97,9 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.lock = threading.RLock()  # guards nodes, sched, the store's writes and waiters
         self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
         self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written
+        self.fetched_lock = threading.Lock()  # not the head's lock: a woken `get` replies without it
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
+        self.sessions = 0  # client Session streams open now
         self.recover_until = self._recover(clock())
 
     # --- the store ----------------------------------------------------------------------------------
@@ -123,22 +128,17 @@ class HeadServicer(pb_grpc.HeadServicer):
         return row.state if row is not None and row.state in DONE_STATES else None
 
     def _commit(self, new: list[tuple] = ()) -> None:
-        """(under self.lock) Write what changed (and `new` items) to the store in one transaction, let done
-        items leave memory, then wake the GetResults calls waiting for them (so what they read is in the
-        store)."""
+        """(under self.lock) Wake the GetResults calls waiting for items now done, write what changed (and
+        `new` items) to the store in one transaction, and let done items leave memory."""
         live, done = [], []
         for item in self.sched.take_dirty():
             if item.state in DONE_STATES:
                 done.append(item)
             else:
                 live.append((item.id, item.state, item.attempt, item.node_id, item.gpu_ids, item.started_at))
-        if live or done or new:
-            self.store.write(new, live, [self._done_row(item) for item in done])
-        for item in done:
-            self.sched.forget(item.id)
-            if item.id in self.uploaded_args:
-                self.uploaded_args.discard(item.id)
-                self.store.arg_path(item.id).unlink(missing_ok=True)
+        # Waiters are woken first: a woken `get` replies from the results handed to it, while the store is
+        # written. Nothing is lost if the head dies in between: the agent keeps a result until the head
+        # acknowledges its report, which it does only once this returns.
         done_now = {item.id: item for item in done}
         for item_id in self.sched.take_finished():
             waiters = self.waiters.pop(item_id, ())
@@ -146,6 +146,13 @@ class HeadServicer(pb_grpc.HeadServicer):
                 result = self._result_of(done_now[item_id])
                 for waiter in waiters:
                     waiter.one_done(result)
+        if live or done or new:
+            self.store.write(new, live, [self._done_row(item) for item in done])
+        for item in done:
+            self.sched.forget(item.id)
+            if item.id in self.uploaded_args:
+                self.uploaded_args.discard(item.id)
+                self.store.arg_path(item.id).unlink(missing_ok=True)
 
     @staticmethod
     def _result_of(item: Item) -> pb.ItemResult:
@@ -384,21 +391,48 @@ class HeadServicer(pb_grpc.HeadServicer):
             yield pb.Assignments(items=batch)
 
     def Report(self, request, context):
+        self._apply_report(request.node_id, request.results)
+        return pb.ReportReply()
+
+    def ReportStream(self, request_iterator, context):
+        """An agent's reports on one stream (no call per report): each applied, then acknowledged."""
+        for request in request_iterator:
+            self._apply_report(request.node_id, request.results)
+            yield pb.ReportAck(seq=request.seq)
+
+    def _apply_report(self, node_id: str, results) -> None:
         now = self.clock()
         with self.lock:
             changed = False
-            for r in request.results:
-                r = self._take_upload(request.node_id, r)
+            for r in results:
+                r = self._take_upload(node_id, r)
                 item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
-                                           node_id=request.node_id)
+                                           node_id=node_id)
                 if item is not None and item.state == QUEUED:
                     log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
                 changed = changed or item is not None
             if changed:
                 self._settle(now)
-        return pb.ReportReply()
 
     def GetResults(self, request, context):
+        return self._get_results(request, context)
+
+    def Session(self, request_iterator, context):
+        """A client's GetResults as messages on one stream: the latency of a `get` without a call's setup.
+        Each session holds a server thread while it lives, so there are at most SESSION_LIMIT; a client
+        refused one uses GetResults."""
+        with self.lock:
+            if self.sessions >= SESSION_LIMIT:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions: use GetResults")
+            self.sessions += 1
+        try:
+            for request in request_iterator:
+                yield pb.SessionReply(reply=self._get_results(request.get, context))
+        finally:
+            with self.lock:
+                self.sessions -= 1
+
+    def _get_results(self, request, context) -> pb.GetResultsReply:
         """Waits on an event set once enough of its items are done: each item's completion counts once
         (no re-scan of the others, no polling); a check every few seconds only notices a client that went
         away."""
@@ -425,14 +459,18 @@ class HeadServicer(pb_grpc.HeadServicer):
                     break
                 waiter.event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
         finally:
-            with self.lock:
-                for i in live:
-                    waiting = self.waiters.get(i)
-                    if waiting is not None:
-                        waiting.discard(waiter)
-                        if not waiting:
-                            del self.waiters[i]
-                done = [i for i in ids if i not in self.sched.items]
+            if waiter.event.is_set() and all(i in waiter.results for i in live):
+                # every item it waited for was handed over (and its registration dropped) by _commit
+                done = [i for i in ids if i in waiter.results or i not in live]
+            else:
+                with self.lock:
+                    for i in live:
+                        waiting = self.waiters.get(i)
+                        if waiting is not None:
+                            waiting.discard(waiter)
+                            if not waiting:
+                                del self.waiters[i]
+                    done = [i for i in ids if i not in self.sched.items or i in waiter.results]
         return self._results_reply(done, waiter.results)
 
     def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult]) -> pb.GetResultsReply:
@@ -462,13 +500,14 @@ class HeadServicer(pb_grpc.HeadServicer):
         """Noted now, written with the next sweep tick (it only starts the retention clock)."""
         if results:
             now = self.clock()
-            with self.lock:
+            with self.fetched_lock:
                 self.fetched.extend((r.id, now) for r in results)
 
     def flush_fetched(self) -> None:
-        with self.lock:
+        with self.fetched_lock:
             fetched, self.fetched = self.fetched, []
-            if fetched:
+        if fetched:
+            with self.lock:  # the store's writes are the head lock's
                 self.store.mark_fetched(fetched)
 
     def Cancel(self, request, context):

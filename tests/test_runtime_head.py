@@ -109,7 +109,8 @@ def test_the_work_credential_submits_and_fetches_but_cannot_act_as_a_node(head):
         for call in (lambda: _register(client, "rogue"), lambda: client.drain("n1"),
                      lambda: client.remove_node("n1"),
                      lambda: client.heartbeat(pb.HeartbeatRequest(node_id="n1")),
-                     lambda: next(iter(client.work_stream("n1")))):
+                     lambda: next(iter(client.work_stream("n1"))),
+                     lambda: next(iter(client.report_stream(iter([pb.ReportRequest(node_id="n1")]))))):
             with pytest.raises(grpc.RpcError) as e:
                 call()
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -238,3 +239,48 @@ def test_a_result_or_payload_over_the_size_limit_fails_clearly(monkeypatch):
 
     with pytest.raises(ValueError, match="over the limit"):
         f.remote(b"x" * 2000)
+
+
+def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
+    """A client's gets are messages on one Session stream (no call setup each); a refused one raises as
+    the call would and the next get opens a new session; a head with sessions enough makes the client
+    use calls, with the same results."""
+    import runtime.head
+
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        jobs = client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
+                                               request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
+        for i, job in enumerate(jobs):
+            client.report("n1", [pb.ItemResult(id=job, state="finished", value=bytes([i]))])
+            assert [r.value for r in client.get_results([job], timeout_s=5)] == [bytes([i])]
+        assert servicer.sessions == 1  # the three gets went on one stream, still open
+        with pytest.raises(grpc.RpcError) as e:
+            client.get_results(["t-nosuchitem"], timeout_s=0)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(client.get_results(jobs, timeout_s=5)) == 3
+    monkeypatch.setattr(runtime.head, "SESSION_LIMIT", 0)
+    with HeadClient(address, TOKEN) as client:
+        assert len(client.get_results(jobs, timeout_s=5)) == 3 and client._sessions_refused
+        assert len(client.get_results(jobs, timeout_s=5)) == 3
+
+
+def test_reports_on_the_stream_are_acknowledged_and_count_once(head):
+    import queue
+
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="true",
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        acks = client.report_stream(iter(requests.get, None))
+        done = pb.ItemResult(id=job, state="finished", value=b"v")
+        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=1))
+        assert next(acks).seq == 1 and servicer.store.row(job).state == "finished"
+        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=2))  # sent again after a break
+        assert next(acks).seq == 2
+        requests.put(None)
+        assert [r.value for r in client.get_results([job], timeout_s=0)] == [b"v"]
+        assert client.cluster_state().nodes[0].running == 0

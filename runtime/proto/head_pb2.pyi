@@ -174,6 +174,18 @@ class GetResultsReply(_message.Message):
     truncated: bool
     def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("get",)
+    GET_FIELD_NUMBER: _ClassVar[int]
+    get: GetResultsRequest
+    def __init__(self, get: _Optional[_Union[GetResultsRequest, _Mapping]] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("reply",)
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    reply: GetResultsReply
+    def __init__(self, reply: _Optional[_Union[GetResultsReply, _Mapping]] = ...) -> None: ...
+
 class CancelRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -316,16 +328,24 @@ class Assignments(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("node_id", "results")
+    __slots__ = ("node_id", "results", "seq")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
-    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ...) -> None: ...
+    seq: int
+    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ReportReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReportAck(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class AppendLogRequest(_message.Message):
     __slots__ = ("item_id", "data")

@@ -59,6 +59,11 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.GetResultsRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.GetResultsReply.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/launch.runtime.Head/Session',
+                request_serializer=runtime_dot_proto_dot_head__pb2.SessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.SessionReply.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/launch.runtime.Head/Cancel',
                 request_serializer=runtime_dot_proto_dot_head__pb2.CancelRequest.SerializeToString,
@@ -93,6 +98,11 @@ class HeadStub:
                 '/launch.runtime.Head/Report',
                 request_serializer=runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.ReportReply.FromString,
+                _registered_method=True)
+        self.ReportStream = channel.stream_stream(
+                '/launch.runtime.Head/ReportStream',
+                request_serializer=runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.ReportAck.FromString,
                 _registered_method=True)
         self.AppendLog = channel.unary_unary(
                 '/launch.runtime.Head/AppendLog',
@@ -154,6 +164,12 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -192,6 +208,13 @@ class HeadServicer:
 
     def Report(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStream(self, request_iterator, context):
+        """an agent's reports, acked in order
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -258,6 +281,11 @@ def add_HeadServicer_to_server(servicer, server):
                     request_deserializer=runtime_dot_proto_dot_head__pb2.GetResultsRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.GetResultsReply.SerializeToString,
             ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.SessionRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.SessionReply.SerializeToString,
+            ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.CancelRequest.FromString,
@@ -292,6 +320,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.ReportRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.ReportReply.SerializeToString,
+            ),
+            'ReportStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReportStream,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.ReportRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.ReportAck.SerializeToString,
             ),
             'AppendLog': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendLog,
@@ -454,6 +487,33 @@ class Head:
             '/launch.runtime.Head/GetResults',
             runtime_dot_proto_dot_head__pb2.GetResultsRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.GetResultsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/launch.runtime.Head/Session',
+            runtime_dot_proto_dot_head__pb2.SessionRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -643,6 +703,33 @@ class Head:
             '/launch.runtime.Head/Report',
             runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/launch.runtime.Head/ReportStream',
+            runtime_dot_proto_dot_head__pb2.ReportRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.ReportAck.FromString,
             options,
             channel_credentials,
             insecure,
