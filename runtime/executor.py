@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +32,7 @@ from runtime.worker import read_frame, write_frame
 log = logging.getLogger("launch.runtime.executor")
 
 MAX_IDLE_WORKERS_PER_KEY = 8
+FINISHED_REMEMBERED = 20000  # finished (id, attempt)s kept to ignore a re-sent assignment of one
 LOG_SHIP_INTERVAL_S = 0.2
 
 Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
@@ -96,6 +97,10 @@ class Executor:
         self.running: dict[str, tuple[int, object]] = {}  # item id -> (attempt, Worker | Popen | None: starting)
         self.cancelled: set[str] = set()
         self.dropped: set[tuple[str, int]] = set()  # stopped because the head gave them to others: never reported
+        # (id, attempt) of what this node has (waiting or running) and of what it finished lately: a head
+        # sends a node's assignments again when its stream re-opens, and those are ignored here
+        self.given: set[tuple[str, int]] = set()
+        self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
         self.threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="item")
@@ -116,10 +121,14 @@ class Executor:
             self.revoke(a.item_id)
             return
         with self.lock:
+            key = (a.item_id, a.attempt)
+            if key in self.given or key in self.finished:  # sent again: this node has it, or ran it
+                return
             old = self.running.get(a.item_id)
             if old is not None and old[0] != a.attempt:  # the head counts only its newest attempt
                 self.dropped.add((a.item_id, old[0]))
                 _stop(old[1])
+            self.given.add(key)
             self.waiting.append(a)
             self._start_what_fits()
 
@@ -155,6 +164,7 @@ class Executor:
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
                 self.waiting.remove(queued)
+                self.given.discard((item_id, queued.attempt))
                 self.cancelled.discard(item_id)
             handle = self.running.get(item_id, (0, None))[1]
         if queued is not None:
@@ -168,6 +178,7 @@ class Executor:
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
                 self.waiting.remove(queued)
+                self.given.discard((item_id, queued.attempt))  # it may come back, the same attempt
         if queued is not None:
             self.report(pb.ItemResult(id=item_id, state="revoked"), queued.attempt)
 
@@ -179,6 +190,7 @@ class Executor:
                 queued = next((a for a in self.waiting if a.item_id == item_id and a.attempt == attempt), None)
                 if queued is not None:
                     self.waiting.remove(queued)
+                    self.given.discard((item_id, attempt))
                 elif self.running.get(item_id, (None,))[0] == attempt:
                     self.dropped.add((item_id, attempt))
                     handles.append(self.running[item_id][1])
@@ -198,6 +210,11 @@ class Executor:
 
     def _done(self, a: pb.Assignment, result: pb.ItemResult) -> None:
         with self.lock:
+            key = (a.item_id, a.attempt)
+            self.given.discard(key)
+            self.finished[key] = None
+            if len(self.finished) > FINISHED_REMEMBERED:
+                self.finished.popitem(last=False)
             for k, v in a.spec.request.amounts.items():
                 self.used[k] = self.used.get(k, 0.0) - v
             if self.running.get(a.item_id, (None,))[0] == a.attempt:

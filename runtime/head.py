@@ -7,11 +7,11 @@ to ~/.launch-runtime/head.address once it is listening.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -51,6 +51,36 @@ def default_state_dir() -> Path:
     return runtime_dir() / "head-state"
 
 
+class Outbox:
+    """Assignments waiting for a node's WorkStream, in order; a stream that took some and could not send
+    them (it was replaced) puts them back in front."""
+
+    def __init__(self):
+        self.items: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+
+    def put(self, a: pb.Assignment) -> None:
+        with self.cond:
+            self.items.append(a)
+            self.cond.notify()
+
+    def put_back(self, batch: list[pb.Assignment]) -> None:
+        with self.cond:
+            self.items.extendleft(reversed(batch))
+            self.cond.notify()
+
+    def take(self, timeout: float, most: int, max_bytes: int) -> list[pb.Assignment]:
+        """What is waiting, up to `most` or `max_bytes` (at least one), after up to `timeout` for one."""
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            batch, size = [], 0
+            while self.items and len(batch) < most and (not batch or size < max_bytes):
+                batch.append(self.items.popleft())
+                size += batch[-1].ByteSize()
+            return batch
+
+
 @dataclass
 class NodeRecord:
     """What the head knows of a node beyond its resources: where it is and whether it is heard from."""
@@ -63,7 +93,8 @@ class NodeRecord:
     registered_at: float
     last_heartbeat: float
     state: str = ALIVE
-    outbox: queue.Queue = field(default_factory=queue.Queue)  # Assignments for its WorkStream
+    outbox: Outbox = field(default_factory=Outbox)  # Assignments for its WorkStream
+    stream: int = 0  # which of its WorkStreams is current (a re-opened one replaces the one before)
 
 
 class Waiter:
@@ -194,6 +225,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                              dict(request.labels), now, now)
             if old is not None:
                 rec.outbox = old.outbox
+                old.stream += 1  # the old agent's stream, if still open, stops taking from the outbox
             self.nodes[request.node_id] = rec
             lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
                                              list(request.gpu_ids), [(r.id, r.attempt) for r in request.running])
@@ -344,7 +376,10 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def _dispatch(self, now: float, known_specs: dict[str, pb.WorkSpec]) -> list[pb.Assignment]:
         """(under self.lock) Schedule; the Assignments of the newly placed items."""
-        assigned = self.sched.schedule(now)
+        return self._assignments(self.sched.schedule(now), known_specs)
+
+    def _assignments(self, assigned: list[Item], known_specs: dict[str, pb.WorkSpec]) -> list[pb.Assignment]:
+        """(under self.lock) The Assignments of these placed items: spec, GPUs, dependency values."""
         if not assigned:
             return []
         specs = {i.id: known_specs[i.id] for i in assigned if i.id in known_specs}
@@ -372,22 +407,27 @@ class HeadServicer(pb_grpc.HeadServicer):
         return out
 
     def WorkStream(self, request, context):
+        """The node's assignments, in order. A re-opened stream replaces the one before (which stops, and
+        puts back what it took but did not send) and first sends again everything the node is counted
+        to run: one sent on a stream that broke may never have arrived. The agent ignores what it has."""
         with self.lock:
             rec = self.nodes.get(request.node_id)
-        if rec is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
-        while context.is_active():
-            try:
-                batch = [rec.outbox.get(timeout=0.5)]
-            except queue.Empty:
+            if rec is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
+            rec.stream += 1
+            me = rec.stream
+            node = self.sched.nodes.get(request.node_id)
+            again = [] if me == 1 or node is None else self._assignments(
+                [self.sched.items[i] for i in [*sorted(node.running), *node.prefetched]], {})
+        for start in range(0, len(again), ASSIGNMENT_BATCH):
+            yield pb.Assignments(items=again[start:start + ASSIGNMENT_BATCH])
+        while context.is_active() and rec.stream == me:
+            batch = rec.outbox.take(0.5, ASSIGNMENT_BATCH, MAX_REPLY_BYTES)
+            if not batch:
                 continue
-            size = batch[0].ByteSize()
-            while len(batch) < ASSIGNMENT_BATCH and size < MAX_REPLY_BYTES:
-                try:
-                    batch.append(rec.outbox.get_nowait())
-                except queue.Empty:
-                    break
-                size += batch[-1].ByteSize()
+            if rec.stream != me or not context.is_active():
+                rec.outbox.put_back(batch)
+                return
             yield pb.Assignments(items=batch)
 
     def Report(self, request, context):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import grpc
 import pytest
 
@@ -284,3 +286,49 @@ def test_reports_on_the_stream_are_acknowledged_and_count_once(head):
         requests.put(None)
         assert [r.value for r in client.get_results([job], timeout_s=0)] == [b"v"]
         assert client.cluster_state().nodes[0].running == 0
+
+
+def test_a_reopened_work_stream_replaces_the_old_one_and_sends_the_nodes_work_again(head):
+    """An agent whose stream broke opens another: the head stops feeding the old one (an assignment
+    yielded into a broken stream could be lost) and first sends again what the node is counted to run."""
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        first = client.work_stream("n1")
+        (a,) = client.submit_many([pb.WorkSpec(kind="job", name="a", command="sleep 60",
+                                               request=pb.Resources(amounts={"CPU": 1.0}))])
+        assert [x.item_id for x in next(first).items] == [a]
+        second = client.work_stream("n1")
+        assert [x.item_id for x in next(second).items] == [a]  # sent again, with its spec
+        (b,) = client.submit_many([pb.WorkSpec(kind="job", name="b", command="sleep 60",
+                                               request=pb.Resources(amounts={"CPU": 1.0}))])
+        got = next(second).items
+        assert [x.item_id for x in got] == [b] and got[0].spec.command == "sleep 60"
+        first.cancel()
+        second.cancel()
+        assert servicer.nodes["n1"].outbox.items == collections.deque()
+
+
+def test_an_agent_ignores_work_it_has_or_ran_when_it_is_sent_again(tmp_path, monkeypatch):
+    from runtime.executor import Executor
+    from tests.infra import wait_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reports = []
+    ex = Executor("n1", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, lambda r, a: reports.append((r.id, a)),
+                  lambda *a: None, total={"CPU": 1.0})
+    job = lambda item_id, attempt=0: pb.Assignment(  # noqa: E731
+        item_id=item_id, attempt=attempt,
+        spec=pb.WorkSpec(kind="job", command="sleep 0.2", request=pb.Resources(amounts={"CPU": 1.0})))
+    ex.handle(job("j1"))
+    ex.handle(job("j2"))  # waits for the CPU
+    ex.handle(job("j1"))
+    ex.handle(job("j2"))
+    assert ex.in_flight() == [("j1", 0), ("j2", 0)]
+    ex.revoke("j2")  # given back unstarted: the head may send the same attempt again, and it counts
+    ex.handle(job("j2"))
+    wait_for(lambda: len(reports) == 3, timeout=10, what="j1 done, j2 revoked then done")
+    ex.handle(job("j1"))  # ran already: not again
+    ex.handle(job("j1", attempt=1))  # a new attempt is new work
+    wait_for(lambda: len(reports) == 4, timeout=10, what="the new attempt done")
+    assert sorted(reports) == [("j1", 0), ("j1", 1), ("j2", 0), ("j2", 0)] and ex.in_flight() == []
