@@ -173,7 +173,7 @@ class _Connection:
         if batch is not None:
             try:
                 return self.client.get_results(ids, timeout, num_returns, submit=pb.SubmitRequest(
-                    specs=[spec for _, spec in batch], ids=[i for i, _ in batch]))
+                    specs=[spec for _, spec in batch], ids=[i for i, _ in batch]), caller_id=_caller())
             except HeadUnavailable:
                 with self.cond:  # sent again first, before anything submitted after it
                     self.pending[:0] = batch
@@ -189,7 +189,8 @@ class _Connection:
                     self.cond.notify_all()
         self.flush(deadline)
         return _reconnecting(lambda: self.client.get_results(
-            ids, None if deadline is None else max(0.0, deadline - time.monotonic()), num_returns), deadline)
+            ids, None if deadline is None else max(0.0, deadline - time.monotonic()), num_returns,
+            caller_id=_caller()), deadline)
 
     def flush(self, deadline: float | None = None) -> None:
         while True:
@@ -219,6 +220,11 @@ class _Connection:
 
 
 _conn: _Connection | None = None
+
+
+def _caller() -> str:
+    """The task or job this code runs in, if any (its worker says which): a `get` there lends its CPUs."""
+    return os.environ.get("LAUNCH_ITEM_ID", "")
 
 
 def _discover() -> tuple[str, str]:

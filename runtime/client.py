@@ -95,11 +95,11 @@ class HeadClient:
         return list(reply.ids)
 
     def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0,
-                    submit: pb.SubmitRequest | None = None) -> list[pb.ItemResult]:
+                    submit: pb.SubmitRequest | None = None, caller_id: str = "") -> list[pb.ItemResult]:
         """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns;
         `submit` is submitted first, in the same call."""
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
-                                   num_returns=num_returns, submit=submit)
+                                   num_returns=num_returns, submit=submit, caller_id=caller_id)
         reply = self._get(req)
         results = list(reply.results)
         while reply.truncated:  # more were done than one reply carries: fetch the rest, done already

@@ -58,9 +58,9 @@ class Worker:
             env=env, cwd=Path.home(),
         )
 
-    def call(self, payload: bytes, deps: dict[str, bytes]) -> tuple[str, bytes]:
+    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "") -> tuple[str, bytes]:
         try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((payload, deps)))
+            write_frame(self.proc.stdin, cloudpickle.dumps((payload, deps, item_id)))
             frame = read_frame(self.proc.stdout)
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
@@ -100,6 +100,8 @@ class Executor:
         # (id, attempt) of what this node has (waiting or running) and of what it finished lately: a head
         # sends a node's assignments again when its stream re-opens, and those are ignored here
         self.given: set[tuple[str, int]] = set()
+        self.requests: dict[str, dict[str, float]] = {}  # what each started item holds
+        self.lent: dict[str, float] = {}  # item id -> CPUs it lends while it waits in a `get` (the head says)
         self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
@@ -119,6 +121,9 @@ class Executor:
             return
         if a.revoke:
             self.revoke(a.item_id)
+            return
+        if a.lend_cpu or a.take_back_cpu:
+            self._lend(a.item_id, a.lend_cpu)
             return
         with self.lock:
             key = (a.item_id, a.attempt)
@@ -141,6 +146,7 @@ class Executor:
         """(under self.lock) In order: the head counts an item as holding resources in the same order."""
         while self.waiting and self._fits(dict(self.waiting[0].spec.request.amounts)):
             a = self.waiting.popleft()
+            self.requests[a.item_id] = dict(a.spec.request.amounts)
             for k, v in a.spec.request.amounts.items():
                 self.used[k] = self.used.get(k, 0.0) + v
             self.running[a.item_id] = (a.attempt, None)
@@ -152,6 +158,18 @@ class Executor:
         except Exception:  # a bug here must not leave the item running forever, holding its resources
             log.exception("running %s failed", a.item_id)
             self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="the node agent failed to run it"))
+
+    def _lend(self, item_id: str, lend: bool) -> None:
+        """The head counts a running item's CPUs as free while it waits in a `get` (lend), or as its again
+        (take back): the same here, so the work the head places meanwhile starts."""
+        with self.lock:
+            cpu = self.requests.get(item_id, {}).get("CPU", 0.0)
+            if lend and cpu > 0 and item_id not in self.lent:
+                self.lent[item_id] = cpu
+                self.used["CPU"] = self.used.get("CPU", 0.0) - cpu
+                self._start_what_fits()
+            elif not lend and item_id in self.lent:
+                self.used["CPU"] = self.used.get("CPU", 0.0) + self.lent.pop(item_id)
 
     def in_flight(self) -> list[tuple[str, int]]:
         """What this node runs or will run, as (id, attempt): after a head restart, the head adopts it."""
@@ -213,6 +231,9 @@ class Executor:
             key = (a.item_id, a.attempt)
             self.given.discard(key)
             self.finished[key] = None
+            self.requests.pop(a.item_id, None)
+            if a.item_id in self.lent:  # its `get` had not returned: it holds only what it did not lend
+                self.used["CPU"] = self.used.get("CPU", 0.0) + self.lent.pop(a.item_id)
             if len(self.finished) > FINISHED_REMEMBERED:
                 self.finished.popitem(last=False)
             for k, v in a.spec.request.amounts.items():
@@ -269,7 +290,7 @@ class Executor:
             self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
             return
         try:
-            status, data = worker.call(payload, deps)
+            status, data = worker.call(payload, deps, a.item_id)
         except WorkerDied as e:
             worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
             self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
@@ -314,7 +335,7 @@ class Executor:
             cwd = job_dir / cwd
         log_path = job_dir / "output.log"
         env = self._env(list(a.gpu_ids), dict(spec.env))
-        env["LAUNCH_JOB_ID"] = a.item_id
+        env["LAUNCH_JOB_ID"] = env["LAUNCH_ITEM_ID"] = a.item_id
         env["LAUNCH_JOB_DIR"] = str(job_dir)
         if not cwd.is_dir():
             self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,

@@ -492,6 +492,8 @@ class HeadServicer(pb_grpc.HeadServicer):
             if want > 0:
                 for i in live:
                     self.waiters.setdefault(i, set()).add(waiter)
+            # a task (or job) waiting for other work lends its CPUs to it meanwhile
+            lent = bool(request.caller_id) and not waiter.event.is_set() and self._lend(request.caller_id)
         try:
             while not waiter.event.is_set():
                 left = None if deadline is None else deadline - time.monotonic()
@@ -511,7 +513,22 @@ class HeadServicer(pb_grpc.HeadServicer):
                             if not waiting:
                                 del self.waiters[i]
                     done = [i for i in ids if i not in self.sched.items or i in waiter.results]
+            if lent:
+                with self.lock:
+                    node_id = self.sched.take_back_cpu(request.caller_id)
+                    if node_id is not None:
+                        self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.caller_id, take_back_cpu=True))
         return self._results_reply(done, waiter.results)
+
+    def _lend(self, caller_id: str) -> bool:
+        """(under self.lock) The caller's CPUs count as free on its node (which is told so, ahead of any
+        work placed there now) until the caller's `get` returns."""
+        node_id = self.sched.lend_cpu(caller_id)
+        if node_id is None:
+            return False
+        self.nodes[node_id].outbox.put(pb.Assignment(item_id=caller_id, lend_cpu=True))
+        self._settle(self.clock())
+        return True
 
     def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult]) -> pb.GetResultsReply:
         """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest. Read

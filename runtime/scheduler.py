@@ -79,6 +79,7 @@ class Item:
     message: str = ""
     result: object = None  # the ItemResult reported by the agent; opaque here
     cancel_requested: bool = False
+    lent_cpu: float = 0.0  # CPUs it gave back while it waits in a `get` (lend_cpu), to take again after
 
     @property
     def shape(self) -> Shape:
@@ -210,7 +211,7 @@ class Scheduler:
         return touched
 
     def _retry_or_fail(self, item: Item, now: float, reason: str) -> None:
-        item.node_id, item.gpu_ids = "", []
+        item.node_id, item.gpu_ids, item.lent_cpu = "", [], 0.0
         self.dirty.add(item.id)
         if item.cancel_requested:
             self._finish(item, CANCELLED, now, message="cancelled")
@@ -393,7 +394,7 @@ class Scheduler:
         if node is not None:
             if item_id in node.running:
                 node.running.discard(item_id)
-                node.give_back(item.request, item.gpu_ids)
+                node.give_back(self._held(item), item.gpu_ids)
             elif item_id in node.prefetched:
                 node.prefetched.remove(item_id)
             node.revoking.discard(item_id)
@@ -436,6 +437,43 @@ class Scheduler:
             item.cancel_requested = True
             return RUNNING, item.node_id
         return item.state, None
+
+    # --- a task waiting in `get` lends its CPUs ----------------------------------------------------------
+
+    @staticmethod
+    def _held(item: Item) -> dict[str, float]:
+        """What a running item holds on its node now: its request, less the CPUs it lent."""
+        if not item.lent_cpu:
+            return item.request
+        return {**item.request, "CPU": item.request.get("CPU", 0.0) - item.lent_cpu}
+
+    def lend_cpu(self, item_id: str) -> str | None:
+        """A running item blocks in a `get` of other work: its CPUs go back to its node for that work to
+        run (Ray does the same; otherwise parents waiting on children they hold the CPUs of never end).
+        Returns its node, or None if there is nothing to lend."""
+        item = self.items.get(item_id)
+        cpu = item.request.get("CPU", 0.0) if item is not None else 0.0
+        if item is None or item.state != RUNNING or item.lent_cpu or cpu <= 0:
+            return None
+        node = self.nodes.get(item.node_id)
+        if node is None or item_id not in node.running:
+            return None
+        item.lent_cpu = cpu
+        node.give_back({"CPU": cpu}, [])
+        return node.id
+
+    def take_back_cpu(self, item_id: str) -> str | None:
+        """The `get` returned: the item holds its CPUs again (its node may be over for a while, as in
+        Ray: nothing new starts there until it is not). Returns its node, or None."""
+        item = self.items.get(item_id)
+        if item is None or not item.lent_cpu:
+            return None
+        cpu, item.lent_cpu = item.lent_cpu, 0.0
+        node = self.nodes.get(item.node_id)
+        if item.state != RUNNING or node is None or item_id not in node.running:
+            return None
+        node.available["CPU"] = node.available.get("CPU", 0.0) - cpu
+        return node.id
 
     def to_revoke(self, now: float) -> list[Item]:
         """Items given ahead that wait on their node past PREFETCH_REVOKE_S (each asked back once)."""

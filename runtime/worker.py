@@ -2,7 +2,7 @@
 
 A task's payload is cloudpickle of (cloudpickled function, args, kwargs).
 
-Frames on the pipes are an 8-byte length then a cloudpickle. In: (payload, dep_values); out:
+Frames on the pipes are an 8-byte length then a cloudpickle. In: (payload, dep_values, item id); out:
 ("ok", value bytes) or ("err", pickled (exception, traceback text)). The protocol keeps the original
 stdout to itself; the task's own prints go to stderr (the agent's log).
 """
@@ -71,7 +71,8 @@ def main() -> None:
         frame = read_frame(proto_in)
         if frame is None:
             return
-        payload, deps = cloudpickle.loads(frame)
+        payload, deps, item_id = cloudpickle.loads(frame)
+        os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task lends its CPUs while it waits
         write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps)))
 
 

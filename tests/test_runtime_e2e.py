@@ -181,6 +181,32 @@ def test_futures_as_arguments_and_remote_exceptions(rt):
         runtime.get(add.remote(fail.remote(1), 1), timeout=30)
 
 
+def test_tasks_waiting_on_their_children_lend_their_cpus(rt):
+    """Every CPU of the cluster (4) held by a parent that `get`s a child of its own: the parents lend
+    their CPUs while they wait, so the children run (Ray's behaviour) instead of waiting forever."""
+    @runtime.remote(num_cpus=1)
+    def child(x):
+        import time as t
+        t.sleep(0.2)
+        return x * 2
+
+    @runtime.remote(num_cpus=1)
+    def parent(x):
+        import time as t
+
+        import runtime as rt_
+        t.sleep(0.3)  # all four parents hold their CPUs before any child is submitted
+        return rt_.get(child.remote(x), timeout=60) + 1
+
+    assert runtime.get([parent.remote(i) for i in range(4)], timeout=90) == [1, 3, 5, 7]
+    # the CPUs are the parents' again when their gets returned, and free once they finished
+    from runtime.client import HeadClient
+
+    with HeadClient(rt["address"], rt["token"]) as client:
+        state = client.cluster_state()
+    assert all(n.available.amounts.get("CPU") == n.total.amounts.get("CPU") for n in state.nodes)
+
+
 def test_wait_returns_the_first_done(rt):
     slow, fast = where.remote(3.0), where.remote(0.0)
     ready, not_ready = runtime.wait([slow, fast], num_returns=1, timeout=10)

@@ -165,3 +165,30 @@ def test_never_over_allocated(requests, finish_order):
             assert all(-1e-9 <= f <= 1 + 1e-9 for f in n.gpu_free.values())
             used = sum(s.items[i].request.get("CPU", 0) for i in n.running)
             assert used <= n.total["CPU"] + 1e-9
+
+
+def test_a_task_waiting_in_get_lends_its_cpus_and_takes_them_back():
+    s = Scheduler(TYPES)
+    s.add_node("c1", "cpu", {"CPU": 2}, False, 0.0)
+    parents = [_item(s, {"CPU": 1}) for _ in range(2)]
+    s.schedule(0.0)
+    child = _item(s, {"CPU": 1})
+    assert s.schedule(0.0) == [] and child.state == QUEUED  # both CPUs held by the parents
+    assert s.lend_cpu(parents[0].id) == "c1" and s.lend_cpu(parents[0].id) is None  # once
+    assert s.schedule(0.0) == [child] and child.node_id == "c1"
+    s.complete(child.id, FINISHED, 1.0, node_id="c1")
+    other = _item(s, {"CPU": 1})
+    assert s.schedule(1.0) == [other]  # the lent CPU serves whatever waits
+    assert s.take_back_cpu(parents[0].id) == "c1"
+    assert s.nodes["c1"].available["CPU"] == -1.0  # over, for a while, as in Ray: nothing new starts
+    assert s.schedule(1.0) == [] and _item(s, {"CPU": 1}).state == QUEUED
+    s.complete(other.id, FINISHED, 2.0, node_id="c1")
+    assert s.nodes["c1"].available["CPU"] == 0.0
+    # a parent that finishes while lending gives back only what it still holds
+    s.lend_cpu(parents[1].id)
+    s.schedule(2.0)
+    s.complete(parents[1].id, FINISHED, 3.0, node_id="c1")
+    s.complete(parents[0].id, FINISHED, 3.0, node_id="c1")
+    s.take_back_cpu(parents[1].id)  # its get returned after it was done: nothing to take
+    running = [i for i in s.items.values() if i.state == RUNNING]
+    assert s.nodes["c1"].available["CPU"] == 2.0 - len(running)

@@ -155,16 +155,18 @@ class ItemResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ..., value_size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
-    __slots__ = ("ids", "timeout_s", "num_returns", "submit")
+    __slots__ = ("ids", "timeout_s", "num_returns", "submit", "caller_id")
     IDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     timeout_s: float
     num_returns: int
     submit: SubmitRequest
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ...) -> None: ...
+    caller_id: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., caller_id: _Optional[str] = ...) -> None: ...
 
 class GetResultsReply(_message.Message):
     __slots__ = ("results", "truncated")
@@ -295,7 +297,7 @@ class WorkStreamRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("item_id", "spec", "gpu_ids", "dep_values", "cancel", "revoke", "attempt", "dep_stored")
+    __slots__ = ("item_id", "spec", "gpu_ids", "dep_values", "cancel", "revoke", "attempt", "dep_stored", "lend_cpu", "take_back_cpu")
     class DepValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +313,8 @@ class Assignment(_message.Message):
     REVOKE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DEP_STORED_FIELD_NUMBER: _ClassVar[int]
+    LEND_CPU_FIELD_NUMBER: _ClassVar[int]
+    TAKE_BACK_CPU_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     spec: WorkSpec
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -319,7 +323,9 @@ class Assignment(_message.Message):
     revoke: bool
     attempt: int
     dep_stored: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., dep_values: _Optional[_Mapping[str, bytes]] = ..., cancel: _Optional[bool] = ..., revoke: _Optional[bool] = ..., attempt: _Optional[int] = ..., dep_stored: _Optional[_Iterable[str]] = ...) -> None: ...
+    lend_cpu: bool
+    take_back_cpu: bool
+    def __init__(self, item_id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., dep_values: _Optional[_Mapping[str, bytes]] = ..., cancel: _Optional[bool] = ..., revoke: _Optional[bool] = ..., attempt: _Optional[int] = ..., dep_stored: _Optional[_Iterable[str]] = ..., lend_cpu: _Optional[bool] = ..., take_back_cpu: _Optional[bool] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("items",)
