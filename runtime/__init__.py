@@ -9,13 +9,20 @@
 The API is imported on first use, so node-side commands (`python -m runtime.node ...`) start fast.
 """
 
-__all__ = ["GetTimeoutError", "ObjectRef", "TaskCancelledError", "TaskError", "cancel", "get", "init",
-           "remote", "shutdown", "wait"]
+_API = {
+    "runtime.api": ["GetTimeoutError", "ObjectRef", "TaskCancelledError", "TaskError", "cancel", "get", "init",
+                    "remote", "shutdown", "wait"],
+    "runtime.actors": ["ActorDiedError", "ActorHandle", "get_actor", "kill"],
+    "runtime.placement_group": ["PlacementGroup", "PlacementGroupSchedulingStrategy", "placement_group",
+                                "remove_placement_group"],
+}
+__all__ = sorted(name for names in _API.values() for name in names)
 
 
 def __getattr__(name):
-    if name in __all__:
-        from runtime import api
+    for module, names in _API.items():
+        if name in names:
+            import importlib
 
-        return getattr(api, name)
+            return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -127,8 +127,7 @@ class _Connection:
             self._submit(batch, deadline)
         except grpc.RpcError as e:
             with self.cond:  # the head away says so itself (HeadUnavailable)
-                self.error = e if isinstance(e, ConnectionError) else ConnectionError(
-                    f"the head refused {len(batch)} submission(s): {e.code().name}: {e.details()}")
+                self.error = e if isinstance(e, ConnectionError) else _refused(e, len(batch))
         finally:
             with self.cond:
                 self.inflight -= 1
@@ -181,8 +180,7 @@ class _Connection:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     raise
-                raise ConnectionError(f"the head refused {len(batch)} submission(s): {e.code().name}: "
-                                      f"{e.details()}") from None
+                raise _refused(e, len(batch)) from None
             finally:
                 with self.cond:
                     self.inflight -= 1
@@ -217,6 +215,15 @@ class _Connection:
                 self.cond.notify_all()
             self.thread.join(timeout=5)
             self.client.close()
+
+
+def _refused(e, n: int) -> Exception:
+    """A submission the head refused: bad input (a name taken, a malformed request) is a ValueError."""
+    import grpc
+
+    bad = e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS)
+    return (ValueError if bad else ConnectionError)(
+        f"the head refused {n} submission(s): {e.code().name}: {e.details()}")
 
 
 _conn: _Connection | None = None
@@ -303,7 +310,16 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
     if _conn is not None:
         _conn.close()
     _conn = _Connection(HeadClient(address, token, timeout_s=30))
+    atexit.register(_end_actors_at_exit)  # once: registering again replaces nothing, and it is idempotent
     return _conn.client
+
+
+def _end_actors_at_exit() -> None:
+    """A driver that exits without shutdown() still ends the actors it made (not detached ones)."""
+    if _conn is not None:
+        from runtime.actors import end_owned
+
+        end_owned(_conn.client)
 
 
 def shutdown() -> None:
@@ -311,7 +327,13 @@ def shutdown() -> None:
     global _conn
     if _conn is not None:
         conn, _conn = _conn, None
-        conn.close()
+        try:
+            conn.flush()
+        finally:
+            from runtime.actors import end_owned
+
+            end_owned(conn.client)
+            conn.close()
     _close_tunnels()
 
 
@@ -351,12 +373,64 @@ def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[st
     return {k: v for k, v in req.items() if v > 0}
 
 
+PLACEMENT_OPTIONS = ("placement_group", "placement_group_bundle_index", "scheduling_strategy")
+
+
+def _placement(opts: dict) -> tuple[str, int]:
+    """(placement group id, bundle index) from Ray's two spellings: placement_group= with
+    placement_group_bundle_index=, or scheduling_strategy=PlacementGroupSchedulingStrategy(...)."""
+    strategy = opts.get("scheduling_strategy")
+    pg, index = opts.get("placement_group"), opts.get("placement_group_bundle_index", -1)
+    if strategy is not None and not isinstance(strategy, str):  # "DEFAULT"/"SPREAD" strings: no group
+        pg = getattr(strategy, "placement_group", None)
+        index = getattr(strategy, "placement_group_bundle_index", -1)
+    if pg is None or pg == "default":
+        return "", -1
+    pg_id = getattr(pg, "id", None)
+    if not isinstance(pg_id, str):
+        raise TypeError(f"placement_group must be a PlacementGroup (got {type(pg).__name__})")
+    if not isinstance(index, int) or index < -1:
+        raise ValueError(f"placement_group_bundle_index must be an int >= -1 (got {index!r})")
+    if index >= len(pg.bundle_specs):
+        raise ValueError(f"placement_group_bundle_index {index} is out of range: the group has "
+                         f"{len(pg.bundle_specs)} bundle(s)")
+    return pg_id, index
+
+
+def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, deps: list[str], max_retries: int,
+            prefix: str, **fields) -> str:
+    """Make an item id and hand the spec to the submitter; a payload too large for a message goes to the
+    head's disk first, in chunks."""
+    from runtime.proto import head_pb2 as pb
+
+    if len(payload) > MAX_OBJECT_BYTES:
+        raise ValueError(f"{name}: {too_large('payload with its arguments', len(payload))}")
+    item_id = f"{prefix}-{uuid.uuid4().hex[:20]}"
+    spec = pb.WorkSpec(kind=kind, name=name, request=pb.Resources(amounts=request), depends_on=deps,
+                       max_retries=max_retries, **fields)
+    conn = _connection()
+    if len(payload) > INLINE_BYTES:
+        _reconnecting(lambda: conn.client.upload_args(item_id, payload))
+        spec.payload_size = len(payload)
+    else:
+        spec.payload = payload
+    conn.enqueue(item_id, spec)
+    return item_id
+
+
+def _deps(args, kwargs) -> list[str]:
+    return sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
+
+
 class RemoteFunction:
     def __init__(self, fn: Callable, num_cpus=1, num_gpus=0, memory=0, resources=None,
-                 max_retries=DEFAULT_MAX_RETRIES, name: str | None = None):
+                 max_retries=DEFAULT_MAX_RETRIES, name: str | None = None, placement_group=None,
+                 placement_group_bundle_index=-1, scheduling_strategy=None):
         self._fn = fn
         self._opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
-                          max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"))
+                          max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"),
+                          placement_group=placement_group, placement_group_bundle_index=placement_group_bundle_index,
+                          scheduling_strategy=scheduling_strategy)
         self._fn_blob: bytes | None = None  # the function pickled once, not on every call
         functools.update_wrapper(self, fn)
 
@@ -370,36 +444,37 @@ class RemoteFunction:
         raise TypeError(f"remote function {self._opts['name']} must be called with .remote(...)")
 
     def remote(self, *args, **kwargs) -> ObjectRef:
-        from runtime.proto import head_pb2 as pb
         from runtime.scheduler import validate_request
 
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
         validate_request(request)  # a bad request fails here, not later in the background
+        pg_id, index = _placement(o)
         if self._fn_blob is None:
             self._fn_blob = cloudpickle.dumps(self._fn)
-        deps = sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
         payload = cloudpickle.dumps((self._fn_blob, args, kwargs))
-        if len(payload) > MAX_OBJECT_BYTES:
-            raise ValueError(f"{o['name']}: {too_large('function with its arguments', len(payload))}")
-        item_id = f"t-{uuid.uuid4().hex[:20]}"
-        spec = pb.WorkSpec(kind="task", name=o["name"], request=pb.Resources(amounts=request), depends_on=deps,
-                           max_retries=o["max_retries"])
-        conn = _connection()
-        if len(payload) > INLINE_BYTES:  # on the head's disk, in chunks, before the item is submitted
-            _reconnecting(lambda: conn.client.upload_args(item_id, payload))
-            spec.payload_size = len(payload)
-        else:
-            spec.payload = payload
-        conn.enqueue(item_id, spec)
-        return ObjectRef(item_id)
+        return ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), o["max_retries"], "t",
+                                 pg_id=pg_id, bundle_index=index))
 
 
-def remote(fn: Callable | None = None, *, num_cpus: float = 1, num_gpus: float = 0, memory: float = 0,
-           resources: dict[str, float] | None = None, max_retries: int = DEFAULT_MAX_RETRIES):
-    """Decorator: `@remote` or `@remote(num_cpus=2, num_gpus=0.5, resources={"accelerator_type:T4": 1})`."""
-    def wrap(f: Callable) -> RemoteFunction:
-        return RemoteFunction(f, num_cpus, num_gpus, memory, resources, max_retries)
+def remote(fn: Callable | None = None, *, num_cpus: float | None = None, num_gpus: float = 0, memory: float = 0,
+           resources: dict[str, float] | None = None, max_retries: int = DEFAULT_MAX_RETRIES, **options):
+    """Decorator: `@remote` or `@remote(num_cpus=2, num_gpus=0.5, resources={"accelerator_type:T4": 1})` on
+    a function (a task: 1 CPU unless told) or on a class (an actor: holds what it asks for while it lives,
+    nothing unless told; options max_restarts, max_task_retries, name, lifetime)."""
+    import inspect
+
+    def wrap(f):
+        if inspect.isclass(f):
+            from runtime.actors import ActorClass
+
+            return ActorClass(f, num_cpus=num_cpus or 0, num_gpus=num_gpus, memory=memory, resources=resources,
+                              **options)
+        unknown = set(options) - set(PLACEMENT_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown option(s) for a remote function: {', '.join(sorted(unknown))}")
+        return RemoteFunction(f, 1 if num_cpus is None else num_cpus, num_gpus, memory, resources, max_retries,
+                              **options)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -422,6 +497,8 @@ def _value(res) -> Any:
         except TypeError:
             err = TaskError(msg, cause, tb)
         raise err from None
+    if res.message.startswith("its actor "):  # a call whose actor died, was killed or could not be made
+        raise _actor_died(f"task {res.id} {res.state}: {res.message}")
     raise TaskError(f"task {res.id} {res.state}: {res.message}")
 
 
@@ -447,6 +524,12 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     ready = [r for r in refs if r.id in done][:num_returns]
     ready_ids = {r.id for r in ready}
     return ready, [r for r in refs if r.id not in ready_ids]
+
+
+def _actor_died(message: str) -> Exception:
+    from runtime.actors import ActorDiedError
+
+    return ActorDiedError(message)
 
 
 def cancel(ref: ObjectRef) -> str:

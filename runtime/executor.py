@@ -4,6 +4,8 @@ Tasks go to worker processes that are reused between tasks with the same GPU set
 is fixed when a process starts, so it is part of the worker's identity; a task without GPUs gets
 CUDA_VISIBLE_DEVICES="" and cannot touch any). Jobs run as `bash -c` in their own directory and
 session; their output goes to a log file on the node that is shipped to the head as it grows.
+An actor has a worker process of its own for its life (its GPUs fixed at start); its calls hold no
+resources of their own and run in that process one at a time, in the order the head gave them.
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ class Worker:
             env=env, cwd=Path.home(),
         )
 
-    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "") -> tuple[str, bytes]:
+    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> tuple[str, bytes]:
         try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((payload, deps, item_id)))
+            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id)))
             frame = read_frame(self.proc.stdout)
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
@@ -75,6 +77,26 @@ class Worker:
         if self.alive():
             self.proc.kill()
         self.proc.wait()
+
+
+class ActorInstance:
+    """An actor on this node: its process, and the calls given to it waiting their turn."""
+
+    def __init__(self, a: pb.Assignment):
+        self.assignment = a
+        self.calls: deque[pb.Assignment] = deque()
+        self.current: pb.Assignment | None = None
+        self.cond = threading.Condition()
+        self.worker: Worker | None = None
+        self.stopped = False
+
+    def kill(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+            worker = self.worker
+        if worker is not None:
+            worker.kill()
 
 
 class Executor:
@@ -103,6 +125,7 @@ class Executor:
         self.requests: dict[str, dict[str, float]] = {}  # what each started item holds
         self.lent: dict[str, float] = {}  # item id -> CPUs it lends while it waits in a `get` (the head says)
         self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.actors: dict[str, ActorInstance] = {}  # actor id -> its instance here
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
         self.threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="item")
@@ -129,6 +152,20 @@ class Executor:
             key = (a.item_id, a.attempt)
             if key in self.given or key in self.finished:  # sent again: this node has it, or ran it
                 return
+            if a.spec.kind == "call":
+                inst = self.actors.get(a.spec.actor_id)
+                if inst is None:  # its instance here ended: the head puts the call back with the actor
+                    return
+                self.given.add(key)
+                with inst.cond:
+                    inst.calls.append(a)
+                    inst.cond.notify_all()
+                return
+            if a.spec.kind == "actor":
+                old = self.actors.get(a.item_id)
+                if old is not None:  # an older instance the head no longer counts
+                    old.kill()
+                self.actors[a.item_id] = ActorInstance(a)
             old = self.running.get(a.item_id)
             if old is not None and old[0] != a.attempt:  # the head counts only its newest attempt
                 self.dropped.add((a.item_id, old[0]))
@@ -154,7 +191,7 @@ class Executor:
 
     def _run(self, a: pb.Assignment) -> None:
         try:
-            (self._run_task if a.spec.kind == "task" else self._run_job)(a)
+            {"task": self._run_task, "actor": self._run_actor}.get(a.spec.kind, self._run_job)(a)
         except Exception:  # a bug here must not leave the item running forever, holding its resources
             log.exception("running %s failed", a.item_id)
             self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="the node agent failed to run it"))
@@ -174,9 +211,31 @@ class Executor:
     def in_flight(self) -> list[tuple[str, int]]:
         """What this node runs or will run, as (id, attempt): after a head restart, the head adopts it."""
         with self.lock:
-            return [(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
+            calls = []
+            for inst in self.actors.values():
+                with inst.cond:
+                    calls += [c for c in [inst.current, *inst.calls] if c is not None]
+            return ([(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
+                    + [(c.item_id, c.attempt) for c in calls])
+
+    def _take_call(self, item_id: str, attempt: int | None = None) -> pb.Assignment | None:
+        """(under self.lock) A call waiting in an actor's line, taken out of it."""
+        for inst in self.actors.values():
+            with inst.cond:
+                call = next((c for c in inst.calls if c.item_id == item_id
+                             and (attempt is None or c.attempt == attempt)), None)
+                if call is not None:
+                    inst.calls.remove(call)
+                    self.given.discard((item_id, call.attempt))
+                    return call
+        return None
 
     def cancel(self, item_id: str) -> None:
+        with self.lock:
+            call = self._take_call(item_id)
+        if call is not None:  # a call that has not started; one that has runs to its end
+            self.report(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), call.attempt)
+            return
         with self.lock:
             self.cancelled.add(item_id)
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
@@ -205,6 +264,8 @@ class Executor:
         handles = []
         with self.lock:
             for item_id, attempt in pairs:
+                if self._take_call(item_id, attempt) is not None:
+                    continue
                 queued = next((a for a in self.waiting if a.item_id == item_id and a.attempt == attempt), None)
                 if queued is not None:
                     self.waiting.remove(queued)
@@ -315,6 +376,89 @@ class Executor:
             return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
         return pb.ItemResult(id=a.item_id, state="finished", value_size=len(data), stored=True)
 
+    # --- actors -------------------------------------------------------------------------------------
+
+    def _run_actor(self, a: pb.Assignment) -> None:
+        """Start the actor's process and construct it, then run its calls one at a time until it is
+        killed or its process dies (then the head restarts it, or not, and puts its calls back)."""
+        inst = self.actors.get(a.item_id)
+        if inst is None or inst.assignment is not a:
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="replaced by a newer instance"))
+            return
+        try:
+            payload, deps = self._inputs(a)
+        except Exception as e:  # noqa: BLE001 - the head away or the data gone
+            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
+            return
+        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id}))
+        with inst.cond:
+            inst.worker = worker
+            stopped = inst.stopped
+        if stopped or not self._started(a, inst):
+            worker.kill()
+            self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
+            return
+        try:
+            status, data = worker.call(payload, deps, a.item_id, op="actor")
+        except WorkerDied as e:
+            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its process died ({e})"))
+            return
+        if status != "ok":  # the constructor raised: the actor is dead, its calls fail with this
+            worker.kill()
+            self._end_actor(a, self._result(a, status, data))
+            return
+        while True:
+            with inst.cond:
+                while not inst.calls and not inst.stopped:
+                    inst.cond.wait()
+                if inst.stopped:
+                    break
+                call = inst.current = inst.calls.popleft()
+            try:
+                payload, deps = self._inputs(call)
+            except Exception as e:  # noqa: BLE001
+                self._call_done(inst, call, pb.ItemResult(id=call.item_id, state="lost",
+                                                          message=f"its inputs could not be fetched ({e})"))
+                continue
+            try:
+                status, data = worker.call(payload, deps, a.item_id, op="call")
+            except WorkerDied as e:
+                with inst.cond:
+                    inst.current = None
+                    stopped = inst.stopped
+                self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost",
+                                                 message=f"its process died ({e})"))
+                return
+            self._call_done(inst, call, self._result(call, status, data))
+        worker.kill()
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed"))
+
+    def _call_done(self, inst: ActorInstance, call: pb.Assignment, result: pb.ItemResult) -> None:
+        with inst.cond:
+            inst.current = None
+        with self.lock:
+            key = (call.item_id, call.attempt)
+            self.given.discard(key)
+            self.finished[key] = None
+            if key in self.dropped:
+                self.dropped.discard(key)
+                return
+        self.report(result, call.attempt)
+
+    def _end_actor(self, a: pb.Assignment, result: pb.ItemResult) -> None:
+        """The instance is over: its calls not run are not reported (the head puts them back in line with
+        the actor, or fails them), and it gives back what it held."""
+        with self.lock:
+            inst = self.actors.get(a.item_id)
+            if inst is not None and inst.assignment is a:
+                del self.actors[a.item_id]
+                with inst.cond:
+                    inst.stopped = True
+                    for c in inst.calls:
+                        self.given.discard((c.item_id, c.attempt))
+                    inst.calls.clear()
+        self._done(a, result)
+
     # --- jobs ---------------------------------------------------------------------------------------
 
     def _run_job(self, a: pb.Assignment) -> None:
@@ -368,8 +512,11 @@ class Executor:
         with self.lock:
             handles = [h for _, h in self.running.values()]
             workers = [w for pool in self.idle.values() for w in pool]
+            actors = list(self.actors.values())
             self.idle.clear()
             self.waiting.clear()
+        for inst in actors:
+            inst.kill()
         for h in handles:
             _stop(h)
         for w in workers:
@@ -378,7 +525,7 @@ class Executor:
 
 
 def _stop(handle) -> None:
-    if isinstance(handle, Worker):
+    if isinstance(handle, (Worker, ActorInstance)):
         handle.kill()
     elif isinstance(handle, subprocess.Popen):
         _kill_group(handle)

@@ -28,8 +28,8 @@ from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS, MAX_OBJECT_BYTES, MAX_REPL
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
-from runtime.scheduler import (DONE_STATES, FAILED, FINISHED, INFEASIBLE, QUEUED, RUNNING, InvalidRequest, Item,
-                               Scheduler, validate_request)
+from runtime.scheduler import (ACTOR, DONE_STATES, FAILED, FINISHED, INFEASIBLE, KINDS, PG, QUEUED, RUNNING,
+                               InvalidRequest, Item, Scheduler, bundle_sum, group_problem, validate_request)
 from runtime.store import ID_PATTERN, Store
 
 log = logging.getLogger("launch.runtime.head")
@@ -140,11 +140,12 @@ class HeadServicer(pb_grpc.HeadServicer):
         for its node to say it still runs it. Returns when the wait for those nodes ends."""
         rows = self.store.live()
         for row in rows:
-            item = Item(id=row.id, kind=row.kind, name=row.name, request=row.request, max_retries=row.max_retries,
-                        submitted_at=row.submitted_at, attempt=row.attempt, node_id=row.node_id,
-                        gpu_ids=row.gpu_ids, started_at=row.started_at,
-                        depends_on=set(pb.WorkSpec.FromString(row.spec).depends_on))
-            if row.state == RUNNING:
+            item = _item(row.id, pb.WorkSpec.FromString(row.spec), row.submitted_at)
+            item.attempt, item.node_id, item.gpu_ids, item.started_at = (row.attempt, row.node_id, row.gpu_ids,
+                                                                         row.started_at)
+            # a placement group is placed again (its bundles' places are not kept); what ran in it is adopted
+            # as its node's work
+            if row.state == RUNNING and row.kind != PG:
                 self.sched.recover(item)
             else:
                 self.sched.submit(item, now)
@@ -309,12 +310,14 @@ class HeadServicer(pb_grpc.HeadServicer):
                     available=pb.Resources(amounts=n.available if n else {}),
                     labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
                     idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
-                    running=len(n.running) + len(n.prefetched) if n else 0,
+                    running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
                 ))
             demand = [pb.ShapeDemand(shape=pb.Resources(amounts=dict(s)), count=c) for s, c in self.sched.demand()]
             infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
                           for s, c, why in self.sched.infeasible_demand()]
-        return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible)
+            groups = [pb.GroupDemand(bundles=[pb.Resources(amounts=dict(b)) for b in bundles], strategy=strategy,
+                                     count=c) for bundles, strategy, c in self.sched.group_demand()]
+        return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups)
 
     # --- work ---------------------------------------------------------------------------------------
 
@@ -331,12 +334,17 @@ class HeadServicer(pb_grpc.HeadServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"item id {item_id[:100]!r} is not of "
                               f"letters, digits, '_', '.', '-' (1-100, not starting with a symbol)")
         for spec in specs:
-            if spec.kind not in ("task", "job"):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be task or job, got {spec.kind!r}")
+            if spec.kind not in KINDS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(KINDS)}, "
+                              f"got {spec.kind[:20]!r}")
             try:
                 validate_request(dict(spec.request.amounts))
             except InvalidRequest as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            if spec.kind == PG:
+                problem = group_problem([dict(b.amounts) for b in spec.bundles], spec.strategy)
+                if problem:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"placement group {spec.name!r}: {problem}")
         for item_id, spec in zip(given, specs):
             if spec.payload_size and not self._uploaded(self.store.arg_path(item_id), spec.payload_size):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")
@@ -345,10 +353,12 @@ class HeadServicer(pb_grpc.HeadServicer):
             known = self.store.rows(given, with_values=False) if given else {}
             if known or any(i in self.sched.items for i in given) or len(set(given)) != len(given):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
+            names = [spec.actor_name for spec in specs if spec.kind == ACTOR and spec.actor_name]
+            taken = next((n for n in names if n in self.sched.actor_names), None)
+            if taken or len(set(names)) != len(names):
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"an actor named {taken or names[0]!r} exists")
             ids = given or [self.sched.new_id(spec.kind) for spec in specs]
-            items = [Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
-                          request=dict(spec.request.amounts), max_retries=max(spec.max_retries, 0),
-                          submitted_at=now, depends_on=set(spec.depends_on)) for item_id, spec in zip(ids, specs)]
+            items = [_item(item_id, spec, now) for item_id, spec in zip(ids, specs)]
             for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
                 if spec.payload_size:
@@ -373,6 +383,10 @@ class HeadServicer(pb_grpc.HeadServicer):
         self._commit(new)
         for a in assignments:
             self.nodes[self.sched.items[a.item_id].node_id].outbox.put(a)
+        stop, self.sched.to_stop = self.sched.to_stop, []  # work in a placement group just removed
+        for item_id, node_id in stop:
+            if node_id in self.nodes:
+                self.nodes[node_id].outbox.put(pb.Assignment(item_id=item_id, cancel=True))
 
     def _dispatch(self, now: float, known_specs: dict[str, pb.WorkSpec]) -> list[pb.Assignment]:
         """(under self.lock) Schedule; the Assignments of the newly placed items."""
@@ -417,8 +431,7 @@ class HeadServicer(pb_grpc.HeadServicer):
             rec.stream += 1
             me = rec.stream
             node = self.sched.nodes.get(request.node_id)
-            again = [] if me == 1 or node is None else self._assignments(
-                [self.sched.items[i] for i in [*sorted(node.running), *node.prefetched]], {})
+            again = [] if me == 1 or node is None else self._assignments(self._given_to(node), {})
         for start in range(0, len(again), ASSIGNMENT_BATCH):
             yield pb.Assignments(items=again[start:start + ASSIGNMENT_BATCH])
         while context.is_active() and rec.stream == me:
@@ -429,6 +442,14 @@ class HeadServicer(pb_grpc.HeadServicer):
                 rec.outbox.put_back(batch)
                 return
             yield pb.Assignments(items=batch)
+
+    def _given_to(self, node) -> list[Item]:
+        """(under self.lock) What a node is counted to run, in an order it can start it in: actors before
+        their calls (in line), then what was given ahead."""
+        items = [self.sched.items[i] for i in sorted(node.running)]
+        calls = [(seq, c) for i in node.running if i in self.sched.actors
+                 for c, seq in self.sched.actors[i].given.items()]
+        return items + [self.sched.items[c] for _, c in sorted(calls)] + [self.sched.items[i] for i in node.prefetched]
 
     def Report(self, request, context):
         self._apply_report(request.node_id, request.results)
@@ -579,8 +600,15 @@ class HeadServicer(pb_grpc.HeadServicer):
                 return pb.CancelReply(state=row.state)
             if node_id and node_id in self.nodes:
                 self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.id, cancel=True))
-            self._commit()
+            self._settle(now)  # a removed placement group frees its nodes for queued work
         return pb.CancelReply(state=state)
+
+    def GetActor(self, request, context):
+        with self.lock:
+            item = self.sched.actor_by_name(request.name)
+            if item is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no live actor is named {request.name[:100]!r}")
+            return pb.GetActorReply(id=item.id, state=item.state, class_name=item.name)
 
     def ListItems(self, request, context):
         with self.lock:
@@ -685,6 +713,15 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def FetchResult(self, request, context):
         return self._send(self.store.result_path(request.id), request.offset, context)
+
+
+def _item(item_id: str, spec: pb.WorkSpec, now: float) -> Item:
+    bundles = [dict(b.amounts) for b in spec.bundles]
+    return Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
+                request=bundle_sum(bundles) if spec.kind == PG else dict(spec.request.amounts),
+                max_retries=max(spec.max_retries, 0), submitted_at=now, depends_on=set(spec.depends_on),
+                actor_id=spec.actor_id, actor_name=spec.actor_name, pg_id=spec.pg_id,
+                bundle_index=spec.bundle_index if spec.pg_id else -1, bundles=bundles, strategy=spec.strategy)
 
 
 def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:

@@ -20,11 +20,21 @@
   waits past PREFETCH_REVOKE_S is asked back (what holds the node may be waiting for it).
 - After a head restart, items that were running are `recover`ed: held for their node, which adopts
   them when it registers again saying it still runs them; the others go back to the queue.
+- Actors: an `actor` item is placed like a task and then holds its resources (and its node) until it is
+  killed or dies. Its method `call`s hold nothing of their own: they wait in the actor's line, in
+  submission order, and go to the node of its current instance one after another (the agent runs them
+  in that order). An instance lost with its node or process is restarted (max_restarts: the item's
+  max_retries); the calls its instance had are retried (max_task_retries) or fail.
+- Placement groups: a `pg` item reserves its bundles on nodes all at once or not at all, by strategy
+  (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD). A reserved bundle is a pool of its own: work submitted into
+  it is placed there, never on the node's free resources. A node holding a bundle is not idle. A group
+  that lost a node is placed again whole; removing a group cancels the work in it.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +57,16 @@ PREFETCH_MAX_TASK_S = 0.5  # longer tasks gain nothing from a saved round trip, 
 PREFETCH_REVOKE_S = 1.0
 PREFETCH_PAUSE_S = 10.0  # after a revoke, that node gets nothing ahead for this long
 
+TASK, JOB, ACTOR, CALL, PG = "task", "job", "actor", "call", "pg"
+KINDS = (TASK, JOB, ACTOR, CALL, PG)
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
 class InvalidRequest(ValueError):
     pass
+
+
+def fmt_request(request: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(request.items())) + "}"
 
 
 def validate_request(request: dict[str, float]) -> None:
@@ -80,6 +98,14 @@ class Item:
     result: object = None  # the ItemResult reported by the agent; opaque here
     cancel_requested: bool = False
     lent_cpu: float = 0.0  # CPUs it gave back while it waits in a `get` (lend_cpu), to take again after
+    seq: int = 0  # submission order (an actor's calls run in it)
+    actor_id: str = ""  # call: the actor it runs on
+    actor_name: str = ""  # actor: the name it is found by (get_actor), unique among live actors
+    pg_id: str = ""  # runs in this placement group's bundle
+    bundle_index: int = -1  # ... that bundle (-1: any of them)
+    placed_bundle: int = -1  # the bundle it holds resources of while it runs
+    bundles: list[dict[str, float]] = field(default_factory=list)  # pg: its bundles
+    strategy: str = ""  # pg
 
     @property
     def shape(self) -> Shape:
@@ -101,6 +127,11 @@ class Node:
     idle_since: float = 0.0
     no_prefetch_until: float = 0.0
     revoking: set[str] = field(default_factory=set)  # prefetched items asked back
+    reserved: set[tuple[str, int]] = field(default_factory=set)  # (pg id, bundle index) held here
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.prefetched or self.reserved)
 
     def fits(self, request: dict[str, float]) -> bool:
         if not all(self.available.get(k, 0.0) + EPS >= v for k, v in request.items()):
@@ -134,6 +165,65 @@ class Node:
             self.gpu_free[i] = min(1.0, self.gpu_free.get(i, 0.0) + share)
 
 
+@dataclass
+class Actor:
+    """An actor's line of calls: waiting ones by submission order, and those its instance was given."""
+
+    id: str
+    waiting: list[tuple[int, str]] = field(default_factory=list)  # (seq, call id), sorted
+    given: dict[str, int] = field(default_factory=dict)  # call id -> seq
+
+
+@dataclass
+class Bundle:
+    """A reserved bundle: a pool of its own on its node (`pool` counts what the work in it holds)."""
+
+    index: int
+    request: dict[str, float]
+    node_id: str = ""
+    pool: Node | None = None
+
+
+@dataclass
+class Group:
+    id: str
+    strategy: str
+    bundles: list[Bundle]
+    queue: deque[str] = field(default_factory=deque)  # work submitted into it, waiting for room
+
+    @property
+    def placed(self) -> bool:
+        return all(b.node_id for b in self.bundles)
+
+
+def group_problem(bundles: list[dict[str, float]], strategy: str) -> str | None:
+    """Why a placement group request is malformed (None: it is not)."""
+    if strategy not in STRATEGIES:
+        return f"strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})"
+    if not bundles:
+        return "a placement group needs at least one bundle"
+    for i, b in enumerate(bundles):
+        if not b or all(v <= 0 for v in b.values()):
+            return f"bundle {i} is empty"
+        try:
+            validate_request(b)
+        except InvalidRequest as e:
+            return f"bundle {i}: {e}"
+    return None
+
+
+def _bundle_size(request: dict[str, float]) -> tuple:
+    return (request.get("GPU", 0.0), request.get("CPU", 0.0), sum(request.values()))
+
+
+def bundle_sum(bundles: list[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
 class Scheduler:
     def __init__(self, node_types: dict[str, dict[str, float]] | None = None,
                  done_state: Callable[[str], str | None] = lambda item_id: None):
@@ -150,6 +240,14 @@ class Scheduler:
         self.infeasible: dict[str, str] = {}  # item id -> reason
         self.dependents: dict[str, set[str]] = {}
         self._seq = 0
+        self._order = 0
+        self.actors: dict[str, Actor] = {}  # live actors (not done)
+        self.actor_names: dict[str, str] = {}  # name -> live actor id
+        self.calls_ready: set[str] = set()  # actors whose line may have a call to hand out
+        self.groups_waiting: set[str] = set()  # placement groups with work queued in them
+        self.groups: dict[str, Group] = {}  # live placement groups
+        self.pending_groups: list[str] = []  # not placed yet, in submission order
+        self.to_stop: list[tuple[str, str]] = []  # (item, node): running work the head tells its node to stop
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -167,35 +265,46 @@ class Scheduler:
         drop = []
         for item_id, attempt in running:
             item = self.items.get(item_id)
-            if self.recovering.get(item_id) != node_id or item.attempt != attempt:
+            if (self.recovering.get(item_id) != node_id or item.attempt != attempt
+                    or item.state != RUNNING):
                 drop.append((item_id, attempt))
                 continue
             del self.recovering[item_id]  # it ran here before the head restarted, and still does
-            item = self.items[item_id]
             node.idle_since = 0.0
+            if item.kind == CALL:  # holds nothing: its actor's instance has it
+                if item.actor_id in self.actors:
+                    self.actors[item.actor_id].given[item.id] = item.seq
+                continue
+            if item.kind == ACTOR:
+                self.calls_ready.add(item.id)
             if node.prefetched or not node.fits(item.request):
                 node.prefetched.append(item_id)  # the agent runs it after what it runs now
                 continue
             self._hold(node, item)
         for item_id in [i for i, n in self.recovering.items() if n == node_id]:  # it no longer runs them
-            del self.recovering[item_id]
+            if self.recovering.pop(item_id, None) is None or self.items[item_id].state != RUNNING:
+                continue  # an actor's call already put back with its actor
             self._retry_or_fail(self.items[item_id], now, f"its node agent restarted ({node_id})")
             lost.append(self.items[item_id])
         self._recheck_infeasible()
         return lost, drop
 
     def recover(self, item: Item) -> None:
-        """(head restart) An item the store says was running on item.node_id: held for that node."""
-        item.state = RUNNING
+        """(head restart) An item the store says was running on item.node_id: held for that node. Items
+        come in submission order (an actor before its calls)."""
+        self._order += 1
+        item.seq, item.state = self._order, RUNNING
         self.items[item.id] = item
         self.recovering[item.id] = item.node_id
+        if item.kind == ACTOR:
+            self._register_actor(item)
 
     def expire_recovering(self, now: float) -> list[Item]:
         """The recovery grace is over: items whose node never came back go back to the queue."""
         gone = [self.items[i] for i in self.recovering]
-        self.recovering.clear()
         for item in gone:
-            self._retry_or_fail(item, now, f"its node {item.node_id} did not come back after the head restarted")
+            if self.recovering.pop(item.id, None) is not None and item.state == RUNNING:
+                self._retry_or_fail(item, now, f"its node {item.node_id} did not come back after the head restarted")
         return gone
 
     def remove_node(self, node_id: str, now: float, reason: str = "its node died") -> list[Item]:
@@ -203,24 +312,39 @@ class Scheduler:
         node = self.nodes.pop(node_id, None)
         if node is None:
             return []
+        for pg_id in sorted({g for g, _ in node.reserved}):  # a group with a bundle here is placed again
+            self._unplace(self.groups[pg_id], now)
         touched = []
         for item_id in sorted(node.running) + list(node.prefetched):
             item = self.items[item_id]
-            self._retry_or_fail(item, now, f"{reason} ({node_id})")
-            touched.append(item)
+            if item.state == RUNNING and item.node_id == node_id:
+                self._retry_or_fail(item, now, f"{reason} ({node_id})")
+                touched.append(item)
         return touched
 
     def _retry_or_fail(self, item: Item, now: float, reason: str) -> None:
-        item.node_id, item.gpu_ids, item.lent_cpu = "", [], 0.0
+        self.recovering.pop(item.id, None)
+        if item.kind == ACTOR:  # the calls its instance had go back in line (or fail), before it restarts
+            actor = self.actors.get(item.id)
+            for call_id in sorted(actor.given, key=actor.given.get) if actor else ():
+                self._retry_or_fail(self.items[call_id], now, f"its actor {item.id} died ({reason})")
+        elif item.kind == CALL and item.actor_id in self.actors:
+            self.actors[item.actor_id].given.pop(item.id, None)
+        item.node_id, item.gpu_ids, item.lent_cpu, item.placed_bundle = "", [], 0.0, -1
         self.dirty.add(item.id)
         if item.cancel_requested:
             self._finish(item, CANCELLED, now, message="cancelled")
-        elif item.attempt < item.max_retries:
+        elif item.attempt < item.max_retries and self._can_requeue(item):
             item.attempt += 1
             item.state = QUEUED
             self._enqueue(item)
         else:
             self._finish(item, FAILED, now, message=f"{reason} and no retries are left")
+
+    def _can_requeue(self, item: Item) -> bool:
+        if item.kind == CALL:
+            return item.actor_id in self.actors
+        return not item.pg_id or item.pg_id in self.groups
 
     def drain(self, node_id: str, undrain: bool = False) -> tuple[bool, int]:
         """Stop (or, undrain, resume) giving the node new work. Returns (drained: nothing runs, running)."""
@@ -228,7 +352,7 @@ class Scheduler:
         if node is None:
             return True, 0
         node.draining = not undrain
-        busy = len(node.running) + len(node.prefetched)
+        busy = len(node.running) + len(node.prefetched) + len(node.reserved)
         return not busy and not undrain, busy
 
     # --- submission ---------------------------------------------------------------------------------
@@ -243,8 +367,26 @@ class Scheduler:
 
     def submit(self, item: Item, now: float) -> None:
         validate_request(item.request)
+        self._order += 1
+        item.seq = self._order
         self.items[item.id] = item
         self.dirty.add(item.id)
+        if item.kind == ACTOR:
+            self._register_actor(item)
+        elif item.kind == PG:
+            self.groups[item.id] = Group(item.id, item.strategy, [Bundle(i, dict(b)) for i, b in enumerate(item.bundles)])
+        elif item.kind == CALL:
+            if item.actor_id not in self.actors:
+                state = self.state_of(item.actor_id)
+                self._finish(item, FAILED, now, message=f"its actor {item.actor_id} is "
+                             f"{'unknown' if state is None else 'dead (' + state + ')'}")
+                return
+            insort(self.actors[item.actor_id].waiting, (item.seq, item.id))  # its place in line, from now
+        if item.pg_id and item.pg_id not in self.groups:
+            state = self.state_of(item.pg_id)
+            self._finish(item, FAILED, now, message=f"placement group {item.pg_id} is "
+                         f"{'unknown' if state is None else 'removed'}")
+            return
         dep_states = {d: self.state_of(d) for d in item.depends_on}
         unknown = sorted(d for d, s in dep_states.items() if s is None)
         if unknown:
@@ -263,8 +405,27 @@ class Scheduler:
             return
         self._admit(item)
 
+    def _register_actor(self, item: Item) -> None:
+        self.actors[item.id] = Actor(item.id)
+        if item.actor_name:
+            self.actor_names[item.actor_name] = item.id
+
     def _admit(self, item: Item) -> None:
-        reason = self.infeasible_reason(item.request)
+        if item.kind == CALL:  # already in its actor's line
+            item.state = QUEUED
+            self.dirty.add(item.id)
+            self.calls_ready.add(item.actor_id)
+            return
+        if item.pg_id:
+            group = self.groups.get(item.pg_id)
+            reason = "its placement group was removed" if group is None else self._bundle_problem(group, item)
+            if reason:  # larger than its bundle: it could never run
+                self._finish(item, FAILED, item.submitted_at, message=reason)
+            else:
+                item.state = QUEUED
+                self._enqueue(item)
+            return
+        reason = self._infeasible(item)
         if reason:
             item.state = INFEASIBLE
             self.dirty.add(item.id)
@@ -276,6 +437,17 @@ class Scheduler:
 
     def _enqueue(self, item: Item) -> None:
         self.dirty.add(item.id)
+        if item.kind == CALL:
+            insort(self.actors[item.actor_id].waiting, (item.seq, item.id))
+            self.calls_ready.add(item.actor_id)
+            return
+        if item.kind == PG:
+            self.pending_groups.append(item.id)
+            return
+        if item.pg_id:
+            self.groups[item.pg_id].queue.append(item.id)
+            self.groups_waiting.add(item.pg_id)
+            return
         s = item.shape
         self.queues.setdefault(s, deque()).append(item.id)
         self.queued_count[s] = self.queued_count.get(s, 0) + 1
@@ -290,13 +462,35 @@ class Scheduler:
         for caps in self.node_types.values():
             if type_can_run(caps, request):  # the planner judges node types with the same rule
                 return None
-        wanted = ", ".join(f"{k}: {v:g}" for k, v in sorted(request.items()))
-        return f"no node type of the cluster has {{{wanted}}}"
+        return f"no node type of the cluster has {fmt_request(request)}"
+
+    def _infeasible(self, item: Item) -> str | None:
+        if item.kind != PG:
+            return self.infeasible_reason(item.request)
+        for i, b in enumerate(item.bundles):
+            reason = self.infeasible_reason(b)
+            if reason:
+                return f"bundle {i}: {reason}"
+        if item.strategy == "STRICT_PACK":
+            reason = self.infeasible_reason(bundle_sum(item.bundles))
+            if reason:
+                return f"STRICT_PACK (every bundle on one node): {reason}"
+        return None
+
+    @staticmethod
+    def _bundle_problem(group: Group, item: Item) -> str | None:
+        if item.bundle_index >= len(group.bundles):
+            return f"placement group {group.id} has no bundle {item.bundle_index} (it has {len(group.bundles)})"
+        wanted = [group.bundles[item.bundle_index]] if item.bundle_index >= 0 else group.bundles
+        if any(all(b.request.get(k, 0.0) + EPS >= v for k, v in item.request.items()) for b in wanted):
+            return None
+        where = f"bundle {item.bundle_index}" if item.bundle_index >= 0 else "any bundle"
+        return f"{fmt_request(item.request)} does not fit {where} of placement group {group.id}"
 
     def _recheck_infeasible(self) -> None:
         for item_id in list(self.infeasible):
             item = self.items[item_id]
-            if self.infeasible_reason(item.request) is None:
+            if self._infeasible(item) is None:
                 del self.infeasible[item_id]
                 item.message = ""
                 item.state = QUEUED
@@ -310,8 +504,17 @@ class Scheduler:
         return (wastes_gpu, unused_custom, node.total.get("CPU", 0.0), node.id)
 
     def schedule(self, now: float) -> list[Item]:
-        """Assign every queued item that fits somewhere now; returns the newly assigned items."""
+        """Assign every queued item that fits somewhere now; returns the newly assigned items (an actor
+        before the calls it is given)."""
         assigned: list[Item] = []
+        if self.pending_groups:
+            self._place_groups(now)
+        for pg_id in list(self.groups_waiting):
+            group = self.groups.get(pg_id)
+            if group is None or not group.queue:
+                self.groups_waiting.discard(pg_id)
+            elif group.placed:
+                assigned += self._schedule_in_group(group, now)
         for s in list(self.queues):
             q = self.queues[s]
             request = dict(s)
@@ -335,23 +538,247 @@ class Scheduler:
             if not q:
                 del self.queues[s]
                 self.queued_count.pop(s, None)
+        if self.calls_ready:
+            assigned += self._hand_out_calls(now)
         return assigned
 
+    def _pool(self, item: Item, node: Node) -> Node:
+        """What a running item holds resources of: its bundle's pool, or its node."""
+        if item.placed_bundle >= 0:
+            group = self.groups.get(item.pg_id)
+            if group is not None and group.bundles[item.placed_bundle].node_id == node.id:
+                return group.bundles[item.placed_bundle].pool
+        return node
+
     def _hold(self, node: Node, item: Item) -> None:
+        pool = self._pool(item, node)
         for k, v in item.request.items():
-            node.available[k] = node.available.get(k, 0.0) - v
+            pool.available[k] = pool.available.get(k, 0.0) - v
         if item.gpu_ids:  # adopted after a head restart: the GPUs it was given
             share = 1.0 if item.request.get("GPU", 0.0) >= 1 else item.request.get("GPU", 0.0)
             for g in item.gpu_ids:
-                node.gpu_free[g] = node.gpu_free.get(g, 1.0) - share
+                pool.gpu_free[g] = pool.gpu_free.get(g, 1.0) - share
         else:
-            item.gpu_ids = node.take_gpus(item.request.get("GPU", 0.0))
+            item.gpu_ids = pool.take_gpus(item.request.get("GPU", 0.0))
         node.running.add(item.id)
 
     def _assign(self, node: Node, item: Item, now: float) -> None:
         item.state, item.node_id, item.started_at = RUNNING, node.id, now
         self.dirty.add(item.id)
         node.idle_since = 0.0
+        if item.kind == ACTOR:  # its calls may go now
+            self.calls_ready.add(item.id)
+
+    # --- actors' calls ------------------------------------------------------------------------------
+
+    def _hand_out_calls(self, now: float) -> list[Item]:
+        """Each placed actor's calls, in submission order, up to the first that waits on a dependency."""
+        out = []
+        ready, self.calls_ready = self.calls_ready, set()
+        for actor_id in sorted(ready):
+            actor, a = self.actors.get(actor_id), self.items.get(actor_id)
+            if actor is None or a is None or a.state != RUNNING or actor_id in self.recovering:
+                continue  # not placed (again) yet: its calls wait; placing it marks it ready
+            while actor.waiting:
+                seq, call_id = actor.waiting[0]
+                call = self.items[call_id]
+                if call.state != QUEUED:
+                    break
+                actor.waiting.pop(0)
+                actor.given[call_id] = seq
+                call.state, call.node_id, call.started_at = RUNNING, a.node_id, now
+                self.dirty.add(call_id)
+                out.append(call)
+        return out
+
+    def actor_by_name(self, name: str) -> Item | None:
+        actor_id = self.actor_names.get(name)
+        return self.items.get(actor_id) if actor_id else None
+
+    # --- placement groups ---------------------------------------------------------------------------
+
+    def _place_groups(self, now: float) -> None:
+        still = []
+        for pg_id in self.pending_groups:
+            item, group = self.items.get(pg_id), self.groups.get(pg_id)
+            if item is None or group is None or item.state != QUEUED:
+                continue
+            placement = self._find_placement(group)
+            if placement is None:
+                still.append(pg_id)
+                continue
+            for bundle, node_id in zip(group.bundles, placement):
+                self._reserve(group, bundle, self.nodes[node_id])
+            item.state, item.started_at = RUNNING, now
+            self.dirty.add(pg_id)
+            if group.queue:
+                self.groups_waiting.add(pg_id)
+        self.pending_groups = still
+
+    def _find_placement(self, group: Group) -> list[str] | None:
+        """A node for each bundle, the strategy respected, on what nodes have free now; None if there is
+        none (then nothing is reserved: a group is placed whole or not at all)."""
+        nodes = [n for n in self.nodes.values() if n.alive and not n.draining]
+        if not nodes:
+            return None
+        sims: dict[str, Node] = {}
+
+        def sim(n: Node) -> Node:
+            if n.id not in sims:
+                sims[n.id] = Node(n.id, n.node_type, n.total, available=dict(n.available), gpu_free=dict(n.gpu_free))
+            return sims[n.id]
+
+        def take(n: Node, request: dict[str, float]) -> None:
+            s = sim(n)
+            for k, v in request.items():
+                s.available[k] = s.available.get(k, 0.0) - v
+            s.take_gpus(request.get("GPU", 0.0))
+
+        bundles = sorted(group.bundles, key=lambda b: _bundle_size(b.request), reverse=True)
+        total = bundle_sum([b.request for b in group.bundles])
+        placement: dict[int, str] = {}
+        if group.strategy in ("STRICT_PACK", "PACK"):
+            for n in sorted(nodes, key=lambda n: self._place_key(n, total)):
+                sims.clear()
+                if all(sim(n).fits(b.request) and (take(n, b.request) or True) for b in bundles):
+                    return [n.id] * len(group.bundles)
+            if group.strategy == "STRICT_PACK":
+                return None
+            sims.clear()
+        if group.strategy == "STRICT_SPREAD":
+            return self._spread_strictly(group, bundles, nodes)
+        used: list[Node] = []
+        for b in bundles:
+            fresh = sorted((n for n in nodes if n.id not in sims), key=lambda n: self._place_key(n, b.request))
+            # PACK: onto the nodes it already uses first; SPREAD: onto nodes it does not use yet first
+            order = used + fresh if group.strategy == "PACK" else fresh + used
+            n = next((n for n in order if sim(n).fits(b.request)), None)
+            if n is None:
+                return None
+            take(n, b.request)
+            placement[b.index] = n.id
+            if all(u.id != n.id for u in used):
+                used.append(n)
+        return [placement[b.index] for b in group.bundles]
+
+    def _spread_strictly(self, group: Group, bundles: list[Bundle], nodes: list[Node]) -> list[str] | None:
+        """Each bundle on a node of its own: a matching of bundles to nodes, by backtracking (groups are
+        small; the search is bounded)."""
+        if len(bundles) > len(nodes):
+            return None
+        options = [sorted((n for n in nodes if n.fits(b.request)), key=lambda n: self._place_key(n, b.request))
+                   for b in bundles]
+        chosen: list[str] = []
+        steps = 0
+
+        def search(i: int) -> bool:
+            nonlocal steps
+            if i == len(bundles):
+                return True
+            for n in options[i]:
+                steps += 1
+                if steps > 20000:
+                    return False
+                if n.id not in chosen:
+                    chosen.append(n.id)
+                    if search(i + 1):
+                        return True
+                    chosen.pop()
+            return False
+
+        if not search(0):
+            return None
+        by_index = {b.index: node_id for b, node_id in zip(bundles, chosen)}
+        return [by_index[b.index] for b in group.bundles]
+
+    def _reserve(self, group: Group, bundle: Bundle, node: Node) -> None:
+        g = bundle.request.get("GPU", 0.0)
+        gpu_ids = node.take_gpus(g)
+        for k, v in bundle.request.items():
+            node.available[k] = node.available.get(k, 0.0) - v
+        share = 1.0 if g >= 1 else g
+        bundle.node_id = node.id
+        bundle.pool = Node(node.id, node.node_type, dict(bundle.request), available=dict(bundle.request),
+                           gpu_free={i: share for i in gpu_ids})
+        node.reserved.add((group.id, bundle.index))
+        node.idle_since = 0.0
+
+    def _release(self, group: Group, now: float) -> None:
+        """Give each reserved bundle back to its node. Work still running in one holds its share of the
+        node from now on."""
+        for b in group.bundles:
+            node = self.nodes.get(b.node_id)
+            if node is not None:
+                node.reserved.discard((group.id, b.index))
+                node.give_back(b.request, list(b.pool.gpu_free))
+                for item_id in node.running:
+                    item = self.items[item_id]
+                    if item.pg_id == group.id and item.placed_bundle == b.index:
+                        item.placed_bundle = -1
+                        self._hold(node, item)  # the same GPUs, now of the node
+                if not node.busy:
+                    node.idle_since = now
+            b.node_id, b.pool = "", None
+
+    def _unplace(self, group: Group, now: float) -> None:
+        """A node holding one of its bundles is gone: the group is placed again, whole."""
+        self._release(group, now)
+        item = self.items[group.id]
+        if item.state == RUNNING:
+            item.state = QUEUED
+            self._enqueue(item)
+
+    def _remove_group(self, group: Group, now: float) -> None:
+        """remove_placement_group: the reservation ends and the work in the group is cancelled."""
+        for item_id in list(group.queue):
+            item = self.items.get(item_id)
+            if item is not None and item.state == QUEUED:
+                self._finish(item, CANCELLED, now, message=f"its placement group {group.id} was removed")
+        for node in self.nodes.values():
+            for item_id in node.running:
+                item = self.items[item_id]
+                if item.pg_id == group.id and not item.cancel_requested:
+                    item.cancel_requested = True
+                    self.to_stop.append((item_id, node.id))
+        self._release(group, now)
+        del self.groups[group.id]
+        self.groups_waiting.discard(group.id)
+        self.infeasible.pop(group.id, None)
+        self._finish(self.items[group.id], CANCELLED, now, message="removed")
+
+    def _schedule_in_group(self, group: Group, now: float) -> list[Item]:
+        assigned = []
+        while group.queue:
+            item = self.items.get(group.queue[0])
+            if item is None or item.state != QUEUED:
+                group.queue.popleft()
+                continue
+            wanted = [group.bundles[item.bundle_index]] if item.bundle_index >= 0 else group.bundles
+            bundle = next((b for b in wanted if b.pool.fits(item.request)), None)
+            if bundle is None:
+                break
+            group.queue.popleft()
+            node = self.nodes[bundle.node_id]
+            item.placed_bundle = bundle.index
+            self._hold(node, item)
+            self._assign(node, item, now)
+            assigned.append(item)
+        return assigned
+
+    def group_demand(self) -> list[tuple[tuple[Shape, ...], str, int]]:
+        """Placement groups waiting to be placed, for the autoscaler: (bundle shapes, strategy, count)."""
+        counts: dict[tuple[tuple[Shape, ...], str], int] = {}
+        for pg_id in self.pending_groups:
+            item, group = self.items.get(pg_id), self.groups.get(pg_id)
+            if item is not None and group is not None and item.state == QUEUED:
+                key = (tuple(shape_of(b.request) for b in group.bundles), group.strategy)
+                counts[key] = counts.get(key, 0) + 1
+        return [(bundles, strategy, c) for (bundles, strategy), c in counts.items()]
+
+    def bundles_of(self, pg_id: str) -> list[tuple[dict[str, float], str]]:
+        """(request, node id or '') of each bundle of a live group."""
+        group = self.groups.get(pg_id)
+        return [(b.request, b.node_id) for b in group.bundles] if group else []
 
     def _prefetchable(self, s: Shape, item: Item | None) -> bool:
         return (item is not None and item.kind == "task" and not item.request.get("GPU")
@@ -393,15 +820,19 @@ class Scheduler:
         node = self.nodes.get(item.node_id)
         if node is not None:
             if item_id in node.running:
+                self._pool(item, node).give_back(self._held(item), item.gpu_ids)
                 node.running.discard(item_id)
-                node.give_back(self._held(item), item.gpu_ids)
+                if item.pg_id:  # its bundle has room again
+                    self.groups_waiting.add(item.pg_id)
             elif item_id in node.prefetched:
                 node.prefetched.remove(item_id)
             node.revoking.discard(item_id)
             while node.prefetched and node.fits(self.items[node.prefetched[0]].request):
                 self._hold(node, self.items[node.prefetched.popleft()])  # the agent starts it now too
-            if not node.running and not node.prefetched:
+            if not node.busy:
                 node.idle_since = now
+        if item.kind == CALL and item.actor_id in self.actors:
+            self.actors[item.actor_id].given.pop(item_id, None)
         if state == FINISHED and item.kind == "task":
             s = item.shape
             took = now - item.started_at
@@ -423,12 +854,16 @@ class Scheduler:
         return item
 
     def cancel(self, item_id: str, now: float) -> tuple[str, str | None]:
-        """Returns (state, node to tell to stop the item or None)."""
+        """Returns (state, node to tell to stop the item or None). Cancelling an actor kills it; a placement
+        group, removes it (the nodes to tell are in to_stop)."""
         item = self.items.get(item_id)
         if item is None:
             raise KeyError(item_id)
+        if item.kind == PG and item.id in self.groups:
+            self._remove_group(self.groups[item.id], now)
+            return CANCELLED, None
         if item.state in (QUEUED, BLOCKED, INFEASIBLE):
-            if item.state == QUEUED:
+            if item.state == QUEUED and item.kind != CALL and not item.pg_id:
                 self.queued_count[item.shape] -= 1
             self.infeasible.pop(item_id, None)
             self._finish(item, CANCELLED, now, message="cancelled")
@@ -459,7 +894,7 @@ class Scheduler:
         if node is None or item_id not in node.running:
             return None
         item.lent_cpu = cpu
-        node.give_back({"CPU": cpu}, [])
+        self._pool(item, node).give_back({"CPU": cpu}, [])
         return node.id
 
     def take_back_cpu(self, item_id: str) -> str | None:
@@ -472,7 +907,8 @@ class Scheduler:
         node = self.nodes.get(item.node_id)
         if item.state != RUNNING or node is None or item_id not in node.running:
             return None
-        node.available["CPU"] = node.available.get("CPU", 0.0) - cpu
+        pool = self._pool(item, node)
+        pool.available["CPU"] = pool.available.get("CPU", 0.0) - cpu
         return node.id
 
     def to_revoke(self, now: float) -> list[Item]:
@@ -507,6 +943,22 @@ class Scheduler:
         self.finished_ids.append(item.id)
         if message:
             item.message = message
+        if item.kind == CALL:
+            actor = self.actors.get(item.actor_id)
+            if actor is not None:
+                actor.given.pop(item.id, None)
+                if (item.seq, item.id) in actor.waiting:
+                    actor.waiting.remove((item.seq, item.id))
+                    self.calls_ready.add(actor.id)  # the call behind it may go now
+        elif item.kind == ACTOR:
+            self._actor_ended(item, now)
+        elif item.kind == PG and item.id in self.groups:
+            group = self.groups.pop(item.id)
+            self._release(group, now)
+            for item_id in group.queue:
+                queued = self.items.get(item_id)
+                if queued is not None and queued.state == QUEUED:
+                    self._finish(queued, FAILED, now, message=f"its placement group {item.id} {state}")
         for dep_id in sorted(self.dependents.pop(item.id, ())):
             dep = self.items[dep_id]
             if dep.state != BLOCKED:
@@ -517,6 +969,21 @@ class Scheduler:
                     self._admit(dep)
             else:
                 self._finish(dep, FAILED, now, message=f"dependency {item.id} {state}")
+
+    def _actor_ended(self, item: Item, now: float) -> None:
+        """The actor is done (killed, failed, out of restarts): the calls in its line fail."""
+        actor = self.actors.pop(item.id, None)
+        if self.actor_names.get(item.actor_name) == item.id:
+            del self.actor_names[item.actor_name]
+        self.calls_ready.discard(item.id)
+        if actor is None:
+            return
+        why = {CANCELLED: "was killed", FAILED: "died"}.get(item.state, item.state)
+        for _, call_id in sorted([*actor.waiting, *((s, c) for c, s in actor.given.items())]):
+            call = self.items.get(call_id)
+            if call is not None and call.state not in DONE_STATES:
+                self._finish(call, FAILED, now,
+                             message=f"its actor {item.id} {why}" + (f": {item.message}" if item.message else ""))
 
     # --- reports ------------------------------------------------------------------------------------
 

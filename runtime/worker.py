@@ -1,8 +1,10 @@
 """A task worker process: runs cloudpickled callables sent by its agent, one at a time, and is reused.
 
-A task's payload is cloudpickle of (cloudpickled function, args, kwargs).
+A task's payload is cloudpickle of (cloudpickled function, args, kwargs). A worker that holds an actor
+is given its class the same way ("actor": the instance is made and kept), then its calls ("call":
+(method name, args, kwargs)), one at a time.
 
-Frames on the pipes are an 8-byte length then a cloudpickle. In: (payload, dep_values, item id); out:
+Frames on the pipes are an 8-byte length then a cloudpickle. In: (op, payload, dep_values, item id); out:
 ("ok", value bytes) or ("err", pickled (exception, traceback text)). The protocol keeps the original
 stdout to itself; the task's own prints go to stderr (the agent's log).
 """
@@ -44,12 +46,37 @@ def _resolve(value, deps: dict[str, bytes], cache: dict):
 _functions: dict[bytes, object] = {}  # a worker runs the same function many times: unpickle it once
 
 
-def run_one(payload: bytes, deps: dict[str, bytes]) -> tuple[str, bytes]:
+_instance: list = []  # the actor this worker holds, if it holds one
+
+
+def _function(fn_blob: bytes):
+    fn = _functions.get(fn_blob)
+    if fn is None:
+        fn = _functions[fn_blob] = cloudpickle.loads(fn_blob)
+    return fn
+
+
+def _construct(cls):
+    def make(*args, **kwargs):
+        _instance[:] = [cls(*args, **kwargs)]
+    return make
+
+
+def _method(name: str):
+    if not _instance:
+        raise RuntimeError("this worker holds no actor")
+    return getattr(_instance[0], name)
+
+
+def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task") -> tuple[str, bytes]:
     try:
-        fn_blob, args, kwargs = cloudpickle.loads(payload)
-        fn = _functions.get(fn_blob)
-        if fn is None:
-            fn = _functions[fn_blob] = cloudpickle.loads(fn_blob)
+        target, args, kwargs = cloudpickle.loads(payload)
+        if op == "call":
+            fn = _method(target)
+        elif op == "actor":
+            fn = _construct(cloudpickle.loads(target))
+        else:
+            fn = _function(target)
         cache: dict = {}
         args = [_resolve(a, deps, cache) for a in args]
         kwargs = {k: _resolve(v, deps, cache) for k, v in kwargs.items()}
@@ -71,9 +98,9 @@ def main() -> None:
         frame = read_frame(proto_in)
         if frame is None:
             return
-        payload, deps, item_id = cloudpickle.loads(frame)
-        os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task lends its CPUs while it waits
-        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps)))
+        op, payload, deps, item_id = cloudpickle.loads(frame)
+        os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
+        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps, op)))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class ClusterStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkSpec(_message.Message):
-    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size")
+    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size", "actor_id", "actor_name", "pg_id", "bundle_index", "bundles", "strategy")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,12 @@ class WorkSpec(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    PG_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     request: Resources
@@ -116,7 +122,13 @@ class WorkSpec(_message.Message):
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     max_retries: int
     payload_size: int
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    actor_id: str
+    actor_name: str
+    pg_id: str
+    bundle_index: int
+    bundles: _containers.RepeatedCompositeFieldContainer[Resources]
+    strategy: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("specs", "ids")
@@ -187,6 +199,22 @@ class SessionReply(_message.Message):
     REPLY_FIELD_NUMBER: _ClassVar[int]
     reply: GetResultsReply
     def __init__(self, reply: _Optional[_Union[GetResultsReply, _Mapping]] = ...) -> None: ...
+
+class GetActorRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetActorReply(_message.Message):
+    __slots__ = ("id", "state", "class_name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    class_name: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("id",)
@@ -444,14 +472,26 @@ class NodeState(_message.Message):
     running: int
     def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., state: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., registered_at: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., idle_since: _Optional[float] = ..., draining: _Optional[bool] = ..., running: _Optional[int] = ...) -> None: ...
 
+class GroupDemand(_message.Message):
+    __slots__ = ("bundles", "strategy", "count")
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[Resources]
+    strategy: str
+    count: int
+    def __init__(self, bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
 class ClusterState(_message.Message):
-    __slots__ = ("nodes", "now", "demand", "infeasible")
+    __slots__ = ("nodes", "now", "demand", "infeasible", "groups")
     NODES_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     INFEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     now: float
     demand: _containers.RepeatedCompositeFieldContainer[ShapeDemand]
     infeasible: _containers.RepeatedCompositeFieldContainer[InfeasibleDemand]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[GroupDemand]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.CancelRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.CancelReply.FromString,
                 _registered_method=True)
+        self.GetActor = channel.unary_unary(
+                '/launch.runtime.Head/GetActor',
+                request_serializer=runtime_dot_proto_dot_head__pb2.GetActorRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.GetActorReply.FromString,
+                _registered_method=True)
         self.ListItems = channel.unary_unary(
                 '/launch.runtime.Head/ListItems',
                 request_serializer=runtime_dot_proto_dot_head__pb2.ListItemsRequest.SerializeToString,
@@ -171,6 +176,13 @@ class HeadServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
+        """an actor: killed; a placement group: removed
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetActor(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +302,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.CancelRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.CancelReply.SerializeToString,
+            ),
+            'GetActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActor,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.GetActorRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.GetActorReply.SerializeToString,
             ),
             'ListItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListItems,
@@ -541,6 +558,33 @@ class Head:
             '/launch.runtime.Head/Cancel',
             runtime_dot_proto_dot_head__pb2.CancelRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/GetActor',
+            runtime_dot_proto_dot_head__pb2.GetActorRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.GetActorReply.FromString,
             options,
             channel_credentials,
             insecure,

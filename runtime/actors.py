@@ -1,0 +1,179 @@
+"""Actors: a class made remote. Its instance lives in a worker process of its own on one node, holding
+the resources it asked for until it is killed; its methods run there one at a time, in the order they
+were called from each caller.
+
+    @runtime.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def incr(self, by=1):
+            self.n += by
+            return self.n
+
+    c = Counter.remote()                     # a handle; the actor starts as soon as a node has room
+    runtime.get([c.incr.remote() for _ in range(3)])   # [1, 2, 3]
+    runtime.kill(c)
+
+Named actors (`Counter.options(name="counter").remote()`) are found with `get_actor("counter")`. An actor
+whose node or process dies is made again elsewhere with its constructor's arguments up to `max_restarts`
+times; the calls it had are run again up to `max_task_retries` times each, or fail with ActorDiedError.
+An actor made by a driver (not detached: `lifetime="detached"`) is killed when that driver calls
+`runtime.shutdown()` or exits.
+"""
+
+from __future__ import annotations
+
+import threading
+import cloudpickle
+
+from runtime import api
+from runtime.api import ObjectRef, TaskError
+
+
+class ActorDiedError(TaskError):
+    """A call could not run: its actor was killed, died out of restarts, or its constructor raised."""
+
+
+ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries", "name",
+                 "lifetime", *api.PLACEMENT_OPTIONS)
+
+_owned: list[str] = []  # actors this driver made that end with it
+_owned_lock = threading.Lock()
+
+
+class ActorClass:
+    def __init__(self, cls: type, **opts):
+        unknown = set(opts) - set(ACTOR_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown actor option(s): {', '.join(sorted(unknown))}")
+        self._cls = cls
+        self._opts = {"num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": None, "max_restarts": 0,
+                      "max_task_retries": 0, "name": None, "lifetime": None, "placement_group": None,
+                      "placement_group_bundle_index": -1, "scheduling_strategy": None, **opts}
+        if self._opts["lifetime"] not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be 'detached' or 'non_detached' (got {self._opts['lifetime']!r})")
+        self._blob: bytes | None = None
+        self.__name__ = cls.__name__
+        self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
+        self.__doc__ = cls.__doc__
+
+    def options(self, **opts) -> ActorClass:
+        return ActorClass(self._cls, **{**self._opts, **opts})
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self.__name__} must be made with .remote(...)")
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        from runtime.scheduler import validate_request
+
+        o = self._opts
+        request = api._request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
+        validate_request(request)
+        name = o["name"]
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError("an actor's name must be a non-empty string")
+        for key in ("max_restarts", "max_task_retries"):
+            if not isinstance(o[key], int) or o[key] < -1:
+                raise ValueError(f"{key} must be an int >= 0, or -1 for no limit (got {o[key]!r})")
+        pg_id, index = api._placement(o)
+        if self._blob is None:
+            self._blob = cloudpickle.dumps(self._cls)
+        payload = cloudpickle.dumps((self._blob, args, kwargs))
+        restarts = 2**31 - 1 if o["max_restarts"] == -1 else o["max_restarts"]
+        actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
+                               actor_name=name or "", pg_id=pg_id, bundle_index=index)
+        if o["lifetime"] != "detached" and not api._caller():
+            with _owned_lock:
+                _owned.append(actor_id)
+        if name:  # a name already taken fails now, not in the background
+            api._connection().flush()
+        return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"])
+
+
+class ActorHandle:
+    """A reference to an actor: `handle.method.remote(...)` calls a method. Handles can be passed to tasks
+    and to other actors."""
+
+    def __init__(self, actor_id: str, class_name: str = "", max_task_retries: int = 0):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._max_task_retries = max_task_retries
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return ActorMethod(self, name)
+
+    def __reduce__(self):
+        return ActorHandle, (self._actor_id, self._class_name, self._max_task_retries)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str):
+        self._handle, self._name = handle, name
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor method {self._name} must be called with .remote(...)")
+
+    def options(self, max_task_retries: int | None = None, **unknown) -> ActorMethod:
+        if unknown:
+            raise TypeError(f"unknown option(s) for an actor method: {', '.join(sorted(unknown))}")
+        method = ActorMethod(ActorHandle(self._handle._actor_id, self._handle._class_name,
+                                         self._handle._max_task_retries if max_task_retries is None
+                                         else max_task_retries), self._name)
+        return method
+
+    def remote(self, *args, **kwargs) -> ObjectRef:
+        h = self._handle
+        retries = 2**31 - 1 if h._max_task_retries == -1 else h._max_task_retries
+        payload = cloudpickle.dumps((self._name, args, kwargs))
+        return ObjectRef(api._submit("call", f"{h._class_name}.{self._name}", {}, payload, api._deps(args, kwargs),
+                                     retries, "c", actor_id=h._actor_id))
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """End an actor now: its process is killed, its resources freed, calls not run yet fail with
+    ActorDiedError. (It is never restarted after a kill: no_restart=False is not supported.)"""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle (got {type(actor).__name__})")
+    if not no_restart:
+        raise ValueError("kill(no_restart=False) is not supported: a killed actor stays dead")
+    api._require().cancel(actor._actor_id)
+    with _owned_lock:
+        if actor._actor_id in _owned:
+            _owned.remove(actor._actor_id)
+
+
+def get_actor(name: str) -> ActorHandle:
+    """The live actor of that name; ValueError if there is none."""
+    import grpc
+
+    client = api._require()
+    try:
+        reply = api._reconnecting(lambda: client.get_actor(name))
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            raise ValueError(f"no live actor is named {name!r}") from None
+        raise
+    return ActorHandle(reply.id, reply.class_name)
+
+
+def end_owned(client) -> None:
+    """(shutdown) Kill the actors this driver made that are not detached."""
+    with _owned_lock:
+        owned, _owned[:] = list(_owned), []
+    for actor_id in owned:
+        try:
+            client.cancel(actor_id)
+        except Exception:  # noqa: BLE001 - the head away: nothing more to do from here
+            pass
+

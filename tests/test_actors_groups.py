@@ -1,0 +1,290 @@
+"""Actors and placement groups through the client API, on one real local cluster shared by this module.
+
+Nodes: head {CPU 1}; two `cpu` {CPU 2}; gpu {CPU 1, GPU 2 (declared)}; spare {CPU 1, spare 1} (only the
+node-death test uses it, and kills it). The autoscaler is off: placement is judged on these nodes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import runtime
+from launcher.cluster import Cluster
+from lifecycle.config import load_config
+from runtime.actors import ActorDiedError
+from runtime.placement_group import PlacementGroupSchedulingStrategy, placement_group, remove_placement_group
+from runtime.proto import head_pb2 as pb
+from tests.infra import cli, local_cluster, write_config
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("actors")
+    home = tmp / "home"
+    data = local_cluster("actors", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5},
+                         autoscaler={"enabled": False}, max_workers=5)
+    data["available_node_types"] = {
+        "head": {"resources": {"CPU": 1}, "max_workers": 0},
+        "cpu": {"resources": {"CPU": 2}, "min_workers": 2, "max_workers": 2},
+        "gpu": {"resources": {"CPU": 1, "GPU": 2}, "min_workers": 1, "max_workers": 1},
+        "spare": {"resources": {"CPU": 1, "spare": 1}, "min_workers": 1, "max_workers": 1},
+    }
+    path = write_config(tmp / "actors.yaml", data)
+    r = cli("up", str(path), "--yes", home=home)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(cli("status", str(path), "--json", home=home).stdout)
+    types = {n["id"]: n["node_type"] for n in st["nodes"]}
+    info = json.loads((home / "clusters" / "actors" / "cluster.json").read_text())
+    token = (home / "clusters" / "actors" / "token").read_text().strip()
+    runtime.init(address=info["head_address"], token=token)
+    yield {"path": path, "home": home, "types": types, "address": info["head_address"], "token": token}
+    runtime.shutdown()
+    cli("down", str(path), "--yes", home=home)
+
+
+def _state(rt) -> pb.ClusterState:
+    from runtime.client import HeadClient
+
+    runtime.wait([], num_returns=0, timeout=0)  # every submission so far has reached the head
+    with HeadClient(rt["address"], rt["token"]) as c:
+        return c.cluster_state()
+
+
+def _available(rt) -> dict[str, dict[str, float]]:
+    return {n.node_id: dict(n.available.amounts) for n in _state(rt).nodes if n.state == "alive"}
+
+
+def _wait_until(check, timeout: float = 20.0):
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.time() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@runtime.remote
+class Counter:
+    def __init__(self, start: int = 0):
+        self.n = start
+        self.pid = os.getpid()
+
+    def incr(self, by: int = 1) -> int:
+        self.n += by
+        return self.n
+
+    def where(self) -> tuple[str, str, int]:
+        return os.environ["LAUNCH_NODE_ID"], os.environ["CUDA_VISIBLE_DEVICES"], self.pid
+
+    def slow(self, seconds: float, started: str = "") -> int:
+        if started:
+            open(started, "w").close()
+        time.sleep(seconds)
+        return self.n
+
+    def fail(self):
+        raise KeyError("no such thing")
+
+    def die(self):
+        os._exit(3)
+
+
+@runtime.remote(num_cpus=0)
+def node_of():
+    return os.environ["LAUNCH_NODE_ID"]
+
+
+# --- actors ------------------------------------------------------------------------------------------
+
+def test_calls_run_in_order_and_keep_state(rt):
+    c = Counter.remote(10)
+    refs = [c.incr.remote() for _ in range(200)]
+    assert runtime.get(refs, timeout=60) == list(range(11, 211))
+    assert runtime.get(c.incr.remote(5), timeout=30) == 215
+    runtime.kill(c)
+
+
+def test_an_actor_holds_its_resources_until_killed(rt, tmp_path):
+    before = _available(rt)
+    c = Counter.options(num_cpus=2).remote()
+    node, _, _ = runtime.get(c.where.remote(), timeout=30)
+    assert rt["types"][node] == "cpu" and _available(rt)[node]["CPU"] == before[node]["CPU"] - 2
+    started = tmp_path / "started"
+    pending = c.slow.remote(30, str(started))
+    queued = c.incr.remote()
+    _wait_until(started.exists)  # a kill stops a call mid-run, not only queued ones
+    runtime.kill(c)
+    for ref in (pending, queued):
+        with pytest.raises(ActorDiedError, match="killed"):
+            runtime.get(ref, timeout=30)
+    _wait_until(lambda: _available(rt)[node]["CPU"] == before[node]["CPU"])
+    with pytest.raises(ActorDiedError, match="dead"):
+        runtime.get(c.incr.remote(), timeout=30)
+
+
+def test_a_method_exception_is_the_callers_and_the_actor_lives_on(rt):
+    c = Counter.remote()
+    with pytest.raises(KeyError, match="no such thing"):
+        runtime.get(c.fail.remote(), timeout=30)
+    with pytest.raises(AttributeError, match="nope"):
+        runtime.get(c.nope.remote(), timeout=30)
+    assert runtime.get(c.incr.remote(), timeout=30) == 1
+    runtime.kill(c)
+
+
+def test_a_constructor_that_raises_fails_every_call(rt):
+    @runtime.remote
+    class Broken:
+        def __init__(self):
+            raise ValueError("bad config")
+
+        def ping(self):
+            return "pong"
+
+    b = Broken.remote()
+    with pytest.raises(ActorDiedError, match="ValueError: bad config"):
+        runtime.get(b.ping.remote(), timeout=30)
+
+
+def test_handles_pass_to_tasks_and_other_actors(rt):
+    c = Counter.remote()
+
+    @runtime.remote(num_cpus=0)
+    def bump(counter, times):
+        return runtime.get([counter.incr.remote() for _ in range(times)])[-1]
+
+    @runtime.remote
+    class Proxy:
+        def __init__(self, counter):
+            self.counter = counter
+
+        def bump(self):
+            return runtime.get(self.counter.incr.remote(100))
+
+    runtime.get([bump.remote(c, 5) for _ in range(3)], timeout=60)
+    p = Proxy.remote(c)
+    assert runtime.get(p.bump.remote(), timeout=30) == 115
+    runtime.kill(p)
+    runtime.kill(c)
+
+
+def test_named_actors_are_found_by_name_and_names_are_unique(rt):
+    c = Counter.options(name="global-counter").remote(7)
+    found = runtime.get_actor("global-counter")
+    assert runtime.get(found.incr.remote(), timeout=30) == 8
+    with pytest.raises(ValueError, match="global-counter"):
+        Counter.options(name="global-counter").remote()
+    runtime.kill(found)
+    _wait_until(lambda: _raises(lambda: runtime.get_actor("global-counter"), ValueError))
+    again = Counter.options(name="global-counter").remote(1)  # the name is free once the actor is gone
+    assert runtime.get(again.incr.remote(), timeout=30) == 2
+    runtime.kill(again)
+    assert c == found
+
+
+def _raises(fn, exc) -> bool:
+    try:
+        fn()
+    except exc:
+        return True
+    return False
+
+
+def test_gpu_actors_get_gpus_of_their_own(rt):
+    a = Counter.options(num_gpus=1).remote()
+    b = Counter.options(num_gpus=1).remote()
+    (node_a, gpus_a, _), (node_b, gpus_b, _) = runtime.get([a.where.remote(), b.where.remote()], timeout=30)
+    assert rt["types"][node_a] == rt["types"][node_b] == "gpu"
+    assert {gpus_a, gpus_b} == {"0", "1"}
+    plain = Counter.remote()
+    assert runtime.get(plain.where.remote(), timeout=30)[1] == ""  # no GPUs asked for: none visible
+    for h in (a, b, plain):
+        runtime.kill(h)
+
+
+def test_an_actor_whose_process_dies_is_restarted_and_its_call_retried(rt):
+    c = Counter.options(max_restarts=1, max_task_retries=0).remote(5)
+    _, _, pid = runtime.get(c.where.remote(), timeout=30)
+    with pytest.raises(ActorDiedError, match="died"):
+        runtime.get(c.die.remote(), timeout=30)  # its process exits mid-call: no retries for that call
+    _, _, pid2 = runtime.get(c.where.remote(), timeout=30)
+    assert pid2 != pid
+    assert runtime.get(c.incr.remote(), timeout=30) == 6  # made again with its constructor's arguments
+    c.die.remote()
+    with pytest.raises(ActorDiedError):  # out of restarts: dead for good
+        runtime.get(c.incr.remote(), timeout=30)
+
+
+def test_an_actor_on_a_dead_node_restarts_elsewhere_and_no_call_is_lost(rt, monkeypatch):
+    spare = next(n for n, t in rt["types"].items() if t == "spare")
+    c = Counter.options(resources={"spare": 1}, num_cpus=0, max_restarts=1, max_task_retries=2).remote()
+    assert runtime.get(c.where.remote(), timeout=30)[0] == spare
+    slow = c.slow.remote(3.0)  # in flight when the node dies: run again on the new instance
+    after = [c.incr.remote() for _ in range(5)]
+    monkeypatch.setenv("LAUNCH_HOME", str(rt["home"]))
+    Cluster(load_config(rt["path"])).lifecycle.provider.terminate([spare])
+    # no other node has `spare`: the restarted instance waits, then a new spare node registers
+    with pytest.raises(runtime.GetTimeoutError):
+        runtime.get(slow, timeout=1)
+    r = cli("up", str(rt["path"]), "--yes", home=rt["home"])  # replaces the dead worker (min_workers)
+    assert r.returncode == 0, r.stderr
+    assert runtime.get(slow, timeout=60) == 0
+    assert runtime.get(after, timeout=30) == [1, 2, 3, 4, 5]
+    node, _, _ = runtime.get(c.where.remote(), timeout=30)
+    assert node != spare
+    runtime.kill(c)
+
+
+# --- placement groups ----------------------------------------------------------------------------------
+
+def _nodes_of(pg) -> list[str]:
+    return runtime.get([node_of.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote()
+                        for i in range(pg.bundle_count)], timeout=30)
+
+
+@pytest.mark.parametrize("strategy, bundles, distinct", [
+    ("STRICT_PACK", [{"CPU": 1}, {"CPU": 1}], 1),
+    ("PACK", [{"CPU": 1}, {"CPU": 1}], 1),
+    ("STRICT_SPREAD", [{"CPU": 1}] * 3, 3),
+    ("SPREAD", [{"CPU": 1}, {"CPU": 1}], 2),
+])
+def test_every_strategy_is_honoured(rt, strategy, bundles, distinct):
+    pg = placement_group(bundles, strategy=strategy)
+    assert runtime.get(pg.ready(), timeout=30) == pg
+    nodes = _nodes_of(pg)
+    assert len(set(nodes)) == distinct
+    remove_placement_group(pg)
+
+
+def test_a_group_is_reserved_whole_or_not_at_all(rt):
+    before = _available(rt)
+    # four 2-CPU bundles on distinct nodes: only the two cpu nodes have 2 CPUs
+    pg = placement_group([{"CPU": 2}] * 4, strategy="STRICT_SPREAD")
+    assert not pg.wait(timeout_seconds=2)
+    assert _available(rt) == before  # nothing half-reserved
+    remove_placement_group(pg)
+
+
+def test_work_in_a_bundle_uses_its_reservation_only(rt):
+    pg = placement_group([{"CPU": 2}], strategy="STRICT_PACK")
+    runtime.get(pg.ready(), timeout=30)
+    node = _nodes_of(pg)[0]
+    assert _available(rt)[node]["CPU"] == 0  # reserved: other work cannot take it
+    in_pg = node_of.options(num_cpus=1, placement_group=pg)
+    assert set(runtime.get([in_pg.remote() for _ in range(6)], timeout=30)) == {node}
+    a = Counter.options(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
+    assert runtime.get(a.where.remote(), timeout=30)[0] == node
+    with pytest.raises(runtime.TaskError, match="does not fit"):  # larger than its bundle: never runs
+        runtime.get(node_of.options(num_cpus=3, placement_group=pg).remote(), timeout=30)
+    slow = node_of.options(num_cpus=1, placement_group=pg)
+    remove_placement_group(pg)  # the actor in it is killed; the reservation goes back to the node
+    with pytest.raises(ActorDiedError):
+        runtime.get(a.incr.remote(), timeout=30)
+    with pytest.raises(runtime.TaskError):
+        runtime.get(slow.remote(), timeout=30)
+    _wait_until(lambda: _available(rt)[node]["CPU"] == 2)
