@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from autoscaler.planner import Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
+from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
 from core.backoff import Backoff
 from core.errors import LaunchError
@@ -142,12 +142,14 @@ class Monitor:
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
-        result = plan(PlanInput(types, views, demand, limits, backoff, now))
+        groups = [GroupDemand(tuple(shape_of(dict(b.amounts)) for b in g.bundles), g.strategy, g.count)
+                  for g in state.groups]
+        result = plan(PlanInput(types, views, demand, limits, backoff, now, groups))
         t1 = time.monotonic()
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.adopt(nodes, {i for i, _ in result.terminations})
         phases["act"] = time.monotonic() - t1
-        self.report(result, nodes, types, demand, state, now)
+        self.report(result, nodes, types, demand, state, now, groups)
         took = time.monotonic() - t0
         if took > max(5.0, 5 * self.cfg.autoscaler.tick_s):  # a slow cloud API or head: say where
             self.event("tick-slow", took_s=round(took, 2), phases={k: round(v, 2) for k, v in phases.items()})
@@ -250,7 +252,7 @@ class Monitor:
     # --- report -------------------------------------------------------------------------------------
 
     def report(self, p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand, state,
-               now: float) -> None:
+               now: float, groups: list[GroupDemand] = ()) -> None:
         with self.lock:
             failures = {t: {"count": b.failures, "backoff_until": b.until, "backoff_s": max(0.0, b.until - now),
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
@@ -268,6 +270,9 @@ class Monitor:
             "undrains": [{"node": i, "reason": r} for i, r in p.undrains],
             "infeasible": infeasible,
             "unmet": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.unmet],
+            "pending_groups": [{"group": g.describe(), "count": g.count} for g in groups],
+            "infeasible_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.infeasible_groups],
+            "unmet_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.unmet_groups],
             "failures": failures,
             "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
             "nodes": _count_nodes(nodes),

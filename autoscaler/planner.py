@@ -12,6 +12,11 @@
    cost a few iterations). GPU types serve non-GPU work only when nothing else fits. Types backed off
    after capacity errors are skipped (so spot falls back to the next cheapest type, on-demand), as are
    types at their max. The global max_workers, the $/h budget and upscaling_speed cap the total.
+   Placement groups are gang demand: each is placed whole, on what nodes have free (and launching nodes)
+   plus new nodes, with its strategy (STRICT_SPREAD: a node per bundle; STRICT_PACK: one node), or gets
+   no node at all, with the reason (infeasible, a limit). Groups go first: tasks fill what they leave.
+   New nodes for a group are the cheapest that hold it: per bundle the cheapest type that fits (spread),
+   one type for the sum (strict pack), or the type that serves the most of the group per $ (pack).
 4. Scale-down: idle workers (past idle_timeout, above min_workers), least useful first; workers whose
    node config is outdated; workers stuck before up-to-date past the launch timeout or failed to set
    up (the launch timeout counts from when a node entered its current status); workers up-to-date but
@@ -29,7 +34,8 @@ from dataclasses import dataclass, field
 from core.shapes import EPS, UNIVERSAL, Shape, fmt_shape, shape_of, type_can_run
 from core.status import LIVE, NodeStatus
 
-__all__ = ["EPS", "Limits", "NodeTypeSpec", "NodeView", "Plan", "PlanInput", "Shape", "fmt_shape", "plan", "shape_of"]
+__all__ = ["EPS", "GroupDemand", "Limits", "NodeTypeSpec", "NodeView", "Plan", "PlanInput", "Shape", "fmt_shape",
+           "plan", "shape_of"]
 
 S = NodeStatus
 
@@ -84,6 +90,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class GroupDemand:
+    """`count` placement groups of these bundles and strategy, waiting to be placed."""
+
+    bundles: tuple[Shape, ...]
+    strategy: str = "PACK"
+    count: int = 1
+
+    def describe(self) -> str:
+        shapes: dict[Shape, int] = {}
+        for b in self.bundles:
+            shapes[b] = shapes.get(b, 0) + 1
+        return f"{self.strategy} group of " + " + ".join(f"{k} x {fmt_shape(b)}" for b, k in shapes.items())
+
+
+@dataclass(frozen=True)
 class PlanInput:
     node_types: dict[str, NodeTypeSpec]
     nodes: list[NodeView]
@@ -91,6 +112,7 @@ class PlanInput:
     limits: Limits
     backoff_until: dict[str, float] = field(default_factory=dict)  # node type -> time it may be tried again
     now: float = 0.0
+    groups: list[GroupDemand] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +124,9 @@ class Plan:
     undrains: list[tuple[str, str]] = field(default_factory=list)  # drained nodes demand needs again
     infeasible: list[tuple[Shape, int, str]] = field(default_factory=list)
     unmet: list[tuple[Shape, int, str]] = field(default_factory=list)  # feasible, but blocked by a limit now
+    # placement groups: (description, count, reason)
+    infeasible_groups: list[tuple[str, int, str]] = field(default_factory=list)
+    unmet_groups: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 def _fits(capacity: dict[str, float], shape: Shape) -> int:
@@ -181,6 +206,7 @@ def plan(inp: PlanInput) -> Plan:
     # --- existing and pending capacity ------------------------------------------------------------
     workers = [n for n in inp.nodes if not n.is_head and n.status != S.TERMINATING]
     absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
+    pools: list[tuple[str, dict[str, float]]] = []  # (node id, what it has free or will have), live nodes
     for n in sorted(inp.nodes, key=lambda n: n.id):
         if n.status == S.DRAINING or (n.draining and n.status == S.UP_TO_DATE):
             # A drained node is no capacity. One drained on its way out for being idle (its status still
@@ -196,14 +222,34 @@ def plan(inp: PlanInput) -> Plan:
         if n.status not in LIVE:
             continue
         if n.registered:
-            cap = _free(n)
+            pools.append((n.id, dict(_free(n))))
         elif n.node_type in types:  # launching: all of its type's resources will be free
-            cap = dict(types[n.node_type].resources)
-        else:
+            pools.append((n.id, dict(types[n.node_type].resources)))
+
+    # placement groups that fit what is there (launching nodes included) go first: they need it whole
+    groups_left: list[tuple[GroupDemand, int]] = []
+    for g in inp.groups:
+        why = _group_infeasible(g, types)
+        if why:
+            out.infeasible_groups.append((g.describe(), g.count, why))
             continue
+        placed = 0
+        while placed < g.count:
+            got = _place_group(g, [cap for _, cap in pools], None, {})
+            if got is None:
+                break
+            for i, cap in got[0].items():
+                pools[i][1].update(cap)
+                absorbing.add(pools[i][0])
+            placed += 1
+        if placed < g.count:
+            groups_left.append((g, g.count - placed))
+
+    for node_id, cap in pools:
         for s, k in _pack(cap, remaining, order).items():
             remaining[s] -= k
-            absorbing.add(n.id)
+            _take(cap, s, k)
+            absorbing.add(node_id)
 
     # --- scale-down (decided before launches so replacements are counted) -------------------------
     count_by_type: dict[str, int] = {}
@@ -285,9 +331,46 @@ def plan(inp: PlanInput) -> Plan:
 
     # weigh a unit of each shape by its cheapest stand-alone price, so mixed demand compares fairly
     weight: dict[Shape, float] = {}
+
+    def weigh(s: Shape) -> float:
+        if s not in weight:
+            prices = [t.cost_per_hour / _fits(t.resources, s) for t in types.values() if _fits(t.resources, s) >= 1]
+            weight[s] = min(prices) if prices else 0.0
+        return weight[s]
+
     for s in order:
-        prices = [t.cost_per_hour / _fits(t.resources, s) for t in types.values() if _fits(t.resources, s) >= 1]
-        weight[s] = min(prices) if prices else 0.0
+        weigh(s)
+
+    # placement groups that need new nodes: all of a group's nodes are launched, or none
+    new_pools: list[dict[str, float]] = []
+    for g, count in groups_left:
+        for done in range(count):
+            launchable = [t for t in sorted(types.values(), key=lambda t: t.name) if can_launch(t)]
+            usable = [(i, cap) for i, (node_id, cap) in enumerate(pools) if node_id not in leaving]
+            got = _place_group(g, [cap for _, cap in usable] + new_pools, launchable, {b: weigh(b) for b in g.bundles})
+            why = "every node type that fits is backing off or at its max_workers" if got is None else _over_limits(
+                got[1], room, budget, count_by_type, out.launches, lim)
+            if why:
+                out.unmet_groups.append((g.describe(), count - done, why))
+                break
+            touched, new = got
+            for i, cap in touched.items():
+                if i < len(usable):
+                    usable[i][1].update(cap)
+                    absorbing.add(pools[usable[i][0]][0])
+                else:
+                    new_pools[i - len(usable)].update(cap)
+            by_type: dict[str, int] = {}
+            for t, _ in new:
+                by_type[t.name] = by_type.get(t.name, 0) + 1
+            for name, k in sorted(by_type.items()):
+                add(types[name], k, f"{k} x {name}: {g.describe()}")
+            new_pools += [cap for _, cap in new]
+    # what new group nodes leave free serves queued work before more nodes are launched for it
+    for cap in new_pools:
+        for s, k in _pack(cap, remaining, order).items():
+            remaining[s] -= k
+            _take(cap, s, k)
 
     def value_of(placed: dict[Shape, int]) -> float:
         return sum(weight[s] * k for s, k in placed.items())
@@ -341,6 +424,120 @@ def plan(inp: PlanInput) -> Plan:
             why = _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget)
             out.unmet.append((s, remaining[s], why))
     return out
+
+
+def _group_infeasible(g: GroupDemand, types: dict[str, NodeTypeSpec]) -> str | None:
+    for i, b in enumerate(g.bundles):
+        if not any(type_can_run(t.resources, dict(b)) for t in types.values()):
+            return f"bundle {i}: no node type has {fmt_shape(b)}"
+    if g.strategy == "STRICT_PACK":
+        total = _sum(g.bundles)
+        if not any(type_can_run(t.resources, dict(total)) for t in types.values()):
+            return f"STRICT_PACK: no node type holds all of it ({fmt_shape(total)})"
+    return None
+
+
+def _sum(bundles) -> Shape:
+    total: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b:
+            total[k] = total.get(k, 0.0) + v
+    return shape_of(total)
+
+
+def _place_group(g: GroupDemand, pools: list[dict[str, float]], launchable: list[NodeTypeSpec] | None,
+                 weight: dict[Shape, float]) -> tuple[dict[int, dict[str, float]], list[tuple[NodeTypeSpec, dict]]] | None:
+    """One group, placed whole: bundles on `pools` (what nodes have free, not changed here), then on new
+    nodes of `launchable` types (None: no new nodes). Returns (pool index -> its capacity after, [(type,
+    new node's capacity after)]) or None if the group cannot be placed."""
+    touched: dict[int, dict[str, float]] = {}
+    new: list[tuple[NodeTypeSpec, dict[str, float]]] = []
+
+    def cap(i: int) -> dict[str, float]:
+        if i not in touched:
+            touched[i] = dict(pools[i])
+        return touched[i]
+
+    def cheapest(shape: Shape) -> NodeTypeSpec | None:
+        fitting = [t for t in launchable or () if _fits(t.resources, shape) >= 1]
+        return min(fitting, key=lambda t: (t.cost_per_hour, -t.priority, t.name)) if fitting else None
+
+    bundles = sorted(g.bundles, key=_size, reverse=True)
+    if g.strategy == "STRICT_PACK":
+        total = _sum(bundles)
+        i = next((i for i, c in enumerate(pools) if _fits(c, total) >= 1), None)
+        if i is not None:
+            _take(cap(i), total, 1)
+            return touched, new
+        t = cheapest(total)
+        if t is None:
+            return None
+        c = dict(t.resources)
+        _take(c, total, 1)
+        return touched, [(t, c)]
+    if g.strategy == "STRICT_SPREAD":
+        used: set[int] = set()
+        for b in bundles:
+            i = next((i for i, c in enumerate(pools) if i not in used and _fits(c, b) >= 1), None)
+            if i is not None:
+                used.add(i)
+                _take(cap(i), b, 1)
+                continue
+            t = cheapest(b)
+            if t is None:
+                return None
+            c = dict(t.resources)
+            _take(c, b, 1)
+            new.append((t, c))
+        return touched, new
+    # PACK, SPREAD: the runtime may share nodes, so the cheapest packing serves both
+    for n, b in enumerate(bundles):
+        i = next((i for i in touched if _fits(touched[i], b) >= 1), None)
+        if i is None:
+            i = next((i for i, c in enumerate(pools) if _fits(c, b) >= 1), None)
+        if i is not None:
+            _take(cap(i), b, 1)
+            continue
+        j = next((j for j, (_, c) in enumerate(new) if _fits(c, b) >= 1), None)
+        if j is not None:
+            _take(new[j][1], b, 1)
+            continue
+        best = None
+        for t in launchable or ():
+            if _fits(t.resources, b) < 1:
+                continue
+            # what of the rest of the group a node of this type would hold, by value
+            c, served = dict(t.resources), 0.0
+            for rest in bundles[n:]:
+                if _fits(c, rest) >= 1:
+                    _take(c, rest, 1)
+                    served += weight.get(rest, 0.0) or 1.0
+            key = (t.cost_per_hour / served, -t.priority, t.name)
+            if best is None or key < best[0]:
+                best = (key, t)
+        if best is None:
+            return None
+        c = dict(best[1].resources)
+        _take(c, b, 1)
+        new.append((best[1], c))
+    return touched, new
+
+
+def _over_limits(new, room, budget, count_by_type, launches, lim) -> str | None:
+    """Why launching these nodes for one group is not allowed now (None: it is)."""
+    if len(new) > room:
+        return (f"needs {len(new)} new node(s) at once: over the global max_workers ({lim.max_workers}) or the "
+                f"upscaling_speed cap")
+    by_type: dict[str, list] = {}
+    for t, _ in new:
+        by_type.setdefault(t.name, [t, 0])[1] += 1
+    for name, (t, k) in sorted(by_type.items()):
+        if count_by_type.get(name, 0) + launches.get(name, 0) + k > t.max_workers:
+            return f"needs {k} x {name}: over its max_workers ({t.max_workers})"
+    cost = sum(t.cost_per_hour for t, _ in new)
+    if cost > budget + EPS:
+        return f"needs {cost:g} $/h more: over max_cost_per_hour ({lim.max_cost_per_hour:g} $/h)"
+    return None
 
 
 def _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget) -> str:

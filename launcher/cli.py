@@ -185,6 +185,9 @@ def _print_work(st: dict) -> None:
     """What waits and why: queued work (demand) and work no node type can run, with the reason."""
     demand = ", ".join(f"{d['count']} x {_shape(d['shape'])}" for d in st.get("pending_demand", []))
     lines = [f"pending demand: {demand or 'none'}"]
+    for g in st.get("pending_groups", []):
+        bundles = " + ".join(_shape(b) for b in g["bundles"])
+        lines.append(f"pending placement group: {g['count']} x {g['strategy']} [{bundles}]")
     for d in st.get("infeasible", []):
         lines.append(f"infeasible: {d['count']} x {_shape(d['shape'])}: {d['reason']}")
     out.print("\n".join(lines), highlight=False)
@@ -214,6 +217,10 @@ def _print_autoscaler(a: dict | None) -> None:
         lines.append(f"  infeasible: {d['count']} x {d['shape']}: {d['reason']}")
     for d in a.get("unmet", []):
         lines.append(f"  waiting: {d['count']} x {d['shape']}: {d['reason']}")
+    for d in a.get("infeasible_groups", []):
+        lines.append(f"  infeasible: {d['count']} x {d['group']}: {d['reason']}")
+    for d in a.get("unmet_groups", []):
+        lines.append(f"  waiting: {d['count']} x {d['group']}: {d['reason']}")
     for t, f in a.get("failures", {}).items():
         lines.append(f"  failing: {t}: {f['count']} failure(s), backing off {_fmt_age(f.get('backoff_s', 0))}; "
                      f"last: {f.get('last_error', '')}")

@@ -83,7 +83,8 @@ class Cluster:
         lc = self._stored_lifecycle()
         if lc is None:  # never up, or down: nothing to list
             return {"cluster": self.cfg.cluster_name, "provider": self.cfg.provider.kind, "head_address": None,
-                    "runtime_error": None, "nodes": [], "pending_demand": [], "infeasible": [], "autoscaler": None}
+                    "runtime_error": None, "nodes": [], "pending_demand": [], "pending_groups": [], "infeasible": [],
+                    "autoscaler": None}
         nodes = lc.nodes()
         info = self.dir.read_info()
         token = self.dir.existing_token()
@@ -91,6 +92,7 @@ class Cluster:
         runtime_error = None
         infeasible: list[dict] = []
         demand: list[dict] = []
+        groups: list[dict] = []
         head = next((n for n in nodes if n.kind == KIND_HEAD), None)
         if head is not None and info.get("head_address") and token:
             try:
@@ -100,6 +102,8 @@ class Cluster:
                 demand = [{"shape": dict(d.shape.amounts), "count": d.count} for d in state.demand]
                 infeasible = [{"shape": dict(d.shape.amounts), "count": d.count, "reason": d.reason}
                               for d in state.infeasible]
+                groups = [{"bundles": [dict(b.amounts) for b in g.bundles], "strategy": g.strategy,
+                           "count": g.count} for g in state.groups]
             except grpc.RpcError as e:
                 runtime_error = f"head service at {info['head_address']} unreachable ({e.code().name})"
             except LaunchError as e:
@@ -125,6 +129,7 @@ class Cluster:
             "runtime_error": runtime_error,
             "nodes": rows,
             "pending_demand": demand,
+            "pending_groups": groups,
             "infeasible": infeasible,
             "autoscaler": self._autoscaler_status(head, now) if head is not None and lc.autoscales else None,
         }
