@@ -284,3 +284,44 @@ def test_a_job_goes_with_its_node(tmp_path):
         wait_for(lambda: processes_with_env(marker) == [], what="every process of the dead node gone")
     finally:
         c.down()
+
+
+def test_a_gpu_gang_is_launched_whole_from_zero_and_removed_after(tmp_path):
+    from runtime.placement_group import PlacementGroupSchedulingStrategy, placement_group, remove_placement_group
+
+    data = _config("gang")
+    data["available_node_types"]["gpu"]["max_workers"] = 2
+    c = Up(tmp_path, data)
+    try:
+        # three GPUs on three nodes: over the gpu type's max_workers, so nothing at all is launched
+        too_big = placement_group([{"GPU": 1}] * 3, strategy="STRICT_SPREAD")
+        wait_for(lambda: "over its max_workers (2)" in cli("status", str(c.path), home=c.home).stdout,
+                 timeout=30, what="the reason the group waits")
+        assert c.workers() == [] and not [e for e in c.events() if e["event"] == "launch"]
+        remove_placement_group(too_big)
+
+        pg = placement_group([{"CPU": 1, "GPU": 1}] * 2, strategy="STRICT_SPREAD")
+        assert runtime.get(pg.ready(), timeout=90) == pg
+        launches = [e for e in c.events() if e["event"] == "launch"]
+        assert [(e["node_type"], e["asked"]) for e in launches] == [("gpu", 2)]  # both at once, in one plan
+        assert "STRICT_SPREAD group" in launches[0]["reason"]
+
+        @runtime.remote(num_cpus=1, num_gpus=1)
+        def train(rank):
+            import os
+            return rank, os.environ["LAUNCH_NODE_ID"], os.environ["CUDA_VISIBLE_DEVICES"]
+
+        ranks = runtime.get([train.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote(i)
+                             for i in range(2)], timeout=60)
+        assert len({node for _, node, _ in ranks}) == 2 and all(cuda == "0" for _, _, cuda in ranks)
+        # the tasks are done, yet nodes holding reserved bundles are busy (never idle, never scaled down)
+        from runtime.client import HeadClient
+
+        info = json.loads((c.home / "clusters" / "gang" / "cluster.json").read_text())
+        with HeadClient(info["head_address"], (c.home / "clusters" / "gang" / "token").read_text().strip()) as h:
+            gang = [n for n in h.cluster_state().nodes if n.node_type == "gpu"]
+        assert len(gang) == 2 and all(n.running == 1 and n.idle_since == 0 for n in gang)
+        remove_placement_group(pg)
+        wait_for(lambda: c.workers() == [], timeout=60, what="scale-down after the group is removed")
+    finally:
+        c.down()
