@@ -109,13 +109,18 @@ class Twin:
     def kill(self) -> None:
         """The machine dies: every process in it, sshd included; returns once they are all gone (a
         listener not yet closed would keep a restarted sshd from binding port 22)."""
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda: not [p for p in self.pids() if _alive(p)], timeout=10, every=0.02,
-                 what=f"the processes of twin {self.name} to die")
+        def killed_all() -> bool:
+            # again on every look: a process forked after the last look (a supervisor restarting a
+            # daemon, sshd starting a session) dies too
+            alive = [p for p in self.pids() if _alive(p)]
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return not alive
+
+        wait_for(killed_all, timeout=30, every=0.02, what=f"the processes of twin {self.name} to die")
 
     def boot(self) -> None:
         """A stopped machine starts again: its disk (/root), network and firewall were kept."""
