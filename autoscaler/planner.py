@@ -342,7 +342,9 @@ def plan(inp: PlanInput) -> Plan:
         weigh(s)
 
     # placement groups that need new nodes: all of a group's nodes are launched, or none
-    new_pools: list[dict[str, float]] = []
+    new_pools: list[dict[str, float]] = []  # what nodes launched for groups have left, while any bundle fits
+    group_shapes = {b for g, _ in groups_left for b in g.bundles}
+    group_caps: list[dict[str, float]] = []  # every node launched for groups
     for g, count in groups_left:
         for done in range(count):
             launchable = [t for t in sorted(types.values(), key=lambda t: t.name) if can_launch(t)]
@@ -354,20 +356,25 @@ def plan(inp: PlanInput) -> Plan:
                 out.unmet_groups.append((g.describe(), count - done, why))
                 break
             touched, new = got
+            full = False
             for i, cap in touched.items():
                 if i < len(usable):
                     usable[i][1].update(cap)
                     absorbing.add(pools[usable[i][0]][0])
                 else:
                     new_pools[i - len(usable)].update(cap)
+                    full = full or not any(_fits(cap, b) for b in group_shapes)
+            if full:  # (thousands of groups: the nodes they filled are not looked at again)
+                new_pools = [c for c in new_pools if any(_fits(c, b) for b in group_shapes)]
             by_type: dict[str, int] = {}
             for t, _ in new:
                 by_type[t.name] = by_type.get(t.name, 0) + 1
             for name, k in sorted(by_type.items()):
                 add(types[name], k, f"{k} x {name}: {g.describe()}")
-            new_pools += [cap for _, cap in new]
+            new_pools += [cap for _, cap in new if any(_fits(cap, b) for b in group_shapes)]
+            group_caps += [cap for _, cap in new]
     # what new group nodes leave free serves queued work before more nodes are launched for it
-    for cap in new_pools:
+    for cap in group_caps:
         for s, k in _pack(cap, remaining, order).items():
             remaining[s] -= k
             _take(cap, s, k)
@@ -494,7 +501,7 @@ def _place_group(g: GroupDemand, pools: list[dict[str, float]], launchable: list
     for n, b in enumerate(bundles):
         i = next((i for i in touched if _fits(touched[i], b) >= 1), None)
         if i is None:
-            i = next((i for i, c in enumerate(pools) if _fits(c, b) >= 1), None)
+            i = next((i for i, c in enumerate(pools) if i not in touched and _fits(c, b) >= 1), None)
         if i is not None:
             _take(cap(i), b, 1)
             continue

@@ -12,6 +12,12 @@ node sizes and loose when they do not.
 Ray runs from its own venv (bench/.ray-venv, or --ray-python); Ray's planner is skipped at 100,000
 demands, where it needs many minutes (measured here: 1,000 in 0.4 s, 10,000 in 10 s). Then our planner
 alone on 1,000,000 demands.
+
+Then placement groups (gang demand): 1,000 pending groups of 2-16 bundles (all four strategies) among
+10,000 queued tasks, planned from zero by both planners; each fleet's cost against a MILP lower bound
+(every bundle and task packed into aggregate capacity, a STRICT_PACK group as one item, strategies
+otherwise relaxed), and whether each fleet can in fact hold every group with its strategy (checked by
+placing the groups and tasks on the launched nodes, strategy respected, best fit).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autoscaler.planner import Limits, NodeTypeSpec, NodeView, PlanInput, plan  # noqa: E402
+from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, PlanInput, plan, shape_of  # noqa: E402
 
 GIB = 2**30
 SHAPES = [
@@ -189,9 +195,13 @@ sched = ResourceDemandScheduler(Provider(), types, max_workers=1000000, head_nod
 demands = [d for d, c in sc["demand"] for _ in range(c)]
 max_res = {"ip-" + n: (types[t]["resources"]) for n, t in nodes.items()}
 unused = {"ip-" + n: {} for n in nodes}
+from ray.core.generated.common_pb2 import Bundle, PlacementStrategy
+from ray._private.gcs_utils import PlacementGroupTableData
+pgs = [PlacementGroupTableData(bundles=[Bundle(unit_resources=b) for b in bundles],
+                               strategy=getattr(PlacementStrategy, strategy)) for bundles, strategy in sc.get("groups", [])]
 t0 = time.perf_counter()
 launch, unfulfilled = sched.get_nodes_to_launch(nodes=list(nodes), launching_nodes={}, resource_demands=demands,
-    unused_resources_by_ip=unused, pending_placement_groups=[], max_resources_by_ip=max_res,
+    unused_resources_by_ip=unused, pending_placement_groups=pgs, max_resources_by_ip=max_res,
     ensure_min_cluster_size=[], node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
 print(json.dumps({"time_s": time.perf_counter() - t0, "launches": dict(launch), "unfulfilled": len(unfulfilled)}))
 """
@@ -208,9 +218,9 @@ def ray_python(given: str | None) -> str:
     return str(py)
 
 
-def run_ray(py: str, types, demand, nodes) -> dict:
+def run_ray(py: str, types, demand, nodes, groups=()) -> dict:
     scenario = {"types": {n: t.resources for n, t in types.items()}, "demand": demand,
-                "running": [n.node_type for n in nodes]}
+                "running": [n.node_type for n in nodes], "groups": [(list(b), s) for b, s in groups]}
     out = subprocess.run([py, "-c", RAY_SCRIPT], input=json.dumps(scenario), capture_output=True, text=True,
                          timeout=900)
     if out.returncode != 0:
@@ -223,8 +233,12 @@ def main() -> None:
     ap.add_argument("--ray-python")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--ray-max-demands", type=int, default=10_000)
+    ap.add_argument("--groups-only", action="store_true", help="only the placement group scenario")
     args = ap.parse_args()
     py = None if args.skip_ray else ray_python(args.ray_python)
+    if args.groups_only:
+        gangs(py)
+        return
 
     header = (f"{'shapes':>7} {'types':>5} {'demands':>8} {'running':>7} | {'ours ms':>9} {'ray ms':>9} {'ray/ours':>8} | "
               f"{'ours $/h':>9} {'ray $/h':>9} {'MILP $/h':>9} {'':5} | {'ours gap':>8} {'ray gap':>8}")
@@ -257,6 +271,111 @@ def main() -> None:
           f"fleet {fleet_cost(ours, types):.2f} $/h")
     print(f"worst gap of our fleet cost to the MILP optimum: {100 * worst_gap:.2f}% "
           "(exact: MILP over whole-node packing patterns; bound: aggregate capacity, a lower bound)")
+    gangs(py)
+
+
+GROUP_SHAPES = [{"CPU": 1}, {"CPU": 2, "memory": 8 * GIB}, {"CPU": 4, "memory": 16 * GIB}, {"CPU": 4, "GPU": 1},
+                {"CPU": 8, "GPU": 1}]
+
+
+def random_groups(n: int, seed: int) -> list[tuple[list[dict], str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        strategy = rng.choice(["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+        shape = rng.choice(GROUP_SHAPES[:3] if strategy == "STRICT_PACK" else GROUP_SHAPES)
+        size = rng.randint(2, 4 if strategy == "STRICT_PACK" else 16)
+        out.append(([dict(shape) for _ in range(size)], strategy))
+    return out
+
+
+def holds_everything(launches: dict[str, int], types, groups, demand) -> bool:
+    """Place every group (strategy respected; the strictest first) and then every task on the launched
+    nodes, each bundle or task on the node it leaves the least room on (best fit)."""
+    nodes = [dict(types[t].resources) for t, k in sorted(launches.items()) for _ in range(k)]
+
+    def fits(cap, b):
+        return all(cap.get(r, 0.0) + 1e-9 >= v for r, v in b.items())
+
+    def take(cap, b):
+        for r, v in b.items():
+            cap[r] = cap.get(r, 0.0) - v
+
+    def slack(cap, b):
+        return cap.get("GPU", 0.0) - b.get("GPU", 0.0), cap.get("CPU", 0.0) - b.get("CPU", 0.0)
+
+    def size(b):
+        return -b.get("GPU", 0.0), -b.get("CPU", 0.0)
+
+    strictness = {"STRICT_SPREAD": 0, "STRICT_PACK": 1, "PACK": 2, "SPREAD": 2}
+    for bundles, strategy in sorted(groups, key=lambda g: (strictness[g[1]], min(size(b) for b in g[0]), -len(g[0]))):
+        if strategy == "STRICT_PACK":
+            total: dict[str, float] = {}
+            for b in bundles:
+                for r, v in b.items():
+                    total[r] = total.get(r, 0.0) + v
+            bundles = [total]
+        used: set[int] = set()
+        for b in sorted(bundles, key=size):
+            fitting = [i for i, cap in enumerate(nodes) if (strategy != "STRICT_SPREAD" or i not in used)
+                       and fits(cap, b)]
+            if not fitting:
+                return False
+            i = min(fitting, key=lambda i: slack(nodes[i], b))
+            take(nodes[i], b)
+            used.add(i)
+    for shape, count in sorted(demand, key=lambda d: size(d[0])):
+        for _ in range(count):
+            fitting = [i for i, cap in enumerate(nodes) if fits(cap, shape)]
+            if not fitting:
+                return False
+            take(nodes[min(fitting, key=lambda i: slack(nodes[i], shape))], shape)
+    return True
+
+
+def gangs(py: str | None) -> None:
+    print("\nplacement groups: 1,000 pending groups of 2-16 bundles among 10,000 queued tasks, from zero")
+    header = (f"{'types':>5} | {'ours ms':>8} {'ray ms':>8} | {'ours $/h':>9} {'ray $/h':>9} {'MILP >=':>9} | "
+              f"{'ours gap':>8} {'ray gap':>8} | {'ours holds':>10} {'ray holds':>9}")
+    print(header)
+    print("-" * len(header))
+    for n_types in (5, 20):
+        types = node_types(n_types)
+        groups = random_groups(1000, seed=n_types)
+        demand = demands(10_000)
+        inp = PlanInput(types, [], demand, Limits(max_workers=1_000_000, upscaling_speed=1e9),
+                        groups=[GroupDemand(tuple(shape_of(b) for b in bundles), strategy) for bundles, strategy in groups])
+        best, result = float("inf"), None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            result = plan(inp)
+            best = min(best, time.perf_counter() - t0)
+        assert not result.unmet_groups and not result.infeasible_groups, result.unmet_groups[:3]
+        ours = fleet_cost(result.launches, types)
+        items: dict = {}
+        for bundles, strategy in groups:
+            if strategy == "STRICT_PACK":
+                total: dict[str, float] = {}
+                for b in bundles:
+                    for r, v in b.items():
+                        total[r] = total.get(r, 0.0) + v
+                bundles = [total]
+            for b in bundles:
+                key = shape_of(b)
+                items[key] = items.get(key, 0) + 1
+        for shape, count in demand:
+            items[shape_of(shape)] = items.get(shape_of(shape), 0) + count
+        bound = _aggregate_bound(types, [(dict(k), c) for k, c in items.items()])
+        ray_ms = ray_cost = ray_gap = ray_holds = "-"
+        if py:
+            r = run_ray(py, types, demand, [], groups)
+            ray_ms = f"{1000 * r['time_s']:.0f}"
+            rc = fleet_cost(r["launches"], types)
+            ray_cost, ray_gap = f"{rc:.2f}", f"{100 * (rc / bound - 1):.1f}%"
+            ray_holds = "yes" if holds_everything(r["launches"], types, groups, demand) else "NO"
+        ours_holds = "yes" if holds_everything(result.launches, types, groups, demand) else "NO"
+        print(f"{n_types:>5} | {1000 * best:>8.0f} {ray_ms:>8} | {ours:>9.2f} {ray_cost:>9} {bound:>9.2f} | "
+              f"{100 * (ours / bound - 1):>7.1f}% {ray_gap:>8} | {ours_holds:>10} {ray_holds:>9}", flush=True)
 
 
 if __name__ == "__main__":
