@@ -288,3 +288,13 @@ def test_work_in_a_bundle_uses_its_reservation_only(rt):
     with pytest.raises(runtime.TaskError):
         runtime.get(slow.remote(), timeout=30)
     _wait_until(lambda: _available(rt)[node]["CPU"] == 2)
+
+
+def test_the_readme_examples_run_as_jobs(rt):
+    r = cli("submit", str(rt["path"]), "examples/counter.py", home=rt["home"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "in order: [11, 12, 13]" in r.stdout and "from a task: 113" in r.stdout and "by name: 114" in r.stdout
+    r = cli("submit", str(rt["path"]), "examples/train_gang.py", "--", "2", "0", "1", home=rt["home"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    nodes = {line.split(" on node ")[1].split(",")[0] for line in r.stdout.splitlines() if line.startswith("rank ")}
+    assert len(nodes) == 2  # one rank per node
