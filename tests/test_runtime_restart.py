@@ -82,3 +82,32 @@ def test_killing_the_head_loses_no_work_result_or_log(cluster, tmp_path):
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("line")] == [f"line {i}" for i in range(1, 9)]
     listed = json.loads(cli("job", "list", str(cluster["path"]), "--json", home=cluster["home"]).stdout)
     assert [j["state"] for j in listed if j["id"] == job] == ["finished"]
+
+
+@runtime.remote
+class Tally:
+    def __init__(self):
+        self.seen: list[int] = []
+        self.pid = os.getpid()
+
+    def add(self, i: int, sleep_s: float = 0.0):
+        import time
+
+        time.sleep(sleep_s)
+        self.seen.append(i)
+        return list(self.seen), self.pid
+
+
+def test_an_actor_lives_through_a_head_restart_with_its_calls_in_order(cluster):
+    a = Tally.options(name="tally").remote()
+    _, pid = runtime.get(a.add.remote(0), timeout=30)
+    slow = [a.add.remote(i, 0.3) for i in range(1, 6)]  # given to the actor, most still in its line
+    old = _head_pid(cluster)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _head_pid(cluster) != old, timeout=20, what="the supervisor to restart the head")
+    later = [a.add.remote(i) for i in range(6, 9)]
+    values = runtime.get(slow + later, timeout=120)
+    seen, pid_after = values[-1]
+    assert seen == list(range(9)) and pid_after == pid  # the same instance, every call once, in order
+    assert runtime.get_actor("tally") == a  # its name survived the restart
+    runtime.kill(a)
