@@ -23,6 +23,7 @@ An actor made by a driver (not detached: `lifetime="detached"`) is killed when t
 
 from __future__ import annotations
 
+import os
 import threading
 import cloudpickle
 
@@ -80,14 +81,22 @@ class ActorClass:
             self._blob = cloudpickle.dumps(self._cls)
         payload = cloudpickle.dumps((self._blob, args, kwargs))
         restarts = 2**31 - 1 if o["max_restarts"] == -1 else o["max_restarts"]
+        if name:  # alone in its batch: a taken name refuses it, not the work submitted before it
+            api._connection().flush()
         actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
                                actor_name=name or "", pg_id=pg_id, bundle_index=index)
-        if o["lifetime"] != "detached" and not api._caller():
+        if o["lifetime"] != "detached" and _is_driver():
             with _owned_lock:
                 _owned.append(actor_id)
         if name:  # a name already taken fails now, not in the background
             api._connection().flush()
         return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"])
+
+
+def _is_driver() -> bool:
+    """Code run from a machine, or a job's own process (not a task or an actor inside it)."""
+    caller = api._caller()
+    return not caller or caller == os.environ.get("LAUNCH_JOB_ID")
 
 
 class ActorHandle:

@@ -58,9 +58,12 @@ class Agent:
         self.stream_seq = 0
 
     def register(self) -> None:
+        # in this order: an item finishing meanwhile is in what runs (or is being handed over) when that
+        # is read, or among the reports when those are; listed once (the head drops what it sees twice)
+        in_flight = self.executor.in_flight()
         with self.reports_cond:
             unreported = [(r.id, attempt) for r, attempt in self.reports]
-        running = self.executor.in_flight() + unreported
+        running = list(dict.fromkeys(in_flight + unreported))
         reply = self.client.register(
             pb.RegisterNodeRequest(
                 node_id=self.cfg.node_id, node_type=self.cfg.node_type, address=self.cfg.address,

@@ -125,6 +125,7 @@ class Executor:
         self.requests: dict[str, dict[str, float]] = {}  # what each started item holds
         self.lent: dict[str, float] = {}  # item id -> CPUs it lends while it waits in a `get` (the head says)
         self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.reporting: set[tuple[str, int]] = set()  # done, its report on the way to the agent
         self.actors: dict[str, ActorInstance] = {}  # actor id -> its instance here
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
@@ -216,7 +217,13 @@ class Executor:
                 with inst.cond:
                     calls += [c for c in [inst.current, *inst.calls] if c is not None]
             return ([(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
-                    + [(c.item_id, c.attempt) for c in calls])
+                    + [(c.item_id, c.attempt) for c in calls] + sorted(self.reporting))
+
+    def _unqueue(self, a: pb.Assignment) -> None:
+        """(under self.lock) An assignment not started leaves (an actor's line goes with it)."""
+        self.waiting.remove(a)
+        if a.spec.kind == "actor" and self.actors.get(a.item_id) is not None and self.actors[a.item_id].assignment is a:
+            del self.actors[a.item_id]
 
     def _take_call(self, item_id: str, attempt: int | None = None) -> pb.Assignment | None:
         """(under self.lock) A call waiting in an actor's line, taken out of it."""
@@ -233,19 +240,22 @@ class Executor:
     def cancel(self, item_id: str) -> None:
         with self.lock:
             call = self._take_call(item_id)
+            if call is not None:
+                self.reporting.add((item_id, call.attempt))
         if call is not None:  # a call that has not started; one that has runs to its end
-            self.report(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), call.attempt)
+            self._hand_over(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), call.attempt)
             return
         with self.lock:
             self.cancelled.add(item_id)
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
-                self.waiting.remove(queued)
+                self._unqueue(queued)
                 self.given.discard((item_id, queued.attempt))
                 self.cancelled.discard(item_id)
+                self.reporting.add((item_id, queued.attempt))
             handle = self.running.get(item_id, (0, None))[1]
         if queued is not None:
-            self.report(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), queued.attempt)
+            self._hand_over(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), queued.attempt)
         else:
             _stop(handle)
 
@@ -254,10 +264,11 @@ class Executor:
         with self.lock:
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
-                self.waiting.remove(queued)
+                self._unqueue(queued)
                 self.given.discard((item_id, queued.attempt))  # it may come back, the same attempt
+                self.reporting.add((item_id, queued.attempt))
         if queued is not None:
-            self.report(pb.ItemResult(id=item_id, state="revoked"), queued.attempt)
+            self._hand_over(pb.ItemResult(id=item_id, state="revoked"), queued.attempt)
 
     def drop(self, pairs: list[tuple[str, int]]) -> int:
         """Stop these (id, attempt) and report none of them: the head no longer counts them as ours."""
@@ -268,7 +279,7 @@ class Executor:
                     continue
                 queued = next((a for a in self.waiting if a.item_id == item_id and a.attempt == attempt), None)
                 if queued is not None:
-                    self.waiting.remove(queued)
+                    self._unqueue(queued)
                     self.given.discard((item_id, attempt))
                 elif self.running.get(item_id, (None,))[0] == attempt:
                     self.dropped.add((item_id, attempt))
@@ -309,7 +320,19 @@ class Executor:
                 self.cancelled.discard(a.item_id)
                 result = pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled",
                                        exit_code=result.exit_code)
-        self.report(result, a.attempt)
+            self.reporting.add(key)  # in the same hold of the lock that took it out of `running`
+        self._hand_over(result, a.attempt)
+
+    def _hand_over(self, result: pb.ItemResult, attempt: int) -> None:
+        """Report a result marked `reporting` (under the lock that took it out of what runs here): until
+        the agent has it, the item still counts as in flight, so a registration made meanwhile (after a
+        head restart) lists it and the head does not requeue it."""
+        key = (result.id, attempt)
+        try:
+            self.report(result, attempt)
+        finally:
+            with self.lock:
+                self.reporting.discard(key)
 
     # --- tasks --------------------------------------------------------------------------------------
 
@@ -434,16 +457,17 @@ class Executor:
         self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed"))
 
     def _call_done(self, inst: ActorInstance, call: pb.Assignment, result: pb.ItemResult) -> None:
-        with inst.cond:
-            inst.current = None
         with self.lock:
+            with inst.cond:
+                inst.current = None
             key = (call.item_id, call.attempt)
             self.given.discard(key)
             self.finished[key] = None
             if key in self.dropped:
                 self.dropped.discard(key)
                 return
-        self.report(result, call.attempt)
+            self.reporting.add(key)
+        self._hand_over(result, call.attempt)
 
     def _end_actor(self, a: pb.Assignment, result: pb.ItemResult) -> None:
         """The instance is over: its calls not run are not reported (the head puts them back in line with

@@ -341,6 +341,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                 validate_request(dict(spec.request.amounts))
             except InvalidRequest as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            if len(spec.actor_name) > 200:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an actor's name may be 200 characters at most")
             if spec.kind == PG:
                 problem = group_problem([dict(b.amounts) for b in spec.bundles], spec.strategy)
                 if problem:

@@ -248,6 +248,9 @@ class Scheduler:
         self.groups: dict[str, Group] = {}  # live placement groups
         self.pending_groups: list[str] = []  # not placed yet, in submission order
         self.to_stop: list[tuple[str, str]] = []  # (item, node): running work the head tells its node to stop
+        # pending groups are tried again only once something may have made room (a node came, resources
+        # were given back, a group arrived): a schedule() per completion must not re-place them all
+        self.room_changed = False
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -256,12 +259,17 @@ class Scheduler:
                  running: list[tuple[str, int]] | tuple = ()) -> tuple[list[Item], list[tuple[str, int]]]:
         """Register (or re-register) a node that says it still runs `running` ((id, attempt) pairs).
         Returns (items it was given before that went back to the queue, the pairs it runs that are no
-        longer its own: to drop)."""
-        lost = self.remove_node(node_id, now, reason="its node agent restarted") if node_id in self.nodes else []
+        longer its own: to drop). A node registering again (its agent restarted, or its registration was
+        retried after a reply that did not reach it) keeps what it says it still runs; the rest of what it
+        had goes back to the queue."""
+        lost = []
+        if node_id in self.nodes:
+            self._forget_node(node_id, now)
         n_gpu = int(total.get("GPU", 0))
         ids = gpu_ids if gpu_ids else [str(i) for i in range(n_gpu)]
         node = self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),
                                           {i: 1.0 for i in ids[:n_gpu]}, idle_since=now)
+        self.room_changed = True
         drop = []
         for item_id, attempt in running:
             item = self.items.get(item_id)
@@ -288,6 +296,19 @@ class Scheduler:
             lost.append(self.items[item_id])
         self._recheck_infeasible()
         return lost, drop
+
+    def _forget_node(self, node_id: str, now: float) -> None:
+        """The node's record goes; what it was counted to run waits for it like work after a head restart
+        (add_node adopts what it still runs), and its bundles' groups are placed again."""
+        old = self.nodes.pop(node_id)
+        for pg_id in sorted({g for g, _ in old.reserved}):
+            self._unplace(self.groups[pg_id], now)
+        calls = [c for a in old.running if a in self.actors for c in self.actors[a].given]
+        for item_id in [*old.running, *old.prefetched, *calls]:
+            item = self.items[item_id]
+            if item.state == RUNNING and item.node_id == node_id:
+                item.placed_bundle = -1  # held of the node from now on, not of a bundle placed again
+                self.recovering[item_id] = node_id
 
     def recover(self, item: Item) -> None:
         """(head restart) An item the store says was running on item.node_id: held for that node. Items
@@ -352,6 +373,7 @@ class Scheduler:
         if node is None:
             return True, 0
         node.draining = not undrain
+        self.room_changed = self.room_changed or undrain
         busy = len(node.running) + len(node.prefetched) + len(node.reserved)
         return not busy and not undrain, busy
 
@@ -443,6 +465,7 @@ class Scheduler:
             return
         if item.kind == PG:
             self.pending_groups.append(item.id)
+            self.room_changed = True
             return
         if item.pg_id:
             self.groups[item.pg_id].queue.append(item.id)
@@ -507,7 +530,8 @@ class Scheduler:
         """Assign every queued item that fits somewhere now; returns the newly assigned items (an actor
         before the calls it is given)."""
         assigned: list[Item] = []
-        if self.pending_groups:
+        if self.pending_groups and self.room_changed:
+            self.room_changed = False
             self._place_groups(now)
         for pg_id in list(self.groups_waiting):
             group = self.groups.get(pg_id)
@@ -599,9 +623,22 @@ class Scheduler:
 
     def _place_groups(self, now: float) -> None:
         still = []
+        # what the live nodes have free, in all and at most on one node: a group that asks more cannot
+        # be placed, and is passed over at once (thousands may wait for the autoscaler's nodes)
+        free_sum: dict[str, float] = {}
+        free_max: dict[str, float] = {}
+        for n in self.nodes.values():
+            if n.alive and not n.draining:
+                for k, v in n.available.items():
+                    free_sum[k] = free_sum.get(k, 0.0) + v
+                    free_max[k] = max(free_max.get(k, 0.0), v)
         for pg_id in self.pending_groups:
             item, group = self.items.get(pg_id), self.groups.get(pg_id)
             if item is None or group is None or item.state != QUEUED:
+                continue
+            if (any(free_sum.get(k, 0.0) + EPS < v for k, v in item.request.items())
+                    or any(free_max.get(k, 0.0) + EPS < v for b in item.bundles for k, v in b.items())):
+                still.append(pg_id)
                 continue
             placement = self._find_placement(group)
             if placement is None:
@@ -609,6 +646,8 @@ class Scheduler:
                 continue
             for bundle, node_id in zip(group.bundles, placement):
                 self._reserve(group, bundle, self.nodes[node_id])
+                for k, v in bundle.request.items():
+                    free_sum[k] = free_sum.get(k, 0.0) - v
             item.state, item.started_at = RUNNING, now
             self.dirty.add(pg_id)
             if group.queue:
@@ -706,6 +745,7 @@ class Scheduler:
     def _release(self, group: Group, now: float) -> None:
         """Give each reserved bundle back to its node. Work still running in one holds its share of the
         node from now on."""
+        self.room_changed = True
         for b in group.bundles:
             node = self.nodes.get(b.node_id)
             if node is not None:
@@ -817,6 +857,7 @@ class Scheduler:
         if item is None or item.state != RUNNING or (node_id is not None and item.node_id != node_id):
             return None
         self.recovering.pop(item_id, None)  # reported by its node before that node registered again
+        self.room_changed = True
         node = self.nodes.get(item.node_id)
         if node is not None:
             if item_id in node.running:
@@ -894,6 +935,7 @@ class Scheduler:
         if node is None or item_id not in node.running:
             return None
         item.lent_cpu = cpu
+        self.room_changed = True
         self._pool(item, node).give_back({"CPU": cpu}, [])
         return node.id
 

@@ -229,3 +229,22 @@ def test_no_node_ever_gives_more_than_it_has(ops):
             s.complete(t.id, FINISHED, 2.0, node_id=t.node_id)
     for n in s.nodes.values():
         assert n.available == n.total and not n.busy
+
+
+def test_a_node_registering_again_keeps_what_it_still_runs():
+    """A registration retried after its reply was lost (or an agent restarted) is reconciled like a
+    head restart: what the node says it still runs stays its own, no retry spent; the rest is requeued."""
+    s = _sched(("c1", "cpu"))
+    a = _submit(s, ACTOR, {"CPU": 1})
+    kept, gone = _submit(s, "task", {"CPU": 1}), _submit(s, "task", {"CPU": 1}, retries=1)
+    call = _call(s, a)
+    s.schedule(0.0)
+    lost, drop = s.add_node("c1", "cpu", {"CPU": 4}, False, 1.0,
+                            running=[(a.id, 0), (kept.id, 0), (call.id, 0), ("t-unknown", 0)])
+    assert [i.id for i in lost] == [gone.id] and drop == [("t-unknown", 0)]
+    assert a.state == kept.state == call.state == RUNNING and a.attempt == kept.attempt == 0
+    assert gone.state == QUEUED and gone.attempt == 1
+    s.schedule(1.0)
+    assert gone.state == RUNNING and s.nodes["c1"].available["CPU"] == 1
+    s.complete(call.id, FINISHED, 2.0, node_id="c1")
+    assert call.state == FINISHED
