@@ -72,6 +72,8 @@ class TestSlurm:
             "SwitchType=switch/none", "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2", "GresTypes=gpu",
             "SlurmctldParameters=enable_configless", "MinJobAge=2",
+            # a job past its time limit (or cancelled) is killed 2 s after its SIGTERM, not 30 s
+            "KillWait=2",
             # ports of its own: another Slurm on this machine (a developer's, a second test run) is left alone
             f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             # nodes may declare more CPUs than this machine has (several allocations on 2 cores)
