@@ -289,6 +289,17 @@ def random_groups(n: int, seed: int) -> list[tuple[list[dict], str]]:
     return out
 
 
+def as_placed(bundles: list[dict], strategy: str) -> list[dict]:
+    """A STRICT_PACK group is one item (the sum of its bundles) wherever it goes."""
+    if strategy != "STRICT_PACK":
+        return bundles
+    total: dict[str, float] = {}
+    for b in bundles:
+        for r, v in b.items():
+            total[r] = total.get(r, 0.0) + v
+    return [total]
+
+
 def holds_everything(launches: dict[str, int], types, groups, demand) -> bool:
     """Place every group (strategy respected; the strictest first) and then every task on the launched
     nodes, each bundle or task on the node it leaves the least room on (best fit)."""
@@ -309,14 +320,8 @@ def holds_everything(launches: dict[str, int], types, groups, demand) -> bool:
 
     strictness = {"STRICT_SPREAD": 0, "STRICT_PACK": 1, "PACK": 2, "SPREAD": 2}
     for bundles, strategy in sorted(groups, key=lambda g: (strictness[g[1]], min(size(b) for b in g[0]), -len(g[0]))):
-        if strategy == "STRICT_PACK":
-            total: dict[str, float] = {}
-            for b in bundles:
-                for r, v in b.items():
-                    total[r] = total.get(r, 0.0) + v
-            bundles = [total]
         used: set[int] = set()
-        for b in sorted(bundles, key=size):
+        for b in sorted(as_placed(bundles, strategy), key=size):
             fitting = [i for i, cap in enumerate(nodes) if (strategy != "STRICT_SPREAD" or i not in used)
                        and fits(cap, b)]
             if not fitting:
@@ -354,13 +359,7 @@ def gangs(py: str | None) -> None:
         ours = fleet_cost(result.launches, types)
         items: dict = {}
         for bundles, strategy in groups:
-            if strategy == "STRICT_PACK":
-                total: dict[str, float] = {}
-                for b in bundles:
-                    for r, v in b.items():
-                        total[r] = total.get(r, 0.0) + v
-                bundles = [total]
-            for b in bundles:
+            for b in as_placed(bundles, strategy):
                 key = shape_of(b)
                 items[key] = items.get(key, 0) + 1
         for shape, count in demand:
