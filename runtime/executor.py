@@ -36,6 +36,7 @@ log = logging.getLogger("launch.runtime.executor")
 MAX_IDLE_WORKERS_PER_KEY = 8
 FINISHED_REMEMBERED = 20000  # finished (id, attempt)s kept to ignore a re-sent assignment of one
 LOG_SHIP_INTERVAL_S = 0.2
+ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 
 Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
 ShipLog = Callable[[str, bytes], None]
@@ -432,11 +433,15 @@ class Executor:
             return
         while True:
             with inst.cond:
-                while not inst.calls and not inst.stopped:
-                    inst.cond.wait()
+                while not inst.calls and not inst.stopped and worker.alive():
+                    inst.cond.wait(ACTOR_CHECK_S)
                 if inst.stopped:
                     break
-                call = inst.current = inst.calls.popleft()
+                call = inst.current = inst.calls.popleft() if inst.calls else None
+            if call is None:  # its process died while idle (OOM, killed): restarted now, not at its next call
+                self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost",
+                                                 message=f"its process died (exit code {worker.proc.poll()})"))
+                return
             try:
                 payload, deps = self._inputs(call)
             except Exception as e:  # noqa: BLE001

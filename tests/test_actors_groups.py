@@ -298,3 +298,21 @@ def test_the_readme_examples_run_as_jobs(rt):
     assert r.returncode == 0, r.stdout + r.stderr
     nodes = {line.split(" on node ")[1].split(",")[0] for line in r.stdout.splitlines() if line.startswith("rank ")}
     assert len(nodes) == 2  # one rank per node
+
+
+def test_an_actor_whose_process_dies_while_idle_is_restarted_before_its_next_call(rt):
+    import signal
+
+    from runtime.client import HeadClient
+
+    c = Counter.options(max_restarts=1).remote(1)
+    _, _, pid = runtime.get(c.where.remote(), timeout=30)
+    os.kill(pid, signal.SIGKILL)  # nothing is calling it: the node notices on its own
+
+    def attempt() -> int:
+        with HeadClient(rt["address"], rt["token"]) as h:
+            return next(i.attempt for i in h.list_items("actor") if i.id == c._actor_id)
+
+    _wait_until(lambda: attempt() == 1)
+    assert runtime.get(c.incr.remote(), timeout=30) == 2  # made again from its constructor's arguments
+    runtime.kill(c)
