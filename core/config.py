@@ -112,6 +112,8 @@ class RuntimeSettings(_Strict):
 
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     node_timeout_s: float = Field(default=10.0, gt=0)
+    # a driver silent this long (killed, its machine gone) has the actors it made killed
+    owner_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class AutoscalerSettings(_Strict):

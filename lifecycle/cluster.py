@@ -186,6 +186,7 @@ class Lifecycle:
             node_types=dict(self.spec.node_resources) if is_head else {},
             heartbeat_interval_s=self.cfg.runtime.heartbeat_interval_s,
             node_timeout_s=self.cfg.runtime.node_timeout_s,
+            owner_timeout_s=self.cfg.runtime.owner_timeout_s,
         )
 
     def updater(self, node: NodeInfo, token: str, *, is_head: bool, head_address: str = "",

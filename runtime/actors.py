@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import uuid
 import cloudpickle
 
 from runtime import api
@@ -40,6 +42,30 @@ ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", 
 
 _owned: list[str] = []  # actors this driver made that end with it
 _owned_lock = threading.Lock()
+# This driver, to the head: its actors are killed once it stops saying it is alive (kill -9, a machine
+# gone), as well as when it shuts down.
+OWNER_ID = f"driver-{uuid.uuid4().hex}"
+KEEP_ALIVE_S = 1.0
+_keep_alive: threading.Thread | None = None
+
+
+def _keep_alive_loop() -> None:
+    while True:
+        conn = api._conn
+        if conn is not None:
+            try:
+                conn.client.keep_alive(OWNER_ID)
+            except Exception:  # noqa: BLE001 - the head away: said again next time
+                pass
+        time.sleep(KEEP_ALIVE_S)  # a lease renewed on a period, not a wait for anything
+
+
+def _start_keep_alive() -> None:
+    global _keep_alive
+    with _owned_lock:
+        if _keep_alive is None:
+            _keep_alive = threading.Thread(target=_keep_alive_loop, name="launch-keep-alive", daemon=True)
+            _keep_alive.start()
 
 
 class ActorClass:
@@ -83,9 +109,13 @@ class ActorClass:
         restarts = 2**31 - 1 if o["max_restarts"] == -1 else o["max_restarts"]
         if name:  # alone in its batch: a taken name refuses it, not the work submitted before it
             api._connection().flush()
+        owned = o["lifetime"] != "detached" and _is_driver()
+        if owned:
+            _start_keep_alive()
         actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
-                               actor_name=name or "", pg_id=pg_id, bundle_index=index)
-        if o["lifetime"] != "detached" and _is_driver():
+                               actor_name=name or "", pg_id=pg_id, bundle_index=index,
+                               owner_id=OWNER_ID if owned else "")
+        if owned:
             with _owned_lock:
                 _owned.append(actor_id)
         if name:  # a name already taken fails now, not in the background

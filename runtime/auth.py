@@ -28,8 +28,8 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
 # What work running on the cluster (tasks, jobs) may call with its credential: submit more work, fetch
 # results and logs, cancel, read the cluster's state. Registering nodes, heartbeats, the agents' work
 # streams and reports, drains and node removal need the cluster token itself.
-WORK_METHODS = frozenset({"Submit", "GetResults", "Session", "Cancel", "GetActor", "ListItems", "JobLogs",
-                          "GetClusterState", "UploadArgs", "FetchResult"})
+WORK_METHODS = frozenset({"Submit", "GetResults", "Session", "Cancel", "GetActor", "KeepAlive", "ListItems",
+                          "JobLogs", "GetClusterState", "UploadArgs", "FetchResult"})
 # a refusal must have the shape of the call it refuses
 RESPONSE_STREAMS = frozenset({"WorkStream", "FetchArgs", "FetchResult"})
 REQUEST_STREAMS = frozenset({"UploadArgs", "UploadResult"})

@@ -157,6 +157,9 @@ class HeadClient:
     def cancel(self, item_id: str) -> str:
         return self._stub.Cancel(pb.CancelRequest(id=item_id), metadata=self._md, timeout=self.timeout_s).state
 
+    def keep_alive(self, owner_id: str) -> None:
+        self._stub.KeepAlive(pb.KeepAliveRequest(owner_id=owner_id), metadata=self._md, timeout=self.timeout_s)
+
     def get_actor(self, name: str) -> pb.GetActorReply:
         return self._stub.GetActor(pb.GetActorRequest(name=name), metadata=self._md, timeout=self.timeout_s)
 

@@ -118,7 +118,8 @@ class Waiter:
 
 class HeadServicer(pb_grpc.HeadServicer):
     def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time,
-                 node_types: dict[str, dict[str, float]] | None = None, state_dir: Path | None = None):
+                 node_types: dict[str, dict[str, float]] | None = None, state_dir: Path | None = None,
+                 owner_timeout_s: float = 60.0):
         self.heartbeat_interval_s = heartbeat_interval_s
         self.node_timeout_s = node_timeout_s
         self.clock = clock
@@ -131,6 +132,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.fetched_lock = threading.Lock()  # not the head's lock: a woken `get` replies without it
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.sessions = 0  # client Session streams open now
+        self.owner_timeout_s = owner_timeout_s
+        self.owners: dict[str, float] = {}  # driver -> when it last said it is alive (or its actor arrived)
         self.recover_until = self._recover(clock())
 
     # --- the store ----------------------------------------------------------------------------------
@@ -605,6 +608,33 @@ class HeadServicer(pb_grpc.HeadServicer):
             self._settle(now)  # a removed placement group frees its nodes for queued work
         return pb.CancelReply(state=state)
 
+    def KeepAlive(self, request, context):
+        with self.lock:
+            self.owners[request.owner_id[:100]] = self.clock()
+        return pb.KeepAliveReply()
+
+    def expire_owners(self) -> list[str]:
+        """Actors whose driver went silent past the owner timeout are killed. A driver is timed from
+        its last KeepAlive, or from when this head first saw one of its actors (after a restart too)."""
+        now = self.clock()
+        killed = []
+        with self.lock:
+            for actor_id in list(self.sched.actors):
+                item = self.sched.items[actor_id]
+                owner = item.owner_id
+                if owner and not item.cancel_requested and now - self.owners.setdefault(owner, now) > self.owner_timeout_s:
+                    state, node_id = self.sched.cancel(actor_id, now)
+                    if node_id and node_id in self.nodes:
+                        self.nodes[node_id].outbox.put(pb.Assignment(item_id=actor_id, cancel=True))
+                    killed.append(actor_id)
+            if killed:
+                log.warning("killed %d actor(s) whose driver went silent for %.0f s", len(killed), self.owner_timeout_s)
+                self._settle(now)
+            live = {self.sched.items[a].owner_id for a in self.sched.actors}
+            for owner in [o for o in self.owners if o not in live and now - self.owners[o] > self.owner_timeout_s]:
+                del self.owners[owner]
+        return killed
+
     def GetActor(self, request, context):
         with self.lock:
             item = self.sched.actor_by_name(request.name)
@@ -723,7 +753,8 @@ def _item(item_id: str, spec: pb.WorkSpec, now: float) -> Item:
                 request=bundle_sum(bundles) if spec.kind == PG else dict(spec.request.amounts),
                 max_retries=max(spec.max_retries, 0), submitted_at=now, depends_on=set(spec.depends_on),
                 actor_id=spec.actor_id, actor_name=spec.actor_name, pg_id=spec.pg_id,
-                bundle_index=spec.bundle_index if spec.pg_id else -1, bundles=bundles, strategy=spec.strategy)
+                bundle_index=spec.bundle_index if spec.pg_id else -1, bundles=bundles, strategy=spec.strategy,
+                owner_id=spec.owner_id if spec.kind == ACTOR else "")
 
 
 def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
@@ -736,7 +767,7 @@ def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
 
 def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
     servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s, node_types=cfg.node_types,
-                            state_dir=state_dir)
+                            state_dir=state_dir, owner_timeout_s=cfg.owner_timeout_s)
     # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_THREADS), interceptors=[TokenInterceptor(cfg.token)],
@@ -780,6 +811,7 @@ def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,
     last_sweep = time.monotonic()
     while not stop.wait(every_s):
         servicer.mark_dead_nodes()
+        servicer.expire_owners()
         servicer.flush_fetched()
         if time.monotonic() - last_sweep > sweep_every_s:
             last_sweep = time.monotonic()

@@ -33,6 +33,7 @@ class NodeRuntimeConfig:
     node_types: dict[str, dict[str, float]] = field(default_factory=dict)
     heartbeat_interval_s: float = 1.0
     node_timeout_s: float = 10.0
+    owner_timeout_s: float = 60.0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

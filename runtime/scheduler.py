@@ -106,6 +106,7 @@ class Item:
     placed_bundle: int = -1  # the bundle it holds resources of while it runs
     bundles: list[dict[str, float]] = field(default_factory=list)  # pg: its bundles
     strategy: str = ""  # pg
+    owner_id: str = ""  # actor: the driver it dies with ("": detached)
 
     @property
     def shape(self) -> Shape:

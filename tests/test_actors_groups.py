@@ -25,7 +25,7 @@ from tests.infra import cli, local_cluster, write_config
 def rt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("actors")
     home = tmp / "home"
-    data = local_cluster("actors", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5},
+    data = local_cluster("actors", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5, "owner_timeout_s": 3},
                          autoscaler={"enabled": False}, max_workers=5)
     data["available_node_types"] = {
         "head": {"resources": {"CPU": 1}, "max_workers": 0},
@@ -316,3 +316,40 @@ def test_an_actor_whose_process_dies_while_idle_is_restarted_before_its_next_cal
     _wait_until(lambda: attempt() == 1)
     assert runtime.get(c.incr.remote(), timeout=30) == 2  # made again from its constructor's arguments
     runtime.kill(c)
+
+
+DRIVER = """
+import os, runtime
+runtime.init()
+
+@runtime.remote
+class Held:
+    def ping(self):
+        return os.getpid()
+
+owned = Held.options(name="orphan").remote()
+kept = Held.options(name="detached-one", lifetime="detached").remote()
+runtime.get([owned.ping.remote(), kept.ping.remote()])
+print("ready", flush=True)
+input()  # killed here
+"""
+
+
+def test_a_driver_killed_with_kill_9_leaves_no_actor_but_detached_ones(rt):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LAUNCH_HEAD_ADDRESS": rt["address"], "LAUNCH_CLUSTER_TOKEN": rt["token"]}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert driver.stdout.readline().strip() == "ready"
+        assert runtime.get_actor("orphan") and runtime.get_actor("detached-one")
+        driver.kill()  # no shutdown, no atexit: only its silence tells the head
+        driver.wait()
+        _wait_until(lambda: _raises(lambda: runtime.get_actor("orphan"), ValueError), timeout=30)
+        detached = runtime.get_actor("detached-one")
+        assert runtime.get(detached.ping.remote(), timeout=30) > 0
+        runtime.kill(detached)
+    finally:
+        driver.kill()

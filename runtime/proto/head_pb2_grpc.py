@@ -74,6 +74,11 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.GetActorRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.GetActorReply.FromString,
                 _registered_method=True)
+        self.KeepAlive = channel.unary_unary(
+                '/launch.runtime.Head/KeepAlive',
+                request_serializer=runtime_dot_proto_dot_head__pb2.KeepAliveRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.KeepAliveReply.FromString,
+                _registered_method=True)
         self.ListItems = channel.unary_unary(
                 '/launch.runtime.Head/ListItems',
                 request_serializer=runtime_dot_proto_dot_head__pb2.ListItemsRequest.SerializeToString,
@@ -183,6 +188,12 @@ class HeadServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -307,6 +318,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.GetActor,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.GetActorRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.GetActorReply.SerializeToString,
+            ),
+            'KeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.KeepAliveRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.KeepAliveReply.SerializeToString,
             ),
             'ListItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListItems,
@@ -585,6 +601,33 @@ class Head:
             '/launch.runtime.Head/GetActor',
             runtime_dot_proto_dot_head__pb2.GetActorRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.GetActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/KeepAlive',
+            runtime_dot_proto_dot_head__pb2.KeepAliveRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.KeepAliveReply.FromString,
             options,
             channel_credentials,
             insecure,
