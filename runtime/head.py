@@ -451,10 +451,8 @@ class HeadServicer(pb_grpc.HeadServicer):
     def _given_to(self, node) -> list[Item]:
         """(under self.lock) What a node is counted to run, in an order it can start it in: actors before
         their calls (in line), then what was given ahead."""
-        items = [self.sched.items[i] for i in sorted(node.running)]
-        calls = [(seq, c) for i in node.running if i in self.sched.actors
-                 for c, seq in self.sched.actors[i].given.items()]
-        return items + [self.sched.items[c] for _, c in sorted(calls)] + [self.sched.items[i] for i in node.prefetched]
+        ids = [*sorted(node.running), *self.sched.calls_given_on(node), *node.prefetched]
+        return [self.sched.items[i] for i in ids]
 
     def Report(self, request, context):
         self._apply_report(request.node_id, request.results)

@@ -157,6 +157,12 @@ class Node:
         self.gpu_free[i] -= g
         return [i]
 
+    def take(self, request: dict[str, float]) -> list[str]:
+        """Hold `request` here; returns the GPUs it gets (give_back returns them)."""
+        for k, v in request.items():
+            self.available[k] = self.available.get(k, 0.0) - v
+        return self.take_gpus(request.get("GPU", 0.0))
+
     def give_back(self, request: dict[str, float], gpu_ids: list[str]) -> None:
         for k, v in request.items():
             self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
@@ -304,8 +310,7 @@ class Scheduler:
         old = self.nodes.pop(node_id)
         for pg_id in sorted({g for g, _ in old.reserved}):
             self._unplace(self.groups[pg_id], now)
-        calls = [c for a in old.running if a in self.actors for c in self.actors[a].given]
-        for item_id in [*old.running, *old.prefetched, *calls]:
+        for item_id in [*old.running, *old.prefetched, *self.calls_given_on(old)]:
             item = self.items[item_id]
             if item.state == RUNNING and item.node_id == node_id:
                 item.placed_bundle = -1  # held of the node from now on, not of a bundle placed again
@@ -616,6 +621,11 @@ class Scheduler:
                 out.append(call)
         return out
 
+    def calls_given_on(self, node: Node) -> list[str]:
+        """The calls handed to the actors running on the node, in the order they were submitted."""
+        given = [(seq, c) for a in node.running if a in self.actors for c, seq in self.actors[a].given.items()]
+        return [c for _, c in sorted(given)]
+
     def actor_by_name(self, name: str) -> Item | None:
         actor_id = self.actor_names.get(name)
         return self.items.get(actor_id) if actor_id else None
@@ -668,11 +678,12 @@ class Scheduler:
                 sims[n.id] = Node(n.id, n.node_type, n.total, available=dict(n.available), gpu_free=dict(n.gpu_free))
             return sims[n.id]
 
-        def take(n: Node, request: dict[str, float]) -> None:
-            s = sim(n)
-            for k, v in request.items():
-                s.available[k] = s.available.get(k, 0.0) - v
-            s.take_gpus(request.get("GPU", 0.0))
+        def holds_all(n: Node) -> bool:
+            for b in bundles:
+                if not sim(n).fits(b.request):
+                    return False
+                sim(n).take(b.request)
+            return True
 
         bundles = sorted(group.bundles, key=lambda b: _bundle_size(b.request), reverse=True)
         total = bundle_sum([b.request for b in group.bundles])
@@ -680,25 +691,24 @@ class Scheduler:
         if group.strategy in ("STRICT_PACK", "PACK"):
             for n in sorted(nodes, key=lambda n: self._place_key(n, total)):
                 sims.clear()
-                if all(sim(n).fits(b.request) and (take(n, b.request) or True) for b in bundles):
+                if holds_all(n):
                     return [n.id] * len(group.bundles)
             if group.strategy == "STRICT_PACK":
                 return None
             sims.clear()
         if group.strategy == "STRICT_SPREAD":
             return self._spread_strictly(group, bundles, nodes)
-        used: list[Node] = []
+        used: dict[str, Node] = {}  # the nodes the group uses so far, in the order it took them
         for b in bundles:
-            fresh = sorted((n for n in nodes if n.id not in sims), key=lambda n: self._place_key(n, b.request))
+            fresh = sorted((n for n in nodes if n.id not in used), key=lambda n: self._place_key(n, b.request))
             # PACK: onto the nodes it already uses first; SPREAD: onto nodes it does not use yet first
-            order = used + fresh if group.strategy == "PACK" else fresh + used
+            order = [*used.values(), *fresh] if group.strategy == "PACK" else [*fresh, *used.values()]
             n = next((n for n in order if sim(n).fits(b.request)), None)
             if n is None:
                 return None
-            take(n, b.request)
+            sim(n).take(b.request)
             placement[b.index] = n.id
-            if all(u.id != n.id for u in used):
-                used.append(n)
+            used.setdefault(n.id, n)
         return [placement[b.index] for b in group.bundles]
 
     def _spread_strictly(self, group: Group, bundles: list[Bundle], nodes: list[Node]) -> list[str] | None:
@@ -733,9 +743,7 @@ class Scheduler:
 
     def _reserve(self, group: Group, bundle: Bundle, node: Node) -> None:
         g = bundle.request.get("GPU", 0.0)
-        gpu_ids = node.take_gpus(g)
-        for k, v in bundle.request.items():
-            node.available[k] = node.available.get(k, 0.0) - v
+        gpu_ids = node.take(bundle.request)
         share = 1.0 if g >= 1 else g
         bundle.node_id = node.id
         bundle.pool = Node(node.id, node.node_type, dict(bundle.request), available=dict(bundle.request),

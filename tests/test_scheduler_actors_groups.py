@@ -130,6 +130,15 @@ def test_strict_spread_finds_a_matching_greedy_would_miss():
     assert _placement(s, pg) == ["c1", "g1"]
 
 
+def test_a_node_tried_for_one_bundle_stays_a_choice_for_the_next():
+    s = _sched(("c1", "cpu"), ("g1", "gpu"))
+    # the GPU bundle is tried on c1 first (the smaller node) and goes to g1; the CPU bundle then
+    # spreads to c1, which that try did not use
+    pg = _group(s, "SPREAD", {"CPU": 1, "GPU": 1}, {"CPU": 1})
+    s.schedule(0.0)
+    assert _placement(s, pg) == ["g1", "c1"]
+
+
 def test_a_group_is_reserved_whole_or_not_at_all():
     s = _sched(("c1", "cpu"), ("c2", "cpu"))
     pg = _group(s, "STRICT_SPREAD", {"CPU": 2}, {"CPU": 2}, {"CPU": 2})
