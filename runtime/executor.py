@@ -223,6 +223,7 @@ class Executor:
     def _unqueue(self, a: pb.Assignment) -> None:
         """(under self.lock) An assignment not started leaves (an actor's line goes with it)."""
         self.waiting.remove(a)
+        self.given.discard((a.item_id, a.attempt))
         if a.spec.kind == "actor" and self.actors.get(a.item_id) is not None and self.actors[a.item_id].assignment is a:
             del self.actors[a.item_id]
 
@@ -251,7 +252,6 @@ class Executor:
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
                 self._unqueue(queued)
-                self.given.discard((item_id, queued.attempt))
                 self.cancelled.discard(item_id)
                 self.reporting.add((item_id, queued.attempt))
             handle = self.running.get(item_id, (0, None))[1]
@@ -265,8 +265,7 @@ class Executor:
         with self.lock:
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:
-                self._unqueue(queued)
-                self.given.discard((item_id, queued.attempt))  # it may come back, the same attempt
+                self._unqueue(queued)  # it may come back, the same attempt
                 self.reporting.add((item_id, queued.attempt))
         if queued is not None:
             self._hand_over(pb.ItemResult(id=item_id, state="revoked"), queued.attempt)
@@ -281,7 +280,6 @@ class Executor:
                 queued = next((a for a in self.waiting if a.item_id == item_id and a.attempt == attempt), None)
                 if queued is not None:
                     self._unqueue(queued)
-                    self.given.discard((item_id, attempt))
                 elif self.running.get(item_id, (None,))[0] == attempt:
                     self.dropped.add((item_id, attempt))
                     handles.append(self.running[item_id][1])
@@ -299,29 +297,36 @@ class Executor:
             _stop(handle)
         return not stop
 
+    def _retire(self, key: tuple[str, int]) -> bool:
+        """(under self.lock) (id, attempt) is over here: remembered as finished (a re-sent assignment of
+        it is ignored) and, unless the head gave it to others, marked `reporting` until _hand_over.
+        Returns whether to report it."""
+        self.given.discard(key)
+        self.finished[key] = None
+        if len(self.finished) > FINISHED_REMEMBERED:
+            self.finished.popitem(last=False)
+        if key in self.dropped:
+            self.dropped.discard(key)
+            return False
+        self.reporting.add(key)
+        return True
+
     def _done(self, a: pb.Assignment, result: pb.ItemResult) -> None:
         with self.lock:
-            key = (a.item_id, a.attempt)
-            self.given.discard(key)
-            self.finished[key] = None
             self.requests.pop(a.item_id, None)
             if a.item_id in self.lent:  # its `get` had not returned: it holds only what it did not lend
                 self.used["CPU"] = self.used.get("CPU", 0.0) + self.lent.pop(a.item_id)
-            if len(self.finished) > FINISHED_REMEMBERED:
-                self.finished.popitem(last=False)
             for k, v in a.spec.request.amounts.items():
                 self.used[k] = self.used.get(k, 0.0) - v
             if self.running.get(a.item_id, (None,))[0] == a.attempt:
                 del self.running[a.item_id]
             self._start_what_fits()
-            if (a.item_id, a.attempt) in self.dropped:
-                self.dropped.discard((a.item_id, a.attempt))
+            if not self._retire((a.item_id, a.attempt)):  # in the same hold of the lock as the above
                 return
             if a.item_id in self.cancelled:
                 self.cancelled.discard(a.item_id)
                 result = pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled",
                                        exit_code=result.exit_code)
-            self.reporting.add(key)  # in the same hold of the lock that took it out of `running`
         self._hand_over(result, a.attempt)
 
     def _hand_over(self, result: pb.ItemResult, attempt: int) -> None:
@@ -465,13 +470,8 @@ class Executor:
         with self.lock:
             with inst.cond:
                 inst.current = None
-            key = (call.item_id, call.attempt)
-            self.given.discard(key)
-            self.finished[key] = None
-            if key in self.dropped:
-                self.dropped.discard(key)
+            if not self._retire((call.item_id, call.attempt)):
                 return
-            self.reporting.add(key)
         self._hand_over(result, call.attempt)
 
     def _end_actor(self, a: pb.Assignment, result: pb.ItemResult) -> None:
