@@ -204,6 +204,11 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
         assert got == [1] * 1000 and servicer.waiters == {}
 
 
+def _three_jobs(client) -> list[str]:
+    return client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
+                                           request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
+
+
 def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, monkeypatch):
     import runtime.head
 
@@ -211,8 +216,7 @@ def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, mon
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
         _register(client)
-        jobs = client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
-                                               request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
+        jobs = _three_jobs(client)
         for i, job in enumerate(jobs):
             client.report("n1", [pb.ItemResult(id=job, state="finished", value=bytes([i]) * 1000)])
         reply = client._stub.GetResults(pb.GetResultsRequest(ids=jobs, timeout_s=0), metadata=client._md)
@@ -252,8 +256,7 @@ def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
         _register(client)
-        jobs = client.submit_many([pb.WorkSpec(kind="job", name=f"j{i}", command="true",
-                                               request=pb.Resources(amounts={"CPU": 0.5})) for i in range(3)])
+        jobs = _three_jobs(client)
         for i, job in enumerate(jobs):
             client.report("n1", [pb.ItemResult(id=job, state="finished", value=bytes([i]))])
             assert [r.value for r in client.get_results([job], timeout_s=5)] == [bytes([i])]
