@@ -58,10 +58,16 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
 
     if not isinstance(bundles, (list, tuple)) or not all(isinstance(b, dict) for b in bundles):
         raise ValueError("bundles must be a list of dicts of resources, e.g. [{'CPU': 1}, {'GPU': 1}]")
-    specs = [{k: float(v) for k, v in b.items() if float(v) > 0} for b in bundles]
+    specs = []
+    for i, b in enumerate(bundles):
+        bad = next((k for k, v in b.items() if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
+        if bad is not None:
+            raise ValueError(f"placement_group: bundle {i}: resource {bad}: must be a number (got {b[bad]!r})")
+        specs.append({k: float(v) for k, v in b.items()})
     problem = group_problem(specs, strategy)
     if problem:
         raise ValueError(f"placement_group: {problem}")
+    specs = [{k: v for k, v in b.items() if v > 0} for b in specs]  # a zero asks for nothing
     from runtime.proto import head_pb2 as pb
 
     pg_id = api._submit("pg", name or "placement_group", {}, b"", [], 0, "pg",

@@ -210,12 +210,12 @@ def group_problem(bundles: list[dict[str, float]], strategy: str) -> str | None:
     if not bundles:
         return "a placement group needs at least one bundle"
     for i, b in enumerate(bundles):
-        if not b or all(v <= 0 for v in b.values()):
-            return f"bundle {i} is empty"
-        try:
+        try:  # a negative amount is named as such, before the bundle is judged empty
             validate_request(b)
         except InvalidRequest as e:
             return f"bundle {i}: {e}"
+        if not any(v > 0 for v in b.values()):
+            return f"bundle {i} is empty"
     return None
 
 

@@ -90,6 +90,7 @@ BAD = [
     ("upscaling_speed", 0, "upscaling_speed: must be > 0 (got 0.0)"),
     ("idle_timeout_minutes", -2, "idle_timeout_minutes: must be >= 0 (got -2.0)"),
     ("max_cost_per_hour", 0, "max_cost_per_hour: must be > 0 (got 0.0)"),
+    ("runtime", {"owner_timeout_s": -1}, "runtime.owner_timeout_s: must be > 0 (got -1)"),
     ("cluster_name", "my cluster!", "cluster_name: must start with a letter and hold only letters, digits, '-' "
      "and '_' (at most 63 characters), got 'my cluster!'"),
     ("head_node_type", "nope", "head_node_type: 'nope' is not in available_node_types (cpu, gpu, head)"),
