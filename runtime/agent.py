@@ -40,6 +40,7 @@ class Agent:
         self.interval = cfg.heartbeat_interval_s
         self.stop = threading.Event()
         self.registered = threading.Event()
+        self.ever_registered = False
         # The node's marker stays: every process the node runs, jobs and tasks too, goes with the node.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") or k == NODE_MARKER_ENV}
         # Work on the node can submit more work: it finds the head and a credential in its environment,
@@ -69,6 +70,7 @@ class Agent:
                 node_id=self.cfg.node_id, node_type=self.cfg.node_type, address=self.cfg.address,
                 is_head=self.cfg.is_head, total=pb.Resources(amounts=self.total), labels=self.cfg.labels,
                 gpu_ids=self.gpu_ids, running=[pb.RunningItem(id=i, attempt=a) for i, a in running],
+                first=not self.ever_registered,
             )
         )
         self.interval = reply.heartbeat_interval_s or self.interval
@@ -80,6 +82,7 @@ class Agent:
                 self.stream_pending = [r for r in self.stream_pending if id(r) in kept]
             self.executor.drop(sorted(drop))
             log.warning("the head no longer counts %d item(s) as this node's: dropped them", len(drop))
+        self.ever_registered = True
         self.registered.set()
         log.info("registered with the head at %s: %s", self.client.address, self.total)
 

@@ -232,7 +232,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                 old.stream += 1  # the old agent's stream, if still open, stops taking from the outbox
             self.nodes[request.node_id] = rec
             lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
-                                             list(request.gpu_ids), [(r.id, r.attempt) for r in request.running])
+                                             list(request.gpu_ids), [(r.id, r.attempt) for r in request.running],
+                                             request.first)
             self._settle(now)
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))

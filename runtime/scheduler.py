@@ -91,6 +91,9 @@ class Item:
     node_id: str = ""
     gpu_ids: list[str] = field(default_factory=list)
     attempt: int = 0
+    # attempts given to a node that never got them (the head restarted before sending them): retried
+    # without counting against max_retries (kept in memory only: a later head restart forgets them)
+    undelivered: int = 0
     started_at: float = 0.0
     finished_at: float = 0.0
     exit_code: int = 0
@@ -263,12 +266,15 @@ class Scheduler:
 
     def add_node(self, node_id: str, node_type: str, total: dict[str, float], is_head: bool,
                  now: float, gpu_ids: list[str] | None = None,
-                 running: list[tuple[str, int]] | tuple = ()) -> tuple[list[Item], list[tuple[str, int]]]:
+                 running: list[tuple[str, int]] | tuple = (),
+                 first: bool = True) -> tuple[list[Item], list[tuple[str, int]]]:
         """Register (or re-register) a node that says it still runs `running` ((id, attempt) pairs).
         Returns (items it was given before that went back to the queue, the pairs it runs that are no
         longer its own: to drop). A node registering again (its agent restarted, or its registration was
         retried after a reply that did not reach it) keeps what it says it still runs; the rest of what it
-        had goes back to the queue."""
+        had goes back to the queue. `first`: the agent's first registration since it started, so what it
+        had was lost with its old process (a retry spent); otherwise the agent never got it (no retry
+        spent: e.g. the head restarted between giving it out and sending it)."""
         lost = []
         if node_id in self.nodes:
             self._forget_node(node_id, now)
@@ -299,7 +305,8 @@ class Scheduler:
         for item_id in [i for i, n in self.recovering.items() if n == node_id]:  # it no longer runs them
             if self.recovering.pop(item_id, None) is None or self.items[item_id].state != RUNNING:
                 continue  # an actor's call already put back with its actor
-            self._retry_or_fail(self.items[item_id], now, f"its node agent restarted ({node_id})")
+            self._retry_or_fail(self.items[item_id], now, (f"its node agent restarted ({node_id})" if first
+                                                            else f"it never reached node {node_id}"), counted=first)
             lost.append(self.items[item_id])
         self._recheck_infeasible()
         return lost, drop
@@ -349,19 +356,22 @@ class Scheduler:
                 touched.append(item)
         return touched
 
-    def _retry_or_fail(self, item: Item, now: float, reason: str) -> None:
+    def _retry_or_fail(self, item: Item, now: float, reason: str, counted: bool = True) -> None:
+        """The item's attempt is over without a result: it goes back to the queue while retries are left
+        (`counted` False: an attempt that never started, retried for free), or fails."""
         self.recovering.pop(item.id, None)
         if item.kind == ACTOR:  # the calls its instance had go back in line (or fail), before it restarts
             actor = self.actors.get(item.id)
             for call_id in sorted(actor.given, key=actor.given.get) if actor else ():
-                self._retry_or_fail(self.items[call_id], now, f"its actor {item.id} died ({reason})")
+                self._retry_or_fail(self.items[call_id], now, f"its actor {item.id} died ({reason})", counted)
         elif item.kind == CALL and item.actor_id in self.actors:
             self.actors[item.actor_id].given.pop(item.id, None)
         item.node_id, item.gpu_ids, item.lent_cpu, item.placed_bundle = "", [], 0.0, -1
         self.dirty.add(item.id)
         if item.cancel_requested:
             self._finish(item, CANCELLED, now, message="cancelled")
-        elif item.attempt < item.max_retries and self._can_requeue(item):
+        elif (not counted or item.attempt - item.undelivered < item.max_retries) and self._can_requeue(item):
+            item.undelivered += not counted
             item.attempt += 1
             item.state = QUEUED
             self._enqueue(item)

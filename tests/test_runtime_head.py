@@ -145,6 +145,37 @@ def test_a_node_back_from_the_dead_drops_its_work_and_only_the_assignee_complete
         assert [n.running for n in client.cluster_state().nodes] == [0, 0]
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["agent-lived-on", "agent-restarted"])
+def test_work_given_out_just_before_a_head_restart_is_not_lost(tmp_path, first):
+    """The head gave a job with no retries to a node and died before sending it. The node's agent, alive
+    all along, registers with the new head without it: it never ran, so it runs now, no retry spent. Had
+    the agent restarted too, the job died with it: no retries left, it fails, naming why."""
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0)
+    server, _, port = serve(cfg, state_dir=tmp_path)
+    with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+        _register(client)
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="true", max_retries=0,
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+    server.stop(grace=0)
+    server, servicer, port = serve(cfg, state_dir=tmp_path)
+    try:
+        assert servicer.sched.items[job].node_id == "n1"  # recovered as the node's
+        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+            client.register(pb.RegisterNodeRequest(node_id="n1", node_type="cpu", address="127.0.0.1",
+                                                   total=pb.Resources(amounts={"CPU": 2.0}), first=first))
+            item = servicer.sched.items.get(job)
+            if first:
+                assert item is None and servicer.store.row(job).state == "failed"
+                assert "agent restarted" in servicer.store.row(job).message
+            else:
+                assert item.state == "running" and item.node_id == "n1" and item.attempt == 1  # sent anew
+                client.report("n1", [pb.ItemResult(id=job, state="finished")])
+                assert servicer.store.row(job).state == "finished"
+    finally:
+        server.stop(grace=0)
+
+
 def test_head_refuses_to_start_without_a_token(tmp_path):
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token="", address="127.0.0.1",
                             bind_host="127.0.0.1")

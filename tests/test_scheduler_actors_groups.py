@@ -241,19 +241,34 @@ def test_no_node_ever_gives_more_than_it_has(ops):
 
 
 def test_a_node_registering_again_keeps_what_it_still_runs():
-    """A registration retried after its reply was lost (or an agent restarted) is reconciled like a
-    head restart: what the node says it still runs stays its own, no retry spent; the rest is requeued."""
+    """A registration retried after its reply was lost (or after a head restart) is reconciled like a
+    head restart: what the node says it still runs stays its own; what it does not list never reached
+    it and is requeued with no retry spent (a call behind it keeps its place in its actor's line)."""
     s = _sched(("c1", "cpu"))
     a = _submit(s, ACTOR, {"CPU": 1})
-    kept, gone = _submit(s, "task", {"CPU": 1}), _submit(s, "task", {"CPU": 1}, retries=1)
-    call = _call(s, a)
+    kept, gone = _submit(s, "task", {"CPU": 1}), _submit(s, "task", {"CPU": 1}, retries=0)
+    call, unsent = _call(s, a), _call(s, a)
     s.schedule(0.0)
-    lost, drop = s.add_node("c1", "cpu", {"CPU": 4}, False, 1.0,
+    assert unsent.state == RUNNING
+    lost, drop = s.add_node("c1", "cpu", {"CPU": 4}, False, 1.0, first=False,
                             running=[(a.id, 0), (kept.id, 0), (call.id, 0), ("t-unknown", 0)])
-    assert [i.id for i in lost] == [gone.id] and drop == [("t-unknown", 0)]
+    assert sorted(i.id for i in lost) == sorted([gone.id, unsent.id]) and drop == [("t-unknown", 0)]
     assert a.state == kept.state == call.state == RUNNING and a.attempt == kept.attempt == 0
-    assert gone.state == QUEUED and gone.attempt == 1
+    assert gone.state == QUEUED and gone.attempt == 1 and unsent.state == QUEUED
     s.schedule(1.0)
     assert gone.state == RUNNING and s.nodes["c1"].available["CPU"] == 1
+    assert unsent.state == RUNNING and unsent.node_id == "c1"  # given to the actor again, after `call`
     s.complete(call.id, FINISHED, 2.0, node_id="c1")
-    assert call.state == FINISHED
+    s.complete(unsent.id, FINISHED, 2.0, node_id="c1")
+    assert call.state == unsent.state == FINISHED
+
+
+def test_work_a_restarted_agent_no_longer_runs_spends_a_retry():
+    """An agent's first registration since it started: what it had died with its old process."""
+    s = _sched(("c1", "cpu"))
+    once, never = _submit(s, "task", {"CPU": 1}, retries=1), _submit(s, "task", {"CPU": 1}, retries=0)
+    s.schedule(0.0)
+    lost, drop = s.add_node("c1", "cpu", {"CPU": 4}, False, 1.0, first=True)
+    assert {i.id for i in lost} == {once.id, never.id} and drop == []
+    assert once.state == QUEUED and once.attempt == 1
+    assert never.state == FAILED and "agent restarted" in never.message

@@ -20,7 +20,7 @@ class Resources(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids", "running")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids", "running", "first")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class RegisterNodeRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
@@ -44,7 +45,8 @@ class RegisterNodeRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
     running: _containers.RepeatedCompositeFieldContainer[RunningItem]
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
+    first: bool
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ..., first: _Optional[bool] = ...) -> None: ...
 
 class RunningItem(_message.Message):
     __slots__ = ("id", "attempt")
