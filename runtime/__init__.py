@@ -24,5 +24,6 @@ def __getattr__(name):
         if name in names:
             import importlib
 
-            return getattr(importlib.import_module(module), name)
+            value = globals()[name] = getattr(importlib.import_module(module), name)  # looked up once
+            return value
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -27,7 +27,13 @@ from runtime.resources import detect_gpus, node_resources
 log = logging.getLogger("launch.runtime.agent")
 
 REPORT_BATCH = 1000
-STREAM_IN_FLIGHT = 1  # report messages unacknowledged at once: more makes smaller batches (measured: slower)
+# A report message asks for the head's acknowledgement while the node is busy: the next one waits for it,
+# and what finishes meanwhile goes in that one, together (more messages in flight made smaller batches,
+# measured slower). A node that has nothing else running sends its report without asking (an ack is a
+# message each way, on the round trip's CPUs) and asks only once this many are unacknowledged, or after
+# STREAM_IDLE_ACK_S with nothing to send: the results it keeps for a head restart stay few.
+STREAM_UNACKED = 64
+STREAM_IDLE_ACK_S = 1.0
 
 
 class Agent:
@@ -50,13 +56,17 @@ class Agent:
         self.executor = Executor(cfg.node_id, env, self._report, self._ship_log, total=self.total, head=self)
         # results not yet taken by the head, (result, attempt): sent in batches, kept until the head has them
         self.reports: list[tuple[pb.ItemResult, int]] = []
-        self.reports_cond = threading.Condition()
+        lock = threading.RLock()
+        self.reports_cond = threading.Condition(lock)  # report_loop waits on it
+        self.stream_cond = threading.Condition(lock)  # the report stream's sender waits on it
         self.sending = False  # a thread is sending reports: others leave theirs to it
         # the report stream (ReportStream), while it is up: results go as messages on it, no call each
         self.stream_id = 0  # which stream is up (0: none); a new one per (re)open
         self.stream_pending: list[pb.ItemResult] = []  # not yet sent on it
+        self.stream_busy = False  # a result among them came while other work ran here: ask for an ack
         self.stream_inflight: dict[int, set[int]] = {}  # seq -> id() of the results it carried, until acked
         self.stream_seq = 0
+        self.stream_awaiting = 0  # the seq of a message that asked for an ack not yet come (0: none)
 
     def register(self) -> None:
         # in this order: an item finishing meanwhile is in what runs (or is being handed over) when that
@@ -103,11 +113,13 @@ class Agent:
     def _report(self, result: pb.ItemResult, attempt: int) -> None:
         """The thread that finished the item sends the report itself unless a send is under way (that
         one takes this result along): no hand-over to another thread on the way to the head."""
+        busy = self.executor.busy()
         with self.reports_cond:
             self.reports.append((result, attempt))
             if self.stream_id:  # the stream's sender takes it (and whatever else is ready) in one message
                 self.stream_pending.append(result)
-                self.reports_cond.notify_all()
+                self.stream_busy = self.stream_busy or busy
+                self.stream_cond.notify()
                 return
             if self.sending:
                 return
@@ -170,14 +182,18 @@ class Agent:
                 self.stream_id += 1
                 stream_id = self.stream_id
                 self.stream_inflight.clear()
+                self.stream_awaiting = 0
                 self.stream_pending = [r for r, _ in self.reports]  # unacknowledged: sent again
                 self.reports_cond.notify_all()
             try:
                 for ack in self.client.report_stream(self._stream_requests(stream_id)):
-                    with self.reports_cond:
-                        sent = self.stream_inflight.pop(ack.seq, set())
+                    with self.reports_cond:  # an ack covers every message up to its seq
+                        acked = [s for s in self.stream_inflight if s <= ack.seq]
+                        sent = set().union(*(self.stream_inflight.pop(s) for s in acked))
                         self.reports = [(r, a) for r, a in self.reports if id(r) not in sent]
-                        self.reports_cond.notify_all()
+                        if self.stream_awaiting and self.stream_awaiting <= ack.seq:
+                            self.stream_awaiting = 0
+                            self.stream_cond.notify()
             except grpc.RpcError as e:
                 if not self.stop.is_set():
                     log.warning("report stream closed (%s); reports go one call each until it is back", e.code().name)
@@ -188,17 +204,19 @@ class Agent:
                     self.stream_pending.clear()
                     self.stream_inflight.clear()
                     self.reports_cond.notify_all()  # report_loop sends what is left
+                    self.stream_cond.notify_all()
             self.stop.wait(0.5)
 
     def _stream_requests(self, stream_id: int):
-        """The stream's messages: every result ready when the last one was acknowledged, bounded like any
-        message."""
+        """The stream's messages: every result ready when the last acknowledgement asked for came, bounded
+        like any message; an empty one that asks for an ack when results sent wait for one, idle."""
         while True:
             with self.reports_cond:
-                # at most STREAM_IN_FLIGHT messages on the way: what finishes meanwhile goes in the next, together
-                while ((not self.stream_pending or len(self.stream_inflight) >= STREAM_IN_FLIGHT)
+                while ((not self.stream_pending or self.stream_awaiting)
                        and self.stream_id == stream_id and not self.stop.is_set()):
-                    self.reports_cond.wait(timeout=1.0)
+                    if not self.stream_cond.wait(timeout=STREAM_IDLE_ACK_S) and self.stream_inflight \
+                            and not self.stream_awaiting and not self.stream_pending:
+                        break
                 if self.stream_id != stream_id or self.stop.is_set():
                     return
                 batch, size = [], 0
@@ -210,7 +228,12 @@ class Agent:
                 self.stream_pending = self.stream_pending[len(batch):]
                 self.stream_seq += 1
                 self.stream_inflight[self.stream_seq] = {id(r) for r in batch}
-                request = pb.ReportRequest(node_id=self.cfg.node_id, results=batch, seq=self.stream_seq)
+                ask = self.stream_busy or not batch or len(self.stream_inflight) >= STREAM_UNACKED
+                self.stream_busy = self.stream_busy and bool(self.stream_pending)
+                if ask:
+                    self.stream_awaiting = self.stream_seq
+                request = pb.ReportRequest(node_id=self.cfg.node_id, results=batch, seq=self.stream_seq,
+                                           want_ack=ask)
             yield request
 
     # --- Transfers, for the executor: large payloads and results move in chunks ----------------------

@@ -210,6 +210,18 @@ class Executor:
             elif not lend and item_id in self.lent:
                 self.used["CPU"] = self.used.get("CPU", 0.0) + self.lent.pop(item_id)
 
+    def busy(self) -> bool:
+        """Work runs or waits here (an actor only while it has calls): more results are on their way."""
+        with self.lock:
+            if self.waiting or any(i not in self.actors for i in self.running):
+                return True
+            actors = list(self.actors.values())
+        for inst in actors:
+            with inst.cond:
+                if inst.current is not None or inst.calls:
+                    return True
+        return False
+
     def in_flight(self) -> list[tuple[str, int]]:
         """What this node runs or will run, as (id, attempt): after a head restart, the head adopts it."""
         with self.lock:

@@ -162,15 +162,19 @@ class HeadServicer(pb_grpc.HeadServicer):
         row = self.store.row(item_id)
         return row.state if row is not None and row.state in DONE_STATES else None
 
-    def _commit(self, new: list[tuple] = ()) -> None:
+    def _commit(self, new: list[tuple[Item, bytes]] = ()) -> None:
         """(under self.lock) Wake the GetResults calls waiting for items now done, write what changed (and
         `new` items) to the store in one transaction, and let done items leave memory."""
         live, done = [], []
+        new_ids = {i.id for i, _ in new}
         for item in self.sched.take_dirty():
             if item.state in DONE_STATES:
                 done.append(item)
-            else:
+            elif item.id not in new_ids:  # a new item is written as it is now
                 live.append((item.id, item.state, item.attempt, item.node_id, item.gpu_ids, item.started_at))
+        rows = [(i.id, i.kind, i.name, i.request, i.max_retries, spec, i.submitted_at,
+                 *((QUEUED, 0, "", [], 0.0) if i.state in DONE_STATES else
+                   (i.state, i.attempt, i.node_id, i.gpu_ids, i.started_at))) for i, spec in new]
         # Waiters are woken first: a woken `get` replies from the results handed to it, while the store is
         # written. Nothing is lost if the head dies in between: the agent keeps a result until the head
         # acknowledges its report, which it does only once this returns.
@@ -181,8 +185,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                 result = self._result_of(done_now[item_id])
                 for waiter in waiters:
                     waiter.one_done(result)
-        if live or done or new:
-            self.store.write(new, live, [self._done_row(item) for item in done])
+        if live or done or rows:
+            self.store.write(rows, live, [self._done_row(item) for item in done])
         for item in done:
             self.sched.forget(item.id)
             if item.id in self.uploaded_args:
@@ -356,7 +360,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")
         now = self.clock()
         with self.lock:
-            known = self.store.rows(given, with_values=False) if given else {}
+            known = self.store.known(given) if given else ()
             if known or any(i in self.sched.items for i in given) or len(set(given)) != len(given):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
             names = [spec.actor_name for spec in specs if spec.kind == ACTOR and spec.actor_name]
@@ -369,9 +373,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 self.sched.submit(item, now)
                 if spec.payload_size:
                     self.uploaded_args.add(item.id)
-            # new rows, written as queued (the same transaction then writes where they went since)
-            new = [(i.id, i.kind, i.name, QUEUED, i.request, i.max_retries, spec.SerializeToString(), now)
-                   for i, spec in zip(items, specs)]
+            new = [(i, spec.SerializeToString()) for i, spec in zip(items, specs)]
             self._settle(now, new, dict(zip(ids, specs)))
         return ids
 
@@ -382,7 +384,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         except OSError:
             return False
 
-    def _settle(self, now: float, new: list[tuple] = (), new_specs: dict | None = None) -> None:
+    def _settle(self, now: float, new: list[tuple[Item, bytes]] = (), new_specs: dict | None = None) -> None:
         """(under self.lock) After a change: place what can run now, store it all in one transaction, and
         only then hand the placed items to their nodes (a node never runs what a crash could forget)."""
         assignments = self._dispatch(now, new_specs or {})
@@ -460,10 +462,11 @@ class HeadServicer(pb_grpc.HeadServicer):
         return pb.ReportReply()
 
     def ReportStream(self, request_iterator, context):
-        """An agent's reports on one stream (no call per report): each applied, then acknowledged."""
+        """An agent's reports on one stream (no call per report): each applied, and acknowledged when it asks."""
         for request in request_iterator:
             self._apply_report(request.node_id, request.results)
-            yield pb.ReportAck(seq=request.seq)
+            if request.want_ack:
+                yield pb.ReportAck(seq=request.seq)
 
     def _apply_report(self, node_id: str, results) -> None:
         now = self.clock()
@@ -507,7 +510,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         with self.lock:
             absent = [i for i in ids if i not in self.sched.items]
-        unknown = set(absent) - set(self.store.rows(absent, with_values=False))
+        unknown = set(absent) - self.store.known(absent)
         if unknown:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
         with self.lock:

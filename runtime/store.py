@@ -163,15 +163,17 @@ class Store:
     # --- writes -------------------------------------------------------------------------------------
 
     def write(self, new: Iterable[tuple], live: Iterable[tuple], done: Iterable[tuple]) -> None:
-        """One transaction. new: (id, kind, name, state, request, max_retries, spec bytes, submitted_at);
-        then state changes, live: (id, state, attempt, node_id, gpu_ids, started_at); done: (id, state,
-        attempt, node_id, finished_at, exit_code, message, value, error, value_size, stored), whose spec goes."""
+        """One transaction. new: (id, kind, name, request, max_retries, spec bytes, submitted_at, then its
+        state now: state, attempt, node_id, gpu_ids, started_at); then state changes, live: (id, state,
+        attempt, node_id, gpu_ids, started_at); done: (id, state, attempt, node_id, finished_at, exit_code,
+        message, value, error, value_size, stored), whose spec goes."""
         with self._tx():
             if new:
                 self.db.executemany(
-                    "INSERT INTO items (id, kind, name, state, request, max_retries, spec, submitted_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(i, k, n, s, json.dumps(r, sort_keys=True), m, spec, t) for i, k, n, s, r, m, spec, t in new])
+                    "INSERT INTO items (id, kind, name, request, max_retries, spec, submitted_at, state, attempt, "
+                    "node_id, gpu_ids, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(i, k, n, json.dumps(r, sort_keys=True), m, spec, t, s, a, node, ",".join(g), st)
+                     for i, k, n, r, m, spec, t, s, a, node, g, st in new])
             if live:
                 self.db.executemany(
                     "UPDATE items SET state=?, attempt=?, node_id=?, gpu_ids=?, started_at=? WHERE id=?",
@@ -229,6 +231,15 @@ class Store:
             for chunk in _chunks(ids):
                 for t in db.execute(f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
                     out[t[0]] = _row(t)
+        return out
+
+    def known(self, ids: list[str]) -> set[str]:
+        """Which of these ids the store has (reads no row)."""
+        out: set[str] = set()
+        with self._read() as db:
+            for chunk in _chunks(ids):
+                out.update(t[0] for t in db.execute(f"SELECT id FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                                                    chunk))
         return out
 
     def row(self, item_id: str, with_values: bool = False) -> Row | None:

@@ -302,7 +302,7 @@ def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
         assert len(client.get_results(jobs, timeout_s=5)) == 3
 
 
-def test_reports_on_the_stream_are_acknowledged_and_count_once(head):
+def test_reports_on_the_stream_are_acknowledged_when_asked_and_count_once(head):
     import queue
 
     address, servicer = head
@@ -313,11 +313,13 @@ def test_reports_on_the_stream_are_acknowledged_and_count_once(head):
         requests: queue.SimpleQueue = queue.SimpleQueue()
         acks = client.report_stream(iter(requests.get, None))
         done = pb.ItemResult(id=job, state="finished", value=b"v")
-        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=1))
+        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=1, want_ack=True))
         assert next(acks).seq == 1 and servicer.store.row(job).state == "finished"
-        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=2))  # sent again after a break
-        assert next(acks).seq == 2
+        requests.put(pb.ReportRequest(node_id="n1", results=[done], seq=2))  # sent again; no ack asked
+        requests.put(pb.ReportRequest(node_id="n1", seq=3, want_ack=True))  # asked: it covers 2 as well
+        assert next(acks).seq == 3
         requests.put(None)
+        assert list(acks) == []
         assert [r.value for r in client.get_results([job], timeout_s=0)] == [b"v"]
         assert client.cluster_state().nodes[0].running == 0
 
@@ -366,3 +368,52 @@ def test_an_agent_ignores_work_it_has_or_ran_when_it_is_sent_again(tmp_path, mon
     ex.handle(job("j1", attempt=1))  # a new attempt is new work
     wait_for(lambda: len(reports) == 4, timeout=10, what="the new attempt done")
     assert sorted(reports) == [("j1", 0), ("j1", 1), ("j2", 0), ("j2", 0)] and ex.in_flight() == []
+
+
+def test_an_agent_asks_for_a_report_ack_only_while_busy_or_when_many_or_idle(tmp_path, monkeypatch):
+    """An ack is a message each way on a task's round trip: an agent with nothing else running sends its
+    report without asking for one. It asks while other work runs (the next report waits for the ack and
+    batches what finishes meanwhile), once STREAM_UNACKED are unacknowledged, and, with nothing to send,
+    after STREAM_IDLE_ACK_S (an empty message), so the results it keeps for a head restart stay few."""
+    import runtime.agent
+    from runtime.agent import Agent
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(runtime.agent, "STREAM_UNACKED", 3)
+    monkeypatch.setattr(runtime.agent, "STREAM_IDLE_ACK_S", 0.05)
+    cfg = NodeRuntimeConfig(node_id="n1", node_type="cpu", is_head=False, token=TOKEN, address="127.0.0.1",
+                            resources={"CPU": 2})
+    agent = Agent(cfg, "127.0.0.1:1")  # never connected: the stream's messages are read here
+    busy = [False]
+    monkeypatch.setattr(agent.executor, "busy", lambda: busy[0])
+    agent.stream_id = 1
+    messages = agent._stream_requests(1)
+    result = lambda i: pb.ItemResult(id=f"t-{i}", state="finished")  # noqa: E731
+
+    def acked(seq: int) -> None:  # what the ack of `seq` does
+        agent.stream_inflight = {s: v for s, v in agent.stream_inflight.items() if s > seq}
+        agent.reports, agent.stream_awaiting = [], 0
+
+    agent._report(result(1), 0)
+    agent._report(result(2), 0)
+    m = next(messages)
+    assert [r.id for r in m.results] == ["t-1", "t-2"] and not m.want_ack  # idle: no ack asked
+    agent._report(result(3), 0)
+    assert not next(messages).want_ack and agent.stream_awaiting == 0
+    agent._report(result(4), 0)
+    m = next(messages)  # the third unacknowledged: asks, and the next message waits for its ack
+    assert m.want_ack and agent.stream_awaiting == m.seq
+    assert [r.id for r, _ in agent.reports] == ["t-1", "t-2", "t-3", "t-4"]  # kept until acknowledged
+    acked(m.seq)
+    busy[0] = True
+    agent._report(result(5), 0)
+    m = next(messages)
+    assert m.want_ack and len(agent.stream_inflight) == 1  # other work runs here: asks
+    acked(m.seq)
+    busy[0] = False
+    agent._report(result(6), 0)
+    m = next(messages)
+    assert not m.want_ack
+    idle = next(messages)  # nothing to send for STREAM_IDLE_ACK_S, one unacknowledged: an empty ask
+    assert idle.want_ack and not idle.results and idle.seq == m.seq + 1
+    agent.executor.shutdown()

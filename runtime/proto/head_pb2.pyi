@@ -376,14 +376,16 @@ class Assignments(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("node_id", "results", "seq")
+    __slots__ = ("node_id", "results", "seq", "want_ack")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    WANT_ACK_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     seq: int
-    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+    want_ack: bool
+    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., seq: _Optional[int] = ..., want_ack: _Optional[bool] = ...) -> None: ...
 
 class ReportReply(_message.Message):
     __slots__ = ()
