@@ -6,7 +6,9 @@ Ray runs from its own venv (bench/.ray-venv, made with `pip install ray==2.60.0`
 --ray-python PATH); it is never a dependency of launch. Both get 2 CPUs for tasks.
 Workload: N trivial tasks submitted at once then all fetched (throughput); the same N submitted,
 waited for, then fetched (a get while tasks run must cost no more than this); and R sequential
-submit-then-get round trips of one trivial task (latency).
+submit-then-get round trips of one trivial task (latency). Both runtimes are up together, the other idle:
+throughput one after the other, latency in alternating blocks (--blocks), so that both meet the same
+machine (this one's speed drifts by 20-30% from minute to minute).
 """
 
 from __future__ import annotations
@@ -19,39 +21,47 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RAY_SCRIPT = r"""
-import json, statistics, sys, time, logging
+import json, sys, time, logging
 import ray
-n, rounds = int(sys.argv[1]), int(sys.argv[2])
+n = int(sys.argv[1])
 ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
 @ray.remote(num_cpus=1)
 def f(x):
     return x
 ray.get([f.remote(i) for i in range(200)])  # warm the worker pool
-t0 = time.perf_counter()
-refs = [f.remote(i) for i in range(n)]
-t1 = time.perf_counter()
-assert ray.get(refs) == list(range(n))
-t2 = time.perf_counter()
-refs = [f.remote(i) for i in range(n)]
-ray.wait(refs, num_returns=n)
-t3 = time.perf_counter()
-assert ray.get(refs) == list(range(n))
-t4 = time.perf_counter()
-lat = []
-for i in range(rounds):
-    s = time.perf_counter(); ray.get(f.remote(i)); lat.append(time.perf_counter() - s)
-print(json.dumps({"submit_s": t1 - t0, "total_s": t2 - t0, "run_then_get_s": t4 - t2, "get_after_s": t4 - t3,
-                  "latencies": lat}))
+print("ready", flush=True)
+for line in sys.stdin:  # "tp": the throughput figures; "K": K sequential round trips' latencies
+    if line.strip() == "tp":
+        t0 = time.perf_counter()
+        refs = [f.remote(i) for i in range(n)]
+        t1 = time.perf_counter()
+        assert ray.get(refs) == list(range(n))
+        t2 = time.perf_counter()
+        refs = [f.remote(i) for i in range(n)]
+        ray.wait(refs, num_returns=n)
+        t3 = time.perf_counter()
+        assert ray.get(refs) == list(range(n))
+        t4 = time.perf_counter()
+        print(json.dumps({"submit_s": t1 - t0, "total_s": t2 - t0, "run_then_get_s": t4 - t2,
+                          "get_after_s": t4 - t3}), flush=True)
+        continue
+    lat = []
+    for i in range(int(line)):
+        s = time.perf_counter(); ray.get(f.remote(i)); lat.append(time.perf_counter() - s)
+    print(json.dumps(lat), flush=True)
 """
 
 
-def run_launch(n: int, rounds: int) -> dict:
+@contextmanager
+def launch_cluster():
+    """A local launch cluster with 2 CPUs for tasks; yields the trivial remote function."""
     home = Path(tempfile.mkdtemp(prefix="bench-launch-"))
     os.environ["LAUNCH_HOME"] = str(home)
     from launcher.cluster import Cluster
@@ -76,26 +86,37 @@ def run_launch(n: int, rounds: int) -> dict:
             return x
 
         runtime.get([f.remote(i) for i in range(200)])  # warm the worker pool
-        t0 = time.perf_counter()
-        refs = [f.remote(i) for i in range(n)]
-        t1 = time.perf_counter()
-        assert runtime.get(refs) == list(range(n))
-        t2 = time.perf_counter()
-        refs = [f.remote(i) for i in range(n)]
-        runtime.wait(refs, num_returns=n)
-        t3 = time.perf_counter()
-        assert runtime.get(refs) == list(range(n))
-        t4 = time.perf_counter()
-        lat = []
-        for i in range(rounds):
-            s = time.perf_counter()
-            runtime.get(f.remote(i))
-            lat.append(time.perf_counter() - s)
+        yield f
         runtime.shutdown()
-        return {"submit_s": t1 - t0, "total_s": t2 - t0, "run_then_get_s": t4 - t2, "get_after_s": t4 - t3,
-                "latencies": lat}
     finally:
         cluster.down()
+
+
+def launch_throughput(f, n: int) -> dict:
+    import runtime
+
+    t0 = time.perf_counter()
+    refs = [f.remote(i) for i in range(n)]
+    t1 = time.perf_counter()
+    assert runtime.get(refs) == list(range(n))
+    t2 = time.perf_counter()
+    refs = [f.remote(i) for i in range(n)]
+    runtime.wait(refs, num_returns=n)
+    t3 = time.perf_counter()
+    assert runtime.get(refs) == list(range(n))
+    t4 = time.perf_counter()
+    return {"submit_s": t1 - t0, "total_s": t2 - t0, "run_then_get_s": t4 - t2, "get_after_s": t4 - t3}
+
+
+def launch_latencies(f, rounds: int) -> list[float]:
+    import runtime
+
+    lat = []
+    for i in range(rounds):
+        s = time.perf_counter()
+        runtime.get(f.remote(i))
+        lat.append(time.perf_counter() - s)
+    return lat
 
 
 def ray_python(given: str | None) -> str:
@@ -110,15 +131,34 @@ def ray_python(given: str | None) -> str:
     return str(py)
 
 
-def run_ray(py: str, n: int, rounds: int) -> dict:
-    out = subprocess.run([py, "-c", RAY_SCRIPT, str(n), str(rounds)], capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"ray run failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+@contextmanager
+def ray_runtime(py: str, n: int):
+    """Ray's local runtime in its own process, warmed up: yields ask(command) -> its JSON answer ("tp":
+    the throughput figures; "K": K round trips' latencies)."""
+    proc = subprocess.Popen([py, "-c", RAY_SCRIPT, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def line() -> str:
+        out = proc.stdout.readline()
+        if not out:
+            raise SystemExit(f"ray run failed:\n{proc.stderr.read()[-2000:]}")
+        return out
+
+    def ask(command: str):
+        proc.stdin.write(f"{command}\n")
+        proc.stdin.flush()
+        return json.loads(line())
+
+    try:
+        assert line().strip() == "ready"
+        yield ask
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
 
 
-def summary(r: dict, n: int) -> dict:
-    lat = sorted(r["latencies"])
+def summary(r: dict, lat: list[float], n: int) -> dict:
+    lat = sorted(lat)
     return {
         "submit_per_s": n / r["submit_s"],
         "throughput_per_s": n / r["total_s"],
@@ -135,14 +175,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=2000)
     ap.add_argument("--latency-rounds", type=int, default=200)
+    ap.add_argument("--blocks", type=int, default=10, help="latency blocks, alternating launch and Ray")
     ap.add_argument("--ray-python")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
 
-    ours = summary(run_launch(args.tasks, args.latency_rounds), args.tasks)
-    theirs = None if args.skip_ray else summary(run_ray(ray_python(args.ray_python), args.tasks,
-                                                        args.latency_rounds), args.tasks)
-    print(f"workload: {args.tasks} trivial tasks, 2 CPUs; {args.latency_rounds} sequential round trips")
+    with launch_cluster() as f:
+        if args.skip_ray:
+            ours_tp = launch_throughput(f, args.tasks)
+            ours, theirs = summary(ours_tp, launch_latencies(f, args.latency_rounds), args.tasks), None
+        else:
+            with ray_runtime(ray_python(args.ray_python), args.tasks) as ray:
+                ours_tp, theirs_tp = launch_throughput(f, args.tasks), ray("tp")  # each with the other idle
+                ours_lat, theirs_lat = [], []
+                block = max(1, args.latency_rounds // args.blocks)
+                for _ in range(args.blocks):
+                    ours_lat += launch_latencies(f, block)
+                    theirs_lat += ray(str(block))
+            ours, theirs = summary(ours_tp, ours_lat, args.tasks), summary(theirs_tp, theirs_lat, args.tasks)
+    print(f"workload: {args.tasks} trivial tasks, 2 CPUs; {args.latency_rounds} sequential round trips "
+          f"({args.blocks} blocks, alternating)")
     print(f"{'metric':<28}{'launch':>12}{'ray':>12}{'launch/ray':>12}")
     for key in ours:
         if theirs is None:

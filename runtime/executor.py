@@ -34,6 +34,10 @@ from runtime.worker import read_frame, write_frame
 log = logging.getLogger("launch.runtime.executor")
 
 MAX_IDLE_WORKERS_PER_KEY = 8
+# a task with its inputs at hand and no larger than this goes to an idle worker from the thread that
+# takes it in (it fits the pipe: the write never waits); its thread then only waits for the result,
+# while the task already runs
+SEND_NOW_BYTES = 32 << 10
 FINISHED_REMEMBERED = 20000  # finished (id, attempt)s kept to ignore a re-sent assignment of one
 LOG_SHIP_INTERVAL_S = 0.2
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
@@ -62,10 +66,19 @@ class Worker:
         )
 
     def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> tuple[str, bytes]:
+        self.send(payload, deps, item_id, op)
+        return self.receive()
+
+    def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> None:
         try:
             write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id)))
-            frame = read_frame(self.proc.stdout)
         except (BrokenPipeError, OSError, ValueError) as e:
+            raise WorkerDied(str(e)) from e
+
+    def receive(self) -> tuple[str, bytes]:
+        try:
+            frame = read_frame(self.proc.stdout)
+        except (OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
         if frame is None:
             raise WorkerDied(f"worker exited with {self.proc.wait()}")
@@ -188,12 +201,33 @@ class Executor:
             self.requests[a.item_id] = dict(a.spec.request.amounts)
             for k, v in a.spec.request.amounts.items():
                 self.used[k] = self.used.get(k, 0.0) + v
-            self.running[a.item_id] = (a.attempt, None)
-            self.threads.submit(self._run, a)
+            worker = self._send_now(a) if a.spec.kind == "task" else None
+            self.running[a.item_id] = (a.attempt, worker)
+            if worker is not None:
+                self.threads.submit(self._run, a, lambda a, w=worker: self._finish_task(a, w))
+            else:
+                self.threads.submit(self._run, a)
 
-    def _run(self, a: pb.Assignment) -> None:
+    def _send_now(self, a: pb.Assignment) -> Worker | None:
+        """(under self.lock) The idle worker `a` was sent to at once, if it is small, its inputs are at
+        hand and one is idle; None: its thread does it all."""
+        if a.spec.payload_size or a.dep_stored:
+            return None
+        if len(a.spec.payload) + sum(len(v) for v in a.dep_values.values()) > SEND_NOW_BYTES:
+            return None
+        pool = self.idle.get(tuple(a.gpu_ids), [])
+        while pool:
+            w = pool.pop()
+            try:
+                w.send(a.spec.payload, dict(a.dep_values), a.item_id)
+                return w
+            except WorkerDied:
+                w.kill()
+        return None
+
+    def _run(self, a: pb.Assignment, run: Callable[[pb.Assignment], None] | None = None) -> None:
         try:
-            {"task": self._run_task, "actor": self._run_actor}.get(a.spec.kind, self._run_job)(a)
+            (run or {"task": self._run_task, "actor": self._run_actor}.get(a.spec.kind, self._run_job))(a)
         except Exception:  # a bug here must not leave the item running forever, holding its resources
             log.exception("running %s failed", a.item_id)
             self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="the node agent failed to run it"))
@@ -392,13 +426,25 @@ class Executor:
             self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
             return
         try:
-            status, data = worker.call(payload, deps, a.item_id)
+            worker.send(payload, deps, a.item_id)
         except WorkerDied as e:
-            worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
-            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
+            self._worker_died(a, worker, e)
             return
-        self._release(key, worker)
+        self._finish_task(a, worker)
+
+    def _finish_task(self, a: pb.Assignment, worker: Worker) -> None:
+        """`a` was sent to `worker`: its result, then the worker is free again."""
+        try:
+            status, data = worker.receive()
+        except WorkerDied as e:
+            self._worker_died(a, worker, e)
+            return
+        self._release(tuple(a.gpu_ids), worker)
         self._done(a, self._result(a, status, data))
+
+    def _worker_died(self, a: pb.Assignment, worker: Worker, e: WorkerDied) -> None:
+        worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
+        self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
 
     def _result(self, a: pb.Assignment, status: str, data: bytes) -> pb.ItemResult:
         if status != "ok":

@@ -417,3 +417,54 @@ def test_an_agent_asks_for_a_report_ack_only_while_busy_or_when_many_or_idle(tmp
     idle = next(messages)  # nothing to send for STREAM_IDLE_ACK_S, one unacknowledged: an empty ask
     assert idle.want_ack and not idle.results and idle.seq == m.seq + 1
     agent.executor.shutdown()
+
+
+def _task(item_id: str, fn, *args) -> pb.Assignment:
+    import cloudpickle
+
+    payload = cloudpickle.dumps((cloudpickle.dumps(fn), args, {}))
+    return pb.Assignment(item_id=item_id, spec=pb.WorkSpec(kind="task", payload=payload,
+                                                           request=pb.Resources(amounts={"CPU": 1.0})))
+
+
+def test_a_task_goes_to_an_idle_worker_at_once_and_its_death_or_cancel_is_still_reported(tmp_path, monkeypatch):
+    """A small task whose inputs came with it is written to an idle worker by the thread that takes it in
+    (its own thread then only waits for the result): a cancel, or a worker that dies under it, is
+    reported as when its thread does it all, and the next task gets a new worker."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import cloudpickle
+
+    from runtime.executor import Executor, Worker
+    from tests.infra import wait_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reports = {}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    ex = Executor("n1", env, lambda r, a: reports.__setitem__(r.id, r), lambda *a: None, total={"CPU": 1.0})
+
+    def run(item_id: str, fn, *args, sent_at_once: bool = True) -> None:
+        ex.handle(_task(item_id, fn, *args))
+        if sent_at_once:  # with its worker before handle() returned
+            assert isinstance(ex.running[item_id][1], Worker)
+
+    try:
+        run("t-1", lambda: 1, sent_at_once=False)  # no idle worker yet: its thread starts one
+        wait_for(lambda: "t-1" in reports, timeout=30, what="the first task")
+        run("t-2", time.sleep, 60)
+        ex.handle(pb.Assignment(item_id="t-2", cancel=True))
+        wait_for(lambda: "t-2" in reports, timeout=30, what="the cancelled task's report")
+        run("t-3", lambda: 3, sent_at_once=False)  # the cancel took its worker: a new one
+        wait_for(lambda: "t-3" in reports, timeout=30, what="a task after the cancel")
+        run("t-4", lambda: os.kill(os.getpid(), signal.SIGKILL))
+        wait_for(lambda: "t-4" in reports, timeout=30, what="the report of a task whose worker died")
+        run("t-5", lambda: 5, sent_at_once=False)
+        wait_for(lambda: "t-5" in reports, timeout=30, what="a task after the worker's death")
+    finally:
+        ex.shutdown()
+    assert reports["t-2"].state == "cancelled" and reports["t-4"].state == "lost"
+    assert "worker process died" in reports["t-4"].message
+    assert [cloudpickle.loads(reports[i].value) for i in ("t-1", "t-3", "t-5")] == [1, 3, 5]
