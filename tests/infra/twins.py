@@ -69,6 +69,13 @@ class Twin:
         _sh("ip", "-n", ns, "link", "set", ns_if, "up")
         _sh("ip", "-n", ns, "link", "set", "lo", "up")
         _sh("ip", "-n", ns, "route", "add", "default", "via", net.gateway)
+        # A cloud reuses a freed address at once and its network reaches the new machine at once; here the
+        # others' ARP caches would still name the old twin's MAC, and their connections to the new one
+        # would stall in SYN retries for half a minute (what a gratuitous ARP settles on a real LAN).
+        _sh("ip", "neigh", "flush", "to", self.ip, check=False)
+        for other in list(net.twins.values()):
+            if other is not self:
+                _sh("ip", "-n", other.netns, "neigh", "flush", "to", self.ip, check=False)
         return self._start_sshd()
 
     def _start_sshd(self) -> Twin:
