@@ -7,8 +7,8 @@ Ray runs from its own venv (bench/.ray-venv, made with `pip install ray==2.60.0`
 Workload: N trivial tasks submitted at once then all fetched (throughput); the same N submitted,
 waited for, then fetched (a get while tasks run must cost no more than this); and R sequential
 submit-then-get round trips of one trivial task (latency). Both runtimes are up together, the other idle:
-throughput one after the other, latency in alternating blocks (--blocks), so that both meet the same
-machine (this one's speed drifts by 20-30% from minute to minute).
+throughput runs alternate (--repeats, each figure the median), latency in alternating blocks (--blocks),
+so that both meet the same machine (this one's speed drifts by 20-30% from minute to minute).
 """
 
 from __future__ import annotations
@@ -157,6 +157,11 @@ def ray_runtime(py: str, n: int):
         proc.wait(timeout=60)
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each figure's median over the repeated runs (one run of a few seconds meets the machine's drift)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
 def summary(r: dict, lat: list[float], n: int) -> dict:
     lat = sorted(lat)
     return {
@@ -175,6 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=2000)
     ap.add_argument("--latency-rounds", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3, help="throughput runs each (alternating); medians")
     ap.add_argument("--blocks", type=int, default=10, help="latency blocks, alternating launch and Ray")
     ap.add_argument("--ray-python")
     ap.add_argument("--skip-ray", action="store_true")
@@ -182,19 +188,23 @@ def main() -> None:
 
     with launch_cluster() as f:
         if args.skip_ray:
-            ours_tp = launch_throughput(f, args.tasks)
+            ours_tp = median_run([launch_throughput(f, args.tasks) for _ in range(args.repeats)])
             ours, theirs = summary(ours_tp, launch_latencies(f, args.latency_rounds), args.tasks), None
         else:
             with ray_runtime(ray_python(args.ray_python), args.tasks) as ray:
-                ours_tp, theirs_tp = launch_throughput(f, args.tasks), ray("tp")  # each with the other idle
+                ours_runs, theirs_runs = [], []
+                for _ in range(args.repeats):  # each with the other idle, alternating
+                    ours_runs.append(launch_throughput(f, args.tasks))
+                    theirs_runs.append(ray("tp"))
+                ours_tp, theirs_tp = median_run(ours_runs), median_run(theirs_runs)
                 ours_lat, theirs_lat = [], []
                 block = max(1, args.latency_rounds // args.blocks)
                 for _ in range(args.blocks):
                     ours_lat += launch_latencies(f, block)
                     theirs_lat += ray(str(block))
             ours, theirs = summary(ours_tp, ours_lat, args.tasks), summary(theirs_tp, theirs_lat, args.tasks)
-    print(f"workload: {args.tasks} trivial tasks, 2 CPUs; {args.latency_rounds} sequential round trips "
-          f"({args.blocks} blocks, alternating)")
+    print(f"workload: {args.tasks} trivial tasks, 2 CPUs, {args.repeats} runs each (medians); "
+          f"{args.latency_rounds} sequential round trips ({args.blocks} blocks, alternating)")
     print(f"{'metric':<28}{'launch':>12}{'ray':>12}{'launch/ray':>12}")
     for key in ours:
         if theirs is None:

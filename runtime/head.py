@@ -807,7 +807,8 @@ def _listen(server: grpc.Server, hosts: list[str], port: int) -> int:
 
 def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,
                  sweep_every_s: float = SWEEP_EVERY_S) -> None:
-    """The head's clock: dead nodes, prefetches to take back, fetched-marks to write; now and then the
+    """The head's clock: dead nodes, prefetches to take back, fetched-marks to write, the store's log to
+    checkpoint; now and then the
     sweep of expired items, and freed memory handed back to the system (Python keeps freed heap pages
     otherwise: a head that once held 100k items would stay that large)."""
     last_sweep = time.monotonic()
@@ -815,6 +816,7 @@ def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,
         servicer.mark_dead_nodes()
         servicer.expire_owners()
         servicer.flush_fetched()
+        servicer.store.checkpoint()
         if time.monotonic() - last_sweep > sweep_every_s:
             last_sweep = time.monotonic()
             servicer.sweep()

@@ -114,6 +114,9 @@ class Store:
         os.chmod(self.path, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (copying the log into the database, with an fsync) are the head's clock's to run:
+        # left to SQLite, one would fall on a commit now and then and hold that reply up for milliseconds.
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(_SCHEMA)
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 
@@ -159,6 +162,13 @@ class Store:
 
     def log_path(self, item_id: str) -> Path:
         return self.logs / f"{item_id}.log"
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the log holds into the database (PASSIVE: writers and readers carry on meanwhile).
+        Returns (frames in the log, frames copied)."""
+        with self._read() as db:
+            _, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return logged, copied
 
     # --- writes -------------------------------------------------------------------------------------
 

@@ -111,3 +111,18 @@ def test_an_actor_lives_through_a_head_restart_with_its_calls_in_order(cluster):
     assert seen == list(range(9)) and pid_after == pid  # the same instance, every call once, in order
     assert runtime.get_actor("tally") == a  # its name survived the restart
     runtime.kill(a)
+
+
+def test_store_commits_never_checkpoint_the_log_the_heads_clock_does(tmp_path):
+    """A checkpoint (the log copied into the database, with an fsync) falling on a commit would hold a
+    reply up for milliseconds: commits only append to the log, and Store.checkpoint copies it all."""
+    from runtime.store import Store
+
+    store = Store(tmp_path)
+    spec = b"s" * 2000
+    for i in range(1500):  # SQLite's own checkpoint would run at 1,000 pages
+        store.write([(f"t{i}", "task", "f", {"CPU": 1}, 0, spec, 1.0, "queued", 0, "", [], 0.0)], [], [])
+    logged, copied = store.checkpoint()
+    assert logged > 1000 and copied == logged
+    assert store.known([f"t{i}" for i in range(1500)]) == {f"t{i}" for i in range(1500)}
+    store.close()
