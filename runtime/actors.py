@@ -27,9 +27,8 @@ import os
 import threading
 import time
 import uuid
-import cloudpickle
 
-from runtime import api
+from runtime import api, pickling
 from runtime.api import ObjectRef, TaskError
 
 
@@ -104,8 +103,8 @@ class ActorClass:
                 raise ValueError(f"{key} must be an int >= 0, or -1 for no limit (got {o[key]!r})")
         pg_id, index = api._placement(o)
         if self._blob is None:
-            self._blob = cloudpickle.dumps(self._cls)
-        payload = cloudpickle.dumps((self._blob, args, kwargs))
+            self._blob = pickling.dumps(self._cls)
+        payload = pickling.dumps((self._blob, args, kwargs))
         restarts = 2**31 - 1 if o["max_restarts"] == -1 else o["max_restarts"]
         if name:  # alone in its batch: a taken name refuses it, not the work submitted before it
             api._connection().flush()
@@ -174,7 +173,7 @@ class ActorMethod:
     def remote(self, *args, **kwargs) -> ObjectRef:
         h = self._handle
         retries = 2**31 - 1 if h._max_task_retries == -1 else h._max_task_retries
-        payload = cloudpickle.dumps((self._name, args, kwargs))
+        payload = pickling.dumps((self._name, args, kwargs))
         return ObjectRef(api._submit("call", f"{h._class_name}.{self._name}", {}, payload, api._deps(args, kwargs),
                                      retries, "c", actor_id=h._actor_id))
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import cloudpickle
 
+from runtime import pickling
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
 
 DEFAULT_MAX_RETRIES = 3
@@ -451,8 +452,8 @@ class RemoteFunction:
         validate_request(request)  # a bad request fails here, not later in the background
         pg_id, index = _placement(o)
         if self._fn_blob is None:
-            self._fn_blob = cloudpickle.dumps(self._fn)
-        payload = cloudpickle.dumps((self._fn_blob, args, kwargs))
+            self._fn_blob = pickling.dumps(self._fn)
+        payload = pickling.dumps((self._fn_blob, args, kwargs))
         return ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), o["max_retries"], "t",
                                  pg_id=pg_id, bundle_index=index))
 

@@ -129,8 +129,10 @@ def test_an_actor_holds_its_resources_until_killed(rt, tmp_path):
 
 def test_a_method_exception_is_the_callers_and_the_actor_lives_on(rt):
     c = Counter.remote()
-    with pytest.raises(KeyError, match="no such thing"):
+    with pytest.raises(KeyError, match="no such thing") as e:
         runtime.get(c.fail.remote(), timeout=30)
+    # its traceback names the class's file and shows the line (cloudpickle 3.1.3+ would name neither)
+    assert f'File "{__file__}"' in e.value.remote_traceback and 'raise KeyError("no such thing")' in e.value.remote_traceback
     with pytest.raises(AttributeError, match="nope"):
         runtime.get(c.nope.remote(), timeout=30)
     assert runtime.get(c.incr.remote(), timeout=30) == 1
