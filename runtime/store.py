@@ -117,6 +117,8 @@ class Store:
         # Checkpoints (copying the log into the database, with an fsync) are the head's clock's to run:
         # left to SQLite, one would fall on a commit now and then and hold that reply up for milliseconds.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
+        # a burst's log is cut back to this once checkpointed (it would otherwise keep its largest size)
+        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")
         self.db.executescript(_SCHEMA)
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 
