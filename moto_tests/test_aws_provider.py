@@ -388,3 +388,28 @@ def test_down_keep_stopped_stops_even_where_idle_nodes_are_not_cached(aws, tmp_p
     assert [n.id for n in lc.provider.stopped({"launch-cluster": "aws1"})] == [node.id]
     lc.down()
     assert lc.provider.stopped({"launch-cluster": "aws1"}) == []
+
+
+@pytest.mark.parametrize("provider, env, code, line", [
+    ({}, {}, 1, "error: provider.aws_credentials: no usable AWS credentials found: run `aws configure`"),
+    ({}, {"AWS_PROFILE": "nope"}, 1, "error: aws: the AWS profile 'nope' does not exist"),
+    ({"region": "mars-1"}, {}, 2, "error: provider.region: 'mars-1' is not an AWS region"),
+    ({"aws_credentials": {"bogus_key": "x"}}, {}, 2, "error: provider.aws_credentials.bogus_key: unknown key"),
+], ids=["no-credentials", "unknown-profile", "unknown-region", "unknown-credential-key"])
+def test_a_user_without_usable_credentials_or_region_gets_one_line(tmp_path, monkeypatch, provider, env, code, line):
+    """As a new user meets it: `launch up` on a machine with no AWS setup (nothing in the environment or
+    ~/.aws, no instance role) says what to fix in one line, before any call to AWS."""
+    from tests.infra import cli, write_config
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # not on EC2: no instance role to ask for
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    data = copy.deepcopy(BASE)
+    data["provider"].update(provider)
+    r = cli("up", str(write_config(tmp_path / "c.yaml", data)), "--yes", home=tmp_path / "home")
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(line), r.stderr
+    assert not list((tmp_path / "home").rglob("*.pem"))  # no key pair made

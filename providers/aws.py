@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,35 @@ def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = Non
     return ProviderError(f"aws {op} failed: {code or type(e).__name__}: {message}")
 
 
+# what boto3's Session takes (Ray passes provider.aws_credentials to it as they are)
+CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile_name"}
+NO_CREDENTIALS = ("provider.aws_credentials: no usable AWS credentials found: run `aws configure`, set "
+                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give provider.aws_credentials")
+
+
+def map_sdk_error(e: Exception, op: str) -> LaunchError:
+    """One of botocore's own errors (raised before or without an answer from AWS) -> a typed error that
+    says what to fix."""
+    ex = _sdk()[1].exceptions
+    first_line = (str(e).splitlines() or [""])[0][:300]
+    if isinstance(e, (ex.NoCredentialsError, ex.PartialCredentialsError, ex.CredentialRetrievalError)):
+        return PermissionDenied(NO_CREDENTIALS)
+    if isinstance(e, ex.ProfileNotFound):
+        return PermissionDenied(f"aws: the AWS profile {e.kwargs.get('profile')!r} does not exist (AWS_PROFILE, "
+                                f"~/.aws/config)")
+    if isinstance(e, (ex.EndpointConnectionError, ex.ConnectTimeoutError, ex.ReadTimeoutError,
+                      ex.ConnectionClosedError)):
+        return TransientError(f"aws {op}: the API does not answer ({type(e).__name__}: {first_line})")
+    if isinstance(e, ex.ParamValidationError):
+        return InvalidRequest(f"aws {op} refused: {first_line}")
+    return ProviderError(f"aws {op} failed: {type(e).__name__}: {first_line}")
+
+
+def _known_regions(session) -> set[str]:
+    return {r for partition in session.get_available_partitions()
+            for r in session.get_available_regions("ec2", partition_name=partition)}
+
+
 class _Clients:
     """The boto3 clients of one region, each with botocore's standard retry mode (throttling, 5xx,
     connection errors: exponential backoff with jitter), configured here once."""
@@ -105,20 +135,35 @@ class _Clients:
     def __init__(self, section: Section):
         boto3, botocore = _sdk()
         self.ClientError = botocore.exceptions.ClientError
+        self.SdkError = botocore.exceptions.BotoCoreError
         creds = dict(section.aws_credentials or {})
         endpoint = creds.pop("endpoint_url", None)
-        session = boto3.session.Session(region_name=section.region, **creds)
-        self.attempts = section.retry_attempts
-        config = botocore.config.Config(retries={"mode": "standard", "max_attempts": self.attempts})
-        kw = {"config": config, **({"endpoint_url": endpoint} if endpoint else {})}
-        self.ec2 = session.client("ec2", **kw)
-        self.iam = session.client("iam", **kw)
+        unknown = sorted(set(creds) - CREDENTIAL_KEYS)
+        if unknown:
+            raise ConfigError(f"provider.aws_credentials.{unknown[0]}: unknown key (known: "
+                              f"{', '.join(sorted(CREDENTIAL_KEYS | {'endpoint_url'}))})")
+        try:
+            session = boto3.session.Session(region_name=section.region, **creds)
+            # a region botocore does not know would only fail later, as an endpoint that does not answer
+            private = endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_EC2")
+            if not private and section.region not in _known_regions(session):
+                raise ConfigError(f"provider.region: {section.region!r} is not an AWS region "
+                                  f"(e.g. us-east-1, us-west-2, eu-west-1)")
+            self.attempts = section.retry_attempts
+            config = botocore.config.Config(retries={"mode": "standard", "max_attempts": self.attempts})
+            kw = {"config": config, **({"endpoint_url": endpoint} if endpoint else {})}
+            self.ec2 = session.client("ec2", **kw)
+            self.iam = session.client("iam", **kw)
+        except self.SdkError as e:
+            raise map_sdk_error(e, "client setup") from None
 
     def call(self, client, op: str, node_type: str = "", zone: str | None = None, **kwargs):
         try:
             return getattr(client, op)(**kwargs)
         except self.ClientError as e:
             raise map_error(e, op, node_type, zone, self.attempts) from None
+        except self.SdkError as e:
+            raise map_sdk_error(e, op) from None
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ imported only when an azure cluster is used).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -75,7 +76,10 @@ class Section(CommonSection):
 
 def _sdk():
     try:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
+            ServiceResponseError,
+        )
         from azure.mgmt.authorization import AuthorizationManagementClient
         from azure.mgmt.compute import ComputeManagementClient
         from azure.mgmt.msi import ManagedServiceIdentityClient
@@ -86,7 +90,8 @@ def _sdk():
     return {"compute": ComputeManagementClient, "network": NetworkManagementClient,
             "resource": ResourceManagementClient, "msi": ManagedServiceIdentityClient,
             "authorization": AuthorizationManagementClient, "HttpResponseError": HttpResponseError,
-            "NotFound": ResourceNotFoundError}
+            "NotFound": ResourceNotFoundError, "AzureError": AzureError, "AuthError": ClientAuthenticationError,
+            "Unreachable": (ServiceRequestError, ServiceResponseError)}
 
 
 def azure_name(text: str, limit: int = 64) -> str:
@@ -123,6 +128,20 @@ def _message(e: Exception) -> str:
     err = getattr(e, "error", None)
     msg = getattr(err, "message", None) or getattr(e, "message", None) or str(e)
     return " ".join(str(msg).split())[:300]
+
+
+NO_CREDENTIALS = ("provider: no usable Azure credentials found: run `az login`, set AZURE_CLIENT_ID, "
+                  "AZURE_TENANT_ID and AZURE_CLIENT_SECRET, or run where a managed identity is assigned")
+
+
+def map_sdk_error(e: Exception, op: str, sdk: dict) -> LaunchError:
+    """An error the SDK raised without an answer from ARM: no credential gave a token, ARM unreachable."""
+    if isinstance(e, sdk["AuthError"]):
+        return PermissionDenied(NO_CREDENTIALS)
+    first_line = (str(e).splitlines() or [""])[0][:200]
+    if isinstance(e, sdk["Unreachable"]):
+        return TransientError(f"azure {op}: the API does not answer ({type(e).__name__}: {first_line})")
+    return ProviderError(f"azure {op} failed: {type(e).__name__}: {first_line}")
 
 
 def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = None) -> LaunchError:
@@ -167,6 +186,9 @@ class _Clients:
         else:
             from azure.identity import DefaultAzureCredential
 
+            # it logs each credential it tried, many lines, when none gives a token: that is said in one
+            logging.getLogger("azure.identity").setLevel(logging.CRITICAL)
+
             # the laptop: environment or CLI login; the head: the managed identity bootstrap gave it (IMDS)
             credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
         kw: dict[str, Any] = {"retry_total": section.retry_attempts}  # azure-core: 429/5xx, honours Retry-After
@@ -189,7 +211,11 @@ class _Clients:
                 return list(out)
             return out.result() if hasattr(out, "result") and hasattr(out, "done") else out
         except self.sdk["HttpResponseError"] as e:
+            if getattr(e, "response", None) is None:  # raised before any answer: a credential without a token
+                raise map_sdk_error(e, op, self.sdk) from None
             raise map_error(e, op, node_type, in_zone) from None
+        except self.sdk["AzureError"] as e:
+            raise map_sdk_error(e, op, self.sdk) from None
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ failures, typed errors, long-running operations, and nothing left behind when a 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytest.importorskip("azure.mgmt.compute")
@@ -210,3 +212,30 @@ def test_permission_errors_fail_fast_naming_the_node_type(arm, tmp_path):
     with pytest.raises(PermissionDenied, match="for node type 'ray.worker.default' refused: AuthorizationFailed"):
         provider.create("ray.worker.default", 1, tags("ray.worker.default"))
     assert leftovers(arm) == []
+
+
+@pytest.mark.parametrize("provider, line", [
+    ({"access_token": None}, "error: provider: no usable Azure credentials found: run `az login`"),
+    ({"api_endpoint": "https://127.0.0.1:9", "retry_attempts": 1}, "error: azure resourceGroups.get: the API does not answer"),
+], ids=["no-credentials", "arm-unreachable"])
+def test_a_user_without_credentials_or_a_reachable_arm_gets_one_line(arm, tmp_path, monkeypatch, provider, line):
+    """As a new user meets it: `launch up` with no Azure login (no environment, no ~/.azure, no managed
+    identity), or with ARM out of reach, says so in one line: no list of every credential tried, no
+    traceback."""
+    from tests.infra import cli, write_config
+
+    for key in [k for k in os.environ if k.startswith(("AZURE_", "MSI_", "IDENTITY_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = config(arm)
+    data["provider"].update(provider)
+    data["provider"] = {k: v for k, v in data["provider"].items() if v is not None}
+    key = tmp_path / "id_rsa"
+    key.write_text("key\n")
+    (tmp_path / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2E user@laptop\n")
+    data["auth"].update(ssh_private_key=str(key), ssh_public_key=f"{key}.pub")
+    r = cli("up", str(write_config(tmp_path / "c.yaml", data)), "--yes", home=tmp_path / "home", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), r.stderr
+    assert not any(m == "PUT" for m, _ in arm.calls)  # nothing made
