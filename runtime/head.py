@@ -816,7 +816,7 @@ def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,
         servicer.mark_dead_nodes()
         servicer.expire_owners()
         servicer.flush_fetched()
-        servicer.store.checkpoint()
+        servicer.store.checkpoint(writers=servicer.lock)
         if time.monotonic() - last_sweep > sweep_every_s:
             last_sweep = time.monotonic()
             servicer.sweep()

@@ -126,3 +126,45 @@ def test_store_commits_never_checkpoint_the_log_the_heads_clock_does(tmp_path):
     assert logged > 1000 and copied == logged
     assert store.known([f"t{i}" for i in range(1500)]) == {f"t{i}" for i in range(1500)}
     store.close()
+
+
+def test_store_log_starts_over_under_constant_writes(tmp_path, monkeypatch):
+    """Under constant load a commit always lands while the clock's checkpoint runs, so that checkpoint
+    never copies the whole log and the log never starts over: it grew by 7 MB/s at 500 round trips a
+    second. The checkpoint holding the writers' lock for what came meanwhile lets the next commit start
+    it over: the log stays a fraction of what was written."""
+    import runtime.store as store_mod
+
+    monkeypatch.setattr(store_mod, "LOG_RESTART_FRAMES", 200)
+    store = store_mod.Store(tmp_path)
+    lock, written, stop = threading.Lock(), threading.Condition(), threading.Event()
+    count = [0]
+    spec = b"s" * 3000  # a page of the log or more per commit
+
+    def writer():
+        while not stop.is_set():
+            with lock:
+                store.write([(f"t{count[0]}", "task", "f", {"CPU": 1}, 0, spec, 1.0, "queued", 0, "", [], 0.0)],
+                            [], [])
+            with written:
+                count[0] += 1
+                written.notify_all()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        sizes = []
+        for k in range(1, 21):
+            with written:
+                assert written.wait_for(lambda: count[0] >= 400 * k, timeout=60)
+            sizes.append(store.checkpoint(writers=lock)[0])
+    finally:
+        stop.set()
+        t.join()
+    wal = tmp_path / "head.db-wal"
+    assert count[0] >= 8000
+    # about four pages a commit: a log that never started over would hold four times the commits (it did)
+    assert max(sizes) < count[0], (count[0], sizes)
+    assert wal.stat().st_size < count[0] * 4096, (count[0], wal.stat().st_size)
+    assert len(store.known([f"t{i}" for i in range(count[0])])) == count[0]
+    store.close()
