@@ -43,14 +43,14 @@ def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ProviderConfig(BaseModel):
     """Provider section. Provider-specific keys (region, project_id, ...) pass through here; each
     provider checks them against its own typed `Section` (providers/), named field by field."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     type: str
     region: str | None = None
@@ -80,7 +80,7 @@ class AuthConfig(_Strict):
 
 class DockerConfig(BaseModel):
     # Parsed so a Ray file's docker section is understood; containers are rejected in the semantic pass.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     image: str | None = None
     head_image: str | None = None
@@ -228,6 +228,7 @@ _PYDANTIC_MESSAGES = {
     "int_from_float": "must be a whole number",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_parsing": "must be true or false",
     "bool_type": "must be true or false",
     "string_type": "must be a string",

@@ -31,7 +31,7 @@ from core.node import NodeInfo  # noqa: F401  (re-exported)
 class CommonSection(BaseModel):
     """The provider keys every provider takes; each provider's `Section` adds its own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: str
     use_internal_ips: bool = False

@@ -84,7 +84,7 @@ class Section(CommonSection):
 class NodeConfig(BaseModel):
     """A node type's `node_config`: the holder job's request. Unset keys take the provider's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cpus: int = Field(default=1, gt=0)  # --cpus-per-task
     memory: str | int | None = None  # --mem: MB, or with a unit (16G)

@@ -71,8 +71,8 @@ def fmt_request(request: dict[str, float]) -> str:
 
 def validate_request(request: dict[str, float]) -> None:
     for k, v in request.items():
-        if v < 0 or math.isnan(v):
-            raise InvalidRequest(f"resource {k}: must be >= 0 (got {v})")
+        if not 0 <= v < math.inf:
+            raise InvalidRequest(f"resource {k}: must be a finite number >= 0 (got {v})")
     g = request.get("GPU", 0.0)
     if g > 1 and abs(g - round(g)) > EPS:
         raise InvalidRequest(f"GPU: more than one GPU must be a whole number (got {g})")
