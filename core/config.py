@@ -278,7 +278,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
 
     prov = cfg.provider
     if prov.type not in PROVIDER_TYPES:
-        p.append(f"provider.type: unknown provider {prov.type!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+        p.append(_unknown_provider(prov.type))
     if prov.kind == "ssh":
         if not prov.head_ip:
             p.append("provider.head_ip: required for an on-prem (ssh) cluster")
@@ -424,7 +424,15 @@ def _raw_problems(data: dict) -> list[str]:
             for key in ("image", "head_image", "worker_image"):
                 if section.get(key):
                     p.append(f"{where}.{key}: containers are not supported yet; remove it to run on the host")
+    provider = data.get("provider")
+    kind = provider.get("type") if isinstance(provider, dict) else None
+    if isinstance(kind, str) and kind not in PROVIDER_TYPES:  # its defaults are unknown too: said first
+        p.append(_unknown_provider(kind))
     return p
+
+
+def _unknown_provider(kind: str) -> str:
+    return f"provider.type: unknown provider {kind!r}; expected one of {', '.join(PROVIDER_TYPES)}"
 
 
 def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None,

@@ -278,3 +278,11 @@ def test_cli_schema_is_json_schema_of_the_config(tmp_path):
 def test_yaml_round_trip_of_shipped_demo():
     data = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
     assert parse_config(data, base_dir=ROOT / "configs").cluster_name == "demo"
+
+
+def test_an_unknown_provider_is_named_first_when_its_defaults_are_missing_too(tmp_path):
+    """A Ray user's minimal file leans on the provider's defaults for its node types: with a misspelt
+    provider type there are none, and the type is what to fix."""
+    problems = _problems({"cluster_name": "c", "provider": {"type": "awz"}}, base_dir=tmp_path)
+    assert problems[0] == ("provider.type: unknown provider 'awz'; expected one of local, ssh, aws, gcp, azure, "
+                           "slurm")
