@@ -157,10 +157,11 @@ class Cluster:
         """A client of the head service, with this cluster's token."""
         from runtime.client import HeadClient
 
+        lifecycle = self.lifecycle  # a cluster never brought up says so, not that it has no token
         token = self.dir.existing_token()
         if not token:
             raise LaunchError(f"cluster {self.cfg.cluster_name!r} has no token; run `launch up` again")
-        return HeadClient(open_head_forward(self.lifecycle, self.dir), token, timeout_s=30)
+        return HeadClient(open_head_forward(lifecycle, self.dir), token, timeout_s=30)
 
     # --- commands on nodes --------------------------------------------------------------------------
 

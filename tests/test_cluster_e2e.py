@@ -211,8 +211,13 @@ def test_live_head_refuses_callers_without_the_token_and_token_stays_secret(clus
 def test_commands_on_a_cluster_that_is_not_up(tmp_path):
     path = write_config(tmp_path / "c.yaml", local_cluster("absent"))
     home = tmp_path / "home"
-    r = cli("exec", str(path), "true", home=home)
-    assert r.returncode == 1 and "is not up" in r.stderr and "Traceback" not in r.stderr
+    script = tmp_path / "job.py"
+    script.write_text("print(1)\n")
+    for command in (["exec", str(path), "true"], ["submit", str(path), str(script)], ["job", "list", str(path)],
+                    ["get-head-ip", str(path)], ["rsync-down", str(path), "/tmp/a", str(tmp_path)]):
+        r = cli(*command, home=home)
+        assert r.returncode == 1 and r.stderr == ("error: cluster 'absent' is not up (no head node); run "
+                                                  "`launch up` first\n"), (command, r.stderr)
     r = cli("status", str(path), home=home)
     assert r.returncode == 0 and "has no nodes" in r.stdout
     r = cli("down", str(path), home=home)  # no --yes, no terminal: refuses
