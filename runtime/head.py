@@ -415,7 +415,7 @@ class HeadServicer(pb_grpc.HeadServicer):
             if dep is not None and dep.result is not None:
                 results[d] = dep.result
         rest = sorted({d for spec in specs.values() for d in spec.depends_on} - set(results))
-        results.update(self.store.rows(rest) if rest else {})
+        results.update((i, _stored_result(t)) for i, t in self.store.results(rest).items())
         out = []
         for item in assigned:
             spec = specs[item.id]
@@ -564,14 +564,11 @@ class HeadServicer(pb_grpc.HeadServicer):
         results, size = [], 0
         for start in range(0, len(done_ids), 500):
             chunk = done_ids[start:start + 500]
-            rows = self.store.rows([i for i in chunk if i not in known])
+            stored = self.store.results([i for i in chunk if i not in known])
             for item_id in chunk:
                 r = known.get(item_id)
                 if r is None:
-                    row = rows[item_id]
-                    r = pb.ItemResult(id=row.id, state=row.state, message=row.message, exit_code=row.exit_code,
-                                      node_id=row.node_id, value=row.value or b"", error=row.error or b"",
-                                      value_size=row.value_size, stored=row.stored)
+                    r = _stored_result(stored[item_id])
                 n = r.ByteSize()
                 if results and size + n > MAX_REPLY_BYTES:
                     self._fetched(results)
@@ -747,6 +744,13 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def FetchResult(self, request, context):
         return self._send(self.store.result_path(request.id), request.offset, context)
+
+
+def _stored_result(t: tuple) -> pb.ItemResult:
+    """A result as Store.results reads it."""
+    item_id, state, message, exit_code, node_id, value, error, value_size, stored = t
+    return pb.ItemResult(id=item_id, state=state, message=message, exit_code=exit_code, node_id=node_id,
+                         value=value or b"", error=error or b"", value_size=value_size, stored=bool(stored))
 
 
 def _item(item_id: str, spec: pb.WorkSpec, now: float) -> Item:

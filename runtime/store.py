@@ -88,6 +88,7 @@ class Row:
 
 _COLUMNS = ("id, kind, name, state, request, max_retries, attempt, node_id, gpu_ids, spec, submitted_at, "
             "started_at, finished_at, exit_code, message, value, error, value_size, stored")
+_RESULT = "id, state, message, exit_code, node_id, value, error, value_size, stored"
 _BRIEF = _COLUMNS.replace("spec,", "NULL,").replace("value,", "NULL,").replace("error,", "NULL,")
 
 
@@ -254,6 +255,16 @@ class Store:
             for chunk in _chunks(ids):
                 for t in db.execute(f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
                     out[t[0]] = _row(t)
+        return out
+
+    def results(self, ids: list[str]) -> dict[str, tuple]:
+        """Done items' results, id -> (id, state, message, exit_code, node_id, value, error, value_size,
+        stored): the columns a `get` replies with and no more (a Row costs three times as much to read)."""
+        out: dict[str, tuple] = {}
+        with self._read() as db:
+            for chunk in _chunks(ids):
+                for t in db.execute(f"SELECT {_RESULT} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    out[t[0]] = t
         return out
 
     def known(self, ids: list[str]) -> set[str]:
