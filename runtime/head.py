@@ -510,9 +510,12 @@ class HeadServicer(pb_grpc.HeadServicer):
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         with self.lock:
             absent = [i for i in ids if i not in self.sched.items]
-        unknown = set(absent) - self.store.known(absent)
-        if unknown:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
+        # an id neither live nor stored is refused before any wait; with nothing to wait for, reading the
+        # results finds it (one read of the store, not two)
+        if absent and len(absent) < len(ids):
+            unknown = set(absent) - self.store.known(absent)
+            if unknown:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
         with self.lock:
             live = [i for i in ids if i in self.sched.items]
             want = min(request.num_returns or len(ids), len(ids)) - (len(ids) - len(live))
@@ -546,7 +549,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                     node_id = self.sched.take_back_cpu(request.caller_id)
                     if node_id is not None:
                         self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.caller_id, take_back_cpu=True))
-        return self._results_reply(done, waiter.results)
+        return self._results_reply(done, waiter.results, context)
 
     def _lend(self, caller_id: str) -> bool:
         """(under self.lock) The caller's CPUs count as free on its node (which is told so, ahead of any
@@ -558,7 +561,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self._settle(self.clock())
         return True
 
-    def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult]) -> pb.GetResultsReply:
+    def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult], context) -> pb.GetResultsReply:
         """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest. Read
         from the store outside the head's lock: a done item's row no longer changes."""
         results, size = [], 0
@@ -568,6 +571,8 @@ class HeadServicer(pb_grpc.HeadServicer):
             for item_id in chunk:
                 r = known.get(item_id)
                 if r is None:
+                    if item_id not in stored:
+                        context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {item_id}")
                     r = _stored_result(stored[item_id])
                 n = r.ByteSize()
                 if results and size + n > MAX_REPLY_BYTES:

@@ -291,10 +291,14 @@ def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
         for i, job in enumerate(jobs):
             client.report("n1", [pb.ItemResult(id=job, state="finished", value=bytes([i]))])
             assert [r.value for r in client.get_results([job], timeout_s=5)] == [bytes([i])]
+        live = client.submit(pb.WorkSpec(kind="job", name="later", command="true",
+                                         request=pb.Resources(amounts={"CPU": 0.5})))
         assert servicer.sessions == 1  # the three gets went on one stream, still open
-        with pytest.raises(grpc.RpcError) as e:
-            client.get_results(["t-nosuchitem"], timeout_s=0)
-        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        for ids, timeout_s in ((["t-nosuchitem"], 0), ([jobs[0], "t-nosuchitem"], 0),
+                               ([jobs[0], "t-nosuchitem", live], None)):  # refused at once, not after a wait
+            with pytest.raises(grpc.RpcError) as e:
+                client.get_results(ids, timeout_s=timeout_s)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND and e.value.details() == "unknown id t-nosuchitem"
         assert len(client.get_results(jobs, timeout_s=5)) == 3
     monkeypatch.setattr(runtime.head, "SESSION_LIMIT", 0)
     with HeadClient(address, TOKEN) as client:
