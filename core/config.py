@@ -276,9 +276,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     if cfg.max_cost_per_hour is not None and cfg.max_cost_per_hour <= 0:
         p.append(f"max_cost_per_hour: must be > 0 (got {cfg.max_cost_per_hour})")
 
-    prov = cfg.provider
-    if prov.type not in PROVIDER_TYPES:
-        p.append(_unknown_provider(prov.type))
+    prov = cfg.provider  # an unknown type is named by _raw_problems, before its missing defaults
     if prov.kind == "ssh":
         if not prov.head_ip:
             p.append("provider.head_ip: required for an on-prem (ssh) cluster")
@@ -427,12 +425,8 @@ def _raw_problems(data: dict) -> list[str]:
     provider = data.get("provider")
     kind = provider.get("type") if isinstance(provider, dict) else None
     if isinstance(kind, str) and kind not in PROVIDER_TYPES:  # its defaults are unknown too: said first
-        p.append(_unknown_provider(kind))
+        p.append(f"provider.type: unknown provider {kind!r}; expected one of {', '.join(PROVIDER_TYPES)}")
     return p
-
-
-def _unknown_provider(kind: str) -> str:
-    return f"provider.type: unknown provider {kind!r}; expected one of {', '.join(PROVIDER_TYPES)}"
 
 
 def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None,

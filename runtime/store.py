@@ -238,46 +238,30 @@ class Store:
             return [_row(t) for t in db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE state NOT IN ({marks}) ORDER BY seq", DONE)]
 
-    def specs(self, ids: list[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        with self._read() as db:
-            for chunk in _chunks(ids):
-                out.update(db.execute(f"SELECT id, spec FROM items WHERE id IN ({','.join('?' * len(chunk))})",
-                                      chunk))
-        return out
-
-    def rows(self, ids: list[str], with_values: bool = True) -> dict[str, Row]:
-        cols = _COLUMNS if with_values else _BRIEF
-        out: dict[str, Row] = {}
+    def _by_ids(self, cols: str, ids: list[str]) -> list[tuple]:
+        """`cols` of the rows of these ids, in no order (an id the store does not have has none)."""
         if not ids:
-            return out
+            return []
         with self._read() as db:
-            for chunk in _chunks(ids):
-                for t in db.execute(f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    out[t[0]] = _row(t)
-        return out
+            return [t for chunk in _chunks(ids) for t in db.execute(
+                f"SELECT {cols} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
+
+    def specs(self, ids: list[str]) -> dict[str, bytes]:
+        return dict(self._by_ids("id, spec", ids))
 
     def results(self, ids: list[str]) -> dict[str, tuple]:
         """Done items' results, id -> (id, state, message, exit_code, node_id, value, error, value_size,
         stored): the columns a `get` replies with and no more (a Row costs three times as much to read)."""
-        out: dict[str, tuple] = {}
-        with self._read() as db:
-            for chunk in _chunks(ids):
-                for t in db.execute(f"SELECT {_RESULT} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    out[t[0]] = t
-        return out
+        return {t[0]: t for t in self._by_ids(_RESULT, ids)}
 
     def known(self, ids: list[str]) -> set[str]:
         """Which of these ids the store has (reads no row)."""
-        out: set[str] = set()
-        with self._read() as db:
-            for chunk in _chunks(ids):
-                out.update(t[0] for t in db.execute(f"SELECT id FROM items WHERE id IN ({','.join('?' * len(chunk))})",
-                                                    chunk))
-        return out
+        return {t[0] for t in self._by_ids("id", ids)}
 
-    def row(self, item_id: str, with_values: bool = False) -> Row | None:
-        return self.rows([item_id], with_values).get(item_id)
+    def row(self, item_id: str) -> Row | None:
+        """An item's record, without its spec, value or error."""
+        found = self._by_ids(_BRIEF, [item_id])
+        return _row(found[0]) if found else None
 
     def done(self, kind: str = "") -> list[Row]:
         marks = ",".join("?" * len(DONE))
