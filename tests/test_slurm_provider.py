@@ -120,7 +120,10 @@ def test_holder_jobs_are_listed_pending_with_slurms_reason_then_running(provider
     assert nodes[a.id].state == "running" and nodes[a.id].internal_ip == "127.0.0.1"
     assert nodes[a.id].tags[TAG_NODE_TYPE] == "cpu" and nodes[a.id].slurm.home.endswith(f"/hpc/{a.id}")
     assert nodes[b.id].state == "pending" and nodes[b.id].internal_ip is None
-    assert nodes[b.id].detail == "queued in Slurm (Resources)"
+    # Slurm says "Priority" (a job ahead of it) until a pass of its scheduler, main or backfill (every
+    # 30 s), has weighed it against the running one: then "Resources"
+    wait_for(lambda: next(n for n in provider.list({TAG_CLUSTER: "hpc"}) if n.id == b.id).detail
+             == "queued in Slurm (Resources)", timeout=45, what="Slurm's reason for the waiting job")
 
     provider.set_tags(a.id, {"launch-status": "up-to-date"})
     (listed,) = [n for n in provider.list({"launch-status": "up-to-date"})]
