@@ -39,7 +39,7 @@ STREAM_IDLE_ACK_S = 1.0
 class Agent:
     def __init__(self, cfg: NodeRuntimeConfig, head_address: str):
         self.cfg = cfg
-        self.client = HeadClient(head_address, cfg.token, timeout_s=10.0)
+        self.client = HeadClient(head_address, cfg.token, timeout_s=10.0, streams_on_caller=True)
         self.total = node_resources(cfg.resources)
         detected = [g["index"] for g in detect_gpus()]
         self.gpu_ids = detected if len(detected) >= int(self.total.get("GPU", 0)) else []

@@ -6,6 +6,7 @@ import queue
 import threading
 
 import grpc
+import grpc.experimental
 
 from runtime.auth import call_metadata
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
@@ -53,10 +54,17 @@ class _Stub:
 
 
 class HeadClient:
-    def __init__(self, address: str, token: str, timeout_s: float = 10.0):
+    def __init__(self, address: str, token: str, timeout_s: float = 10.0, streams_on_caller: bool = False):
+        """streams_on_caller: a response stream (the agent's work stream) is read on the thread that iterates
+        it, not handed over by the channel's own thread: a hand-off less on every message (40-50 us of a
+        task's round trip measured). Not for a process whose main thread iterates a stream: it cannot be
+        interrupted (Ctrl-C) until the next message comes."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        options = list(GRPC_OPTIONS)
+        if streams_on_caller:
+            options.append((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1))
+        self._channel = grpc.insecure_channel(address, options=options)
         self._raw = pb_grpc.HeadStub(self._channel)
         self._stub = _Stub(self._raw, address)
         self._md = call_metadata(token)
