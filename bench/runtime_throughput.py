@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Ray's processes get the environment as it is now: launch's modules, once imported, set up gRPC for their
+# own processes (runtime/__init__.py), and that setting would reach Ray's too
+RAY_ENV = dict(os.environ)
 sys.path.insert(0, str(ROOT))
 
 RAY_SCRIPT = r"""
@@ -136,7 +139,7 @@ def ray_runtime(py: str, n: int):
     """Ray's local runtime in its own process, warmed up: yields ask(command) -> its JSON answer ("tp":
     the throughput figures; "K": K round trips' latencies)."""
     proc = subprocess.Popen([py, "-c", RAY_SCRIPT, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=RAY_ENV)
 
     def line() -> str:
         out = proc.stdout.readline()

@@ -6,6 +6,9 @@ Nodes: head {CPU 1}; cpu {CPU 2, work 1}; gpu {CPU 1, GPU 2 (declared), special 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -15,7 +18,7 @@ import runtime
 from launcher.cluster import Cluster
 from lifecycle.config import load_config
 from runtime.proto import head_pb2 as pb
-from tests.infra import cli, local_cluster, processes_with_env, write_config
+from tests.infra import ROOT, cli, local_cluster, processes_with_env, write_config
 
 
 @runtime.remote(num_cpus=1)
@@ -320,3 +323,20 @@ def test_drain_then_node_death_requeues(rt, monkeypatch):
     assert node == gpu  # requeued after the head declared the cpu node dead, and run elsewhere
     st = _state(rt)
     assert [n.state for n in st.nodes if n.node_id == cpu] == ["dead"]
+
+
+@pytest.mark.parametrize("module", ["runtime", "runtime.head", "runtime.agent", "runtime.api", "autoscaler.monitor"])
+def test_each_entry_point_sets_up_grpcs_io_before_grpc_is_imported(module):
+    """gRPC reads GRPC_EXPERIMENTS once, when first imported: a module importing it before the runtime's
+    package did would leave that process on the slower I/O, silently (runtime/__init__.py says why)."""
+    if not runtime._grpc_version().startswith(runtime._MEASURED_ON):
+        pytest.skip(f"grpcio {runtime._grpc_version()} was not measured: the runtime leaves its I/O alone")
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    code = f"import os, {module}, grpc; print(os.environ.get('GRPC_EXPERIMENTS'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == runtime._IO_EXPERIMENTS
+    # a setting of the user's own is kept
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GRPC_EXPERIMENTS": "-x"}, capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "-x"
