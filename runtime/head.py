@@ -563,27 +563,30 @@ class HeadServicer(pb_grpc.HeadServicer):
 
     def _results_reply(self, done_ids: list[str], known: dict[str, pb.ItemResult], context) -> pb.GetResultsReply:
         """As many results as fit MAX_REPLY_BYTES (at least one); the client asks again for the rest. Read
-        from the store outside the head's lock: a done item's row no longer changes."""
-        results, size = [], 0
+        from the store outside the head's lock: a done item's row no longer changes. Each result is made
+        in the reply itself (made apart, the reply would copy them all once more)."""
+        reply, size = pb.GetResultsReply(), 0
         for start in range(0, len(done_ids), 500):
             chunk = done_ids[start:start + 500]
             stored = self.store.results([i for i in chunk if i not in known])
             for item_id in chunk:
                 r = known.get(item_id)
-                if r is None:
-                    if item_id not in stored:
-                        context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {item_id}")
-                    r = _stored_result(stored[item_id])
-                n = r.ByteSize()
-                if results and size + n > MAX_REPLY_BYTES:
-                    self._fetched(results)
-                    return pb.GetResultsReply(results=results, truncated=True)
-                results.append(r)
-                size += n
-        self._fetched(results)
-        return pb.GetResultsReply(results=results)
+                if r is not None:
+                    reply.results.append(r)
+                    size += r.ByteSize()
+                elif item_id in stored:
+                    size += _stored_result(stored[item_id], reply.results.add).ByteSize()
+                else:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {item_id}")
+                if size > MAX_REPLY_BYTES and len(reply.results) > 1:
+                    del reply.results[-1]
+                    reply.truncated = True
+                    self._fetched(reply.results)
+                    return reply
+        self._fetched(reply.results)
+        return reply
 
-    def _fetched(self, results: list[pb.ItemResult]) -> None:
+    def _fetched(self, results) -> None:
         """Noted now, written with the next sweep tick (it only starts the retention clock)."""
         if results:
             now = self.clock()
@@ -751,11 +754,11 @@ class HeadServicer(pb_grpc.HeadServicer):
         return self._send(self.store.result_path(request.id), request.offset, context)
 
 
-def _stored_result(t: tuple) -> pb.ItemResult:
-    """A result as Store.results reads it."""
+def _stored_result(t: tuple, make=pb.ItemResult) -> pb.ItemResult:
+    """A result as Store.results reads it, made by `make` (a reply's `results.add` makes it in place)."""
     item_id, state, message, exit_code, node_id, value, error, value_size, stored = t
-    return pb.ItemResult(id=item_id, state=state, message=message, exit_code=exit_code, node_id=node_id,
-                         value=value or b"", error=error or b"", value_size=value_size, stored=bool(stored))
+    return make(id=item_id, state=state, message=message, exit_code=exit_code, node_id=node_id,
+                value=value or b"", error=error or b"", value_size=value_size, stored=bool(stored))
 
 
 def _item(item_id: str, spec: pb.WorkSpec, now: float) -> Item:
