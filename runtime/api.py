@@ -40,10 +40,16 @@ HEAD_RETURN_S = 300.0
 class ObjectRef:
     """A future: the result of a task that may not have run yet."""
 
-    __slots__ = ("id",)
+    # _result: the result a `wait` brought back for this ref, so that a `get` of it fetches nothing again;
+    # it stays with this object (a ref sent to a task travels without it)
+    __slots__ = ("id", "_result")
 
     def __init__(self, id: str):
         self.id = id
+        self._result = None
+
+    def __reduce__(self):
+        return ObjectRef, (self.id,)
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.id})"
@@ -508,7 +514,10 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     single = isinstance(refs, ObjectRef)
     ref_list = [refs] if single else list(refs)
     ids = [r.id for r in ref_list]
-    results = {r.id: r for r in _connection().get_results(list(dict.fromkeys(ids)), timeout)}
+    results = {r.id: r._result for r in ref_list if r._result is not None}
+    wanted = list(dict.fromkeys(i for i in ids if i not in results))
+    if wanted:
+        results.update((r.id, r) for r in _connection().get_results(wanted, timeout))
     missing = [i for i in ids if i not in results]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
@@ -521,7 +530,10 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    done = {r.id for r in _connection().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
+    done = {r.id: r for r in _connection().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
+    for ref in refs:  # a `get` of these needs no second fetch
+        if ref.id in done:
+            ref._result = done[ref.id]
     ready = [r for r in refs if r.id in done][:num_returns]
     ready_ids = {r.id for r in ready}
     return ready, [r for r in refs if r.id not in ready_ids]

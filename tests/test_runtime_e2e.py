@@ -217,6 +217,34 @@ def test_wait_returns_the_first_done(rt):
     assert runtime.cancel(slow) in ("running", "cancelled")
 
 
+def test_a_get_after_wait_fetches_nothing_again(rt, monkeypatch):
+    """wait() brings the results it found done; a get of those refs uses them (as a Ray driver holds what
+    its tasks returned), and a ref sent to a task travels without them."""
+    import cloudpickle
+
+    from runtime import api
+
+    @runtime.remote(num_cpus=0.5)
+    def square(x):
+        return x * x
+
+    refs = [square.remote(i) for i in range(50)]
+    ready, _ = runtime.wait(refs, num_returns=50, timeout=30)
+    assert len(ready) == 50
+    client = api._connection().client
+    asked = []
+    real = client.get_results
+    monkeypatch.setattr(client, "get_results", lambda ids, *a, **k: asked.append(list(ids)) or real(ids, *a, **k))
+    assert runtime.get(refs) == [i * i for i in range(50)]
+    assert asked == []
+    late = square.remote(7)
+    assert runtime.get(refs[:3] + [late]) == [0, 1, 4, 49]
+    assert asked == [[late.id]]  # only what the wait did not bring
+    travelled = cloudpickle.loads(cloudpickle.dumps(refs[0]))
+    assert travelled == refs[0] and travelled._result is None
+    assert runtime.get(square.remote(refs[5]), timeout=30) == 625  # a task given the ref: its value from the head
+
+
 def test_running_task_cancel_stops_it(rt):
     ref = where.remote(30.0)
     deadline = time.time() + 10
