@@ -53,6 +53,11 @@ class _Stub:
         return call
 
 
+# A head restarted by its supervisor answers again within about a second: a channel that lost it tries
+# again from 0.1 s on, at most 2 s apart (gRPC's own backoff starts at 1 s and grows to 2 minutes).
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
 class HeadClient:
     def __init__(self, address: str, token: str, timeout_s: float = 10.0, streams_on_caller: bool = False):
         """streams_on_caller: a response stream (the agent's work stream) is read on the thread that iterates
@@ -61,7 +66,7 @@ class HeadClient:
         interrupted (Ctrl-C) until the next message comes."""
         self.address = address
         self.timeout_s = timeout_s
-        options = list(GRPC_OPTIONS)
+        options = GRPC_OPTIONS + RECONNECT_OPTIONS
         if streams_on_caller:
             options.append((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1))
         self._channel = grpc.insecure_channel(address, options=options)
