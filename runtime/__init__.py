@@ -35,12 +35,17 @@ def _grpc_version() -> str:
     return text.split('"""')[1] if text.count('"""') >= 2 else ""
 
 
-if "GRPC_EXPERIMENTS" not in _os.environ and "grpc" not in _sys.modules and _grpc_version().startswith(_MEASURED_ON):
+def _set_up_grpc_io() -> None:
+    if "GRPC_EXPERIMENTS" in _os.environ or "grpc" in _sys.modules or not _grpc_version().startswith(_MEASURED_ON):
+        return
     _os.environ["GRPC_EXPERIMENTS"] = _IO_EXPERIMENTS
     # On that path a channel that lost its server reconnects only while some thread polls it; with no
     # call waiting, that is gRPC's backup poller, every 5 s by default: agents came back 5-7 s after a
     # head restart (1-2 s before). Every 0.2 s, with the reconnect backoff of runtime/client.py: 1-2 s.
     _os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "200")
+
+
+_set_up_grpc_io()
 
 _API = {
     "runtime.api": ["GetTimeoutError", "ObjectRef", "TaskCancelledError", "TaskError", "cancel", "get", "init",
