@@ -6,6 +6,12 @@ names the field; each cloud maps its own error codes onto these once, in its pro
 """
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """What a library said, as one line for the user: its first line, at most `limit` characters ("" for
+    an empty text, which some errors carry)."""
+    return (text.splitlines() or [""])[0][:limit]
+
+
 class LaunchError(Exception):
     """An error the user can act on. `exit_code` is what the CLI exits with."""
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.config import ClusterConfig, json_schema
-from core.errors import ConfigError, LaunchError
+from core.errors import ConfigError, LaunchError, first_line
 from lifecycle.config import load_config
 
 app = typer.Typer(
@@ -52,7 +52,7 @@ def _handle_errors(fn):
                 raise
             # the head away (HeadUnavailable says so), or it refused: one line, no raw gRPC text
             message = str(e) if isinstance(e, ConnectionError) else (
-                f"the head service refused the call ({e.code().name}): {(e.details() or '').splitlines()[0][:200]}")
+                f"the head service refused the call ({e.code().name}): {first_line(e.details() or '', 200)}")
             err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

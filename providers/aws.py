@@ -27,7 +27,7 @@ from pydantic import Field
 from core.config import ClusterConfig
 from core.errors import (
     CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
-    QuotaError, TransientError,
+    QuotaError, TransientError, first_line,
 )
 from core.files import atomic_write
 from core.spec import ClusterSpec
@@ -82,7 +82,7 @@ def error_code(e: Exception) -> str:
 def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = None, attempts: int = 0) -> LaunchError:
     """One EC2/IAM error -> the core's typed error, naming the node type and the field where one is at fault."""
     code = error_code(e)
-    message = ((getattr(e, "response", None) or {}).get("Error", {}).get("Message") or str(e)).splitlines()[0][:300]
+    message = first_line((getattr(e, "response", None) or {}).get("Error", {}).get("Message") or str(e))
     where = f"available_node_types.{node_type}.node_config" if node_type else "provider"
     if code in CAPACITY:
         return CapacityError(node_type or "?", zone, f"{code}: {message}")
@@ -109,7 +109,7 @@ def map_sdk_error(e: Exception, op: str) -> LaunchError:
     """One of botocore's own errors (raised before or without an answer from AWS) -> a typed error that
     says what to fix."""
     ex = _sdk()[1].exceptions
-    first_line = (str(e).splitlines() or [""])[0][:300]
+    said = first_line(str(e))
     if isinstance(e, (ex.NoCredentialsError, ex.PartialCredentialsError, ex.CredentialRetrievalError)):
         return PermissionDenied(NO_CREDENTIALS)
     if isinstance(e, ex.ProfileNotFound):
@@ -117,10 +117,10 @@ def map_sdk_error(e: Exception, op: str) -> LaunchError:
                                 f"~/.aws/config)")
     if isinstance(e, (ex.EndpointConnectionError, ex.ConnectTimeoutError, ex.ReadTimeoutError,
                       ex.ConnectionClosedError)):
-        return TransientError(f"aws {op}: the API does not answer ({type(e).__name__}: {first_line})")
+        return TransientError(f"aws {op}: the API does not answer ({type(e).__name__}: {said})")
     if isinstance(e, ex.ParamValidationError):
-        return InvalidRequest(f"aws {op} refused: {first_line}")
-    return ProviderError(f"aws {op} failed: {type(e).__name__}: {first_line}")
+        return InvalidRequest(f"aws {op} refused: {said}")
+    return ProviderError(f"aws {op} failed: {type(e).__name__}: {said}")
 
 
 def _known_regions(session) -> set[str]:

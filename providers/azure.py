@@ -38,7 +38,7 @@ from pydantic import Field
 from core.config import ClusterConfig
 from core.errors import (
     CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
-    QuotaError, TransientError,
+    QuotaError, TransientError, first_line,
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
@@ -138,10 +138,10 @@ def map_sdk_error(e: Exception, op: str, sdk: dict) -> LaunchError:
     """An error the SDK raised without an answer from ARM: no credential gave a token, ARM unreachable."""
     if isinstance(e, sdk["AuthError"]):
         return PermissionDenied(NO_CREDENTIALS)
-    first_line = (str(e).splitlines() or [""])[0][:200]
+    said = first_line(str(e), 200)
     if isinstance(e, sdk["Unreachable"]):
-        return TransientError(f"azure {op}: the API does not answer ({type(e).__name__}: {first_line})")
-    return ProviderError(f"azure {op} failed: {type(e).__name__}: {first_line}")
+        return TransientError(f"azure {op}: the API does not answer ({type(e).__name__}: {said})")
+    return ProviderError(f"azure {op} failed: {type(e).__name__}: {said}")
 
 
 def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = None) -> LaunchError:

@@ -286,3 +286,11 @@ def test_an_unknown_provider_is_named_first_when_its_defaults_are_missing_too(tm
     problems = _problems({"cluster_name": "c", "provider": {"type": "awz"}}, base_dir=tmp_path)
     assert problems[0] == ("provider.type: unknown provider 'awz'; expected one of local, ssh, aws, gcp, azure, "
                            "slurm")
+
+
+def test_first_line_of_a_library_message():
+    from core.errors import first_line
+
+    assert first_line("boom\nTraceback (most recent call last):\n  ...") == "boom"
+    assert first_line("x" * 500) == "x" * 300 and first_line("x" * 500, 200) == "x" * 200
+    assert first_line("") == ""  # a gRPC refusal may carry no details: "".splitlines()[0] raised here

@@ -26,7 +26,7 @@ import paramiko
 
 from core.paths import NODE_PYTHON
 from transport.base import TAIL_LINES, CommandFailed, CommandResult, ConnectionLost, OutputFn
-from core.errors import LaunchError
+from core.errors import LaunchError, first_line
 
 KEEPALIVE_S = 15
 _known_hosts_lock = threading.Lock()
@@ -419,5 +419,4 @@ def _copy(read, write) -> None:
 def _reason(e: BaseException) -> str:
     if isinstance(e, socket.timeout):
         return "timed out"
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0][:200]
+    return first_line(str(e) or type(e).__name__, 200)
