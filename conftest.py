@@ -31,6 +31,17 @@ def twin_net(ssh_lab, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def node_images():
+    """Debian roots for image twins (tests/infra/images.py): built once per machine, then cached."""
+    from tests.infra.images import IMAGES, ensure, images_unavailable
+
+    reason = images_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return {name: ensure(image) for name, image in IMAGES.items()}
+
+
+@pytest.fixture(scope="session")
 def moto_twins(twin_net):
     """A moto server on the twins' bridge whose instances are twins (tests/infra/moto_twins.py)."""
     from tests.infra.moto_twins import MotoTwins

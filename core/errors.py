@@ -5,6 +5,8 @@ node type (and zone) off, a transient error is retried, a config or permission e
 names the field; each cloud maps its own error codes onto these once, in its provider module.
 """
 
+from __future__ import annotations
+
 
 def first_line(text: str, limit: int = 300) -> str:
     """What a library said, as one line for the user: its first line, at most `limit` characters ("" for

@@ -23,6 +23,13 @@ HEAD_MOUNTS = f"{HEAD_CLUSTER_STATE}/mounts"  # one copy per file mount, synced 
 MOUNT_MANIFESTS = f"{RUNTIME_DIR}/mounts"  # what the last file sync sent, per mount
 NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
 INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per bundle id
+HEAD_BUNDLE_PREFIX = "head-"  # a head bundle's id (lifecycle.runtime_bundle): the control plane's packages
+
+
+def is_head_bundle_site(path: str) -> bool:
+    """Whether a path entry is the site of an installed head bundle."""
+    parts = path.rstrip("/").split("/")
+    return len(parts) >= 3 and parts[-3] == INSTALLS.rsplit("/", 1)[1] and parts[-2].startswith(HEAD_BUNDLE_PREFIX)
 
 # Every process a `local` node starts carries this variable (value: the node id), inherited by all it
 # spawns, jobs and tasks included, so the node's death or removal finds and stops all of them.

@@ -36,6 +36,11 @@ def _grpc_version() -> str:
 
 
 def _set_up_grpc_io() -> None:
+    # The runtime's processes fork only to exec (workers, jobs): gRPC's fork handlers have nothing to
+    # keep, and where they run while other threads are in gRPC (grpcio 1.80, Python 3.9 nodes) they broke
+    # the parent's poller: "epoll_wait error: Bad file descriptor", then an abort, or a task never heard
+    # of again.
+    _os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     if "GRPC_EXPERIMENTS" in _os.environ or "grpc" in _sys.modules or not _grpc_version().startswith(_MEASURED_ON):
         return
     _os.environ["GRPC_EXPERIMENTS"] = _IO_EXPERIMENTS
@@ -45,6 +50,16 @@ def _set_up_grpc_io() -> None:
     _os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "200")
 
 
+def _own_site_first() -> None:
+    """A bare `python3` finds the runtime through the user-site finder of lifecycle/runtime_bundle.py, after
+    every other place: put the runtime's own site first before its dependencies are imported, or the
+    image's own protobuf or grpc (Debian's python3-protobuf) would be found before the ones it ships."""
+    site = str(_Path(__file__).resolve().parent.parent)
+    if _Path(site).name == "site" and site not in _sys.path:
+        _sys.path.insert(0, site)
+
+
+_own_site_first()
 _set_up_grpc_io()
 
 _API = {

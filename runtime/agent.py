@@ -15,7 +15,7 @@ import threading
 
 import grpc
 
-from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, on_this_node
+from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, is_head_bundle_site, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
@@ -53,6 +53,13 @@ class Agent:
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
                     "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})
+        # The head's control plane (its cloud SDK, paramiko, pydantic) is not the work's: tasks and jobs see
+        # the runtime's own site and the node's packages, never the head bundle's (its cryptography would
+        # shadow the image's own).
+        path = [p for p in env.get("PYTHONPATH", "").split(":") if p and not is_head_bundle_site(p)]
+        env.pop("PYTHONPATH", None)
+        if path:
+            env["PYTHONPATH"] = ":".join(path)
         self.executor = Executor(cfg.node_id, env, self._report, self._ship_log, total=self.total, head=self)
         # results not yet taken by the head, (result, attempt): sent in batches, kept until the head has them
         self.reports: list[tuple[pb.ItemResult, int]] = []

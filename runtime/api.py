@@ -301,6 +301,22 @@ def _close_tunnels() -> None:
     _tunnels.clear()
 
 
+def _check_python(client) -> None:
+    """Tasks and actors are pickled by the driver's Python and run by the cluster's: the two must be the
+    same minor version (as Ray requires), or a task fails deep in unpickling. Said at once, in one line."""
+    from runtime.client import HeadUnavailable
+
+    try:
+        cluster = client.cluster_state().python_version
+    except HeadUnavailable:
+        return  # a head restarting now: the calls to come wait for it, or say it is away
+    here = "%d.%d" % sys.version_info[:2]
+    if cluster and cluster != here:
+        raise RuntimeError(f"runtime.init(): this driver runs Python {here} but the cluster runs Python {cluster}: "
+                           f"a driver must run the cluster's Python version; run it on the cluster "
+                           f"(`launch submit`, `launch exec`) or with Python {cluster} here")
+
+
 def init(address: str | None = None, token: str | None = None, cluster: str | None = None):
     """Connect to a cluster: explicit address and token, else the one this code runs on, else the one
     cluster `launch up` started on this machine (or the one named by `cluster`)."""
@@ -316,7 +332,13 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
             address, token = _discover()
     if _conn is not None:
         _conn.close()
-    _conn = _Connection(HeadClient(address, token, timeout_s=30))
+    client = HeadClient(address, token, timeout_s=30)
+    try:
+        _check_python(client)
+    except BaseException:
+        client.close()
+        raise
+    _conn = _Connection(client)
     atexit.register(_end_actors_at_exit)  # once: registering again replaces nothing, and it is idempotent
     return _conn.client
 

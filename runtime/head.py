@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -32,6 +33,8 @@ from runtime.scheduler import (ACTOR, DONE_STATES, FAILED, FINISHED, INFEASIBLE,
                                InvalidRequest, Item, Scheduler, bundle_sum, group_problem, validate_request)
 from runtime.store import ID_PATTERN, Store
 
+# The cluster's Python: every node runs the same one (lifecycle/runtime_bundle.py), and a driver's must match it
+PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 log = logging.getLogger("launch.runtime.head")
 
 ALIVE, DEAD = "alive", "dead"
@@ -325,7 +328,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                           for s, c, why in self.sched.infeasible_demand()]
             groups = [pb.GroupDemand(bundles=[pb.Resources(amounts=dict(b)) for b in bundles], strategy=strategy,
                                      count=c) for bundles, strategy, c in self.sched.group_demand()]
-        return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups)
+        return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups,
+                               python_version=PYTHON_VERSION)
 
     # --- work ---------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from core.files import file_lock
-from core.paths import HEAD_ADDRESS, HEAD_SPEC, on_this_node
+from core.paths import HEAD_ADDRESS, HEAD_SPEC, NODE_CONFIG, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
@@ -186,11 +186,15 @@ def start(restart: bool, wait_s: float = 30.0) -> int:
 
 
 def stop() -> int:
+    """Stop every daemon, and forget the cluster: a host given back (on-prem `down`, a released worker)
+    keeps no token of it, nor an address a driver on the host would wait for."""
     with _spawn_lock():
         _stop("supervisor")
         for name in SUPERVISED:
             _want(name, False)
             _stop(name)
+        for path in (NODE_CONFIG, HEAD_ADDRESS):
+            on_this_node(path).unlink(missing_ok=True)
     return 0
 
 

@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from bisect import insort
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -78,7 +79,8 @@ def validate_request(request: dict[str, float]) -> None:
         raise InvalidRequest(f"GPU: more than one GPU must be a whole number (got {g})")
 
 
-@dataclass(slots=True)
+# slots: a queue of 100,000 items is a tenth lighter; Python 3.9 (a node's own Python may be) has none
+@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))
 class Item:
     id: str
     kind: str

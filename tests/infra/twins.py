@@ -4,7 +4,12 @@ private IP, so the production path runs for real: laptop -> head over SSH -> aut
 cloud API -> worker set up over SSH from the head.
 
 The "laptop" (the tests' LAUNCH_HOME, config files and keys) lives under `TwinNet.laptop`, which every
-twin sees as an empty tmpfs: anything on a node that still reads a laptop path fails. `block_laptop`
+twin sees as an empty tmpfs: anything on a node that still reads a laptop path fails.
+
+An **image twin** (`TwinNet.twin(..., image=...)`, tests/infra/images.py) boots an OS image of its own
+instead of sharing this machine's files: a copy-on-write overlay of a Debian root, its own PID namespace
+(sshd is its PID 1: killing it is a power-off), its own Python and system packages. Twins may share one
+home folder (`shared_home`), as hosts with an NFS home do. `block_laptop`
 lets the laptop reach a twin on port 22 only, as a firewall in front of a cloud head would.
 """
 
@@ -14,6 +19,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -51,11 +57,13 @@ def twins_unavailable() -> str | None:
 
 
 class Twin:
-    def __init__(self, net: TwinNet, name: str, ip: str, index: int):
+    def __init__(self, net: TwinNet, name: str, ip: str, index: int, image: Path | None = None,
+                 shared_home: Path | None = None):
         self.net, self.name, self.ip, self.index = net, name, ip, index
+        self.image = image
         self.netns = f"{net.prefix}-{name}"
         self.dir = net.root / "twins" / name
-        self.root = self.dir / "root"  # what the twin sees as /root
+        self.root = shared_home or self.dir / "root"  # what the twin sees as /root
         self.root.mkdir(parents=True, exist_ok=True)
         self.sshd_pid: int | None = None
 
@@ -79,6 +87,8 @@ class Twin:
         return self._start_sshd()
 
     def _start_sshd(self) -> Twin:
+        if self.image is not None:
+            return self._boot_image()
         net, ns = self.net, self.netns
         key = self.dir / "host_key"
         if not key.exists():
@@ -97,6 +107,49 @@ class Twin:
         self.sshd_pid = wait_for_pidfile(pidfile, f"sshd of twin {self.name}")
         return self
 
+    def _boot_image(self) -> Twin:
+        """The image's root as an overlay of this twin's own (its disk), mounted in a mount namespace of
+        the twin's own with /proc, /dev, /sys and a fresh /run, and sshd as PID 1 of its PID namespace.
+        Only the network namespace is entered with nsenter (`ip netns exec` would hide the cgroup mounts)."""
+        d = self.dir
+        for sub in ("upper", "work", "merged"):
+            (d / sub).mkdir(exist_ok=True)
+        shutil.copy(self.net.authorized_keys, self.root / ".authorized_keys_twin")
+        root = d / "merged"
+        script = (f"mount -t overlay overlay -o lowerdir={self.image},upperdir={d}/upper,workdir={d}/work {root} && "
+                  f"mount --bind {self.root} {root}/root && "
+                  f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
+                  f"mount --rbind /sys {root}/sys && mount -t tmpfs tmpfs {root}/run && "
+                  f"mount -t tmpfs tmpfs {root}/tmp && mkdir -p {root}/run/sshd && "
+                  f"hostname {self.name} && echo {self.name} > {root}/etc/hostname && "
+                  f"exec chroot {root} /usr/sbin/sshd -D -e -o AuthorizedKeysFile=/root/.authorized_keys_twin "
+                  f"-o StrictModes=no -o MaxStartups=100 -o MaxSessions=50 -o UsePAM=no "
+                  f"-o PasswordAuthentication=no -o PermitRootLogin=prohibit-password")
+        log = open(d / "boot.log", "ab")
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--uts",
+                                 "--pid", "--fork", "--propagation", "private", "sh", "-c", script],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"image twin {self.name} did not boot: {(d / 'boot.log').read_text()[-500:]}")
+            try:
+                with socket.create_connection((self.ip, 22), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout=20, every=0.05, what=f"sshd of image twin {self.name}")
+        self.sshd_pid = proc.pid
+        self._boot = proc
+        return self
+
+    @property
+    def files(self) -> Path:
+        """The twin's whole filesystem as this machine sees it (an image twin's own; else this machine's)."""
+        return self.dir / "upper" if self.image is not None else Path("/")
+
     def pids(self) -> list[int]:
         r = _sh("ip", "netns", "pids", self.netns, check=False)
         return [int(p) for p in r.stdout.split()]
@@ -109,7 +162,7 @@ class Twin:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             except OSError:
                 continue
-            if pid != self.sshd_pid and not cmd.startswith(SSHD):
+            if pid != self.sshd_pid and not cmd.startswith((SSHD, "sshd:", "unshare ", "nsenter ")):
                 out.append(cmd)
         return out
 
@@ -128,6 +181,9 @@ class Twin:
             return not alive
 
         wait_for(killed_all, timeout=30, every=0.02, what=f"the processes of twin {self.name} to die")
+        if getattr(self, "_boot", None) is not None:
+            self._boot.wait(timeout=10)  # reaped: its mounts went with its namespace
+            self._boot = None
 
     def boot(self) -> None:
         """A stopped machine starts again: its disk (/root), network and firewall were kept."""
@@ -203,10 +259,12 @@ class TwinNet:
     def ip(self, host: int) -> str:
         return f"10.{self.n}.0.{host}"
 
-    def twin(self, name: str, ip: str) -> Twin:
+    def twin(self, name: str, ip: str, image: Path | None = None, shared_home: Path | None = None) -> Twin:
+        """A twin at `ip`; with `image`, an image twin booting that root; with `shared_home`, its /root is
+        that folder, which other twins may share."""
         with self._lock:
             assert name not in self.twins, f"twin {name} exists"
-            t = Twin(self, name, ip, next(self._index))
+            t = Twin(self, name, ip, next(self._index), image, shared_home)
             self.twins[name] = t
         return t.start()
 
