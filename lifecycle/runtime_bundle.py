@@ -33,7 +33,7 @@ import importlib.util
 import io
 import os
 import platform
-import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -312,8 +312,6 @@ def resolved_site(target: Target, requirements: list[str], constraints: list[str
                              if result.stderr.strip() else "pip failed")
             raise LaunchError(f"cannot make the runtime for a node's {target}: resolving "
                               f"{' '.join(requirements)} with pip failed: {why}")
-        import shutil
-
         shutil.rmtree(site, ignore_errors=True)
         for wheel in sorted(wheels.glob("*.whl")):
             _unpack_wheel(wheel, site)
