@@ -29,12 +29,11 @@ def shipped_bytes(home: Path) -> int:
 
 def timed_up(net, lab, name: str, ip: str, image: Path | None, home: Path) -> tuple[float, int]:
     from tests.infra import cli, write_config
+    from tests.infra.twins import onprem_config
 
     twin = net.twin(name, ip, image=image)
     laptop, key = net.laptop_for(name, lab.client_key)
-    data = {"cluster_name": name, "provider": {"type": "local", "head_ip": twin.ip, "worker_ips": []},
-            "auth": {"ssh_user": "root", "ssh_private_key": str(key)}}
-    path = write_config(laptop / "cluster.yaml", data)
+    path = write_config(laptop / "cluster.yaml", onprem_config(name, twin, [], key))
     try:
         t0 = time.perf_counter()
         r = cli("up", str(path), "--yes", home=home, timeout=900)

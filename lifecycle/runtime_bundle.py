@@ -9,7 +9,7 @@ Two bundles, each one tar.gz built once and cached by fingerprint under $LAUNCH_
   the azure-mgmt clients and azure-identity, without their async halves, for Azure).
 
 Before anything is shipped the node's interpreter is probed (`Target`: implementation, version,
-machine, libc). Our own packages are pure Python and run on 3.9-3.13. Their dependencies carry
+machine, libc). Our own packages are pure Python and run on 3.9-3.14. Their dependencies carry
 compiled code, so they are made for the target: when it is the launcher's own interpreter, taken from
 the launcher's environment (no network needed); otherwise resolved as wheels for that Python version
 and manylinux (or musllinux) platform with pip and unpacked once per target and requirement set
@@ -105,7 +105,7 @@ class Target:
 
     @classmethod
     def parse(cls, line: str) -> Target:
-        """From the probe's first line: `cpython 3 9 x86_64 glibc 2.31`."""
+        """From the probe's `target:` line: `cpython 3 9 x86_64 glibc 2.31`."""
         impl, major, minor, machine, *libc = line.split()
         return cls(impl, (int(major), int(minor)), machine, " ".join(libc))
 
@@ -145,16 +145,12 @@ class Target:
 
     def check_supported(self) -> None:
         oldest, newest = SUPPORTED_PYTHONS
+        supported = f"{oldest[0]}.{oldest[1]}-{newest[0]}.{newest[1]}"
         if self.implementation != "cpython":
-            raise LaunchError(f"the node's python3 is {self.implementation}: the runtime needs CPython 3.9-3.14")
+            raise LaunchError(f"the node's python3 is {self.implementation}: the runtime needs CPython {supported}")
         if not oldest <= self.version <= newest:
             raise LaunchError(f"the node's python3 is {self.version[0]}.{self.version[1]}: the runtime needs "
-                              f"Python {oldest[0]}.{oldest[1]}-{newest[0]}.{newest[1]} on the node "
-                              f"(install one there, or use another image)")
-
-
-def local_abi() -> str:
-    return Target.local().tag
+                              f"Python {supported} on the node (install one there, or use another image)")
 
 
 def _skip(arc: str) -> bool:
@@ -306,10 +302,9 @@ def resolved_site(target: Target, requirements: list[str], constraints: list[str
             raise LaunchError(f"cannot make the runtime for a node's {target}: pip did not resolve "
                               f"{' '.join(requirements)} within {RESOLVE_TIMEOUT_S} s") from None
         if result.returncode != 0:
-            lines = [ln for ln in (result.stderr + result.stdout).splitlines()
-                     if ln.startswith("ERROR") or "No matching distribution" in ln]
-            why = first_line(lines[0] if lines else result.stderr.strip().splitlines()[-1:][0]
-                             if result.stderr.strip() else "pip failed")
+            said = (result.stderr + result.stdout).strip().splitlines()
+            errors = [ln for ln in said if ln.startswith("ERROR") or "No matching distribution" in ln]
+            why = first_line((errors or said[-1:] or ["pip failed"])[0])
             raise LaunchError(f"cannot make the runtime for a node's {target}: resolving "
                               f"{' '.join(requirements)} with pip failed: {why}")
         shutil.rmtree(site, ignore_errors=True)

@@ -13,6 +13,7 @@ import pytest
 
 import runtime
 from tests.infra import cli, wait_for, write_config
+from tests.infra.twins import onprem_config
 
 # A job, run on the cluster's own Python: a gang of three 2-CPU bundles, one per host (STRICT_SPREAD), on
 # hosts of 2 CPUs: the head's autoscaler adds both workers, and a task runs in each bundle.
@@ -42,21 +43,7 @@ remove_placement_group(pg)
 # what a user's setup step installs for the user (as `pip install --user` would): importable by the work
 USER_MODULE = ("mkdir -p \"$(python3 -m site --user-site)\" && "
                "echo 'WHO = \"installed by setup_commands\"' > \"$(python3 -m site --user-site)/usermod.py\"")
-
-
-def _onprem(name: str, head, workers, key, **extra) -> dict:
-    data = {
-        "cluster_name": name,
-        "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [w.ip for w in workers]},
-        "auth": {"ssh_user": "root", "ssh_private_key": str(key)},
-        "min_workers": 0,
-        "idle_timeout_minutes": 0.1,
-        "setup_commands": [USER_MODULE],
-        "autoscaler": {"tick_s": 0.5},
-        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 5},
-    }
-    data.update(extra)
-    return data
+QUICK = {"setup_commands": [USER_MODULE], "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 5}}
 
 
 def _status(path, home) -> dict:
@@ -72,7 +59,7 @@ def debian11(twin_net, ssh_lab, node_images):
     workers = [twin_net.twin(f"d11-w{i}", twin_net.ip(41 + i), image=image) for i in (1, 2)]
     head.block_laptop()
     laptop, key = twin_net.laptop_for("d11", ssh_lab.client_key)
-    path = write_config(laptop / "cluster.yaml", _onprem("d11", head, workers, key))
+    path = write_config(laptop / "cluster.yaml", onprem_config("d11", head, workers, key, **QUICK))
     home = laptop / "home"
     yield {"path": path, "home": home, "laptop": laptop, "head": head, "workers": workers}
     cli("down", str(path), "--yes", home=home, timeout=180)
@@ -136,7 +123,7 @@ def test_a_debian11_pool_with_pythons_own_packages_autoscales_work_and_jobs(debi
 def test_a_debian13_node_runs_the_runtime_on_python_313(twin_net, ssh_lab, node_images):
     head = twin_net.twin("d13-head", twin_net.ip(45), image=node_images["trixie"])
     laptop, key = twin_net.laptop_for("d13", ssh_lab.client_key)
-    path = write_config(laptop / "cluster.yaml", _onprem("d13", head, [], key))
+    path = write_config(laptop / "cluster.yaml", onprem_config("d13", head, [], key, **QUICK))
     home = laptop / "home"
     try:
         r = cli("up", str(path), "--yes", home=home, timeout=420)

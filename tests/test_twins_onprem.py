@@ -13,6 +13,7 @@ import yaml
 
 import runtime
 from tests.infra import cli, wait_for, write_config
+from tests.infra.twins import onprem_config
 
 CLUSTER = "onprem-twins"
 
@@ -25,17 +26,7 @@ def pool(twin_net, ssh_lab, tmp_path_factory):
     laptop, key = twin_net.laptop_for(CLUSTER, ssh_lab.client_key)
     (laptop / "data").mkdir(exist_ok=True)
     (laptop / "data" / "weights.txt").write_text("w=1\n")
-    # Ray's on-prem file: no node types; min/max workers at the top; each host's resources detected
-    data = {
-        "cluster_name": CLUSTER,
-        "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [w.ip for w in workers]},
-        "auth": {"ssh_user": "root", "ssh_private_key": str(key)},
-        "min_workers": 0,
-        "idle_timeout_minutes": 0.1,
-        "file_mounts": {"~/data": "./data"},
-        "autoscaler": {"tick_s": 0.5},
-        "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-    }
+    data = onprem_config(CLUSTER, head, workers, key, file_mounts={"~/data": "./data"})
     path = write_config(laptop / "cluster.yaml", data)
     home = laptop / "home"
     old_home = os.environ.get("LAUNCH_HOME")
