@@ -59,4 +59,7 @@ def node_resources(declared: dict[str, float]) -> dict[str, float]:
         if gpus[0]["name"]:
             detected[f"accelerator_type:{accelerator_type(gpus[0]['name'])}"] = 1.0
     detected.update({k: float(v) for k, v in declared.items()})
+    if not detected.get("GPU"):
+        # a node type that hides its GPUs (GPU: 0, a CPU-only head on a GPU machine) offers no GPU model
+        detected = {k: v for k, v in detected.items() if not k.startswith("accelerator_type:") or k in declared}
     return {k: v for k, v in detected.items() if v > 0 or k in declared}

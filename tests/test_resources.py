@@ -29,7 +29,8 @@ def test_gpus_detected_and_declared_values_win(monkeypatch, tmp_path):
     res = node_resources({"CPU": 4, "custom": 2})
     assert res["GPU"] == 2 and res["accelerator_type:H100"] == 1
     assert res["CPU"] == 4 and res["custom"] == 2
-    assert node_resources({"GPU": 0})["GPU"] == 0  # a node type may hide its GPUs
+    hidden = node_resources({"GPU": 0})  # a node type may hide its GPUs, and then their model too
+    assert hidden["GPU"] == 0 and "accelerator_type:H100" not in hidden
 
 
 def test_failing_nvidia_smi_means_no_gpu(monkeypatch, tmp_path):
