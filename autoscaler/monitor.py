@@ -12,7 +12,7 @@ setting them up any more), and the planner terminates nodes stuck in a status pa
 or unknown to the runtime past a grace period (no leak). Any failure to create or set up nodes of a type
 (capacity, quota, a bad image, a missing permission, a setup command that fails) backs that type off
 with a growing delay, and the planner keeps serving the other types. Events go to
-~/.launch-runtime/logs/autoscaler.log (JSON lines, followed by `launch monitor`), the last plan to
+~/.launch-runtime/nodes/<hostname>/logs/autoscaler.log (JSON lines, followed by `launch monitor`), the last plan to
 autoscaler-status.json (shown by `launch status`), and Prometheus metrics are served on the head.
 """
 

@@ -78,7 +78,7 @@ def measure(name: str, path: Path, home: Path, head_root, rounds: int, task_cpus
         t.sleep(0.5)
         return 1
 
-    monitor_pid = int((head_root() / ".launch-runtime" / "pids" / "monitor.pid").read_text())
+    monitor_pid = int((head_root() / "pids" / "monitor.pid").read_text())
     cpu0 = proc_cpu_s(monitor_pid)
     to_registered, to_gone = [], []
     for _ in range(rounds):
@@ -147,7 +147,7 @@ def main() -> None:
                                            "cpu": {"resources": {"CPU": 1}, "max_workers": 2}},
                   "head_node_type": "head"}
         path = write(laptop / "onprem.yaml", onprem)
-        results.append(measure("on-prem (ssh pool)", path, home, lambda: head.root, args.rounds,
+        results.append(measure("on-prem (ssh pool)", path, home, lambda: head.node_dir, args.rounds,
                                1, 2, onprem))
 
         laptop, k = net.laptop_for("aws", key)
@@ -164,8 +164,8 @@ def main() -> None:
 
         def aws_head_root():
             (instance,) = [i for i, name in cloud.instances.items()
-                           if (net.twins[name].root / ".launch-runtime" / "pids" / "monitor.pid").exists()]
-            return net.twins[instance].root
+                           if (net.twins[name].node_dir / "pids" / "monitor.pid").exists()]
+            return net.twins[instance].node_dir
 
         results.append(measure("aws (moto, twins)", path, home, aws_head_root, args.rounds, 4, 2, aws))
     finally:

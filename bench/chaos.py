@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.infra import node_dir  # noqa: E402
+
 MAX_WORKERS = 3
 MAX_RETRIES = 3
 
@@ -51,9 +53,9 @@ def config() -> dict:
     }
 
 
-def pid_of(node_dir: Path, daemon: str) -> int | None:
+def pid_of(home: Path, daemon: str) -> int | None:
     try:
-        return int((node_dir / ".launch-runtime" / "pids" / f"{daemon}.pid").read_text())
+        return int((node_dir(home) / "pids" / f"{daemon}.pid").read_text())
     except (OSError, ValueError):
         return None
 

@@ -3,12 +3,17 @@
 import os
 from pathlib import Path
 
+# Everything the runtime keeps on a node lives under RUNTIME_DIR, which nodes that share a home (NFS
+# homes on-prem and on HPC clusters) share: what they may share is kept there (the installed runtimes,
+# the head's cluster state, an on-prem pool's claims); what is one node's own lives in NODE_DIR, keyed by
+# the node's hostname (`uname -n`), so no node reads or overwrites another's token, pids or logs.
 RUNTIME_DIR = "~/.launch-runtime"
-NODE_CONFIG = f"{RUNTIME_DIR}/node.json"  # the node's runtime settings and token (0600)
-HEAD_ADDRESS = f"{RUNTIME_DIR}/head.address"  # written by the head service once it listens
-MONITOR_STATUS = f"{RUNTIME_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
-LOGS = f"{RUNTIME_DIR}/logs"
-METRICS_ADDRESS = f"{RUNTIME_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
+NODE_DIR = f"{RUNTIME_DIR}/nodes/{{node}}"  # {node}: the node's hostname (on_this_node, for_node, in_shell)
+NODE_CONFIG = f"{NODE_DIR}/node.json"  # the node's runtime settings and token (0600)
+HEAD_ADDRESS = f"{NODE_DIR}/head.address"  # written by the head service once it listens
+MONITOR_STATUS = f"{NODE_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
+LOGS = f"{NODE_DIR}/logs"
+METRICS_ADDRESS = f"{NODE_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
 # The head's own state dir of its cluster (a lifecycle ClusterDir): the ClusterSpec `up` shipped
 # (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned
 # host keys, the workers' setup logs. The autoscaler and the head-side half of `up` run on it.
@@ -20,9 +25,12 @@ HEAD_SPEC = f"{HEAD_CLUSTER_STATE}/{SPEC_FILE}"
 HEAD_KNOWN_HOSTS = f"{HEAD_CLUSTER_STATE}/{KNOWN_HOSTS_FILE}"
 HEAD_SSH_KEY = f"{HEAD_CLUSTER_STATE}/ssh_key"  # 0600
 HEAD_MOUNTS = f"{HEAD_CLUSTER_STATE}/mounts"  # one copy per file mount, synced from the laptop by `up`
-MOUNT_MANIFESTS = f"{RUNTIME_DIR}/mounts"  # what the last file sync sent, per mount
-NODE_PYTHON = f"{RUNTIME_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
-INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per bundle id
+# made by a scheduler's holder job (providers/slurm.py), which runs the node's supervisor once
+# `runtime.node start` writes the interpreter into it
+HOLDER_FIFO = f"{NODE_DIR}/holder.fifo"
+MOUNT_MANIFESTS = f"{NODE_DIR}/mounts"  # what the last file sync sent, per mount (a mount may be node-local)
+NODE_PYTHON = f"{NODE_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
+INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per bundle id (shared safely)
 HEAD_BUNDLE_PREFIX = "head-"  # a head bundle's id (lifecycle.runtime_bundle): the control plane's packages
 
 
@@ -41,9 +49,24 @@ def node_log_name(node_id: str) -> str:
     return f"logs/{node_id.replace('/', '_')}.log"
 
 
+def node_name() -> str:
+    """This node's hostname, which keys its NODE_DIR: what `uname -n` says (both read uname(2))."""
+    return os.uname().nodename
+
+
+def for_node(path: str, name: str) -> str:
+    """One of the paths above on the node called `name` (a path as the launcher sends it: `~/...`)."""
+    return path.replace("{node}", name)
+
+
+def in_shell(path: str) -> str:
+    """One of the paths above in a shell command on the node, which names the node itself."""
+    return path.replace("{node}", '"$(uname -n)"')
+
+
 def on_this_node(path: str) -> Path:
     """One of the paths above, for code running on the node itself."""
-    return Path(os.path.expanduser(path))
+    return Path(os.path.expanduser(for_node(path, node_name())))
 
 
 def launch_home() -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 from core.config import ClusterConfig
 from core.errors import LaunchError
 from core.node import NodeInfo
-from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, node_log_name
+from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, for_node, in_shell, node_log_name
+from transport.base import node_name
 from core.tags import KIND_HEAD, KIND_WORKER
 from lifecycle.cluster import Confirm, Lifecycle, Say, UpResult, bring_up, tear_down
 from lifecycle.state import ClusterDir
@@ -140,7 +141,7 @@ class Cluster:
         status: dict = {}
         pid = None
         try:
-            raw = runner.read_file(MONITOR_STATUS)
+            raw = runner.read_file(for_node(MONITOR_STATUS, node_name(runner)))
             status = json.loads(raw) if raw else {}
             result = runner.run(f"{runner.python} -m runtime.node status", timeout=30)
             pid = json.loads(result.tail[-1]).get("monitor") if result.ok and result.tail else None
@@ -218,9 +219,9 @@ class Cluster:
 
     def monitor(self, on_output: Callable[[str], None], *, lines: int = 50, follow: bool = True) -> int:
         """The head's runtime log and, where the autoscaler runs, its event log (JSON lines)."""
-        logs = f"{LOGS}/head.log"
+        logs = f"{in_shell(LOGS)}/head.log"
         if self.lifecycle.autoscales:
-            logs += f" {LOGS}/autoscaler.log"
+            logs += f" {in_shell(LOGS)}/autoscaler.log"
         cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{logs} 2>/dev/null"
         return self.runner(None).run(cmd, on_output=on_output).exit_code
 

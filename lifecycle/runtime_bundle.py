@@ -45,8 +45,8 @@ from typing import TextIO
 
 from core.errors import LaunchError, first_line
 from core.files import file_lock
-from core.paths import INSTALLS, NODE_PYTHON, launch_home
-from transport.base import CommandRunner
+from core.paths import INSTALLS, NODE_PYTHON, for_node, launch_home
+from transport.base import CommandRunner, set_node_name
 
 OUR_PACKAGES = ["core", "transport", "providers", "lifecycle", "autoscaler", "launcher", "runtime"]
 # From the launcher's own environment, for a node of the launcher's own Python: the modules to ship.
@@ -403,24 +403,26 @@ _PTH = ("import sys, importlib.machinery as m; sys.meta_path.append(type('Launch
 # home, and the installs it has; each line named, since a login may print lines of its own.
 _PROBE = ("python3 -c \"import sys, platform, site, os; print('target:', sys.implementation.name, "
           "*sys.version_info[:2], platform.machine(), *platform.libc_ver()); "
-          "print('user-site:', site.getusersitepackages()); print('home:', os.path.expanduser('~'))\" "
+          "print('user-site:', site.getusersitepackages()); print('home:', os.path.expanduser('~')); "
+          "print('host:', os.uname().nodename)\" "
           "&& echo \"installs: $(cd " + INSTALLS + " 2>/dev/null && ls */.complete 2>/dev/null)\"")
 
 
 def probe(runner: CommandRunner) -> tuple[Target, str, str, set[str]]:
-    """(target, user site, home, installed bundle ids) of the node."""
+    """(target, user site, home, installed bundle ids) of the node; the runner learns the node's name."""
     result = runner.run(_PROBE)
     said = {}
     for line in result.tail:
         name, sep, value = line.strip().partition(": ")
         if sep or line.strip() == "installs:":
             said[name.rstrip(":")] = value.strip()
-    if not result.ok or not {"target", "user-site", "home", "installs"} <= said.keys():
+    if not result.ok or not {"target", "user-site", "home", "host", "installs"} <= said.keys():
         raise LaunchError("python3 is not available on the node: install Python 3 there (setup cannot run the runtime)")
     try:
         target = Target.parse(said["target"])
     except ValueError:
         raise LaunchError(f"the node's python3 did not say what it is (it printed {said['target']!r})") from None
+    set_node_name(runner, said["host"])
     return target, said["user-site"], said["home"], {p.split("/")[0] for p in said["installs"].split()}
 
 
@@ -445,6 +447,7 @@ def ensure_runtime(runner: CommandRunner, log: TextIO, provider: str | None = No
     sites = [f"{home}/{INSTALLS[2:]}/{bid}/site" for bid, _ in bundles]
     wrapper = ("#!/bin/sh\n"
                f'PYTHONPATH="{":".join(sites)}${{PYTHONPATH:+:$PYTHONPATH}}" exec python3 "$@"\n')
-    runner.put_file(wrapper.encode(), NODE_PYTHON, mode=0o755)
+    python = for_node(NODE_PYTHON, runner.node_name)  # the node's own: nodes sharing a home may differ
+    runner.put_file(wrapper.encode(), python, mode=0o755)
     runner.put_file(_PTH.format(sites=sites).encode(), f"{user_site}/launch-runtime.pth", mode=0o644)
-    return NODE_PYTHON
+    return python

@@ -14,14 +14,14 @@ from typing import TextIO
 
 from core.errors import LaunchError
 from core.node import NodeInfo
-from core.paths import NODE_CONFIG
+from core.paths import NODE_CONFIG, for_node
 from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, status_tags
 from core.tags import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH
 from lifecycle.runtime_bundle import ensure_runtime
 from providers.base import Provider
 from runtime.node_config import NodeRuntimeConfig
-from transport.base import CommandResult, CommandRunner, ConnectionLost
+from transport.base import CommandResult, CommandRunner, ConnectionLost, node_name
 from transport.file_sync import sync_up
 
 STEP_ATTEMPTS = 3
@@ -150,7 +150,8 @@ class NodeUpdater:
             self.runner.python = self._retrying(log, "installing the runtime", lambda: ensure_runtime(
                 self.runner, log, self.spec.provider_kind if self.runtime_cfg.is_head else None))
         self._retrying(log, "starting the runtime",
-                       lambda: self.runner.put_file(self.runtime_cfg.to_json(), NODE_CONFIG, mode=0o600))
+                       lambda: self.runner.put_file(self.runtime_cfg.to_json(),
+                                                    for_node(NODE_CONFIG, node_name(self.runner)), mode=0o600))
         cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")
         result = self._run(log, "starting the runtime", cmd)
         for line in result.tail:

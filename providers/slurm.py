@@ -43,6 +43,7 @@ from core.config import ClusterConfig, pydantic_problems
 from core.errors import ConfigError, InvalidRequest, NodeNotFound, ProviderError, QuotaError, TransientError
 from core.files import locked_json
 from core.node import SlurmJob
+from core.paths import HOLDER_FIFO, NODE_DIR
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
@@ -50,7 +51,6 @@ from providers.local import kill_node_processes
 
 SLURM_TIMEOUT_S = 60.0
 COMMENT_PREFIX = "launch1:"
-HOLDER_FIFO = ".launch-runtime/holder.fifo"  # runtime.node hands the node's runtime to the holder here
 # squeue states of a job that still holds (or will hold) its allocation; the rest are ending or ended
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                   "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -191,14 +191,15 @@ def sbatch_args(section: Section, nc: NodeConfig, cluster: str, tags: dict[str, 
 def holder_script(node_root: str, cluster: str) -> str:
     """The holder job: the node's HOME, then the node's runtime supervisor once launch says start.
     `runtime.node start` writes the interpreter to run into the FIFO (runtime/node.py)."""
+    node_dir, fifo = (f'"$HOME"/{p[2:].replace("{node}", "$(uname -n)")}' for p in (NODE_DIR, HOLDER_FIFO))
     return f"""#!/bin/bash
 # launch: this job holds a node of cluster {cluster} while the cluster needs it
 umask 077
 export HOME={shlex.quote(f"{node_root}/{cluster}")}/$SLURM_JOB_ID
-mkdir -p "$HOME/.launch-runtime" && cd "$HOME" || exit 1
+mkdir -p {node_dir} && cd "$HOME" || exit 1
 exec >>"$HOME/holder.log" 2>&1
 echo "holding job $SLURM_JOB_ID on $(hostname), GPUs: ${{CUDA_VISIBLE_DEVICES:-none}}"
-fifo="$HOME/{HOLDER_FIFO}"
+fifo={fifo}
 rm -f "$fifo" && mkfifo -m 600 "$fifo" || exit 1
 trap 'rm -rf "$HOME"' EXIT
 trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 0' TERM
@@ -570,9 +571,10 @@ class Provider:
             if node_id == login_head and self.head_host is not None:
                 self._claims("release", ids=[node_id])
                 from core.errors import LaunchError
-                from core.paths import NODE_PYTHON
+                from core.paths import NODE_PYTHON, in_shell
+                python = in_shell(NODE_PYTHON)
                 try:  # best effort: the runtime's processes on the head host
-                    self._head_runner().run(f"test -x {NODE_PYTHON} && {NODE_PYTHON} -m runtime.node stop", timeout=60)
+                    self._head_runner().run(f"test -x {python} && {python} -m runtime.node stop", timeout=60)
                 except LaunchError:
                     pass
             elif node_id == login_head:

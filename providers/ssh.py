@@ -18,7 +18,7 @@ from pydantic import Field
 
 from core.config import ClusterConfig, split_host_port
 from core.errors import ConfigError, LaunchError, NodeNotFound, ProviderError
-from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_DIR, on_this_node
+from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_DIR, in_shell, on_this_node
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
@@ -137,7 +137,8 @@ class Provider:
         for nid, claim in released:
             runner = runner_for(self._info(nid, claim), dataclasses.replace(auth, use_internal_ips=self.spec.on_head))
             try:  # best effort: an unreachable host is freed all the same
-                runner.run(f"test -x {NODE_PYTHON} && {NODE_PYTHON} -m runtime.node stop", timeout=30)
+                python = in_shell(NODE_PYTHON)
+                runner.run(f"test -x {python} && {python} -m runtime.node stop", timeout=30)
             except LaunchError:
                 pass
             finally:

@@ -243,13 +243,16 @@ def _caller() -> str:
 
 def _discover() -> tuple[str, str]:
     """Inside a job or task: its cluster. On a node of a cluster: that cluster (from the node's runtime
-    config). On the machine that ran `launch up`: the one cluster that is up there."""
+    config, while its runtime runs there: one a crash left behind names a head long gone). On the machine
+    that ran `launch up`: the one cluster that is up there."""
     if os.environ.get("LAUNCH_HEAD_ADDRESS") and os.environ.get("LAUNCH_CLUSTER_TOKEN"):
         return os.environ["LAUNCH_HEAD_ADDRESS"], os.environ["LAUNCH_CLUSTER_TOKEN"]
     from core.paths import HEAD_ADDRESS, NODE_CONFIG, launch_home, on_this_node
 
+    from runtime.node import daemon_pid
+
     node_config = on_this_node(NODE_CONFIG)
-    if node_config.exists():
+    if node_config.exists() and daemon_pid("agent") is not None:
         cfg = json.loads(node_config.read_text())
         address = cfg.get("head_address") or on_this_node(HEAD_ADDRESS).read_text().strip()
         return address, cfg["token"]

@@ -2,7 +2,7 @@
 
 Started on the head node by `python -m runtime.node start`; serves gRPC on the node config's bind host
 and port (0: any free port), behind the cluster-token interceptor, and writes the address it serves on
-to ~/.launch-runtime/head.address once it is listening.
+to the node's ~/.launch-runtime/nodes/<hostname>/head.address once it is listening.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Node-side control of the runtime: `python -m runtime.node start|stop|status|start-monitor|stop-monitor`.
 
 `start` launches the head service (head node only) and the agent as daemons in their own sessions,
-logging to ~/.launch-runtime/logs, and returns once they run: on the head, once the service listens
+logging to the node's own ~/.launch-runtime/nodes/<hostname>/logs, and returns once they run: on the head, once the service listens
 (it prints `head-address: HOST:PORT`). It is idempotent: running daemons are left alone unless
-`--restart`. Everything it needs, the token included, comes from ~/.launch-runtime/node.json.
+`--restart`. Everything it needs, the token included, comes from node.json there.
 
 A supervisor daemon keeps every daemon that is wanted running: one that dies (the autoscaler, the
 agent, the head service) is started again within a second or two. Which daemons are wanted is kept
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from core.files import file_lock
-from core.paths import HEAD_ADDRESS, HEAD_SPEC, NODE_CONFIG, on_this_node
+from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, NODE_CONFIG, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
@@ -114,7 +114,6 @@ def _ensure_supervisor() -> None:
         _spawn("supervisor")
 
 
-HOLDER_FIFO = "holder.fifo"  # made by a scheduler's holder job (providers/slurm.py) that runs the supervisor
 
 
 def _want_running(names: list[str], restart: bool) -> None:
@@ -127,7 +126,7 @@ def _want_running(names: list[str], restart: bool) -> None:
 
 
 def _holder_fifo() -> Path | None:
-    path = runtime_dir() / HOLDER_FIFO
+    path = on_this_node(HOLDER_FIFO)
     return path if path.exists() else None
 
 

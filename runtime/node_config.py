@@ -1,4 +1,5 @@
-"""What a node's runtime needs to start: written by the launcher to ~/.launch-runtime/node.json (0600).
+"""What a node's runtime needs to start: written by the launcher to the node's own
+~/.launch-runtime/nodes/<hostname>/node.json (0600).
 
 The file carries the cluster token, so it is the only place the token exists on the node: never on a
 command line, never in a log.
@@ -10,11 +11,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.paths import NODE_CONFIG, RUNTIME_DIR, on_this_node
+from core.paths import NODE_CONFIG, NODE_DIR, on_this_node
 
 
 def runtime_dir() -> Path:
-    return on_this_node(RUNTIME_DIR)
+    """This node's own files (pids, logs, jobs' folders, the head's state): never shared with another node."""
+    return on_this_node(NODE_DIR)
 
 
 @dataclass

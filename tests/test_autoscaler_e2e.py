@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import runtime
-from tests.infra import cli, processes_with_env, wait_for, write_config
+from tests.infra import cli, node_dir, processes_with_env, wait_for, write_config
 
 
 def _config(name: str, **overrides) -> dict:
@@ -40,7 +40,7 @@ class Up:
         assert r.returncode == 0, r.stdout + r.stderr
         cdir = self.home / "clusters" / data["cluster_name"]
         info = json.loads((cdir / "cluster.json").read_text())
-        self.head_dir = cdir / "local" / "nodes" / info["head_node_id"] / ".launch-runtime"
+        self.head_dir = node_dir(cdir / "local" / "nodes" / info["head_node_id"])
         runtime.init(address=info["head_address"], token=(cdir / "token").read_text().strip())
         self.seen: set[str] = set()
 
@@ -186,7 +186,7 @@ def test_a_worker_whose_setup_fails_backs_its_type_off(tmp_path):
         c = Up.__new__(Up)
         c.home, c.path, c.seen = home, path, set()
         info = json.loads((home / "clusters" / "setupfail" / "cluster.json").read_text())
-        c.head_dir = home / "clusters" / "setupfail" / "local" / "nodes" / info["head_node_id"] / ".launch-runtime"
+        c.head_dir = node_dir(home / "clusters" / "setupfail" / "local" / "nodes" / info["head_node_id"])
         assert _monitor_pid(c) is not None  # the autoscaler runs whatever `up`'s outcome
         failed = wait_for(lambda: [e for e in c.events() if e["event"] == "launch-failed"], what="a backoff")
         assert failed[0]["node_type"] == "cpu" and "setup of" in failed[0]["error"] and failed[0]["backoff_s"] == 30

@@ -72,7 +72,7 @@ def test_head_autoscales_through_arm_over_ssh_from_the_head(cluster):
     arm.evict(busy, delete=True)
     rerun_on, _ = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in _vms(arm)
-    events = (head_twin.root / ".launch-runtime" / "logs" / "autoscaler.log").read_text()
+    events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
     assert '"event": "instance-gone"' in events
 
     wait_for(lambda: list(_vms(arm)) == [head["name"]], timeout=120, what="scale-down to the head")

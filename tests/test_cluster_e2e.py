@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from runtime.client import HeadClient
-from tests.infra import cli, local_cluster, processes_with_env, wait_for, write_config
+from tests.infra import cli, local_cluster, node_dir, processes_with_env, wait_for, write_config
 
 
 def _status(cfg_path: Path, home: Path) -> dict:
@@ -125,7 +125,7 @@ def test_dead_agent_is_restarted_by_the_supervisor_and_a_dead_node_runtime_by_up
     path, home, _ = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
     worker = _status(path, home)["nodes"][1]
-    pids = home / "clusters" / "e2e" / "local" / "nodes" / worker["id"] / ".launch-runtime" / "pids"
+    pids = node_dir(home / "clusters" / "e2e" / "local" / "nodes" / worker["id"]) / "pids"
 
     # the agent dies: the node's supervisor starts it again, and it registers again
     old = int((pids / "agent.pid").read_text())
@@ -204,7 +204,7 @@ def test_live_head_refuses_callers_without_the_token_and_token_stays_secret(clus
             except OSError:
                 continue
             assert token.encode() not in cmdline
-    node_cfgs = list(cdir.glob("local/nodes/*/.launch-runtime/node.json"))
+    node_cfgs = list(cdir.glob("local/nodes/*/.launch-runtime/nodes/*/node.json"))
     assert len(node_cfgs) == 2 and all((p.stat().st_mode & 0o777) == 0o600 for p in node_cfgs)
 
 
@@ -282,7 +282,7 @@ def test_while_the_head_is_away_commands_and_the_api_say_so_in_one_line(cluster)
     path, home, _ = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
     head = _status(path, home)["nodes"][0]
-    pids = home / "clusters" / "e2e" / "local" / "nodes" / head["id"] / ".launch-runtime" / "pids"
+    pids = node_dir(home / "clusters" / "e2e" / "local" / "nodes" / head["id"]) / "pids"
     for name in ("supervisor", "head"):  # nothing restarts the head service now
         os.kill(int((pids / f"{name}.pid").read_text()), signal.SIGKILL)
     info = json.loads((home / "clusters" / "e2e" / "cluster.json").read_text())

@@ -80,7 +80,7 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
     # new host key at a former worker's address, is trusted as the new instance it is (keys pinned per
     # instance, not per address)
     assert ip_of(rerun_on) in worker_ips
-    events = (head_twin.root / ".launch-runtime" / "logs" / "autoscaler.log").read_text()
+    events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
     assert '"event": "instance-gone"' in events
 
     # idle past the timeout: back to the head alone, the workers' twins gone

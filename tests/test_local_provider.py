@@ -99,11 +99,11 @@ def test_runner_home_env_exit_code_and_streaming(provider):
 def test_runner_put_file_is_atomic_with_mode(provider):
     node = provider.create("cpu", 1, {})[0]
     runner = runner_of(node)
-    runner.put_file(b"secret", "~/.launch-runtime/node.json", mode=0o600)
-    path = provider.nodes_dir / node.id / ".launch-runtime" / "node.json"
+    runner.put_file(b"secret", "~/.launch-runtime/nodes/n1/node.json", mode=0o600)
+    path = provider.nodes_dir / node.id / ".launch-runtime" / "nodes" / "n1" / "node.json"
     assert path.read_bytes() == b"secret"
     assert (path.stat().st_mode & 0o777) == 0o600
-    assert runner.read_file("~/.launch-runtime/node.json") == b"secret"
+    assert runner.read_file("~/.launch-runtime/nodes/n1/node.json") == b"secret"
     assert runner.read_file("~/missing") is None
 
 

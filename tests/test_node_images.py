@@ -116,8 +116,8 @@ def test_a_debian11_pool_with_pythons_own_packages_autoscales_work_and_jobs(debi
     for t in (head, *workers):
         wait_for(lambda: t.processes() == [], timeout=20, what=f"nothing left running on {t.name}")
         # nor a token of the cluster, nor an address a driver there would wait for
-        assert not (t.root / ".launch-runtime" / "node.json").exists()
-        assert not (t.root / ".launch-runtime" / "head.address").exists()
+        assert not (t.node_dir / "node.json").exists()
+        assert not (t.node_dir / "head.address").exists()
 
 
 def test_a_debian13_node_runs_the_runtime_on_python_313(twin_net, ssh_lab, node_images):

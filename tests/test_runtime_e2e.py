@@ -18,7 +18,7 @@ import runtime
 from launcher.cluster import Cluster
 from lifecycle.config import load_config
 from runtime.proto import head_pb2 as pb
-from tests.infra import ROOT, cli, local_cluster, processes_with_env, write_config
+from tests.infra import ROOT, cli, local_cluster, node_dir, processes_with_env, write_config
 
 
 @runtime.remote(num_cpus=1)
@@ -58,7 +58,7 @@ def rt(tmp_path_factory):
 
 def _head_pid(rt) -> int:
     node = rt["home"] / "clusters" / "rt" / "local" / "nodes" / rt["ids"]["head"]
-    return int((node / ".launch-runtime" / "pids" / "head.pid").read_text())
+    return int((node_dir(node) / "pids" / "head.pid").read_text())
 
 
 def _state(rt) -> pb.ClusterState:

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import runtime
-from tests.infra import cli, local_cluster, wait_for, write_config
+from tests.infra import cli, local_cluster, node_dir, wait_for, write_config
 
 MARKS_ENV = "RESTART_TEST_MARKS"
 
@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
 
 
 def _head_pid(cluster) -> int:
-    return int((cluster["head"] / ".launch-runtime" / "pids" / "head.pid").read_text())
+    return int((node_dir(cluster["head"]) / "pids" / "head.pid").read_text())
 
 
 @runtime.remote(num_cpus=1, max_retries=0)

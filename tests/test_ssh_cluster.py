@@ -11,7 +11,7 @@ import time
 import pexpect
 import pytest
 
-from tests.infra import ROOT, cli, ssh_cluster, wait_for, write_config
+from tests.infra import ROOT, cli, node_dir, ssh_cluster, wait_for, write_config
 
 
 def _status(path, home) -> dict:
@@ -51,7 +51,7 @@ def test_up_status_exec_and_idempotent_up(onprem):
         assert (h.home / "setup.log").read_text() == "set-up\n"
         assert (h.home / "mount" / "conf.txt").read_text() == "mounted\n"
         assert list((h.home / ".launch-runtime" / "install").iterdir())
-        assert ((h.home / ".launch-runtime" / "node.json").stat().st_mode & 0o777) == 0o600
+        assert ((node_dir(h.home) / "node.json").stat().st_mode & 0o777) == 0o600
     for w in (w1, w2):  # the type's initialization commands first, then the cluster's
         assert (w.home / "init.log").read_text() == "type-init\ncluster-init\n"
         assert (w.home / "head_ip").read_text() == f"{head.ip} {head.ip}\n"

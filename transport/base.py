@@ -7,6 +7,7 @@ builds the right one from a NodeInfo and the cluster's auth settings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class CommandRunner(Protocol):
     python: str
     #: Whether the runtime must be shipped to the node before it can start (see runtime_bundle).
     ships_runtime: bool
+    #: The node's hostname once learnt (node_name), which names its own files (core.paths.NODE_DIR).
+    node_name: str | None
 
     def wait_ready(self, deadline_s: float) -> None:
         """Block until the node accepts commands, or raise LaunchError naming the node."""
@@ -77,3 +80,22 @@ class CommandRunner(Protocol):
 TAIL_LINES = 20
 
 
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def node_name(runner: CommandRunner) -> str:
+    """The node's hostname, asked once per runner: its own files live under it (core.paths.NODE_DIR),
+    since nodes may share a home."""
+    if runner.node_name is None:
+        result = runner.run("uname -n", timeout=60, check=True)
+        name = result.tail[-1].strip() if result.tail else ""  # a login may print lines before it
+        set_node_name(runner, name)
+    return runner.node_name
+
+
+def set_node_name(runner: CommandRunner, name: str) -> None:
+    if not _HOSTNAME.fullmatch(name):
+        raise LaunchError(f"the node's hostname is not one ({name[:60]!r}): its runtime files are kept under it")
+    runner.node_name = name

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.paths import MOUNT_MANIFESTS
+from core.paths import MOUNT_MANIFESTS, for_node
+from transport.base import node_name
 
 if TYPE_CHECKING:
     from transport.base import CommandRunner
@@ -80,7 +81,7 @@ def sync_up(
     """Copy `local` (file or directory) to `remote` on the node; returns how many files were sent."""
     manifest = local_manifest(local, exclude, rsync_filter)
     key = hashlib.sha1(remote.encode()).hexdigest()[:16]
-    manifest_path = f"{MOUNT_MANIFESTS}/{key}.json"
+    manifest_path = f"{for_node(MOUNT_MANIFESTS, node_name(runner))}/{key}.json"
     old_raw = runner.read_file(manifest_path)
     old = json.loads(old_raw) if old_raw else {}
     sent = 0

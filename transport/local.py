@@ -22,6 +22,7 @@ class LocalCommandRunner:
         self.home = home
         self.env = env
         self.python = python
+        self.node_name = os.uname().nodename  # a local node is this machine (its HOME is its own)
 
     def resolve(self, remote_path: str) -> Path:
         if remote_path == "~":

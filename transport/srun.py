@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.errors import LaunchError
 from core.node import SlurmJob
-from core.paths import NODE_PYTHON
+from core.paths import HOLDER_FIFO, NODE_CONFIG, NODE_PYTHON, in_shell
 from transport.base import CommandFailed, CommandResult, CommandRunner, OutputFn
 
 WAIT_POLL_S = 0.5  # squeue on the login host: cheap, and a node that starts sooner is set up sooner
@@ -41,7 +41,8 @@ class SrunCommandRunner:
     def __init__(self, job: SlurmJob, address: str | None, via: CommandRunner | None = None):
         self.job = job
         self.address = address
-        self.python = NODE_PYTHON  # the shipped runtime's interpreter (relative to the node's HOME)
+        self.python = in_shell(NODE_PYTHON)  # the shipped runtime's interpreter (in the node's HOME)
+        self.node_name: str | None = None
         self._owns_login = via is None
         self.login = via if via is not None else _login_runner()
         self.label = f"node {job.job_id} (Slurm job)"
@@ -84,7 +85,7 @@ class SrunCommandRunner:
                                   f"({state.replace(_GONE, 'no longer in the queue')})")
             if state.startswith("RUNNING"):
                 out: list[str] = []
-                self.login.run(self._srun(f"test -p .launch-runtime/holder.fifo -o -e .launch-runtime/node.json "
+                self.login.run(self._srun(f"test -p {in_shell(HOLDER_FIFO)} -o -e {in_shell(NODE_CONFIG)} "
                                           f"&& echo {_RUNNING}"), on_output=out.append, timeout=120)
                 if any(_RUNNING in line for line in out):
                     return

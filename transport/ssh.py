@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paramiko
 
-from core.paths import NODE_PYTHON
+from core.paths import NODE_PYTHON, in_shell
 from transport.base import TAIL_LINES, CommandFailed, CommandResult, ConnectionLost, OutputFn
 from core.errors import LaunchError, first_line
 
@@ -80,7 +80,7 @@ class SSHCommandRunner:
 
     def __init__(self, host: str, port: int, user: str, key_path: str | None, known_hosts: Path, *,
                  proxy_command: str | None = None, connect_timeout: float = 10.0,
-                 python: str = NODE_PYTHON, jump: SSHCommandRunner | None = None,
+                 python: str = in_shell(NODE_PYTHON), jump: SSHCommandRunner | None = None,
                  proxy_host: str | None = None, host_key_alias: str | None = None):
         self.host, self.port, self.user = host, port, user
         # the name its host key is pinned under: the address, or the instance's id where addresses are reused
@@ -92,6 +92,7 @@ class SSHCommandRunner:
         self.proxy_host = proxy_host or host  # what the proxy command's %h becomes
         self.connect_timeout = connect_timeout
         self.python = python
+        self.node_name: str | None = None
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()

@@ -31,6 +31,14 @@ def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = 120, i
     )
 
 
+def node_dir(home: Path, hostname: str | None = None) -> Path:
+    """A node's own runtime files (core.paths.NODE_DIR) under its home: `hostname` is a twin's name, by
+    default this machine's (local nodes, sshd hosts)."""
+    from core.paths import NODE_DIR, for_node
+
+    return home / for_node(NODE_DIR, hostname or os.uname().nodename)[2:]
+
+
 def wait_for(pred, timeout: float = 60.0, every: float = 0.2, what: str = "condition"):
     """Poll `pred` until it returns something truthy (returned), or fail naming what was awaited."""
     deadline = time.monotonic() + timeout

@@ -64,8 +64,16 @@ class Twin:
         self.netns = f"{net.prefix}-{name}"
         self.dir = net.root / "twins" / name
         self.root = shared_home or self.dir / "root"  # what the twin sees as /root
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sshd_pid: int | None = None
+
+    @property
+    def node_dir(self) -> Path:
+        """Its runtime's own files (core.paths.NODE_DIR): keyed by its hostname, its name."""
+        from tests.infra import node_dir
+
+        return node_dir(self.root, self.name)
 
     def start(self) -> Twin:
         net, ns = self.net, self.netns
