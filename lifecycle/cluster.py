@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import providers
 from core.errors import LaunchError, NodeNotFound
 from core.node import NodeInfo
-from core.paths import HEAD_ADDRESS
+from core.paths import HEAD_ADDRESS, for_node
 from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
 from core.tags import (
@@ -29,7 +29,7 @@ from lifecycle.state import ClusterDir
 from lifecycle.updater import NodeUpdateFailed, NodeUpdater, UpdatePlan
 from runtime.node_config import NodeRuntimeConfig
 from transport import SSHAuth, runner_for
-from transport.base import CommandRunner
+from transport.base import CommandRunner, node_name
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -326,7 +326,8 @@ class Lifecycle:
         return address
 
     def _read_head_address(self, head: NodeInfo) -> str:
-        raw = self.runner(head).read_file(HEAD_ADDRESS)
+        runner = self.runner(head)
+        raw = runner.read_file(for_node(HEAD_ADDRESS, node_name(runner)))
         if not raw:
             raise LaunchError(f"the head node {head.id} runs no head service; run `launch up --restart-runtime`")
         return raw.decode().strip()
