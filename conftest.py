@@ -144,3 +144,20 @@ def slurm_twins(twin_net, tmp_path_factory):
     cluster.stop()
     for name in twins:
         twin_net.remove(name)
+
+
+@pytest.fixture(scope="session")
+def container_images(twin_net, node_images, tmp_path_factory):
+    """Images on the twins' bridge registry (tests/infra/containers.py), made from the Debian roots:
+    `py313` (Debian 13), and `py313b`, the same root under another name (a changed image)."""
+    from tests.infra.containers import ContainerLab, containers_unavailable
+
+    reason = containers_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lab = ContainerLab(twin_net, tmp_path_factory.mktemp("containers"))
+    try:
+        py313 = lab.publish("py313", node_images["trixie"])
+        yield {"py313": py313, "py313b": lab.alias(py313, "py313b")}
+    finally:
+        lab.close()

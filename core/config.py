@@ -15,6 +15,7 @@ import os
 import re
 import reprlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,45 @@ class AuthConfig(_Strict):
     ssh_proxy_use_node_id: bool = False
 
 
-class DockerConfig(BaseModel):
-    # Parsed so a Ray file's docker section is understood; containers are rejected in the semantic pass.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+@dataclass(frozen=True)
+class Container:
+    """The container a node runs its setup, start commands and runtime in (Ray's `docker:` section, as
+    it applies to one node): one long-lived container per node, on the host's network."""
 
-    image: str | None = None
-    head_image: str | None = None
-    worker_image: str | None = None
-    container_name: str | None = None
+    image: str
+    name: str
+    run_options: tuple[str, ...]  # shell words, as Ray passes them (`--ulimit nofile=65536:65536`)
+    pull_before_run: bool
+    detect_gpus: bool  # pass the host's GPUs in where the NVIDIA container toolkit is there
+    detect_shm_size: bool  # Ray's --shm-size from the host's available memory
+    cli: str = "docker"  # or podman
+
+
+class DockerConfig(_Strict):
+    """Ray's `docker:` section (also per node type, overlaid on the cluster's, as Ray merges them)."""
+
+    image: str = ""
+    head_image: str = ""
+    worker_image: str = ""
+    container_name: str = ""
+    pull_before_run: bool = True
+    run_options: list[str] = Field(default_factory=list)
+    head_run_options: list[str] = Field(default_factory=list)
+    worker_run_options: list[str] = Field(default_factory=list)
+    disable_automatic_runtime_detection: bool = False
+    disable_shm_size_detection: bool = False
+    use_podman: bool = False
+
+    def container(self, is_head: bool) -> Container | None:
+        image = (self.head_image if is_head else self.worker_image) or self.image
+        if not image:
+            return None  # Ray's: an empty image runs the node on its host
+        own = self.head_run_options if is_head else self.worker_run_options
+        return Container(image=image, name=self.container_name, run_options=(*self.run_options, *own),
+                         pull_before_run=self.pull_before_run,
+                         detect_gpus=not self.disable_automatic_runtime_detection,
+                         detect_shm_size=not self.disable_shm_size_detection,
+                         cli="podman" if self.use_podman else "docker")
 
 
 class NodeTypeConfig(_Strict):
@@ -210,6 +242,20 @@ class ClusterConfig(_Strict):
     def start_commands_for(self, is_head: bool) -> list[str]:
         return list(self.head_start_commands if is_head else self.worker_start_commands)
 
+    def docker_for(self, node_type: str) -> DockerConfig | None:
+        """The cluster's docker section with the node type's own keys over it (Ray's merge)."""
+        own = self.available_node_types[node_type].docker if node_type in self.available_node_types else None
+        if self.docker is None and own is None:
+            return None
+        merged = self.docker.model_dump(exclude_unset=True) if self.docker else {}
+        merged.update(own.model_dump(exclude_unset=True) if own else {})
+        return DockerConfig(**merged)
+
+    def container_for(self, node_type: str, is_head: bool) -> Container | None:
+        """The container a node of this type runs in; None: on its host."""
+        docker = self.docker_for(node_type)
+        return docker.container(is_head) if docker else None
+
 
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation
@@ -258,6 +304,43 @@ def pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> lis
             msg += f" (got {_SHORT.repr(e['input'])})"  # bounded: never expands a huge value first
         problems.append(f"{_path(e['loc'])}: {msg}")
     return problems
+
+
+_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # docker's rule for names
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # [registry/]name[:tag][@digest]
+
+
+def _docker_problems(cfg: ClusterConfig) -> list[str]:
+    p: list[str] = []
+    sections = [("docker", cfg.docker)] + [(f"available_node_types.{name}.docker", nt.docker)
+                                           for name, nt in cfg.available_node_types.items()]
+    for where, section in sections:
+        if section is None:
+            continue
+        for key in ("image", "head_image", "worker_image"):
+            value = getattr(section, key)
+            if value and not _IMAGE.match(value):
+                p.append(f"{where}.{key}: {value[:80]!r} is not an image reference ([registry/]name[:tag])")
+        if section.container_name and not _CONTAINER_NAME.match(section.container_name):
+            p.append(f"{where}.container_name: {section.container_name[:80]!r} is not a container name "
+                     "(letters, digits, '_', '.' and '-')")
+    in_containers = []
+    for name in cfg.available_node_types:
+        for is_head in ((True, False) if name == cfg.head_node_type else (False,)):
+            container = cfg.container_for(name, is_head)
+            if container is None:
+                continue
+            in_containers.append(name)
+            if not container.name:
+                own = cfg.available_node_types[name].docker
+                where = f"available_node_types.{name}.docker" if own and own.model_fields_set & {
+                    "image", "head_image", "worker_image"} else "docker"
+                p.append(f"{where}.container_name: required with an image (the container's name on the node)")
+    if in_containers and cfg.provider.kind in ("local", "slurm"):
+        what = "processes on this machine" if cfg.provider.kind == "local" else "Slurm allocations"
+        p.append(f"docker: provider.type {cfg.provider.type!r} runs nodes as {what}, which cannot hold a "
+                 "container of their own; remove the image to run on the host")
+    return sorted(set(p), key=p.index)
 
 
 def _semantic_problems(cfg: ClusterConfig) -> list[str]:
@@ -323,6 +406,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     if min_sum > cfg.max_workers >= 0:
         p.append(f"max_workers: must be >= the sum of the worker types' min_workers ({min_sum})")
 
+    p += _docker_problems(cfg)
     if cfg.cluster_synced_files:
         p.append("cluster_synced_files: not supported yet; use file_mounts")
     if cfg.file_mounts_sync_continuously:
@@ -413,15 +497,6 @@ def _raw_problems(data: dict) -> list[str]:
     """Problems seen on the document itself, reported even when its shape is wrong elsewhere."""
     p: list[str] = []
     types = data.get("available_node_types")
-    docker = data.get("docker")
-    sections = [("docker", docker)] + [(f"available_node_types.{name}.docker", (nt or {}).get("docker"))
-                                        for name, nt in (types.items() if isinstance(types, dict) else [])
-                                        if isinstance(nt, dict)]
-    for where, section in sections:
-        if isinstance(section, dict):
-            for key in ("image", "head_image", "worker_image"):
-                if section.get(key):
-                    p.append(f"{where}.{key}: containers are not supported yet; remove it to run on the host")
     provider = data.get("provider")
     kind = provider.get("type") if isinstance(provider, dict) else None
     if isinstance(kind, str) and kind not in PROVIDER_TYPES:  # its defaults are unknown too: said first

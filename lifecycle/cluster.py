@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import providers
+from core.config import Container
 from core.errors import LaunchError, NodeNotFound
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, for_node
@@ -30,6 +31,7 @@ from lifecycle.updater import NodeUpdateFailed, NodeUpdater, UpdatePlan
 from runtime.node_config import NodeRuntimeConfig
 from transport import SSHAuth, runner_for
 from transport.base import CommandRunner, node_name
+from transport.docker import ContainerRunner
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -83,9 +85,19 @@ class Lifecycle:
             raise LaunchError(f"cluster {self.spec.name!r} is not up (no head node); run `launch up` first")
         return head
 
+    def container(self, node: NodeInfo) -> Container | None:
+        """The container the node runs in (Ray's docker section), None: on its host."""
+        return self.cfg.container_for(node.node_type, node.kind == KIND_HEAD)
+
     def runner(self, node: NodeInfo) -> CommandRunner:
-        """How commands reach a node. From the laptop, a worker of an SSH cluster is reached through the
-        head's SSH connection, at its private IP: the head's port 22 is all the laptop needs."""
+        """How commands reach a node: its container's, where it runs in one, else its host's."""
+        host = self.host_runner(node)
+        container = self.container(node)
+        return host if container is None else ContainerRunner(host, container)
+
+    def host_runner(self, node: NodeInfo) -> CommandRunner:
+        """How commands reach a node's host. From the laptop, a worker of an SSH cluster is reached through
+        the head's SSH connection, at its private IP: the head's port 22 is all the laptop needs."""
         with self._runners_lock:
             if node.id in self._runners:
                 return self._runners[node.id]
@@ -104,8 +116,8 @@ class Lifecycle:
                 return None
             from lifecycle.head import pull_known_hosts
 
-            self._route = self.runner(head)
-            pull_known_hosts(self._route, self.dir.known_hosts)
+            self._route = self.host_runner(head)
+            pull_known_hosts(self.runner(head), self.dir.known_hosts)
         return self._route
 
     def close(self) -> None:
@@ -193,7 +205,7 @@ class Lifecycle:
                 head_port: int = 0) -> NodeUpdater:
         rhash = runtime_hash(self.spec, node.node_type, is_head, "" if is_head else head_address)
         return NodeUpdater(
-            self.provider, self.runner(node), node, self.spec,
+            self.provider, self.host_runner(node), self.container(node), node, self.spec,
             self.node_runtime_config(node, token, is_head, head_address, head_port),
             launch_hash=launch_hash(self.cfg, node.node_type), runtime_hash=rhash,
             log_path=self.dir.node_log(node.id), wait_ready_s=self.section.node_wait_s(),
@@ -209,7 +221,9 @@ class Lifecycle:
         if restart:
             return UpdatePlan(full=False, restart_runtime=True)
         if not updater.runtime_running():
-            return UpdatePlan(full=False, restart_runtime=False)
+            # a node in a container whose runtime is not running may have lost the container (its host
+            # restarted): it is made again, with its setup
+            return UpdatePlan(full=updater.container is not None, restart_runtime=False)
         return None
 
     def set_up_worker(self, node: NodeInfo, token: str, head_address: str, restart: bool = False) -> str | None:

@@ -3,11 +3,13 @@
 - launch hash: what the instance itself is made of (node_config, auth, provider kind). A change
   replaces the node.
 - runtime hash: what is set up on it (commands, file mounts' contents, resources and labels, the
-  runtime settings, this package's version). A change re-runs file sync, setup and start on the node.
+  runtime settings, the container it runs in, this package's version). A change re-runs file sync,
+  setup and start on the node (in a new container, where the image changed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -47,4 +49,5 @@ def runtime_hash(spec: ClusterSpec, node_type: str, is_head: bool, head_address:
         "labels": nt.labels,
         "head": head_address,
         "runtime": cfg.runtime.model_dump(),
+        "container": dataclasses.asdict(c) if (c := cfg.container_for(node_type, is_head)) else None,
     })

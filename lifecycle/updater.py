@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from core.config import Container
 from core.errors import LaunchError
 from core.node import NodeInfo
 from core.paths import NODE_CONFIG, for_node
@@ -22,6 +23,7 @@ from lifecycle.runtime_bundle import ensure_runtime
 from providers.base import Provider
 from runtime.node_config import NodeRuntimeConfig
 from transport.base import CommandResult, CommandRunner, ConnectionLost, node_name
+from transport.docker import ContainerRunner, ensure_container
 from transport.file_sync import sync_up
 
 STEP_ATTEMPTS = 3
@@ -48,11 +50,15 @@ class UpdatePlan:
 
 
 class NodeUpdater:
-    def __init__(self, provider: Provider, runner: CommandRunner, node: NodeInfo, spec: ClusterSpec,
-                 runtime_cfg: NodeRuntimeConfig, *, launch_hash: str, runtime_hash: str, log_path: Path,
-                 wait_ready_s: float):
+    def __init__(self, provider: Provider, host: CommandRunner, container: Container | None, node: NodeInfo,
+                 spec: ClusterSpec, runtime_cfg: NodeRuntimeConfig, *, launch_hash: str, runtime_hash: str,
+                 log_path: Path, wait_ready_s: float):
+        """`host`: the node's host; `container`: the container the node runs in, where the config says
+        so (Ray's docker section): everything after its start then runs inside it."""
         self.provider = provider
-        self.runner = runner
+        self.host = host
+        self.container = container
+        self.runner = host if container is None else ContainerRunner(host, container)
         self.node = node
         self.spec = spec
         self.cfg = spec.config
@@ -88,11 +94,12 @@ class NodeUpdater:
                     raise NodeUpdateFailed(self.node.id, step, [str(e)], "connection kept dropping") from None
                 self.runner.wait_ready(self.wait_ready_s)
 
-    def _run(self, log: TextIO, step: str, cmd: str, env: dict[str, str] | None = None) -> CommandResult:
+    def _run(self, log: TextIO, step: str, cmd: str, env: dict[str, str] | None = None,
+             runner: CommandRunner | None = None) -> CommandResult:
         def attempt():
             log.write(f"$ {cmd}\n")
             log.flush()
-            return self.runner.run(cmd, env=env, on_output=lambda line: (log.write(line), log.flush()))
+            return (runner or self.runner).run(cmd, env=env, on_output=lambda line: (log.write(line), log.flush()))
 
         result = self._retrying(log, step, attempt)
         log.write(f"[exit {result.exit_code}]\n")
@@ -110,6 +117,17 @@ class NodeUpdater:
                     self.runner.wait_ready(self.wait_ready_s)
                     step = "syncing-files"
                     self._set_status(NodeStatus.SYNCING_FILES)
+                    if self.container is not None:
+                        # as in Ray: initialization commands on the host (a registry login), then the
+                        # container; the files go into it
+                        for cmd in self.cfg.initialization_commands_for(self.node.node_type):
+                            self._run(log, step, cmd, env=self.command_env, runner=self.host)
+                        step = "starting the container"
+                        options = getattr(self.provider, "container_options", lambda is_head: [])(self.runtime_cfg.is_head)
+                        done = self._retrying(log, step, lambda: ensure_container(self.host, self.container, log,
+                                                                                   tuple(options)))
+                        log.write(f"container {self.container.name} ({self.container.image}): {done}\n")
+                        step = "syncing-files"
                     for remote, local in self.spec.file_mounts.items():
                         n = self._retrying(log, step, lambda: sync_up(
                             self.runner, Path(local), remote, self.cfg.rsync_exclude, self.cfg.rsync_filter))
@@ -119,8 +137,8 @@ class NodeUpdater:
                     if self.runtime_cfg.is_head:  # where Ray's start commands expect the cluster's config
                         self._retrying(log, step, lambda: self.runner.put_file(
                             self.spec.config.ray_bootstrap_yaml().encode(), RAY_BOOTSTRAP_CONFIG, mode=0o600))
-                    for cmd in [*self.cfg.initialization_commands_for(self.node.node_type),
-                                *self.cfg.setup_commands_for(self.node.node_type, self.runtime_cfg.is_head)]:
+                    init = [] if self.container is not None else self.cfg.initialization_commands_for(self.node.node_type)
+                    for cmd in [*init, *self.cfg.setup_commands_for(self.node.node_type, self.runtime_cfg.is_head)]:
                         self._run(log, step, cmd, env=self.command_env)
                 step = "starting the runtime"
                 self.start_runtime(log, plan.restart_runtime)

@@ -78,7 +78,7 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     ec2.terminate_instances(InstanceIds=[busy])
     rerun_on, _ = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)}
-    events = (head_twin.root / ".launch-runtime" / "logs" / "autoscaler.log").read_text()
+    events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
     assert '"event": "instance-gone"' in events
 
     # idle past the timeout: back to the head alone, their twins gone; the on-demand node is stopped

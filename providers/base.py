@@ -102,6 +102,8 @@ class Provider(Protocol):
     #   cache_stopped_nodes: bool                 (Ray's key: retire by stopping, create by starting)
     #   stop(node_ids) -> None                    stop, keeping the disk; `list` no longer shows them
     #   stopped(tag_filters) -> list[NodeInfo]    the stopped ones, for `down`
+    # A provider may have `container_options(is_head: bool) -> list[str]`: `docker run` options a node of
+    # its needs where it runs in a container (Ray's docker section), e.g. state the provider keeps on the host.
     # A provider may have `cleanup(purge: bool) -> list[str]`: `down` calls it once no node is left, to
     # remove what bootstrap made for this cluster alone (never what it found, or what other clusters
     # share); `purge` (down --purge) also removes what it made and keeps by default. It returns lines

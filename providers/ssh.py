@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import shlex
 import time
 from pathlib import Path
 
 from pydantic import Field
 
-from core.config import ClusterConfig, split_host_port
+from core.config import ClusterConfig, Container, split_host_port
 from core.errors import ConfigError, LaunchError, NodeNotFound, ProviderError
 from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_DIR, in_shell, on_this_node
 from core.spec import ClusterSpec
@@ -24,10 +25,15 @@ from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
 from transport import SSHAuth, runner_for
+from transport.docker import remove_container_cmd
 
 DEFAULT_HEAD_PORT = 6380
 TERMINATE_CONNECT_TIMEOUT_S = 5.0
 POOL_DIR = f"{RUNTIME_DIR}/pool"  # on the head host: the pool's claims, per cluster
+# A head in a container (Ray's docker section) sees the claims the laptop keeps on its host through a
+# bind mount, which this variable names to the autoscaler in the container
+CONTAINER_POOL_DIR = "/var/lib/launch-pool"
+POOL_DIR_ENV = "LAUNCH_POOL_DIR"
 
 
 class Section(CommonSection):
@@ -95,9 +101,16 @@ class Provider:
                        known_hosts=self.known_hosts, proxy_command=self.spec.config.auth.ssh_proxy_command,
                        connect_timeout_s=connect_timeout_s)
 
+    def container_options(self, is_head: bool) -> list[str]:
+        if not is_head:
+            return []
+        return [f'-v "$HOME"/{shlex.quote(POOL_DIR[2:])}:{CONTAINER_POOL_DIR}', f"-e {POOL_DIR_ENV}={CONTAINER_POOL_DIR}"]
+
     def _claims(self, op: str, **args):
         path = self.spec.provider_state["claims"]
         if self.spec.on_head:
+            if os.environ.get(POOL_DIR_ENV):  # the host's, mounted into the head's container
+                path = f"{os.environ[POOL_DIR_ENV]}/{Path(path).name}"
             return ssh_claims.apply(path, op, args)
         if self._remote is None:
             host, port = self.head_host
@@ -130,6 +143,11 @@ class Provider:
         if not self._claims("set_tags", node_id=node_id, tags=dict(tags)):
             raise NodeNotFound(node_id)
 
+    def _containers(self) -> list[Container]:
+        cfg = self.spec.config
+        found = {cfg.container_for(t, h) for t in cfg.available_node_types for h in (True, False)}
+        return sorted((c for c in found if c is not None), key=lambda c: (c.cli, c.name))
+
     def terminate(self, node_ids: list[str]) -> None:
         """The host goes back to the pool: its runtime (and every process of it) is stopped, its claim dropped."""
         released = self._claims("release", ids=list(node_ids))
@@ -138,7 +156,9 @@ class Provider:
             runner = runner_for(self._info(nid, claim), dataclasses.replace(auth, use_internal_ips=self.spec.on_head))
             try:  # best effort: an unreachable host is freed all the same
                 python = in_shell(NODE_PYTHON)
-                runner.run(f"test -x {python} && {python} -m runtime.node stop", timeout=30)
+                # a node in a container (Ray's docker section) goes with it: the host runs none of it
+                containers = "".join(f"{remove_container_cmd(c)}; " for c in self._containers())
+                runner.run(f"{containers}test -x {python} && {python} -m runtime.node stop", timeout=60)
             except LaunchError:
                 pass
             finally:

@@ -78,6 +78,8 @@ def _problems(data: dict, base_dir: Path | None = None) -> list[str]:
 
 
 # (mutation path, value, the exact problem line expected)
+LOCAL = ("docker: provider.type 'local' runs nodes as processes on this machine, which cannot hold a "
+         "container of their own; remove the image to run on the host")
 BAD = [
     ("available_node_types.cpu.max_workers", 0, "available_node_types.cpu.max_workers: must be >= min_workers (1)"),
     ("available_node_types.cpu.min_workers", -1, "available_node_types.cpu.min_workers: must be >= 0 (got -1)"),
@@ -117,12 +119,18 @@ BAD = [
      "available_node_types.gpu.resources.CPU: must be a finite number (got inf)"),
     ("idle_timeout_minutes", float("nan"), "idle_timeout_minutes: must be a finite number (got nan)"),
     ("available_node_types.gpu.cost_per_hour", -0.5, "available_node_types.gpu.cost_per_hour: must be >= 0 (got -0.5)"),
+    # Ray's docker section: checked for what it is, and refused where nodes are processes of this machine
     ("docker", {"image": "rayproject/ray:latest"},
-     "docker.image: containers are not supported yet; remove it to run on the host"),
-    ("docker", {"head_image": "x", "container_name": "ray"},
-     "docker.head_image: containers are not supported yet; remove it to run on the host"),
+     ["docker.container_name: required with an image (the container's name on the node)", LOCAL]),
+    ("docker", {"head_image": "x y", "container_name": "ray"},
+     ["docker.head_image: 'x y' is not an image reference ([registry/]name[:tag])", LOCAL]),
+    ("available_node_types.gpu.docker", {"worker_image": "x", "container_name": "-a"},
+     ["available_node_types.gpu.docker.container_name: '-a' is not a container name (letters, digits, '_', '.' "
+      "and '-')", LOCAL]),
     ("available_node_types.gpu.docker", {"worker_image": "x"},
-     "available_node_types.gpu.docker.worker_image: containers are not supported yet; remove it to run on the host"),
+     ["available_node_types.gpu.docker.container_name: required with an image (the container's name on the node)",
+      LOCAL]),
+    ("docker", {"image": "x", "container_name": "c", "pull_befor_run": True}, "docker.pull_befor_run: unknown field"),
     ("cluster_synced_files", ["a"], "cluster_synced_files: not supported yet; use file_mounts"),
     ("file_mounts_sync_continuously", True, "file_mounts_sync_continuously: not supported yet; set it to false"),
     ("file_mounts", {"~/data": "./does-not-exist"}, "file_mounts.~/data: local path './does-not-exist' does not exist"),

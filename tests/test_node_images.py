@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import runtime
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, job_result, wait_for, write_config
 from tests.infra.twins import onprem_config
 
 # A job, run on the cluster's own Python: a gang of three 2-CPU bundles, one per host (STRICT_SPREAD), on
@@ -75,12 +75,7 @@ def test_a_debian11_pool_with_pythons_own_packages_autoscales_work_and_jobs(debi
     assert any("the node runs Python 3.9 (cpython, x86_64)" in p.read_text() for p in log)
 
     # a job on the cluster's Python: the autoscaler brings both workers for the work it submits
-    job = debian11["laptop"] / "spread.py"
-    job.write_text(JOB)
-    r = cli("submit", str(path), str(job), home=home, timeout=420)
-    assert r.returncode == 0, r.stdout + r.stderr
-    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    results = json.loads(line[len("RESULT "):])
+    results = job_result(path, JOB, home, timeout=420)
     assert sorted(x["host"] for x in results) == ["d11-head", "d11-w1", "d11-w2"]
     for x in results:
         assert x["python"] == "3.9"

@@ -173,12 +173,11 @@ def test_ssh_proxy_use_node_id_gives_the_proxy_the_node_id(tmp_path):
     assert runner_for(node, SSHAuth(user="u", private_key=None, known_hosts=tmp_path / "kh")).proxy_host == "10.0.0.5"
 
 
-def test_a_container_image_is_named_by_its_key_beside_other_problems(user_home):
-    data = {"cluster_name": "c", "docker": {"image": "rayproject/ray-ml:latest-gpu", "container_name": "ray"}}
+def test_a_docker_section_is_checked_beside_other_problems(user_home):
+    data = {"cluster_name": "c", "docker": {"image": "rayproject/ray-ml:latest-gpu", "contianer_name": "ray"}}
     with pytest.raises(ConfigError) as e:
         load_config(write_config(user_home / "c.yaml", data))
-    assert e.value.problems[:2] == ["docker.image: containers are not supported yet; remove it to run on the host",
-                                    "provider: required field is missing"]
+    assert e.value.problems[:2] == ["provider: required field is missing", "docker.contianer_name: unknown field"]
 
 
 def test_a_missing_or_unreadable_private_key_is_named_before_any_host_is_contacted(user_home):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, job_result, wait_for, write_config
 from tests.infra.twins import onprem_config
 
 CLUSTER = "nfs"
@@ -64,12 +64,7 @@ def test_hosts_sharing_a_home_each_run_their_own_node(nfs):
 
     wait_for(lambda: [n["runtime"] for n in status()["nodes"]] == ["alive"] * 3, timeout=180,
              what="both workers registered with the head")
-    job = nfs["laptop"] / "spread.py"
-    job.write_text(JOB)
-    r = cli("submit", str(path), str(job), home=home, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert json.loads(line[len("RESULT "):]) == [[t.name, "w=1"] for t in sorted(twins, key=lambda t: t.name)]
+    assert job_result(path, JOB, home) == [[t.name, "w=1"] for t in sorted(twins, key=lambda t: t.name)]
 
     # each node's own token file, pids and logs under its own name; the runtime installed once, shared
     ids = {json.loads((t.node_dir / "node.json").read_text())["node_id"] for t in twins}

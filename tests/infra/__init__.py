@@ -39,6 +39,19 @@ def node_dir(home: Path, hostname: str | None = None) -> Path:
     return home / for_node(NODE_DIR, hostname or os.uname().nodename)[2:]
 
 
+def job_result(config: Path, source: str, home: Path, timeout: float = 300):
+    """Run `source` as a job (`launch submit`, as a user would) and return what it printed after
+    `RESULT ` on one line, read as JSON."""
+    import json
+
+    script = config.parent / "job_result.py"
+    script.write_text(source)
+    r = cli("submit", str(config), str(script), home=home, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
 def wait_for(pred, timeout: float = 60.0, every: float = 0.2, what: str = "condition"):
     """Poll `pred` until it returns something truthy (returned), or fail naming what was awaited."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """AWS on moto whose instances are VM twins: a moto server on the twins' bridge (the head's autoscaler
 calls it from its twin), a VPC and subnet in the twins' range, and a watcher that gives every running
 instance a twin at its private IP and kills the twin when the instance is terminated. A head's twin
-lets the laptop in on port 22 only."""
+lets the laptop in on port 22 only; an instance of an image in `docker_amis` has a Docker daemon."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class MotoTwins:
         self.url = f"http://{host}:{port}"
         self.ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=self.url, **CREDENTIALS)
         self.instances: dict[str, str] = {}  # instance id -> twin name
+        self.docker_amis: set[str] = set()  # instances of these images get a Docker daemon (containers.py)
         self.vpc_id = self.subnet_id = ""
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -65,7 +66,7 @@ class MotoTwins:
                     ip = info.get("PrivateIpAddress") or ""
                     if instance not in self.instances and ip.startswith(f"10.{self.net.n}.0."):
                         self.instances[instance] = instance
-                        twin = self.net.twin(instance, ip)
+                        twin = self.net.twin(instance, ip, docker=info.get("ImageId") in self.docker_amis)
                         if any(t["Key"] == "launch-kind" and t["Value"] == "head" for t in info.get("Tags", [])):
                             twin.block_laptop()  # a head behind a firewall that lets SSH in only
                 for instance in [i for i in self.instances if i not in running]:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 from tests.infra import SSHD, wait_for, wait_for_pidfile
 
+# a docker twin's own daemons: part of the machine, like its sshd
+DAEMONS = ("dockerd ", "containerd ")
+
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True)
@@ -58,9 +61,10 @@ def twins_unavailable() -> str | None:
 
 class Twin:
     def __init__(self, net: TwinNet, name: str, ip: str, index: int, image: Path | None = None,
-                 shared_home: Path | None = None):
+                 shared_home: Path | None = None, docker: bool = False):
         self.net, self.name, self.ip, self.index = net, name, ip, index
         self.image = image
+        self.docker = docker  # a Docker daemon of its own (tests/infra/containers.py)
         self.netns = f"{net.prefix}-{name}"
         self.dir = net.root / "twins" / name
         self.root = shared_home or self.dir / "root"  # what the twin sees as /root
@@ -109,9 +113,15 @@ class Twin:
         pidfile = self.dir / "sshd.pid"
         pidfile.unlink(missing_ok=True)
         script = (f"hostname {self.name} && mount --bind {self.root} /root && "
-                  f"mount -t tmpfs -o size=1m none {net.laptop} && "
-                  f"exec {SSHD} -f {cfg} -o PidFile={pidfile}")
-        _sh("ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
+                  f"mount -t tmpfs -o size=1m none {net.laptop} && ")
+        enter = ["ip", "netns", "exec", ns]
+        if self.docker:
+            from tests.infra.containers import dockerd_script
+
+            script += dockerd_script(self.dir, net.registry)
+            enter = ["nsenter", f"--net=/run/netns/{ns}"]  # `ip netns exec` would hide the cgroup mounts
+        script += f"exec {SSHD} -f {cfg} -o PidFile={pidfile}"
+        _sh(*enter, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
         self.sshd_pid = wait_for_pidfile(pidfile, f"sshd of twin {self.name}")
         return self
 
@@ -158,6 +168,11 @@ class Twin:
         """The twin's whole filesystem as this machine sees it (an image twin's own; else this machine's)."""
         return self.dir / "upper" if self.image is not None else Path("/")
 
+    def inside(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A command run in the twin's own namespaces (its mounts, hostname and network), as its root."""
+        return subprocess.run(["nsenter", "-t", str(self.sshd_pid), "-m", "-u", "-n", "--", *cmd],
+                              capture_output=True, text=True, timeout=timeout)
+
     def pids(self) -> list[int]:
         r = _sh("ip", "netns", "pids", self.netns, check=False)
         return [int(p) for p in r.stdout.split()]
@@ -170,7 +185,7 @@ class Twin:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             except OSError:
                 continue
-            if pid != self.sshd_pid and not cmd.startswith((SSHD, "sshd:", "unshare ", "nsenter ")):
+            if pid != self.sshd_pid and not cmd.startswith((SSHD, "sshd:", "unshare ", "nsenter ", *DAEMONS)):
                 out.append(cmd)
         return out
 
@@ -230,6 +245,7 @@ class TwinNet:
         self.authorized_keys = root / "authorized_keys"
         shutil.copy(authorized_key, self.authorized_keys)
         self.twins: dict[str, Twin] = {}
+        self.registry = f"{self.gateway}:5000"  # where tests/infra/containers.py serves images to twins
         self._lock = threading.Lock()
         self._index = itertools.count(1)  # veth names are never reused while the net lives
         self._cleanup_stale()
@@ -267,12 +283,14 @@ class TwinNet:
     def ip(self, host: int) -> str:
         return f"10.{self.n}.0.{host}"
 
-    def twin(self, name: str, ip: str, image: Path | None = None, shared_home: Path | None = None) -> Twin:
+    def twin(self, name: str, ip: str, image: Path | None = None, shared_home: Path | None = None,
+             docker: bool = False) -> Twin:
         """A twin at `ip`; with `image`, an image twin booting that root; with `shared_home`, its /root is
-        that folder, which other twins may share."""
+        that folder, which other twins may share; with `docker`, a Docker daemon of its own that pulls
+        from the bridge's registry."""
         with self._lock:
             assert name not in self.twins, f"twin {name} exists"
-            t = Twin(self, name, ip, next(self._index), image, shared_home)
+            t = Twin(self, name, ip, next(self._index), image, shared_home, docker)
             self.twins[name] = t
         return t.start()
 
