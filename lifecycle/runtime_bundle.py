@@ -399,11 +399,14 @@ _PTH = ("import sys, importlib.machinery as m; sys.meta_path.append(type('Launch
         "{{'find_spec': staticmethod(lambda n, p=None, t=None, f=m.PathFinder.find_spec, s={sites!r}: "
         "None if p is not None else f(n, s))}}))\n")
 
-# One round trip (each command costs the node's sshd ~0.1 s): the node's interpreter, its user site, its
-# home, and the installs it has; each line named, since a login may print lines of its own.
+# One round trip (each command costs the node's sshd ~0.1 s): the node's interpreter, where it reads our
+# .pth (its user site; a venv's python3 reads none: its own site-packages, where writable), its home, its
+# hostname and the installs it has; each line named, since a login may print lines of its own.
 _PROBE = ("python3 -c \"import sys, platform, site, os; print('target:', sys.implementation.name, "
           "*sys.version_info[:2], platform.machine(), *platform.libc_ver()); "
-          "print('user-site:', site.getusersitepackages()); print('home:', os.path.expanduser('~')); "
+          "print('user-site:', site.getusersitepackages() if site.ENABLE_USER_SITE else "
+          "next((d for d in site.getsitepackages() if os.access(d, os.W_OK)), '')); "
+          "print('home:', os.path.expanduser('~')); "
           "print('host:', os.uname().nodename)\" "
           "&& echo \"installs: $(cd " + INSTALLS + " 2>/dev/null && ls */.complete 2>/dev/null)\"")
 
@@ -412,11 +415,12 @@ def probe(runner: CommandRunner) -> tuple[Target, str, str, set[str]]:
     """(target, user site, home, installed bundle ids) of the node; the runner learns the node's name."""
     result = runner.run(_PROBE)
     said = {}
+    names = {"target", "user-site", "home", "host", "installs"}
     for line in result.tail:
-        name, sep, value = line.strip().partition(": ")
-        if sep or line.strip() == "installs:":
-            said[name.rstrip(":")] = value.strip()
-    if not result.ok or not {"target", "user-site", "home", "host", "installs"} <= said.keys():
+        name, sep, value = line.strip().partition(":")
+        if sep and name in names:
+            said[name] = value.strip()
+    if not result.ok or not names <= said.keys():
         raise LaunchError("python3 is not available on the node: install Python 3 there (setup cannot run the runtime)")
     try:
         target = Target.parse(said["target"])
@@ -449,5 +453,6 @@ def ensure_runtime(runner: CommandRunner, log: TextIO, provider: str | None = No
                f'PYTHONPATH="{":".join(sites)}${{PYTHONPATH:+:$PYTHONPATH}}" exec python3 "$@"\n')
     python = for_node(NODE_PYTHON, runner.node_name)  # the node's own: nodes sharing a home may differ
     runner.put_file(wrapper.encode(), python, mode=0o755)
-    runner.put_file(_PTH.format(sites=sites).encode(), f"{user_site}/launch-runtime.pth", mode=0o644)
+    if user_site:  # a venv's python3 reads no user site: its own site-packages, where the user may write
+        runner.put_file(_PTH.format(sites=sites).encode(), f"{user_site}/launch-runtime.pth", mode=0o644)
     return python

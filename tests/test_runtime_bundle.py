@@ -132,3 +132,24 @@ def test_every_module_imports_on_python_39_with_the_head_bundle_of_each_cloud(pr
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "all imported", out.stdout + out.stderr
+
+
+def test_a_node_whose_python3_is_a_venv_imports_the_runtime(tmp_path, monkeypatch):
+    """A venv's python3 (an image that puts one first on PATH) reads no user site: the runtime's .pth
+    goes into the venv's own site-packages, so a bare `python3` there imports the shipped runtime."""
+    import io
+    import sys
+
+    from transport.local import LocalCommandRunner
+
+    monkeypatch.setenv("LAUNCH_HOME", str(tmp_path / "launch"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    home = tmp_path / "node"
+    home.mkdir()
+    node = LocalCommandRunner(home, {}, str(venv / "bin" / "python3"))  # `python3` there is the venv's
+    target, pth_dir, _, _ = rb.probe(node)
+    assert target == Target.local() and pth_dir.startswith(str(venv)) and pth_dir.endswith("site-packages")
+    rb.ensure_runtime(node, io.StringIO())
+    r = node.run("cd / && python3 -c 'import runtime; print(runtime.__file__)'")
+    assert r.ok and r.tail[-1].startswith(f"{home}/.launch-runtime/install/node-"), r.tail
