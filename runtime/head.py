@@ -144,6 +144,7 @@ class HeadServicer(pb_grpc.HeadServicer):
     def _recover(self, now: float) -> float:
         """Take back what a previous head left in the store: queued work queues again, running work waits
         for its node to say it still runs it. Returns when the wait for those nodes ends."""
+        self.sched.resume_ids(self.store.id_seq())
         rows = self.store.live()
         for row in rows:
             item = _item(row.id, pb.WorkSpec.FromString(row.spec), row.submitted_at)
@@ -189,7 +190,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                 for waiter in waiters:
                     waiter.one_done(result)
         if live or done or rows:
-            self.store.write(rows, live, [self._done_row(item) for item in done])
+            self.store.write(rows, live, [self._done_row(item) for item in done],
+                             id_seq=self.sched.id_seq if rows else None)
         for item in done:
             self.sched.forget(item.id)
             if item.id in self.uploaded_args:

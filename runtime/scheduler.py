@@ -401,6 +401,15 @@ class Scheduler:
         self._seq += 1
         return f"{kind[0]}-{self._seq:08x}"
 
+    @property
+    def id_seq(self) -> int:
+        """The last id number given (the head keeps it in its store: see resume_ids)."""
+        return self._seq
+
+    def resume_ids(self, last: int) -> None:
+        """After a head restart: go on from the last id number the previous head gave."""
+        self._seq = max(self._seq, last)
+
     def state_of(self, item_id: str) -> str | None:
         item = self.items.get(item_id)
         return item.state if item is not None else self.done_state(item_id)

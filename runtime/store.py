@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS items (
   stored INTEGER NOT NULL DEFAULT 0,
   fetched_at REAL
 );
+-- the last id number the head gave: a restarted head goes on from it, never giving an id twice (the
+-- items table cannot tell: retention removes old items)
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -186,12 +189,16 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------------------
 
-    def write(self, new: Iterable[tuple], live: Iterable[tuple], done: Iterable[tuple]) -> None:
+    def write(self, new: Iterable[tuple], live: Iterable[tuple], done: Iterable[tuple],
+              id_seq: int | None = None) -> None:
         """One transaction. new: (id, kind, name, request, max_retries, spec bytes, submitted_at, then its
         state now: state, attempt, node_id, gpu_ids, started_at); then state changes, live: (id, state,
         attempt, node_id, gpu_ids, started_at); done: (id, state, attempt, node_id, finished_at, exit_code,
-        message, value, error, value_size, stored), whose spec goes."""
+        message, value, error, value_size, stored), whose spec goes. id_seq: the last id number given."""
         with self._tx():
+            if id_seq is not None:
+                self.db.execute("INSERT INTO counters (name, value) VALUES ('id_seq', ?) ON CONFLICT(name) "
+                                "DO UPDATE SET value = max(value, excluded.value)", (id_seq,))
             if new:
                 self.db.executemany(
                     "INSERT INTO items (id, kind, name, request, max_retries, spec, submitted_at, state, attempt, "
@@ -230,6 +237,17 @@ class Store:
         return len(expired)
 
     # --- reads --------------------------------------------------------------------------------------
+
+    def id_seq(self) -> int:
+        """The last id number a head of this store gave (0: none); for a store of a version that kept no
+        counter, the highest number among the ids it holds."""
+        with self._read() as db:
+            row = db.execute("SELECT value FROM counters WHERE name = 'id_seq'").fetchone()
+            if row:
+                return row[0]
+            ids = db.execute("SELECT id FROM items WHERE id GLOB '?-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]"
+                             "[0-9a-f][0-9a-f][0-9a-f][0-9a-f]'").fetchall()
+        return max((int(i[2:], 16) for (i,) in ids), default=0)
 
     def live(self) -> list[Row]:
         """Items not done, in the order they were submitted (a dependency before its dependents)."""

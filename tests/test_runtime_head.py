@@ -472,3 +472,35 @@ def test_a_task_goes_to_an_idle_worker_at_once_and_its_death_or_cancel_is_still_
     assert reports["t-2"].state == "cancelled" and reports["t-4"].state == "lost"
     assert "worker process died" in reports["t-4"].message
     assert [cloudpickle.loads(reports[i].value) for i in ("t-1", "t-3", "t-5")] == [1, 3, 5]
+
+
+def test_ids_given_after_a_head_restart_are_new_ones(tmp_path):
+    """A restarted head goes on from the last id it gave: three jobs before, five after, eight ids, and
+    the first three keep their records (ids are never given twice, also once retention removed items)."""
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0)
+    jobs = [pb.WorkSpec(kind="job", name=f"j{i}", command="true", request=pb.Resources(amounts={"CPU": 1.0}))
+            for i in range(5)]
+    server, _, port = serve(cfg, state_dir=tmp_path)
+    with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+        _register(client)
+        first = client.submit_many(jobs[:3])
+        client.report("n1", [pb.ItemResult(id=first[0], state="finished")])
+    server.stop(grace=0)
+    server, servicer, port = serve(cfg, state_dir=tmp_path)
+    try:
+        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+            later = client.submit_many(jobs)
+        assert len(set(first + later)) == 8
+        assert servicer.store.row(first[0]).state == "finished" and servicer.store.row(first[0]).name == "j0"
+        assert [servicer.store.row(i).name for i in later] == [f"j{i}" for i in range(5)]
+    finally:
+        server.stop(grace=0)
+    servicer.store.db.execute("DELETE FROM counters")  # a store of a version that kept no counter
+    server, servicer, port = serve(cfg, state_dir=tmp_path)
+    try:
+        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+            (again,) = client.submit_many(jobs[:1])
+        assert again not in set(first + later)
+    finally:
+        server.stop(grace=0)
