@@ -18,6 +18,7 @@ from rich.table import Table
 
 from core.config import ClusterConfig, json_schema
 from core.errors import ConfigError, LaunchError, first_line
+from core.paths import launch_home
 from lifecycle.config import load_config
 
 app = typer.Typer(
@@ -48,11 +49,15 @@ def _handle_errors(fn):
             raise typer.Exit(e.exit_code) from None
         except Exception as e:
             grpc = sys.modules.get("grpc")  # imported only by the commands that talk to the head
-            if grpc is None or not isinstance(e, grpc.RpcError):
+            if grpc is not None and isinstance(e, grpc.RpcError):
+                # the head away (HeadUnavailable says so), or it refused: one line, no raw gRPC text
+                message = str(e) if isinstance(e, ConnectionError) else (
+                    f"the head service refused the call ({e.code().name}): {first_line(e.details() or '', 200)}")
+            elif isinstance(e, OSError):  # this machine's own state: a read-only or full LAUNCH_HOME
+                message = (f"{e.filename}: {e.strerror}" if e.filename else
+                           f"{e.strerror or first_line(str(e), 200)} (launch keeps its state in {launch_home()})")
+            else:
                 raise
-            # the head away (HeadUnavailable says so), or it refused: one line, no raw gRPC text
-            message = str(e) if isinstance(e, ConnectionError) else (
-                f"the head service refused the call ({e.code().name}): {first_line(e.details() or '', 200)}")
             err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

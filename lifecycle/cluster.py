@@ -176,8 +176,8 @@ class Lifecycle:
             if can_transition(n.status, NodeStatus.TERMINATING):
                 try:
                     self.set_status(n, NodeStatus.TERMINATING)
-                except NodeNotFound:
-                    pass  # gone already
+                except (LaunchError, OSError):
+                    pass  # gone already, or its status cannot be written (a full disk): it goes all the same
         with self._runners_lock:
             runners = [self._runners.pop(n.id) for n in nodes if n.id in self._runners]
             if self._route in runners:

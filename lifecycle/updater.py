@@ -33,7 +33,8 @@ RAY_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # a step whose connection 
 class NodeUpdateFailed(LaunchError):
     def __init__(self, node_id: str, step: str, tail: list[str], detail: str = ""):
         self.node_id, self.step, self.tail, self.detail = node_id, step, tail, detail
-        last = f": {tail[-1]}" if tail else ""
+        said = [line.strip() for line in tail if line.strip()]  # the last thing it said, never an empty line
+        last = f": {said[-1]}" if said else ""
         super().__init__(f"node {node_id} failed at {step}{(' (' + detail + ')') if detail else ''}{last}")
 
     def as_dict(self) -> dict:

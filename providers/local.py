@@ -148,11 +148,15 @@ class Provider:
                 cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True,
             )
-            with locked_json(self.state_path) as state:
-                known = node_id in state
-                if known:
-                    state[node_id].update(pid=proc.pid, start_time=process_start_time(proc.pid))
-                    record = state[node_id]
+            try:
+                with locked_json(self.state_path) as state:
+                    known = node_id in state
+                    if known:
+                        state[node_id].update(pid=proc.pid, start_time=process_start_time(proc.pid))
+                        record = state[node_id]
+            except BaseException:  # the record could not name the machine (a full disk, Ctrl-C): no machine
+                self._destroy(node_id)
+                raise
             if not known:  # terminated while it was being created (e.g. by `down`)
                 self._destroy(node_id)
                 continue
@@ -192,11 +196,13 @@ class Provider:
             state[node_id]["tags"].update(tags)
 
     def terminate(self, node_ids: list[str]) -> None:
+        # the machine goes first, its record last: a terminate cut short (Ctrl-C) leaves a record that the
+        # next `list` sweeps or the next terminate ends, never a machine that no record names
+        for node_id in node_ids:
+            self._destroy(node_id)
         with locked_json(self.state_path) as state:
             for node_id in node_ids:
                 state.pop(node_id, None)
-        for node_id in node_ids:
-            self._destroy(node_id)
 
     def _destroy(self, node_id: str) -> None:
         kill_node_processes(node_id)

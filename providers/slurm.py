@@ -568,8 +568,8 @@ class Provider:
         jobs = []
         login_head = self._login_head().get("id")
         for node_id in node_ids:
+            # the head's processes go first, its record last: a terminate cut short is done again
             if node_id == login_head and self.head_host is not None:
-                self._claims("release", ids=[node_id])
                 from core.errors import LaunchError
                 from core.paths import NODE_PYTHON, in_shell
                 python = in_shell(NODE_PYTHON)
@@ -577,11 +577,12 @@ class Provider:
                     self._head_runner().run(f"test -x {python} && {python} -m runtime.node stop", timeout=60)
                 except LaunchError:
                     pass
+                self._claims("release", ids=[node_id])
             elif node_id == login_head:
-                with locked_json(self.head_path) as head:
-                    head.clear()
                 kill_node_processes(node_id)
                 shutil.rmtree(self.root / "head", ignore_errors=True)
+                with locked_json(self.head_path) as head:
+                    head.clear()
             elif node_id.isdigit():
                 jobs.append(node_id)
         if jobs:  # a job that ended already is not an error: scancel of it does nothing

@@ -149,10 +149,13 @@ class Provider:
         return sorted((c for c in found if c is not None), key=lambda c: (c.cli, c.name))
 
     def terminate(self, node_ids: list[str]) -> None:
-        """The host goes back to the pool: its runtime (and every process of it) is stopped, its claim dropped."""
-        released = self._claims("release", ids=list(node_ids))
+        """The host goes back to the pool: its runtime (and every process of it) is stopped, then its claim
+        dropped (in this order: a terminate cut short leaves a claim to terminate again, never a host
+        running a runtime that no claim names)."""
+        wanted = set(node_ids)
+        claimed = [(nid, c) for nid, c in self._claims("list", filters={}) if nid in wanted]
         auth = self._auth(TERMINATE_CONNECT_TIMEOUT_S)
-        for nid, claim in released:
+        for nid, claim in claimed:
             runner = runner_for(self._info(nid, claim), dataclasses.replace(auth, use_internal_ips=self.spec.on_head))
             try:  # best effort: an unreachable host is freed all the same
                 python = in_shell(NODE_PYTHON)
@@ -163,6 +166,7 @@ class Provider:
                 pass
             finally:
                 runner.close()
+        self._claims("release", ids=list(node_ids))
 
     def close(self) -> None:
         if self._remote is not None:

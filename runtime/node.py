@@ -59,6 +59,8 @@ def daemon_pid(name: str) -> int | None:
                 return None
     except (OSError, ValueError):
         return None
+    if not cmdline.strip():  # just spawned: its exec is under way and its arguments not yet in /proc
+        return pid
     return pid if DAEMONS[name].encode() in cmdline else None
 
 

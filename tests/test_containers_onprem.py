@@ -6,6 +6,7 @@ container and no process; a host without docker is named in one line."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pexpect
 import pytest
@@ -85,7 +86,7 @@ def test_a_node_runs_in_its_container(boxes):
     r = cli("rsync-down", str(path), "~/data", str(back), home=home)
     assert r.returncode == 0 and (back / "weights.txt").read_text() == "w=1\n", r.stdout + r.stderr
     env = {"LAUNCH_HOME": str(home), "COLUMNS": "200"}
-    shell = pexpect.spawn(f"{ROOT}/.venv/bin/python -m launcher attach {path}", cwd=str(ROOT), env=env,
+    shell = pexpect.spawn(f"{sys.executable} -m launcher attach {path}", cwd=str(ROOT), env=env,
                           encoding="utf-8", timeout=60)
     shell.sendline("test -f /.dockerenv && echo IN-THE-$((6*7))-BOX; exit")
     shell.expect("IN-THE-42-BOX")

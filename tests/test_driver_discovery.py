@@ -11,6 +11,7 @@ import pytest
 
 from core.paths import NODE_CONFIG, on_this_node
 from runtime import api
+from tests.infra import wait_for
 
 
 @pytest.fixture
@@ -38,6 +39,9 @@ def test_a_node_config_left_by_a_runtime_that_is_gone_is_not_taken(host):
 
 def test_the_nodes_own_cluster_while_its_runtime_runs(host):
     agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "runtime.agent"])
+    # Popen returns once the child's exec began (vfork): its arguments show in /proc a moment later
+    wait_for(lambda: b"runtime.agent" in open(f"/proc/{agent.pid}/cmdline", "rb").read(), timeout=10,
+             every=0.01, what="the stand-in agent's command line")
     try:
         pids = host.parent / "pids"
         pids.mkdir()

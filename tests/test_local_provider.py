@@ -153,3 +153,24 @@ def test_a_creator_killed_mid_create_leaks_no_node(provider, tmp_path):
     provider.terminate([node.id])
     assert processes_with_env(marker) == []
     assert not (provider.nodes_dir / node.id).exists()
+
+
+def test_a_terminate_cut_short_leaves_the_node_known_and_the_next_one_ends_it(provider, monkeypatch):
+    """Ctrl-C while `down` terminates: the node's record outlives its machine, so the node is never
+    running unknown to every later command; terminating again ends it."""
+    import providers.local as local
+
+    node = provider.create("cpu", 1, {"k": "v"})[0]
+    runner_of(node).run("sleep 300 >/dev/null 2>&1 &")  # a process of the node, as its runtime would be
+    assert processes_with_env(node.id)
+
+    def interrupted(node_id, grace_s=3.0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "kill_node_processes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        provider.terminate([node.id])
+    monkeypatch.undo()
+    assert [n.id for n in provider.list({"k": "v"})] == [node.id]  # still known, still running
+    provider.terminate([node.id])
+    assert provider.list({}) == [] and processes_with_env(node.id) == []
