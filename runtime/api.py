@@ -399,10 +399,57 @@ def _reconnecting(call: Callable[[], Any], deadline: float | None = None) -> Any
             delay = min(delay * 2, 5.0)
 
 
+def _amount(name: str, value) -> float:
+    """An amount the user gave, checked before anything is dropped: a negative or NaN one is an error,
+    not a zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a number (got {value!r:.40})")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name}: must be a finite number >= 0 (got {value!r})")
+    return float(value)
+
+
 def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[str, float] | None) -> dict:
-    req = {"CPU": float(num_cpus), "GPU": float(num_gpus), "memory": float(memory)}
-    req.update({k: float(v) for k, v in (resources or {}).items()})
+    from runtime.scheduler import InvalidRequest, validate_request
+
+    if resources is not None and not isinstance(resources, dict):
+        raise ValueError(f"resources: must be a dict of name to amount (got {type(resources).__name__})")
+    req = {"CPU": _amount("num_cpus", num_cpus), "GPU": _amount("num_gpus", num_gpus),
+           "memory": _amount("memory", memory)}
+    for k, v in (resources or {}).items():
+        req[k] = _amount(f"resources[{str(k)[:40]!r}]", v)
+    try:
+        validate_request(req)  # names, and how many
+    except InvalidRequest as e:
+        raise ValueError(str(e)) from None
     return {k: v for k, v in req.items() if v > 0}
+
+
+def _timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    return _amount("timeout", timeout)
+
+
+def _refs(refs, call: str) -> list[ObjectRef]:
+    if isinstance(refs, ObjectRef):
+        return [refs]
+    if isinstance(refs, (list, tuple)) and all(isinstance(r, ObjectRef) for r in refs):
+        return list(refs)
+    raise TypeError(f"{call}() takes an ObjectRef or a list of them (got {type(refs).__name__})")
+
+
+def _unknown_ids(fn: Callable, *args):
+    """A call on ids the head does not know: one clear error, not the gRPC object."""
+    import grpc
+
+    try:
+        return fn(*args)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            raise ValueError(f"{e.details()}: no task, actor or job of this cluster has it (never submitted, "
+                             "or its result expired)") from None
+        raise
 
 
 PLACEMENT_OPTIONS = ("placement_group", "placement_group_bundle_index", "scheduling_strategy")
@@ -537,12 +584,13 @@ def _value(res) -> Any:
 def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     """The values of futures, in order; raises TaskError for a failed task, GetTimeoutError on timeout."""
     single = isinstance(refs, ObjectRef)
-    ref_list = [refs] if single else list(refs)
+    ref_list = _refs(refs, "get")
+    timeout = _timeout(timeout)
     ids = [r.id for r in ref_list]
     results = {r.id: r._result for r in ref_list if r._result is not None}
     wanted = list(dict.fromkeys(i for i in ids if i not in results))
     if wanted:
-        results.update((r.id, r) for r in _connection().get_results(wanted, timeout))
+        results.update((r.id, r) for r in _unknown_ids(_connection().get_results, wanted, timeout))
     missing = [i for i in ids if i not in results]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
@@ -552,10 +600,14 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
 
 def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = None):
     """(ready, not_ready): the first num_returns futures that are done, or those done at the timeout."""
-    refs = list(refs)
+    refs = _refs(refs, "wait")
+    timeout = _timeout(timeout)
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns: must be a whole number >= 1 (got {num_returns!r:.40})")
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    done = {r.id: r for r in _connection().get_results([r.id for r in refs], timeout, num_returns=num_returns)}
+    done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,
+                                                                           num_returns=num_returns))}
     for ref in refs:  # a `get` of these needs no second fetch
         if ref.id in done:
             ref._result = done[ref.id]
@@ -572,4 +624,5 @@ def _actor_died(message: str) -> Exception:
 
 def cancel(ref: ObjectRef) -> str:
     """Cancel a task: dropped if queued, stopped if running. Returns its state after the request."""
-    return _require().cancel(ref.id)
+    (ref,) = _refs(ref, "cancel")
+    return _unknown_ids(_require().cancel, ref.id)

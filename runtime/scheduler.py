@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from bisect import insort
 from collections import OrderedDict, deque
@@ -70,8 +71,19 @@ def fmt_request(request: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(request.items())) + "}"
 
 
+# A resource's name: a word of letters, digits and `_ . : + -` (accelerator_type:T4, node:10.0.0.5), no
+# path, blank or control character; a request names a bounded number of them.
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,99}")
+MAX_RESOURCES_PER_REQUEST = 32
+
+
 def validate_request(request: dict[str, float]) -> None:
+    if len(request) > MAX_RESOURCES_PER_REQUEST:
+        raise InvalidRequest(f"resources: at most {MAX_RESOURCES_PER_REQUEST} kinds per request (got {len(request)})")
     for k, v in request.items():
+        if not isinstance(k, str) or not RESOURCE_NAME.fullmatch(k):
+            raise InvalidRequest(f"resource name {str(k)[:40]!r}: must be 1-100 letters, digits, '_', '.', ':', "
+                                 "'+' or '-', not starting with a symbol")
         if not 0 <= v < math.inf:
             raise InvalidRequest(f"resource {k}: must be a finite number >= 0 (got {v})")
     g = request.get("GPU", 0.0)

@@ -52,3 +52,48 @@ def test_bad_actor_options_are_refused_by_name():
         runtime.remote(Plain).options(name="").remote()
     with pytest.raises(TypeError, match="must be made with .remote"):
         runtime.remote(Plain)()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_cpus": -1}, r"num_cpus: must be a finite number >= 0 \(got -1\)"),
+    ({"num_cpus": float("nan")}, r"num_cpus: must be a finite number >= 0 \(got nan\)"),
+    ({"memory": -5}, r"memory: must be a finite number >= 0 \(got -5\)"),
+    ({"num_gpus": "1"}, r"num_gpus: must be a number \(got '1'\)"),
+    ({"resources": {"CPU": -2}}, r"resources\['CPU'\]: must be a finite number >= 0 \(got -2\)"),
+    ({"resources": {"x": float("nan")}}, r"resources\['x'\]: must be a finite number >= 0 \(got nan\)"),
+    ({"resources": {"": 1}}, "resource name '': must be 1-100 letters"),
+    ({"resources": {" ": 1}}, "resource name ' ': must be 1-100 letters"),
+    ({"resources": {"../x": 1}}, r"resource name '../x': must be 1-100 letters"),
+    ({"resources": {"a\0b": 1}}, "resource name 'a\\\\x00b': must be 1-100 letters"),
+    ({"resources": {"x" * 10_000: 1}}, "resource name 'xxxx"),
+    ({"resources": {f"r{i}": 1 for i in range(10_000)}}, "resources: at most 32 kinds per request"),
+    ({"resources": ["GPU"]}, "resources: must be a dict of name to amount"),
+])
+def test_a_bad_resource_request_is_refused_by_name_before_it_is_sent(options, message):
+    @runtime.remote(**options)
+    def f():
+        return 1
+
+    with pytest.raises(ValueError, match=message):
+        f.remote()
+
+
+def test_an_accelerator_or_node_resource_name_is_a_name():
+    from runtime.api import _request
+
+    assert _request(1, 0, 0, {"accelerator_type:T4": 1, "node:10.0.0.5": 0.01}) == {
+        "CPU": 1.0, "accelerator_type:T4": 1.0, "node:10.0.0.5": 0.01}
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: runtime.get(5), TypeError, r"get\(\) takes an ObjectRef or a list of them \(got int\)"),
+    (lambda: runtime.get([runtime.ObjectRef("t-1"), "t-2"]), TypeError, r"get\(\) takes an ObjectRef"),
+    (lambda: runtime.get(runtime.ObjectRef("t-1"), timeout=-1), ValueError, r"timeout: must be a finite number >= 0"),
+    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=0), ValueError, "num_returns: must be a whole number >= 1"),
+    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=-1), ValueError, "num_returns: must be a whole number >= 1"),
+    (lambda: runtime.wait([runtime.ObjectRef("t-1")], timeout=float("nan")), ValueError, "timeout: must be a finite"),
+    (lambda: runtime.cancel("t-1"), TypeError, r"cancel\(\) takes an ObjectRef"),
+])
+def test_bad_arguments_to_get_wait_and_cancel_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

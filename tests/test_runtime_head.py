@@ -504,3 +504,18 @@ def test_ids_given_after_a_head_restart_are_new_ones(tmp_path):
         assert again not in set(first + later)
     finally:
         server.stop(grace=0)
+
+
+def test_get_wait_or_cancel_of_an_id_the_head_does_not_know_is_one_clear_error(head):
+    import runtime
+
+    address, _ = head
+    runtime.init(address=address, token=TOKEN)
+    try:
+        stranger = runtime.ObjectRef("t-00000099")
+        for call in (lambda: runtime.get(stranger, timeout=1), lambda: runtime.wait([stranger], timeout=1),
+                     lambda: runtime.cancel(stranger)):
+            with pytest.raises(ValueError, match=r"^unknown id t-00000099: no task, actor or job of this cluster"):
+                call()
+    finally:
+        runtime.shutdown()
