@@ -302,9 +302,14 @@ class Lifecycle:
             pull_known_hosts(self.runner(head), self.dir.known_hosts)  # workers' keys, as the head pinned them
             actions += done["actions"]
             failures = [NodeUpdateFailed(**f) for f in done["failures"]]
-        finally:
-            if head_ready:  # whatever `up`'s outcome, the autoscaler runs again
+        finally:  # whatever `up`'s outcome (a failure, Ctrl-C), the autoscaler runs again
+            if head_ready:
                 self.start_monitor(head)
+            else:  # cut short while the head's runtime (re)started: its supervisor brings back what is wanted
+                try:
+                    self.start_monitor(head)
+                except LaunchError as e:
+                    self.say(f"could not start the autoscaler on the head ({e}); `launch up` starts it")
         return UpResult(head_address, actions, failures)
 
     def stale_workers(self) -> list[NodeInfo]:

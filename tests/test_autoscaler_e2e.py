@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -323,5 +324,25 @@ def test_a_gpu_gang_is_launched_whole_from_zero_and_removed_after(tmp_path):
         assert len(gang) == 2 and all(n.running == 1 and n.idle_since == 0 for n in gang)
         remove_placement_group(pg)
         wait_for(lambda: c.workers() == [], timeout=60, what="scale-down after the group is removed")
+    finally:
+        c.down()
+
+
+def test_an_up_restarting_the_runtime_cut_short_leaves_the_autoscaler_running(tmp_path):
+    """Ctrl-C while `up --restart-runtime` restarts the head's runtime: the autoscaler, paused while
+    `up` worked, runs again."""
+    c = Up(tmp_path, _config("cutshort"))
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+        env.update(LAUNCH_HOME=str(c.home), COLUMNS="200")
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", "up", str(c.path), "--yes", "--restart-runtime"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if "starting the runtime" in line:  # the monitor is paused, the runtime restarting
+                proc.send_signal(signal.SIGINT)
+                break
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 130 and "Traceback" not in out, out
+        wait_for(lambda: _monitor_pid(c) is not None, timeout=60, what="the autoscaler running again")
     finally:
         c.down()
