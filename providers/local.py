@@ -28,7 +28,7 @@ from pydantic import Field
 from core.config import ClusterConfig
 from core.errors import CapacityError, NodeNotFound
 from core.files import locked_json
-from core.machine import detect_cpus, detect_memory_bytes
+from core.machine import detect_cpus, detect_memory_bytes, pids_with_env
 from core.paths import NODE_MARKER_ENV
 from core.spec import ClusterSpec
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
@@ -64,18 +64,7 @@ def process_start_time(pid: int) -> int | None:
 
 def marked_pids(node_id: str) -> list[int]:
     """Every live process whose environment carries this node's marker."""
-    needle = f"{NODE_MARKER_ENV}={node_id}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return [p for p in found if p != os.getpid()]
+    return pids_with_env(NODE_MARKER_ENV, node_id)
 
 
 def kill_node_processes(node_id: str, grace_s: float = 3.0) -> None:

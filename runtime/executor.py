@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Protocol
 
 import cloudpickle
 
+from core.machine import pids_with_env
 from core.shapes import EPS
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
 from runtime.node_config import runtime_dir
@@ -40,6 +42,9 @@ MAX_IDLE_WORKERS_PER_KEY = 8
 SEND_NOW_BYTES = 32 << 10
 FINISHED_REMEMBERED = 20000  # finished (id, attempt)s kept to ignore a re-sent assignment of one
 LOG_SHIP_INTERVAL_S = 0.2
+# a cancelled job's processes get SIGTERM, and SIGKILL this long after (what ignores SIGTERM, or forked)
+JOB_STOP_GRACE_S = 3.0
+JOB_RUN_ENV = "LAUNCH_JOB_RUN"
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 
 Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
@@ -567,6 +572,8 @@ class Executor:
         log_path = job_dir / "output.log"
         env = self._env(list(a.gpu_ids), dict(spec.env))
         env["LAUNCH_JOB_ID"] = env["LAUNCH_ITEM_ID"] = a.item_id
+        # what marks this run's whole tree (unique: another cluster on this machine may have a job of this id)
+        env[JOB_RUN_ENV] = f"{a.item_id}.{a.attempt}.{secrets.token_hex(6)}"
         env["LAUNCH_JOB_DIR"] = str(job_dir)
         if not cwd.is_dir():
             self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
@@ -574,8 +581,9 @@ class Executor:
             return
         with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             try:
-                proc = subprocess.Popen(["bash", "-c", spec.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = JobProcess(env[JOB_RUN_ENV], ["bash", "-c", spec.command], cwd=cwd, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
             except OSError as e:
                 self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
                                             message=f"cannot start the job: {e}"))
@@ -614,19 +622,47 @@ class Executor:
 def _stop(handle) -> None:
     if isinstance(handle, (Worker, ActorInstance)):
         handle.kill()
-    elif isinstance(handle, subprocess.Popen):
-        _kill_group(handle)
+    elif isinstance(handle, JobProcess):
+        _kill_job(handle)
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+class JobProcess(subprocess.Popen):
+    """A job's main process (`bash -c`), which knows the mark of its run: every process of the job's
+    tree is started with JOB_RUN_ENV=mark, so the tree is found whole."""
+
+    def __init__(self, run_mark: str, *args, **kwargs):
+        self.run_mark = run_mark
+        super().__init__(*args, **kwargs)
+
+
+def _kill_job(proc: JobProcess, grace_s: float = JOB_STOP_GRACE_S) -> None:
+    """End a job's whole tree: its process group, and every process started with its run's mark (one
+    that left the group with setsid too; not one that cleared its environment). SIGTERM first; what is left after the grace period (one that
+    ignores SIGTERM) gets SIGKILL, found again so that what forked meanwhile goes too."""
+    def tree() -> set[int]:
+        pids = set(pids_with_env(JOB_RUN_ENV, proc.run_mark))
+        if proc.poll() is None:
+            pids.add(proc.pid)
+        return pids
+
+    def signal_all(sig: int) -> None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
             pass
+        for pid in tree():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and tree():
+        time.sleep(0.05)
+    if tree():
+        signal_all(signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass

@@ -18,7 +18,7 @@ import runtime
 from launcher.cluster import Cluster
 from lifecycle.config import load_config
 from runtime.proto import head_pb2 as pb
-from tests.infra import ROOT, cli, local_cluster, node_dir, processes_with_env, write_config
+from tests.infra import ROOT, cli, local_cluster, node_dir, processes_with_env, wait_for, write_config
 
 
 @runtime.remote(num_cpus=1)
@@ -371,3 +371,21 @@ def test_each_entry_point_sets_up_grpcs_io_before_grpc_is_imported(module):
     out = subprocess.run([sys.executable, "-c", code], env={**env, "GRPC_EXPERIMENTS": "-x", "GRPC_ENABLE_FORK_SUPPORT": "1"},
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["-x", "None", "1"]
+
+
+def test_a_cancelled_job_ends_its_whole_tree(rt, tmp_path):
+    """A job's children that left its session (setsid) or ignore SIGTERM end with it: SIGTERM, then
+    SIGKILL after the grace period (runtime.executor.JOB_STOP_GRACE_S)."""
+    path, home = rt["path"], rt["home"]
+    script = tmp_path / "stubborn.sh"
+    script.write_text("setsid sleep 300 >/dev/null 2>&1 < /dev/null &\n"
+                      "bash -c \"trap '' TERM; sleep 300\" >/dev/null 2>&1 &\n"
+                      "echo ready\nwait\n")
+    r = cli("submit", str(path), str(script), "--no-follow", home=home)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    wait_for(lambda: "ready" in cli("job", "logs", str(path), job_id, home=home).stdout, what="the job started")
+    mark = f"LAUNCH_JOB_ID={job_id}\0"
+    assert len(processes_with_env(mark)) >= 3  # bash, the setsid one, the one that ignores SIGTERM
+    assert cli("job", "cancel", str(path), job_id, home=home).returncode == 0
+    wait_for(lambda: processes_with_env(mark) == [], timeout=15, what="every process of the job gone")
