@@ -23,9 +23,10 @@ def detect_memory_bytes() -> float:
     return 0.0
 
 
-def pids_with_env(name: str, value: str) -> list[int]:
-    """Every live process (but this one) whose environment, as it was started, holds NAME=VALUE: a tree
-    marked this way is found whole, also the processes that left its session or process group."""
+def pids_with_env(name: str, value: str, prefix: bool = False) -> list[int]:
+    """Every live process (but this one) whose environment, as it was started, holds NAME=VALUE (with
+    prefix, a value that starts with VALUE): a tree marked this way is found whole, also the processes
+    that left its session or process group."""
     needle = f"{name}={value}".encode()
     found = []
     for entry in os.scandir("/proc"):
@@ -33,8 +34,9 @@ def pids_with_env(name: str, value: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry.name))
+                env = f.read().split(b"\0")
         except OSError:
             continue
+        if (any(e.startswith(needle) for e in env) if prefix else needle in env):
+            found.append(int(entry.name))
     return [p for p in found if p != os.getpid()]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
 
 import grpc
 
+from core.machine import pids_with_env
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, is_head_bundle_site, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
@@ -49,6 +51,10 @@ class Agent:
         self.ever_registered = False
         # The node's marker stays: every process the node runs, jobs and tasks too, goes with the node.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") or k == NODE_MARKER_ENV}
+        # What this agent starts carries its run's mark: work a killed agent left is ended by the next one
+        self.run_mark = f"{cfg.node_id}.{secrets.token_hex(6)}"
+        env[AGENT_RUN_ENV] = self.run_mark
+        end_orphaned_work(cfg.node_id, self.run_mark)
         # Work on the node can submit more work: it finds the head and a credential in its environment,
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
@@ -312,6 +318,24 @@ class Agent:
         self.stop.wait()
         self.executor.shutdown()
         self.client.close()
+
+
+AGENT_RUN_ENV = "LAUNCH_AGENT_RUN"
+
+
+def end_orphaned_work(node_id: str, own_mark: str) -> int:
+    """Kill what an earlier agent of this node started and left running when it died (kill -9, a crash):
+    the head requeues that work once this agent registers, so it must not also run on. Returns how many."""
+    own = set(pids_with_env(AGENT_RUN_ENV, own_mark))
+    orphans = [pid for pid in pids_with_env(AGENT_RUN_ENV, f"{node_id}.", prefix=True) if pid not in own]
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if orphans:
+        log.warning("ended %d process(es) an earlier agent of this node left running", len(orphans))
+    return len(orphans)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -389,3 +390,30 @@ def test_a_cancelled_job_ends_its_whole_tree(rt, tmp_path):
     assert len(processes_with_env(mark)) >= 3  # bash, the setsid one, the one that ignores SIGTERM
     assert cli("job", "cancel", str(path), job_id, home=home).returncode == 0
     wait_for(lambda: processes_with_env(mark) == [], timeout=15, what="every process of the job gone")
+
+
+def test_work_dies_with_its_agent_and_runs_again_once(rt, tmp_path):
+    """kill -9 of a node's agent: the supervisor starts a new one, which ends what the dead one had
+    started before it registers; the head then runs the task again. It never both runs on and reruns."""
+    from providers.local import process_start_time
+
+    marks = tmp_path / "started"
+    marks.mkdir()
+
+    @runtime.remote(num_cpus=1, resources={"work": 1}, max_retries=2)
+    def long(d):
+        import os
+        import pathlib
+        import time
+        pathlib.Path(d, str(os.getpid())).write_text(os.environ["LAUNCH_NODE_ID"])
+        if len(list(pathlib.Path(d).iterdir())) == 1:  # the first run lasts; the one given again ends at once
+            time.sleep(120)
+        return os.getpid()
+
+    ref = long.remote(str(marks))
+    first = wait_for(lambda: list(marks.iterdir()), what="the task running")[0]
+    pid, node = int(first.name), first.read_text()
+    agent_pid = node_dir(rt["home"] / "clusters" / "rt" / "local" / "nodes" / node) / "pids" / "agent.pid"
+    os.kill(int(agent_pid.read_text()), signal.SIGKILL)
+    wait_for(lambda: process_start_time(pid) is None, timeout=20, what="the task's process to end with its agent")
+    assert runtime.get(ref, timeout=60) != pid
