@@ -32,7 +32,7 @@ from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan
 from autoscaler.pricing import cost_per_hour
 from core.backoff import Backoff
 from core.errors import LaunchError
-from core.files import atomic_write
+from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
 from core.paths import (
     HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_STATUS, on_this_node,
@@ -69,8 +69,7 @@ class Monitor:
         self.learned: dict[str, dict[str, float]] = {}  # node type -> resources its nodes registered with
         self.recent: deque[dict] = deque(maxlen=30)
         self.lock = threading.Lock()
-        on_this_node(LOGS).mkdir(parents=True, exist_ok=True)
-        self.events = open(on_this_node(LOGS) / "autoscaler.log", "a", buffering=1)
+        self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
 
     # --- events -------------------------------------------------------------------------------------

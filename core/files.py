@@ -11,6 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def private_dir(path: Path) -> Path:
+    """A folder only its user may enter (logs, pids, a node's own files): made so, or made so now."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_private(path: Path, mode: str = "a", **kwargs):
+    """A file (a log) opened for appending or writing, readable by its user only (0600), made so if it
+    was not."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode, **kwargs)
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     """Write `data` to `path` through a uniquely named temporary file created with `mode`, then rename:
     readers see the old or the new content, never part of it, and a secret is never readable by others.

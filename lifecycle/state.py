@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import ClusterBusy
-from core.files import atomic_write, file_lock
+from core.files import atomic_write, file_lock, private_dir
 from core.paths import KNOWN_HOSTS_FILE, SPEC_FILE, launch_home, node_log_name
 from core.spec import ClusterSpec
 from runtime.auth import new_token
@@ -111,5 +111,5 @@ class ClusterDir:
 
     def node_log(self, node_id: str) -> Path:
         p = self.path / node_log_name(node_id)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(p.parent)  # setup logs may say what setup commands print: their user's only
         return p

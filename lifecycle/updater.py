@@ -14,6 +14,7 @@ from typing import TextIO
 
 from core.config import Container
 from core.errors import LaunchError
+from core.files import open_private
 from core.node import NodeInfo
 from core.paths import NODE_CONFIG, for_node
 from core.spec import ClusterSpec
@@ -110,7 +111,7 @@ class NodeUpdater:
 
     def update(self, plan: UpdatePlan) -> None:
         step = "waiting-for-ssh"
-        with open(self.log_path, "a") as log:
+        with open_private(self.log_path, "a") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} update of {self.node.id} (full={plan.full})\n")
             try:
                 if plan.full:

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.files import file_lock
-from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, NODE_CONFIG, on_this_node
+from core.files import file_lock, open_private, private_dir
+from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, NODE_CONFIG, RUNTIME_DIR, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
@@ -65,10 +65,11 @@ def daemon_pid(name: str) -> int | None:
 
 
 def _spawn(name: str) -> subprocess.Popen:
-    logs = runtime_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    for d in (on_this_node(RUNTIME_DIR), runtime_dir()):  # its user's only: logs, pids, jobs, tokens
+        private_dir(d)
+    logs = private_dir(runtime_dir() / "logs")
     _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as log:
+    with open_private(logs / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", *DAEMONS[name].split()],
             cwd=Path.home(),

@@ -206,6 +206,12 @@ def test_live_head_refuses_callers_without_the_token_and_token_stays_secret(clus
             assert token.encode() not in cmdline
     node_cfgs = list(cdir.glob("local/nodes/*/.launch-runtime/nodes/*/node.json"))
     assert len(node_cfgs) == 2 and all((p.stat().st_mode & 0o777) == 0o600 for p in node_cfgs)
+    # what the runtime and setup say stays its user's: folders 0700, logs 0600, on the nodes and here
+    runtime_dirs = list(cdir.glob("local/nodes/*/.launch-runtime"))
+    logs = [*cdir.glob("local/nodes/*/.launch-runtime/nodes/*/logs/*.log"), *cdir.glob("logs/*.log")]
+    assert len(runtime_dirs) == 2 and all(d.stat().st_mode & 0o777 == 0o700 for d in runtime_dirs)
+    assert len(logs) >= 5 and all(p.stat().st_mode & 0o777 == 0o600 for p in logs), logs
+    assert all(p.parent.stat().st_mode & 0o777 == 0o700 for p in logs)
 
 
 def test_commands_on_a_cluster_that_is_not_up(tmp_path):
