@@ -33,6 +33,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # A log this long (in 4 KiB pages; 16 MiB) is made to start over (Store.checkpoint).
 LOG_RESTART_FRAMES = 4096
+# what a log that started over keeps of its file
+JOURNAL_LIMIT_BYTES = 4 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -119,13 +121,18 @@ class Store:
         self.path = state_dir / "head.db"
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)
+        # the pages retention frees are given back to the disk (Store.sweep): set before anything is
+        # written; a store made before this is rebuilt once to take it
+        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.db.execute("VACUUM")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         # Checkpoints (copying the log into the database, with an fsync) are the head's clock's to run:
         # left to SQLite, one would fall on a commit now and then and hold that reply up for milliseconds.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         # a burst's log is cut back to this once checkpointed (it would otherwise keep its largest size)
-        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")
+        self.db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
         self.db.executescript(_SCHEMA)
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 
@@ -231,6 +238,9 @@ class Store:
         with self._tx():
             for chunk in _chunks(expired):
                 self.db.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        if expired:  # the freed pages go back to the disk (at the next checkpoint), not kept for later
+            # (run as a script: the module's execute would step it once, which frees one page)
+            self.db.executescript("PRAGMA incremental_vacuum;")
         for item_id in expired:
             for p in (self.result_path(item_id), self.arg_path(item_id), self.log_path(item_id)):
                 p.unlink(missing_ok=True)
