@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
+from runtime.node import HEAD_LIVENESS, beat
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
@@ -36,6 +38,13 @@ from runtime.store import ID_PATTERN, Store
 # The cluster's Python: every node runs the same one (lifecycle/runtime_bundle.py), and a driver's must match it
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 log = logging.getLogger("launch.runtime.head")
+
+# what writing the store raises when the disk is full or failing (sqlite3: "database or disk is full")
+STORE_ERRORS = (sqlite3.Error, OSError)
+
+
+class StoreUnavailable(Exception):
+    """The head's store cannot be written now (a full disk): what changed stays in memory until it can."""
 
 ALIVE, DEAD = "alive", "dead"
 # A blocking `get` holds one server thread while it waits (asleep on its own event): enough threads that
@@ -133,6 +142,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
         self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written
         self.fetched_lock = threading.Lock()  # not the head's lock: a woken `get` replies without it
+        self.store_error = ""  # why the store could not be written, while it cannot
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.sessions = 0  # client Session streams open now
         self.owner_timeout_s = owner_timeout_s
@@ -162,6 +172,20 @@ class HeadServicer(pb_grpc.HeadServicer):
         # agents retry every few seconds at most: past this, a node that has not come back is gone
         return now + self.node_timeout_s + 10.0
 
+    def _store_failed(self, e: Exception) -> None:
+        if str(e) != self.store_error:  # said once per cause, not on every call while it lasts
+            log.error("the store cannot be written: %s; new work is refused until it can", e)
+        self.store_error = str(e)
+
+    def retry_store(self) -> None:
+        """(the clock) What a failed commit kept in memory goes to the store once it can be written."""
+        if self.store_error:
+            with self.lock:
+                try:
+                    self._commit()
+                except StoreUnavailable:
+                    pass
+
     def _done_state(self, item_id: str) -> str | None:
         row = self.store.row(item_id)
         return row.state if row is not None and row.state in DONE_STATES else None
@@ -190,8 +214,18 @@ class HeadServicer(pb_grpc.HeadServicer):
                 for waiter in waiters:
                     waiter.one_done(result)
         if live or done or rows:
-            self.store.write(rows, live, [self._done_row(item) for item in done],
-                             id_seq=self.sched.id_seq if rows else None)
+            try:
+                self.store.write(rows, live, [self._done_row(item) for item in done],
+                                 id_seq=self.sched.id_seq if rows else None)
+            except STORE_ERRORS as e:
+                # kept in memory, written by a later commit (the clock retries): a report that brought
+                # these is not acknowledged, so its agent sends it again
+                self.sched.dirty.update([i for i, *_ in live] + [item.id for item in done])
+                self._store_failed(e)
+                raise StoreUnavailable(f"the head cannot write its store ({e}: its disk full?)") from None
+            if self.store_error:
+                log.info("the store is written again")
+                self.store_error = ""
         for item in done:
             self.sched.forget(item.id)
             if item.id in self.uploaded_args:
@@ -375,12 +409,20 @@ class HeadServicer(pb_grpc.HeadServicer):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"an actor named {taken or names[0]!r} exists")
             ids = given or [self.sched.new_id(spec.kind) for spec in specs]
             items = [_item(item_id, spec, now) for item_id, spec in zip(ids, specs)]
+            # stored before anything else knows of it: work is accepted only once a restart would keep it
+            try:
+                self.store.write([(i.id, i.kind, i.name, i.request, i.max_retries, spec.SerializeToString(),
+                                   i.submitted_at, QUEUED, 0, "", [], 0.0) for i, spec in zip(items, specs)],
+                                 [], [], id_seq=self.sched.id_seq)
+            except STORE_ERRORS as e:
+                self._store_failed(e)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the head cannot store new work ({e}: its "
+                              "disk full?); nothing was submitted: try again once it has room")
             for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
                 if spec.payload_size:
                     self.uploaded_args.add(item.id)
-            new = [(i, spec.SerializeToString()) for i, spec in zip(items, specs)]
-            self._settle(now, new, dict(zip(ids, specs)))
+            self._settle(now, [], dict(zip(ids, specs)))
         return ids
 
     @staticmethod
@@ -831,14 +873,19 @@ def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,
     otherwise: a head that once held 100k items would stay that large)."""
     last_sweep = time.monotonic()
     while not stop.wait(every_s):
-        servicer.mark_dead_nodes()
-        servicer.expire_owners()
-        servicer.flush_fetched()
-        servicer.store.checkpoint(writers=servicer.lock)
-        if time.monotonic() - last_sweep > sweep_every_s:
-            last_sweep = time.monotonic()
-            servicer.sweep()
-            _trim_heap()
+        beat(HEAD_LIVENESS)
+        try:
+            servicer.retry_store()
+            servicer.mark_dead_nodes()
+            servicer.expire_owners()
+            servicer.flush_fetched()
+            servicer.store.checkpoint(writers=servicer.lock)
+            if time.monotonic() - last_sweep > sweep_every_s:
+                last_sweep = time.monotonic()
+                servicer.sweep()
+                _trim_heap()
+        except (*STORE_ERRORS, StoreUnavailable) as e:  # a full disk: the head serves on, and recovers
+            servicer._store_failed(e)
 
 
 def _trim_heap() -> None:

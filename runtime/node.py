@@ -29,6 +29,10 @@ DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autosca
            "supervisor": "runtime.node supervise"}
 SUPERVISED = ("head", "agent", "monitor")
 SUPERVISE_EVERY_S = 0.5
+# A daemon that says it is alive (beat) but has not for this long is hung (its process up, its work
+# stopped: a head whose serving thread died): the supervisor kills it, and starts it again.
+LIVENESS_S = 30.0
+HEAD_LIVENESS = "head"
 RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 10.0  # a daemon that dies later than this after its start is restarted without backoff
 
@@ -39,6 +43,33 @@ def _pid_file(name: str) -> Path:
 
 def _wanted_file(name: str) -> Path:
     return runtime_dir() / "pids" / f"{name}.wanted"
+
+
+def _liveness_file(name: str) -> Path:
+    return runtime_dir() / "pids" / f"{name}.alive"
+
+
+def beat(name: str) -> None:
+    """(a daemon's clock) It is alive: the file's time is all that changes (nothing to write: a full
+    disk does not stop it)."""
+    path = _liveness_file(name)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        try:
+            path.touch()
+        except OSError:
+            pass
+    except OSError:
+        pass
+
+
+def hung(name: str, now: float | None = None) -> bool:
+    """A daemon that beats and has not for LIVENESS_S."""
+    try:
+        return (now or time.time()) - _liveness_file(name).stat().st_mtime > LIVENESS_S
+    except OSError:
+        return False
 
 
 def _spawn_lock():
@@ -69,6 +100,7 @@ def _spawn(name: str) -> subprocess.Popen:
         private_dir(d)
     logs = private_dir(runtime_dir() / "logs")
     _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+    _liveness_file(name).unlink(missing_ok=True)  # an earlier one's last beat is not this one's
     with open_private(logs / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", *DAEMONS[name].split()],
@@ -244,7 +276,13 @@ def supervise() -> int:
         now = time.monotonic()
         with _spawn_lock():
             for name in SUPERVISED:
-                if stop_now or not _wanted_file(name).exists() or daemon_pid(name) is not None:
+                pid = daemon_pid(name)
+                if pid is not None and hung(name):
+                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} (pid {pid}) has not said it is alive "
+                          f"for {LIVENESS_S:.0f}s: killing it", flush=True)
+                    _kill_hung(name, pid)
+                    pid = None
+                if stop_now or not _wanted_file(name).exists() or pid is not None:
                     continue
                 if now - started[name] > HEALTHY_AFTER_S:  # it had been up a while: not a crash loop
                     delay[name], next_try[name] = SUPERVISE_EVERY_S, 0.0
@@ -257,6 +295,17 @@ def supervise() -> int:
                 delay[name] = min(RESTART_BACKOFF_MAX_S, delay[name] * 2)
         time.sleep(SUPERVISE_EVERY_S)
     return 0
+
+
+def _kill_hung(name: str, pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _liveness_file(name).unlink(missing_ok=True)  # the next one starts without a stale beat
+    deadline = time.monotonic() + 5
+    while daemon_pid(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def status() -> int:

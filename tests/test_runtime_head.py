@@ -519,3 +519,48 @@ def test_get_wait_or_cancel_of_an_id_the_head_does_not_know_is_one_clear_error(h
                 call()
     finally:
         runtime.shutdown()
+
+
+def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_recovers(tmp_path):
+    """The head's disk fills (a real tmpfs): new work is refused, saying why; the head keeps answering
+    (state, heartbeats); a result reported meanwhile is kept and stored once there is room again."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(fs)], check=True)
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0)
+    server, servicer, port = serve(cfg, state_dir=fs / "state")
+    job = pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": 1.0}))
+    try:
+        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+            _register(client)
+            (first,) = client.submit_many([job])
+            with open(fs / "filler", "wb") as f:  # the disk fills
+                try:
+                    while True:
+                        f.write(b"x" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            with pytest.raises(grpc.RpcError) as e:
+                client.submit_many([job])
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert e.value.details().startswith("the head cannot store new work (database or disk is full")
+            assert [n.node_id for n in client.cluster_state().nodes] == ["n1"]  # it answers
+            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+            with pytest.raises(grpc.RpcError):  # not acknowledged: the agent would send it again
+                client.report("n1", [pb.ItemResult(id=first, state="finished")])
+            (fs / "filler").unlink()  # room again
+            servicer.retry_store()  # (the head's clock does this every tick)
+            assert servicer.store.row(first).state == "finished"
+            (later,) = client.submit_many([job])
+            assert servicer.store.row(later).state in ("queued", "running")
+    finally:
+        server.stop(grace=0)
+        servicer.store.close()
+        subprocess.run(["umount", "-l", str(fs)], check=False)
