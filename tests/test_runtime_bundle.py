@@ -143,6 +143,7 @@ def test_a_node_whose_python3_is_a_venv_imports_the_runtime(tmp_path, monkeypatc
     from transport.local import LocalCommandRunner
 
     monkeypatch.setenv("LAUNCH_HOME", str(tmp_path / "launch"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the node's python3 finds the runtime by itself
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     home = tmp_path / "node"
