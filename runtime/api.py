@@ -602,8 +602,9 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     """(ready, not_ready): the first num_returns futures that are done, or those done at the timeout."""
     refs = _refs(refs, "wait")
     timeout = _timeout(timeout)
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
-        raise ValueError(f"num_returns: must be a whole number >= 1 (got {num_returns!r:.40})")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        # (0, as in Ray: nothing to wait for; `wait([], num_returns=0)` sends what is queued to the head)
+        raise ValueError(f"num_returns: must be a whole number >= 0 (got {num_returns!r:.40})")
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
     done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,

@@ -89,8 +89,8 @@ def test_an_accelerator_or_node_resource_name_is_a_name():
     (lambda: runtime.get(5), TypeError, r"get\(\) takes an ObjectRef or a list of them \(got int\)"),
     (lambda: runtime.get([runtime.ObjectRef("t-1"), "t-2"]), TypeError, r"get\(\) takes an ObjectRef"),
     (lambda: runtime.get(runtime.ObjectRef("t-1"), timeout=-1), ValueError, r"timeout: must be a finite number >= 0"),
-    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=0), ValueError, "num_returns: must be a whole number >= 1"),
-    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=-1), ValueError, "num_returns: must be a whole number >= 1"),
+    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=1.5), ValueError, "num_returns: must be a whole number >= 0"),
+    (lambda: runtime.wait([runtime.ObjectRef("t-1")], num_returns=-1), ValueError, "num_returns: must be a whole number >= 0"),
     (lambda: runtime.wait([runtime.ObjectRef("t-1")], timeout=float("nan")), ValueError, "timeout: must be a finite"),
     (lambda: runtime.cancel("t-1"), TypeError, r"cancel\(\) takes an ObjectRef"),
 ])
