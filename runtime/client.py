@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import grpc
 import grpc.experimental
@@ -56,6 +57,11 @@ class _Stub:
 # A head restarted by its supervisor answers again within about a second: a channel that lost it tries
 # again from 0.1 s on, at most 2 s apart (gRPC's own backoff starts at 1 s and grows to 2 minutes).
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+# a GetResults the head answered busy is asked again after this, doubling up to the max
+BUSY_RETRY_S = 0.05
+BUSY_RETRY_MAX_S = 1.0
 
 
 class HeadClient:
@@ -111,10 +117,25 @@ class HeadClient:
                     submit: pb.SubmitRequest | None = None, caller_id: str = "") -> list[pb.ItemResult]:
         """Results of the items that are done, waiting up to timeout_s (None: forever) for num_returns;
         `submit` is submitted first, in the same call."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
                                    num_returns=num_returns, submit=submit, caller_id=caller_id)
         reply = self._get(req)
         results = list(reply.results)
+        pause = BUSY_RETRY_S
+        while reply.busy:  # the head lets no more calls wait: ask again shortly for what is still wanted
+            got = {r.id for r in results}
+            rest = [i for i in ids if i not in got]
+            want = (num_returns or len(ids)) - len(results)
+            left = None if deadline is None else deadline - time.monotonic()
+            if want <= 0 or (left is not None and left <= 0):
+                break
+            time.sleep(min(pause, left) if left is not None else pause)  # backoff: the head asked for it
+            pause = min(pause * 2, BUSY_RETRY_MAX_S)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            reply = self._get(pb.GetResultsRequest(ids=rest, timeout_s=-1 if left is None else left,
+                                                   num_returns=want, caller_id=caller_id))
+            results += reply.results
         while reply.truncated:  # more were done than one reply carries: fetch the rest, done already
             got = {r.id for r in results}
             rest = [i for i in ids if i not in got]

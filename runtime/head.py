@@ -56,6 +56,10 @@ ASSIGNMENT_BATCH = 1000
 # client Session streams (each holds a server thread for its life): well below SERVER_THREADS, so agents'
 # streams, heartbeats and the autoscaler always find one
 SESSION_LIMIT = 512
+# GetResults calls let wait at once (each holds a server thread while it waits): more are answered at
+# once, told to ask again (busy), so heartbeats, reports and the autoscaler always find a thread, however
+# many clients wait (with SESSION_LIMIT, half the threads are kept for them)
+MAX_BLOCKED_GETS = SERVER_THREADS // 2 - SESSION_LIMIT
 
 
 def default_state_dir() -> Path:
@@ -143,6 +147,7 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written
         self.fetched_lock = threading.Lock()  # not the head's lock: a woken `get` replies without it
         self.store_error = ""  # why the store could not be written, while it cannot
+        self.blocked_gets = 0  # GetResults calls waiting now, each on a thread of its own
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.sessions = 0  # client Session streams open now
         self.owner_timeout_s = owner_timeout_s
@@ -531,7 +536,7 @@ class HeadServicer(pb_grpc.HeadServicer):
                 self._settle(now)
 
     def GetResults(self, request, context):
-        return self._get_results(request, context)
+        return self._get_results(request, context, admit=True)
 
     def Session(self, request_iterator, context):
         """A client's GetResults as messages on one stream: the latency of a `get` without a call's setup.
@@ -548,10 +553,11 @@ class HeadServicer(pb_grpc.HeadServicer):
             with self.lock:
                 self.sessions -= 1
 
-    def _get_results(self, request, context) -> pb.GetResultsReply:
+    def _get_results(self, request, context, admit: bool = False) -> pb.GetResultsReply:
         """Waits on an event set once enough of its items are done: each item's completion counts once
         (no re-scan of the others, no polling); a check every few seconds only notices a client that went
-        away."""
+        away. `admit`: a call that would hold a thread of its own waits only while fewer than
+        MAX_BLOCKED_GETS do; else it is answered at once, busy."""
         if request.submit.specs:
             self._submit(request.submit, context)
         ids = list(dict.fromkeys(request.ids))
@@ -571,15 +577,22 @@ class HeadServicer(pb_grpc.HeadServicer):
             if want > 0:
                 for i in live:
                     self.waiters.setdefault(i, set()).add(waiter)
+            busy = admit and not waiter.event.is_set() and request.timeout_s != 0 and \
+                self.blocked_gets >= MAX_BLOCKED_GETS
+            blocks = admit and not busy and not waiter.event.is_set()
+            self.blocked_gets += blocks
             # a task (or job) waiting for other work lends its CPUs to it meanwhile
-            lent = bool(request.caller_id) and not waiter.event.is_set() and self._lend(request.caller_id)
+            lent = not busy and bool(request.caller_id) and not waiter.event.is_set() and self._lend(request.caller_id)
         try:
-            while not waiter.event.is_set():
+            while not waiter.event.is_set() and not busy:
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or not context.is_active():
                     break
                 waiter.event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
         finally:
+            if blocks:
+                with self.lock:
+                    self.blocked_gets -= 1
             if waiter.event.is_set() and all(i in waiter.results for i in live):
                 # every item it waited for was handed over (and its registration dropped) by _commit
                 done = [i for i in ids if i in waiter.results or i not in live]
@@ -597,7 +610,9 @@ class HeadServicer(pb_grpc.HeadServicer):
                     node_id = self.sched.take_back_cpu(request.caller_id)
                     if node_id is not None:
                         self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.caller_id, take_back_cpu=True))
-        return self._results_reply(done, waiter.results, context)
+        reply = self._results_reply(done, waiter.results, context)
+        reply.busy = busy
+        return reply
 
     def _lend(self, caller_id: str) -> bool:
         """(under self.lock) The caller's CPUs count as free on its node (which is told so, ahead of any

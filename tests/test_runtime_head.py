@@ -202,9 +202,13 @@ def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypa
     assert reports == []
 
 
-def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_is_done(head):
-    """1,000 blocking `get`s of one running job (each holds a server thread, asleep): heartbeats and
-    ClusterState are still answered at once; the job's completion wakes every waiter."""
+def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_is_done(head, monkeypatch):
+    """1,000 blocking `get`s of one running job (one on the client's session, the others each holding a
+    server thread, asleep): heartbeats and ClusterState are still answered at once; the job's completion
+    wakes every waiter. (Past the head's waiting limit: the test below.)"""
+    import runtime.head as head_mod
+
+    monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 1000)
     import threading
     import time
 
@@ -564,3 +568,38 @@ def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_rec
         server.stop(grace=0)
         servicer.store.close()
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_wait(head, monkeypatch):
+    """More blocking gets than the head lets wait (each would hold a server thread): the rest are answered
+    at once, busy, and their clients ask again with a backoff; heartbeats are answered at once all along,
+    and every get completes when its job does."""
+    import threading
+    import time
+
+    import runtime.head as head_mod
+    from tests.infra import wait_for
+
+    monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 4)
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60",
+                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
+        got: list[int] = []
+
+        def wait():  # one on the client's session stream, the others as calls
+            got.append(len(client.get_results([job], timeout_s=60)))
+
+        threads = [threading.Thread(target=wait) for _ in range(40)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: servicer.blocked_gets == 4, timeout=30, what="4 gets waiting on threads")
+        for _ in range(5):
+            started = time.monotonic()
+            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+            assert servicer.blocked_gets <= 4 and time.monotonic() - started < 1.0
+        client.report("n1", [pb.ItemResult(id=job, state="finished")])
+        for t in threads:
+            t.join(timeout=30)
+        assert got == [1] * 40 and servicer.waiters == {} and servicer.blocked_gets == 0

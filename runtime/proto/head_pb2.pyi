@@ -185,12 +185,14 @@ class GetResultsRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., num_returns: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., caller_id: _Optional[str] = ...) -> None: ...
 
 class GetResultsReply(_message.Message):
-    __slots__ = ("results", "truncated")
+    __slots__ = ("results", "truncated", "busy")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     truncated: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    busy: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., truncated: _Optional[bool] = ..., busy: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("get",)
