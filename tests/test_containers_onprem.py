@@ -112,15 +112,12 @@ def test_a_node_runs_in_its_container(boxes):
     wait_for(lambda: head.processes() == [], timeout=20, what="nothing left running on the host")
 
 
-@pytest.mark.parametrize("host, said", [
-    ("image", "docker is not installed on the node (the config's docker section runs the node in a container)"),
-    ("no-daemon", "docker on the node does not answer: Cannot connect to the Docker daemon"),
-])
-def test_a_host_without_docker_is_named_in_one_line(twin_net, ssh_lab, container_images, node_images, host, said):
-    # an image of its own without docker; or this machine's files (the docker CLI) but no daemon
-    image = node_images["bullseye"] if host == "image" else None
-    bare = twin_net.twin(f"box-{host}", twin_net.ip(62 if image else 63), image=image)
-    laptop, key = twin_net.laptop_for(f"bare-{host}", ssh_lab.client_key)
+def test_a_host_without_docker_is_named_in_one_line(twin_net, ssh_lab, container_images, node_images):
+    # an image of its own, without docker (a daemon that does not answer is said as Docker says it:
+    # tests/test_container_plan.py)
+    said = "docker is not installed on the node (the config's docker section runs the node in a container)"
+    bare = twin_net.twin("box-bare", twin_net.ip(62), image=node_images["bullseye"])
+    laptop, key = twin_net.laptop_for("bare", ssh_lab.client_key)
     data = onprem_config("bare", bare, [], key, docker={"image": container_images["py313"], "container_name": "c"})
     path = write_config(laptop / "cluster.yaml", data)
     try:
