@@ -303,13 +303,13 @@ class Lifecycle:
             actions += done["actions"]
             failures = [NodeUpdateFailed(**f) for f in done["failures"]]
         finally:  # whatever `up`'s outcome (a failure, Ctrl-C), the autoscaler runs again
-            if head_ready:
+            try:
                 self.start_monitor(head)
-            else:  # cut short while the head's runtime (re)started: its supervisor brings back what is wanted
-                try:
-                    self.start_monitor(head)
-                except LaunchError as e:
-                    self.say(f"could not start the autoscaler on the head ({e}); `launch up` starts it")
+            except LaunchError as e:
+                if head_ready:
+                    raise
+                # cut short while the head's runtime (re)started: said, and the outcome stands
+                self.say(f"could not start the autoscaler on the head ({e}); `launch up` starts it")
         return UpResult(head_address, actions, failures)
 
     def stale_workers(self) -> list[NodeInfo]:

@@ -54,7 +54,7 @@ class Agent:
         # What this agent starts carries its run's mark: work a killed agent left is ended by the next one
         self.run_mark = f"{cfg.node_id}.{secrets.token_hex(6)}"
         env[AGENT_RUN_ENV] = self.run_mark
-        end_orphaned_work(cfg.node_id, self.run_mark)
+        end_orphaned_work(cfg.node_id)
         # Work on the node can submit more work: it finds the head and a credential in its environment,
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
@@ -323,11 +323,11 @@ class Agent:
 AGENT_RUN_ENV = "LAUNCH_AGENT_RUN"
 
 
-def end_orphaned_work(node_id: str, own_mark: str) -> int:
-    """Kill what an earlier agent of this node started and left running when it died (kill -9, a crash):
-    the head requeues that work once this agent registers, so it must not also run on. Returns how many."""
-    own = set(pids_with_env(AGENT_RUN_ENV, own_mark))
-    orphans = [pid for pid in pids_with_env(AGENT_RUN_ENV, f"{node_id}.", prefix=True) if pid not in own]
+def end_orphaned_work(node_id: str) -> int:
+    """(before this agent starts anything) Kill what an earlier agent of this node started and left
+    running when it died (kill -9, a crash): the head requeues that work once this agent registers, so it
+    must not also run on. Returns how many."""
+    orphans = pids_with_env(AGENT_RUN_ENV, f"{node_id}.", prefix=True)
     for pid in orphans:
         try:
             os.kill(pid, signal.SIGKILL)
