@@ -202,6 +202,25 @@ def test_an_agents_dropped_work_is_stopped_and_never_reported(tmp_path, monkeypa
     assert reports == []
 
 
+def _gets_of_a_running_job(client, n: int, timeout_s: float):
+    """A node runs a 60 s job and n threads `get` it (one on the client's session stream, the others as
+    calls): (the job, the numbers of results each got once done, the threads)."""
+    import threading
+
+    _register(client)
+    (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60",
+                                             request=pb.Resources(amounts={"CPU": 1.0}))])
+    got: list[int] = []
+
+    def wait():
+        got.append(len(client.get_results([job], timeout_s=timeout_s)))
+
+    threads = [threading.Thread(target=wait) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return job, got, threads
+
+
 def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_is_done(head, monkeypatch):
     """1,000 blocking `get`s of one running job (one on the client's session, the others each holding a
     server thread, asleep): heartbeats and ClusterState are still answered at once; the job's completion
@@ -209,23 +228,13 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
     import runtime.head as head_mod
 
     monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 1000)
-    import threading
     import time
+
+    from tests.infra import wait_for
 
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
-        _register(client)
-        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60",
-                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
-        got: list[int] = []
-
-        def wait():
-            got.append(len(client.get_results([job], timeout_s=30)))
-
-        threads = [threading.Thread(target=wait) for _ in range(1000)]
-        for t in threads:
-            t.start()
-        from tests.infra import wait_for
+        job, got, threads = _gets_of_a_running_job(client, 1000, timeout_s=30)
 
         wait_for(lambda: len(servicer.waiters.get(job, ())) == 1000, timeout=60, what="1,000 clients waiting")
         for _ in range(5):
@@ -574,7 +583,6 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
     """More blocking gets than the head lets wait (each would hold a server thread): the rest are answered
     at once, busy, and their clients ask again with a backoff; heartbeats are answered at once all along,
     and every get completes when its job does."""
-    import threading
     import time
 
     import runtime.head as head_mod
@@ -583,17 +591,7 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
     monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 4)
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
-        _register(client)
-        (job,) = client.submit_many([pb.WorkSpec(kind="job", name="j", command="sleep 60",
-                                                 request=pb.Resources(amounts={"CPU": 1.0}))])
-        got: list[int] = []
-
-        def wait():  # one on the client's session stream, the others as calls
-            got.append(len(client.get_results([job], timeout_s=60)))
-
-        threads = [threading.Thread(target=wait) for _ in range(40)]
-        for t in threads:
-            t.start()
+        job, got, threads = _gets_of_a_running_job(client, 40, timeout_s=60)
         wait_for(lambda: servicer.blocked_gets == 4, timeout=30, what="4 gets waiting on threads")
         for _ in range(5):
             started = time.monotonic()
