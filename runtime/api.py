@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 
 from runtime import pickling
-from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
+from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
 # How long a client waits for a head that went away (restarted by its supervisor in a second, or by
@@ -150,14 +150,21 @@ class _Connection:
 
         def send():
             nonlocal sent_before
-            try:
-                self.client.submit_many(specs, ids)
-            except grpc.RpcError as e:
-                # sent again after the head came back: it had taken the batch (all or nothing) before it went
-                if e.code() == grpc.StatusCode.ALREADY_EXISTS and sent_before:
-                    return
-                sent_before = True
-                raise
+            pause, give_up = 0.2, deadline or time.monotonic() + HEAD_RETURN_S
+            while True:
+                try:
+                    return self.client.submit_many(specs, ids)
+                except grpc.RpcError as e:
+                    # sent again after the head came back: it had taken the batch (all or nothing) before
+                    if e.code() == grpc.StatusCode.ALREADY_EXISTS and sent_before:
+                        return
+                    if _store_full(e) and give_up - time.monotonic() > pause:
+                        # the head's disk is full: it stored none of the batch; it may have room soon
+                        time.sleep(pause)
+                        pause = min(pause * 2, 5.0)
+                        continue
+                    sent_before = sent_before or isinstance(e, ConnectionError)
+                    raise
 
         _reconnecting(send, deadline)
 
@@ -187,7 +194,10 @@ class _Connection:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     raise
-                raise _refused(e, len(batch)) from None
+                if not _store_full(e):
+                    raise _refused(e, len(batch)) from None
+                with self.cond:  # nothing of it stored: sent again (the usual way, until there is room)
+                    self.pending[:0] = batch
             finally:
                 with self.cond:
                     self.inflight -= 1
@@ -222,6 +232,13 @@ class _Connection:
                 self.cond.notify_all()
             self.thread.join(timeout=5)
             self.client.close()
+
+
+def _store_full(e) -> bool:
+    """The head refused a submission because its disk is full: nothing of it was stored."""
+    import grpc
+
+    return e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (e.details() or "").startswith(STORE_FULL)
 
 
 def _refused(e, n: int) -> Exception:

@@ -26,7 +26,7 @@ import grpc
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
-from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, too_large
+from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 from runtime.node import HEAD_LIVENESS, beat
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
@@ -147,6 +147,8 @@ class HeadServicer(pb_grpc.HeadServicer):
         self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written
         self.fetched_lock = threading.Lock()  # not the head's lock: a woken `get` replies without it
         self.store_error = ""  # why the store could not be written, while it cannot
+        # (node id, assignment) placed by a commit that failed: handed out once a later one succeeds
+        self.unsent: list[tuple[str, pb.Assignment]] = []
         self.blocked_gets = 0  # GetResults calls waiting now, each on a thread of its own
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.sessions = 0  # client Session streams open now
@@ -189,7 +191,8 @@ class HeadServicer(pb_grpc.HeadServicer):
                 try:
                     self._commit()
                 except StoreUnavailable:
-                    pass
+                    return
+                self._hand_out()
 
     def _done_state(self, item_id: str) -> str | None:
         row = self.store.row(item_id)
@@ -421,13 +424,16 @@ class HeadServicer(pb_grpc.HeadServicer):
                                  [], [], id_seq=self.sched.id_seq)
             except STORE_ERRORS as e:
                 self._store_failed(e)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the head cannot store new work ({e}: its "
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{STORE_FULL} ({e}: its "
                               "disk full?); nothing was submitted: try again once it has room")
             for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
                 if spec.payload_size:
                     self.uploaded_args.add(item.id)
-            self._settle(now, [], dict(zip(ids, specs)))
+            try:
+                self._settle(now, [], dict(zip(ids, specs)))
+            except StoreUnavailable:
+                pass  # they are stored: accepted; what was placed is handed out once the store is written
         return ids
 
     @staticmethod
@@ -440,14 +446,23 @@ class HeadServicer(pb_grpc.HeadServicer):
     def _settle(self, now: float, new: list[tuple[Item, bytes]] = (), new_specs: dict | None = None) -> None:
         """(under self.lock) After a change: place what can run now, store it all in one transaction, and
         only then hand the placed items to their nodes (a node never runs what a crash could forget)."""
-        assignments = self._dispatch(now, new_specs or {})
-        self._commit(new)
-        for a in assignments:
-            self.nodes[self.sched.items[a.item_id].node_id].outbox.put(a)
+        self.unsent += [(self.sched.items[a.item_id].node_id, a) for a in self._dispatch(now, new_specs or {})]
+        self._commit(new)  # if it cannot be written, what was placed waits in self.unsent for one that is
+        self._hand_out()
         stop, self.sched.to_stop = self.sched.to_stop, []  # work in a placement group just removed
         for item_id, node_id in stop:
             if node_id in self.nodes:
                 self.nodes[node_id].outbox.put(pb.Assignment(item_id=item_id, cancel=True))
+
+    def _hand_out(self) -> None:
+        """(under self.lock, after a commit) The placed items go to their nodes; one placed before a commit
+        that failed only if it is still that node's to run, at that attempt."""
+        unsent, self.unsent = self.unsent, []
+        for node_id, a in unsent:
+            item = self.sched.items.get(a.item_id)
+            if (item is not None and item.node_id == node_id and item.attempt == a.attempt and node_id in self.nodes
+                    and item.state not in DONE_STATES):
+                self.nodes[node_id].outbox.put(a)
 
     def _dispatch(self, now: float, known_specs: dict[str, pb.WorkSpec]) -> list[pb.Assignment]:
         """(under self.lock) Schedule; the Assignments of the newly placed items."""

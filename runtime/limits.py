@@ -24,6 +24,9 @@ RETAIN_FETCHED_S = 600.0
 RETAIN_UNFETCHED_S = 24 * 3600.0
 RETAIN_JOBS_S = 7 * 24 * 3600.0
 
+# How the head's refusal of new work while its disk is full begins: clients send it again a while.
+STORE_FULL = "the head cannot store new work"
+
 
 def too_large(what: str, size: int) -> str:
     return (f"its {what} is {size / 2**30:.1f} GiB, over the limit of {MAX_OBJECT_BYTES >> 30} GiB; "

@@ -534,9 +534,9 @@ def test_get_wait_or_cancel_of_an_id_the_head_does_not_know_is_one_clear_error(h
         runtime.shutdown()
 
 
-def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_recovers(tmp_path):
-    """The head's disk fills (a real tmpfs): new work is refused, saying why; the head keeps answering
-    (state, heartbeats); a result reported meanwhile is kept and stored once there is room again."""
+@pytest.fixture
+def small_disk_head(tmp_path):
+    """A head whose state lives on a small disk of its own (a real 4 MiB tmpfs), and a way to fill it."""
     import os
     import subprocess
 
@@ -548,35 +548,103 @@ def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_rec
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
                             bind_host="127.0.0.1", head_port=0)
     server, servicer, port = serve(cfg, state_dir=fs / "state")
-    job = pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": 1.0}))
+
+    def fill():
+        with open(fs / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"x" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        return fs / "filler"
+
     try:
-        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
-            _register(client)
-            (first,) = client.submit_many([job])
-            with open(fs / "filler", "wb") as f:  # the disk fills
-                try:
-                    while True:
-                        f.write(b"x" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
-            with pytest.raises(grpc.RpcError) as e:
-                client.submit_many([job])
-            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert e.value.details().startswith("the head cannot store new work (database or disk is full")
-            assert [n.node_id for n in client.cluster_state().nodes] == ["n1"]  # it answers
-            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
-            with pytest.raises(grpc.RpcError):  # not acknowledged: the agent would send it again
-                client.report("n1", [pb.ItemResult(id=first, state="finished")])
-            (fs / "filler").unlink()  # room again
-            servicer.retry_store()  # (the head's clock does this every tick)
-            assert servicer.store.row(first).state == "finished"
-            (later,) = client.submit_many([job])
-            assert servicer.store.row(later).state in ("queued", "running")
+        yield f"127.0.0.1:{port}", servicer, fill
     finally:
         server.stop(grace=0)
         servicer.store.close()
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_recovers(small_disk_head):
+    """The head's disk fills: new work is refused, saying why; the head keeps answering (state,
+    heartbeats); a result reported meanwhile is kept and stored once there is room again."""
+    address, servicer, fill = small_disk_head
+    job = pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": 1.0}))
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        (first,) = client.submit_many([job])
+        filler = fill()
+        with pytest.raises(grpc.RpcError) as e:
+            client.submit_many([job])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert e.value.details().startswith("the head cannot store new work (database or disk is full")
+        assert [n.node_id for n in client.cluster_state().nodes] == ["n1"]  # it answers
+        assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+        with pytest.raises(grpc.RpcError):  # not acknowledged: the agent would send it again
+            client.report("n1", [pb.ItemResult(id=first, state="finished")])
+        filler.unlink()  # room again
+        servicer.retry_store()  # (the head's clock does this every tick)
+        assert servicer.store.row(first).state == "finished"
+        (later,) = client.submit_many([job])
+        assert servicer.store.row(later).state in ("queued", "running")
+
+
+def test_work_placed_while_the_disk_is_full_reaches_its_node_once_there_is_room(small_disk_head):
+    """A result frees a node while the disk is full: the queued job placed there cannot be stored as
+    placed, so it is not handed out yet; once the store is written again it reaches the node (it is not
+    left counted on a node that never heard of it)."""
+    address, servicer, fill = small_disk_head
+    job = pb.WorkSpec(kind="job", name="j", command="sleep 60", request=pb.Resources(amounts={"CPU": 2.0}))
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        stream = client.work_stream("n1")
+        a, b = client.submit_many([job, job])
+        assert [x.item_id for x in next(stream).items] == [a]
+        filler = fill()
+        with pytest.raises(grpc.RpcError):  # not acknowledged: the agent would send it again
+            client.report("n1", [pb.ItemResult(id=a, state="finished")])
+        assert servicer.sched.items[b].node_id == "n1" and not servicer.nodes["n1"].outbox.items
+        filler.unlink()
+        servicer.retry_store()
+        assert [x.item_id for x in servicer.nodes["n1"].outbox.items] == [b]
+        assert [x.item_id for x in next(stream).items] == [b]
+        assert servicer.store.row(b).state == "running"
+        stream.cancel()
+
+
+def test_a_program_submitting_while_the_disk_is_full_waits_for_room_and_loses_nothing(small_disk_head,
+                                                                                        monkeypatch):
+    """`f.remote()` while the head refuses new work for a full disk: the client sends the batch again
+    with a backoff (the head stored none of it) instead of failing the program; once there is room the
+    work is accepted, once."""
+    import runtime
+    from runtime.api import _connection
+    from tests.infra import wait_for
+
+    address, servicer, fill = small_disk_head
+    runtime.init(address=address, token=TOKEN)
+    try:
+        client = _connection().client
+        sends = collections.Counter()
+        submit_many = client.submit_many
+
+        def counted(specs, ids=None):
+            sends["calls"] += 1
+            return submit_many(specs, ids)
+
+        monkeypatch.setattr(client, "submit_many", counted)
+        filler = fill()
+        refs = [runtime.remote(lambda i: i).remote(i) for i in range(3)]
+        wait_for(lambda: sends["calls"] >= 3, timeout=30, what="the batch sent again while the disk is full")
+        assert not servicer.store.known([r.id for r in refs])
+        filler.unlink()
+        servicer.retry_store()
+        _connection().flush()  # raises if the submission was refused for good
+        assert [servicer.store.row(r.id).state for r in refs] == ["infeasible"] * 3  # (no node yet), accepted
+    finally:
+        runtime.shutdown()
 
 
 def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_wait(head, monkeypatch):
