@@ -112,11 +112,18 @@ class Chaos:
         self.paused = threading.Event()
         self.idle = threading.Event()  # the submitter is paused and has nothing on the way
         self.most_workers = 0
+        # how long the last uninterrupted one ran (up on a running cluster, up from nothing, down): where a
+        # Ctrl-C lands
+        self.took = {"up": 3.0, "first up": 6.0, "down": 3.0}
 
     # --- the user's side ------------------------------------------------------------------------------
 
-    def launch(self, command: str, interrupt_after: float | None = None) -> int:
-        """`launch COMMAND chaos.yaml -y` as a user runs it; SIGINT after `interrupt_after` seconds."""
+    def launch(self, command: str, interrupt: bool = False, timing: str = "") -> int:
+        """`launch COMMAND chaos.yaml -y` as a user runs it; with `interrupt`, a SIGINT at a random moment
+        of the time the last uninterrupted one took."""
+        timing = timing or command
+        interrupt_after = self.rng.uniform(0.05, 1.0) * self.took[timing] if interrupt else None
+        began = time.monotonic()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
         env["LAUNCH_HOME"] = str(self.home)
         proc = subprocess.Popen([sys.executable, "-m", "launcher", command, str(self.config_file), "-y"],
@@ -134,12 +141,14 @@ class Chaos:
             self.hung.append(f"launch {command} past {COMMAND_LIMIT_S}s")
             return -1
         self.last_errors = errors
+        if not interrupt and proc.returncode == 0:
+            self.took[timing] = time.monotonic() - began
         return proc.returncode
 
-    def up(self) -> None:
+    def up(self, timing: str = "up") -> None:
         """`launch up` until it succeeds: the flaky provider fails the head's creation too, at times."""
         for _ in range(10):
-            if self.launch("up") == 0:
+            if self.launch("up", timing=timing) == 0:
                 return
         self.hung.append(f"launch up failed 10 times: {self.last_errors.strip()[-300:]}")
 
@@ -305,7 +314,7 @@ class Chaos:
         self.paused.set()
         self.idle.wait()
         self.settle(deadline_s=300)
-        if self.launch("down", interrupt_after=self.rng.uniform(0.3, 3.0)) == 0:
+        if self.launch("down", interrupt=True) == 0:
             self.counts["down finished before its Ctrl-C"] += 1
         if self.launch("down") != 0:
             self.hung.append(f"launch down after an interrupted one failed: {self.last_errors.strip()[-300:]}")
@@ -313,9 +322,9 @@ class Chaos:
 
         left = [p.name for p in self.nodes_dir.iterdir() if marked_pids(p.name)] if self.nodes_dir.exists() else []
         self.counts["nodes left after down"] += len(left)
-        self.launch("up", interrupt_after=self.rng.uniform(0.3, 6.0))
+        self.launch("up", interrupt=True, timing="first up")
         self.counts["nodes leaked by an interrupted up"] += len(self.strays())
-        self.up()
+        self.up("first up" if not self.nodes_dir.exists() or not any(self.nodes_dir.iterdir()) else "up")
         self.connect()
         self.paused.clear()
 
@@ -346,7 +355,7 @@ class Chaos:
         elif fault == "disk":
             self.fill_disk()
         elif fault == "ctrl-c-up":
-            if self.launch("up", interrupt_after=self.rng.uniform(0.3, 4.0)) == 0:
+            if self.launch("up", interrupt=True) == 0:
                 self.counts["up finished before its Ctrl-C"] += 1
             self.up()
         elif fault == "ctrl-c-down":
@@ -410,7 +419,7 @@ def main() -> None:
 def run(chaos: Chaos, args, rng: random.Random, faults: dict[str, float]) -> None:
     import runtime
 
-    chaos.up()
+    chaos.up("first up")
     chaos.connect()
     threading.Thread(target=chaos.submitter, daemon=True).start()
     threading.Thread(target=chaos.watch, daemon=True).start()
