@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 
@@ -20,7 +21,7 @@ from core.machine import pids_with_env
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, is_head_bundle_site, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
-from runtime.executor import Executor
+from runtime.executor import Executor, discard_results
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
@@ -55,6 +56,7 @@ class Agent:
         self.run_mark = f"{cfg.node_id}.{secrets.token_hex(6)}"
         env[AGENT_RUN_ENV] = self.run_mark
         end_orphaned_work(cfg.node_id)
+        discard_results()
         # Work on the node can submit more work: it finds the head and a credential in its environment,
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
@@ -257,11 +259,11 @@ class Agent:
     def fetch_result(self, item_id: str) -> bytes:
         return self.client.fetch_result(item_id)
 
-    def upload_result(self, item_id: str, data: bytes) -> None:
+    def upload_result(self, item_id: str, source: Path) -> None:
         delay = 0.2
         while True:  # the head restarting: wait for it, as reports do
             try:
-                return self.client.upload_result(item_id, self.cfg.node_id, data)
+                return self.client.upload_result(item_id, self.cfg.node_id, source)
             except grpc.RpcError as e:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or self.stop.is_set():
                     raise

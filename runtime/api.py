@@ -577,8 +577,12 @@ def remote(fn: Callable | None = None, *, num_cpus: float | None = None, num_gpu
 
 def _value(res) -> Any:
     if res.state == "finished":
-        if res.stored:  # too large for a message: fetched from the head in chunks
-            return cloudpickle.loads(_reconnecting(lambda: _connection().client.fetch_result(res.id)))
+        if res.stored:  # too large for a message: unpickled as it comes from the head, in chunks
+            def load():
+                with _connection().client.open_result(res.id) as stream:
+                    return cloudpickle.load(stream)
+
+            return _reconnecting(load)
         return cloudpickle.loads(res.value)
     if res.state == "cancelled":
         raise TaskCancelledError(f"task {res.id} was cancelled")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import grpc.experimental
@@ -62,6 +65,44 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reco
 # a GetResults the head answered busy is asked again after this, doubling up to the max
 BUSY_RETRY_S = 0.05
 BUSY_RETRY_MAX_S = 1.0
+
+
+class _ChunkReader(io.RawIOBase):
+    """A FetchResult stream as a readable file; `readinto` fills the whole buffer it is given (until the
+    stream ends), as an unpickler reading a large value straight into its bytes object expects."""
+
+    def __init__(self, client: HeadClient, stream):
+        self.client, self.stream = client, stream
+        self.piece, self.at = memoryview(b""), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        out = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(out):
+            if self.at == len(self.piece):
+                try:
+                    chunk = next(self.stream, None)
+                except grpc.RpcError as e:
+                    if e.code() in _AWAY and not isinstance(e, HeadUnavailable):
+                        raise HeadUnavailable(self.client.address, e.code()) from None
+                    raise
+                if chunk is None:
+                    break
+                self.piece, self.at = memoryview(chunk.data), 0
+                continue
+            n = min(len(out) - filled, len(self.piece) - self.at)
+            out[filled:filled + n] = self.piece[self.at:self.at + n]
+            filled += n
+            self.at += n
+        return filled
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.cancel()
+        super().close()
 
 
 class HeadClient:
@@ -228,17 +269,26 @@ class HeadClient:
 
     # --- payloads and results too large for a message: in chunks --------------------------------
 
-    def _upload(self, method: str, item_id: str, data: bytes, node_id: str = "") -> None:
-        view = memoryview(data)
+    def _upload(self, method: str, item_id: str, source: bytes | Path, node_id: str = "") -> None:
+        """`source` in CHUNK_BYTES pieces: bytes, or a file read a piece at a time (never whole)."""
+        if isinstance(source, Path):
+            with open(source, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                pieces = iter(lambda: f.read(CHUNK_BYTES), b"")
+                return self._upload_pieces(method, item_id, node_id, pieces, size)
+        view = memoryview(source)
+        pieces = (bytes(view[start:start + CHUNK_BYTES]) for start in range(0, max(len(view), 1), CHUNK_BYTES))
+        return self._upload_pieces(method, item_id, node_id, pieces, len(view))
 
+    def _upload_pieces(self, method: str, item_id: str, node_id: str, pieces, size: int) -> None:
         def chunks():
-            yield pb.Chunk(id=item_id, node_id=node_id, data=bytes(view[:CHUNK_BYTES]))
-            for start in range(CHUNK_BYTES, len(view), CHUNK_BYTES):
-                yield pb.Chunk(data=bytes(view[start:start + CHUNK_BYTES]))
+            yield pb.Chunk(id=item_id, node_id=node_id, data=next(pieces, b""))
+            for piece in pieces:
+                yield pb.Chunk(data=piece)
 
         reply = getattr(self._stub, method)(chunks(), metadata=self._md)
-        if reply.size != len(data):
-            raise ConnectionError(f"the head stored {reply.size} of {len(data)} bytes of {item_id}")
+        if reply.size != size:
+            raise ConnectionError(f"the head stored {reply.size} of {size} bytes of {item_id}")
 
     def _fetch(self, method: str, item_id: str) -> bytes:
         parts = []
@@ -257,11 +307,16 @@ class HeadClient:
     def fetch_args(self, item_id: str) -> bytes:
         return self._fetch("FetchArgs", item_id)
 
-    def upload_result(self, item_id: str, node_id: str, data: bytes) -> None:
-        self._upload("UploadResult", item_id, data, node_id)
+    def upload_result(self, item_id: str, node_id: str, source: bytes | Path) -> None:
+        self._upload("UploadResult", item_id, source, node_id)
 
     def fetch_result(self, item_id: str) -> bytes:
         return self._fetch("FetchResult", item_id)
+
+    def open_result(self, item_id: str) -> io.BufferedIOBase:
+        """A stored result as a stream read from the head a chunk at a time: an unpickler reading it
+        builds the value without the whole pickle ever in memory beside it."""
+        return _ChunkReader(self, self._stub.FetchResult(pb.FetchRequest(id=item_id, offset=0), metadata=self._md))
 
     def append_log(self, request: pb.AppendLogRequest) -> None:
         self._stub.AppendLog(request, metadata=self._md, timeout=self.timeout_s)

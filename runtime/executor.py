@@ -26,12 +26,13 @@ from typing import Protocol
 
 import cloudpickle
 
+from core.files import private_dir
 from core.machine import pids_with_env
 from core.shapes import EPS
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
-from runtime.worker import read_frame, write_frame
+from runtime.worker import RESULT_DIR_ENV, read_frame, write_frame
 
 log = logging.getLogger("launch.runtime.executor")
 
@@ -51,12 +52,26 @@ Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
 ShipLog = Callable[[str, bytes], None]
 
 
+def results_dir() -> Path:
+    """Where workers write values too large for a message, for the agent to upload (then removed)."""
+    return runtime_dir() / "results"
+
+
+def discard_results() -> int:
+    """(an agent starting, before it runs anything) Values an earlier agent of this node left behind when
+    it died: their items run again. Returns how many."""
+    left = list(results_dir().glob("*")) if results_dir().is_dir() else []
+    for path in left:
+        path.unlink(missing_ok=True)
+    return len(left)
+
+
 class Transfers(Protocol):
     """Moves what is too large for a message between this node and the head (the agent's client)."""
 
     def fetch_args(self, item_id: str) -> bytes: ...
     def fetch_result(self, item_id: str) -> bytes: ...
-    def upload_result(self, item_id: str, data: bytes) -> None: ...
+    def upload_result(self, item_id: str, source: Path) -> None: ...
 
 
 class WorkerDied(Exception):
@@ -154,6 +169,7 @@ class Executor:
         env = dict(self.base_env)
         env.update(extra or {})
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        env[RESULT_DIR_ENV] = str(private_dir(results_dir()))
         return env
 
     # --- assignments --------------------------------------------------------------------------------
@@ -451,22 +467,34 @@ class Executor:
         worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
         self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
 
-    def _result(self, a: pb.Assignment, status: str, data: bytes) -> pb.ItemResult:
+    def _result(self, a: pb.Assignment, status: str, data: bytes | str) -> pb.ItemResult:
+        if status == "ok-file":  # a large value, in a file the worker wrote as it pickled it
+            path = Path(data)
+            try:
+                return self._stored_result(a, path)
+            finally:
+                path.unlink(missing_ok=True)
         if status != "ok":
             exc, _tb = cloudpickle.loads(data)
             message = f"{type(exc).__name__}: {exc}"[:300]
             if len(data) > INLINE_BYTES:  # an error carries its message and traceback, not megabytes
                 data = cloudpickle.dumps((RuntimeError(message), _tb[-20000:]))
             return pb.ItemResult(id=a.item_id, state="failed", error=data, message=message)
-        if len(data) > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
-            return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", len(data)))
-        if len(data) <= INLINE_BYTES:
-            return pb.ItemResult(id=a.item_id, state="finished", value=data)
+        return pb.ItemResult(id=a.item_id, state="finished", value=data)
+
+    def _stored_result(self, a: pb.Assignment, path: Path) -> pb.ItemResult:
+        """Uploaded from the worker's file to the head in chunks (never read whole into memory)."""
         try:
-            self.head.upload_result(a.item_id, data)
+            size = path.stat().st_size
+        except OSError as e:
+            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be read ({e.strerror})")
+        if size > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
+            return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", size))
+        try:
+            self.head.upload_result(a.item_id, path)
         except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
             return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
-        return pb.ItemResult(id=a.item_id, state="finished", value_size=len(data), stored=True)
+        return pb.ItemResult(id=a.item_id, state="finished", value_size=size, stored=True)
 
     # --- actors -------------------------------------------------------------------------------------
 

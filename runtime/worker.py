@@ -5,20 +5,29 @@ is given its class the same way ("actor": the instance is made and kept), then i
 (method name, args, kwargs)), one at a time.
 
 Frames on the pipes are an 8-byte length then a cloudpickle. In: (op, payload, dep_values, item id); out:
-("ok", value bytes) or ("err", pickled (exception, traceback text)). The protocol keeps the original
-stdout to itself; the task's own prints go to stderr (the agent's log).
+("ok", value bytes), ("ok-file", path of a file holding them) or ("err", pickled (exception, traceback
+text)). A value is pickled as it is written: up to INLINE_BYTES into memory, beyond that into a file in
+LAUNCH_RESULT_DIR that the agent uploads from and removes, so that a result of gigabytes is never held
+twice (or three times: the bytes, then the frame) by the worker or the agent. The protocol keeps the
+original stdout to itself; the task's own prints go to stderr (the agent's log).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import sys
+import tempfile
 import traceback
 
 import cloudpickle
 
 from runtime.api import ObjectRef
+from runtime.limits import INLINE_BYTES
+
+RESULT_DIR_ENV = "LAUNCH_RESULT_DIR"
+_results = itertools.count()
 
 
 def read_frame(f) -> bytes | None:
@@ -68,7 +77,52 @@ def _method(name: str):
     return getattr(_instance[0], name)
 
 
-def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task") -> tuple[str, bytes]:
+class _ResultSink:
+    """What the pickler writes: memory up to INLINE_BYTES, then a file (written as it is pickled)."""
+
+    def __init__(self, item_id: str):
+        self.item_id = item_id
+        self.buf = bytearray()
+        self.file = None
+        self.path = ""
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if self.file is None and len(self.buf) + n <= INLINE_BYTES:
+            self.buf += data
+            return n
+        if self.file is None:
+            folder = os.environ.get(RESULT_DIR_ENV) or tempfile.gettempdir()
+            self.path = os.path.join(folder, f"{self.item_id or 'result'}.{os.getpid()}.{next(_results)}")
+            self.file = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+            self.file.write(self.buf)
+            self.buf = bytearray()
+        self.file.write(data)  # the pickler hands a large bytes or array payload over as it is: no copy
+        return n
+
+    def outcome(self) -> tuple[str, bytes | str]:
+        if self.file is None:
+            return "ok", bytes(self.buf)
+        self.file.close()
+        return "ok-file", self.path
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            os.unlink(self.path)
+
+
+def _pickled(value, item_id: str) -> tuple[str, bytes | str]:
+    sink = _ResultSink(item_id)
+    try:
+        cloudpickle.dump(value, sink)
+    except BaseException:
+        sink.discard()
+        raise
+    return sink.outcome()
+
+
+def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task", item_id: str = "") -> tuple[str, bytes | str]:
     try:
         target, args, kwargs = cloudpickle.loads(payload)
         if op == "call":
@@ -80,7 +134,7 @@ def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task") -> tuple[s
         cache: dict = {}
         args = [_resolve(a, deps, cache) for a in args]
         kwargs = {k: _resolve(v, deps, cache) for k, v in kwargs.items()}
-        return "ok", cloudpickle.dumps(fn(*args, **kwargs))
+        return _pickled(fn(*args, **kwargs), item_id)
     except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
         tb = traceback.format_exc()
         try:
@@ -100,7 +154,7 @@ def main() -> None:
             return
         op, payload, deps, item_id = cloudpickle.loads(frame)
         os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
-        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps, op)))
+        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps, op, item_id)))
 
 
 if __name__ == "__main__":

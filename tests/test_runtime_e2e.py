@@ -131,6 +131,37 @@ def test_arguments_and_results_over_the_message_limit_move_in_chunks(rt):
     assert head_rss_kib < 300 << 10  # the head's peak memory stayed under the size of one of them
 
 
+def _peak_kib(pid: int | str) -> int:
+    return int(next(ln.split()[1] for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM")))
+
+
+def _reset_peak(pid: int | str) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:  # VmHWM starts again from the present RSS
+        f.write("5")
+
+
+def test_a_large_result_streams_and_is_never_held_whole_twice(rt):
+    """A 256 MiB result: the worker pickles it into a file as it goes (not into bytes, then a frame),
+    the agent uploads from that file a chunk at a time (it never holds the value), and the client
+    unpickles it as the chunks arrive (the value, not the value and its pickle)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("resetting a process's peak memory (clear_refs) needs root")
+    size = 256 << 20
+    node = rt["home"] / "clusters" / "rt" / "local" / "nodes" / rt["ids"]["gpu"]
+    agent = int((node_dir(node) / "pids" / "agent.pid").read_text())
+    runtime.get(blob.options(resources={"special": 1}).remote(10), timeout=60)  # its worker process started
+    _reset_peak(agent)
+    _reset_peak("self")
+    before = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmRSS")))
+    value = runtime.get(blob.options(resources={"special": 1}).remote(size), timeout=120)
+    assert len(value) == size
+    assert _peak_kib(agent) < 128 << 10  # the agent's whole process, under half the value's size
+    assert _peak_kib("self") - before < (size >> 10) * 5 // 4  # the value and a little, not twice it
+    assert not any((node_dir(node) / "results").iterdir())  # the worker's file, uploaded, is gone
+
+
 def test_custom_resources_pick_the_node(rt):
     node, *_ = runtime.get(where.options(num_cpus=0, resources={"special": 1}).remote(), timeout=30)
     assert node == rt["ids"]["gpu"]

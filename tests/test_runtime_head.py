@@ -269,17 +269,19 @@ def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, mon
     assert sorted(r.value for r in results) == [bytes([i]) * 1000 for i in range(3)]
 
 
-def test_a_result_or_payload_over_the_size_limit_fails_clearly(monkeypatch):
-    """Over MAX_OBJECT_BYTES (4 GiB; lowered here): the task fails naming the limit, never hangs; a
-    payload that large is refused where `.remote()` is called."""
+def test_a_result_or_payload_over_the_size_limit_fails_clearly(monkeypatch, tmp_path):
+    """Over MAX_OBJECT_BYTES (4 GiB; lowered here): the task fails naming the limit, never hangs (and
+    the worker's file of it is gone); a payload that large is refused where `.remote()` is called."""
     import runtime
     import runtime.api
     import runtime.executor
 
     monkeypatch.setattr(runtime.executor, "MAX_OBJECT_BYTES", 1000)
     ex = runtime.executor.Executor("n1", {}, lambda r, a: None, lambda *a: None)
-    r = ex._result(pb.Assignment(item_id="t1"), "ok", b"x" * 2000)
-    assert r.state == "failed" and "over the limit" in r.message
+    value = tmp_path / "t1.value"
+    value.write_bytes(b"x" * 2000)
+    r = ex._result(pb.Assignment(item_id="t1"), "ok-file", str(value))
+    assert r.state == "failed" and "over the limit" in r.message and not value.exists()
 
     monkeypatch.setattr(runtime.api, "MAX_OBJECT_BYTES", 1000)
 
