@@ -42,7 +42,7 @@ from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
 from lifecycle.cluster import Lifecycle
 from lifecycle.hashing import launch_hash
-from lifecycle.head import head_state
+from lifecycle.on_head import head_state
 from lifecycle.state import ClusterDir
 from runtime.client import HeadClient
 from runtime.node_config import NodeRuntimeConfig

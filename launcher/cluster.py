@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.config import ClusterConfig
+from core.entry_points import NODE_CONTROL
 from core.errors import LaunchError
 from core.node import NodeInfo
 from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, for_node, in_shell, node_log_name
@@ -143,7 +144,7 @@ class Cluster:
         try:
             raw = runner.read_file(for_node(MONITOR_STATUS, node_name(runner)))
             status = json.loads(raw) if raw else {}
-            result = runner.run(f"{runner.python} -m runtime.node status", timeout=30)
+            result = runner.run(f"{runner.python} -m {NODE_CONTROL} status", timeout=30)
             pid = json.loads(result.tail[-1]).get("monitor") if result.ok and result.tail else None
         except (LaunchError, ValueError) as e:
             status["error"] = f"cannot read the autoscaler's state on the head: {e}"

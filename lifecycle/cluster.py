@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import providers
 from core.config import Container
+from core.entry_points import HEAD_SIDE, NODE_CONTROL
 from core.errors import LaunchError, NodeNotFound
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, for_node
@@ -114,7 +115,7 @@ class Lifecycle:
             head = self.head()
             if head is None:
                 return None
-            from lifecycle.head import pull_known_hosts
+            from lifecycle.on_head import pull_known_hosts
 
             self._route = self.host_runner(head)
             pull_known_hosts(self.runner(head), self.dir.known_hosts)
@@ -239,7 +240,7 @@ class Lifecycle:
 
     def _node_cmd(self, node: NodeInfo, args: str, check: bool = False) -> None:
         runner = self.runner(node)
-        runner.run(f"{runner.python} -m runtime.node {args}", timeout=60, check=check)
+        runner.run(f"{runner.python} -m {NODE_CONTROL} {args}", timeout=60, check=check)
 
     def stop_monitor(self, head: NodeInfo) -> None:
         """One writer at a time: the autoscaler stops while `up` or `down` works."""
@@ -256,7 +257,7 @@ class Lifecycle:
 
     def on_head(self, head: NodeInfo, args: str) -> dict:
         """Run `python -m lifecycle.head ARGS` on the head, relaying its progress lines; its result."""
-        from lifecycle.head import ERROR, RESULT
+        from lifecycle.on_head import ERROR, RESULT
 
         runner = self.runner(head)
         result: dict = {}
@@ -271,7 +272,7 @@ class Lifecycle:
             elif text.strip():
                 self.say(text)
 
-        done = runner.run(f"{runner.python} -m lifecycle.head {args}", on_output=line)
+        done = runner.run(f"{runner.python} -m {HEAD_SIDE} {args}", on_output=line)
         if error:
             raise LaunchError(error[-1])
         if not done.ok or not result:
@@ -292,7 +293,7 @@ class Lifecycle:
         try:
             head_address = self._set_up_head(head, token, restart, actions)
             head_ready = True
-            from lifecycle.head import pull_known_hosts, ship
+            from lifecycle.on_head import pull_known_hosts, ship
 
             ship(self.spec, self.runner(head), self.dir.known_hosts)
             stale = self.stale_workers()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.config import Container
+from core.entry_points import NODE_CONTROL
 from core.errors import LaunchError
 from core.files import open_private
 from core.node import NodeInfo
@@ -172,7 +173,7 @@ class NodeUpdater:
         self._retrying(log, "starting the runtime",
                        lambda: self.runner.put_file(self.runtime_cfg.to_json(),
                                                     for_node(NODE_CONFIG, node_name(self.runner)), mode=0o600))
-        cmd = f"{self.runner.python} -m runtime.node start" + (" --restart" if restart else "")
+        cmd = f"{self.runner.python} -m {NODE_CONTROL} start" + (" --restart" if restart else "")
         result = self._run(log, "starting the runtime", cmd)
         for line in result.tail:
             if line.startswith("head-address: "):
@@ -181,7 +182,7 @@ class NodeUpdater:
     def runtime_running(self) -> bool:
         """False also when the node cannot be asked: the update that follows reports why, per node."""
         try:
-            result = self.runner.run(f"{self.runner.python} -m runtime.node status", timeout=60)
+            result = self.runner.run(f"{self.runner.python} -m {NODE_CONTROL} status", timeout=60)
             pids = json.loads(result.tail[-1]) if result.ok and result.tail else {}
         except (LaunchError, ValueError):
             return False

@@ -40,6 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import ClusterConfig, pydantic_problems
+from core.entry_points import NODE_CONTROL
 from core.errors import ConfigError, InvalidRequest, NodeNotFound, ProviderError, QuotaError, TransientError
 from core.files import locked_json
 from core.node import SlurmJob
@@ -204,7 +205,7 @@ rm -f "$fifo" && mkfifo -m 600 "$fifo" || exit 1
 trap 'rm -rf "$HOME"' EXIT
 trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 0' TERM
 read -r python <"$fifo" || exit 1
-"$python" -m runtime.node supervise &
+"$python" -m {NODE_CONTROL} supervise &
 pid=$!
 wait $pid
 """
@@ -574,7 +575,7 @@ class Provider:
                 from core.paths import NODE_PYTHON, in_shell
                 python = in_shell(NODE_PYTHON)
                 try:  # best effort: the runtime's processes on the head host
-                    self._head_runner().run(f"test -x {python} && {python} -m runtime.node stop", timeout=60)
+                    self._head_runner().run(f"test -x {python} && {python} -m {NODE_CONTROL} stop", timeout=60)
                 except LaunchError:
                     pass
                 self._claims("release", ids=[node_id])

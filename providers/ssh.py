@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from core.config import ClusterConfig, Container, split_host_port
+from core.entry_points import NODE_CONTROL
 from core.errors import ConfigError, LaunchError, NodeNotFound, ProviderError
 from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_DIR, in_shell, on_this_node
 from core.spec import ClusterSpec
@@ -161,7 +162,7 @@ class Provider:
                 python = in_shell(NODE_PYTHON)
                 # a node in a container (Ray's docker section) goes with it: the host runs none of it
                 containers = "".join(f"{remove_container_cmd(c)}; " for c in self._containers())
-                runner.run(f"{containers}test -x {python} && {python} -m runtime.node stop", timeout=60)
+                runner.run(f"{containers}test -x {python} && {python} -m {NODE_CONTROL} stop", timeout=60)
             except LaunchError:
                 pass
             finally:

@@ -63,9 +63,10 @@ _own_site_first()
 _set_up_grpc_io()
 
 _API = {
-    "runtime.api": ["GetTimeoutError", "ObjectRef", "TaskCancelledError", "TaskError", "cancel", "get", "init",
-                    "remote", "shutdown", "wait"],
-    "runtime.actors": ["ActorDiedError", "ActorHandle", "get_actor", "kill"],
+    "runtime.api": ["ObjectRef", "cancel", "get", "init", "shutdown", "wait"],
+    "runtime.exceptions": ["ActorDiedError", "GetTimeoutError", "TaskCancelledError", "TaskError"],
+    "runtime.decorator": ["remote"],
+    "runtime.actors": ["ActorHandle", "get_actor", "kill"],
     "runtime.placement_group": ["PlacementGroup", "PlacementGroupSchedulingStrategy", "placement_group",
                                 "remove_placement_group"],
 }

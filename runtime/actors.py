@@ -29,11 +29,8 @@ import time
 import uuid
 
 from runtime import api, pickling
-from runtime.api import ObjectRef, TaskError
-
-
-class ActorDiedError(TaskError):
-    """A call could not run: its actor was killed, died out of restarts, or its constructor raised."""
+from runtime.api import ObjectRef
+from runtime.exceptions import ActorDiedError  # noqa: F401 (the API's)
 
 
 ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries", "name",
@@ -215,3 +212,6 @@ def end_owned(client) -> None:
         except Exception:  # noqa: BLE001 - the head away: nothing more to do from here
             pass
 
+
+
+api.on_disconnect(end_owned)  # a driver that leaves the cluster ends the actors it owns

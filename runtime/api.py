@@ -28,7 +28,9 @@ from typing import Any
 
 import cloudpickle
 
+from core.entry_points import TUNNEL
 from runtime import pickling
+from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, TaskError  # noqa: F401 (the API's)
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
@@ -59,23 +61,6 @@ class ObjectRef:
 
     def __hash__(self) -> int:
         return hash(self.id)
-
-
-class TaskError(Exception):
-    """A task failed. Raised by get(); also an instance of the remote exception's type where possible."""
-
-    def __init__(self, message: str, cause: BaseException | None = None, remote_traceback: str = ""):
-        super().__init__(message)
-        self.cause = cause
-        self.remote_traceback = remote_traceback
-
-
-class GetTimeoutError(TimeoutError):
-    pass
-
-
-class TaskCancelledError(TaskError):
-    pass
 
 
 class _Connection:
@@ -297,7 +282,7 @@ def _tunnel(cluster: str) -> str:
     long as this process lives."""
     if cluster in _tunnels and _tunnels[cluster][0].poll() is None:
         return _tunnels[cluster][1]
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.tunnel", cluster], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", TUNNEL, cluster], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("address "):
@@ -359,16 +344,25 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
         client.close()
         raise
     _conn = _Connection(client)
-    atexit.register(_end_actors_at_exit)  # once: registering again replaces nothing, and it is idempotent
+    atexit.register(_disconnect_at_exit)  # once: registering again replaces nothing, and it is idempotent
     return _conn.client
 
 
-def _end_actors_at_exit() -> None:
-    """A driver that exits without shutdown() still ends the actors it made (not detached ones)."""
-    if _conn is not None:
-        from runtime.actors import end_owned
+_on_disconnect: list[Callable[[Any], None]] = []  # called with the client as a driver leaves the cluster
 
-        end_owned(_conn.client)
+
+def on_disconnect(hook: Callable[[Any], None]) -> None:
+    """(parts of the API built on this one: actors) `hook(client)` runs as the driver disconnects, by
+    shutdown() or at exit."""
+    if hook not in _on_disconnect:
+        _on_disconnect.append(hook)
+
+
+def _disconnect_at_exit() -> None:
+    """A driver that exits without shutdown() still ends what it owns (actors, not detached ones)."""
+    if _conn is not None:
+        for hook in _on_disconnect:
+            hook(_conn.client)
 
 
 def shutdown() -> None:
@@ -379,9 +373,8 @@ def shutdown() -> None:
         try:
             conn.flush()
         finally:
-            from runtime.actors import end_owned
-
-            end_owned(conn.client)
+            for hook in _on_disconnect:
+                hook(conn.client)
             conn.close()
     _close_tunnels()
 
@@ -553,28 +546,6 @@ class RemoteFunction:
                                  pg_id=pg_id, bundle_index=index))
 
 
-def remote(fn: Callable | None = None, *, num_cpus: float | None = None, num_gpus: float = 0, memory: float = 0,
-           resources: dict[str, float] | None = None, max_retries: int = DEFAULT_MAX_RETRIES, **options):
-    """Decorator: `@remote` or `@remote(num_cpus=2, num_gpus=0.5, resources={"accelerator_type:T4": 1})` on
-    a function (a task: 1 CPU unless told) or on a class (an actor: holds what it asks for while it lives,
-    nothing unless told; options max_restarts, max_task_retries, name, lifetime)."""
-    import inspect
-
-    def wrap(f):
-        if inspect.isclass(f):
-            from runtime.actors import ActorClass
-
-            return ActorClass(f, num_cpus=num_cpus or 0, num_gpus=num_gpus, memory=memory, resources=resources,
-                              **options)
-        unknown = set(options) - set(PLACEMENT_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown option(s) for a remote function: {', '.join(sorted(unknown))}")
-        return RemoteFunction(f, 1 if num_cpus is None else num_cpus, num_gpus, memory, resources, max_retries,
-                              **options)
-
-    return wrap(fn) if fn is not None else wrap
-
-
 def _value(res) -> Any:
     if res.state == "finished":
         if res.stored:  # too large for a message: unpickled as it comes from the head, in chunks
@@ -639,8 +610,6 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
 
 
 def _actor_died(message: str) -> Exception:
-    from runtime.actors import ActorDiedError
-
     return ActorDiedError(message)
 
 

@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from core.entry_points import CONTROL_LOOP, HEAD_SERVICE, NODE_AGENT, NODE_CONTROL
 from core.files import file_lock, open_private, private_dir
 from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, NODE_CONFIG, RUNTIME_DIR, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
-DAEMONS = {"head": "runtime.head", "agent": "runtime.agent", "monitor": "autoscaler.monitor",
-           "supervisor": "runtime.node supervise"}
+DAEMONS = {"head": HEAD_SERVICE, "agent": NODE_AGENT, "monitor": CONTROL_LOOP,
+           "supervisor": f"{NODE_CONTROL} supervise"}
 SUPERVISED = ("head", "agent", "monitor")
 SUPERVISE_EVERY_S = 0.5
 # A daemon that says it is alive (beat) but has not for this long is hung (its process up, its work
