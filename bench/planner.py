@@ -271,7 +271,23 @@ def main() -> None:
           f"fleet {fleet_cost(ours, types):.2f} $/h")
     print(f"worst gap of our fleet cost to the MILP optimum: {100 * worst_gap:.2f}% "
           "(exact: MILP over whole-node packing patterns; bound: aggregate capacity, a lower bound)")
+    queue_demand()
     gangs(py)
+
+
+def queue_demand() -> None:
+    """What the head's scheduler reports as demand (the autoscaler's input) costs O(shapes), not O(items)."""
+    from runtime.scheduler import Item, Scheduler
+
+    s = Scheduler({"cpu": {"CPU": 4.0}, "gpu": {"CPU": 4.0, "GPU": 1.0}, "tpu": {"CPU": 4.0, "tpu": 1.0}})
+    shapes = [{"CPU": 1.0}, {"GPU": 1.0}, {"CPU": 1.0, "tpu": 1.0}]
+    for i in range(100_000):
+        s.submit(Item(id=f"t{i}", kind="task", name="f", request=shapes[i % 3], max_retries=0, submitted_at=0.0), 0.0)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        s.demand()
+    print(f"\nthe head's demand() with 100,000 queued items of 3 shapes: {(time.perf_counter() - t0) * 10:.3f} ms "
+          "per call (the autoscaler asks once a tick)")
 
 
 GROUP_SHAPES = [{"CPU": 1}, {"CPU": 2, "memory": 8 * GIB}, {"CPU": 4, "memory": 16 * GIB}, {"CPU": 4, "GPU": 1},

@@ -15,10 +15,10 @@ import pytest
 import runtime
 from launcher.cluster import Cluster
 from lifecycle.config import load_config
-from runtime.actors import ActorDiedError
+from runtime.exceptions import ActorDiedError
 from runtime.placement_group import PlacementGroupSchedulingStrategy, placement_group, remove_placement_group
 from runtime.proto import head_pb2 as pb
-from tests.infra import cli, local_cluster, write_config
+from tests.infra import cli, local_cluster, wait_for, write_config
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +56,6 @@ def _state(rt) -> pb.ClusterState:
 
 def _available(rt) -> dict[str, dict[str, float]]:
     return {n.node_id: dict(n.available.amounts) for n in _state(rt).nodes if n.state == "alive"}
-
-
-def _wait_until(check, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.time() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 @runtime.remote
@@ -117,12 +107,13 @@ def test_an_actor_holds_its_resources_until_killed(rt, tmp_path):
     started = tmp_path / "started"
     pending = c.slow.remote(30, str(started))
     queued = c.incr.remote()
-    _wait_until(started.exists)  # a kill stops a call mid-run, not only queued ones
+    wait_for(started.exists, timeout=20, every=0.05, what="the call started")  # a kill stops a call mid-run, not only queued ones
     runtime.kill(c)
     for ref in (pending, queued):
         with pytest.raises(ActorDiedError, match="killed"):
             runtime.get(ref, timeout=30)
-    _wait_until(lambda: _available(rt)[node]["CPU"] == before[node]["CPU"])
+    wait_for(lambda: _available(rt)[node]["CPU"] == before[node]["CPU"], timeout=20, every=0.05,
+             what="the killed actor's CPUs free again")
     with pytest.raises(ActorDiedError, match="dead"):
         runtime.get(c.incr.remote(), timeout=30)
 
@@ -182,7 +173,8 @@ def test_named_actors_are_found_by_name_and_names_are_unique(rt):
     with pytest.raises(ValueError, match="global-counter"):
         Counter.options(name="global-counter").remote()
     runtime.kill(found)
-    _wait_until(lambda: _raises(lambda: runtime.get_actor("global-counter"), ValueError))
+    wait_for(lambda: _raises(lambda: runtime.get_actor("global-counter"), ValueError), timeout=20, every=0.05,
+             what="the named actor gone")
     again = Counter.options(name="global-counter").remote(1)  # the name is free once the actor is gone
     assert runtime.get(again.incr.remote(), timeout=30) == 2
     runtime.kill(again)
@@ -289,7 +281,7 @@ def test_work_in_a_bundle_uses_its_reservation_only(rt):
         runtime.get(a.incr.remote(), timeout=30)
     with pytest.raises(runtime.TaskError):
         runtime.get(slow.remote(), timeout=30)
-    _wait_until(lambda: _available(rt)[node]["CPU"] == 2)
+    wait_for(lambda: _available(rt)[node]["CPU"] == 2, timeout=20, every=0.05, what="the node's 2 CPUs free")
 
 
 def test_the_readme_examples_run_as_jobs(rt):
@@ -315,7 +307,7 @@ def test_an_actor_whose_process_dies_while_idle_is_restarted_before_its_next_cal
         with HeadClient(rt["address"], rt["token"]) as h:
             return next(i.attempt for i in h.list_items("actor") if i.id == c._actor_id)
 
-    _wait_until(lambda: attempt() == 1)
+    wait_for(lambda: attempt() == 1, timeout=20, every=0.05, what="the actor restarted once")
     assert runtime.get(c.incr.remote(), timeout=30) == 2  # made again from its constructor's arguments
     runtime.kill(c)
 
@@ -349,7 +341,8 @@ def test_a_driver_killed_with_kill_9_leaves_no_actor_but_detached_ones(rt):
         assert runtime.get_actor("orphan") and runtime.get_actor("detached-one")
         driver.kill()  # no shutdown, no atexit: only its silence tells the head
         driver.wait()
-        _wait_until(lambda: _raises(lambda: runtime.get_actor("orphan"), ValueError), timeout=30)
+        wait_for(lambda: _raises(lambda: runtime.get_actor("orphan"), ValueError), timeout=30, every=0.05,
+                 what="the orphaned actor ended")
         detached = runtime.get_actor("detached-one")
         assert runtime.get(detached.ping.remote(), timeout=30) > 0
         runtime.kill(detached)

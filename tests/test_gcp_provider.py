@@ -14,7 +14,7 @@ pytest.importorskip("google.cloud.compute_v1")
 import providers  # noqa: E402
 from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
 from core.config import parse_config  # noqa: E402
-from core.errors import CapacityError, InvalidRequest, PermissionDenied, QuotaError  # noqa: E402
+from core.errors import CapacityError, InvalidRequest, PermissionDenied, ProviderError, QuotaError  # noqa: E402
 from core.spec import ClusterSpec  # noqa: E402
 from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS, tags_of  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_a_stockout_fails_over_to_the_next_zone_then_backs_off(gce, tmp_path):
 def test_an_insert_that_fails_after_it_started_leaves_nothing(gce, tmp_path):
     provider, _ = make(gce, tmp_path)
     gce.fail_after_start_zones.update({"us-west1-a", "us-west1-b"})
-    with pytest.raises(Exception) as e:
+    with pytest.raises(ProviderError) as e:
         provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
     assert "INTERNAL_ERROR" in str(e.value)
     assert gce.live() == [] and gce.all_disks() == []  # the half-made instance was deleted

@@ -14,7 +14,7 @@ from core.files import locked_json
 from lifecycle.config import parse_config
 from lifecycle.spec import resolve
 from providers.local import Provider as LocalProvider, process_start_time
-from tests.infra import local_cluster, processes_with_env
+from tests.infra import local_cluster, processes_with_env, wait_for
 from transport import SSHAuth, runner_for
 
 
@@ -28,15 +28,6 @@ def provider(tmp_path):
 
 def runner_of(node):
     return runner_for(node, SSHAuth(user="root", private_key=None, known_hosts=None))
-
-
-def _wait(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_registry_returns_local_provider(provider):
@@ -69,7 +60,8 @@ def test_terminate_stops_daemonized_descendants(provider):
     r = runner.run("setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo started")
     assert r.ok and r.tail == ["started"]
     marker = f"LAUNCH_LOCAL_NODE={node.id}\0"
-    assert _wait(lambda: len(processes_with_env(marker)) >= 2)  # the machine and the sleeper
+    wait_for(lambda: len(processes_with_env(marker)) >= 2, timeout=10, every=0.05,
+             what="the machine and the sleeper")
     provider.terminate([node.id])
     assert processes_with_env(marker) == []
     assert not (provider.nodes_dir / node.id).exists()
@@ -81,7 +73,7 @@ def test_dead_machine_is_dropped_and_its_processes_swept(provider):
     with locked_json(provider.state_path) as s:
         pid = s[node.id]["pid"]
     os.kill(pid, signal.SIGKILL)  # the "VM" crashes
-    assert _wait(lambda: process_start_time(pid) is None)
+    wait_for(lambda: process_start_time(pid) is None, timeout=10, every=0.05, what=f"process {pid} gone")
     assert provider.list({}) == []
     assert processes_with_env(f"LAUNCH_LOCAL_NODE={node.id}\0") == []
 
@@ -149,7 +141,7 @@ def test_a_creator_killed_mid_create_leaks_no_node(provider, tmp_path):
     creator.wait()
     (node,) = provider.list({"launch-request-id": "r1"})  # findable by its tags from the moment it exists
     marker = f"LAUNCH_LOCAL_NODE={node.id}\0"
-    assert _wait(lambda: processes_with_env(marker) != [])  # its machine runs, unrecorded
+    wait_for(lambda: processes_with_env(marker) != [], timeout=10, every=0.05, what="its machine running, unrecorded")
     provider.terminate([node.id])
     assert processes_with_env(marker) == []
     assert not (provider.nodes_dir / node.id).exists()

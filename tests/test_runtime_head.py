@@ -228,20 +228,16 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
     import runtime.head as head_mod
 
     monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 1000)
-    import time
-
     from tests.infra import wait_for
 
     address, servicer = head
-    with HeadClient(address, TOKEN) as client:
+    with HeadClient(address, TOKEN) as client, HeadClient(address, TOKEN, timeout_s=5) as node:
         job, got, threads = _gets_of_a_running_job(client, 1000, timeout_s=30)
 
         wait_for(lambda: len(servicer.waiters.get(job, ())) == 1000, timeout=60, what="1,000 clients waiting")
-        for _ in range(5):
-            started = time.monotonic()
-            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
-            assert client.cluster_state().nodes[0].running == 1
-            assert time.monotonic() - started < 1.0
+        for _ in range(5):  # answered, not queued behind the gets (which wait for the job: a deadline ends it)
+            assert node.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+            assert node.cluster_state().nodes[0].running == 1
         client.report("n1", [pb.ItemResult(id=job, state="finished")])
         for t in threads:
             t.join(timeout=10)
@@ -653,8 +649,6 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
     """More blocking gets than the head lets wait (each would hold a server thread): the rest are answered
     at once, busy, and their clients ask again with a backoff; heartbeats are answered at once all along,
     and every get completes when its job does."""
-    import time
-
     import runtime.head as head_mod
     from tests.infra import wait_for
 
@@ -663,10 +657,10 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
     with HeadClient(address, TOKEN) as client:
         job, got, threads = _gets_of_a_running_job(client, 40, timeout_s=60)
         wait_for(lambda: servicer.blocked_gets == 4, timeout=30, what="4 gets waiting on threads")
-        for _ in range(5):
-            started = time.monotonic()
-            assert client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
-            assert servicer.blocked_gets <= 4 and time.monotonic() - started < 1.0
+        with HeadClient(address, TOKEN, timeout_s=5) as node:  # answered, not queued behind the waiting gets
+            for _ in range(5):
+                assert node.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+                assert servicer.blocked_gets <= 4
         client.report("n1", [pb.ItemResult(id=job, state="finished")])
         for t in threads:
             t.join(timeout=30)

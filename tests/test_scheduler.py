@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -141,12 +140,8 @@ def test_demand_of_100k_items_is_cheap():
     s = Scheduler(TYPES)
     for i in range(100_000):
         _item(s, [{"CPU": 1}, {"GPU": 1}, {"CPU": 1, "tpu": 1}][i % 3])
-    t0 = time.perf_counter()
-    for _ in range(100):
-        demand = s.demand()
-    per_call = (time.perf_counter() - t0) / 100
-    assert sorted(c for _, c in demand) == [33333, 33333, 33334]
-    assert per_call < 0.01  # O(shapes), generous bound to stay stable on slow CI
+    # (its cost per call, O(shapes), is measured in bench/planner.py)
+    assert sorted(c for _, c in s.demand()) == [33333, 33333, 33334]
 
 
 @settings(max_examples=60, deadline=None)
