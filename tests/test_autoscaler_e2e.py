@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import runtime
-from tests.infra import cli, node_dir, processes_with_env, wait_for, write_config
+from tests.infra import cli, cluster_status, node_dir, processes_with_env, wait_for, write_config
 
 
 def _config(name: str, **overrides) -> dict:
@@ -46,7 +46,7 @@ class Up:
         self.seen: set[str] = set()
 
     def status(self) -> dict:
-        st = json.loads(cli("status", str(self.path), "--json", home=self.home).stdout)
+        st = cluster_status(self.path, self.home)
         self.seen |= {n["id"] for n in st["nodes"]}
         return st
 

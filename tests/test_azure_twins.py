@@ -14,7 +14,7 @@ pytest.importorskip("azure.mgmt.compute")
 import runtime  # noqa: E402
 from conftest import ARM_LOCATION, ARM_SUBSCRIPTION  # noqa: E402
 from tests.infra import cli, wait_for  # noqa: E402
-from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks  # noqa: E402  # noqa: E402
+from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks  # noqa: E402
 
 CLUSTER = "az-twins"
 IMAGE = {"imagePublisher": "microsoft-dsvm", "imageOffer": "ubuntu-2204", "imageSku": "2204-gen2",

@@ -12,13 +12,7 @@ import grpc
 import pytest
 
 from runtime.client import HeadClient
-from tests.infra import cli, local_cluster, node_dir, processes_with_env, wait_for, write_config
-
-
-def _status(cfg_path: Path, home: Path) -> dict:
-    r = cli("status", str(cfg_path), "--json", home=home)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from tests.infra import cli, cluster_status, local_cluster, node_dir, processes_with_env, wait_for, write_config
 
 
 def _node_markers(st: dict) -> list[str]:
@@ -44,7 +38,7 @@ def test_up_status_exec_idempotent_setup_change_down(cluster, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "head" in r.stdout and "created" in r.stdout
 
-    st = _status(path, home)
+    st = cluster_status(path, home)
     assert [n["kind"] for n in st["nodes"]] == ["head", "worker"]
     assert all(n["status"] == "up-to-date" and n["runtime"] == "alive" for n in st["nodes"])
     head, worker = st["nodes"]
@@ -75,7 +69,7 @@ def test_up_status_exec_idempotent_setup_change_down(cluster, tmp_path):
     r = cli("up", str(path), "--yes", home=home)
     assert r.returncode == 0, r.stderr
     assert "created" not in r.stdout and "set up" in r.stdout
-    st2 = _status(path, home)
+    st2 = cluster_status(path, home)
     assert [n["id"] for n in st2["nodes"]] == ids
     assert all(n["runtime"] == "alive" for n in st2["nodes"])
     assert cli("exec", str(path), "cat ~/setup.log", home=home).stdout.split() == ["setup-v1", "setup-v2"]
@@ -90,20 +84,20 @@ def test_up_status_exec_idempotent_setup_change_down(cluster, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "2 node(s) terminated" in r.stdout
     assert all(processes_with_env(m) == [] for m in markers), "a process of the cluster is left after down"
-    assert _status(path, home)["nodes"] == []
+    assert cluster_status(path, home)["nodes"] == []
     assert not (home / "clusters" / "e2e" / "token").exists()
 
 
 def test_changed_node_config_replaces_the_node(cluster):
     path, home, data = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
-    before = {n["kind"]: n["id"] for n in _status(path, home)["nodes"]}
+    before = {n["kind"]: n["id"] for n in cluster_status(path, home)["nodes"]}
     changed = copy.deepcopy(data)
     changed["available_node_types"]["cpu"]["node_config"] = {"flavour": "bigger"}
     write_config(path, changed)
     r = cli("up", str(path), "--yes", home=home)
     assert r.returncode == 0, r.stderr
-    after = {n["kind"]: n["id"] for n in _status(path, home)["nodes"]}
+    after = {n["kind"]: n["id"] for n in cluster_status(path, home)["nodes"]}
     assert after["head"] == before["head"]  # the head's node_config did not change
     assert after["worker"] != before["worker"]
     assert processes_with_env(f"LAUNCH_LOCAL_NODE={before['worker']}\0") == []
@@ -118,13 +112,13 @@ def test_outdated_node_not_replaced_without_confirmation(cluster):
     r = cli("up", str(path), home=home)  # no --yes and no terminal to ask
     assert r.returncode == 1
     assert "outdated" in r.stderr and "Traceback" not in r.stderr
-    assert len(_status(path, home)["nodes"]) == 2
+    assert len(cluster_status(path, home)["nodes"]) == 2
 
 
 def test_dead_agent_is_restarted_by_the_supervisor_and_a_dead_node_runtime_by_up(cluster):
     path, home, _ = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
-    worker = _status(path, home)["nodes"][1]
+    worker = cluster_status(path, home)["nodes"][1]
     pids = node_dir(home / "clusters" / "e2e" / "local" / "nodes" / worker["id"]) / "pids"
 
     # the agent dies: the node's supervisor starts it again, and it registers again
@@ -132,7 +126,7 @@ def test_dead_agent_is_restarted_by_the_supervisor_and_a_dead_node_runtime_by_up
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: (pids / "agent.pid").exists() and int((pids / "agent.pid").read_text()) != old,
              timeout=15, what="the supervisor to restart the agent")
-    wait_for(lambda: all(n["runtime"] == "alive" for n in _status(path, home)["nodes"]), timeout=30,
+    wait_for(lambda: all(n["runtime"] == "alive" for n in cluster_status(path, home)["nodes"]), timeout=30,
              what="the restarted agent to register")
 
     # everything of the node's runtime dies (as in a reboot): `up` starts it again
@@ -141,7 +135,7 @@ def test_dead_agent_is_restarted_by_the_supervisor_and_a_dead_node_runtime_by_up
     r = cli("up", str(path), "--yes", home=home)
     assert r.returncode == 0, r.stderr
     assert f"worker {worker['id']}: runtime started" in r.stdout
-    assert all(n["runtime"] == "alive" for n in _status(path, home)["nodes"])
+    assert all(n["runtime"] == "alive" for n in cluster_status(path, home)["nodes"])
 
 
 def test_failing_head_setup_is_reported_and_fails_up(tmp_path):
@@ -156,7 +150,7 @@ def test_failing_head_setup_is_reported_and_fails_up(tmp_path):
         assert "failed at setting-up" in err_lines[0] and "exited 3" in err_lines[0]
         assert "the last words" in err_lines[0]
         assert "Traceback" not in r.stderr
-        (head,) = _status(path, home)["nodes"]
+        (head,) = cluster_status(path, home)["nodes"]
         assert head["status"] == "update-failed"
         log = (home / "clusters" / "failing" / "logs" / f"{head['id']}.log").read_text()
         assert "about to fail" in log and "FAILED at setting-up" in log
@@ -173,7 +167,7 @@ def test_failing_worker_does_not_fail_up(tmp_path):
         r = cli("up", str(path), "--yes", home=home)
         assert r.returncode == 0, r.stderr
         assert "failed" in r.stderr and "exited 9" in r.stderr
-        statuses = {n["kind"]: (n["status"], n["runtime"]) for n in _status(path, home)["nodes"]}
+        statuses = {n["kind"]: (n["status"], n["runtime"]) for n in cluster_status(path, home)["nodes"]}
         assert statuses == {"head": ("up-to-date", "alive"), "worker": ("update-failed", "not registered")}
     finally:
         cli("down", str(path), "--yes", home=home)
@@ -276,7 +270,7 @@ def test_exec_start_stop_attach_rsync_on_local_nodes(tmp_path):
         # --stop tears the cluster down after the command, which still gives its exit code
         r = cli("exec", str(path), "exit 2", "--stop", home=home)
         assert r.returncode == 2 and "tearing down" in r.stderr
-        assert _status(path, home)["nodes"] == []
+        assert cluster_status(path, home)["nodes"] == []
     finally:
         cli("down", str(path), "--yes", home=home)
 
@@ -287,7 +281,7 @@ def test_while_the_head_is_away_commands_and_the_api_say_so_in_one_line(cluster)
 
     path, home, _ = cluster
     assert cli("up", str(path), "--yes", home=home).returncode == 0
-    head = _status(path, home)["nodes"][0]
+    head = cluster_status(path, home)["nodes"][0]
     pids = node_dir(home / "clusters" / "e2e" / "local" / "nodes" / head["id"]) / "pids"
     for name in ("supervisor", "head"):  # nothing restarts the head service now
         os.kill(int((pids / f"{name}.pid").read_text()), signal.SIGKILL)

@@ -5,14 +5,13 @@ image's packages, and the user's environment stays the user's."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import pytest
 
 import runtime
-from tests.infra import cli, job_result, wait_for, write_config
+from tests.infra import cli, cluster_status, job_result, wait_for, write_config
 from tests.infra.twins import onprem_config
 
 # A job, run on the cluster's own Python: a gang of three 2-CPU bundles, one per host (STRICT_SPREAD), on
@@ -44,12 +43,6 @@ remove_placement_group(pg)
 USER_MODULE = ("mkdir -p \"$(python3 -m site --user-site)\" && "
                "echo 'WHO = \"installed by setup_commands\"' > \"$(python3 -m site --user-site)/usermod.py\"")
 QUICK = {"setup_commands": [USER_MODULE], "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 5}}
-
-
-def _status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +80,7 @@ def test_a_debian11_pool_with_pythons_own_packages_autoscales_work_and_jobs(debi
 
     # a bare `python3` on a node imports the runtime (ahead of the system's protobuf) and finds its cluster
     probe = "python3 -c 'import runtime; print(len(runtime.init().cluster_state().nodes))'"
-    worker_ids = [n["id"] for n in _status(path, home)["nodes"] if n["kind"] == "worker"]
+    worker_ids = [n["id"] for n in cluster_status(path, home)["nodes"] if n["kind"] == "worker"]
     for node in (None, worker_ids[0]):
         r = cli("exec", str(path), probe, *(["--node", node] if node else []), home=home)
         assert r.returncode == 0 and r.stdout.strip() == "3", r.stdout + r.stderr
@@ -105,7 +98,7 @@ def test_a_debian11_pool_with_pythons_own_packages_autoscales_work_and_jobs(debi
     assert f"this driver runs Python {here} but the cluster runs Python 3.9" in str(e.value)
 
     # idle workers go; `down` leaves nothing running on any twin
-    wait_for(lambda: len(_status(path, home)["nodes"]) == 1, timeout=120, what="idle workers released")
+    wait_for(lambda: len(cluster_status(path, home)["nodes"]) == 1, timeout=120, what="idle workers released")
     r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     for t in (head, *workers):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.infra import cli, job_result, wait_for, write_config
+from tests.infra import cli, cluster_status, job_result, wait_for, write_config
 from tests.infra.twins import onprem_config
 
 CLUSTER = "nfs"
@@ -57,12 +57,7 @@ def test_hosts_sharing_a_home_each_run_their_own_node(nfs):
     r = cli("up", str(path), "--yes", home=home, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
 
-    def status() -> dict:
-        r = cli("status", str(path), "--json", home=home)
-        assert r.returncode == 0, r.stdout + r.stderr
-        return json.loads(r.stdout)
-
-    wait_for(lambda: [n["runtime"] for n in status()["nodes"]] == ["alive"] * 3, timeout=180,
+    wait_for(lambda: [n["runtime"] for n in cluster_status(path, home)["nodes"]] == ["alive"] * 3, timeout=180,
              what="both workers registered with the head")
     assert job_result(path, JOB, home) == [[t.name, "w=1"] for t in sorted(twins, key=lambda t: t.name)]
 

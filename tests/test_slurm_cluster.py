@@ -6,13 +6,12 @@ requeued onto a replacement, idle allocations are cancelled, and `down` leaves a
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
 import runtime
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, cluster_status, wait_for, write_config
 
 CLUSTER = "slurm-e2e"
 
@@ -46,12 +45,6 @@ def cluster(slurm, tmp_path):
         cli("down", str(path), "--yes", home=tmp_path / "home", timeout=180)
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-def _status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
 
 
 def _work(marker_dir: str):
@@ -98,7 +91,7 @@ def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
     # holder jobs are submitted; those that do not fit wait in the queue, shown with Slurm's reason
     cpu_refs = [on_cpu.remote(4) for _ in range(5)]
     gpu_ref = on_gpu.remote()
-    wait_for(lambda: [n for n in _status(path, home)["nodes"]
+    wait_for(lambda: [n for n in cluster_status(path, home)["nodes"]
                       if n["detail"] in ("queued in Slurm (Resources)", "queued in Slurm (Priority)")],
              timeout=60, what="a holder job waiting in the queue for resources")
     shown = cli("status", str(path), home=home)
@@ -119,7 +112,7 @@ def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
     assert first_job not in slurm.queue()
 
     # idle allocations are given back; `down` (the fixture's) leaves the queue empty
-    wait_for(lambda: [n["kind"] for n in _status(path, home)["nodes"]] == ["head"], timeout=120,
+    wait_for(lambda: [n["kind"] for n in cluster_status(path, home)["nodes"]] == ["head"], timeout=120,
              what="idle allocations cancelled")
     wait_for(lambda: slurm.queue() == [], timeout=30, what="an empty queue")
     r = cli("down", str(path), "--yes", home=home, timeout=180)
@@ -147,7 +140,7 @@ def test_the_head_can_be_an_allocation_of_its_own(slurm, tmp_path, monkeypatch):
     try:
         r = cli("up", str(path), "--yes", home=home, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        (head,) = _status(path, home)["nodes"]
+        (head,) = cluster_status(path, home)["nodes"]
         assert head["kind"] == "head" and head["id"] in slurm.queue() and head["runtime"] == "alive"
         runtime.init(cluster="slurm-alloc")
 
@@ -188,7 +181,7 @@ def test_allocations_on_other_hosts_reach_the_head_on_the_login_hosts_address(sl
     try:
         r = cli("up", str(path), "--yes", home=home, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        (head,) = _status(path, home)["nodes"]
+        (head,) = cluster_status(path, home)["nodes"]
         runtime.init(cluster="slurm-twins")
 
         @runtime.remote(num_cpus=2, resources={"cpu_node": 1})
@@ -237,7 +230,7 @@ def test_a_head_on_another_login_host_over_ssh(slurm_twins, twin_net, ssh_lab, t
     try:
         r = cli("up", str(path), "--yes", home=home, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        (head,) = _status(path, home)["nodes"]
+        (head,) = cluster_status(path, home)["nodes"]
         assert head["id"] == f"{login.ip}:22" and head["runtime"] == "alive"
         runtime.init(cluster="slurm-login")  # through an SSH tunnel to the login host
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -11,13 +10,7 @@ import time
 import pexpect
 import pytest
 
-from tests.infra import ROOT, cli, node_dir, ssh_cluster, wait_for, write_config
-
-
-def _status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from tests.infra import ROOT, cli, cluster_status, node_dir, ssh_cluster, wait_for, write_config
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def test_up_status_exec_and_idempotent_up(onprem):
     head, w1, w2 = onprem["hosts"]
     r = cli("up", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
-    st = _status(path, home)
+    st = cluster_status(path, home)
     assert {n["id"] for n in st["nodes"]} == {head.address, w1.address, w2.address}
     assert all(n["status"] == "up-to-date" and n["runtime"] == "alive" for n in st["nodes"])
     # each host got the runtime shipped and its own HOME set up
@@ -169,7 +162,7 @@ def test_down_stops_every_runtime(onprem):
     while head.runtime_processes() or w1.runtime_processes():
         assert time.time() < deadline, "runtime processes left after down"
         time.sleep(0.1)
-    assert _status(path, home)["nodes"] == []
+    assert cluster_status(path, home)["nodes"] == []
 
 
 # --- faults --------------------------------------------------------------------------------------------
@@ -198,7 +191,7 @@ def test_late_sshd_dropped_connection_hung_host_and_failing_setup(ssh_lab, tmp_p
     try:
         r = cli("up", str(path), "--yes", home=home, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr  # only workers failed: the cluster is up
-        st = {n["id"]: n for n in _status(path, home)["nodes"]}
+        st = {n["id"]: n for n in cluster_status(path, home)["nodes"]}
         assert st[head.address]["runtime"] == "alive"
         assert st[late.address]["status"] == "up-to-date"                  # up waited for it
         assert st[dropper.address]["status"] == "up-to-date"               # the step was retried

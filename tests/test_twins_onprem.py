@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import runtime
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, cluster_status, wait_for, write_config
 from tests.infra.twins import onprem_config
 
 CLUSTER = "onprem-twins"
@@ -43,9 +43,7 @@ def pool(twin_net, ssh_lab, tmp_path_factory):
 
 
 def _status(pool) -> dict:
-    r = cli("status", str(pool["path"]), "--json", home=pool["home"])
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
+    return cluster_status(pool["path"], pool["home"])
 
 
 def test_the_heads_autoscaler_claims_sets_up_and_returns_pool_hosts(pool):

@@ -31,6 +31,15 @@ def cli(*args: str, home: Path, cwd: Path | None = None, timeout: float = 120, i
     )
 
 
+def cluster_status(path: Path, home: Path) -> dict:
+    """`launch status FILE --json`, as a user runs it (and it must succeed)."""
+    import json
+
+    r = cli("status", str(path), "--json", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
 def node_dir(home: Path, hostname: str | None = None) -> Path:
     """A node's own runtime files (core.paths.NODE_DIR) under its home: `hostname` is a twin's name, by
     default this machine's (local nodes, sshd hosts)."""

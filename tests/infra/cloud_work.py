@@ -5,11 +5,10 @@ is not on the nodes."""
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 
-from tests.infra import cli, wait_for, write_config
+from tests.infra import cli, cluster_status, wait_for, write_config
 
 
 def gpu_and_cpu_tasks():
@@ -33,15 +32,9 @@ def gpu_and_cpu_tasks():
     return infer, crunch
 
 
-def status(path, home) -> dict:
-    r = cli("status", str(path), "--json", home=home)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
-
-
 def busy_gpu_node(path, home) -> str:
     """The id of the node whose GPU a task holds, once one does."""
-    return wait_for(lambda: [n["id"] for n in status(path, home)["nodes"]
+    return wait_for(lambda: [n["id"] for n in cluster_status(path, home)["nodes"]
                              if n["resources_total"].get("GPU") and n["resources_available"].get("GPU") == 0],
                     timeout=120, what="the task running")[0]
 
