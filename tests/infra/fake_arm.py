@@ -29,9 +29,10 @@ import subprocess
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
+
+from tests.infra.fake_http import JsonApi, Reply
 
 # name -> (vCPUs, MemoryGB, GPUs)
 VM_SIZES = {"Standard_D2s_v3": (2, 8, 0), "Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
@@ -54,7 +55,7 @@ def self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
     return cert, key
 
 
-class FakeARM:
+class FakeARM(JsonApi):
     def __init__(self, host: str, subscription: str, location: str, cert_dir: Path, net=None, first_ip: int = 160,
                  op_step_s: float = 0.1):
         self.subscription, self.location = subscription, location
@@ -70,8 +71,7 @@ class FakeARM:
         self.quota_exceeded = False
         self.throttle_next = 0
         self.max_page = 100
-        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = self.http_server(host)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(self.cert), str(key))
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -421,63 +421,22 @@ class FakeARM:
                 return 200, r, {}
         raise ApiError(405, "MethodNotAllowed", f"{method} {path}")
 
-    def _handler(self):
-        fake = self
+    def throttled(self) -> Reply:
+        return self._error(ApiError(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": "1"}))
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
+    def answer(self, method: str, url, headers, raw: bytes) -> Reply:
+        try:
+            if not (headers.get("Authorization") or "").startswith("Bearer "):
+                raise ApiError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' "
+                                                            "header is missing.")
+            body = json.loads(raw) if raw else {}
+            code, out, extra = self.route(method, url.path, parse_qs(url.query), body)
+        except ApiError as e:
+            return self._error(e)
+        return Reply(code, out if (out or code not in (202, 204)) else None,
+                     {"x-ms-request-id": str(uuid.uuid4()), **extra})
 
-            def log_message(self, *args):
-                pass
-
-            def _serve(self, method: str) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                with fake.lock:
-                    fake.calls.append((method, url.path))
-                    throttled = fake.throttle_next > 0
-                    if throttled:
-                        fake.throttle_next -= 1
-                headers: dict = {}
-                try:
-                    if throttled:
-                        raise ApiError(429, "TooManyRequests", "The request is being throttled.",
-                                       {"Retry-After": "1"})
-                    if not (self.headers.get("Authorization") or "").startswith("Bearer "):
-                        raise ApiError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' "
-                                                                    "header is missing.")
-                    body = json.loads(raw) if raw else {}
-                    code, out, headers = fake.route(method, url.path, parse_qs(url.query), body)
-                except ApiError as e:
-                    code, out, headers = e.status, {"error": {"code": e.code, "message": e.message}}, e.headers
-                data = json.dumps(out).encode() if (out or code not in (202, 204)) and method != "HEAD" else b""
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("x-ms-request-id", str(uuid.uuid4()))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_HEAD(self):
-                self._serve("HEAD")
-
-            def do_PUT(self):
-                self._serve("PUT")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_DELETE(self):
-                self._serve("DELETE")
-
-            def do_PATCH(self):
-                self._serve("PATCH")
-
-        return Handler
+    @staticmethod
+    def _error(e: ApiError) -> Reply:
+        return Reply(e.status, {"error": {"code": e.code, "message": e.message}},
+                     {"x-ms-request-id": str(uuid.uuid4()), **e.headers})

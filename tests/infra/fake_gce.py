@@ -27,8 +27,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
+
+from tests.infra.fake_http import JsonApi, Reply
 
 BASE = "/compute/v1/projects/"
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -87,7 +88,7 @@ class Operation:
         return out
 
 
-class FakeGCE:
+class FakeGCE(JsonApi):
     def __init__(self, host: str, project: str, region: str, zones: list[str], net=None, first_ip: int = 128,
                  op_step_s: float = 0.1):
         self.project, self.region, self.zones = project, region, zones
@@ -113,8 +114,7 @@ class FakeGCE:
         self.lose_insert_replies = 0
         self.tokens_issued = 0  # access tokens given for service account keys (POST /token)
         self.last_authorization = ""
-        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = self.http_server(host)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True, name="fake-gce"),
@@ -552,62 +552,25 @@ class FakeGCE:
                 return self.subnetworks(r[1])
         raise ApiError(404, "notFound", f"no such resource {method} {path}")
 
-    def _handler(self):
-        fake = self
+    def throttled(self) -> Reply:
+        return Reply(429, ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded").body(),
+                     content_type="application/json; charset=UTF-8")
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args):
-                pass
-
-            def _serve(self, method: str) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                with fake.lock:
-                    fake.calls.append((method, url.path))
-                    throttled = fake.throttle_next > 0
-                    if throttled:
-                        fake.throttle_next -= 1
-                try:
-                    if throttled:
-                        raise ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded")
-                    if method == "POST" and url.path == "/token":  # OAuth2 for service account keys
-                        form = parse_qs(raw.decode())
-                        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
-                            raise ApiError(400, "invalid_grant", "unsupported grant type")
-                        out = {"access_token": "sa-token", "token_type": "Bearer", "expires_in": 3600}
-                        fake.tokens_issued += 1
-                        data = json.dumps(out).encode()
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(data)))
-                        self.end_headers()
-                        self.wfile.write(data)
-                        return
-                    fake.last_authorization = self.headers.get("Authorization") or ""
-                    if not fake.last_authorization.startswith("Bearer "):
-                        raise ApiError(401, "required", "Request is missing required authentication credential.")
-                    body = json.loads(raw) if raw else {}
-                    out, code = fake.route(method, url.path, parse_qs(url.query), body), 200
-                except ApiError as e:
-                    out, code = e.body(), e.code
-                data = json.dumps(out).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_DELETE(self):
-                self._serve("DELETE")
-
-        return Handler
+    def answer(self, method: str, url, headers, raw: bytes) -> Reply:
+        if method == "POST" and url.path == "/token":  # OAuth2 for service account keys
+            form = parse_qs(raw.decode())
+            if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+                e = ApiError(400, "invalid_grant", "unsupported grant type")
+                return Reply(e.code, e.body(), content_type="application/json; charset=UTF-8")
+            self.tokens_issued += 1
+            return Reply(200, {"access_token": "sa-token", "token_type": "Bearer", "expires_in": 3600},
+                         content_type="application/json")
+        try:
+            self.last_authorization = headers.get("Authorization") or ""
+            if not self.last_authorization.startswith("Bearer "):
+                raise ApiError(401, "required", "Request is missing required authentication credential.")
+            body = json.loads(raw) if raw else {}
+            out, code = self.route(method, url.path, parse_qs(url.query), body), 200
+        except ApiError as e:
+            out, code = e.body(), e.code
+        return Reply(code, out, content_type="application/json; charset=UTF-8")
