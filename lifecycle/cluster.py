@@ -126,9 +126,7 @@ class Lifecycle:
             runners, self._runners, self._route = list(self._runners.values()), {}, None
         for r in runners:
             r.close()
-        close_provider = getattr(self.provider, "close", None)  # a provider that holds connections
-        if close_provider is not None:
-            close_provider()
+        self.provider.close()
 
     # --- the node operations: create, set status, set up, terminate ---------------------------------
 
@@ -153,7 +151,7 @@ class Lifecycle:
 
     @property
     def caches_stopped_nodes(self) -> bool:
-        return self.provider.capabilities.stop_start and bool(getattr(self.provider, "cache_stopped_nodes", False))
+        return self.provider.capabilities.stop_start and self.provider.cache_stopped_nodes
 
     def retire(self, nodes: list[NodeInfo]) -> None:
         """A healthy node leaves the cluster: stopped where the provider caches stopped nodes (Ray's
@@ -457,7 +455,7 @@ class Lifecycle:
             if cached:
                 self.provider.terminate([n.id for n in cached])
                 gone += len(cached)
-        if not keep_stopped and hasattr(self.provider, "cleanup"):
+        if not keep_stopped and self.provider.capabilities.cleanup:
             # what bootstrap made for this cluster alone (gcp: its firewall rules); with purge, what it
             # made and keeps otherwise (azure: the resource group it created)
             for line in self.provider.cleanup(purge) or []:

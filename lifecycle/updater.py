@@ -22,7 +22,7 @@ from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, status_tags
 from core.tags import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH
 from lifecycle.runtime_bundle import ensure_runtime
-from providers.base import Provider
+from providers.base import ProviderBase
 from runtime.node_config import NodeRuntimeConfig
 from transport.base import CommandResult, CommandRunner, ConnectionLost, node_name
 from transport.docker import ContainerRunner, ensure_container
@@ -53,7 +53,7 @@ class UpdatePlan:
 
 
 class NodeUpdater:
-    def __init__(self, provider: Provider, host: CommandRunner, container: Container | None, node: NodeInfo,
+    def __init__(self, provider: ProviderBase, host: CommandRunner, container: Container | None, node: NodeInfo,
                  spec: ClusterSpec, runtime_cfg: NodeRuntimeConfig, *, launch_hash: str, runtime_hash: str,
                  log_path: Path, wait_ready_s: float):
         """`host`: the node's host; `container`: the container the node runs in, where the config says
@@ -126,7 +126,7 @@ class NodeUpdater:
                         for cmd in self.cfg.initialization_commands_for(self.node.node_type):
                             self._run(log, step, cmd, env=self.command_env, runner=self.host)
                         step = "starting the container"
-                        options = getattr(self.provider, "container_options", lambda is_head: [])(self.runtime_cfg.is_head)
+                        options = self.provider.container_options(self.runtime_cfg.is_head)
                         done = self._retrying(log, step, lambda: ensure_container(self.host, self.container, log,
                                                                                    tuple(options)))
                         log.write(f"container {self.container.name} ({self.container.image}): {done}\n")

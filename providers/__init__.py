@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from core.config import ClusterConfig, pydantic_problems
 from core.errors import ConfigError
 from core.spec import ClusterSpec
-from providers.base import Bootstrapped, Provider
+from providers.base import Bootstrapped, ProviderBase
 
 # kind -> module. A kind missing here is recognised by the config but not available yet.
 _MODULES: dict[str, str] = {
@@ -54,7 +54,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     return _module(config.provider.kind).bootstrap(config, state_dir)
 
 
-def build(spec: ClusterSpec) -> Provider:
+def build(spec: ClusterSpec) -> ProviderBase:
     return _module(spec.provider_kind).Provider(spec)
 
 

@@ -32,7 +32,7 @@ from core.errors import (
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -357,7 +357,7 @@ def _head_profile(aws: _Clients, cluster: str) -> str:
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider:
+class Provider(ProviderBase):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)

@@ -42,7 +42,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -289,7 +289,7 @@ def _head_identity(az: _Clients, section: Section, cluster: str, subscription: s
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider:
+class Provider(ProviderBase):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
@@ -300,7 +300,7 @@ class Provider:
         self.zones: list[str | None] = zone_list(section.availability_zone) or [None]  # None: no zone
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
-                                         reuses_ips=True)
+                                         reuses_ips=True, cleanup=True)
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._skus: dict[str, dict[str, float]] | None = None
 

@@ -15,7 +15,7 @@ state is in instance tags, so everything can be rebuilt from `list`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,7 @@ class Capabilities:
     # a new instance may get an address a former one had (clouds): host keys are pinned per instance,
     # not per address, so a new machine at a reused IP is not taken for a man in the middle
     reuses_ips: bool = False
+    cleanup: bool = False  # bootstrap makes things for this cluster alone that `down` removes (cleanup())
 
 
 @dataclass
@@ -76,35 +77,63 @@ class Bootstrapped:
     ssh_private_key: str | None = None
 
 
-class Provider(Protocol):
+class ProviderBase:
+    """What every provider is, and what some can do: each optional ability has its flag in `capabilities`
+    and a default here that does nothing, so the lifecycle reads the flags and never probes for methods.
+    A provider module's `Provider` subclasses this and is built from the cluster's spec alone."""
+
     capabilities: Capabilities
     # Where the head's runtime service listens: the interface it binds and the port (0: any free one).
-    head_bind_host: str
-    head_port: int
-
-    def __init__(self, spec: ClusterSpec) -> None: ...
+    head_bind_host: str = ""
+    head_port: int = 0
+    # (capabilities.stop_start) Ray's key: retire nodes by stopping them, create by starting stopped ones
+    cache_stopped_nodes: bool = False
 
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """Create up to `count` nodes carrying `tags` from birth. Fewer than asked is not an error."""
+        raise NotImplementedError
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         """Non-terminated nodes whose tags include every filter pair."""
+        raise NotImplementedError
 
     def terminate(self, node_ids: list[str]) -> None:
         """Idempotent and batched: unknown or already-gone ids are ignored."""
+        raise NotImplementedError
 
-    def set_tags(self, node_id: str, tags: dict[str, str]) -> None: ...
+    def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        raise NotImplementedError
 
     def node_types(self) -> dict[str, dict[str, float]]:
         """Each node type's resources from the provider's catalog ({} where it cannot tell)."""
+        return {}
 
-    # Providers with `capabilities.stop_start` also have:
-    #   cache_stopped_nodes: bool                 (Ray's key: retire by stopping, create by starting)
-    #   stop(node_ids) -> None                    stop, keeping the disk; `list` no longer shows them
-    #   stopped(tag_filters) -> list[NodeInfo]    the stopped ones, for `down`
-    # A provider may have `container_options(is_head: bool) -> list[str]`: `docker run` options a node of
-    # its needs where it runs in a container (Ray's docker section), e.g. state the provider keeps on the host.
-    # A provider may have `cleanup(purge: bool) -> list[str]`: `down` calls it once no node is left, to
-    # remove what bootstrap made for this cluster alone (never what it found, or what other clusters
-    # share); `purge` (down --purge) also removes what it made and keeps by default. It returns lines
-    # saying what it kept or removed.
+    # --- (capabilities.stop_start) ---
+
+    def stop(self, node_ids: list[str]) -> None:
+        """Stop, keeping the disk; `list` no longer shows them."""
+        raise NotImplementedError(f"{type(self).__module__} cannot stop nodes")
+
+    def stopped(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
+        """The stopped ones, for `down`."""
+        return []
+
+    # --- (capabilities.cleanup) ---
+
+    def cleanup(self, purge: bool = False) -> list[str]:
+        """(`down`, once no node is left) Remove what bootstrap made for this cluster alone (never what it
+        found, or what other clusters share); `purge` (down --purge) also what it made and keeps by
+        default. Lines saying what it kept or removed."""
+        return []
+
+    # --- any provider ---
+
+    def container_options(self, is_head: bool) -> list[str]:
+        """`docker run` options a node of this provider needs where it runs in a container (Ray's docker
+        section), e.g. state the provider keeps on the host."""
+        return []
+
+    def close(self) -> None:
+        """Let go of what the provider holds (connections)."""
+
+

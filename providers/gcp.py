@@ -45,7 +45,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
 from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -335,7 +335,7 @@ def _firewalls(gcp: _Clients, cluster: str, tag: str, network: str, section: Sec
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider:
+class Provider(ProviderBase):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
@@ -344,7 +344,7 @@ class Provider:
         self.zones: list[str] = self.state.get("zones") or zone_list(section.availability_zone)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
-                                         reuses_ips=True)
+                                         reuses_ips=True, cleanup=True)
         # Ray's key (default off on GCP, as in Ray): idle nodes are stopped and started again
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._zone_of: dict[str, str] = {}

@@ -31,7 +31,7 @@ from core.files import locked_json
 from core.machine import detect_cpus, detect_memory_bytes, pids_with_env
 from core.paths import NODE_MARKER_ENV
 from core.spec import ClusterSpec
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
 
 LOCAL_IP = "127.0.0.1"
 # a record without a live machine process this long after creation was interrupted: swept
@@ -97,7 +97,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     return Bootstrapped(state={"root": str(root.resolve())})
 
 
-class Provider:
+class Provider(ProviderBase):
     capabilities = Capabilities(autoscale_on_head=True)  # the head is on this machine: same state file
     head_bind_host = LOCAL_IP
 

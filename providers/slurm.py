@@ -47,7 +47,7 @@ from core.node import SlurmJob
 from core.paths import HOLDER_FIFO, NODE_DIR
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
 from providers.local import kill_node_processes
 
 SLURM_TIMEOUT_S = 60.0
@@ -354,7 +354,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
                                "login_ip": section.login_ip or _detect_login_ip(slurm_conf)})
 
 
-class Provider:
+class Provider(ProviderBase):
     # the head is on the login host, where sbatch/squeue/scancel work: the autoscaler runs there
     capabilities = Capabilities(autoscale_on_head=True)
 

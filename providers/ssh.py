@@ -24,7 +24,7 @@ from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
 from transport import SSHAuth, runner_for
 from transport.docker import remove_container_cmd
 
@@ -81,7 +81,7 @@ class RemoteClaims:
         return json.loads(result.tail[-1])
 
 
-class Provider:
+class Provider(ProviderBase):
     # the autoscaler on the head owns the pool's claims, which live there
     capabilities = Capabilities(autoscale_on_head=True)
 
