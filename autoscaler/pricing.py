@@ -1,7 +1,7 @@
 """What a node type costs per hour: the config's cost_per_hour, else the shipped catalog, else an estimate.
 
 The catalog (prices.json, with its date and source) covers common AWS, GCP and Azure instance types,
-looked up by the node_config key each cloud names its machine with. Without either, the price is
+looked up by the node_config key each cloud names its machine with (its provider's FACTS.machine_key). Without either, the price is
 estimated from the node type's declared resources, so the planner still compares types sensibly.
 """
 
@@ -11,9 +11,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import providers
 from core.config import ClusterConfig
 
-MACHINE_KEY = {"aws": "InstanceType", "gcp": "machineType", "azure": "vmSize"}
 # $/h per unit when nothing better is known: roughly a cloud's on-demand rate per vCPU, GPU and GiB
 ESTIMATE = {"CPU": 0.04, "GPU": 0.50, "memory_gib": 0.005}
 
@@ -24,7 +24,7 @@ def catalog() -> dict:
 
 
 def catalog_price(provider: str, node_config: dict) -> float | None:
-    key = MACHINE_KEY.get(provider)
+    key = providers.facts(provider).machine_key if provider in providers.KINDS else ""
     machine = node_config.get(key) if key else None
     if not isinstance(machine, str):
         return None

@@ -23,10 +23,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from core.errors import ConfigError
-
-# Provider types we know. `local` is overloaded as in Ray: without head_ip it is our process provider,
-# with head_ip/worker_ips it is Ray's on-prem form, which is our `ssh` provider.
-PROVIDER_TYPES = ("local", "ssh", "aws", "gcp", "azure", "slurm")
+from core.runtime_defaults import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S, OWNER_TIMEOUT_S
 
 _CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _NODE_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -142,10 +139,9 @@ class NodeTypeConfig(_Strict):
 class RuntimeSettings(_Strict):
     """Ours: how the runtime tells a dead node: heartbeats every interval, dead after the timeout."""
 
-    heartbeat_interval_s: float = Field(default=1.0, gt=0)
-    node_timeout_s: float = Field(default=10.0, gt=0)
-    # a driver silent this long (killed, its machine gone) has the actors it made killed
-    owner_timeout_s: float = Field(default=60.0, gt=0)
+    heartbeat_interval_s: float = Field(default=HEARTBEAT_INTERVAL_S, gt=0)
+    node_timeout_s: float = Field(default=NODE_TIMEOUT_S, gt=0)
+    owner_timeout_s: float = Field(default=OWNER_TIMEOUT_S, gt=0)
 
 
 class AutoscalerSettings(_Strict):
@@ -359,19 +355,8 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     if cfg.max_cost_per_hour is not None and cfg.max_cost_per_hour <= 0:
         p.append(f"max_cost_per_hour: must be > 0 (got {cfg.max_cost_per_hour})")
 
-    prov = cfg.provider  # an unknown type is named by _raw_problems, before its missing defaults
-    if prov.kind == "ssh":
-        if not prov.head_ip:
-            p.append("provider.head_ip: required for an on-prem (ssh) cluster")
-        if not cfg.auth.ssh_user:
-            p.append("auth.ssh_user: required for an on-prem (ssh) cluster")
-        for i, host in enumerate([prov.head_ip or "", *(prov.worker_ips or [])]):
-            try:
-                split_host_port(host, 22)
-            except ValueError as e:
-                where = "provider.head_ip" if i == 0 else f"provider.worker_ips.{i - 1}"
-                p.append(f"{where}: {e}")
-    elif prov.worker_ips:
+    prov = cfg.provider  # (an on-prem cluster's own rules are its provider's: providers/ssh.py)
+    if prov.kind != "ssh" and prov.worker_ips:
         p.append(f"provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type {prov.type!r})")
 
     if not cfg.available_node_types:
@@ -493,31 +478,38 @@ def _ray_form(data: dict, defaults: ProviderDefaults | None) -> tuple[dict, list
     return data, warnings, problems
 
 
-def _raw_problems(data: dict) -> list[str]:
+def _raw_problems(data: dict, kinds: tuple[str, ...]) -> list[str]:
     """Problems seen on the document itself, reported even when its shape is wrong elsewhere."""
     p: list[str] = []
-    types = data.get("available_node_types")
     provider = data.get("provider")
     kind = provider.get("type") if isinstance(provider, dict) else None
-    if isinstance(kind, str) and kind not in PROVIDER_TYPES:  # its defaults are unknown too: said first
-        p.append(f"provider.type: unknown provider {kind!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+    if kinds and isinstance(kind, str) and kind not in kinds:  # its defaults are unknown too: said first
+        p.append(f"provider.type: unknown provider {kind!r}; expected one of {', '.join(kinds)}")
     return p
 
 
-def parse_config(data: Any, base_dir: Path | None = None, section_check: SectionCheck | None = None,
-                 defaults: ProviderDefaults | None = None) -> ClusterConfig:
-    """Validate a loaded YAML document. Raises ConfigError listing every problem, all at once: those of
-    the document itself, of its shape (pydantic), and of the rules that span fields.
+@dataclass(frozen=True)
+class ProviderRules:
+    """What the providers layer knows and this one does not (see lifecycle.config): the provider kinds,
+    each provider's own rules and typed section (`section_check`), and its default keys (`defaults`)."""
 
-    `section_check` validates the provider section against the provider's own typed model, and
-    `defaults` gives a provider's default keys (the providers layer owns both; see lifecycle.config)."""
+    kinds: tuple[str, ...] = ()
+    section_check: SectionCheck | None = None
+    defaults: ProviderDefaults | None = None
+
+
+def parse_config(data: Any, base_dir: Path | None = None, rules: ProviderRules = ProviderRules()) -> ClusterConfig:
+    """Validate a loaded YAML document. Raises ConfigError listing every problem, all at once: those of
+    the document itself, of its shape (pydantic), of the rules that span fields, and of its provider's
+    rules where `rules` are given."""
+    section_check, defaults = rules.section_check, rules.defaults
     if not isinstance(data, dict):
         raise ConfigError("(top level): the cluster config must be a mapping of keys to values")
     data, warnings, problems = _ray_form(data, defaults)
     types = data.get("available_node_types")
     if isinstance(types, dict) and len(types) > MAX_NODE_TYPES:  # too many to validate in bounded time
         raise ConfigError([*problems, f"available_node_types: {len(types):,} node types; at most {MAX_NODE_TYPES:,}"])
-    problems += _raw_problems(data)
+    problems += _raw_problems(data, rules.kinds)
     try:
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as e:
@@ -525,7 +517,7 @@ def parse_config(data: Any, base_dir: Path | None = None, section_check: Section
     cfg._base_dir = (base_dir or Path.cwd()).resolve()
     cfg._warnings = warnings
     problems += _semantic_problems(cfg)
-    if section_check is not None and cfg.provider.type in PROVIDER_TYPES:
+    if section_check is not None and cfg.provider.kind in rules.kinds:
         problems += section_check(cfg)
     if problems:
         raise ConfigError(_once(problems))
@@ -635,11 +627,9 @@ def read_config_file(path: str | Path) -> Any:
     return data
 
 
-def load_config(path: str | Path, section_check: SectionCheck | None = None,
-                defaults: ProviderDefaults | None = None) -> ClusterConfig:
+def load_config(path: str | Path, rules: ProviderRules = ProviderRules()) -> ClusterConfig:
     path = Path(path)
-    return parse_config(read_config_file(path), base_dir=path.parent, section_check=section_check,
-                        defaults=defaults)
+    return parse_config(read_config_file(path), base_dir=path.parent, rules=rules)
 
 
 def json_schema() -> dict[str, Any]:

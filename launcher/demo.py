@@ -33,7 +33,7 @@ def cluster_processes(node_ids: list[str]) -> list[int]:
 
 
 def main() -> None:
-    from core.config import load_config
+    from lifecycle.config import load_config
     from lifecycle.state import ClusterDir
 
     os.environ.setdefault("COLUMNS", "140")

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import providers
 from core.errors import LaunchError, first_line
 from core.files import file_lock
 from core.paths import INSTALLS, NODE_PYTHON, for_node, launch_home
@@ -55,20 +56,6 @@ NODE_DEPENDENCIES = ["grpc", "google.protobuf", "google._upb", "cloudpickle", "t
 # what the control plane on the head imports: config model, SSH to workers, metrics
 HEAD_DEPENDENCIES = ["pydantic", "pydantic_core", "annotated_types", "typing_inspection", "yaml", "paramiko",
                      "invoke", "cryptography", "bcrypt", "nacl", "_cffi_backend", "prometheus_client"]
-# and the cloud SDK of the provider the head's autoscaler calls
-PROVIDER_DEPENDENCIES = {
-    "aws": ["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"],
-    "gcp": ["google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
-            "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"],
-    "azure": ["azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
-              "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",
-              "msal", "isodate", "requests", "urllib3", "certifi", "charset_normalizer", "idna"],
-}
-# imported by the SDKs where present (optional there too)
-PROVIDER_OPTIONAL = {"gcp": {"google.api", "google.type", "google.longrunning", "grpc_status", "opentelemetry",
-                             "rsa", "pyasn1", "pyasn1_modules", "cachetools"},
-                     "azure": {"jwt", "msal_extensions"}}
-
 # For a node of another Python: what pip resolves (with their dependencies) for that Python and platform.
 # The floors are the oldest releases the runtime works with, so that Python 3.9 (whose newest grpcio is
 # 1.80 and protobuf 6.33) resolves; the generated protobuf and gRPC code in runtime/proto accepts them.
@@ -213,9 +200,9 @@ def bundle_modules(kind: str, provider: str = "") -> tuple[list[str], set[str]]:
     from the launcher's own environment."""
     if kind == "node":
         return NODE_DEPENDENCIES, set()
-    optional = PROVIDER_OPTIONAL.get(provider, set())
-    return (HEAD_DEPENDENCIES + PROVIDER_DEPENDENCIES.get(provider, []) + sorted(optional),
-            {"invoke", "typing_inspection", *optional})
+    facts = providers.facts(provider) if provider else None  # the cloud SDK the head's autoscaler calls
+    sdk, optional = (list(facts.head_sdk), set(facts.head_sdk_optional)) if facts else ([], set())
+    return HEAD_DEPENDENCIES + sdk + sorted(optional), {"invoke", "typing_inspection", *optional}
 
 
 def _provider_requirements(provider: str) -> list[str]:

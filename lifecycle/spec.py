@@ -36,7 +36,7 @@ def unbootstrapped(config: ClusterConfig, state_dir: Path) -> ClusterSpec:
     """A spec for a cluster whose resolved spec is lost (`down` after the state dir was wiped): enough to
     list and terminate its nodes by their tags. Only providers whose bootstrap creates nothing in a
     cloud are bootstrapped for it."""
-    local_only = config.provider.kind in ("local", "ssh")
-    booted = providers.bootstrap(config, state_dir) if local_only else None
+    offline = providers.facts(config.provider.kind).offline_bootstrap
+    booted = providers.bootstrap(config, state_dir) if offline else None
     return ClusterSpec(config=config, provider_state=booted.state if booted else {},
                        ssh_user=config.auth.ssh_user, ssh_private_key=config.auth.ssh_private_key)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from core.config import ClusterConfig, pydantic_problems
 from core.errors import ConfigError
 from core.spec import ClusterSpec
-from providers.base import Bootstrapped, ProviderBase
+from providers.base import Bootstrapped, ProviderBase, ProviderFacts
 
 # kind -> module. A kind missing here is recognised by the config but not available yet.
 _MODULES: dict[str, str] = {
@@ -29,6 +29,14 @@ _MODULES: dict[str, str] = {
 }
 
 
+KINDS = tuple(_MODULES)  # the provider kinds a config may name
+
+
+def facts(kind: str) -> ProviderFacts:
+    """What launch knows of a provider kind without building one (its SDK is not imported)."""
+    return _module(kind).FACTS
+
+
 def _module(kind: str) -> ModuleType:
     if kind not in _MODULES:
         raise ConfigError(f"provider.type: the {kind!r} provider is not available in this version of launch")
@@ -36,18 +44,18 @@ def _module(kind: str) -> ModuleType:
 
 
 def section_problems(config: ClusterConfig) -> list[str]:
-    """The provider section checked against its provider's own typed model (e.g. `provider.regoin`), and
-    the node types' node_config where the provider types it (`node_config_problems`)."""
+    """The provider's own rules that span the config (an on-prem cluster's hosts and user, a Slurm type's
+    request), then its section checked against its typed model (e.g. `provider.regoin`)."""
     section = config.provider
     if section.kind not in _MODULES:
         return []
     module = _module(section.kind)
+    problems = module.config_problems(config)
     try:
         module.Section.of(section)
     except ValidationError as e:
-        return pydantic_problems(e, ("provider",))
-    check = getattr(module, "node_config_problems", None)
-    return check(config) if check is not None else []
+        problems += pydantic_problems(e, ("provider",))
+    return problems
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

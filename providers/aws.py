@@ -32,7 +32,7 @@ from core.errors import (
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -47,6 +47,12 @@ LIVE_STATES = ["pending", "running"]  # what `list` shows: a stopped instance is
 STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
 DEFAULT_HEAD_PORT = 6380
+
+
+FACTS = ProviderFacts(
+    machine_key="InstanceType",
+    head_sdk=("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"),
+)
 
 
 class Section(CommonSection):
@@ -167,6 +173,11 @@ class _Clients:
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """Rules of this provider that span the config, beyond its typed section: none."""
+    return []
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

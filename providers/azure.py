@@ -42,7 +42,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -54,6 +54,15 @@ TAG_CREATED = "launch-created-by"  # on a resource group launch made: `down --pu
 DEFAULT_HEAD_PORT = 6380
 DEFAULT_IMAGE = {"imagePublisher": "Canonical", "imageOffer": "0001-com-ubuntu-server-jammy",
                  "imageSku": "22_04-lts-gen2", "imageVersion": "latest"}
+
+
+FACTS = ProviderFacts(
+    machine_key="vmSize",
+    head_sdk=("azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
+              "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",
+              "msal", "isodate", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),
+    head_sdk_optional=frozenset({"jwt", "msal_extensions"}),
+)
 
 
 class Section(CommonSection):
@@ -219,6 +228,11 @@ class _Clients:
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """Rules of this provider that span the config, beyond its typed section: none."""
+    return []
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

@@ -56,6 +56,19 @@ def zone_list(raw: str | list[str] | None) -> list[str]:
 
 
 @dataclass(frozen=True)
+class ProviderFacts:
+    """What the rest of launch knows of a provider without building one (no SDK is imported): each provider
+    module's FACTS."""
+
+    machine_key: str = ""  # the node_config key naming the machine type (how the price catalog finds it)
+    # what the head's control plane imports to call the cloud: shipped with the head's runtime
+    head_sdk: tuple[str, ...] = ()
+    head_sdk_optional: frozenset[str] = frozenset()  # imported by those SDKs where present
+    # bootstrap creates and looks up nothing outside this machine: run again where a cluster's spec is lost
+    offline_bootstrap: bool = False
+
+
+@dataclass(frozen=True)
 class Capabilities:
     # the autoscaler can run on the head: the provider's state and API are reachable from there
     autoscale_on_head: bool

@@ -45,7 +45,7 @@ from core.errors import (
 )
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, zone_list
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
 from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -62,6 +62,15 @@ DEFAULT_IMAGES = {
     "cpu": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts",
     "gpu": "projects/deeplearning-platform-release/global/images/family/common-cu124-ubuntu-2204",
 }
+
+
+FACTS = ProviderFacts(
+    machine_key="machineType",
+    head_sdk=("google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
+              "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),
+    head_sdk_optional=frozenset({"google.api", "google.type", "google.longrunning", "grpc_status", "opentelemetry",
+                                 "rsa", "pyasn1", "pyasn1_modules", "cachetools"}),
+)
 
 
 class Section(CommonSection):
@@ -259,6 +268,11 @@ def _credentials(section: Section):
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """Rules of this provider that span the config, beyond its typed section: none."""
+    return []
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

@@ -31,11 +31,14 @@ from core.files import locked_json
 from core.machine import detect_cpus, detect_memory_bytes, pids_with_env
 from core.paths import NODE_MARKER_ENV
 from core.spec import ClusterSpec
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
 
 LOCAL_IP = "127.0.0.1"
 # a record without a live machine process this long after creation was interrupted: swept
 START_GRACE_S = 10.0
+
+
+FACTS = ProviderFacts(offline_bootstrap=True)
 
 
 class Section(CommonSection):
@@ -88,6 +91,11 @@ def _signal(pid: int, sig: int) -> None:
 
 
 # --- bootstrap and the provider ------------------------------------------------------------------------
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """Rules of this provider that span the config, beyond its typed section: none."""
+    return []
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

@@ -47,7 +47,7 @@ from core.node import SlurmJob
 from core.paths import HOLDER_FIFO, NODE_DIR
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
 from providers.local import kill_node_processes
 
 SLURM_TIMEOUT_S = 60.0
@@ -56,6 +56,9 @@ COMMENT_PREFIX = "launch1:"
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                   "RESIZING", "SIGNALING", "STAGE_OUT"}
 RUNNING_STATES = {"RUNNING", "SUSPENDED"}
+
+
+FACTS = ProviderFacts()
 
 
 class Section(CommonSection):
@@ -315,6 +318,15 @@ def node_config_problems(config: ClusterConfig) -> list[str]:
         except ConfigError as e:
             problems += e.problems
     return problems
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """Each worker type's node_config as a holder job's request (once the section itself is valid)."""
+    try:
+        Section.of(config.provider)
+    except ValidationError:
+        return []  # the section's own problems are said instead
+    return node_config_problems(config)
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

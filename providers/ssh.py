@@ -24,7 +24,7 @@ from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase
+from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
 from transport import SSHAuth, runner_for
 from transport.docker import remove_container_cmd
 
@@ -35,6 +35,9 @@ POOL_DIR = f"{RUNTIME_DIR}/pool"  # on the head host: the pool's claims, per clu
 # bind mount, which this variable names to the autoscaler in the container
 CONTAINER_POOL_DIR = "/var/lib/launch-pool"
 POOL_DIR_ENV = "LAUNCH_POOL_DIR"
+
+
+FACTS = ProviderFacts(offline_bootstrap=True)
 
 
 class Section(CommonSection):
@@ -55,6 +58,21 @@ def parse_host(spec: str, default_port: int) -> tuple[str, int]:
 
 def node_id(host: str, port: int) -> str:
     return f"{host}:{port}"
+
+
+def config_problems(config: ClusterConfig) -> list[str]:
+    """An on-prem cluster names its hosts (head_ip, worker_ips: host or host:port) and the user to log in as."""
+    prov, problems = config.provider, []
+    if not prov.head_ip:
+        problems.append("provider.head_ip: required for an on-prem (ssh) cluster")
+    if not config.auth.ssh_user:
+        problems.append("auth.ssh_user: required for an on-prem (ssh) cluster")
+    for i, host in enumerate([prov.head_ip or "", *(prov.worker_ips or [])]):
+        try:
+            split_host_port(host, 22)
+        except ValueError as e:
+            problems.append(f"{'provider.head_ip' if i == 0 else f'provider.worker_ips.{i - 1}'}: {e}")
+    return problems
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:

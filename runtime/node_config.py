@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.paths import NODE_CONFIG, NODE_DIR, on_this_node
+from core.runtime_defaults import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S, OWNER_TIMEOUT_S
 
 
 def runtime_dir() -> Path:
@@ -33,9 +34,9 @@ class NodeRuntimeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     # head only: every node type's declared resources, to tell queued work from infeasible work
     node_types: dict[str, dict[str, float]] = field(default_factory=dict)
-    heartbeat_interval_s: float = 1.0
-    node_timeout_s: float = 10.0
-    owner_timeout_s: float = 60.0
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    node_timeout_s: float = NODE_TIMEOUT_S
+    owner_timeout_s: float = OWNER_TIMEOUT_S
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
