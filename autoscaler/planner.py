@@ -184,226 +184,272 @@ def _size(shape: Shape) -> tuple:
 
 
 def plan(inp: PlanInput) -> Plan:
-    out = Plan()
-    types = inp.node_types
-    now = inp.now
-    lim = inp.limits
+    """One decision: what to launch, drain, undrain and terminate now (a pure function of its input)."""
+    p = _Pass(inp)
+    p.group_demand()
+    p.take_live_capacity()
+    groups_left = p.place_groups_on_live_nodes()
+    p.fill_live_nodes()
+    p.scale_down()
+    p.set_launch_limits()
+    p.launch_min_workers()
+    p.launch_for_groups(groups_left)
+    p.launch_for_demand()
+    p.explain_unmet()
+    return p.out
 
-    # --- demand, grouped ------------------------------------------------------------------------
-    remaining: dict[Shape, int] = {}
-    for request, count in inp.demand:
-        s = shape_of(request)
-        if s and count > 0:
-            remaining[s] = remaining.get(s, 0) + count
-    order = sorted(remaining, key=_size, reverse=True)
 
-    # infeasible: no node type can hold even one item (judged as the runtime judges it)
-    for s in list(order):
-        if not any(type_can_run(t.resources, dict(s)) for t in types.values()):
-            out.infeasible.append((s, remaining.pop(s), f"no node type has {fmt_shape(s)}"))
-            order.remove(s)
+class _Pass:
+    """The state of one plan() as it goes: demand left unserved, capacity left on live nodes, workers per
+    type, and what is left of the launch cap and the cost budget. Each step is a method, in plan()'s order."""
 
-    # --- existing and pending capacity ------------------------------------------------------------
-    workers = [n for n in inp.nodes if not n.is_head and n.status != S.TERMINATING]
-    absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
-    pools: list[tuple[str, dict[str, float]]] = []  # (node id, what it has free or will have), live nodes
-    for n in sorted(inp.nodes, key=lambda n: n.id):
-        if n.status == S.DRAINING or (n.draining and n.status == S.UP_TO_DATE):
-            # A drained node is no capacity. One drained on its way out for being idle (its status still
-            # up-to-date: the terminate found it busy) is taken back when waiting work fits it; one being
-            # retired (status draining: outdated, failed, removed type) is not.
-            if (n.status == S.UP_TO_DATE and n.registered and not n.is_head and not n.outdated
-                    and n.node_type in types and _pack(_free(n), remaining, order)):
-                out.undrains.append((n.id, "work is waiting that it can run"))
-                for s, k in _pack(_free(n), remaining, order).items():
-                    remaining[s] -= k
-                absorbing.add(n.id)
-            continue
-        if n.status not in LIVE:
-            continue
-        if n.registered:
-            pools.append((n.id, dict(_free(n))))
-        elif n.node_type in types:  # launching: all of its type's resources will be free
-            pools.append((n.id, dict(types[n.node_type].resources)))
+    def __init__(self, inp: PlanInput):
+        self.inp, self.out = inp, Plan()
+        self.types, self.now, self.lim = inp.node_types, inp.now, inp.limits
+        self.remaining: dict[Shape, int] = {}  # demand not yet served, by shape
+        self.order: list[Shape] = []  # its shapes, largest first
+        self.workers = [n for n in inp.nodes if not n.is_head and n.status != S.TERMINATING]
+        self.absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
+        self.pools: list[tuple[str, dict[str, float]]] = []  # (node id, what it has free or will have)
+        self.count_by_type: dict[str, int] = {}
+        for n in self.workers:
+            self.count_by_type[n.node_type] = self.count_by_type.get(n.node_type, 0) + 1
+        self.leaving: set[str] = set()
+        self.room, self.budget = 0, math.inf
+        self.backed_off = {t for t, until in inp.backoff_until.items() if until > inp.now}
+        self.weight: dict[Shape, float] = {}
 
-    # placement groups that fit what is there (launching nodes included) go first: they need it whole
-    groups_left: list[tuple[GroupDemand, int]] = []
-    for g in inp.groups:
-        why = _group_infeasible(g, types)
-        if why:
-            out.infeasible_groups.append((g.describe(), g.count, why))
-            continue
-        placed = 0
-        while placed < g.count:
-            got = _place_group(g, [cap for _, cap in pools], None, {})
-            if got is None:
-                break
-            for i, cap in got[0].items():
-                pools[i][1].update(cap)
-                absorbing.add(pools[i][0])
-            placed += 1
-        if placed < g.count:
-            groups_left.append((g, g.count - placed))
+    def serve(self, placed: dict[Shape, int]) -> None:
+        for s, k in placed.items():
+            self.remaining[s] -= k
 
-    for node_id, cap in pools:
-        for s, k in _pack(cap, remaining, order).items():
-            remaining[s] -= k
-            _take(cap, s, k)
-            absorbing.add(node_id)
+    # --- demand and what already serves it ---------------------------------------------------------
 
-    # --- scale-down (decided before launches so replacements are counted) -------------------------
-    count_by_type: dict[str, int] = {}
-    for n in workers:
-        count_by_type[n.node_type] = count_by_type.get(n.node_type, 0) + 1
-    leaving: set[str] = set()
+    def group_demand(self) -> None:
+        for request, count in self.inp.demand:
+            s = shape_of(request)
+            if s and count > 0:
+                self.remaining[s] = self.remaining.get(s, 0) + count
+        self.order = sorted(self.remaining, key=_size, reverse=True)
+        # infeasible: no node type can hold even one item (judged as the runtime judges it)
+        for s in list(self.order):
+            if not any(type_can_run(t.resources, dict(s)) for t in self.types.values()):
+                self.out.infeasible.append((s, self.remaining.pop(s), f"no node type has {fmt_shape(s)}"))
+                self.order.remove(s)
 
-    def terminate(node: NodeView, reason: str) -> None:
-        out.terminations.append((node.id, reason))
-        leaving.add(node.id)
-        count_by_type[node.node_type] = count_by_type.get(node.node_type, 0) - 1
+    def take_live_capacity(self) -> None:
+        for n in sorted(self.inp.nodes, key=lambda n: n.id):
+            if n.status == S.DRAINING or (n.draining and n.status == S.UP_TO_DATE):
+                # A drained node is no capacity. One drained on its way out for being idle (its status still
+                # up-to-date: the terminate found it busy) is taken back when waiting work fits it; one being
+                # retired (status draining: outdated, failed, removed type) is not.
+                if (n.status == S.UP_TO_DATE and n.registered and not n.is_head and not n.outdated
+                        and n.node_type in self.types and _pack(_free(n), self.remaining, self.order)):
+                    self.out.undrains.append((n.id, "work is waiting that it can run"))
+                    self.serve(_pack(_free(n), self.remaining, self.order))
+                    self.absorbing.add(n.id)
+                continue
+            if n.status not in LIVE:
+                continue
+            if n.registered:
+                self.pools.append((n.id, dict(_free(n))))
+            elif n.node_type in self.types:  # launching: all of its type's resources will be free
+                self.pools.append((n.id, dict(self.types[n.node_type].resources)))
 
-    def retire(n: NodeView, reason: str) -> None:
+    def place_groups_on_live_nodes(self) -> list[tuple[GroupDemand, int]]:
+        """Placement groups that fit what is there (launching nodes included) go first: they need it whole.
+        Returns the groups (and how many of each) still to place."""
+        groups_left = []
+        for g in self.inp.groups:
+            why = _group_infeasible(g, self.types)
+            if why:
+                self.out.infeasible_groups.append((g.describe(), g.count, why))
+                continue
+            placed = 0
+            while placed < g.count:
+                got = _place_group(g, [cap for _, cap in self.pools], None, {})
+                if got is None:
+                    break
+                for i, cap in got[0].items():
+                    self.pools[i][1].update(cap)
+                    self.absorbing.add(self.pools[i][0])
+                placed += 1
+            if placed < g.count:
+                groups_left.append((g, g.count - placed))
+        return groups_left
+
+    def fill_live_nodes(self) -> None:
+        for node_id, cap in self.pools:
+            for s, k in _pack(cap, self.remaining, self.order).items():
+                self.remaining[s] -= k
+                _take(cap, s, k)
+                self.absorbing.add(node_id)
+
+    # --- scale-down (decided before launches so replacements are counted) ------------------------------
+
+    def terminate(self, node: NodeView, reason: str) -> None:
+        self.out.terminations.append((node.id, reason))
+        self.leaving.add(node.id)
+        self.count_by_type[node.node_type] = self.count_by_type.get(node.node_type, 0) - 1
+
+    def retire(self, n: NodeView, reason: str) -> None:
         """Terminate an idle node; drain a busy one first (it is terminated once drained)."""
         if n.running == 0:
-            terminate(n, reason)
+            self.terminate(n, reason)
         elif n.status != S.DRAINING:
-            out.drains.append((n.id, f"{reason}: draining first"))
+            self.out.drains.append((n.id, f"{reason}: draining first"))
 
-    for n in sorted(workers, key=lambda n: n.id):
-        if n.node_type not in types:
-            retire(n, f"node type {n.node_type} is no longer in the config")
-        elif n.status == S.UPDATE_FAILED:
-            retire(n, "setup failed: replacing it")
-        elif n.status in LIVE and n.status != S.UP_TO_DATE and now - n.status_since > lim.launch_timeout_s:
-            retire(n, f"stuck in {n.status.value} for {(now - n.status_since) / 60:.0f} min")
-        elif n.outdated:
-            retire(n, "outdated node config: replacing it")
-        elif n.status == S.UP_TO_DATE and not n.registered and n.lost_for > lim.runtime_grace_s:
-            terminate(n, f"unknown to the runtime for {n.lost_for:.0f} s")
-        elif n.status == S.DRAINING and n.running == 0 and n.id not in absorbing:
-            terminate(n, "drained")
+    def scale_down(self) -> None:
+        now, lim, types = self.now, self.lim, self.types
+        for n in sorted(self.workers, key=lambda n: n.id):
+            if n.node_type not in types:
+                self.retire(n, f"node type {n.node_type} is no longer in the config")
+            elif n.status == S.UPDATE_FAILED:
+                self.retire(n, "setup failed: replacing it")
+            elif n.status in LIVE and n.status != S.UP_TO_DATE and now - n.status_since > lim.launch_timeout_s:
+                self.retire(n, f"stuck in {n.status.value} for {(now - n.status_since) / 60:.0f} min")
+            elif n.outdated:
+                self.retire(n, "outdated node config: replacing it")
+            elif n.status == S.UP_TO_DATE and not n.registered and n.lost_for > lim.runtime_grace_s:
+                self.terminate(n, f"unknown to the runtime for {n.lost_for:.0f} s")
+            elif n.status == S.DRAINING and n.running == 0 and n.id not in self.absorbing:
+                self.terminate(n, "drained")
+        self.end_idle_nodes()
 
-    def idle_timeout(n: NodeView) -> float:
-        own = types[n.node_type].idle_timeout_s if n.node_type in types else None
-        return lim.idle_timeout_s if own is None else own
+    def idle_timeout(self, n: NodeView) -> float:
+        own = self.types[n.node_type].idle_timeout_s if n.node_type in self.types else None
+        return self.lim.idle_timeout_s if own is None else own
 
-    idle = [n for n in workers if n.id not in leaving and n.id not in absorbing and n.status == S.UP_TO_DATE
-            and n.registered and n.running == 0 and n.idle_since > 0 and now - n.idle_since >= idle_timeout(n)]
-    # least useful first: the most expensive, then the longest idle
-    for n in sorted(idle, key=lambda n: (-types[n.node_type].cost_per_hour if n.node_type in types else 0.0,
-                                         n.idle_since, n.id)):
-        if n.node_type in types and count_by_type.get(n.node_type, 0) - 1 < types[n.node_type].min_workers:
-            continue
-        terminate(n, f"idle for {(now - n.idle_since) / 60:.1f} min")
+    def end_idle_nodes(self) -> None:
+        types = self.types
+        idle = [n for n in self.workers if n.id not in self.leaving and n.id not in self.absorbing
+                and n.status == S.UP_TO_DATE and n.registered and n.running == 0 and n.idle_since > 0
+                and self.now - n.idle_since >= self.idle_timeout(n)]
+        # least useful first: the most expensive, then the longest idle
+        for n in sorted(idle, key=lambda n: (-types[n.node_type].cost_per_hour if n.node_type in types else 0.0,
+                                             n.idle_since, n.id)):
+            if n.node_type in types and self.count_by_type.get(n.node_type, 0) - 1 < types[n.node_type].min_workers:
+                continue
+            self.terminate(n, f"idle for {(self.now - n.idle_since) / 60:.1f} min")
 
-    # --- launches --------------------------------------------------------------------------------
-    current_workers = sum(1 for n in workers if n.id not in leaving)
-    pending = sum(1 for n in workers if n.id not in leaving and n.status in LIVE and n.status != S.UP_TO_DATE)
-    running_nodes = max(1, sum(1 for n in inp.nodes if n.status == S.UP_TO_DATE))
-    speed_cap = max(5, math.ceil(lim.upscaling_speed * running_nodes)) - pending
-    budget = math.inf if lim.max_cost_per_hour is None else lim.max_cost_per_hour - sum(
-        types[n.node_type].cost_per_hour for n in inp.nodes if n.id not in leaving and n.node_type in types
-        and n.status != S.TERMINATING)
-    global_room = lim.max_workers - current_workers
-    room = max(0, min(speed_cap, global_room))
-    backed_off = {t for t, until in inp.backoff_until.items() if until > now}
+    # --- launches ------------------------------------------------------------------------------------
 
-    def can_launch(t: NodeTypeSpec) -> bool:
-        return (t.name not in backed_off and count_by_type.get(t.name, 0) + out.launches.get(t.name, 0)
-                < t.max_workers and t.cost_per_hour <= budget + EPS)
+    def set_launch_limits(self) -> None:
+        inp, lim, types = self.inp, self.lim, self.types
+        staying = [n for n in self.workers if n.id not in self.leaving]
+        pending = sum(1 for n in staying if n.status in LIVE and n.status != S.UP_TO_DATE)
+        running_nodes = max(1, sum(1 for n in inp.nodes if n.status == S.UP_TO_DATE))
+        speed_cap = max(5, math.ceil(lim.upscaling_speed * running_nodes)) - pending
+        if lim.max_cost_per_hour is not None:
+            self.budget = lim.max_cost_per_hour - sum(
+                types[n.node_type].cost_per_hour for n in inp.nodes if n.id not in self.leaving
+                and n.node_type in types and n.status != S.TERMINATING)
+        self.room = max(0, min(speed_cap, lim.max_workers - len(staying)))
 
-    def add(t: NodeTypeSpec, k: int, reason: str) -> None:
-        nonlocal room, budget
+    def can_launch(self, t: NodeTypeSpec) -> bool:
+        return (t.name not in self.backed_off and self.count_by_type.get(t.name, 0) + self.out.launches.get(t.name, 0)
+                < t.max_workers and t.cost_per_hour <= self.budget + EPS)
+
+    def add(self, t: NodeTypeSpec, k: int, reason: str) -> None:
+        out = self.out
         out.launches[t.name] = out.launches.get(t.name, 0) + k
-        room -= k
-        budget -= k * t.cost_per_hour
+        self.room -= k
+        self.budget -= k * t.cost_per_hour
         prev = out.launch_reasons.get(t.name)
         out.launch_reasons[t.name] = f"{prev}; {reason}" if prev else reason
 
-    # min_workers first: they are owed whatever the demand
-    for t in sorted(types.values(), key=lambda t: t.name):
-        missing = t.min_workers - count_by_type.get(t.name, 0)
-        while missing > 0 and room > 0 and can_launch(t):
-            add(t, 1, "min_workers")
-            missing -= 1
-            for s, k in _pack(dict(t.resources), remaining, order).items():
-                remaining[s] -= k
+    def launch_min_workers(self) -> None:
+        """min_workers first: they are owed whatever the demand."""
+        for t in sorted(self.types.values(), key=lambda t: t.name):
+            missing = t.min_workers - self.count_by_type.get(t.name, 0)
+            while missing > 0 and self.room > 0 and self.can_launch(t):
+                self.add(t, 1, "min_workers")
+                missing -= 1
+                self.serve(_pack(dict(t.resources), self.remaining, self.order))
+        for s in self.order:
+            self.weigh(s)
 
-    # weigh a unit of each shape by its cheapest stand-alone price, so mixed demand compares fairly
-    weight: dict[Shape, float] = {}
+    def weigh(self, s: Shape) -> float:
+        """A unit of a shape at its cheapest stand-alone price, so that mixed demand compares fairly."""
+        if s not in self.weight:
+            prices = [t.cost_per_hour / _fits(t.resources, s) for t in self.types.values() if _fits(t.resources, s) >= 1]
+            self.weight[s] = min(prices) if prices else 0.0
+        return self.weight[s]
 
-    def weigh(s: Shape) -> float:
-        if s not in weight:
-            prices = [t.cost_per_hour / _fits(t.resources, s) for t in types.values() if _fits(t.resources, s) >= 1]
-            weight[s] = min(prices) if prices else 0.0
-        return weight[s]
+    def launch_for_groups(self, groups_left: list[tuple[GroupDemand, int]]) -> None:
+        """Placement groups that need new nodes: all of a group's nodes are launched, or none. What the new
+        nodes leave free then serves queued work before more nodes are launched for it."""
+        new_pools: list[dict[str, float]] = []  # what nodes launched for groups have left, while any bundle fits
+        group_shapes = {b for g, _ in groups_left for b in g.bundles}
+        group_caps: list[dict[str, float]] = []  # every node launched for groups
+        for g, count in groups_left:
+            for done in range(count):
+                got = self.place_group_launching(g, new_pools, group_shapes)
+                if isinstance(got, str):
+                    self.out.unmet_groups.append((g.describe(), count - done, got))
+                    break
+                new_pools += [cap for cap in got if any(_fits(cap, b) for b in group_shapes)]
+                group_caps += got
+        for cap in group_caps:
+            for s, k in _pack(cap, self.remaining, self.order).items():
+                self.remaining[s] -= k
+                _take(cap, s, k)
 
-    for s in order:
-        weigh(s)
+    def place_group_launching(self, g: GroupDemand, new_pools: list[dict[str, float]],
+                              group_shapes: set[Shape]) -> list[dict[str, float]] | str:
+        """One group on live nodes, nodes launched for earlier groups, and new nodes: the new nodes'
+        capacities left, or why it cannot be placed. `new_pools` loses the nodes it filled."""
+        launchable = [t for t in sorted(self.types.values(), key=lambda t: t.name) if self.can_launch(t)]
+        usable = [(i, cap) for i, (node_id, cap) in enumerate(self.pools) if node_id not in self.leaving]
+        got = _place_group(g, [cap for _, cap in usable] + new_pools, launchable, {b: self.weigh(b) for b in g.bundles})
+        why = "every node type that fits is backing off or at its max_workers" if got is None else _over_limits(
+            got[1], self.room, self.budget, self.count_by_type, self.out.launches, self.lim)
+        if why:
+            return why
+        touched, new = got
+        full = False
+        for i, cap in touched.items():
+            if i < len(usable):
+                usable[i][1].update(cap)
+                self.absorbing.add(self.pools[usable[i][0]][0])
+            else:
+                new_pools[i - len(usable)].update(cap)
+                full = full or not any(_fits(cap, b) for b in group_shapes)
+        if full:  # (thousands of groups: the nodes they filled are not looked at again)
+            new_pools[:] = [c for c in new_pools if any(_fits(c, b) for b in group_shapes)]
+        by_type: dict[str, int] = {}
+        for t, _ in new:
+            by_type[t.name] = by_type.get(t.name, 0) + 1
+        for name, k in sorted(by_type.items()):
+            self.add(self.types[name], k, f"{k} x {name}: {g.describe()}")
+        return [cap for _, cap in new]
 
-    # placement groups that need new nodes: all of a group's nodes are launched, or none
-    new_pools: list[dict[str, float]] = []  # what nodes launched for groups have left, while any bundle fits
-    group_shapes = {b for g, _ in groups_left for b in g.bundles}
-    group_caps: list[dict[str, float]] = []  # every node launched for groups
-    for g, count in groups_left:
-        for done in range(count):
-            launchable = [t for t in sorted(types.values(), key=lambda t: t.name) if can_launch(t)]
-            usable = [(i, cap) for i, (node_id, cap) in enumerate(pools) if node_id not in leaving]
-            got = _place_group(g, [cap for _, cap in usable] + new_pools, launchable, {b: weigh(b) for b in g.bundles})
-            why = "every node type that fits is backing off or at its max_workers" if got is None else _over_limits(
-                got[1], room, budget, count_by_type, out.launches, lim)
-            if why:
-                out.unmet_groups.append((g.describe(), count - done, why))
-                break
-            touched, new = got
-            full = False
-            for i, cap in touched.items():
-                if i < len(usable):
-                    usable[i][1].update(cap)
-                    absorbing.add(pools[usable[i][0]][0])
-                else:
-                    new_pools[i - len(usable)].update(cap)
-                    full = full or not any(_fits(cap, b) for b in group_shapes)
-            if full:  # (thousands of groups: the nodes they filled are not looked at again)
-                new_pools = [c for c in new_pools if any(_fits(c, b) for b in group_shapes)]
-            by_type: dict[str, int] = {}
-            for t, _ in new:
-                by_type[t.name] = by_type.get(t.name, 0) + 1
-            for name, k in sorted(by_type.items()):
-                add(types[name], k, f"{k} x {name}: {g.describe()}")
-            new_pools += [cap for _, cap in new if any(_fits(cap, b) for b in group_shapes)]
-            group_caps += [cap for _, cap in new]
-    # what new group nodes leave free serves queued work before more nodes are launched for it
-    for cap in group_caps:
-        for s, k in _pack(cap, remaining, order).items():
-            remaining[s] -= k
-            _take(cap, s, k)
+    def value_of(self, placed: dict[Shape, int]) -> float:
+        return sum(self.weight[s] * k for s, k in placed.items())
 
-    def value_of(placed: dict[Shape, int]) -> float:
-        return sum(weight[s] * k for s, k in placed.items())
-
-    def best_pattern(t: NodeTypeSpec) -> dict[Shape, int]:
+    def best_pattern(self, t: NodeTypeSpec) -> dict[Shape, int]:
         """The most valuable fill of one node: first-fit seeded with each waiting shape in turn
         (largest-first alone misses fits such as {CPU: 5, 40G} + {CPU: 3} on an 8-CPU 64G node)."""
-        waiting = [s for s in order if remaining.get(s, 0) > 0]
+        waiting = [s for s in self.order if self.remaining.get(s, 0) > 0]
         best: dict[Shape, int] = {}
         for seed in waiting:
-            placed = _pack(t.resources, remaining, [seed] + [s for s in waiting if s != seed])
-            if value_of(placed) > value_of(best) + EPS:
+            placed = _pack(t.resources, self.remaining, [seed] + [s for s in waiting if s != seed])
+            if self.value_of(placed) > self.value_of(best) + EPS:
                 best = placed
         return best
 
-    while room > 0 and any(remaining.get(s, 0) > 0 for s in order):
+    def cheapest_fill(self) -> tuple[NodeTypeSpec, dict[Shape, int]] | None:
+        """The node type (and its fill) that serves waiting work at the lowest cost per unit served."""
         candidates = []
-        for t in sorted(types.values(), key=lambda t: t.name):
-            if can_launch(t):
-                placed = best_pattern(t)
+        for t in sorted(self.types.values(), key=lambda t: t.name):
+            if self.can_launch(t):
+                placed = self.best_pattern(t)
                 if placed:
                     candidates.append((t, placed))
         cpu_alternative = any(not t.has_gpu for t, _ in candidates)
         best = None
         for t, placed in candidates:
-            served = value_of(placed)
+            served = self.value_of(placed)
             value = served if served > 0 else sum(placed.values())
             # a GPU node that would run no GPU work loses to any non-GPU node that can serve
             gpu_waste = t.has_gpu and cpu_alternative and not any(dict(s).get("GPU", 0) > 0 for s in placed)
@@ -411,26 +457,32 @@ def plan(inp: PlanInput) -> Plan:
             key = (gpu_waste, round(t.cost_per_hour / value, 9), -t.priority, t.name)
             if best is None or key < best[0]:
                 best = (key, t, placed)
-        if best is None:
-            break
-        _, t, placed = best
-        # repeat this fill pattern as often as the demand, the type's max, the budget and the cap allow
-        reps = min(remaining[s] // k for s, k in placed.items())
-        reps = min(reps, room, t.max_workers - count_by_type.get(t.name, 0) - out.launches.get(t.name, 0))
-        if t.cost_per_hour > 0 and budget != math.inf:
-            reps = min(reps, int((budget + EPS) // t.cost_per_hour))
-        reps = max(reps, 1)
-        for s, k in placed.items():
-            remaining[s] = max(0, remaining[s] - k * reps)
-        desc = ", ".join(f"{k * reps} x {fmt_shape(s)}" for s, k in placed.items())
-        add(t, reps, f"{reps} x {t.name}: {desc} queued")
+        return None if best is None else best[1:]
 
-    # what is still waiting, and why
-    for s in order:
-        if remaining.get(s, 0) > 0:
-            why = _why_unmet(s, types, backed_off, count_by_type, out, lim, room, budget)
-            out.unmet.append((s, remaining[s], why))
-    return out
+    def launch_for_demand(self) -> None:
+        while self.room > 0 and any(self.remaining.get(s, 0) > 0 for s in self.order):
+            chosen = self.cheapest_fill()
+            if chosen is None:
+                break
+            t, placed = chosen
+            # repeat this fill pattern as often as the demand, the type's max, the budget and the cap allow
+            reps = min(self.remaining[s] // k for s, k in placed.items())
+            reps = min(reps, self.room,
+                       t.max_workers - self.count_by_type.get(t.name, 0) - self.out.launches.get(t.name, 0))
+            if t.cost_per_hour > 0 and self.budget != math.inf:
+                reps = min(reps, int((self.budget + EPS) // t.cost_per_hour))
+            reps = max(reps, 1)
+            for s, k in placed.items():
+                self.remaining[s] = max(0, self.remaining[s] - k * reps)
+            desc = ", ".join(f"{k * reps} x {fmt_shape(s)}" for s, k in placed.items())
+            self.add(t, reps, f"{reps} x {t.name}: {desc} queued")
+
+    def explain_unmet(self) -> None:
+        for s in self.order:
+            if self.remaining.get(s, 0) > 0:
+                why = _why_unmet(s, self.types, self.backed_off, self.count_by_type, self.out, self.lim, self.room,
+                                 self.budget)
+                self.out.unmet.append((s, self.remaining[s], why))
 
 
 def _group_infeasible(g: GroupDemand, types: dict[str, NodeTypeSpec]) -> str | None:
@@ -452,65 +504,83 @@ def _sum(bundles) -> Shape:
     return shape_of(total)
 
 
+Placed = tuple[dict[int, dict[str, float]], list[tuple[NodeTypeSpec, dict[str, float]]]]
+
+
 def _place_group(g: GroupDemand, pools: list[dict[str, float]], launchable: list[NodeTypeSpec] | None,
-                 weight: dict[Shape, float]) -> tuple[dict[int, dict[str, float]], list[tuple[NodeTypeSpec, dict]]] | None:
+                 weight: dict[Shape, float]) -> Placed | None:
     """One group, placed whole: bundles on `pools` (what nodes have free, not changed here), then on new
     nodes of `launchable` types (None: no new nodes). Returns (pool index -> its capacity after, [(type,
     new node's capacity after)]) or None if the group cannot be placed."""
-    touched: dict[int, dict[str, float]] = {}
-    new: list[tuple[NodeTypeSpec, dict[str, float]]] = []
-
-    def cap(i: int) -> dict[str, float]:
-        if i not in touched:
-            touched[i] = dict(pools[i])
-        return touched[i]
-
-    def cheapest(shape: Shape) -> NodeTypeSpec | None:
-        fitting = [t for t in launchable or () if _fits(t.resources, shape) >= 1]
-        return min(fitting, key=lambda t: (t.cost_per_hour, -t.priority, t.name)) if fitting else None
-
     bundles = sorted(g.bundles, key=_size, reverse=True)
-    if g.strategy == "STRICT_PACK":
-        total = _sum(bundles)
-        i = next((i for i, c in enumerate(pools) if _fits(c, total) >= 1), None)
+    place = {"STRICT_PACK": _strict_pack, "STRICT_SPREAD": _strict_spread}.get(g.strategy, _packed)
+    return place(bundles, pools, launchable or [], weight)
+
+
+def _touch(touched: dict[int, dict[str, float]], pools: list[dict[str, float]], i: int) -> dict[str, float]:
+    """Pool i's capacity as this placement leaves it (a copy: the pools themselves are not changed)."""
+    if i not in touched:
+        touched[i] = dict(pools[i])
+    return touched[i]
+
+
+def _new_node(t: NodeTypeSpec, shape: Shape) -> tuple[NodeTypeSpec, dict[str, float]]:
+    c = dict(t.resources)
+    _take(c, shape, 1)
+    return t, c
+
+
+def _cheapest(launchable: list[NodeTypeSpec], shape: Shape) -> NodeTypeSpec | None:
+    fitting = [t for t in launchable if _fits(t.resources, shape) >= 1]
+    return min(fitting, key=lambda t: (t.cost_per_hour, -t.priority, t.name)) if fitting else None
+
+
+def _strict_pack(bundles, pools, launchable, weight) -> Placed | None:
+    """Every bundle on one node: a live one that holds them all, else the cheapest new one that does."""
+    total, touched = _sum(bundles), {}
+    i = next((i for i, c in enumerate(pools) if _fits(c, total) >= 1), None)
+    if i is not None:
+        _take(_touch(touched, pools, i), total, 1)
+        return touched, []
+    t = _cheapest(launchable, total)
+    return None if t is None else (touched, [_new_node(t, total)])
+
+
+def _strict_spread(bundles, pools, launchable, weight) -> Placed | None:
+    """Each bundle on a node of its own: live ones first, then the cheapest new node for each."""
+    touched: dict[int, dict[str, float]] = {}
+    new = []
+    for b in bundles:
+        i = next((i for i, c in enumerate(pools) if i not in touched and _fits(c, b) >= 1), None)
         if i is not None:
-            _take(cap(i), total, 1)
-            return touched, new
-        t = cheapest(total)
+            _take(_touch(touched, pools, i), b, 1)
+            continue
+        t = _cheapest(launchable, b)
         if t is None:
             return None
-        c = dict(t.resources)
-        _take(c, total, 1)
-        return touched, [(t, c)]
-    if g.strategy == "STRICT_SPREAD":
-        used: set[int] = set()
-        for b in bundles:
-            i = next((i for i, c in enumerate(pools) if i not in used and _fits(c, b) >= 1), None)
-            if i is not None:
-                used.add(i)
-                _take(cap(i), b, 1)
-                continue
-            t = cheapest(b)
-            if t is None:
-                return None
-            c = dict(t.resources)
-            _take(c, b, 1)
-            new.append((t, c))
-        return touched, new
-    # PACK, SPREAD: the runtime may share nodes, so the cheapest packing serves both
+        new.append(_new_node(t, b))
+    return touched, new
+
+
+def _packed(bundles, pools, launchable, weight) -> Placed | None:
+    """PACK, SPREAD: the runtime may share nodes, so the cheapest packing serves both. Each bundle goes
+    where an earlier one went, else on another live node, else on a node launched for this group, else on
+    a new node of the type that would hold the most of the rest of the group per dollar."""
+    touched: dict[int, dict[str, float]] = {}
+    new: list[tuple[NodeTypeSpec, dict[str, float]]] = []
     for n, b in enumerate(bundles):
         i = next((i for i in touched if _fits(touched[i], b) >= 1), None)
         if i is None:
             i = next((i for i, c in enumerate(pools) if i not in touched and _fits(c, b) >= 1), None)
         if i is not None:
-            _take(cap(i), b, 1)
+            _take(_touch(touched, pools, i), b, 1)
             continue
         j = next((j for j, (_, c) in enumerate(new) if _fits(c, b) >= 1), None)
         if j is not None:
             _take(new[j][1], b, 1)
             continue
         best = None
-        for t in launchable or ():
+        for t in launchable:
             if _fits(t.resources, b) < 1:
                 continue
             # what of the rest of the group a node of this type would hold, by value
@@ -524,9 +594,7 @@ def _place_group(g: GroupDemand, pools: list[dict[str, float]], launchable: list
                 best = (key, t)
         if best is None:
             return None
-        c = dict(best[1].resources)
-        _take(c, b, 1)
-        new.append((best[1], c))
+        new.append(_new_node(best[1], b))
     return touched, new
 
 

@@ -365,6 +365,17 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
         known = ", ".join(sorted(cfg.available_node_types))
         p.append(f"head_node_type: {cfg.head_node_type!r} is not in available_node_types ({known})")
 
+    p += _node_type_problems(cfg)
+    p += _docker_problems(cfg)
+    if cfg.cluster_synced_files:
+        p.append("cluster_synced_files: not supported yet; use file_mounts")
+    if cfg.file_mounts_sync_continuously:
+        p.append("file_mounts_sync_continuously: not supported yet; set it to false")
+    return p + _file_problems(cfg)
+
+
+def _node_type_problems(cfg: ClusterConfig) -> list[str]:
+    p: list[str] = []
     min_sum = 0
     for name, nt in cfg.available_node_types.items():
         where = f"available_node_types.{name}"
@@ -390,13 +401,12 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
             p.append(f"{where}.cost_per_hour: must be >= 0 (got {nt.cost_per_hour})")
     if min_sum > cfg.max_workers >= 0:
         p.append(f"max_workers: must be >= the sum of the worker types' min_workers ({min_sum})")
+    return p
 
-    p += _docker_problems(cfg)
-    if cfg.cluster_synced_files:
-        p.append("cluster_synced_files: not supported yet; use file_mounts")
-    if cfg.file_mounts_sync_continuously:
-        p.append("file_mounts_sync_continuously: not supported yet; set it to false")
 
+def _file_problems(cfg: ClusterConfig) -> list[str]:
+    """The local files the config names: SSH keys and file mounts."""
+    p: list[str] = []
     for key in ("ssh_private_key", "ssh_public_key"):
         value = getattr(cfg.auth, key)
         if value:
