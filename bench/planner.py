@@ -277,7 +277,8 @@ def main() -> None:
 
 def queue_demand() -> None:
     """What the head's scheduler reports as demand (the autoscaler's input) costs O(shapes), not O(items)."""
-    from runtime.scheduler import Item, Scheduler
+    from runtime.scheduler import Scheduler
+    from runtime.work import Item
 
     s = Scheduler({"cpu": {"CPU": 4.0}, "gpu": {"CPU": 4.0, "GPU": 1.0}, "tpu": {"CPU": 4.0, "tpu": 1.0}})
     shapes = [{"CPU": 1.0}, {"GPU": 1.0}, {"CPU": 1.0, "tpu": 1.0}]

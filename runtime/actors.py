@@ -87,7 +87,7 @@ class ActorClass:
         raise TypeError(f"actor class {self.__name__} must be made with .remote(...)")
 
     def remote(self, *args, **kwargs) -> ActorHandle:
-        from runtime.scheduler import validate_request
+        from runtime.work import validate_request
 
         o = self._opts
         request = api._request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])

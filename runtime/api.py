@@ -420,7 +420,7 @@ def _amount(name: str, value) -> float:
 
 
 def _request(num_cpus: float, num_gpus: float, memory: float, resources: dict[str, float] | None) -> dict:
-    from runtime.scheduler import InvalidRequest, validate_request
+    from runtime.work import InvalidRequest, validate_request
 
     if resources is not None and not isinstance(resources, dict):
         raise ValueError(f"resources: must be a dict of name to amount (got {type(resources).__name__})")
@@ -533,7 +533,7 @@ class RemoteFunction:
         raise TypeError(f"remote function {self._opts['name']} must be called with .remote(...)")
 
     def remote(self, *args, **kwargs) -> ObjectRef:
-        from runtime.scheduler import validate_request
+        from runtime.work import validate_request
 
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])

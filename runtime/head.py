@@ -31,9 +31,10 @@ from runtime.node import HEAD_LIVENESS, beat
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
-from runtime.scheduler import (ACTOR, DONE_STATES, FAILED, FINISHED, INFEASIBLE, KINDS, PG, QUEUED, RUNNING,
-                               InvalidRequest, Item, Scheduler, bundle_sum, group_problem, validate_request)
+from runtime.scheduler import Scheduler
 from runtime.store import ID_PATTERN, Store
+from runtime.work import (ACTOR, DONE_STATES, FAILED, FINISHED, INFEASIBLE, KINDS, PG, QUEUED, RUNNING, InvalidRequest,
+                          Item, bundle_sum, group_problem, validate_request)
 
 # The cluster's Python: every node runs the same one (lifecycle/runtime_bundle.py), and a driver's must match it
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]

@@ -54,7 +54,7 @@ class PlacementGroupSchedulingStrategy:
 def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", name: str = "",
                     lifetime: str | None = None) -> PlacementGroup:
     """Reserve `bundles` (each a dict of resources) by `strategy`; returns at once (see `ready()`)."""
-    from runtime.scheduler import group_problem
+    from runtime.work import group_problem
 
     if not isinstance(bundles, (list, tuple)) or not all(isinstance(b, dict) for b in bundles):
         raise ValueError("bundles must be a list of dicts of resources, e.g. [{'CPU': 1}, {'GPU': 1}]")

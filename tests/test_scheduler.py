@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.scheduler import (
-    CANCELLED, FAILED, FINISHED, INFEASIBLE, QUEUED, RUNNING, InvalidRequest, Item, Scheduler,
-)
+from runtime.scheduler import Scheduler
+from runtime.work import CANCELLED, FAILED, FINISHED, INFEASIBLE, QUEUED, RUNNING, InvalidRequest, Item
 
 TYPES = {"cpu": {"CPU": 4}, "gpu": {"CPU": 8, "GPU": 2}, "tpu": {"CPU": 1, "tpu": 1}}
 

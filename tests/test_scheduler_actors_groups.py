@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.scheduler import (ACTOR, CALL, CANCELLED, FAILED, FINISHED, PG, QUEUED, RUNNING, Item, Scheduler,
-                               bundle_sum)
+from runtime.scheduler import Scheduler
+from runtime.work import ACTOR, CALL, CANCELLED, FAILED, FINISHED, PG, QUEUED, RUNNING, Item, bundle_sum
 
 TYPES = {"cpu": {"CPU": 4}, "gpu": {"CPU": 8, "GPU": 2}}
 
