@@ -21,9 +21,10 @@ from core.machine import pids_with_env
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, is_head_bundle_site, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
-from runtime.executor import Executor, discard_results
+from runtime.executor import Executor
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.node_config import NodeRuntimeConfig
+from runtime.processes import discard_results
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
 

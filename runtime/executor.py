@@ -11,129 +11,34 @@ resources of their own and run in that process one at a time, in the order the h
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
-
-import cloudpickle
+from concurrent.futures import ThreadPoolExecutor
 
 from core.files import private_dir
-from core.machine import pids_with_env
 from core.shapes import EPS
-from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
-from runtime.node_config import runtime_dir
+from runtime.executor_actors import ActorRunning
+from runtime.executor_jobs import JobRunning
+from runtime.executor_tasks import TaskRunning
+from runtime.processes import ActorInstance, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
-from runtime.worker import RESULT_DIR_ENV, read_frame, write_frame
+from runtime.worker import RESULT_DIR_ENV
 
 log = logging.getLogger("launch.runtime.executor")
 
-MAX_IDLE_WORKERS_PER_KEY = 8
 # a task with its inputs at hand and no larger than this goes to an idle worker from the thread that
 # takes it in (it fits the pipe: the write never waits); its thread then only waits for the result,
 # while the task already runs
 SEND_NOW_BYTES = 32 << 10
 FINISHED_REMEMBERED = 20000  # finished (id, attempt)s kept to ignore a re-sent assignment of one
-LOG_SHIP_INTERVAL_S = 0.2
-# a cancelled job's processes get SIGTERM, and SIGKILL this long after (what ignores SIGTERM, or forked)
-JOB_STOP_GRACE_S = 3.0
-JOB_RUN_ENV = "LAUNCH_JOB_RUN"
-ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 
 Report = Callable[[pb.ItemResult, int], None]  # (result, the attempt it is of)
 ShipLog = Callable[[str, bytes], None]
 
 
-def results_dir() -> Path:
-    """Where workers write values too large for a message, for the agent to upload (then removed)."""
-    return runtime_dir() / "results"
-
-
-def discard_results() -> int:
-    """(an agent starting, before it runs anything) Values an earlier agent of this node left behind when
-    it died: their items run again. Returns how many."""
-    left = list(results_dir().glob("*")) if results_dir().is_dir() else []
-    for path in left:
-        path.unlink(missing_ok=True)
-    return len(left)
-
-
-class Transfers(Protocol):
-    """Moves what is too large for a message between this node and the head (the agent's client)."""
-
-    def fetch_args(self, item_id: str) -> bytes: ...
-    def fetch_result(self, item_id: str) -> bytes: ...
-    def upload_result(self, item_id: str, source: Path) -> None: ...
-
-
-class WorkerDied(Exception):
-    pass
-
-
-class Worker:
-    def __init__(self, env: dict[str, str]):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, cwd=Path.home(),
-        )
-
-    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> tuple[str, bytes]:
-        self.send(payload, deps, item_id, op)
-        return self.receive()
-
-    def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> None:
-        try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id)))
-        except (BrokenPipeError, OSError, ValueError) as e:
-            raise WorkerDied(str(e)) from e
-
-    def receive(self) -> tuple[str, bytes]:
-        try:
-            frame = read_frame(self.proc.stdout)
-        except (OSError, ValueError) as e:
-            raise WorkerDied(str(e)) from e
-        if frame is None:
-            raise WorkerDied(f"worker exited with {self.proc.wait()}")
-        return cloudpickle.loads(frame)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait()
-
-
-class ActorInstance:
-    """An actor on this node: its process, and the calls given to it waiting their turn."""
-
-    def __init__(self, a: pb.Assignment):
-        self.assignment = a
-        self.calls: deque[pb.Assignment] = deque()
-        self.current: pb.Assignment | None = None
-        self.cond = threading.Condition()
-        self.worker: Worker | None = None
-        self.stopped = False
-
-    def kill(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-            worker = self.worker
-        if worker is not None:
-            worker.kill()
-
-
-class Executor:
+class Executor(TaskRunning, ActorRunning, JobRunning):
     """Starts assigned items in the order they came, each once the node has room for it: the head may
     hand the node work ahead of time (pipelining), and this is what keeps the node from running more
     than it has. `head` is how payloads and results too large for a message move (Transfers)."""
@@ -205,7 +110,7 @@ class Executor:
             old = self.running.get(a.item_id)
             if old is not None and old[0] != a.attempt:  # the head counts only its newest attempt
                 self.dropped.add((a.item_id, old[0]))
-                _stop(old[1])
+                stop_process(old[1])
             self.given.add(key)
             self.waiting.append(a)
             self._start_what_fits()
@@ -325,7 +230,7 @@ class Executor:
         if queued is not None:
             self._hand_over(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), queued.attempt)
         else:
-            _stop(handle)
+            stop_process(handle)
 
     def revoke(self, item_id: str) -> None:
         """Give back an item not started yet; one that started runs on and reports as usual."""
@@ -351,7 +256,7 @@ class Executor:
                     self.dropped.add((item_id, attempt))
                     handles.append(self.running[item_id][1])
         for h in handles:
-            _stop(h)
+            stop_process(h)
         return len(pairs)
 
     def _started(self, a: pb.Assignment, handle) -> bool:
@@ -361,7 +266,7 @@ class Executor:
                 self.running[a.item_id] = (a.attempt, handle)
             stop = a.item_id in self.cancelled or (a.item_id, a.attempt) in self.dropped
         if stop:
-            _stop(handle)
+            stop_process(handle)
         return not stop
 
     def _retire(self, key: tuple[str, int]) -> bool:
@@ -409,227 +314,9 @@ class Executor:
 
     # --- tasks --------------------------------------------------------------------------------------
 
-    def _acquire(self, key: tuple[str, ...]) -> Worker:
-        with self.lock:
-            pool = self.idle.get(key, [])
-            while pool:
-                w = pool.pop()
-                if w.alive():
-                    return w
-        return Worker(self._env(list(key)))
-
-    def _release(self, key: tuple[str, ...], w: Worker) -> None:
-        with self.lock:
-            pool = self.idle.setdefault(key, [])
-            if w.alive() and len(pool) < MAX_IDLE_WORKERS_PER_KEY:
-                pool.append(w)
-                return
-        w.kill()
-
-    def _inputs(self, a: pb.Assignment) -> tuple[bytes, dict[str, bytes]]:
-        """The payload and dependency values, fetched from the head where they were too large to come
-        with the assignment."""
-        payload = self.head.fetch_args(a.item_id) if a.spec.payload_size else a.spec.payload
-        deps = dict(a.dep_values)
-        for d in a.dep_stored:
-            deps[d] = self.head.fetch_result(d)
-        return payload, deps
-
-    def _run_task(self, a: pb.Assignment) -> None:
-        try:
-            payload, deps = self._inputs(a)
-        except Exception as e:  # noqa: BLE001 - the head away or the data gone: retried as a lost item
-            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
-            return
-        key = tuple(a.gpu_ids)
-        worker = self._acquire(key)
-        if not self._started(a, worker):
-            self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
-            return
-        try:
-            worker.send(payload, deps, a.item_id)
-        except WorkerDied as e:
-            self._worker_died(a, worker, e)
-            return
-        self._finish_task(a, worker)
-
-    def _finish_task(self, a: pb.Assignment, worker: Worker) -> None:
-        """`a` was sent to `worker`: its result, then the worker is free again."""
-        try:
-            status, data = worker.receive()
-        except WorkerDied as e:
-            self._worker_died(a, worker, e)
-            return
-        self._release(tuple(a.gpu_ids), worker)
-        self._done(a, self._result(a, status, data))
-
-    def _worker_died(self, a: pb.Assignment, worker: Worker, e: WorkerDied) -> None:
-        worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
-        self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
-
-    def _result(self, a: pb.Assignment, status: str, data: bytes | str) -> pb.ItemResult:
-        if status == "ok-file":  # a large value, in a file the worker wrote as it pickled it
-            path = Path(data)
-            try:
-                return self._stored_result(a, path)
-            finally:
-                path.unlink(missing_ok=True)
-        if status != "ok":
-            exc, _tb = cloudpickle.loads(data)
-            message = f"{type(exc).__name__}: {exc}"[:300]
-            if len(data) > INLINE_BYTES:  # an error carries its message and traceback, not megabytes
-                data = cloudpickle.dumps((RuntimeError(message), _tb[-20000:]))
-            return pb.ItemResult(id=a.item_id, state="failed", error=data, message=message)
-        return pb.ItemResult(id=a.item_id, state="finished", value=data)
-
-    def _stored_result(self, a: pb.Assignment, path: Path) -> pb.ItemResult:
-        """Uploaded from the worker's file to the head in chunks (never read whole into memory)."""
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be read ({e.strerror})")
-        if size > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
-            return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", size))
-        try:
-            self.head.upload_result(a.item_id, path)
-        except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
-            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
-        return pb.ItemResult(id=a.item_id, state="finished", value_size=size, stored=True)
-
     # --- actors -------------------------------------------------------------------------------------
 
-    def _run_actor(self, a: pb.Assignment) -> None:
-        """Start the actor's process and construct it, then run its calls one at a time until it is
-        killed or its process dies (then the head restarts it, or not, and puts its calls back)."""
-        inst = self.actors.get(a.item_id)
-        if inst is None or inst.assignment is not a:
-            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message="replaced by a newer instance"))
-            return
-        try:
-            payload, deps = self._inputs(a)
-        except Exception as e:  # noqa: BLE001 - the head away or the data gone
-            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
-            return
-        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id}))
-        with inst.cond:
-            inst.worker = worker
-            stopped = inst.stopped
-        if stopped or not self._started(a, inst):
-            worker.kill()
-            self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
-            return
-        try:
-            status, data = worker.call(payload, deps, a.item_id, op="actor")
-        except WorkerDied as e:
-            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its process died ({e})"))
-            return
-        if status != "ok":  # the constructor raised: the actor is dead, its calls fail with this
-            worker.kill()
-            self._end_actor(a, self._result(a, status, data))
-            return
-        while True:
-            with inst.cond:
-                while not inst.calls and not inst.stopped and worker.alive():
-                    inst.cond.wait(ACTOR_CHECK_S)
-                if inst.stopped:
-                    break
-                call = inst.current = inst.calls.popleft() if inst.calls else None
-            if call is None:  # its process died while idle (OOM, killed): restarted now, not at its next call
-                self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost",
-                                                 message=f"its process died (exit code {worker.proc.poll()})"))
-                return
-            try:
-                payload, deps = self._inputs(call)
-            except Exception as e:  # noqa: BLE001
-                self._call_done(inst, call, pb.ItemResult(id=call.item_id, state="lost",
-                                                          message=f"its inputs could not be fetched ({e})"))
-                continue
-            try:
-                status, data = worker.call(payload, deps, a.item_id, op="call")
-            except WorkerDied as e:
-                with inst.cond:
-                    inst.current = None
-                    stopped = inst.stopped
-                self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost",
-                                                 message=f"its process died ({e})"))
-                return
-            self._call_done(inst, call, self._result(call, status, data))
-        worker.kill()
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed"))
-
-    def _call_done(self, inst: ActorInstance, call: pb.Assignment, result: pb.ItemResult) -> None:
-        with self.lock:
-            with inst.cond:
-                inst.current = None
-            if not self._retire((call.item_id, call.attempt)):
-                return
-        self._hand_over(result, call.attempt)
-
-    def _end_actor(self, a: pb.Assignment, result: pb.ItemResult) -> None:
-        """The instance is over: its calls not run are not reported (the head puts them back in line with
-        the actor, or fails them), and it gives back what it held."""
-        with self.lock:
-            inst = self.actors.get(a.item_id)
-            if inst is not None and inst.assignment is a:
-                del self.actors[a.item_id]
-                with inst.cond:
-                    inst.stopped = True
-                    for c in inst.calls:
-                        self.given.discard((c.item_id, c.attempt))
-                    inst.calls.clear()
-        self._done(a, result)
-
     # --- jobs ---------------------------------------------------------------------------------------
-
-    def _run_job(self, a: pb.Assignment) -> None:
-        spec = a.spec
-        job_dir = runtime_dir() / "jobs" / a.item_id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        for d in (job_dir.parent, job_dir):  # a job's files and output are its user's only
-            os.chmod(d, 0o700)
-        for name, data in spec.files.items():
-            dst = (job_dir / name).resolve()
-            if job_dir.resolve() not in dst.parents:
-                continue  # a file name may not escape the job's directory
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with os.fdopen(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                f.write(data)
-        cwd = Path(os.path.expanduser(spec.working_dir)) if spec.working_dir else job_dir
-        if not cwd.is_absolute():
-            cwd = job_dir / cwd
-        log_path = job_dir / "output.log"
-        env = self._env(list(a.gpu_ids), dict(spec.env))
-        env["LAUNCH_JOB_ID"] = env["LAUNCH_ITEM_ID"] = a.item_id
-        # what marks this run's whole tree (unique: another cluster on this machine may have a job of this id)
-        env[JOB_RUN_ENV] = f"{a.item_id}.{a.attempt}.{secrets.token_hex(6)}"
-        env["LAUNCH_JOB_DIR"] = str(job_dir)
-        if not cwd.is_dir():
-            self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
-                                        message=f"working directory {cwd} does not exist on the node"))
-            return
-        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-            try:
-                proc = JobProcess(env[JOB_RUN_ENV], ["bash", "-c", spec.command], cwd=cwd, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-            except OSError as e:
-                self._done(a, pb.ItemResult(id=a.item_id, state="failed", exit_code=127,
-                                            message=f"cannot start the job: {e}"))
-                return
-        self._started(a, proc)
-        with open(log_path, "rb") as f:
-            while True:
-                exited = proc.poll() is not None
-                chunk = f.read()
-                if chunk:
-                    self.ship_log(a.item_id, chunk)
-                if exited:
-                    break
-                time.sleep(LOG_SHIP_INTERVAL_S)
-        code = proc.returncode
-        state = "finished" if code == 0 else "failed"
-        self._done(a, pb.ItemResult(id=a.item_id, state=state, exit_code=code,
-                                    message="" if code == 0 else f"exit code {code}"))
 
     def shutdown(self) -> None:
         with self.lock:
@@ -641,56 +328,7 @@ class Executor:
         for inst in actors:
             inst.kill()
         for h in handles:
-            _stop(h)
+            stop_process(h)
         for w in workers:
             w.kill()
         self.threads.shutdown(wait=False, cancel_futures=True)
-
-
-def _stop(handle) -> None:
-    if isinstance(handle, (Worker, ActorInstance)):
-        handle.kill()
-    elif isinstance(handle, JobProcess):
-        _kill_job(handle)
-
-
-class JobProcess(subprocess.Popen):
-    """A job's main process (`bash -c`), which knows the mark of its run: every process of the job's
-    tree is started with JOB_RUN_ENV=mark, so the tree is found whole."""
-
-    def __init__(self, run_mark: str, *args, **kwargs):
-        self.run_mark = run_mark
-        super().__init__(*args, **kwargs)
-
-
-def _kill_job(proc: JobProcess, grace_s: float = JOB_STOP_GRACE_S) -> None:
-    """End a job's whole tree: its process group, and every process started with its run's mark (one
-    that left the group with setsid too; not one that cleared its environment). SIGTERM first; what is left after the grace period (one that
-    ignores SIGTERM) gets SIGKILL, found again so that what forked meanwhile goes too."""
-    def tree() -> set[int]:
-        pids = set(pids_with_env(JOB_RUN_ENV, proc.run_mark))
-        if proc.poll() is None:
-            pids.add(proc.pid)
-        return pids
-
-    def signal_all(sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid in tree():
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    signal_all(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and tree():
-        time.sleep(0.05)
-    if tree():
-        signal_all(signal.SIGKILL)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass

@@ -407,7 +407,7 @@ def test_each_entry_point_sets_up_grpcs_io_before_grpc_is_imported(module):
 
 def test_a_cancelled_job_ends_its_whole_tree(rt, tmp_path):
     """A job's children that left its session (setsid) or ignore SIGTERM end with it: SIGTERM, then
-    SIGKILL after the grace period (runtime.executor.JOB_STOP_GRACE_S)."""
+    SIGKILL after the grace period (runtime.processes.JOB_STOP_GRACE_S)."""
     path, home = rt["path"], rt["home"]
     script = tmp_path / "stubborn.sh"
     script.write_text("setsid sleep 300 >/dev/null 2>&1 < /dev/null &\n"

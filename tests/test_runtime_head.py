@@ -271,8 +271,9 @@ def test_a_result_or_payload_over_the_size_limit_fails_clearly(monkeypatch, tmp_
     import runtime
     import runtime.api
     import runtime.executor
+    import runtime.executor_tasks
 
-    monkeypatch.setattr(runtime.executor, "MAX_OBJECT_BYTES", 1000)
+    monkeypatch.setattr(runtime.executor_tasks, "MAX_OBJECT_BYTES", 1000)
     ex = runtime.executor.Executor("n1", {}, lambda r, a: None, lambda *a: None)
     value = tmp_path / "t1.value"
     value.write_bytes(b"x" * 2000)
@@ -453,7 +454,8 @@ def test_a_task_goes_to_an_idle_worker_at_once_and_its_death_or_cancel_is_still_
 
     import cloudpickle
 
-    from runtime.executor import Executor, Worker
+    from runtime.executor import Executor
+    from runtime.processes import Worker
     from tests.infra import wait_for
 
     monkeypatch.setenv("HOME", str(tmp_path))

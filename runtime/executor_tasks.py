@@ -1,0 +1,106 @@
+"""Tasks, as a node's executor (runtime/executor.py) runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cloudpickle
+
+from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
+from runtime.processes import Worker, WorkerDied
+from runtime.proto import head_pb2 as pb
+
+MAX_IDLE_WORKERS_PER_KEY = 8
+
+
+class TaskRunning:
+    """The executor's tasks: each in a pooled worker process of its GPU set; its result inline, or uploaded from
+    the worker's file. Its state is the Executor's (set in Executor.__init__): a part of Executor, not used
+    alone."""
+
+    def _acquire(self, key: tuple[str, ...]) -> Worker:
+        with self.lock:
+            pool = self.idle.get(key, [])
+            while pool:
+                w = pool.pop()
+                if w.alive():
+                    return w
+        return Worker(self._env(list(key)))
+
+    def _release(self, key: tuple[str, ...], w: Worker) -> None:
+        with self.lock:
+            pool = self.idle.setdefault(key, [])
+            if w.alive() and len(pool) < MAX_IDLE_WORKERS_PER_KEY:
+                pool.append(w)
+                return
+        w.kill()
+
+    def _inputs(self, a: pb.Assignment) -> tuple[bytes, dict[str, bytes]]:
+        """The payload and dependency values, fetched from the head where they were too large to come
+        with the assignment."""
+        payload = self.head.fetch_args(a.item_id) if a.spec.payload_size else a.spec.payload
+        deps = dict(a.dep_values)
+        for d in a.dep_stored:
+            deps[d] = self.head.fetch_result(d)
+        return payload, deps
+
+    def _run_task(self, a: pb.Assignment) -> None:
+        try:
+            payload, deps = self._inputs(a)
+        except Exception as e:  # noqa: BLE001 - the head away or the data gone: retried as a lost item
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
+            return
+        key = tuple(a.gpu_ids)
+        worker = self._acquire(key)
+        if not self._started(a, worker):
+            self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
+            return
+        try:
+            worker.send(payload, deps, a.item_id)
+        except WorkerDied as e:
+            self._worker_died(a, worker, e)
+            return
+        self._finish_task(a, worker)
+
+    def _finish_task(self, a: pb.Assignment, worker: Worker) -> None:
+        """`a` was sent to `worker`: its result, then the worker is free again."""
+        try:
+            status, data = worker.receive()
+        except WorkerDied as e:
+            self._worker_died(a, worker, e)
+            return
+        self._release(tuple(a.gpu_ids), worker)
+        self._done(a, self._result(a, status, data))
+
+    def _worker_died(self, a: pb.Assignment, worker: Worker, e: WorkerDied) -> None:
+        worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
+        self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
+
+    def _result(self, a: pb.Assignment, status: str, data: bytes | str) -> pb.ItemResult:
+        if status == "ok-file":  # a large value, in a file the worker wrote as it pickled it
+            path = Path(data)
+            try:
+                return self._stored_result(a, path)
+            finally:
+                path.unlink(missing_ok=True)
+        if status != "ok":
+            exc, _tb = cloudpickle.loads(data)
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            if len(data) > INLINE_BYTES:  # an error carries its message and traceback, not megabytes
+                data = cloudpickle.dumps((RuntimeError(message), _tb[-20000:]))
+            return pb.ItemResult(id=a.item_id, state="failed", error=data, message=message)
+        return pb.ItemResult(id=a.item_id, state="finished", value=data)
+
+    def _stored_result(self, a: pb.Assignment, path: Path) -> pb.ItemResult:
+        """Uploaded from the worker's file to the head in chunks (never read whole into memory)."""
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be read ({e.strerror})")
+        if size > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
+            return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", size))
+        try:
+            self.head.upload_result(a.item_id, path)
+        except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
+            return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
+        return pb.ItemResult(id=a.item_id, state="finished", value_size=size, stored=True)

@@ -1,0 +1,157 @@
+"""The processes a node agent runs work in, as the executor (runtime/executor.py) handles them: task
+workers (runtime/worker.py, reused), an actor's own worker, a job's `bash -c` and its whole tree, and
+where values too large for a message wait to be uploaded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import cloudpickle
+
+from core.machine import pids_with_env
+from runtime.node_config import runtime_dir
+from runtime.proto import head_pb2 as pb
+from runtime.worker import read_frame, write_frame
+
+# a cancelled job's processes get SIGTERM, and SIGKILL this long after (what ignores SIGTERM, or forked)
+JOB_STOP_GRACE_S = 3.0
+JOB_RUN_ENV = "LAUNCH_JOB_RUN"
+
+
+def results_dir() -> Path:
+    """Where workers write values too large for a message, for the agent to upload (then removed)."""
+    return runtime_dir() / "results"
+
+
+def discard_results() -> int:
+    """(an agent starting, before it runs anything) Values an earlier agent of this node left behind when
+    it died: their items run again. Returns how many."""
+    left = list(results_dir().glob("*")) if results_dir().is_dir() else []
+    for path in left:
+        path.unlink(missing_ok=True)
+    return len(left)
+
+
+class Transfers(Protocol):
+    """Moves what is too large for a message between this node and the head (the agent's client)."""
+
+    def fetch_args(self, item_id: str) -> bytes: ...
+    def fetch_result(self, item_id: str) -> bytes: ...
+    def upload_result(self, item_id: str, source: Path) -> None: ...
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env, cwd=Path.home(),
+        )
+
+    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> tuple[str, bytes]:
+        self.send(payload, deps, item_id, op)
+        return self.receive()
+
+    def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> None:
+        try:
+            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id)))
+        except (BrokenPipeError, OSError, ValueError) as e:
+            raise WorkerDied(str(e)) from e
+
+    def receive(self) -> tuple[str, bytes]:
+        try:
+            frame = read_frame(self.proc.stdout)
+        except (OSError, ValueError) as e:
+            raise WorkerDied(str(e)) from e
+        if frame is None:
+            raise WorkerDied(f"worker exited with {self.proc.wait()}")
+        return cloudpickle.loads(frame)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+
+
+class ActorInstance:
+    """An actor on this node: its process, and the calls given to it waiting their turn."""
+
+    def __init__(self, a: pb.Assignment):
+        self.assignment = a
+        self.calls: deque[pb.Assignment] = deque()
+        self.current: pb.Assignment | None = None
+        self.cond = threading.Condition()
+        self.worker: Worker | None = None
+        self.stopped = False
+
+    def kill(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+            worker = self.worker
+        if worker is not None:
+            worker.kill()
+
+
+def stop_process(handle) -> None:
+    if isinstance(handle, (Worker, ActorInstance)):
+        handle.kill()
+    elif isinstance(handle, JobProcess):
+        kill_job(handle)
+
+
+class JobProcess(subprocess.Popen):
+    """A job's main process (`bash -c`), which knows the mark of its run: every process of the job's
+    tree is started with JOB_RUN_ENV=mark, so the tree is found whole."""
+
+    def __init__(self, run_mark: str, *args, **kwargs):
+        self.run_mark = run_mark
+        super().__init__(*args, **kwargs)
+
+
+def kill_job(proc: JobProcess, grace_s: float = JOB_STOP_GRACE_S) -> None:
+    """End a job's whole tree: its process group, and every process started with its run's mark (one
+    that left the group with setsid too; not one that cleared its environment). SIGTERM first; what is left after the grace period (one that
+    ignores SIGTERM) gets SIGKILL, found again so that what forked meanwhile goes too."""
+    def tree() -> set[int]:
+        pids = set(pids_with_env(JOB_RUN_ENV, proc.run_mark))
+        if proc.poll() is None:
+            pids.add(proc.pid)
+        return pids
+
+    def signal_all(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in tree():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and tree():
+        time.sleep(0.05)
+    if tree():
+        signal_all(signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
