@@ -225,9 +225,9 @@ def test_many_waiting_clients_never_starve_heartbeats_and_wake_when_their_item_i
     """1,000 blocking `get`s of one running job (one on the client's session, the others each holding a
     server thread, asleep): heartbeats and ClusterState are still answered at once; the job's completion
     wakes every waiter. (Past the head's waiting limit: the test below.)"""
-    import runtime.head as head_mod
+    import runtime.head_results as head_results
 
-    monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 1000)
+    monkeypatch.setattr(head_results, "MAX_BLOCKED_GETS", 1000)
     from tests.infra import wait_for
 
     address, servicer = head
@@ -250,9 +250,9 @@ def _three_jobs(client) -> list[str]:
 
 
 def test_a_get_of_more_results_than_one_reply_carries_fetches_the_rest(head, monkeypatch):
-    import runtime.head
+    import runtime.head_results
 
-    monkeypatch.setattr(runtime.head, "MAX_REPLY_BYTES", 1500)  # one 1,000-byte result per reply
+    monkeypatch.setattr(runtime.head_results, "MAX_REPLY_BYTES", 1500)  # one 1,000-byte result per reply
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
         _register(client)
@@ -294,7 +294,7 @@ def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
     """A client's gets are messages on one Session stream (no call setup each); a refused one raises as
     the call would and the next get opens a new session; a head with sessions enough makes the client
     use calls, with the same results."""
-    import runtime.head
+    import runtime.head_results
 
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
@@ -312,7 +312,7 @@ def test_gets_ride_one_session_stream_and_fall_back_to_calls(head, monkeypatch):
                 client.get_results(ids, timeout_s=timeout_s)
             assert e.value.code() == grpc.StatusCode.NOT_FOUND and e.value.details() == "unknown id t-nosuchitem"
         assert len(client.get_results(jobs, timeout_s=5)) == 3
-    monkeypatch.setattr(runtime.head, "SESSION_LIMIT", 0)
+    monkeypatch.setattr(runtime.head_results, "SESSION_LIMIT", 0)
     with HeadClient(address, TOKEN) as client:
         assert len(client.get_results(jobs, timeout_s=5)) == 3 and client._sessions_refused
         assert len(client.get_results(jobs, timeout_s=5)) == 3
@@ -651,10 +651,10 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
     """More blocking gets than the head lets wait (each would hold a server thread): the rest are answered
     at once, busy, and their clients ask again with a backoff; heartbeats are answered at once all along,
     and every get completes when its job does."""
-    import runtime.head as head_mod
+    import runtime.head_results as head_results
     from tests.infra import wait_for
 
-    monkeypatch.setattr(head_mod, "MAX_BLOCKED_GETS", 4)
+    monkeypatch.setattr(head_results, "MAX_BLOCKED_GETS", 4)
     address, servicer = head
     with HeadClient(address, TOKEN) as client:
         job, got, threads = _gets_of_a_running_job(client, 40, timeout_s=60)

@@ -1,0 +1,123 @@
+"""The head service's nodes (runtime/head.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from runtime.head_state import ALIVE, ASSIGNMENT_BATCH, DEAD, NodeRecord, log
+from runtime.limits import MAX_REPLY_BYTES
+from runtime.proto import head_pb2 as pb
+from runtime.work import Item
+
+
+class NodeService:
+    """The nodes: registration (and again, adopting what a node still runs), heartbeats, death, drain and
+    removal, and each node's stream of work. Its state is the HeadServicer's (set in HeadServicer.__init__): a
+    part of it, not used alone."""
+
+    def RegisterNode(self, request, context):
+        now = self.clock()
+        total = dict(request.total.amounts)
+        with self.lock:
+            old = self.nodes.get(request.node_id)
+            rec = NodeRecord(request.node_id, request.node_type, request.address, request.is_head,
+                             dict(request.labels), now, now)
+            if old is not None:
+                rec.outbox = old.outbox
+                old.stream += 1  # the old agent's stream, if still open, stops taking from the outbox
+            self.nodes[request.node_id] = rec
+            lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
+                                             list(request.gpu_ids), [(r.id, r.attempt) for r in request.running],
+                                             request.first)
+            self._settle(now)
+        if lost:
+            log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
+        adopted = len(request.running) - len(drop)
+        log.info("node %s (%s) registered from %s: %s%s", request.node_id, request.node_type, request.address, total,
+                 f"; it still runs {adopted} item(s)" if adopted else "")
+        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s,
+                                    drop=[pb.RunningItem(id=i, attempt=a) for i, a in drop])
+
+    def Heartbeat(self, request, context):
+        with self.lock:
+            rec = self.nodes.get(request.node_id)
+            if rec is None or rec.state == DEAD:
+                return pb.HeartbeatReply(known=False)
+            rec.last_heartbeat = self.clock()
+        return pb.HeartbeatReply(known=True)
+
+    def _declare_dead(self, r: NodeRecord, now: float, why: str, expected: bool = False) -> int:
+        """(under self.lock) The node is gone: what it ran goes back to the queue or fails."""
+        r.state = DEAD
+        touched = self.sched.remove_node(r.node_id, now, f"its node {why}")
+        log.log(logging.INFO if expected else logging.WARNING, "node %s %s: declared dead; %d item(s) requeued "
+                "or failed", r.node_id, why, len(touched))
+        return len(touched)
+
+    def mark_dead_nodes(self) -> list[str]:
+        """Nodes silent for longer than the timeout are dead: their work goes back to the queue. After a
+        restart, work whose node never came back goes back too."""
+        now = self.clock()
+        newly = []
+        with self.lock:
+            for r in self.nodes.values():
+                if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
+                    newly.append(r.node_id)
+                    self._declare_dead(r, now, f"missed heartbeats for {self.node_timeout_s:.0f}s")
+            expired = self.sched.expire_recovering(now) if self.sched.recovering and now > self.recover_until else []
+            if expired:
+                log.warning("%d item(s) that ran before the head restarted lost their node: requeued or failed",
+                            len(expired))
+            if newly or expired:
+                self._settle(now)
+            for item in self.sched.to_revoke(now):
+                self.nodes[item.node_id].outbox.put(pb.Assignment(item_id=item.id, revoke=True))
+        return newly
+
+    def RemoveNode(self, request, context):
+        now = self.clock()
+        with self.lock:
+            r = self.nodes.get(request.node_id)
+            if r is None or r.state != ALIVE:
+                return pb.RemoveNodeReply(known=r is not None, requeued=0)
+            requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})", expected=True)
+            self._settle(now)
+        return pb.RemoveNodeReply(known=True, requeued=requeued)
+
+    def Drain(self, request, context):
+        with self.lock:
+            drained, running = self.sched.drain(request.node_id, undrain=request.undrain)
+            if request.undrain:
+                self._settle(self.clock())
+        return pb.DrainReply(drained=drained, running=running)
+
+    def WorkStream(self, request, context):
+        """The node's assignments, in order. A re-opened stream replaces the one before (which stops, and
+        puts back what it took but did not send) and first sends again everything the node is counted
+        to run: one sent on a stream that broke may never have arrived. The agent ignores what it has."""
+        with self.lock:
+            rec = self.nodes.get(request.node_id)
+            if rec is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
+            rec.stream += 1
+            me = rec.stream
+            node = self.sched.nodes.get(request.node_id)
+            again = [] if me == 1 or node is None else self._assignments(self._given_to(node), {})
+        for start in range(0, len(again), ASSIGNMENT_BATCH):
+            yield pb.Assignments(items=again[start:start + ASSIGNMENT_BATCH])
+        while context.is_active() and rec.stream == me:
+            batch = rec.outbox.take(0.5, ASSIGNMENT_BATCH, MAX_REPLY_BYTES)
+            if not batch:
+                continue
+            if rec.stream != me or not context.is_active():
+                rec.outbox.put_back(batch)
+                return
+            yield pb.Assignments(items=batch)
+
+    def _given_to(self, node) -> list[Item]:
+        """(under self.lock) What a node is counted to run, in an order it can start it in: actors before
+        their calls (in line), then what was given ahead."""
+        ids = [*sorted(node.running), *self.sched.calls_given_on(node), *node.prefetched]
+        return [self.sched.items[i] for i in ids]
