@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
 
 from core.config import ClusterConfig
-from core.errors import (
-    CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
-    QuotaError, TransientError, first_line,
-)
+from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied,
+                         ProviderError, QuotaError, TransientError, first_line)
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
+from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
+from providers.cloud import CloudProvider, CloudSection
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -46,7 +44,6 @@ NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 LIVE_STATES = ["pending", "running"]  # what `list` shows: a stopped instance is cached, not capacity
 STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
-DEFAULT_HEAD_PORT = 6380
 
 
 FACTS = ProviderFacts(
@@ -55,20 +52,14 @@ FACTS = ProviderFacts(
 )
 
 
-class Section(CommonSection):
+class Section(CloudSection):
     region: str
-    availability_zone: str | list[str] | None = None  # a list or comma-separated, in order of preference
     # Ray's keys: credentials for the boto3 clients (a private cloud or tests may add endpoint_url)
     aws_credentials: dict[str, str] | None = None
     security_group: dict[str, Any] | None = None
     # ours
     vpc_id: str | None = None
     key_name: str | None = None
-    ssh_cidr: str = "0.0.0.0/0"
-    head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
-    head_bind_host: str = ""  # "": loopback and the private IP (the runtime is reached through SSH)
-    # botocore's standard retry mode, attempts per call (throttling, 5xx, connection errors)
-    retry_attempts: int = Field(default=8, ge=1, le=20)
 
 
 def _sdk():
@@ -368,7 +359,7 @@ def _head_profile(aws: _Clients, cluster: str) -> str:
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider(ProviderBase):
+class Provider(CloudProvider):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
@@ -430,13 +421,6 @@ class Provider(ProviderBase):
             {"ResourceType": "instance", "Tags": tag_list}, {"ResourceType": "volume", "Tags": tag_list}]
         return params
 
-    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        """Stopped nodes of this type and launch hash are started again first (cache_stopped_nodes)."""
-        started = self._start_stopped(node_type, count, tags) if self.cache_stopped_nodes else []
-        if len(started) == count:
-            return started
-        return started + self._run(node_type, count - len(started), tags)
-
     def _start_stopped(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         match = {k: v for k, v in tags.items() if k in (TAG_CLUSTER, TAG_NODE_TYPE, TAG_LAUNCH_HASH)}
         match[TAG_NODE_TYPE] = node_type
@@ -461,24 +445,24 @@ class Provider(ProviderBase):
         """Stopped (cached) instances, which `list` leaves out."""
         return self._describe(tag_filters, STOPPED_STATES)
 
-    def _run(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        params = self._params(node_type, tags)
-        pinned = "SubnetId" in params or "NetworkInterfaces" in params
+    def _zones(self, node_type: str) -> list[dict]:
+        """The subnets to launch in, in order (one per zone): the type's own, else the cluster's; none when the
+        type's node_config pins its own subnet or network interfaces."""
+        node_config = self.spec.config.available_node_types[node_type].node_config
+        if "SubnetId" in node_config or "NetworkInterfaces" in node_config:
+            return [{"id": None, "zone": None}]
         own = (self.state.get("type_subnets") or {}).get(node_type)
-        subnets = ([{"id": None, "zone": None}] if pinned
-                   else own or self.state.get("subnets") or [{"id": None, "zone": None}])
-        last: CapacityError | None = None
-        for subnet in subnets:
-            call = dict(params, MinCount=1, MaxCount=count)  # fewer than asked is not an error
-            if subnet["id"]:
-                call["SubnetId"] = subnet["id"]
-            try:
-                reply = self.aws.call(self.aws.ec2, "run_instances", node_type, subnet["zone"], **call)
-            except CapacityError as e:
-                last = e
-                continue
-            return [self._info(i) for i in reply["Instances"]]
-        raise last or CapacityError(node_type)
+        return own or self.state.get("subnets") or [{"id": None, "zone": None}]
+
+    def _zone_name(self, subnet: dict) -> str:
+        return subnet["zone"] or "any"
+
+    def _launch(self, node_type: str, subnet: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        call = dict(self._params(node_type, tags), MinCount=1, MaxCount=count)  # fewer than asked is not an error
+        if subnet["id"]:
+            call["SubnetId"] = subnet["id"]
+        reply = self.aws.call(self.aws.ec2, "run_instances", node_type, subnet["zone"], **call)
+        return [self._info(i) for i in reply["Instances"]]
 
     def _info(self, inst: dict) -> NodeInfo:
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}

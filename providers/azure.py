@@ -29,20 +29,17 @@ import os
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
 
 from core.config import ClusterConfig
-from core.errors import (
-    CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
-    QuotaError, TransientError, first_line,
-)
+from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied,
+                         ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
+from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
+from providers.cloud import CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -51,7 +48,6 @@ PERMISSION_CODES = {"AuthorizationFailed", "AuthenticationFailed", "InvalidAuthe
                     "LinkedAuthorizationFailed", "Forbidden"}
 HEAD_ROLES = ("Virtual Machine Contributor", "Network Contributor")
 TAG_CREATED = "launch-created-by"  # on a resource group launch made: `down --purge` may delete it
-DEFAULT_HEAD_PORT = 6380
 DEFAULT_IMAGE = {"imagePublisher": "Canonical", "imageOffer": "0001-com-ubuntu-server-jammy",
                  "imageSku": "22_04-lts-gen2", "imageVersion": "latest"}
 
@@ -65,18 +61,13 @@ FACTS = ProviderFacts(
 )
 
 
-class Section(CommonSection):
+class Section(CloudSection):
     location: str
     resource_group: str
     subscription_id: str | None = None  # default: AZURE_SUBSCRIPTION_ID, else the Azure CLI's default
-    availability_zone: str | list[str] | None = None  # zones in order ("1,2,3"), tried in turn
     # ours
-    ssh_cidr: str = "0.0.0.0/0"
     vnet_cidr: str = "10.0.0.0/16"
     subnet_cidr: str = "10.0.0.0/24"
-    head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
-    head_bind_host: str = ""
-    retry_attempts: int = Field(default=8, ge=1, le=20)
     # a private cloud (Azure Stack Hub) or a test double: where ARM is, its CA, a bearer token to use
     api_endpoint: str | None = None
     ca_bundle: str | None = None
@@ -303,7 +294,7 @@ def _head_identity(az: _Clients, section: Section, cluster: str, subscription: s
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider(ProviderBase):
+class Provider(CloudProvider):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
@@ -359,27 +350,11 @@ class Provider(ProviderBase):
         params = _params(self.spec.config.available_node_types[node_type].node_config)
         return params.get("priority") == "Spot" or self.spec.config.available_node_types[node_type].spot
 
-    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        made = self._start_stopped(node_type, count, tags) if self.cache_stopped_nodes else []
-        last: LaunchError | None = None
-        for zone in self.zones:
-            if len(made) == count:
-                break
-            need = count - len(made)
-            with ThreadPoolExecutor(max_workers=min(need, 16)) as pool:
-                outcomes = list(pool.map(lambda _: _outcome(self._create_one, node_type, zone, tags), range(need)))
-            made += [x for x in outcomes if isinstance(x, NodeInfo)]
-            errors = [x for x in outcomes if isinstance(x, LaunchError)]
-            capacity = [x for x in errors if isinstance(x, CapacityError)]
-            if errors and not capacity:
-                if made:
-                    return made
-                raise errors[0]
-            if capacity:
-                last = capacity[0]
-        if not made and last is not None:
-            raise CapacityError(node_type, None, f"every zone is out: {last}")
-        return made
+    def _zones(self, node_type: str) -> list[str | None]:
+        return self.zones
+
+    def _launch(self, node_type: str, zone: str | None, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        return made_or_raise(fan_out(lambda _: self._create_one(node_type, zone, tags), range(count)))
 
     def _create_one(self, node_type: str, zone: str | None, tags: dict[str, str]) -> NodeInfo:
         nt = self.spec.config.available_node_types[node_type]
@@ -517,11 +492,7 @@ class Provider(ProviderBase):
         return sorted(nodes, key=lambda n: (n.launched_at, n.id))
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
-        nodes = self._scan(tag_filters)
-        evicted = [n.id for n in nodes if n.spot and n.state in ("stopped", "stopping")]
-        if evicted:  # a spot VM Azure deallocated is not capacity, and its disk costs
-            self.terminate(evicted)
-        return [n for n in nodes if n.state in ("pending", "running")]
+        return self._live_sweeping_preempted(self._scan(tag_filters))
 
     def stopped(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         return [n for n in self._scan(tag_filters) if n.state in ("stopped", "stopping", "failed")]
@@ -533,19 +504,7 @@ class Provider(ProviderBase):
         self._each(node_ids, self.az.compute.virtual_machines.begin_delete, "virtualMachines.delete")
 
     def _each(self, node_ids: list[str], fn, op: str) -> None:
-        if not node_ids:
-            return
-
-        def one(name: str):
-            try:
-                self.az.call(fn, op, "", None, self.rg, name)
-            except NodeNotFound:
-                pass
-
-        with ThreadPoolExecutor(max_workers=min(len(node_ids), 16)) as pool:
-            errors = [x for x in pool.map(lambda n: _outcome(one, n), node_ids) if isinstance(x, LaunchError)]
-        if errors:
-            raise errors[0]
+        for_each_node(node_ids, lambda name: self.az.call(fn, op, "", None, self.rg, name))
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:
         try:
@@ -576,10 +535,3 @@ class Provider(ProviderBase):
 
 def _params(node_config: dict) -> dict:
     return dict(node_config.get("azure_arm_parameters") or {})
-
-
-def _outcome(fn, *args):
-    try:
-        return fn(*args)
-    except LaunchError as e:
-        return e

@@ -28,6 +28,9 @@ from core.spec import ClusterSpec
 from core.node import NodeInfo  # noqa: F401  (re-exported)
 
 
+DEFAULT_HEAD_PORT = 6380  # where a head's runtime service listens unless its provider section says
+
+
 class CommonSection(BaseModel):
     """The provider keys every provider takes; each provider's `Section` adds its own."""
 

@@ -31,7 +31,6 @@ import random
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,15 @@ from typing import Any
 from pydantic import Field
 
 from core.config import ClusterConfig
-from core.errors import (
-    CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied, ProviderError,
-    QuotaError, TransientError,
-)
+from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied,
+                         ProviderError, QuotaError, TransientError)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts, zone_list
+from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
+from providers.cloud import CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
 from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-DEFAULT_HEAD_PORT = 6380
 CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
                   "RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 QUOTA_CODES = ("QUOTA_EXCEEDED", "quotaExceeded")
@@ -73,20 +70,15 @@ FACTS = ProviderFacts(
 )
 
 
-class Section(CommonSection):
+class Section(CloudSection):
     project_id: str
     region: str
     # a zone, or several in order of preference (a list, or comma-separated): create fails over in order
-    availability_zone: str | list[str] | None = None
     gcp_credentials: dict[str, Any] | None = None  # Ray's key
     # ours
     api_endpoint: str | None = None  # a private endpoint (Private Service Connect), or a test double
     network: str = "default"
     subnetwork: str | None = None  # default: the network's subnetwork in the region
-    ssh_cidr: str = "0.0.0.0/0"
-    head_port: int = Field(default=DEFAULT_HEAD_PORT, ge=0, le=65535)
-    head_bind_host: str = ""
-    retry_attempts: int = Field(default=8, ge=1, le=20)  # per call, for 429s and 5xx
     operation_timeout_s: float = Field(default=600.0, gt=0)
 
 
@@ -349,7 +341,7 @@ def _firewalls(gcp: _Clients, cluster: str, tag: str, network: str, section: Sec
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class Provider(ProviderBase):
+class Provider(CloudProvider):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
@@ -463,23 +455,10 @@ class Provider(ProviderBase):
 
     # --- nodes --------------------------------------------------------------------------------------
 
-    def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        """Stopped nodes of this type and launch hash are started again first (cache_stopped_nodes)."""
-        started = self._start_stopped(node_type, count, tags) if self.cache_stopped_nodes else []
-        made: list[NodeInfo] = list(started)
-        last: LaunchError | None = None
-        for zone in self.zones:
-            if len(made) == count:
-                break
-            try:
-                made += self._insert(node_type, zone, count - len(made), tags)
-            except CapacityError as e:  # this zone is out: the next one
-                last = e
-        if not made and last is not None:
-            raise CapacityError(node_type, None, f"every zone is out ({', '.join(self.zones)}): {last}")
-        return made
+    def _zones(self, node_type: str) -> list[str]:
+        return self.zones
 
-    def _insert(self, node_type: str, zone: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+    def _launch(self, node_type: str, zone: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """`count` inserts in one zone, their operations awaited together. Some failing is not an error
         for the others; a half-made instance of a failed insert is deleted."""
         prefix = gce_name(f"{self.spec.name}-{tags.get(TAG_KIND, 'worker')}", 50)
@@ -500,13 +479,7 @@ class Provider(ProviderBase):
             return self._info(self.gcp.call(self.gcp.instances.get, "instances.get", node_type, zone,
                                             project=self.gcp.project, zone=zone, instance=name))
 
-        with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
-            outcomes = list(pool.map(lambda n: _outcome(one, n), names))
-        made = [x for x in outcomes if isinstance(x, NodeInfo)]
-        errors = [x for x in outcomes if isinstance(x, LaunchError)]
-        if errors and not made:
-            raise errors[0]
-        return made
+        return made_or_raise(fan_out(one, names))
 
     def _delete_quietly(self, zone: str, name: str) -> None:
         try:
@@ -551,19 +524,10 @@ class Provider(ProviderBase):
 
         def one(name: str):
             fn = getattr(self.gcp.instances, f"{action}_unary")
-            try:
-                op = self.gcp.call(fn, f"instances.{action}", project=self.gcp.project, zone=zones[name], instance=name)
-                self.gcp.wait(op, f"instances.{action}", zone=zones[name])
-            except NodeNotFound:
-                pass
+            op = self.gcp.call(fn, f"instances.{action}", project=self.gcp.project, zone=zones[name], instance=name)
+            self.gcp.wait(op, f"instances.{action}", zone=zones[name])
 
-        targets = [n for n in node_ids if n in zones]
-        if not targets:
-            return
-        with ThreadPoolExecutor(max_workers=min(len(targets), 16)) as pool:
-            errors = [x for x in pool.map(lambda n: _outcome(one, n), targets) if isinstance(x, LaunchError)]
-        if errors:
-            raise errors[0]
+        for_each_node([n for n in node_ids if n in zones], one)
 
     def _locate(self, names: list[str]) -> dict[str, str]:
         """The zone of each instance (those not found anywhere are gone already)."""
@@ -573,11 +537,7 @@ class Provider(ProviderBase):
         return {n: self._zone_of[n] for n in names if n in self._zone_of}
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
-        nodes = self._scan(tag_filters, {**LIVE, **STOPPED})
-        preempted = [n.id for n in nodes if n.spot and n.state in ("stopped", "stopping")]
-        if preempted:  # a spot VM GCE stopped is not coming back as capacity, and its disk costs
-            self.terminate(preempted)
-        return [n for n in nodes if n.state in ("pending", "running")]
+        return self._live_sweeping_preempted(self._scan(tag_filters, {**LIVE, **STOPPED}))
 
     def _scan(self, tag_filters: dict[str, str], statuses: dict[str, str]) -> list[NodeInfo]:
         flt = " AND ".join(f'labels.{k} = "{v}"' for k, v in labels_of(tag_filters).items())
@@ -666,10 +626,3 @@ def _pages(gcp: _Clients, request, zone: str):
         if not page.next_page_token:
             return
         request.page_token = page.next_page_token
-
-
-def _outcome(fn, arg):
-    try:
-        return fn(arg)
-    except LaunchError as e:
-        return e

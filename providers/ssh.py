@@ -24,11 +24,11 @@ from core.paths import HEAD_KNOWN_HOSTS, KNOWN_HOSTS_FILE, NODE_PYTHON, RUNTIME_
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_KIND
 from providers import ssh_claims
-from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
+from providers.base import (DEFAULT_HEAD_PORT, Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase,
+                            ProviderFacts)
 from transport import SSHAuth, runner_for
 from transport.docker import remove_container_cmd
 
-DEFAULT_HEAD_PORT = 6380
 TERMINATE_CONNECT_TIMEOUT_S = 5.0
 POOL_DIR = f"{RUNTIME_DIR}/pool"  # on the head host: the pool's claims, per cluster
 # A head in a container (Ray's docker section) sees the claims the laptop keeps on its host through a
