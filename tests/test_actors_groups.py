@@ -6,7 +6,6 @@ node-death test uses it, and kills it). The autoscaler is off: placement is judg
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -18,13 +17,12 @@ from lifecycle.config import load_config
 from runtime.exceptions import ActorDiedError
 from runtime.placement_group import PlacementGroupSchedulingStrategy, placement_group, remove_placement_group
 from runtime.proto import head_pb2 as pb
-from tests.infra import cli, local_cluster, wait_for, write_config
+from tests.infra import RunningCluster, cli, local_cluster, wait_for
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("actors")
-    home = tmp / "home"
     data = local_cluster("actors", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5, "owner_timeout_s": 3},
                          autoscaler={"enabled": False}, max_workers=5)
     data["available_node_types"] = {
@@ -33,17 +31,9 @@ def rt(tmp_path_factory):
         "gpu": {"resources": {"CPU": 1, "GPU": 2}, "min_workers": 1, "max_workers": 1},
         "spare": {"resources": {"CPU": 1, "spare": 1}, "min_workers": 1, "max_workers": 1},
     }
-    path = write_config(tmp / "actors.yaml", data)
-    r = cli("up", str(path), "--yes", home=home)
-    assert r.returncode == 0, r.stderr
-    st = json.loads(cli("status", str(path), "--json", home=home).stdout)
-    types = {n["id"]: n["node_type"] for n in st["nodes"]}
-    info = json.loads((home / "clusters" / "actors" / "cluster.json").read_text())
-    token = (home / "clusters" / "actors" / "token").read_text().strip()
-    runtime.init(address=info["head_address"], token=token)
-    yield {"path": path, "home": home, "types": types, "address": info["head_address"], "token": token}
-    runtime.shutdown()
-    cli("down", str(path), "--yes", home=home)
+    c = RunningCluster(tmp, data)
+    yield {"path": c.path, "home": c.home, "types": c.node_types(), "address": c.address, "token": c.token}
+    c.down()
 
 
 def _state(rt) -> pb.ClusterState:

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import runtime
-from tests.infra import cli, cluster_status, node_dir, processes_with_env, wait_for, write_config
+from tests.infra import RunningCluster, cli, cluster_status, node_dir, processes_with_env, wait_for, write_config
 
 
 def _config(name: str, **overrides) -> dict:
@@ -33,16 +33,12 @@ def _config(name: str, **overrides) -> dict:
     return cfg
 
 
-class Up:
+class Up(RunningCluster):
+    """A local cluster up, and what its autoscaler did: every node it ever listed must be gone after down."""
+
     def __init__(self, tmp_path, data):
-        self.home = tmp_path / "home"
-        self.path = write_config(tmp_path / "c.yaml", data)
-        r = cli("up", str(self.path), "--yes", home=self.home)
-        assert r.returncode == 0, r.stdout + r.stderr
-        cdir = self.home / "clusters" / data["cluster_name"]
-        info = json.loads((cdir / "cluster.json").read_text())
-        self.head_dir = node_dir(cdir / "local" / "nodes" / info["head_node_id"])
-        runtime.init(address=info["head_address"], token=(cdir / "token").read_text().strip())
+        super().__init__(tmp_path, data)
+        self.head_dir = node_dir(self.head_home)
         self.seen: set[str] = set()
 
     def status(self) -> dict:
@@ -59,8 +55,7 @@ class Up:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def down(self):
-        runtime.shutdown()
-        cli("down", str(self.path), "--yes", home=self.home)
+        super().down()
         for node_id in self.seen:
             assert processes_with_env(f"LAUNCH_LOCAL_NODE={node_id}\0") == [], f"{node_id} leaked"
 

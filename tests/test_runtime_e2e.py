@@ -19,7 +19,7 @@ import runtime
 from launcher.cluster import Cluster
 from lifecycle.config import load_config
 from runtime.proto import head_pb2 as pb
-from tests.infra import ROOT, cli, local_cluster, node_dir, processes_with_env, wait_for, write_config
+from tests.infra import ROOT, RunningCluster, cli, local_cluster, node_dir, processes_with_env, wait_for
 
 
 @runtime.remote(num_cpus=1)
@@ -35,7 +35,6 @@ def where(sleep_s: float = 0.0):
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rt")
-    home = tmp / "home"
     # the autoscaler stays off: these tests kill nodes and expect work to move to the survivors
     data = local_cluster("rt", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5},
                          autoscaler={"enabled": False})
@@ -44,17 +43,10 @@ def rt(tmp_path_factory):
         "cpu": {"resources": {"CPU": 2, "work": 1}, "min_workers": 1, "max_workers": 1},
         "gpu": {"resources": {"CPU": 1, "GPU": 2, "special": 1, "work": 1}, "min_workers": 1, "max_workers": 1},
     }
-    path = write_config(tmp / "rt.yaml", data)
-    r = cli("up", str(path), "--yes", home=home)
-    assert r.returncode == 0, r.stderr
-    st = json.loads(cli("status", str(path), "--json", home=home).stdout)
-    ids = {n["node_type"]: n["id"] for n in st["nodes"]}
-    info = json.loads((home / "clusters" / "rt" / "cluster.json").read_text())
-    token = (home / "clusters" / "rt" / "token").read_text().strip()
-    runtime.init(address=info["head_address"], token=token)
-    yield {"path": path, "home": home, "ids": ids, "address": info["head_address"], "token": token}
-    runtime.shutdown()
-    cli("down", str(path), "--yes", home=home)
+    c = RunningCluster(tmp, data)
+    ids = {node_type: node_id for node_id, node_type in c.node_types().items()}
+    yield {"path": c.path, "home": c.home, "ids": ids, "address": c.address, "token": c.token}
+    c.down()
 
 
 def _head_pid(rt) -> int:

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import runtime
-from tests.infra import cli, local_cluster, node_dir, wait_for, write_config
+from tests.infra import RunningCluster, cli, local_cluster, node_dir, wait_for
 
 MARKS_ENV = "RESTART_TEST_MARKS"
 
@@ -21,17 +21,11 @@ MARKS_ENV = "RESTART_TEST_MARKS"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restart")
-    home = tmp / "home"
     data = local_cluster("rs", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 3},
                          autoscaler={"enabled": False})
-    path = write_config(tmp / "rs.yaml", data)
-    r = cli("up", str(path), "--yes", home=home)
-    assert r.returncode == 0, r.stderr
-    info = json.loads((home / "clusters" / "rs" / "cluster.json").read_text())
-    runtime.init(address=info["head_address"], token=(home / "clusters" / "rs" / "token").read_text().strip())
-    yield {"path": path, "home": home, "head": home / "clusters" / "rs" / "local" / "nodes" / info["head_node_id"]}
-    runtime.shutdown()
-    cli("down", str(path), "--yes", home=home)
+    c = RunningCluster(tmp, data)
+    yield {"path": c.path, "home": c.home, "head": c.head_home}
+    c.down()
 
 
 def _head_pid(cluster) -> int:

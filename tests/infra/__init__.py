@@ -84,6 +84,38 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
+class RunningCluster:
+    """A cluster brought up as a user does (`launch up FILE`), with this process's runtime API connected
+    to its head; `down()` ends both."""
+
+    def __init__(self, tmp: Path, data: dict):
+        import json
+
+        import runtime
+
+        self.home = tmp / "home"
+        self.path = write_config(tmp / f"{data['cluster_name']}.yaml", data)
+        r = cli("up", str(self.path), "--yes", home=self.home)
+        assert r.returncode == 0, r.stdout + r.stderr
+        cdir = self.home / "clusters" / data["cluster_name"]
+        self.info = json.loads((cdir / "cluster.json").read_text())
+        self.address = self.info["head_address"]
+        self.token = (cdir / "token").read_text().strip()
+        self.nodes_dir = cdir / "local" / "nodes"  # local nodes' homes
+        self.head_home = self.nodes_dir / self.info["head_node_id"]
+        runtime.init(address=self.address, token=self.token)
+
+    def node_types(self) -> dict[str, str]:
+        """node id -> its node type, as `launch status` lists them."""
+        return {n["id"]: n["node_type"] for n in cluster_status(self.path, self.home)["nodes"]}
+
+    def down(self) -> None:
+        import runtime
+
+        runtime.shutdown()
+        cli("down", str(self.path), "--yes", home=self.home)
+
+
 def local_cluster(name: str, **overrides) -> dict:
     """A small local cluster: a 1-CPU head and one 2-CPU worker (min 1), plus a declared-GPU type."""
     cfg = {
