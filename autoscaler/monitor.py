@@ -45,6 +45,7 @@ from lifecycle.hashing import launch_hash
 from lifecycle.on_head import head_state
 from lifecycle.state import ClusterDir
 from runtime.client import HeadClient
+from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 
 log = logging.getLogger("launch.autoscaler")
@@ -77,8 +78,11 @@ class Monitor:
     def event(self, kind: str, **fields) -> None:
         record = {"ts": round(self.clock(), 3), "event": kind, **fields}
         with self.lock:
-            self.events.write(json.dumps(record, sort_keys=True) + "\n")
             self.recent.append(record)
+            try:
+                self.events.write(json.dumps(record, sort_keys=True) + "\n")
+            except OSError:  # a full disk: the event is lost from the log, and the loop goes on
+                pass
 
     # --- observe ------------------------------------------------------------------------------------
 
@@ -355,6 +359,7 @@ class _Metrics:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    single_instance("monitor")
     spec, state = head_state()  # the head's own: spec, key, mounts, setup logs, pinned host keys
     node_cfg = NodeRuntimeConfig.load()
     monitor = Monitor(spec, state, node_cfg.token, on_this_node(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)

@@ -126,8 +126,11 @@ class Chaos:
         began = time.monotonic()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
         env["LAUNCH_HOME"] = str(self.home)
+        # SIGINT as a terminal sends it: a shell starts background jobs with it ignored, which the command
+        # would inherit (and never see its Ctrl-C)
         proc = subprocess.Popen([sys.executable, "-m", "launcher", command, str(self.config_file), "-y"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             if interrupt_after is not None:
                 try:
@@ -412,6 +415,8 @@ def main() -> None:
     try:
         run(chaos, args, rng, faults)
     finally:
+        chaos.stop.set()
+        chaos.launch("down")  # (again, if the run got that far): nothing of the bench is left running
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(home)], check=False)
 

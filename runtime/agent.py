@@ -23,6 +23,7 @@ from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
 from runtime.limits import MAX_REPLY_BYTES
+from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.processes import discard_results
 from runtime.proto import head_pb2 as pb
@@ -343,6 +344,7 @@ def end_orphaned_work(node_id: str) -> int:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    single_instance("agent")
     cfg = NodeRuntimeConfig.load()
     head_address = cfg.head_address or on_this_node(HEAD_ADDRESS).read_text().strip()
     agent = Agent(cfg, head_address)

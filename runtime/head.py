@@ -27,7 +27,7 @@ from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SW
 from runtime.head_store import StoreKeeping
 from runtime.head_transfers import Transfers
 from runtime.limits import GRPC_OPTIONS, STORE_FULL
-from runtime.node import HEAD_LIVENESS, beat
+from runtime.node import HEAD_LIVENESS, beat, single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
@@ -378,6 +378,7 @@ def _trim_heap() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    single_instance("head")
     cfg = NodeRuntimeConfig.load()
     server, servicer, port = serve(cfg)
     address = f"{cfg.address}:{port}"

@@ -111,8 +111,51 @@ def _spawn(name: str) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _pid_file(name).write_text(str(proc.pid))
+    try:
+        _record_pid(name, proc.pid)
+    except OSError:
+        proc.kill()  # untracked, it would run beside the next one started: two agents of one node
+        proc.wait()
+        raise
     return proc
+
+
+def _record_pid(name: str, pid: int) -> None:
+    """Written in place at a fixed width: on a full disk the file's own block takes the new pid (a daemon
+    is restarted while the disk is full), and a write that fails leaves the old record whole, never an
+    empty file (a daemon nobody could find)."""
+    fd = os.open(_pid_file(name), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, f"{pid:>10}\n".encode(), 0)
+        os.ftruncate(fd, 11)
+    finally:
+        os.close(fd)
+
+
+_held: list = []  # the lock a daemon holds while it lives (see single_instance)
+
+
+def single_instance(name: str, wait_s: float = 10.0) -> None:
+    """(a daemon starting) Be the only `name` of this node: a second agent (or head, or autoscaler) would
+    run its node's work twice. Waits for one that is still stopping; exits if another keeps running."""
+    import fcntl
+
+    try:
+        lock = open(runtime_dir() / "pids" / f"{name}.lock", "a+")
+    except OSError as e:  # no room for even an empty file: run unguarded rather than not at all
+        print(f"{name}: no single-instance lock ({e.strerror}); starting anyway", file=sys.stderr, flush=True)
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _held.append(lock)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                print(f"{name}: another {name} of this node is running; this one exits", file=sys.stderr, flush=True)
+                sys.exit(0)
+            time.sleep(0.1)
 
 
 def _stop(name: str, grace_s: float = 5.0) -> None:
@@ -265,7 +308,8 @@ def stop_monitor() -> int:
 def supervise() -> int:
     """Start again every wanted daemon that is not running. One that dies soon after it started (a crash
     loop) is retried less and less often, up to every 30 s; one that ran a while and then died (killed,
-    out of memory) is started again at once. Every restart is logged."""
+    out of memory) is started again at once. Every restart is logged. Nothing stops the supervisor but
+    SIGTERM: not a full disk (its log, a pid file), nor any other error of one round."""
     stop_now = []
     signal.signal(signal.SIGTERM, lambda *_: stop_now.append(True))
     _pid_file("supervisor").parent.mkdir(parents=True, exist_ok=True)
@@ -275,27 +319,45 @@ def supervise() -> int:
     started = {name: 0.0 for name in SUPERVISED}
     while not stop_now:
         now = time.monotonic()
-        with _spawn_lock():
-            for name in SUPERVISED:
-                pid = daemon_pid(name)
-                if pid is not None and hung(name):
-                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} (pid {pid}) has not said it is alive "
-                          f"for {LIVENESS_S:.0f}s: killing it", flush=True)
-                    _kill_hung(name, pid)
-                    pid = None
-                if stop_now or not _wanted_file(name).exists() or pid is not None:
-                    continue
-                if now - started[name] > HEALTHY_AFTER_S:  # it had been up a while: not a crash loop
-                    delay[name], next_try[name] = SUPERVISE_EVERY_S, 0.0
-                if now < next_try[name]:
-                    continue
-                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name} is not running: starting it again", flush=True)
-                _spawn(name)
-                started[name] = now
-                next_try[name] = now + delay[name]
-                delay[name] = min(RESTART_BACKOFF_MAX_S, delay[name] * 2)
+        try:
+            with _spawn_lock():
+                for name in SUPERVISED:
+                    if not stop_now:
+                        _supervise_one(name, now, delay, next_try, started)
+        except Exception as e:  # noqa: BLE001 - tried again next round
+            _say(f"supervising failed this round ({type(e).__name__}: {e})")
         time.sleep(SUPERVISE_EVERY_S)
     return 0
+
+
+def _supervise_one(name: str, now: float, delay: dict, next_try: dict, started: dict) -> None:
+    pid = daemon_pid(name)
+    if pid is not None and hung(name):
+        _say(f"{name} (pid {pid}) has not said it is alive for {LIVENESS_S:.0f}s: killing it")
+        _kill_hung(name, pid)
+        pid = None
+    if not _wanted_file(name).exists() or pid is not None:
+        return
+    if now - started[name] > HEALTHY_AFTER_S:  # it had been up a while: not a crash loop
+        delay[name], next_try[name] = SUPERVISE_EVERY_S, 0.0
+    if now < next_try[name]:
+        return
+    _say(f"{name} is not running: starting it again")
+    started[name] = now
+    next_try[name] = now + delay[name]
+    delay[name] = min(RESTART_BACKOFF_MAX_S, delay[name] * 2)
+    try:
+        _spawn(name)
+    except OSError as e:  # a full disk: tried again, with the backoff, once there may be room
+        _say(f"could not start {name}: {e}")
+
+
+def _say(message: str) -> None:
+    """A line of the supervisor's log; lost, not fatal, when the disk is full."""
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+    except OSError:
+        pass
 
 
 def _kill_hung(name: str, pid: int) -> None:
