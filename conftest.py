@@ -161,3 +161,25 @@ def container_images(twin_net, node_images, tmp_path_factory):
         yield {"py313": py313, "py313b": lab.alias(py313, "py313b")}
     finally:
         lab.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Real small disks: `tmpfs("size=1m")` (mount options) mounts a tmpfs and returns its folder; all are
+    unmounted after the test. Needs root."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made = []
+
+    def make(options: str):
+        d = tmp_path / f"fs{len(made)}"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "none", str(d)], check=True)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        subprocess.run(["umount", "-l", str(d)], check=False)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.infra import ROOT, wait_for
+from tests.infra import ROOT, fill_disk, wait_for
 
 HOLD = ("from runtime.node import single_instance; single_instance({name!r}, wait_s={wait}); "
         "print('running', flush=True); import time; time.sleep(60)")
@@ -61,52 +61,36 @@ def _spawned(home) -> list[int]:
     return found
 
 
-def test_a_daemon_whose_pid_cannot_be_written_is_not_left_running(tmp_path, monkeypatch):
+def test_a_daemon_whose_pid_cannot_be_written_is_not_left_running(tmpfs, monkeypatch):
     """On a full disk a daemon is started again where its pid file is (written in place); where no pid
     file can be written, the daemon started is killed rather than left running untracked."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     import runtime.node as node
 
-    home = tmp_path / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(home)], check=True)
-    try:
-        monkeypatch.setenv("HOME", str(home))
-        monkeypatch.setitem(node.DAEMONS, "agent", "http.server 0")  # stand-ins that run until killed
-        monkeypatch.setitem(node.DAEMONS, "monitor", "http.server 0")
-        node._spawn("agent").kill()  # room: it runs, and its pid is recorded
-        node._pid_file("monitor").parent.mkdir(parents=True, exist_ok=True)
-        wait_for(lambda: _spawned(home) == [], timeout=10, what="the first stand-in gone")
-        with open(home / "filler", "wb", buffering=0) as f:  # the disk fills
-            try:
-                while True:
-                    f.write(b"x" * 65536)
-            except OSError:
-                pass
-        again = node._spawn("agent")  # its pid file is there: restarted, recorded in place
-        assert int(node._pid_file("agent").read_text()) == again.pid and _spawned(home) == [again.pid]
-        again.kill()
-        again.wait()
-        with pytest.raises(OSError):
-            node._spawn("monitor")  # no pid file, and no room for one
-        assert _spawned(home) == []  # not left running where no supervisor can find it
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    home = tmpfs("size=1m")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setitem(node.DAEMONS, "agent", "http.server 0")  # stand-ins that run until killed
+    monkeypatch.setitem(node.DAEMONS, "monitor", "http.server 0")
+    node._spawn("agent").kill()  # room: it runs, and its pid is recorded
+    node._pid_file("monitor").parent.mkdir(parents=True, exist_ok=True)
+    wait_for(lambda: _spawned(home) == [], timeout=10, what="the first stand-in gone")
+    fill_disk(home)
+    again = node._spawn("agent")  # its pid file is there: restarted, recorded in place
+    assert int(node._pid_file("agent").read_text()) == again.pid and _spawned(home) == [again.pid]
+    again.kill()
+    again.wait()
+    with pytest.raises(OSError):
+        node._spawn("monitor")  # no pid file, and no room for one
+    assert _spawned(home) == []  # not left running where no supervisor can find it
 
 
 SUPERVISOR = ("import runtime.node as n; n.DAEMONS['agent'] = 'http.server 0'; n.SUPERVISED = ('agent',); "
               "n._want('agent', True); n.supervise()")
 
 
-def test_the_supervisor_lives_through_a_full_disk_and_restarts_what_dies_meanwhile(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+def test_the_supervisor_lives_through_a_full_disk_and_restarts_what_dies_meanwhile(tmpfs):
     import signal
 
-    home = tmp_path / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(home)], check=True)
+    home = tmpfs("size=1m")
     log = home / "supervisor.log"
     supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR], env=_env(home), cwd=home,
                                   stdout=open(log, "ab"), stderr=subprocess.STDOUT)
@@ -114,12 +98,7 @@ def test_the_supervisor_lives_through_a_full_disk_and_restarts_what_dies_meanwhi
         (first,) = wait_for(lambda: _spawned(home), timeout=30, what="the supervised stand-in running")
         with open(log, "ab") as f:  # its log ends at a page's end: on a full disk, no next line fits
             f.write(b"#" * (-log.stat().st_size % 4096))
-        with open(home / "filler", "wb", buffering=0) as f:  # the disk fills: its own log cannot grow
-            try:
-                while True:
-                    f.write(b"x" * 65536)
-            except OSError:
-                pass
+        fill_disk(home)  # its own log cannot grow
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: [p for p in _spawned(home) if p != first], timeout=30,
                  what="the stand-in started again while the disk is full")
@@ -129,4 +108,3 @@ def test_the_supervisor_lives_through_a_full_disk_and_restarts_what_dies_meanwhi
         supervisor.wait()
         for pid in _spawned(home):
             os.kill(pid, signal.SIGKILL)
-        subprocess.run(["umount", "-l", str(home)], check=False)

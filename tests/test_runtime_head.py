@@ -535,36 +535,19 @@ def test_get_wait_or_cancel_of_an_id_the_head_does_not_know_is_one_clear_error(h
 
 
 @pytest.fixture
-def small_disk_head(tmp_path):
+def small_disk_head(tmpfs):
     """A head whose state lives on a small disk of its own (a real 4 MiB tmpfs), and a way to fill it."""
-    import os
-    import subprocess
+    from tests.infra import fill_disk
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(fs)], check=True)
+    fs = tmpfs("size=4m")
     cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
                             bind_host="127.0.0.1", head_port=0)
     server, servicer, port = serve(cfg, state_dir=fs / "state")
-
-    def fill():
-        with open(fs / "filler", "wb") as f:
-            try:
-                while True:
-                    f.write(b"x" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-        return fs / "filler"
-
     try:
-        yield f"127.0.0.1:{port}", servicer, fill
+        yield f"127.0.0.1:{port}", servicer, lambda: fill_disk(fs)
     finally:
         server.stop(grace=0)
         servicer.store.close()
-        subprocess.run(["umount", "-l", str(fs)], check=False)
 
 
 def test_a_full_disk_refuses_new_work_in_one_line_and_the_head_serves_on_and_recovers(small_disk_head):

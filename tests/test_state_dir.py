@@ -3,41 +3,18 @@ no traceback, and nothing left running that a later `down` could not find (real 
 
 from __future__ import annotations
 
-import os
-import subprocess
-
-import pytest
-
-from tests.infra import ROOT, cli, processes_with_env, write_config, local_cluster
+from tests.infra import cli, local_cluster, processes_with_env, write_config
 
 
-@pytest.fixture
-def mount(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    made = []
-
-    def make(options: str):
-        d = tmp_path / f"fs{len(made)}"
-        d.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "none", str(d)], check=True)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def test_a_read_only_state_dir_is_named_in_one_line(mount, tmp_path):
-    home = mount("ro,size=1m") / "launch"
+def test_a_read_only_state_dir_is_named_in_one_line(tmpfs, tmp_path):
+    home = tmpfs("ro,size=1m") / "launch"
     path = write_config(tmp_path / "c.yaml", local_cluster("ro"))
     r = cli("up", str(path), "--yes", home=home)
     assert r.returncode == 1 and r.stderr.strip() == f"error: {home}: Read-only file system", r.stderr
 
 
-def test_a_state_dir_that_fills_fails_in_one_line_and_down_still_ends_the_nodes(mount, tmp_path):
-    fs = mount("size=64k")
+def test_a_state_dir_that_fills_fails_in_one_line_and_down_still_ends_the_nodes(tmpfs, tmp_path):
+    fs = tmpfs("size=64k")
     home = fs / "launch"
     path = write_config(tmp_path / "c.yaml", local_cluster("full"))
     r = cli("up", str(path), "--yes", home=home, timeout=120)

@@ -40,6 +40,19 @@ def cluster_status(path: Path, home: Path) -> dict:
     return json.loads(r.stdout)
 
 
+def fill_disk(folder: Path) -> Path:
+    """Fill the disk `folder` is on (a tmpfs of the test's) until it has no room left; the file that did
+    it, to remove for room again. Unbuffered: a buffered file would fail once more on close."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 65536)
+        except OSError:
+            pass
+    return filler
+
+
 def node_dir(home: Path, hostname: str | None = None) -> Path:
     """A node's own runtime files (core.paths.NODE_DIR) under its home: `hostname` is a twin's name, by
     default this machine's (local nodes, sshd hosts)."""
