@@ -197,8 +197,9 @@ class Chaos:
             import uuid as u
 
             path = os.path.join(marks_dir, f"t{i}.{u.uuid4().hex}")
-            with open(path, "w") as f:
-                f.write(f"{t.time()}\n")
+            with open(path, "w") as f:  # when, and who ran it (to trace a run twice at once)
+                f.write(f"{t.time()} pid={os.getpid()} ppid={os.getppid()} node={os.environ.get('LAUNCH_NODE_ID')} "
+                        f"item={os.environ.get('LAUNCH_ITEM_ID')}\n")
             t.sleep(seconds)
             with open(path, "a") as f:
                 f.write(f"{t.time()}\n")
@@ -206,7 +207,8 @@ class Chaos:
 
         def job_spec(n: int, seconds: float) -> pb.WorkSpec:
             mark = f"{marks}/j{n}.$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
-            command = f"m={mark}; date +%s.%N > $m; sleep {seconds:.2f}; date +%s.%N >> $m"
+            command = (f"m={mark}; echo $(date +%s.%N) pid=$$ ppid=$PPID node=$LAUNCH_NODE_ID item=$LAUNCH_ITEM_ID > $m; "
+                       f"sleep {seconds:.2f}; date +%s.%N >> $m")
             return pb.WorkSpec(kind="job", name=f"chaos-{n}", command=command, max_retries=MAX_RETRIES,
                                request=pb.Resources(amounts={"CPU": 1.0}))
 
@@ -317,6 +319,9 @@ class Chaos:
         self.paused.set()
         self.idle.wait()
         self.settle(deadline_s=300)
+        # the nodes' logs, kept: `down` removes them, and a run twice at once is traced through them
+        subprocess.run(["cp", "-r", str(self.nodes_dir), str(self.marks.parent / f"nodes-{time.time():.0f}")],
+                       check=False)
         if self.launch("down", interrupt=True) == 0:
             self.counts["down finished before its Ctrl-C"] += 1
         if self.launch("down") != 0:
@@ -379,10 +384,12 @@ class Chaos:
 
     def runs(self) -> tuple[int, int, int]:
         """(keys run more than 1+retries times, keys retried, keys with two runs at once)."""
-        by_key: dict[str, list[tuple[float, float | None]]] = {}
+        by_key: dict[str, list[tuple[float, float | None, str]]] = {}
         for p in self.marks.iterdir():
-            times = [float(x) for x in p.read_text().split()]
-            by_key.setdefault(p.name.split(".")[0], []).append((times[0], times[1] if len(times) > 1 else None))
+            lines = p.read_text().splitlines()
+            start, _, who = lines[0].partition(" ")
+            end = float(lines[1]) if len(lines) > 1 else None
+            by_key.setdefault(p.name.split(".")[0], []).append((float(start), end, who))
         beyond = sum(1 for r in by_key.values() if len(r) > MAX_RETRIES + 1)
         retried = sum(1 for r in by_key.values() if len(r) > 1)
         overlapping = 0
@@ -411,6 +418,7 @@ def main() -> None:
         print("not root: no tmpfs to fill, no disk faults")
         del faults["disk"]
     os.environ["LAUNCH_HOME"] = str(home)
+    print(f"the run's files (marks, the nodes' logs kept before each down): {work}", flush=True)
     chaos = Chaos(home, work, rng)
     try:
         run(chaos, args, rng, faults)
@@ -445,7 +453,7 @@ def run(chaos: Chaos, args, rng: random.Random, faults: dict[str, float]) -> Non
             chaos.hung.append(f"no recovery {RECOVERY_LIMIT_S}s after the {fault} fault")
         recovery[fault].append(took)
         cycles += 1
-        print(f"cycle {cycles}: {fault}; recovered in {took:.1f}s", flush=True)
+        print(f"cycle {cycles} at {time.time() - took:.2f}: {fault}; recovered in {took:.1f}s", flush=True)
     chaos.paused.set()
     chaos.idle.wait()
     chaos.settle(deadline_s=300)

@@ -43,18 +43,21 @@ def work_token(cluster_token: str) -> str:
     return "w." + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """For the head's asyncio server (runtime/loop_server.py)."""
+
     def __init__(self, token: str):
         if not token:
             raise ValueError("the runtime refuses to start without a cluster token")
         self._expected = f"Bearer {token}".encode()
         self._work = f"Bearer {work_token(token)}".encode()
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+        # (coroutines: an asyncio server takes one for any shape of call, streams included)
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
 
-        def deny_work(request, context):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "work on the cluster may not make this call")
+        async def deny_work(request, context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "work on the cluster may not make this call")
 
         def handlers(fn):
             return {"unary": grpc.unary_unary_rpc_method_handler(fn),
@@ -64,15 +67,15 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
         self._deny, self._deny_work = handlers(deny), handlers(deny_work)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         given = dict(handler_call_details.invocation_metadata or ()).get(METADATA_KEY, "").encode()
         if hmac.compare_digest(given, self._expected):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         method = handler_call_details.method.rsplit("/", 1)[-1]
         shape = ("response" if method in RESPONSE_STREAMS else "request" if method in REQUEST_STREAMS
                  else "both" if method in BOTH_STREAMS else "unary")
         if hmac.compare_digest(given, self._work):
             if method in WORK_METHODS:
-                return continuation(handler_call_details)
+                return await continuation(handler_call_details)
             return self._deny_work[shape]
         return self._deny[shape]

@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -23,10 +22,12 @@ from runtime.auth import TokenInterceptor
 from runtime.head_nodes import NodeService
 from runtime.head_results import ResultWaiting
 from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SWEEP_EVERY_S, NodeRecord,
-                                StoreUnavailable, Waiter, default_state_dir, item_of, log, stored_result)
+                                StoreUnavailable, Waiter, default_state_dir, in_step, item_of, log,
+                                stored_result)
 from runtime.head_store import StoreKeeping
 from runtime.head_transfers import Transfers
 from runtime.limits import GRPC_OPTIONS, STORE_FULL
+from runtime.loop_server import LoopServer
 from runtime.node import HEAD_LIVENESS, beat, single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
@@ -53,9 +54,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         self.store_error = ""  # why the store could not be written, while it cannot
         # (node id, assignment) placed by a commit that failed: handed out once a later one succeeds
         self.unsent: list[tuple[str, pb.Assignment]] = []
-        self.blocked_gets = 0  # GetResults calls waiting now, each on a thread of its own
+        self.waiting_gets = 0  # GetResults calls being answered now, most waiting (changed only on the loop)
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
-        self.sessions = 0  # client Session streams open now
+        self.sessions = 0  # client Session streams open now (changed only on the server's loop)
         self.owner_timeout_s = owner_timeout_s
         self.owners: dict[str, float] = {}  # driver -> when it last said it is alive (or its actor arrived)
         self.recover_until = self._recover(clock())
@@ -204,10 +205,11 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         self._apply_report(request.node_id, request.results)
         return pb.ReportReply()
 
-    def ReportStream(self, request_iterator, context):
-        """An agent's reports on one stream (no call per report): each applied, and acknowledged when it asks."""
-        for request in request_iterator:
-            self._apply_report(request.node_id, request.results)
+    async def ReportStream(self, request_iterator, context):
+        """An agent's reports on one stream (no call per report): each applied, and acknowledged when it
+        asks. Waits for the next on the server's loop, holding no thread."""
+        async for request in request_iterator:
+            await in_step(context, self._apply_report, request.node_id, request.results)
             if request.want_ack:
                 yield pb.ReportAck(seq=request.seq)
 
@@ -308,33 +310,36 @@ def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
     return ["127.0.0.1"] + ([cfg.address] if cfg.address not in ("127.0.0.1", "localhost", "") else [])
 
 
-def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[grpc.Server, HeadServicer, int]:
+def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[LoopServer, HeadServicer, int]:
     servicer = HeadServicer(cfg.heartbeat_interval_s, cfg.node_timeout_s, node_types=cfg.node_types,
                             state_dir=state_dir, owner_timeout_s=cfg.owner_timeout_s)
-    # Threads: each agent holds a WorkStream open and each get() may block, so leave plenty.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=SERVER_THREADS), interceptors=[TokenInterceptor(cfg.token)],
-        options=GRPC_OPTIONS,
-    )
-    pb_grpc.add_HeadServicer_to_server(servicer, server)
     # A restarted head takes the port it had, so its agents, clients and port forwards find it again.
     port_file = servicer.store.dir / "port"
     saved = int(port_file.read_text()) if not cfg.head_port and port_file.exists() else 0
+    server = _server(servicer, cfg.token)
     port = _listen(server, bind_hosts(cfg), cfg.head_port or saved)
     if port == 0 and saved:
         log.warning("port %d of the previous head is taken: listening on another", saved)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
-                             interceptors=[TokenInterceptor(cfg.token)], options=GRPC_OPTIONS)
-        pb_grpc.add_HeadServicer_to_server(servicer, server)
+        server.stop(grace=0).wait()
+        server = _server(servicer, cfg.token)
         port = _listen(server, bind_hosts(cfg), 0)
     if port == 0:
+        server.stop(grace=0).wait()
         raise RuntimeError(f"cannot listen on {', '.join(bind_hosts(cfg))} port {cfg.head_port}")
     atomic_write(port_file, str(port), mode=0o600)
     server.start()
     return server, servicer, port
 
 
-def _listen(server: grpc.Server, hosts: list[str], port: int) -> int:
+def _server(servicer: HeadServicer, token: str) -> LoopServer:
+    # Threads for the plain handlers: each agent's WorkStream waits on one between its messages; a
+    # waiting get holds none (an async handler)
+    server = LoopServer(SERVER_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS)
+    server.add_servicer(pb_grpc.add_HeadServicer_to_server, servicer)
+    return server
+
+
+def _listen(server: LoopServer, hosts: list[str], port: int) -> int:
     """Bind every host to one port (0: the first bind picks it); 0 if any bind fails."""
     for host in hosts:
         try:

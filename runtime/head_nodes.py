@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 
-from runtime.head_state import ALIVE, ASSIGNMENT_BATCH, DEAD, NodeRecord, log
+from runtime.head_state import ALIVE, ASSIGNMENT_BATCH, DEAD, REFUSALS, NodeRecord, in_step, log
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 from runtime.work import Item
+
+
+# how soon a replaced WorkStream with nothing to send notices and ends
+STREAM_CHECK_S = 0.5
 
 
 class NodeService:
@@ -93,28 +98,42 @@ class NodeService:
                 self._settle(self.clock())
         return pb.DrainReply(drained=drained, running=running)
 
-    def WorkStream(self, request, context):
+    async def WorkStream(self, request, context):
         """The node's assignments, in order. A re-opened stream replaces the one before (which stops, and
         puts back what it took but did not send) and first sends again everything the node is counted
-        to run: one sent on a stream that broke may never have arrived. The agent ignores what it has."""
-        with self.lock:
-            rec = self.nodes.get(request.node_id)
-            if rec is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered")
-            rec.stream += 1
-            me = rec.stream
-            node = self.sched.nodes.get(request.node_id)
-            again = [] if me == 1 or node is None else self._assignments(self._given_to(node), {})
+        to run: one sent on a stream that broke may never have arrived. The agent ignores what it has.
+        Waits on the server's loop, holding no thread; a node that goes away cancels it."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        rec, me, again = await in_step(context, self._open_stream, request.node_id,
+                                       lambda: loop.call_soon_threadsafe(ready.set))
         for start in range(0, len(again), ASSIGNMENT_BATCH):
             yield pb.Assignments(items=again[start:start + ASSIGNMENT_BATCH])
-        while context.is_active() and rec.stream == me:
-            batch = rec.outbox.take(0.5, ASSIGNMENT_BATCH, MAX_REPLY_BYTES)
+        while rec.stream == me:
+            ready.clear()  # before taking: a put from now on sets it again
+            batch = rec.outbox.take(ASSIGNMENT_BATCH, MAX_REPLY_BYTES)
             if not batch:
+                try:  # (a replaced stream notices within this)
+                    await asyncio.wait_for(ready.wait(), STREAM_CHECK_S)
+                except asyncio.TimeoutError:
+                    pass
                 continue
-            if rec.stream != me or not context.is_active():
+            if rec.stream != me:
                 rec.outbox.put_back(batch)
                 return
             yield pb.Assignments(items=batch)
+
+    def _open_stream(self, node_id: str, wake) -> tuple[NodeRecord, int, list[pb.Assignment]]:
+        """(a step) The node's stream made its current one: its record, its number, and what to send again."""
+        with self.lock:
+            rec = self.nodes.get(node_id)
+            if rec is None:
+                REFUSALS.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not registered")
+            rec.stream += 1
+            rec.outbox.wake = wake
+            node = self.sched.nodes.get(node_id)
+            again = [] if rec.stream == 1 or node is None else self._assignments(self._given_to(node), {})
+            return rec, rec.stream, again
 
     def _given_to(self, node) -> list[Item]:
         """(under self.lock) What a node is counted to run, in an order it can start it in: actors before

@@ -1,48 +1,82 @@
-"""The head service's results (runtime/head.py): gets, waiting ones, and the replies."""
+"""The head service's results (runtime/head.py): gets, waiting ones, and the replies.
+
+A waiting get is an async handler on the server's event loop (runtime/loop_server.py): it holds no
+thread while it waits, so ten thousand of them cost memory only. Its blocking steps (the head's lock, the
+store) run on the loop's few step threads."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 import grpc
 
-from runtime.head_state import MAX_BLOCKED_GETS, SESSION_LIMIT, WAIT_CHECK_S, Waiter, stored_result
+from runtime.head_state import MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, stored_result
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 
 
+def _resolve(future: asyncio.Future) -> None:  # (on the loop)
+    if not future.done():
+        future.set_result(None)
+
+
 class ResultWaiting:
-    """Clients' gets: results at once, or a wait on a thread of its own (at most MAX_BLOCKED_GETS of them, the
-    rest told to ask again), on a call or a session stream; a waiting item's CPUs lent meanwhile. Its state is
-    the HeadServicer's (set in HeadServicer.__init__): a part of it, not used alone."""
+    """Clients' gets: results at once, or a wait on the server's loop (at most MAX_WAITING_GETS of them,
+    the rest told to ask again), on a call or a session stream; a waiting item's CPUs lent meanwhile. Its
+    state is the HeadServicer's (set in HeadServicer.__init__): a part of it, not used alone."""
 
-    def GetResults(self, request, context):
-        return self._get_results(request, context, admit=True)
+    async def GetResults(self, request, context):
+        return await self._get_results(request, context, admit=True)
 
-    def Session(self, request_iterator, context):
+    async def Session(self, request_iterator, context):
         """A client's GetResults as messages on one stream: the latency of a `get` without a call's setup.
-        Each session holds a server thread while it lives, so there are at most SESSION_LIMIT; a client
-        refused one uses GetResults."""
-        with self.lock:
-            if self.sessions >= SESSION_LIMIT:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions: use GetResults")
-            self.sessions += 1
+        At most SESSION_LIMIT open at once; a client refused one uses GetResults."""
+        if self.sessions >= SESSION_LIMIT:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions: use GetResults")
+        self.sessions += 1
         try:
-            for request in request_iterator:
-                yield pb.SessionReply(reply=self._get_results(request.get, context))
+            async for request in request_iterator:
+                yield pb.SessionReply(reply=await self._get_results(request.get, context))
         finally:
-            with self.lock:
-                self.sessions -= 1
+            self.sessions -= 1
 
-    def _get_results(self, request, context, admit: bool = False) -> pb.GetResultsReply:
-        """Waits on an event set once enough of its items are done: each item's completion counts once
-        (no re-scan of the others, no polling); a check every few seconds only notices a client that went
-        away. `admit`: a call that would hold a thread of its own waits only while fewer than
-        MAX_BLOCKED_GETS do; else it is answered at once, busy."""
+    async def _get_results(self, request, context, admit: bool = False) -> pb.GetResultsReply:
+        """Waits for a future resolved once enough of its items are done: each item's completion counts
+        once (no re-scan of the others, no polling); a client that goes away cancels the wait. `admit`: a
+        call waits only while fewer than MAX_WAITING_GETS do; else it is answered at once, busy."""
+        loop = asyncio.get_running_loop()
+        deadline = None if request.timeout_s < 0 else loop.time() + request.timeout_s
+        woken = loop.create_future()
+        busy = admit and request.timeout_s != 0 and self.waiting_gets >= MAX_WAITING_GETS
+        # counted at once (on the loop): calls arriving together cannot all pass the limit (a session's gets
+        # are bounded by SESSION_LIMIT, one at a time each)
+        counted = admit and not busy
+        self.waiting_gets += counted
+        try:
+            ids, live, waiter, lent = await in_step(
+                context, self._begin_get, request, busy, lambda: loop.call_soon_threadsafe(_resolve, woken))
+            busy = busy and not waiter.done
+            try:
+                if not waiter.done and not busy and request.timeout_s != 0:
+                    await asyncio.wait_for(woken, None if deadline is None else max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:  # the client went away: its wait is undone all the same
+                loop.run_in_executor(None, self._end_get, ids, live, waiter, lent, request.caller_id)
+                raise
+        finally:
+            self.waiting_gets -= counted
+        done = await loop.run_in_executor(None, self._end_get, ids, live, waiter, lent, request.caller_id)
+        reply = await in_step(context, self._results_reply, done, waiter.results, REFUSALS)
+        reply.busy = busy
+        return reply
+
+    def _begin_get(self, request, busy: bool, wake) -> tuple[list[str], list[str], Waiter, bool]:
+        """(a step) Submits what came with the get, refuses unknown ids, and registers a Waiter for the
+        live items unless the get will not wait (busy, or no time to)."""
         if request.submit.specs:
-            self._submit(request.submit, context)
+            self._submit(request.submit, REFUSALS)
         ids = list(dict.fromkeys(request.ids))
-        deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         with self.lock:
             absent = [i for i in ids if i not in self.sched.items]
         # an id neither live nor stored is refused before any wait; with nothing to wait for, reading the
@@ -50,50 +84,39 @@ class ResultWaiting:
         if absent and len(absent) < len(ids):
             unknown = set(absent) - self.store.known(absent)
             if unknown:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
+                REFUSALS.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
         with self.lock:
             live = [i for i in ids if i in self.sched.items]
             want = min(request.num_returns or len(ids), len(ids)) - (len(ids) - len(live))
-            waiter = Waiter(max(want, 0))
-            if want > 0:
+            waiter = Waiter(max(want, 0), wake)
+            waits = want > 0 and not busy and request.timeout_s != 0
+            if waits:
                 for i in live:
                     self.waiters.setdefault(i, set()).add(waiter)
-            busy = admit and not waiter.event.is_set() and request.timeout_s != 0 and \
-                self.blocked_gets >= MAX_BLOCKED_GETS
-            blocks = admit and not busy and not waiter.event.is_set()
-            self.blocked_gets += blocks
             # a task (or job) waiting for other work lends its CPUs to it meanwhile
-            lent = not busy and bool(request.caller_id) and not waiter.event.is_set() and self._lend(request.caller_id)
-        try:
-            while not waiter.event.is_set() and not busy:
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not context.is_active():
-                    break
-                waiter.event.wait(timeout=WAIT_CHECK_S if left is None else min(left, WAIT_CHECK_S))
-        finally:
-            if blocks:
-                with self.lock:
-                    self.blocked_gets -= 1
-            if waiter.event.is_set() and all(i in waiter.results for i in live):
-                # every item it waited for was handed over (and its registration dropped) by _commit
-                done = [i for i in ids if i in waiter.results or i not in live]
-            else:
-                with self.lock:
-                    for i in live:
-                        waiting = self.waiters.get(i)
-                        if waiting is not None:
-                            waiting.discard(waiter)
-                            if not waiting:
-                                del self.waiters[i]
-                    done = [i for i in ids if i not in self.sched.items or i in waiter.results]
-            if lent:
-                with self.lock:
-                    node_id = self.sched.take_back_cpu(request.caller_id)
-                    if node_id is not None:
-                        self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.caller_id, take_back_cpu=True))
-        reply = self._results_reply(done, waiter.results, context)
-        reply.busy = busy
-        return reply
+            lent = waits and bool(request.caller_id) and self._lend(request.caller_id)
+        return ids, live, waiter, lent
+
+    def _end_get(self, ids: list[str], live: list[str], waiter: Waiter, lent: bool, caller_id: str) -> list[str]:
+        """(a step) The get's waiter undone, its lent CPUs taken back; the ids done now."""
+        if waiter.done and all(i in waiter.results for i in live):
+            # every item it waited for was handed over (and its registration dropped) by _commit
+            done = [i for i in ids if i in waiter.results or i not in live]
+        else:
+            with self.lock:
+                for i in live:
+                    waiting = self.waiters.get(i)
+                    if waiting is not None:
+                        waiting.discard(waiter)
+                        if not waiting:
+                            del self.waiters[i]
+                done = [i for i in ids if i not in self.sched.items or i in waiter.results]
+        if lent:
+            with self.lock:
+                node_id = self.sched.take_back_cpu(caller_id)
+                if node_id is not None:
+                    self.nodes[node_id].outbox.put(pb.Assignment(item_id=caller_id, take_back_cpu=True))
+        return done
 
     def _lend(self, caller_id: str) -> bool:
         """(under self.lock) The caller's CPUs count as free on its node (which is told so, ahead of any

@@ -3,6 +3,7 @@ and of waiting gets, and how a stored result is read."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import sqlite3
@@ -10,6 +11,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
 
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
@@ -27,19 +30,45 @@ class StoreUnavailable(Exception):
     """The head's store cannot be written now (a full disk): what changed stays in memory until it can."""
 
 ALIVE, DEAD = "alive", "dead"
-# A blocking `get` holds one server thread while it waits (asleep on its own event): enough threads that
-# a thousand waiting clients never leave heartbeats, reports or ClusterState without one.
+# Threads for the head's plain (sync) handlers: each agent's WorkStream waits on one between its
+# messages; clients' waiting gets hold none (runtime/loop_server.py)
 SERVER_THREADS = 2048
-WAIT_CHECK_S = 2.0  # how often a waiting GetResults looks whether its client went away
 SWEEP_EVERY_S = 60.0
 ASSIGNMENT_BATCH = 1000
-# client Session streams (each holds a server thread for its life): well below SERVER_THREADS, so agents'
-# streams, heartbeats and the autoscaler always find one
-SESSION_LIMIT = 512
-# GetResults calls let wait at once (each holds a server thread while it waits): more are answered at
-# once, told to ask again (busy), so heartbeats, reports and the autoscaler always find a thread, however
-# many clients wait (with SESSION_LIMIT, half the threads are kept for them)
-MAX_BLOCKED_GETS = SERVER_THREADS // 2 - SESSION_LIMIT
+# A waiting get or an open client session costs the head memory only (a few KiB each): past these
+# limits a get is answered at once, told to ask again (busy), and a session is refused (the client
+# makes calls instead)
+MAX_WAITING_GETS = 50_000
+SESSION_LIMIT = 10_000
+
+
+class Refused(Exception):
+    """A call refused by a step that runs on a thread: the async handler aborts the call with it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Refusals:
+    """The `context` a step of an async handler is given: the handler's own must be awaited on the loop,
+    so this one's abort raises Refused, which in_step passes on."""
+
+    @staticmethod
+    def abort(code: grpc.StatusCode, details: str):
+        raise Refused(code, details)
+
+
+REFUSALS = _Refusals()
+
+
+async def in_step(context, fn, *args):
+    """fn(*args) on a step thread of the server's loop (runtime/loop_server.py: what takes the head's lock
+    or reads the store must not block the loop); a refusal it raises aborts the call."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except Refused as e:
+        await context.abort(e.code, e.details)
 
 
 def default_state_dir() -> Path:
@@ -49,27 +78,32 @@ def default_state_dir() -> Path:
 
 class Outbox:
     """Assignments waiting for a node's WorkStream, in order; a stream that took some and could not send
-    them (it was replaced) puts them back in front."""
+    them (it was replaced) puts them back in front. `wake`: the current stream's, called (from any
+    thread) when one is put."""
 
     def __init__(self):
         self.items: collections.deque = collections.deque()
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.wake = None
 
     def put(self, a: pb.Assignment) -> None:
-        with self.cond:
+        with self.lock:
             self.items.append(a)
-            self.cond.notify()
+        self._wake()
 
     def put_back(self, batch: list[pb.Assignment]) -> None:
-        with self.cond:
+        with self.lock:
             self.items.extendleft(reversed(batch))
-            self.cond.notify()
+        self._wake()
 
-    def take(self, timeout: float, most: int, max_bytes: int) -> list[pb.Assignment]:
-        """What is waiting, up to `most` or `max_bytes` (at least one), after up to `timeout` for one."""
-        with self.cond:
-            if not self.items:
-                self.cond.wait(timeout)
+    def _wake(self) -> None:
+        wake = self.wake
+        if wake is not None:
+            wake()
+
+    def take(self, most: int, max_bytes: int) -> list[pb.Assignment]:
+        """What is waiting now, up to `most` or `max_bytes` (at least one)."""
+        with self.lock:
             batch, size = [], 0
             while self.items and len(batch) < most and (not batch or size < max_bytes):
                 batch.append(self.items.popleft())
@@ -94,22 +128,24 @@ class NodeRecord:
 
 
 class Waiter:
-    """A GetResults call waiting for `needed` more of its items to be done."""
+    """A GetResults call waiting for `needed` more of its items to be done; `wake` is called (from the
+    thread that made it so) once they are."""
 
-    __slots__ = ("needed", "event", "results")
+    __slots__ = ("needed", "done", "results", "wake")
 
-    def __init__(self, needed: int):
+    def __init__(self, needed: int, wake=None):
         self.needed = needed
-        self.event = threading.Event()
+        self.done = needed <= 0
+        self.wake = wake
         self.results: dict[str, pb.ItemResult] = {}  # handed over as they finish: no read of the store
-        if needed <= 0:
-            self.event.set()
 
     def one_done(self, result: pb.ItemResult) -> None:
         self.results[result.id] = result
         self.needed -= 1
-        if self.needed <= 0:
-            self.event.set()
+        if self.needed <= 0 and not self.done:
+            self.done = True
+            if self.wake is not None:
+                self.wake()
 
 
 def stored_result(t: tuple, make=pb.ItemResult) -> pb.ItemResult:

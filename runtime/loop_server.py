@@ -1,0 +1,80 @@
+"""A gRPC server whose calls are served from an asyncio event loop on a thread of its own.
+
+Why not `grpc.server`: there each call holds a thread until it is answered, so a `get` that waits for its
+result holds one for the whole wait, and a few thousand waiting clients take every thread (heartbeats
+then queue behind them, nodes are declared dead: issue 28.6). Here an `async def` handler waits on the
+loop for nothing but memory, and a plain (sync) handler runs on the thread pool, as it would on
+`grpc.server`. Made, bound, started and stopped from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+
+# Threads for the short blocking steps of async handlers (`loop.run_in_executor(None, ...)`: taking the
+# head's lock, reading the store): a few are enough (the steps hold the GIL), and a burst of ten thousand
+# gets waking at once queues here, not on the threads of the plain handlers (heartbeats)
+STEP_THREADS = 8
+# Calls that arrive faster than the loop takes them wait in gRPC's queue, which by default keeps 1,000
+# (3,000 at most): ten thousand clients asking at once would find it full and part of them would hang
+PENDING_CALLS = 100_000
+
+
+class LoopServer:
+    def __init__(self, threads: int, interceptors: list, options: list):
+        self.loop = asyncio.new_event_loop()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
+        self.steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix="rpc-step")
+        self.loop.set_default_executor(self.steps)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rpc-loop", daemon=True)
+        self._thread.start()
+
+        async def make() -> grpc.aio.Server:  # an aio server belongs to the loop it is made on
+            return grpc.aio.server(migration_thread_pool=self.pool, interceptors=interceptors, options=[
+                *options, ("grpc.server.max_pending_requests", PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS)])
+
+        self.server = self._run(make())
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def add_servicer(self, add_to_server, servicer) -> None:
+        async def add():
+            add_to_server(servicer, self.server)
+
+        self._run(add())
+
+    def add_insecure_port(self, address: str) -> int:
+        async def add():
+            return self.server.add_insecure_port(address)
+
+        return self._run(add())
+
+    def start(self) -> None:
+        self._run(self.server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Ends every call after `grace` seconds (in-flight ones may finish meanwhile); the returned event
+        is set once the server and its loop are gone."""
+        stopped = threading.Event()
+
+        async def stop():
+            try:
+                await self.server.stop(grace)
+            finally:
+                self.loop.call_soon(self.loop.stop)
+                self.pool.shutdown(wait=False)
+                self.steps.shutdown(wait=False)
+                stopped.set()
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        else:
+            stopped.set()
+        return stopped
