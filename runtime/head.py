@@ -22,8 +22,8 @@ from runtime.auth import TokenInterceptor
 from runtime.head_nodes import NodeService
 from runtime.head_results import ResultWaiting
 from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SWEEP_EVERY_S, NodeRecord,
-                                StoreUnavailable, Waiter, default_state_dir, in_step, item_of, log,
-                                stored_result)
+                                StoreUnavailable, Waiter, default_state_dir, item_of, log, stored_result,
+                                under_lock)
 from runtime.head_store import StoreKeeping
 from runtime.head_transfers import Transfers
 from runtime.limits import GRPC_OPTIONS, STORE_FULL
@@ -209,7 +209,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         """An agent's reports on one stream (no call per report): each applied, and acknowledged when it
         asks. Waits for the next on the server's loop, holding no thread."""
         async for request in request_iterator:
-            await in_step(context, self._apply_report, request.node_id, request.results)
+            await under_lock(self.lock, context, self._apply_report, request.node_id, request.results)
             if request.want_ack:
                 yield pb.ReportAck(seq=request.seq)
 

@@ -10,7 +10,7 @@ import asyncio
 
 import grpc
 
-from runtime.head_state import MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, stored_result
+from runtime.head_state import MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, stored_result, under_lock
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 
@@ -53,8 +53,8 @@ class ResultWaiting:
         counted = admit and not busy
         self.waiting_gets += counted
         try:
-            ids, live, waiter, lent = await in_step(
-                context, self._begin_get, request, busy, lambda: loop.call_soon_threadsafe(_resolve, woken))
+            ids, live, waiter, lent = await under_lock(
+                self.lock, context, self._begin_get, request, busy, lambda: loop.call_soon_threadsafe(_resolve, woken))
             busy = busy and not waiter.done
             try:
                 if not waiter.done and not busy and request.timeout_s != 0:
@@ -66,10 +66,18 @@ class ResultWaiting:
                 raise
         finally:
             self.waiting_gets -= counted
-        done = await loop.run_in_executor(None, self._end_get, ids, live, waiter, lent, request.caller_id)
-        reply = await in_step(context, self._results_reply, done, waiter.results, REFUSALS)
+        if not lent and waiter.done and all(i in waiter.results for i in ids):
+            # all of it handed over as it finished (the usual `get`): no lock, no store, no thread
+            reply = self._results_reply(ids, waiter.results, REFUSALS)
+        else:
+            reply = await in_step(context, self._finish_get, ids, live, waiter, lent, request.caller_id)
         reply.busy = busy
         return reply
+
+    def _finish_get(self, ids: list[str], live: list[str], waiter: Waiter, lent: bool, caller_id: str):
+        """(a step) The get undone, and its reply."""
+        done = self._end_get(ids, live, waiter, lent, caller_id)
+        return self._results_reply(done, waiter.results, REFUSALS)
 
     def _begin_get(self, request, busy: bool, wake) -> tuple[list[str], list[str], Waiter, bool]:
         """(a step) Submits what came with the get, refuses unknown ids, and registers a Waiter for the
