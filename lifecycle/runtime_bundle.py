@@ -41,7 +41,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import providers
 from core.errors import LaunchError, first_line
@@ -71,7 +71,6 @@ PYTHON_CONSTRAINTS = {(3, 9): ["google-auth<2.51", "google-api-core<2.31", "goog
 RESOLVE_TIMEOUT_S = 600
 
 # botocore carries every AWS service's model; the head calls only these
-BOTOCORE_SERVICES = {"ec2", "iam", "sts"}
 BUNDLE_NAME = "bundle.tar.gz"  # kept beside a node install: what the head ships on to its workers
 
 
@@ -140,29 +139,31 @@ class Target:
                               f"Python {supported} on the node (install one there, or use another image)")
 
 
-def _skip(arc: str) -> bool:
+def _never(parts: list[str]) -> bool:
+    return False
+
+
+def _skip(arc: str, unused: Callable[[list[str]], bool]) -> bool:
     parts = arc.split("/")
-    if parts[1:3] == ["botocore", "data"] and len(parts) > 4:  # site/botocore/data/<service>/...
-        return parts[3] not in BOTOCORE_SERVICES
-    if parts[1:3] == ["azure", "mgmt"] and "aio" in parts[4:-1]:  # the async clients: the head uses the sync ones
-        return True
-    return "__pycache__" in parts or arc.endswith(".pyc")
+    return "__pycache__" in parts or arc.endswith(".pyc") or unused(parts[1:])  # (parts[0]: "site")
 
 
-def _tree(root: Path, prefix: str) -> list[tuple[str, Path]]:
-    """Every file under `root` as (archive name under `prefix`, path), in a stable order."""
+def _tree(root: Path, prefix: str, unused: Callable[[list[str]], bool] = _never) -> list[tuple[str, Path]]:
+    """Every file under `root` as (archive name under `prefix`, path), in a stable order; not those
+    `unused` names (a provider's SDK files the head never imports)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for f in sorted(filenames):
             path = Path(dirpath) / f
             arc = f"{prefix}/{path.relative_to(root).as_posix()}"
-            if not _skip(arc):
+            if not _skip(arc, unused):
                 out.append((arc, path))
     return out
 
 
-def _files(modules: list[str], optional: set[str] = frozenset()) -> list[tuple[str, Path]]:
+def _files(modules: list[str], optional: set[str] = frozenset(),
+           unused: Callable[[list[str]], bool] = _never) -> list[tuple[str, Path]]:
     out = []
     for name in modules:
         spec = importlib.util.find_spec(name)
@@ -173,7 +174,7 @@ def _files(modules: list[str], optional: set[str] = frozenset()) -> list[tuple[s
         if not spec.submodule_search_locations:  # a single-file module
             out.append((f"site/{Path(spec.origin).name}", Path(spec.origin)))
             continue
-        out += _tree(Path(list(spec.submodule_search_locations)[0]), "site/" + name.replace(".", "/"))
+        out += _tree(Path(list(spec.submodule_search_locations)[0]), "site/" + name.replace(".", "/"), unused)
     return out
 
 
@@ -302,13 +303,14 @@ def resolved_site(target: Target, requirements: list[str], constraints: list[str
 
 
 def _dependency_files(kind: str, provider: str, target: Target) -> list[tuple[str, Path]]:
+    unused = providers.facts(provider).head_sdk_unused if kind == "head" and provider else _never
     if target.runs_wheels_of(Target.local()):
         modules, optional = bundle_modules(kind, provider)
-        return _files(modules, optional) + _metadata_files(modules)
+        return _files(modules, optional, unused) + _metadata_files(modules)
     constraints = []
     if kind == "head":  # beside the node bundle on the head's path: the same grpcio, protobuf, ...
         constraints = pinned_versions(resolved_site(target, bundle_requirements("node", "", target)))
-    return _tree(resolved_site(target, bundle_requirements(kind, provider, target), constraints), "site")
+    return _tree(resolved_site(target, bundle_requirements(kind, provider, target), constraints), "site", unused)
 
 
 @functools.lru_cache(maxsize=8)

@@ -46,9 +46,15 @@ STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
 
 
+def _unused_by_head(parts: list[str]) -> bool:
+    """botocore's models of the services the head never calls (it calls ec2, iam, sts): most of its size."""
+    return parts[:2] == ["botocore", "data"] and len(parts) > 3 and parts[2] not in ("ec2", "iam", "sts")
+
+
 FACTS = ProviderFacts(
     machine_key="InstanceType",
     head_sdk=("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"),
+    head_sdk_unused=_unused_by_head,
 )
 
 

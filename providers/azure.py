@@ -52,12 +52,18 @@ DEFAULT_IMAGE = {"imagePublisher": "Canonical", "imageOffer": "0001-com-ubuntu-s
                  "imageSku": "22_04-lts-gen2", "imageVersion": "latest"}
 
 
+def _unused_by_head(parts: list[str]) -> bool:
+    """The management clients' async halves: the head uses the sync ones."""
+    return parts[:2] == ["azure", "mgmt"] and "aio" in parts[3:-1]
+
+
 FACTS = ProviderFacts(
     machine_key="vmSize",
     head_sdk=("azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
               "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",
               "msal", "isodate", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),
     head_sdk_optional=frozenset({"jwt", "msal_extensions"}),
+    head_sdk_unused=_unused_by_head,
 )
 
 

@@ -15,7 +15,7 @@ state is in instance tags, so everything can be rebuilt from `list`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,9 @@ class ProviderFacts:
     # what the head's control plane imports to call the cloud: shipped with the head's runtime
     head_sdk: tuple[str, ...] = ()
     head_sdk_optional: frozenset[str] = frozenset()  # imported by those SDKs where present
+    # which files of those SDKs (a path's parts under site-packages) the head never imports: left out of
+    # its bundle (most of an SDK's size can be data for services it never calls)
+    head_sdk_unused: Callable[[list[str]], bool] = lambda parts: False
     # bootstrap creates and looks up nothing outside this machine: run again where a cluster's spec is lost
     offline_bootstrap: bool = False
 

@@ -82,6 +82,20 @@ def test_the_head_bundle_asks_for_the_clouds_sdk_as_launch_declares_it():
     assert f"cloudpickle=={cloudpickle.__version__}" in rb.bundle_requirements("node", "", Target.local())
 
 
+def test_the_head_bundle_leaves_out_what_its_cloud_sdk_never_imports():
+    """Each provider says which of its SDK's files the head never imports (providers/<cloud>.py FACTS):
+    botocore's models of services other than ec2, iam and sts; the Azure clients' async halves."""
+    def arcs(provider: str) -> set[str]:
+        return {arc for arc, _ in rb._dependency_files("head", provider, Target.local())}
+
+    aws = arcs("aws")
+    assert any(a.startswith("site/botocore/data/ec2/") for a in aws)
+    assert not any(a.startswith("site/botocore/data/s3/") for a in aws)
+    azure = arcs("azure")
+    assert any(a.startswith("site/azure/mgmt/compute/") for a in azure)
+    assert not any("/aio/" in a for a in azure if a.startswith("site/azure/mgmt/"))
+
+
 def test_no_wheels_for_the_nodes_platform_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LAUNCH_HOME", str(tmp_path))
     with pytest.raises(LaunchError) as e:
