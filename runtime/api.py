@@ -361,8 +361,12 @@ def on_disconnect(hook: Callable[[Any], None]) -> None:
 def _disconnect_at_exit() -> None:
     """A driver that exits without shutdown() still ends what it owns (actors, not detached ones)."""
     if _conn is not None:
-        for hook in _on_disconnect:
-            hook(_conn.client)
+        _disconnecting(_conn.client)
+
+
+def _disconnecting(client) -> None:
+    for hook in _on_disconnect:
+        hook(client)
 
 
 def shutdown() -> None:
@@ -373,8 +377,7 @@ def shutdown() -> None:
         try:
             conn.flush()
         finally:
-            for hook in _on_disconnect:
-                hook(conn.client)
+            _disconnecting(conn.client)
             conn.close()
     _close_tunnels()
 
