@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import threading
 import time
@@ -397,8 +398,16 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     housekeeping(servicer, stop, min(1.0, cfg.node_timeout_s / 4))
     addr_file.unlink(missing_ok=True)
-    server.stop(grace=2).wait()
-    log.info("head service stopped")
+    try:
+        server.stop(grace=2).wait(timeout=10)
+        with servicer.lock:
+            servicer.store.close()
+        log.info("head service stopped")
+        logging.shutdown()
+    finally:
+        # not a return: a plain handler's thread still reading a request stream waits on the stopped loop
+        # for good, and the interpreter would wait for that thread at exit
+        os._exit(0)
 
 
 if __name__ == "__main__":
