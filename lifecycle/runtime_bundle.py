@@ -70,7 +70,6 @@ PYTHON_CONSTRAINTS = {(3, 9): ["google-auth<2.51", "google-api-core<2.31", "goog
                                "opentelemetry-api<1.42"]}
 RESOLVE_TIMEOUT_S = 600
 
-# botocore carries every AWS service's model; the head calls only these
 BUNDLE_NAME = "bundle.tar.gz"  # kept beside a node install: what the head ships on to its workers
 
 

@@ -333,8 +333,6 @@ def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[LoopSe
 
 
 def _server(servicer: HeadServicer, token: str) -> LoopServer:
-    # Threads for the plain handlers: each agent's WorkStream waits on one between its messages; a
-    # waiting get holds none (an async handler)
     server = LoopServer(SERVER_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS)
     server.add_servicer(pb_grpc.add_HeadServicer_to_server, servicer)
     return server

@@ -1,8 +1,8 @@
 """The head service's results (runtime/head.py): gets, waiting ones, and the replies.
 
 A waiting get is an async handler on the server's event loop (runtime/loop_server.py): it holds no
-thread while it waits, so ten thousand of them cost memory only. Its blocking steps (the head's lock, the
-store) run on the loop's few step threads."""
+thread while it waits, so ten thousand of them cost memory only. Its steps that take the head's lock run
+on the loop when the lock is free, else on the loop's few step threads, as do reads of the store."""
 
 from __future__ import annotations
 

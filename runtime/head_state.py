@@ -30,8 +30,8 @@ class StoreUnavailable(Exception):
     """The head's store cannot be written now (a full disk): what changed stays in memory until it can."""
 
 ALIVE, DEAD = "alive", "dead"
-# Threads for the head's plain (sync) handlers: each agent's WorkStream waits on one between its
-# messages; clients' waiting gets hold none (runtime/loop_server.py)
+# Threads for the head's plain (sync) handlers (heartbeats, registration, submissions, transfers); what
+# waits (gets, sessions, work and report streams) holds none (runtime/loop_server.py)
 SERVER_THREADS = 2048
 SWEEP_EVERY_S = 60.0
 ASSIGNMENT_BATCH = 1000

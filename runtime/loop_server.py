@@ -34,27 +34,27 @@ class LoopServer:
         self._thread = threading.Thread(target=self.loop.run_forever, name="rpc-loop", daemon=True)
         self._thread.start()
 
-        async def make() -> grpc.aio.Server:  # an aio server belongs to the loop it is made on
-            return grpc.aio.server(migration_thread_pool=self.pool, interceptors=interceptors, options=[
-                *options, ("grpc.server.max_pending_requests", PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS)])
-
-        self.server = self._run(make())
+        # an aio server belongs to the loop it is made on
+        self.server = self._on_loop(lambda: grpc.aio.server(
+            migration_thread_pool=self.pool, interceptors=interceptors,
+            options=[*options, ("grpc.server.max_pending_requests", PENDING_CALLS),
+                     ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS)]))
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def add_servicer(self, add_to_server, servicer) -> None:
-        async def add():
-            add_to_server(servicer, self.server)
+    def _on_loop(self, fn):
+        """fn() called on the loop's thread (the aio server's own methods must be), its result returned."""
+        async def call():
+            return fn()
 
-        self._run(add())
+        return self._run(call())
+
+    def add_servicer(self, add_to_server, servicer) -> None:
+        self._on_loop(lambda: add_to_server(servicer, self.server))
 
     def add_insecure_port(self, address: str) -> int:
-        async def add():
-            return self.server.add_insecure_port(address)
-
-        return self._run(add())
+        return self._on_loop(lambda: self.server.add_insecure_port(address))
 
     def start(self) -> None:
         self._run(self.server.start())
