@@ -1,19 +1,25 @@
-"""The autoscaler's loop on the head node: observe -> plan -> act, once per tick.
+"""The autoscaler's loop on the head node, the cluster's one reconciler: observe -> plan -> act, each tick.
 
-- observe: the provider's nodes (by cluster tag) and the runtime's ClusterState (nodes, demand);
-- plan: autoscaler.planner.plan, a pure function;
-- act: through the lifecycle (the same code `up` runs): drain, undrain, terminate; create nodes
-  (tagged at birth with a launch request id) and set them up in background threads, so a slow
-  bootstrap never blocks the tick.
+- observe: the provider's nodes (by cluster tag), the runtime's ClusterState (nodes, demand), and the
+  spec `up` shipped (read again when it changed: a new generation, a new round);
+- plan: autoscaler.planner.plan, a pure function (min_workers included; a static cluster, autoscaler:
+  false, plans with no demand);
+- act: through the lifecycle: drain, undrain, terminate; ask for nodes (a launch is a request: `create`
+  runs on a thread, tagged at birth with the request id, and its answer, nodes or a typed error, is
+  seen the next tick), set up new nodes and check every other worker once per round, in background
+  threads, so neither a slow cloud call nor a slow bootstrap blocks the tick;
+- report: the plan, failures and the round (what was done for `up`'s generation, what it waits for,
+  whether it converged) in autoscaler-status.json, which `up` and `launch status` read.
 
 Crash-safe by construction: all state is in instance tags and the runtime. A restarted monitor sees
 launching nodes as capacity (no duplicate launch), adopts nodes whose set-up was interrupted (nobody is
 setting them up any more), and the planner terminates nodes stuck in a status past the launch timeout
 or unknown to the runtime past a grace period (no leak). Any failure to create or set up nodes of a type
 (capacity, quota, a bad image, a missing permission, a setup command that fails) backs that type off
-with a growing delay, and the planner keeps serving the other types. Events go to
-~/.launch-runtime/nodes/<hostname>/logs/autoscaler.log (JSON lines, followed by `launch monitor`), the last plan to
-autoscaler-status.json (shown by `launch status`), and Prometheus metrics are served on the head.
+with a growing delay, and the planner keeps serving the other types. `launch down` has it remove every
+worker and stop (runtime.node stop-monitor --down). Events go to
+~/.launch-runtime/nodes/<hostname>/logs/autoscaler.log (JSON lines, followed by `launch monitor`), and
+Prometheus metrics are served on the head.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
@@ -34,44 +41,107 @@ from core.backoff import Backoff
 from core.errors import LaunchError
 from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
-from core.paths import (
-    HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_STATUS, on_this_node,
-)
-from core.spec import ClusterSpec
+from core.paths import HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
-from core.tags import KIND_HEAD, TAG_LAUNCH_HASH
-from lifecycle.cluster import Lifecycle
+from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_REQUEST_ID
+from lifecycle.cluster import REGISTER_TIMEOUT_S, Lifecycle
 from lifecycle.hashing import launch_hash
-from lifecycle.on_head import head_state
-from lifecycle.state import ClusterDir
+from lifecycle.on_head import head_state, read_head_spec
+from lifecycle.reconciler import Round
+from lifecycle.updater import NodeUpdateFailed
 from runtime.client import HeadClient
 from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 
 log = logging.getLogger("launch.autoscaler")
+ROUND_TICK_S = 1.0
+DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider  # how often the monitor ticks while `up` waits for it to converge
+
+
+@dataclass
+class _Round:
+    """One generation of the spec as the monitor works on it: the workers checked in it, what was done,
+    what failed. Closed once it converges: what happens later is the autoscaler's ordinary business."""
+
+    generation: int
+    checked: set[str] = field(default_factory=set)
+    actions: list[str] = field(default_factory=list)
+    failures: dict[str, dict] = field(default_factory=dict)  # node id -> NodeUpdateFailed.as_dict()
+    errors: dict[str, str] = field(default_factory=dict)  # node type -> why it could not be launched
+    waiting: list[str] = field(default_factory=list)
+    short: list[str] = field(default_factory=list)  # node types below their min_workers
+    converged: bool = False
+
+    def did(self, action: str) -> None:
+        if not self.converged:
+            self.actions.append(action)
+
+    def report(self) -> Round:
+        return Round(self.generation, self.converged, list(self.waiting), list(self.actions),
+                     list(self.failures.values()), [self.errors[t] for t in self.short if t in self.errors])
+
+
+@dataclass
+class _Request:
+    """A launch asked of the provider and not yet answered: `create` runs on a thread of its own, so a
+    slow cloud call (GCP operations, Azure pollers, a Slurm queue) never holds the loop. Until its answer
+    is seen (the next tick), its nodes count as launching."""
+
+    node_type: str
+    count: int
+    reason: str
+    asked_at: float
+    future: Future
+
+    def unlisted(self, nodes: list[NodeInfo], request_id: str) -> int:
+        """How many of its nodes the provider does not list yet (a cloud may list them before answering)."""
+        return max(0, self.count - sum(1 for n in nodes if n.tags.get(TAG_REQUEST_ID) == request_id))
+
+
+REQUESTED = "requested:"  # the id prefix of a node a launch request has not yet made
 
 
 class Monitor:
-    def __init__(self, spec: ClusterSpec, state: ClusterDir, token: str, head_address: str, bind_host: str,
-                 clock=time.time):
+    def __init__(self, token: str, bind_host: str, clock=time.time):
         self.clock = clock
-        self.spec = spec
-        self.cfg = spec.config
-        self.name = spec.name
-        self.lifecycle = Lifecycle(spec, state)
         self.token = token
         self.bind_host = bind_host
-        self.head_address = head_address
-        self.head = HeadClient(head_address, token, timeout_s=10)
+        self.spec_text = ""
+        self.retired: list[Lifecycle] = []  # replaced by a new spec's: closed once nothing uses them
+        self.head_address = ""
+        self.head: HeadClient | None = None
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bootstrap")
         self.bootstrapping: dict[str, Future] = {}
+        self.requests: dict[str, _Request] = {}  # request id -> a launch on its way
+        self.creating = ThreadPoolExecutor(max_workers=8, thread_name_prefix="create")
         self.backoff: dict[str, Backoff] = {}  # node type -> its failures and when it may be tried again
         self.lost_since: dict[str, float] = {}
         self.learned: dict[str, dict[str, float]] = {}  # node type -> resources its nodes registered with
         self.recent: deque[dict] = deque(maxlen=30)
         self.lock = threading.Lock()
+        self.wake = threading.Event()  # set: tick now (run() takes the one its signal handlers set)
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
+        self.reload()
+
+    def reload(self) -> None:
+        """The spec `up` shipped, read again when it changed: a new generation, a new round."""
+        text = read_head_spec()
+        if text == self.spec_text:
+            return
+        spec, state = head_state(text)
+        if self.spec_text:
+            self.retired.append(self.lifecycle)
+        self.spec_text, self.spec, self.cfg, self.name = text, spec, spec.config, spec.name
+        self.lifecycle = Lifecycle(spec, state)
+        self.static = not self.cfg.autoscaler.enabled
+        address = on_this_node(HEAD_ADDRESS).read_text().strip()
+        if address != self.head_address:  # the head's runtime restarted elsewhere
+            if self.head is not None:
+                self.head.close()
+            self.head_address, self.head = address, HeadClient(address, self.token, timeout_s=10)
+        self.round = _Round(spec.generation)
+        self.event("spec", generation=spec.generation, static=self.static)
 
     # --- events -------------------------------------------------------------------------------------
 
@@ -122,12 +192,17 @@ class Monitor:
                 launched_at=n.launched_at, status_since=n.status_since, draining=bool(r and r.draining),
                 outdated=outdated, lost_for=lost_for,
             ))
+        for request_id, r in self.requests.items():
+            out += [NodeView(id=f"{REQUESTED}{request_id}:{i}", node_type=r.node_type, status=NodeStatus.PENDING,
+                             launched_at=r.asked_at) for i in range(r.unlisted(nodes, request_id))]
         return out
 
     # --- one tick -----------------------------------------------------------------------------------
 
     def tick(self) -> Plan:
+        self.reload()
         now = self.clock()
+        self.answered(now)
         phases: dict[str, float] = {}
         t0 = time.monotonic()
         nodes = self.lifecycle.nodes()
@@ -138,19 +213,22 @@ class Monitor:
         limits = Limits(
             max_workers=self.cfg.max_workers, upscaling_speed=self.cfg.upscaling_speed,
             idle_timeout_s=self.cfg.idle_timeout_minutes * 60, max_cost_per_hour=self.cfg.max_cost_per_hour,
-            launch_timeout_s=a.launch_timeout_minutes * 60, runtime_grace_s=a.runtime_grace_s,
+            launch_timeout_s=a.launch_timeout_minutes * 60, runtime_grace_s=a.runtime_grace_s, static=self.static,
         )
         types = self.node_types(state)
-        demand = [(dict(d.shape.amounts), d.count) for d in state.demand]
+        # a static cluster (autoscaler: false) is kept at min_workers: the planner sees no demand
+        demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand]
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
-        groups = [GroupDemand(tuple(shape_of(dict(b.amounts)) for b in g.bundles), g.strategy, g.count)
-                  for g in state.groups]
+        groups = [] if self.static else [GroupDemand(tuple(shape_of(dict(b.amounts)) for b in g.bundles), g.strategy,
+                                                     g.count) for g in state.groups]
         result = plan(PlanInput(types, views, demand, limits, backoff, now, groups))
         t1 = time.monotonic()
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
-        self.adopt(nodes, {i for i, _ in result.terminations})
+        self.tend(nodes, result)
+        self.converge(nodes, {v.id: v for v in views}, result, types, now)
+        self.close_retired()
         phases["act"] = time.monotonic() - t1
         self.report(result, nodes, types, demand, state, now, groups)
         took = time.monotonic() - t0
@@ -184,6 +262,8 @@ class Monitor:
             self.event("drain", node=node_id, reason=reason)
 
         for node_id, reason in p.terminations:
+            if node_id.startswith(REQUESTED):  # not made yet: a launch is not called off, its nodes are seen next
+                continue
             node = nodes[node_id]
             if views[node_id].registered:
                 # drain first: once the head says it is drained, no work can reach it any more
@@ -200,6 +280,7 @@ class Monitor:
             self.event("terminate", node=node_id, node_type=node.node_type, reason=reason,
                        stopped=healthy and self.lifecycle.caches_stopped_nodes and not node.spot)
             (self.lifecycle.retire if healthy else self.lifecycle.terminate)([node])
+            self.round.did(f"worker {node_id}: terminated ({reason})")
             self.metrics.terminations.labels(node.node_type).inc()
             if views[node_id].registered:  # gone now, not when its heartbeats stop (nor "interrupted")
                 self.head.remove_node(node_id, reason)
@@ -208,17 +289,31 @@ class Monitor:
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)
 
     def launch(self, node_type: str, count: int, reason: str, now: float) -> None:
+        """Ask the provider for nodes; returns at once. What came of it is seen by `answered`."""
         request_id = uuid.uuid4().hex[:12]
-        try:
-            created = self.lifecycle.create(node_type, count, request_id=request_id)
-        except Exception as e:  # noqa: BLE001  any failure of one type must not stop the others
-            self.back_off(node_type, _describe(e), now)
-            return
-        self.metrics.launches.labels(node_type).inc(len(created))
-        self.event("launch", node_type=node_type, count=len(created), asked=count, request=request_id,
-                   reason=reason, nodes=[n.id for n in created])
-        for node in created:
-            self.bootstrap(node)
+        future = self.creating.submit(self.lifecycle.create, node_type, count, request_id=request_id)
+        future.add_done_callback(lambda _: self.wake.set())  # its nodes are set up at the next tick, now
+        self.requests[request_id] = _Request(node_type, count, reason, now, future)
+
+    def answered(self, now: float) -> None:
+        """Launch requests the provider answered: their nodes are set up, a failure backs the type off."""
+        for request_id, r in list(self.requests.items()):
+            if not r.future.done():
+                continue
+            del self.requests[request_id]
+            try:
+                created = r.future.result()
+            except Exception as e:  # noqa: BLE001  any failure of one type must not stop the others
+                self.back_off(r.node_type, _describe(e), now)
+                self.round.errors[r.node_type] = f"could not launch worker(s) of type {r.node_type}: {_describe(e)}"
+                continue
+            self.round.errors.pop(r.node_type, None)
+            self.round.did(f"{len(created)} worker(s) of type {r.node_type}: created")
+            self.metrics.launches.labels(r.node_type).inc(len(created))
+            self.event("launch", node_type=r.node_type, count=len(created), asked=r.count, request=request_id,
+                       reason=r.reason, nodes=[n.id for n in created], took_s=round(now - r.asked_at, 2))
+            for node in created:
+                self.bootstrap(node)
 
     def back_off(self, node_type: str, error: str, now: float) -> None:
         a = self.cfg.autoscaler
@@ -229,28 +324,109 @@ class Monitor:
         self.event("launch-failed", node_type=node_type, error=error, backoff_s=delay, failures=b.failures)
 
     def bootstrap(self, node: NodeInfo) -> None:
+        """Set a worker up, or check it and bring it up to date, in the background; what came of it is
+        recorded in the round it was started in."""
+        lifecycle, rnd = self.lifecycle, self.round
+
         def run():
             try:
-                self.lifecycle.set_up_worker(node, self.token, self.head_address)
+                done = lifecycle.set_up_worker(node, self.token, self.head_address)
             except Exception as e:  # noqa: BLE001  a node whose setup fails backs its type off
+                failed = e if isinstance(e, NodeUpdateFailed) else NodeUpdateFailed(node.id, "set-up", [_describe(e)])
+                with self.lock:
+                    rnd.checked.add(node.id)
+                    rnd.failures[node.id] = failed.as_dict()
                 self.event("setup-failed", node=node.id, node_type=node.node_type, error=_describe(e))
                 self.back_off(node.node_type, f"setup of {node.id} failed: {_describe(e)}", self.clock())
+                self.wake.set()
                 return
             with self.lock:
-                self.backoff.pop(node.node_type, None)  # a node of it came up: the type works
-            self.event("node-up", node=node.id, node_type=node.node_type)
+                rnd.checked.add(node.id)
+                rnd.failures.pop(node.id, None)
+                if done:
+                    rnd.did(f"worker {node.id}: {done}")
+                    self.backoff.pop(node.node_type, None)  # a node of it came up: the type works
+            if done:
+                self.event("node-up", node=node.id, node_type=node.node_type, done=done)
+            self.wake.set()
 
         self.bootstrapping[node.id] = self.pool.submit(run)
 
-    def adopt(self, nodes: list[NodeInfo], terminated: set[str]) -> None:
-        """Nodes half set up that nobody is setting up (a previous monitor died): finish them."""
+    def in_flight(self, node_id: str) -> bool:
+        future = self.bootstrapping.get(node_id)
+        return future is not None and not future.done()
+
+    def tend(self, nodes: list[NodeInfo], p: Plan) -> None:
+        """Every worker once per round: one half set up that nobody is setting up (a previous monitor
+        died) is finished; every other is checked and brought up to date (changed setup or mounts, a
+        runtime that stopped or is to restart). A failed one is retried in a static cluster; the planner
+        replaces it in an autoscaling one."""
+        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
         for n in nodes:
-            if n.kind == KIND_HEAD or n.id in terminated or n.status not in SETTING_UP:
+            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id) or n.tags.get(TAG_REQUEST_ID) in self.requests
+                    or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
-            future = self.bootstrapping.get(n.id)
-            if future is None or future.done():
+            if n.status in SETTING_UP:
                 self.event("adopt", node=n.id, node_type=n.node_type, status=n.status.value)
                 self.bootstrap(n)
+            elif n.id not in self.round.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED):
+                self.bootstrap(n)
+
+    def converge(self, nodes: list[NodeInfo], views: dict[str, NodeView], p: Plan,
+                 types: dict[str, NodeTypeSpec], now: float) -> None:
+        """Whether the round is done: every worker checked in it, set up and registered (or failed), and
+        min_workers of each type there (or its launch failed). What it still waits for, said to `up`."""
+        rnd = self.round
+        if rnd.converged:
+            return
+        waiting: list[str] = []
+        leaving = {i for i, _ in p.terminations}
+        have = dict(p.launches)
+        for n in nodes:
+            v = views[n.id]
+            if n.kind == KIND_HEAD or n.id in leaving or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING):
+                continue
+            if n.status != NodeStatus.UPDATE_FAILED:
+                have[n.node_type] = have.get(n.node_type, 0) + 1
+            with self.lock:
+                failed = n.id in rnd.failures
+            if self.in_flight(n.id) or n.status in SETTING_UP:
+                waiting.append(f"worker {n.id}: {n.status.value}")
+            elif failed:
+                continue
+            elif n.id not in rnd.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED):
+                waiting.append(f"worker {n.id}: to be checked")
+            elif v.outdated:
+                waiting.append(f"worker {n.id}: outdated, being replaced")
+            elif n.status == NodeStatus.UP_TO_DATE and not v.registered:
+                if v.lost_for <= REGISTER_TIMEOUT_S:
+                    waiting.append(f"worker {n.id}: registering with the head")
+                else:
+                    with self.lock:
+                        rnd.failures[n.id] = NodeUpdateFailed(
+                            n.id, "registering", [], f"not registered with the head within {REGISTER_TIMEOUT_S:.0f}s; "
+                            f"setup log: {self.lifecycle.dir.node_log(n.id)}").as_dict()
+        listed = {n.id for n in nodes}
+        waiting += [f"worker {i}: being set up" for i in self.bootstrapping if i not in listed and self.in_flight(i)]
+        for request_id, r in self.requests.items():
+            have[r.node_type] = have.get(r.node_type, 0) + r.unlisted(nodes, request_id)
+            waiting.append(f"{r.node_type}: {r.count} worker(s) being launched")
+        short = [t for t, spec in sorted(types.items()) if have.get(t, 0) < spec.min_workers]
+        for t in short:
+            backed_off = t in self.backoff and self.backoff[t].active(now)
+            if t not in rnd.errors and not backed_off:
+                waiting.append(f"{t}: {have.get(t, 0)} of {types[t].min_workers} min_workers")
+        rnd.waiting, rnd.short, rnd.converged = waiting, short, not waiting
+        if rnd.converged:
+            self.event("converged", generation=rnd.generation, actions=len(rnd.actions), failures=len(rnd.failures))
+
+    def close_retired(self) -> None:
+        """Lifecycles of an older spec, closed once no setup started with them still runs."""
+        if self.retired and not any(f is not None and not f.done() for f in self.bootstrapping.values()):
+            for lc in self.retired:
+                lc.close()
+            self.retired = []
+        self.bootstrapping = {i: f for i, f in self.bootstrapping.items() if not f.done()}
 
     # --- report -------------------------------------------------------------------------------------
 
@@ -259,28 +435,11 @@ class Monitor:
         with self.lock:
             failures = {t: {"count": b.failures, "backoff_until": b.until, "backoff_s": max(0.0, b.until - now),
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
-        # what the planner found infeasible among queued work; `launch status` shows the runtime's own
-        # infeasible items beside it, so they are counted in the metric only
-        infeasible = [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.infeasible]
         held = [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count} for d in state.infeasible]
-        status = {
-            "updated_at": now,
-            "pending_demand": [{"shape": dict(shape_of(d)), "count": c} for d, c in demand],
-            "launches": p.launches,
-            "launch_reasons": p.launch_reasons,
-            "terminations": [{"node": i, "reason": r} for i, r in p.terminations],
-            "drains": [{"node": i, "reason": r} for i, r in p.drains],
-            "undrains": [{"node": i, "reason": r} for i, r in p.undrains],
-            "infeasible": infeasible,
-            "unmet": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.unmet],
-            "pending_groups": [{"group": g.describe(), "count": g.count} for g in groups],
-            "infeasible_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.infeasible_groups],
-            "unmet_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.unmet_groups],
-            "failures": failures,
-            "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
-            "nodes": _count_nodes(nodes),
-            "recent_events": list(self.recent)[-10:],
-        }
+        status = {**_plan_status(p, nodes, types, demand, groups), "updated_at": now, "failures": failures,
+                  "recent_events": list(self.recent)[-10:]}
+        with self.lock:
+            status["round"] = self.round.report().as_dict()
         if p.launches or p.terminations or p.drains or p.undrains:
             self.event("plan", launches=p.launches, terminations=len(p.terminations), drains=len(p.drains),
                        undrains=len(p.undrains))
@@ -289,7 +448,9 @@ class Monitor:
 
     # --- loop ---------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Tick until `stop`; `wake` (set on SIGHUP: `up` shipped a spec) starts the next tick at once."""
+        self.wake = wake
         address = self.metrics.serve(self.bind_host or "127.0.0.1", self.cfg.autoscaler.metrics_port)
         on_this_node(METRICS_ADDRESS).write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
@@ -300,9 +461,56 @@ class Monitor:
             except Exception as e:  # a tick that fails (head busy, provider hiccup) is retried next tick
                 log.exception("tick failed")
                 self.event("tick-failed", error=_describe(e)[:500])
-            stop.wait(max(0.0, self.cfg.autoscaler.tick_s - (time.monotonic() - started)))
+            # while a round has not converged, `up` waits on it: ticks come faster, and a setup that ends wakes one
+            every = self.cfg.autoscaler.tick_s if self.round.converged else min(self.cfg.autoscaler.tick_s, ROUND_TICK_S)
+            wake.wait(max(0.0, every - (time.monotonic() - started)))
+            wake.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.creating.shutdown(wait=False, cancel_futures=True)
+        request = on_this_node(MONITOR_DOWN)
+        if request.exists():
+            self.remove_workers(request)
         self.event("monitor-stopped")
+
+    def remove_workers(self, request) -> None:
+        """`launch down` asked (runtime.node stop-monitor --down): every worker goes, the answer is written
+        where the request was."""
+        try:
+            keep_stopped = bool(json.loads(request.read_text()).get("keep_stopped"))
+        except (OSError, ValueError):
+            keep_stopped = False
+        # launches on their way are answered first: what they make is removed with the rest, not leaked
+        wait([r.future for r in self.requests.values()], timeout=DOWN_CREATE_WAIT_S)
+        try:
+            removed = self.lifecycle.terminate_workers(keep_stopped)
+            answer = {"removed": removed}
+            self.event("down", removed=removed, stopped=keep_stopped)
+        except Exception as e:  # noqa: BLE001  said to `down`, which removes them from the laptop then
+            answer = {"error": _describe(e)}
+            self.event("down-failed", error=_describe(e))
+        atomic_write(request, json.dumps(answer))
+
+
+def _plan_status(p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand,
+                 groups: list[GroupDemand]) -> dict:
+    """A plan as `launch status` shows it, with the demand and the fleet it was made for."""
+    return {
+        "pending_demand": [{"shape": dict(shape_of(d)), "count": c} for d, c in demand],
+        "launches": p.launches,
+        "launch_reasons": p.launch_reasons,
+        "terminations": [{"node": i, "reason": r} for i, r in p.terminations],
+        "drains": [{"node": i, "reason": r} for i, r in p.drains],
+        "undrains": [{"node": i, "reason": r} for i, r in p.undrains],
+        # what the planner found infeasible among queued work; `launch status` shows the runtime's own
+        # infeasible items beside it, so they are counted in the metric only
+        "infeasible": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.infeasible],
+        "unmet": [{"shape": fmt_shape(s), "count": c, "reason": r} for s, c, r in p.unmet],
+        "pending_groups": [{"group": g.describe(), "count": g.count} for g in groups],
+        "infeasible_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.infeasible_groups],
+        "unmet_groups": [{"group": d, "count": c, "reason": r} for d, c, r in p.unmet_groups],
+        "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
+        "nodes": _count_nodes(nodes),
+    }
 
 
 def _describe(e: BaseException) -> str:
@@ -360,13 +568,15 @@ class _Metrics:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     single_instance("monitor")
-    spec, state = head_state()  # the head's own: spec, key, mounts, setup logs, pinned host keys
+    stop, wake = threading.Event(), threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: wake.set())  # `up` shipped a new spec: read it now
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: (stop.set(), wake.set()))
+    on_this_node(MONITOR_DOWN).unlink(missing_ok=True)  # a request a dead monitor left is no one's now
     node_cfg = NodeRuntimeConfig.load()
-    monitor = Monitor(spec, state, node_cfg.token, on_this_node(HEAD_ADDRESS).read_text().strip(), node_cfg.bind_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    monitor.run(stop)
+    # the head's own state: the spec `up` shipped, key, mounts, setup logs, pinned host keys
+    monitor = Monitor(node_cfg.token, node_cfg.bind_host)
+    monitor.run(stop, wake)
     os._exit(0)  # bootstrap threads still running are abandoned: a next monitor adopts their nodes
 
 

@@ -87,6 +87,9 @@ class Limits:
     max_cost_per_hour: float | None = None
     launch_timeout_s: float = 600.0
     runtime_grace_s: float = 60.0
+    # autoscaler: false. No idle scale-down, and failed, stuck or lost nodes are kept for `launch up`
+    # to repair in place, as a static cluster's owner expects; outdated ones are still replaced.
+    static: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,8 @@ class _Pass:
         for n in sorted(self.workers, key=lambda n: n.id):
             if n.node_type not in types:
                 self.retire(n, f"node type {n.node_type} is no longer in the config")
+            elif lim.static and n.status != S.DRAINING and not n.outdated:
+                continue
             elif n.status == S.UPDATE_FAILED:
                 self.retire(n, "setup failed: replacing it")
             elif n.status in LIVE and n.status != S.UP_TO_DATE and now - n.status_since > lim.launch_timeout_s:
@@ -314,7 +319,8 @@ class _Pass:
                 self.terminate(n, f"unknown to the runtime for {n.lost_for:.0f} s")
             elif n.status == S.DRAINING and n.running == 0 and n.id not in self.absorbing:
                 self.terminate(n, "drained")
-        self.end_idle_nodes()
+        if not lim.static:
+            self.end_idle_nodes()
 
     def idle_timeout(self, n: NodeView) -> float:
         own = self.types[n.node_type].idle_timeout_s if n.node_type in self.types else None
@@ -356,7 +362,8 @@ class _Pass:
         self.room -= k
         self.budget -= k * t.cost_per_hour
         prev = out.launch_reasons.get(t.name)
-        out.launch_reasons[t.name] = f"{prev}; {reason}" if prev else reason
+        if prev is None or reason not in prev.split("; "):  # once each: min_workers adds one node at a time
+            out.launch_reasons[t.name] = f"{prev}; {reason}" if prev else reason
 
     def launch_min_workers(self) -> None:
         """min_workers first: they are owed whatever the demand."""

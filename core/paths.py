@@ -12,11 +12,12 @@ NODE_DIR = f"{RUNTIME_DIR}/nodes/{{node}}"  # {node}: the node's hostname (on_th
 NODE_CONFIG = f"{NODE_DIR}/node.json"  # the node's runtime settings and token (0600)
 HEAD_ADDRESS = f"{NODE_DIR}/head.address"  # written by the head service once it listens
 MONITOR_STATUS = f"{NODE_DIR}/autoscaler-status.json"  # the autoscaler's last tick, for `launch status`
+MONITOR_DOWN = f"{NODE_DIR}/monitor-down.json"  # `launch down`'s request to the autoscaler, then its answer
 LOGS = f"{NODE_DIR}/logs"
 METRICS_ADDRESS = f"{NODE_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
 # The head's own state dir of its cluster (a lifecycle ClusterDir): the ClusterSpec `up` shipped
 # (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned
-# host keys, the workers' setup logs. The autoscaler and the head-side half of `up` run on it.
+# host keys, the workers' setup logs. The autoscaler runs on it.
 HEAD_CLUSTER_STATE = f"{RUNTIME_DIR}/cluster"
 # The layout of a cluster state dir (lifecycle.state.ClusterDir), on the laptop and on the head alike
 SPEC_FILE = "spec.json"

@@ -28,9 +28,14 @@ class ClusterSpec:
     mount_digests: dict[str, str] = field(default_factory=dict)
     ssh_user: str | None = None
     ssh_private_key: str | None = None  # absolute path, 0600
-    # True in the head's copy (lifecycle.head): the paths above are the head's, and nodes are reached
+    # True in the head's copy (lifecycle.on_head): the paths above are the head's, and nodes are reached
     # over their private IPs
     on_head: bool = False
+    # Counted up by each `launch up` that ships the spec to the head: the head's monitor, the cluster's one
+    # reconciler, checks every node once per generation and reports when it has converged on it.
+    generation: int = 0
+    # Counted up by `up --restart-runtime`: a node whose runtime last started in an older one restarts it.
+    restart_generation: int = 0
 
     @property
     def name(self) -> str:
@@ -53,6 +58,8 @@ class ClusterSpec:
             "ssh_user": self.ssh_user,
             "ssh_private_key": self.ssh_private_key,
             "on_head": self.on_head,
+            "generation": self.generation,
+            "restart_generation": self.restart_generation,
         }, indent=1, sort_keys=True)
 
     @classmethod
@@ -67,4 +74,6 @@ class ClusterSpec:
             ssh_user=d.get("ssh_user"),
             ssh_private_key=d.get("ssh_private_key"),
             on_head=bool(d.get("on_head")),
+            generation=int(d.get("generation") or 0),
+            restart_generation=int(d.get("restart_generation") or 0),
         )

@@ -16,6 +16,7 @@ TAG_STATUS_SINCE = "launch-status-since"  # unix time the current status was ent
 TAG_LAUNCH_HASH = "launch-launch-hash"
 TAG_RUNTIME_HASH = "launch-runtime-hash"
 TAG_REQUEST_ID = "launch-request-id"
+TAG_RESTART_GEN = "launch-restart-gen"  # the spec's restart_generation when the node's runtime last started
 
 KIND_HEAD = "head"
 KIND_WORKER = "worker"

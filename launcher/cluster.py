@@ -133,7 +133,7 @@ class Cluster:
             "pending_demand": demand,
             "pending_groups": groups,
             "infeasible": infeasible,
-            "autoscaler": self._autoscaler_status(head, now) if head is not None and lc.autoscales else None,
+            "autoscaler": self._autoscaler_status(head, now) if head is not None else None,
         }
 
     def _autoscaler_status(self, head: NodeInfo, now: float) -> dict:
@@ -220,9 +220,7 @@ class Cluster:
 
     def monitor(self, on_output: Callable[[str], None], *, lines: int = 50, follow: bool = True) -> int:
         """The head's runtime log and, where the autoscaler runs, its event log (JSON lines)."""
-        logs = f"{in_shell(LOGS)}/head.log"
-        if self.lifecycle.autoscales:
-            logs += f" {in_shell(LOGS)}/autoscaler.log"
+        logs = f"{in_shell(LOGS)}/head.log {in_shell(LOGS)}/autoscaler.log"
         cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{logs} 2>/dev/null"
         return self.runner(None).run(cmd, on_output=on_output).exit_code
 

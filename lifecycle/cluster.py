@@ -1,30 +1,29 @@
 """The one lifecycle of a cluster's nodes: create, set up, drain, terminate; and `up`/`down` on top.
 
-`up` reconciles once; the autoscaler on the head reconciles in a loop; both call these same methods on
-the same ClusterSpec. `up` is idempotent: it compares each node's tags (status, launch hash, runtime
-hash) with the spec and redoes only what differs: a changed launch hash replaces the node, a changed
+The head's monitor (autoscaler.monitor) is the cluster's one reconciler and calls these methods on the
+spec `up` shipped; `up` itself only makes and sets up the head, ships the spec and waits for the monitor
+to converge on it (lifecycle.reconciler). What is redone is decided from each node's tags (status,
+launch hash, runtime hash, restart generation): a changed launch hash replaces the node, a changed
 runtime hash re-runs file sync, setup and start on it, a dead runtime is restarted.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import providers
 from core.config import Container
-from core.entry_points import HEAD_SIDE, NODE_CONTROL
-from core.errors import LaunchError, NodeNotFound
+from core.errors import LaunchError
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, for_node
 from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
 from core.tags import (
-    KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_RUNTIME_HASH,
+    KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_RESTART_GEN,
+    TAG_RUNTIME_HASH,
 )
 from lifecycle.hashing import launch_hash, runtime_hash
 from lifecycle.state import ClusterDir
@@ -66,10 +65,6 @@ class Lifecycle:
         self._runners: dict[str, CommandRunner] = {}
         self._runners_lock = threading.Lock()
         self._route: CommandRunner | None = None  # the head's runner, for workers (see runner())
-
-    @property
-    def autoscales(self) -> bool:
-        return self.cfg.autoscaler.enabled and self.provider.capabilities.autoscale_on_head
 
     # --- observation ------------------------------------------------------------------------------
 
@@ -210,8 +205,10 @@ class Lifecycle:
             log_path=self.dir.node_log(node.id), wait_ready_s=self.section.node_wait_s(),
         )
 
-    @staticmethod
-    def update_plan(node: NodeInfo, updater: NodeUpdater, restart: bool) -> UpdatePlan | None:
+    def update_plan(self, node: NodeInfo, updater: NodeUpdater) -> UpdatePlan | None:
+        """What a node needs, from its tags: a node not up to date is set up; one whose runtime last started
+        before the spec's restart generation (`up --restart-runtime`) restarts it."""
+        restart = int(node.tags.get(TAG_RESTART_GEN) or 0) < self.spec.restart_generation
         if node.status != NodeStatus.UP_TO_DATE:
             return UpdatePlan(full=True, restart_runtime=restart)
         if node.tags.get(TAG_RUNTIME_HASH) != updater.runtime_hash:
@@ -225,113 +222,52 @@ class Lifecycle:
             return UpdatePlan(full=updater.container is not None, restart_runtime=False)
         return None
 
-    def set_up_worker(self, node: NodeInfo, token: str, head_address: str, restart: bool = False) -> str | None:
-        """Bring a worker up to date (what `up` and the autoscaler both do). Returns what was done."""
+    def set_up_worker(self, node: NodeInfo, token: str, head_address: str) -> str | None:
+        """Bring a worker up to date (the head's monitor does, for every worker). Returns what was done."""
         updater = self.updater(node, token, is_head=False, head_address=head_address)
-        plan = self.update_plan(node, updater, restart)
+        plan = self.update_plan(node, updater)
         if plan is None:
             return None
         updater.update(plan)
-        return "set up" if plan.full else "runtime started"
-
-    # --- the head's control plane --------------------------------------------------------------------
-
-    def _node_cmd(self, node: NodeInfo, args: str, check: bool = False) -> None:
-        runner = self.runner(node)
-        runner.run(f"{runner.python} -m {NODE_CONTROL} {args}", timeout=60, check=check)
-
-    def stop_monitor(self, head: NodeInfo) -> None:
-        """One writer at a time: the autoscaler stops while `up` or `down` works."""
-        if not self.autoscales or head.status != NodeStatus.UP_TO_DATE:
-            return
-        try:
-            self._node_cmd(head, "stop-monitor")
-        except LaunchError as e:
-            self.say(f"could not stop the autoscaler on the head ({e}); going on")
-
-    def start_monitor(self, head: NodeInfo) -> None:
-        if self.autoscales:
-            self._node_cmd(head, "start-monitor", check=True)
-
-    def on_head(self, head: NodeInfo, args: str) -> dict:
-        """Run `python -m lifecycle.head ARGS` on the head, relaying its progress lines; its result."""
-        from lifecycle.on_head import ERROR, RESULT
-
-        runner = self.runner(head)
-        result: dict = {}
-        error: list[str] = []
-
-        def line(text: str) -> None:
-            text = text.rstrip("\n")
-            if text.startswith(RESULT):
-                result.update(json.loads(text[len(RESULT):]))
-            elif text.startswith(ERROR):
-                error.append(text[len(ERROR):])
-            elif text.strip():
-                self.say(text)
-
-        done = runner.run(f"{runner.python} -m {HEAD_SIDE} {args}", on_output=line)
-        if error:
-            raise LaunchError(error[-1])
-        if not done.ok or not result:
-            raise LaunchError(f"the head node {head.id} failed to run `lifecycle.head {args}` "
-                              f"(exit {done.exit_code}): {done.tail[-1] if done.tail else 'no output'}")
-        return result
+        return "set up" if plan.full else "runtime restarted" if plan.restart_runtime else "runtime started"
 
     # --- up -----------------------------------------------------------------------------------------
 
-    def up(self, token: str, *, confirm: Confirm, restart_runtime: bool = False) -> UpResult:
-        """The head is made and set up from here; then it gets the spec, key and mounts, and the head
-        itself launches, updates and waits for the workers over their private IPs."""
-        restart = restart_runtime and not self.cfg.no_restart
+    def up(self, token: str, *, confirm: Confirm) -> UpResult:
+        """The head is made and set up from here; then it gets the spec, key and mounts, and its monitor
+        (the cluster's one reconciler) launches, updates and replaces the workers over their private IPs,
+        while `up` waits for it to say the spec's generation has converged."""
+        from lifecycle.on_head import pull_known_hosts, ship
+        from lifecycle.reconciler import signal_monitor, wait_for_round
+
         actions: list[str] = []
         head = self._ensure_head(confirm, actions)
-        self.stop_monitor(head)
-        head_ready = False
-        try:
-            head_address = self._set_up_head(head, token, restart, actions)
-            head_ready = True
-            from lifecycle.on_head import pull_known_hosts, ship
-
-            ship(self.spec, self.runner(head), self.dir.known_hosts)
-            stale = self.stale_workers()
-            _confirm_replacing(stale, confirm)
-            flags = (" --restart" if restart else "") + (" --replace-stale" if stale else "")
-            done = self.on_head(head, f"reconcile{flags}")
-            pull_known_hosts(self.runner(head), self.dir.known_hosts)  # workers' keys, as the head pinned them
-            actions += done["actions"]
-            failures = [NodeUpdateFailed(**f) for f in done["failures"]]
-        finally:  # whatever `up`'s outcome (a failure, Ctrl-C), the autoscaler runs again
-            try:
-                self.start_monitor(head)
-            except LaunchError as e:
-                if head_ready:
-                    raise
-                # cut short while the head's runtime (re)started: said, and the outcome stands
-                self.say(f"could not start the autoscaler on the head ({e}); `launch up` starts it")
-        return UpResult(head_address, actions, failures)
+        stale = self.stale_workers()
+        if stale and not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type "
+                                 f"({', '.join(w.id for w in stale)}). Replace them?"):
+            raise LaunchError("outdated workers were not replaced; stopping here")
+        head_address = self._set_up_head(head, token, actions)
+        runner = self.runner(head)
+        ship(self.spec, runner, self.dir.known_hosts)
+        signal_monitor(runner)
+        timeout = self.cfg.autoscaler.launch_timeout_minutes * 60 + REGISTER_TIMEOUT_S
+        done = wait_for_round(runner, self.spec.generation, self.say, timeout)
+        pull_known_hosts(runner, self.dir.known_hosts)  # the workers' keys, as the head pinned them
+        if done.errors:
+            raise LaunchError("; ".join(done.errors))
+        failures = [NodeUpdateFailed(**f) for f in done.failures]
+        return UpResult(head_address, actions + done.actions, failures)
 
     def stale_workers(self) -> list[NodeInfo]:
-        """Workers whose node config changed, or whose type is gone: `up` replaces them (once confirmed)."""
+        """Workers whose node config changed, or whose type is gone: replaced once `up` is confirmed."""
         types = self.cfg.available_node_types
         return [w for w in self.nodes() if w.kind == KIND_WORKER and w.status != NodeStatus.TERMINATING
                 and (w.node_type not in types or w.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, w.node_type))]
 
-    def reconcile_workers(self, token: str, head_address: str, *, restart: bool, replace_stale: bool) -> dict:
-        """The head's half of `up`: replace stale workers (if confirmed), launch up to min_workers per
-        type, update every worker, and wait until those that came up have registered."""
-        head = self.require_head()
-        actions: list[str] = []
-        workers = self._ensure_workers(lambda question: replace_stale, actions)
-        failures = self._update_workers(workers, token, head_address, restart, actions)
-        failed = {f.node_id for f in failures}
-        self._wait_registered(head_address, token, {head.id} | {w.id for w in workers if w.id not in failed})
-        return {"actions": actions, "failures": [f.as_dict() for f in failures]}
-
-    def _set_up_head(self, head: NodeInfo, token: str, restart: bool, actions: list[str]) -> str:
+    def _set_up_head(self, head: NodeInfo, token: str, actions: list[str]) -> str:
         saved_port = int(self.dir.read_info().get("head_port", 0) or 0)
         updater = self.updater(head, token, is_head=True, head_port=self.provider.head_port or saved_port)
-        plan = self.update_plan(head, updater, restart)
+        plan = self.update_plan(head, updater)
         if plan is not None:
             self.say(f"head {head.id}: {'setting up' if plan.full else 'starting the runtime'}")
             updater.update(plan)  # a failed head fails `up`: nothing works without it
@@ -358,8 +294,7 @@ class Lifecycle:
             if not confirm(f"The head node {head.id} is outdated (its node config changed). Replace it?"):
                 raise LaunchError("the head node is outdated and was not replaced; nothing changed")
             self.say(f"replacing outdated head {head.id}")
-            self.stop_monitor(head)
-            self.terminate([head])
+            self.terminate([head])  # its monitor with it: the new head's monitor takes the workers over
             actions.append(f"head {head.id}: terminated (outdated)")
             head = None
         if head is None:
@@ -368,87 +303,22 @@ class Lifecycle:
             actions.append(f"head {head.id}: created")
         return head
 
-    def _ensure_workers(self, confirm: Confirm, actions: list[str]) -> list[NodeInfo]:
-        """Replace outdated workers, drop those of removed types, and launch up to min_workers per type."""
-        types = self.cfg.available_node_types
-        workers = [n for n in self.nodes() if n.kind == KIND_WORKER and n.status != NodeStatus.TERMINATING]
-        stale = self.stale_workers()
-        if stale:
-            _confirm_replacing(stale, confirm)
-            self.terminate(stale)
-            actions.append(f"{len(stale)} outdated worker(s) terminated")
-            workers = [w for w in workers if w.id not in {s.id for s in stale}]
-        for name, nt in types.items():
-            missing = nt.min_workers - sum(1 for w in workers if w.node_type == name)
-            if missing > 0:
-                self.say(f"creating {missing} worker(s) of type {name}")
-                created = self.create(name, missing)
-                workers.extend(created)
-                actions.append(f"{len(created)} worker(s) of type {name}: created")
-        return workers
-
-    def _update_workers(self, workers, token, head_address, restart, actions) -> list[NodeUpdateFailed]:
-        """Check and update every worker in parallel: a check is a round trip to the node, too."""
-        if not workers:
-            return []
-        failures: list[NodeUpdateFailed] = []
-
-        def run(w: NodeInfo):
-            try:
-                done = self.set_up_worker(w, token, head_address, restart)
-                return (f"worker {w.id}: {done}" if done else None), None
-            except NodeUpdateFailed as e:
-                return None, e
-
-        with ThreadPoolExecutor(max_workers=min(32, len(workers))) as pool:
-            for done, err in pool.map(run, workers):
-                if err is not None:
-                    failures.append(err)
-                    self.say(f"[red]worker {err.node_id} failed[/red]: {err} (log: {self.dir.node_log(err.node_id)})")
-                elif done:
-                    actions.append(done)
-        return failures
-
-    def _wait_registered(self, head_address: str, token: str, node_ids: set[str]) -> None:
-        import grpc
-
-        from runtime.client import HeadClient
-
-        self.say(f"waiting for {len(node_ids)} node(s) to register with the head")
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
-        missing = set(node_ids)
-        with HeadClient(head_address, token, timeout_s=5) as client:
-            while time.monotonic() < deadline:
-                try:
-                    alive = {n.node_id for n in client.cluster_state().nodes if n.state == "alive"}
-                    missing = node_ids - alive
-                    if not missing:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        logs = ", ".join(str(self.dir.node_log(n)) for n in sorted(missing))
-        raise LaunchError(f"node(s) {', '.join(sorted(missing))} did not register with the head "
-                          f"within {REGISTER_TIMEOUT_S:.0f}s; setup logs: {logs}")
-
     # --- down ---------------------------------------------------------------------------------------
 
     def down(self, keep_stopped: bool = False, purge: bool = False) -> int:
-        """Stop the autoscaler first (it may be launching); the head terminates the workers (it reaches
-        them on their private network); then terminate from here until nothing is listed, stopped
-        (cached) nodes included. `keep_stopped`: stop the nodes instead and keep them stopped."""
-        nodes = self.nodes()
-        heads = [n for n in nodes if n.kind == KIND_HEAD]
-        for head in heads:
-            self.stop_monitor(head)
+        """The head's monitor removes the workers (it reaches them on their private network) and stops;
+        then this machine terminates until nothing is listed, the head and cached stopped nodes included.
+        `keep_stopped`: stop the nodes instead and keep them stopped."""
+        from lifecycle.reconciler import monitor_down
+
         gone = 0
-        for head in heads:
-            if head.status == NodeStatus.UP_TO_DATE and any(n.kind == KIND_WORKER for n in nodes):
-                try:
-                    args = "terminate-workers" + (" --keep-stopped" if keep_stopped else "")
-                    gone += self.on_head(head, args)["terminated"]
-                except LaunchError as e:
-                    self.say(f"the head could not terminate the workers ({e}); terminating them from here")
+        for head in [n for n in self.nodes() if n.kind == KIND_HEAD and n.status == NodeStatus.UP_TO_DATE]:
+            try:
+                removed = monitor_down(self.runner(head), keep_stopped, self.say)
+                self.say(f"the head's autoscaler removed {removed} worker(s)")
+                gone += removed
+            except LaunchError as e:
+                self.say(f"the head did not remove the workers ({e}); removing them from here")
         gone += self._terminate_rounds(lambda n: True, keep_stopped)
         if self.provider.capabilities.stop_start and not keep_stopped:
             cached = self.provider.stopped({TAG_CLUSTER: self.spec.name})
@@ -464,6 +334,7 @@ class Lifecycle:
         return gone
 
     def terminate_workers(self, keep_stopped: bool = False) -> int:
+        """Every worker removed (the monitor's part of `down`)."""
         return self._terminate_rounds(lambda n: n.kind == KIND_WORKER, keep_stopped)
 
     def _terminate_rounds(self, which: Callable[[NodeInfo], bool], keep_stopped: bool = False) -> int:
@@ -484,30 +355,31 @@ class Lifecycle:
         return len(gone)
 
 
-def _confirm_replacing(stale: list[NodeInfo], confirm: Confirm) -> None:
-    if stale and not confirm(f"{len(stale)} worker(s) are outdated or of a removed node type "
-                             f"({', '.join(w.id for w in stale)}). Replace them?"):
-        raise LaunchError("outdated workers were not replaced; stopping here")
-
-
 # --- the whole commands, each under the cluster's lock ------------------------------------------------
 
 
 def bring_up(config, state: ClusterDir, *, say: Say, confirm: Confirm, restart_runtime: bool = False
              ) -> tuple[Lifecycle, UpResult]:
-    """`launch up`: resolve the spec (bootstrap, once), store it, and reconcile the cluster once."""
+    """`launch up`: resolve the spec (bootstrap, once) with a new generation, store it, and have the head
+    converge on it."""
     from lifecycle.spec import resolve
 
     with state.locked("up", say):
+        previous = state.load_spec()
         spec = resolve(config, state.path)
+        # generations are this `up`'s time (ms): new for every `up`, from any machine, without asking the head
+        spec.generation = time.time_ns() // 1_000_000
+        restart = restart_runtime and not config.no_restart
+        spec.restart_generation = spec.generation if restart else (previous.restart_generation if previous else 0)
         state.save_spec(spec)  # before any node exists: a failed `up` can still be brought down
         lifecycle = Lifecycle(spec, state, say)
-        return lifecycle, lifecycle.up(state.token(), confirm=confirm, restart_runtime=restart_runtime)
+        return lifecycle, lifecycle.up(state.token(), confirm=confirm)
 
 
 def tear_down(config, state: ClusterDir, *, say: Say, keep_stopped: bool = False, purge: bool = False) -> int:
-    """`launch down`: with the spec `up` stored (or, if lost, one that creates nothing), stop the
-    autoscaler, terminate every node of the cluster, and forget its runtime state."""
+    """`launch down`: with the spec `up` stored (or, if lost, one that creates nothing), the head's
+    autoscaler removes the workers and stops; every node left is terminated from here; the cluster's
+    runtime state is forgotten."""
     from lifecycle.spec import unbootstrapped
 
     with state.locked("down", say):

@@ -2,8 +2,7 @@
 own cluster state dir (~/.launch-runtime/cluster), the ClusterSpec relocated to the head's paths, the
 cluster's SSH private key (0600), a copy of every file mount (new workers get theirs from the head), and
 the host keys the laptop pinned; `head_state` reads them there. Nothing on the head reads a path of the
-laptop. Also how the head's side of `up` and `down` (lifecycle/head.py) reports: its last line is
-RESULT + json, or ERROR + message.
+laptop.
 """
 
 from __future__ import annotations
@@ -20,9 +19,6 @@ from core.spec import ClusterSpec
 from lifecycle.state import ClusterDir
 from transport.base import CommandRunner
 from transport.file_sync import sync_up
-
-RESULT = "launch-result: "
-ERROR = "launch-error: "
 
 
 def ship(spec: ClusterSpec, runner: CommandRunner, known_hosts: Path) -> int:
@@ -63,20 +59,24 @@ def _merged_lines(base: str, extra: str) -> str | None:
     return None if merged == lines else "\n".join(merged) + "\n"
 
 
-def load_head_spec() -> ClusterSpec:
-    """The spec `up` shipped, with its paths made this node's."""
-    path = on_this_node(HEAD_SPEC)
+def read_head_spec() -> str:
     try:
-        spec = ClusterSpec.from_json(path.read_text())
+        return on_this_node(HEAD_SPEC).read_text()
     except FileNotFoundError:
         raise LaunchError(f"no {HEAD_SPEC} on the head: run `launch up` to ship the cluster's spec") from None
+
+
+def load_head_spec(text: str | None = None) -> ClusterSpec:
+    """The spec `up` shipped (its text as read_head_spec read it, else read now), with its paths made this
+    node's."""
+    spec = ClusterSpec.from_json(read_head_spec() if text is None else text)
     spec.file_mounts = {r: os.path.expanduser(p) for r, p in spec.file_mounts.items()}
     if spec.ssh_private_key:
         spec.ssh_private_key = os.path.expanduser(spec.ssh_private_key)
     return spec
 
 
-def head_state() -> tuple[ClusterSpec, ClusterDir]:
+def head_state(text: str | None = None) -> tuple[ClusterSpec, ClusterDir]:
     """The spec `up` shipped and the head's own state dir of the cluster (for the lifecycle there)."""
-    spec = load_head_spec()
+    spec = load_head_spec(text)
     return spec, ClusterDir(spec.name, path=on_this_node(HEAD_CLUSTER_STATE))

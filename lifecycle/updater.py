@@ -20,7 +20,7 @@ from core.node import NodeInfo
 from core.paths import NODE_CONFIG, for_node
 from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, status_tags
-from core.tags import TAG_LAUNCH_HASH, TAG_RUNTIME_HASH
+from core.tags import TAG_LAUNCH_HASH, TAG_RESTART_GEN, TAG_RUNTIME_HASH
 from lifecycle.runtime_bundle import ensure_runtime
 from providers.base import ProviderBase
 from runtime.node_config import NodeRuntimeConfig
@@ -40,7 +40,7 @@ class NodeUpdateFailed(LaunchError):
         super().__init__(f"node {node_id} failed at {step}{(' (' + detail + ')') if detail else ''}{last}")
 
     def as_dict(self) -> dict:
-        """As the head reports it to the laptop (lifecycle.head); `NodeUpdateFailed(**d)` rebuilds it."""
+        """As the head's monitor reports it to `up` on the laptop; `NodeUpdateFailed(**d)` rebuilds it."""
         return {"node_id": self.node_id, "step": self.step, "tail": self.tail, "detail": self.detail}
 
 
@@ -145,11 +145,14 @@ class NodeUpdater:
                         self._run(log, step, cmd, env=self.command_env)
                 step = "starting the runtime"
                 self.start_runtime(log, plan.restart_runtime)
+                started = {TAG_RESTART_GEN: str(self.spec.restart_generation)}
                 if plan.full:
                     for cmd in self.cfg.start_commands_for(self.runtime_cfg.is_head):
                         self._run(log, step, cmd, env=self.command_env)
-                    self._set_status(NodeStatus.UP_TO_DATE,
+                    self._set_status(NodeStatus.UP_TO_DATE, **started,
                                      **{TAG_RUNTIME_HASH: self.runtime_hash, TAG_LAUNCH_HASH: self.launch_hash})
+                elif plan.restart_runtime:
+                    self.provider.set_tags(self.node.id, started)
             except NodeUpdateFailed as e:
                 log.write(f"FAILED at {e.step}: {e}\n")
                 self._mark_failed()

@@ -372,7 +372,7 @@ class Provider(CloudProvider):
         self.aws = _Clients(section)
         self.state = spec.provider_state
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
-        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
+        self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
                                          reuses_ips=True)
         # Ray's key and default: idle nodes are stopped, and started again before new ones are made
         self.cache_stopped_nodes = section.cache_stopped_nodes is not False

@@ -310,7 +310,7 @@ class Provider(CloudProvider):
         self.rg = section.resource_group
         self.zones: list[str | None] = zone_list(section.availability_zone) or [None]  # None: no zone
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
-        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
+        self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
                                          reuses_ips=True, cleanup=True)
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._skus: dict[str, dict[str, float]] | None = None

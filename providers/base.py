@@ -76,8 +76,6 @@ class ProviderFacts:
 
 @dataclass(frozen=True)
 class Capabilities:
-    # the autoscaler can run on the head: the provider's state and API are reachable from there
-    autoscale_on_head: bool
     spot: bool = False
     zones: bool = False  # create falls back across availability zones
     stop_start: bool = False  # instances can be stopped and started again

@@ -349,7 +349,7 @@ class Provider(CloudProvider):
         self.state = spec.provider_state
         self.zones: list[str] = self.state.get("zones") or zone_list(section.availability_zone)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
-        self.capabilities = Capabilities(autoscale_on_head=True, spot=True, zones=True, stop_start=True,
+        self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
                                          reuses_ips=True, cleanup=True)
         # Ray's key (default off on GCP, as in Ray): idle nodes are stopped and started again
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)

@@ -106,7 +106,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
 
 
 class Provider(ProviderBase):
-    capabilities = Capabilities(autoscale_on_head=True)  # the head is on this machine: same state file
+    capabilities = Capabilities()  # the head is on this machine: same state file
     head_bind_host = LOCAL_IP
 
     def __init__(self, spec: ClusterSpec):

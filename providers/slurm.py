@@ -368,7 +368,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
 
 class Provider(ProviderBase):
     # the head is on the login host, where sbatch/squeue/scancel work: the autoscaler runs there
-    capabilities = Capabilities(autoscale_on_head=True)
+    capabilities = Capabilities()
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec

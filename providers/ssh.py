@@ -101,7 +101,7 @@ class RemoteClaims:
 
 class Provider(ProviderBase):
     # the autoscaler on the head owns the pool's claims, which live there
-    capabilities = Capabilities(autoscale_on_head=True)
+    capabilities = Capabilities()
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec

@@ -7,7 +7,7 @@ logging to the node's own ~/.launch-runtime/nodes/<hostname>/logs, and returns o
 
 A supervisor daemon keeps every daemon that is wanted running: one that dies (the autoscaler, the
 agent, the head service) is started again within a second or two. Which daemons are wanted is kept
-on disk (pids/NAME.wanted), so `stop-monitor` (while `launch up` works) is not undone by it.
+on disk (pids/NAME.wanted), so `stop-monitor` (`launch down`) is not undone by it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from core.entry_points import CONTROL_LOOP, HEAD_SERVICE, NODE_AGENT, NODE_CONTROL
-from core.files import file_lock, open_private, private_dir
-from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, NODE_CONFIG, RUNTIME_DIR, on_this_node
+from core.files import atomic_write, file_lock, open_private, private_dir
+from core.paths import HEAD_ADDRESS, HEAD_SPEC, HOLDER_FIFO, MONITOR_DOWN, NODE_CONFIG, RUNTIME_DIR, on_this_node
 from runtime.node_config import NodeRuntimeConfig, runtime_dir
 
 DAEMONS = {"head": HEAD_SERVICE, "agent": NODE_AGENT, "monitor": CONTROL_LOOP,
@@ -277,14 +277,17 @@ def stop() -> int:
 
 
 def start_monitor() -> int:
-    """(Re)start the autoscaler on the head: it reads the cluster spec `up` shipped when it starts."""
+    """Start the autoscaler on the head, or have the running one read the spec `up` just shipped (SIGHUP)."""
     spec = on_this_node(HEAD_SPEC)
     if not spec.exists():
         print(f"no {spec}: the autoscaler is not configured on this node", file=sys.stderr)
         return 1
     with _spawn_lock():
         _want("monitor", True)
-        _stop("monitor")
+        pid = daemon_pid("monitor")
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+            return 0
         if _holder_fifo() is None:
             _spawn("monitor")
             _ensure_supervisor()
@@ -298,11 +301,39 @@ def start_monitor() -> int:
     return 0
 
 
-def stop_monitor() -> int:
+DOWN_RESULT = "monitor-down: "  # the last line of `stop-monitor --down`: what the monitor did, as JSON
+DOWN_WAIT_S = 900.0  # removing every worker of a large cloud cluster takes minutes
+
+
+def stop_monitor(down: bool = False, keep_stopped: bool = False) -> int:
+    """Stop the autoscaler. With `down`, it first removes every worker (terminates them, or stops them
+    with `keep_stopped`) and says how many, on a last line DOWN_RESULT + json."""
+    request = on_this_node(MONITOR_DOWN)
     with _spawn_lock():
         _want("monitor", False)
-        _stop("monitor")
-    return 0
+        pid = daemon_pid("monitor")
+        if not down or pid is None:
+            _stop("monitor")
+            if down:
+                print(DOWN_RESULT + json.dumps({"error": "the autoscaler is not running on the head"}))
+            return 1 if down else 0
+        atomic_write(request, json.dumps({"keep_stopped": keep_stopped}))
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DOWN_WAIT_S  # waited for outside the lock: the supervisor goes on meanwhile
+    while daemon_pid("monitor") is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if daemon_pid("monitor") is not None:
+        with _spawn_lock():
+            _stop("monitor")
+    try:
+        result = json.loads(request.read_text())
+    except (OSError, ValueError):
+        result = {}
+    request.unlink(missing_ok=True)
+    if "removed" not in result and "error" not in result:
+        result = {"error": f"the autoscaler stopped without removing the workers:\n{_tail('monitor')}"}
+    print(DOWN_RESULT + json.dumps(result))
+    return 0 if "removed" in result else 1
 
 
 def supervise() -> int:
@@ -384,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="stop the runtime daemons of this node")
     sub.add_parser("status", help="print the pids of the running daemons as JSON")
     sub.add_parser("start-monitor", help="(re)start the autoscaler monitor (head only)")
-    sub.add_parser("stop-monitor", help="stop the autoscaler monitor, e.g. while `launch up` works")
+    p_stop = sub.add_parser("stop-monitor", help="stop the autoscaler monitor")
+    p_stop.add_argument("--down", action="store_true", help="first have it remove every worker (`launch down`)")
+    p_stop.add_argument("--keep-stopped", action="store_true", help="with --down: stop them instead")
     sub.add_parser("supervise", help="(the supervisor daemon) keep the wanted daemons running")
     args = parser.parse_args(argv)
     commands = {"start": lambda: start(args.restart), "stop": stop, "start-monitor": start_monitor,
-                "stop-monitor": stop_monitor, "supervise": supervise, "status": status}
+                "stop-monitor": lambda: stop_monitor(args.down, args.keep_stopped), "supervise": supervise, "status": status}
     return commands[args.cmd]()
 
 

@@ -205,7 +205,7 @@ def test_a_failed_up_leaves_the_autoscaler_running(tmp_path):
         write_config(c.path, data)
         r = cli("up", str(c.path), home=c.home)  # no terminal and no --yes: the replacement is refused
         assert r.returncode == 1 and "outdated workers were not replaced" in r.stderr
-        assert _monitor_pid(c) is not None  # paused while `up` worked, running again after it failed
+        assert _monitor_pid(c) is not None  # never paused by `up`, whatever its outcome
     finally:
         c.down()
 
@@ -326,8 +326,7 @@ def test_a_gpu_gang_is_launched_whole_from_zero_and_removed_after(tmp_path):
 
 
 def test_an_up_restarting_the_runtime_cut_short_leaves_the_autoscaler_running(tmp_path):
-    """Ctrl-C while `up --restart-runtime` restarts the head's runtime: the autoscaler, paused while
-    `up` worked, runs again."""
+    """Ctrl-C while `up --restart-runtime` restarts the head's runtime: the autoscaler runs on."""
     c = Up(tmp_path, _config("cutshort"))
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
@@ -335,7 +334,7 @@ def test_an_up_restarting_the_runtime_cut_short_leaves_the_autoscaler_running(tm
         proc = subprocess.Popen([sys.executable, "-m", "launcher", "up", str(c.path), "--yes", "--restart-runtime"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
-            if "starting the runtime" in line:  # the monitor is paused, the runtime restarting
+            if "starting the runtime" in line:  # the head's runtime restarting
                 proc.send_signal(signal.SIGINT)
                 break
         out = proc.communicate(timeout=120)[0]

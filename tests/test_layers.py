@@ -190,7 +190,7 @@ def test_the_checker_sees_a_module_started_by_name(tmp_path, monkeypatch):
 MAX_FUNCTION_LINES = 60
 MAX_CLASS_LINES = 400
 # classes still over the limit, at most this long: split along their seams (issue 29), never grown
-OVERSIZED = {"lifecycle/cluster.py:Lifecycle": 434}
+OVERSIZED: dict[str, int] = {}
 
 
 def sizes(files: list[Path]) -> tuple[dict[str, int], dict[str, int]]:

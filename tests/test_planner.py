@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,6 +165,26 @@ def test_instance_unknown_to_the_runtime_past_grace_is_terminated():
              NodeView("y", "cpu4", "up-to-date", registered=False, lost_for=120.0)]
     p = _plan([], nodes, limits=Limits(max_workers=10, runtime_grace_s=60))
     assert p.terminations == [("y", "unknown to the runtime for 120 s")]
+
+
+def test_a_static_cluster_keeps_its_nodes_for_up_to_repair_and_replaces_only_outdated_ones():
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 0, 10, 0.2)}
+    nodes = [_node("failed", "cpu4", status="update-failed", launched_at=0.0),
+             _node("stuck", "cpu4", status="setting-up", launched_at=0.0),
+             _node("lost", "cpu4", registered=False, lost_for=999.0),
+             _node("idle", "cpu4", idle_since=1.0, available={"CPU": 4}),
+             _node("old", "cpu4", outdated=True, idle_since=1.0, available={"CPU": 4}),
+             _node("gone", "removed-type", idle_since=1.0)]
+    limits = Limits(max_workers=10, idle_timeout_s=0, launch_timeout_s=60, runtime_grace_s=60)
+    autoscaled = _plan([], nodes, types=types, limits=limits, now=1000.0)
+    assert {i for i, _ in autoscaled.terminations} == {"failed", "stuck", "lost", "idle", "old", "gone"}
+    static = _plan([], nodes, types=types, limits=dataclasses.replace(limits, static=True), now=1000.0)
+    assert sorted(static.terminations) == [("gone", "node type removed-type is no longer in the config"),
+                                           ("old", "outdated node config: replacing it")]
+    assert static.launches == {}
+    types = {"cpu4": NodeTypeSpec("cpu4", {"CPU": 4}, 3, 10, 0.2)}
+    short = _plan([], [], types=types, limits=dataclasses.replace(limits, static=True))
+    assert short.launches == {"cpu4": 3} and short.launch_reasons == {"cpu4": "min_workers"}
 
 
 def test_drained_node_terminated_and_head_never():
