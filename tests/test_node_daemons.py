@@ -75,7 +75,9 @@ def test_a_daemon_whose_pid_cannot_be_written_is_not_left_running(tmpfs, monkeyp
     wait_for(lambda: _spawned(home) == [], timeout=10, what="the first stand-in gone")
     fill_disk(home)
     again = node._spawn("agent")  # its pid file is there: restarted, recorded in place
-    assert int(node._pid_file("agent").read_text()) == again.pid and _spawned(home) == [again.pid]
+    assert int(node._pid_file("agent").read_text()) == again.pid
+    # seen once it has exec'd (until then its command line is still its parent's)
+    wait_for(lambda: _spawned(home) == [again.pid], timeout=10, what="the restarted stand-in running")
     again.kill()
     again.wait()
     with pytest.raises(OSError):
