@@ -54,8 +54,8 @@ from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 
 log = logging.getLogger("launch.autoscaler")
-ROUND_TICK_S = 1.0
-DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider  # how often the monitor ticks while `up` waits for it to converge
+ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
+DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
 
 
 @dataclass
@@ -363,14 +363,20 @@ class Monitor:
         replaces it in an autoscaling one."""
         leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
         for n in nodes:
-            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id) or n.tags.get(TAG_REQUEST_ID) in self.requests
+            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id)
+                    or n.tags.get(TAG_REQUEST_ID) in self.requests  # answered() sets those up
                     or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
             if n.status in SETTING_UP:
                 self.event("adopt", node=n.id, node_type=n.node_type, status=n.status.value)
                 self.bootstrap(n)
-            elif n.id not in self.round.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED):
+            elif self.to_check(n):
                 self.bootstrap(n)
+
+    def to_check(self, n: NodeInfo) -> bool:
+        """Whether a worker is still to be checked in this round (a failed one only in a static cluster:
+        the planner replaces it in an autoscaling one)."""
+        return n.id not in self.round.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED)
 
     def converge(self, nodes: list[NodeInfo], views: dict[str, NodeView], p: Plan,
                  types: dict[str, NodeTypeSpec], now: float) -> None:
@@ -381,7 +387,7 @@ class Monitor:
             return
         waiting: list[str] = []
         leaving = {i for i, _ in p.terminations}
-        have = dict(p.launches)
+        have: dict[str, int] = {}  # workers of each type there or on their way (this tick's launches: requests)
         for n in nodes:
             v = views[n.id]
             if n.kind == KIND_HEAD or n.id in leaving or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING):
@@ -394,7 +400,7 @@ class Monitor:
                 waiting.append(f"worker {n.id}: {n.status.value}")
             elif failed:
                 continue
-            elif n.id not in rnd.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED):
+            elif self.to_check(n):
                 waiting.append(f"worker {n.id}: to be checked")
             elif v.outdated:
                 waiting.append(f"worker {n.id}: outdated, being replaced")
@@ -422,7 +428,7 @@ class Monitor:
 
     def close_retired(self) -> None:
         """Lifecycles of an older spec, closed once no setup started with them still runs."""
-        if self.retired and not any(f is not None and not f.done() for f in self.bootstrapping.values()):
+        if self.retired and not any(not f.done() for f in self.bootstrapping.values()):
             for lc in self.retired:
                 lc.close()
             self.retired = []
@@ -462,7 +468,8 @@ class Monitor:
                 log.exception("tick failed")
                 self.event("tick-failed", error=_describe(e)[:500])
             # while a round has not converged, `up` waits on it: ticks come faster, and a setup that ends wakes one
-            every = self.cfg.autoscaler.tick_s if self.round.converged else min(self.cfg.autoscaler.tick_s, ROUND_TICK_S)
+            tick_s = self.cfg.autoscaler.tick_s
+            every = tick_s if self.round.converged else min(tick_s, ROUND_TICK_S)
             wake.wait(max(0.0, every - (time.monotonic() - started)))
             wake.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
