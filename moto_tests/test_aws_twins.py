@@ -9,7 +9,7 @@ import pytest
 
 import runtime
 from tests.infra import cli, wait_for
-from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
+from tests.infra.cloud_work import autoscaler_story, busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
 
 CLUSTER = "aws-twins"
 AMI = "ami-12c6146b"
@@ -88,7 +88,8 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     wait_for(lambda: _state(ec2, cpu_node) == "stopped", timeout=30, what="the idle cpu node stopped")
 
     # new CPU work starts the stopped node again, before any new instance: its disk kept the runtime
-    assert runtime.get(crunch.remote(), timeout=240) == cpu_node
+    ran_on = runtime.get(crunch.remote(), timeout=240)
+    assert ran_on == cpu_node, autoscaler_story(head_twin.node_dir)
     assert "already installed" in (logs / f"{cpu_node}.log").read_text().split("=== ")[-1]
     runtime.shutdown()
     r = cli("down", str(path), "--yes", home=home, timeout=180)

@@ -36,6 +36,11 @@ class NodeService:
             lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
                                              list(request.gpu_ids), [(r.id, r.attempt) for r in request.running],
                                              request.first)
+            # an agent that outlived its node's removal (the instance is being terminated) is heard from
+            # again: it gets no new work. A node started again after a stop registers afresh (first).
+            if old is not None and old.removed and not request.first:
+                rec.removed = True
+                self.sched.drain(request.node_id)
             self._settle(now)
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))
@@ -87,6 +92,7 @@ class NodeService:
             r = self.nodes.get(request.node_id)
             if r is None or r.state != ALIVE:
                 return pb.RemoveNodeReply(known=r is not None, requeued=0)
+            r.removed = True
             requeued = self._declare_dead(r, now, f"removed ({request.reason or 'terminated'})", expected=True)
             self._settle(now)
         return pb.RemoveNodeReply(known=True, requeued=requeued)

@@ -140,6 +140,7 @@ class NodeRecord:
     state: str = ALIVE
     outbox: Outbox = field(default_factory=Outbox)  # Assignments for its WorkStream
     stream: int = 0  # which of its WorkStreams is current (a re-opened one replaces the one before)
+    removed: bool = False  # the autoscaler removed it (RemoveNode): its instance is going
 
 
 class Waiter:

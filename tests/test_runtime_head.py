@@ -26,11 +26,11 @@ def head(tmp_path):
     server.stop(grace=0)
 
 
-def _register(client, node_id="n1", running=()):
+def _register(client, node_id="n1", running=(), first=False):
     return client.register(pb.RegisterNodeRequest(
         node_id=node_id, node_type="cpu", address="127.0.0.1",
         total=pb.Resources(amounts={"CPU": 2.0}), labels={"zone": "a"},
-        running=[pb.RunningItem(id=i, attempt=a) for i, a in running]))
+        running=[pb.RunningItem(id=i, attempt=a) for i, a in running], first=first))
 
 
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)],
@@ -92,6 +92,24 @@ def test_a_removed_node_is_dead_at_once_and_its_work_requeued(head):
         assert st.nodes[0].state == "dead" and [d.count for d in st.demand] == [1]  # queued again, as demand
         assert client.remove_node("n1").requeued == 0  # idempotent
         assert not client.remove_node("stranger").known
+
+
+def test_an_agent_that_outlives_its_nodes_removal_gets_no_new_work(head):
+    """Removed (its instance is being terminated), the node's agent still beats: told it is unknown, it
+    registers again. It must not be given work that would die with the instance. Started again after a
+    stop (cache_stopped_nodes), a new agent registers afresh and works."""
+    address, _ = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)
+        client.remove_node("n1", "idle for 5 min")
+        _register(client)  # the same agent, heard from again
+        (node,) = client.cluster_state().nodes
+        assert node.state == "alive" and node.draining
+        client.submit_many([pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": 1.0}))])
+        st = client.cluster_state()
+        assert st.nodes[0].running == 0 and [d.count for d in st.demand] == [1]
+        _register(client, first=True)  # the instance was stopped and started again: a new agent
+        assert not client.cluster_state().nodes[0].draining
 
 
 def test_the_work_credential_submits_and_fetches_but_cannot_act_as_a_node(head):

@@ -144,21 +144,40 @@ def test_store_log_starts_over_under_constant_writes(tmp_path, monkeypatch):
                 count[0] += 1
                 written.notify_all()
 
+    class Writers:
+        """The writers' lock, noting how many commits were done when the checkpoint took it."""
+        def __enter__(self):
+            lock.acquire()
+            self.at = count[0]
+
+        def __exit__(self, *exc):
+            lock.release()
+
+    writers = Writers()
     t = threading.Thread(target=writer)
     t.start()
     try:
-        sizes = []
+        checkpoints = []  # (commits before it, frames in the log it found, commits when it held the lock)
         for k in range(1, 21):
             with written:
                 assert written.wait_for(lambda: count[0] >= 400 * k, timeout=60)
-            sizes.append(store.checkpoint(writers=lock)[0])
+            before = count[0]
+            writers.at = None
+            logged = store.checkpoint(writers=writers)[0]
+            checkpoints.append((before, logged, writers.at))
     finally:
         stop.set()
         t.join()
     wal = tmp_path / "head.db-wal"
     assert count[0] >= 8000
-    # about four pages a commit: a log that never started over would hold four times the commits (it did)
-    assert max(sizes) < count[0], (count[0], sizes)
+    # A checkpoint holding the lock copies the whole log, so the first commit after it starts the log over:
+    # the log a later checkpoint finds holds only what came since (plus a commit or two the count had not
+    # yet seen). A log that never started over would hold every commit so far, and growing.
+    per_commit = checkpoints[0][1] / checkpoints[0][0]  # the first checkpoint's log holds every commit
+    for k, (before, logged, at) in enumerate(checkpoints):
+        restarts = [i for _, _, i in checkpoints[:k] if i is not None and before >= i + 2]
+        if at is not None and restarts:
+            assert logged <= per_commit * (at + 2 - restarts[-1]) * 1.5, (per_commit, checkpoints)
     assert wal.stat().st_size < count[0] * 4096, (count[0], wal.stat().st_size)
     assert len(store.known([f"t{i}" for i in range(count[0])])) == count[0]
     store.close()

@@ -32,6 +32,14 @@ def gpu_and_cpu_tasks():
     return infer, crunch
 
 
+def autoscaler_story(head_dir) -> str:
+    """What the head's autoscaler did (its log without the per-tick records), for a failing assertion."""
+    import json
+
+    lines = (head_dir / "logs" / "autoscaler.log").read_text().splitlines()
+    return "\n".join(line for line in lines if json.loads(line).get("event") not in ("tick", "plan"))
+
+
 def busy_gpu_node(path, home) -> str:
     """The id of the node whose GPU a task holds, once one does."""
     return wait_for(lambda: [n["id"] for n in cluster_status(path, home)["nodes"]
