@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 from runtime.processes import ActorInstance, Worker, WorkerDied
 from runtime.proto import head_pb2 as pb

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 
-from runtime.head_state import log
 from runtime.limits import CHUNK_BYTES, MAX_OBJECT_BYTES, too_large
 from runtime.proto import head_pb2 as pb
 from runtime.store import ID_PATTERN
