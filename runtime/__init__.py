@@ -63,17 +63,26 @@ _own_site_first()
 _set_up_grpc_io()
 
 _API = {
-    "runtime.api": ["ObjectRef", "cancel", "get", "init", "shutdown", "wait"],
+    "runtime.api": ["ObjectRef", "cancel", "get", "init", "put", "shutdown", "wait"],
     "runtime.exceptions": ["ActorDiedError", "GetTimeoutError", "TaskCancelledError", "TaskError"],
-    "runtime.decorator": ["remote"],
+    "runtime.decorator": ["method", "remote"],
+    "runtime.introspection": ["available_resources", "cluster_resources", "get_gpu_ids", "get_runtime_context",
+                              "is_initialized", "nodes"],
     "runtime.actors": ["ActorHandle", "get_actor", "kill"],
-    "runtime.placement_group": ["PlacementGroup", "PlacementGroupSchedulingStrategy", "placement_group",
-                                "remove_placement_group"],
+    "runtime.placement_group": ["PlacementGroup", "PlacementGroupSchedulingStrategy", "get_current_placement_group",
+                                "placement_group", "remove_placement_group"],
 }
 __all__ = sorted(name for names in _API.values() for name in names)
 
 
+_SUBMODULES = ("exceptions", "util")  # `import runtime as ray; ray.exceptions.GetTimeoutError`, as in Ray
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"runtime.{name}")
     for module, names in _API.items():
         if name in names:
             import importlib

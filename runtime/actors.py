@@ -116,7 +116,28 @@ class ActorClass:
                 _owned.append(actor_id)
         if name:  # a name already taken fails now, not in the background
             api._connection().flush()
-        return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"])
+        return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"], _method_returns(self._cls))
+
+
+def method(*, num_returns: int = 1):
+    """Decorator of an actor's method (Ray's `@ray.method`): how many values its calls return."""
+    api.num_returns_of(num_returns)
+
+    def wrap(fn):
+        fn.__launch_num_returns__ = num_returns
+        return fn
+
+    return wrap
+
+
+def _method_returns(cls: type) -> dict[str, int]:
+    """The methods of `cls` declared with @method(num_returns=N), N != 1."""
+    out = {}
+    for name in dir(cls):
+        count = getattr(getattr(cls, name, None), "__launch_num_returns__", 1)
+        if count != 1:
+            out[name] = count
+    return out
 
 
 def _is_driver() -> bool:
@@ -129,18 +150,20 @@ class ActorHandle:
     """A reference to an actor: `handle.method.remote(...)` calls a method. Handles can be passed to tasks
     and to other actors."""
 
-    def __init__(self, actor_id: str, class_name: str = "", max_task_retries: int = 0):
+    def __init__(self, actor_id: str, class_name: str = "", max_task_retries: int = 0,
+                 returns: dict[str, int] | None = None):
         self._actor_id = actor_id
         self._class_name = class_name
         self._max_task_retries = max_task_retries
+        self._returns = returns or {}  # method -> num_returns, where not 1
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return ActorMethod(self, name)
+        return ActorMethod(self, name, self._returns.get(name, 1))
 
     def __reduce__(self):
-        return ActorHandle, (self._actor_id, self._class_name, self._max_task_retries)
+        return ActorHandle, (self._actor_id, self._class_name, self._max_task_retries, self._returns)
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -153,36 +176,40 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str):
-        self._handle, self._name = handle, name
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int = 1):
+        self._handle, self._name, self._num_returns = handle, name, num_returns
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor method {self._name} must be called with .remote(...)")
 
-    def options(self, max_task_retries: int | None = None, **unknown) -> ActorMethod:
+    def options(self, max_task_retries: int | None = None, num_returns: int | None = None, **unknown) -> ActorMethod:
         if unknown:
             raise TypeError(f"unknown option(s) for an actor method: {', '.join(sorted(unknown))}")
-        method = ActorMethod(ActorHandle(self._handle._actor_id, self._handle._class_name,
-                                         self._handle._max_task_retries if max_task_retries is None
-                                         else max_task_retries), self._name)
-        return method
+        h = self._handle
+        return ActorMethod(ActorHandle(h._actor_id, h._class_name,
+                                       h._max_task_retries if max_task_retries is None else max_task_retries,
+                                       h._returns), self._name,
+                           self._num_returns if num_returns is None else api.num_returns_of(num_returns))
 
-    def remote(self, *args, **kwargs) -> ObjectRef:
+    def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
         h = self._handle
         retries = 2**31 - 1 if h._max_task_retries == -1 else h._max_task_retries
         payload = pickling.dumps((self._name, args, kwargs))
-        return ObjectRef(api._submit("call", f"{h._class_name}.{self._name}", {}, payload, api._deps(args, kwargs),
-                                     retries, "c", actor_id=h._actor_id))
+        name = f"{h._class_name}.{self._name}"
+        ref = ObjectRef(api._submit("call", name, {}, payload, api._deps(args, kwargs), retries, "c",
+                                    actor_id=h._actor_id))
+        return api.split_returns(ref, self._num_returns, name)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """End an actor now: its process is killed, its resources freed, calls not run yet fail with
-    ActorDiedError. (It is never restarted after a kill: no_restart=False is not supported.)"""
+    ActorDiedError. no_restart=False: killed as if it had crashed, so it is made again (its
+    constructor run again) while its max_restarts allow, its pending calls kept."""
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle (got {type(actor).__name__})")
+    api._require().cancel(actor._actor_id, restart=not no_restart)
     if not no_restart:
-        raise ValueError("kill(no_restart=False) is not supported: a killed actor stays dead")
-    api._require().cancel(actor._actor_id)
+        return
     with _owned_lock:
         if actor._actor_id in _owned:
             _owned.remove(actor._actor_id)

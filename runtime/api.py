@@ -30,7 +30,7 @@ import cloudpickle
 
 from core.entry_points import TUNNEL
 from runtime import pickling
-from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, TaskError  # noqa: F401 (the API's)
+from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, TaskError, error_for  # noqa: F401 (the API's)
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
@@ -483,7 +483,7 @@ def _placement(opts: dict) -> tuple[str, int]:
         raise TypeError(f"placement_group must be a PlacementGroup (got {type(pg).__name__})")
     if not isinstance(index, int) or index < -1:
         raise ValueError(f"placement_group_bundle_index must be an int >= -1 (got {index!r})")
-    if index >= len(pg.bundle_specs):
+    if pg.bundle_specs and index >= len(pg.bundle_specs):
         raise ValueError(f"placement_group_bundle_index {index} is out of range: the group has "
                          f"{len(pg.bundle_specs)} bundle(s)")
     return pg_id, index
@@ -499,7 +499,7 @@ def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, dep
         raise ValueError(f"{name}: {too_large('payload with its arguments', len(payload))}")
     item_id = f"{prefix}-{uuid.uuid4().hex[:20]}"
     spec = pb.WorkSpec(kind=kind, name=name, request=pb.Resources(amounts=request), depends_on=deps,
-                       max_retries=max_retries, **fields)
+                       max_retries=max_retries, parent_id=_parent(), **fields)
     conn = _connection()
     if len(payload) > INLINE_BYTES:
         _reconnecting(lambda: conn.client.upload_args(item_id, payload))
@@ -510,19 +510,85 @@ def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, dep
     return item_id
 
 
+def put(value) -> ObjectRef:
+    """Store a value in the cluster once; its ref can be passed to any number of tasks and actors (as an
+    argument of its own it arrives as the value) and fetched with get(). Kept on the head's disk (a day)."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
+    return ObjectRef(_submit("object", "put", {}, pickling.dumps(value), [], 0, "o"))
+
+
 def _deps(args, kwargs) -> list[str]:
     return sorted({a.id for a in [*args, *kwargs.values()] if isinstance(a, ObjectRef)})
+
+
+def num_returns_of(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_returns: must be a whole number >= 0 (got {value!r:.40})")
+    return value
+
+
+def _element(values, index: int, count: int):
+    """(a task of its own) Element `index` of what a task with num_returns=count returned."""
+    if not isinstance(values, (tuple, list)) or len(values) != count:
+        got = f"{len(values)} values" if isinstance(values, (tuple, list)) else f"a {type(values).__name__}"
+        raise ValueError(f"the task has num_returns={count} but returned {got}: it must return a tuple of {count}")
+    return values[index]
+
+
+_element_blob: list[bytes] = []
+
+
+def split_returns(ref: ObjectRef, count: int, name: str) -> list[ObjectRef] | ObjectRef | None:
+    """The refs of a task with num_returns=count: each value a task of no resources that takes its element
+    (an error of the task is each one's error, as in Ray)."""
+    if count == 1:
+        return ref
+    if count == 0:
+        return None
+    if not _element_blob:
+        _element_blob.append(pickling.dumps(_element))
+    return [ObjectRef(_submit("task", f"{name}[{i}]", {}, pickling.dumps((_element_blob[0], (ref, i, count), {})),
+                              [ref.id], DEFAULT_MAX_RETRIES, "t")) for i in range(count)]
+
+
+class _Retrying:
+    """A task's function with retry_exceptions: an exception it raises (of the given types) runs it again,
+    up to max_retries times, before it is the task's error."""
+
+    def __init__(self, fn: Callable, retries: int, exceptions: tuple[type, ...]):
+        self.fn, self.retries, self.exceptions = fn, retries, exceptions
+
+    def __call__(self, *args, **kwargs):
+        for attempt in range(self.retries + 1):
+            try:
+                return self.fn(*args, **kwargs)
+            except self.exceptions:
+                if attempt == self.retries:
+                    raise
+
+
+def _retry_policy(retry_exceptions) -> tuple[type, ...]:
+    if retry_exceptions is True:
+        return (Exception,)
+    if retry_exceptions is False or retry_exceptions is None:
+        return ()
+    if isinstance(retry_exceptions, (list, tuple)) and all(isinstance(e, type) and issubclass(e, BaseException)
+                                                           for e in retry_exceptions):
+        return tuple(retry_exceptions)
+    raise TypeError(f"retry_exceptions: True, False or a list of exception types (got {retry_exceptions!r:.60})")
 
 
 class RemoteFunction:
     def __init__(self, fn: Callable, num_cpus=1, num_gpus=0, memory=0, resources=None,
                  max_retries=DEFAULT_MAX_RETRIES, name: str | None = None, placement_group=None,
-                 placement_group_bundle_index=-1, scheduling_strategy=None):
+                 placement_group_bundle_index=-1, scheduling_strategy=None, num_returns=1, retry_exceptions=False):
         self._fn = fn
         self._opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
                           max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"),
                           placement_group=placement_group, placement_group_bundle_index=placement_group_bundle_index,
-                          scheduling_strategy=scheduling_strategy)
+                          scheduling_strategy=scheduling_strategy, num_returns=num_returns,
+                          retry_exceptions=retry_exceptions)
         self._fn_blob: bytes | None = None  # the function pickled once, not on every call
         functools.update_wrapper(self, fn)
 
@@ -535,21 +601,29 @@ class RemoteFunction:
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._opts['name']} must be called with .remote(...)")
 
-    def remote(self, *args, **kwargs) -> ObjectRef:
+    def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
         from runtime.work import validate_request
 
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
         validate_request(request)  # a bad request fails here, not later in the background
+        count = num_returns_of(o["num_returns"])
+        retried = _retry_policy(o["retry_exceptions"])
+        max_retries = o["max_retries"]
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
+            raise ValueError(f"max_retries: must be an int >= 0, or -1 for no limit (got {max_retries!r:.40})")
+        max_retries = 2**31 - 1 if max_retries == -1 else max_retries
         pg_id, index = _placement(o)
         if self._fn_blob is None:
-            self._fn_blob = pickling.dumps(self._fn)
+            fn = _Retrying(self._fn, max_retries, retried) if retried else self._fn
+            self._fn_blob = pickling.dumps(fn)
         payload = pickling.dumps((self._fn_blob, args, kwargs))
-        return ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), o["max_retries"], "t",
-                                 pg_id=pg_id, bundle_index=index))
+        ref = ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), max_retries, "t",
+                                pg_id=pg_id, bundle_index=index))
+        return split_returns(ref, count, o["name"])
 
 
-def _value(res) -> Any:
+def _value(res, depth: int = 0) -> Any:
     if res.state == "finished":
         if res.stored:  # too large for a message: unpickled as it comes from the head, in chunks
             def load():
@@ -558,22 +632,32 @@ def _value(res) -> Any:
 
             return _reconnecting(load)
         return cloudpickle.loads(res.value)
-    if res.state == "cancelled":
-        raise TaskCancelledError(f"task {res.id} was cancelled")
     if res.error:
         cause, tb = cloudpickle.loads(res.error)
         msg = f"task {res.id} failed: {type(cause).__name__}: {cause}\n\nRemote traceback:\n{tb}"
         try:  # an error that is also the remote exception's type, so `except ZeroDivisionError` works
-            cls = type(f"TaskError({type(cause).__name__})", (TaskError, type(cause)), {})
+            cls = type(f"RayTaskError({type(cause).__name__})", (TaskError, type(cause)), {})
             err = cls.__new__(cls)
             TaskError.__init__(err, msg, cause, tb)
             err.args = (msg,)
         except TypeError:
             err = TaskError(msg, cause, tb)
         raise err from None
-    if res.message.startswith("its actor "):  # a call whose actor died, was killed or could not be made
-        raise _actor_died(f"task {res.id} {res.state}: {res.message}")
-    raise TaskError(f"task {res.id} {res.state}: {res.message}")
+    failed_dep = _failed_dependency(res.message)
+    if failed_dep and depth < 100:  # as in Ray: the error of the value it was given, not "dependency failed"
+        try:
+            (dep,) = _connection().get_results([failed_dep], 0)
+        except Exception:  # noqa: BLE001  gone (expired): said as the head said it
+            dep = None
+        if dep is not None and dep.state != "finished":
+            return _value(dep, depth + 1)
+    raise error_for(res.id, res.state, res.message)
+
+
+def _failed_dependency(message: str) -> str:
+    """The id of the dependency an item failed for ("dependency ID failed|cancelled"), or ""."""
+    words = message.split()
+    return words[1] if len(words) == 3 and words[0] == "dependency" and words[2] in ("failed", "cancelled") else ""
 
 
 def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
@@ -612,11 +696,14 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     return ready, [r for r in refs if r.id not in ready_ids]
 
 
-def _actor_died(message: str) -> Exception:
-    return ActorDiedError(message)
+def _parent() -> str:
+    """The task, actor call or actor constructor this code runs in, if any (what submits from it is its
+    child: cancel(recursive=True) reaches it)."""
+    return os.environ.get("LAUNCH_TASK_ID", "") if os.environ.get("LAUNCH_ITEM_ID") else ""
 
 
-def cancel(ref: ObjectRef) -> str:
-    """Cancel a task: dropped if queued, stopped if running. Returns its state after the request."""
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> str:
+    """Cancel a task: dropped if queued, stopped if running (its process is killed, so `force` changes
+    nothing); `recursive`: the tasks it submitted too. Returns its state after the request."""
     (ref,) = _refs(ref, "cancel")
-    return _unknown_ids(_require().cancel, ref.id)
+    return _unknown_ids(_require().cancel, ref.id, bool(recursive))

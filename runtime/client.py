@@ -229,8 +229,9 @@ class HeadClient:
             session[0].put(None)
             session[1].cancel()
 
-    def cancel(self, item_id: str) -> str:
-        return self._stub.Cancel(pb.CancelRequest(id=item_id), metadata=self._md, timeout=self.timeout_s).state
+    def cancel(self, item_id: str, recursive: bool = False, restart: bool = False) -> str:
+        return self._stub.Cancel(pb.CancelRequest(id=item_id, recursive=recursive, restart=restart), metadata=self._md,
+                                 timeout=self.timeout_s).state
 
     def keep_alive(self, owner_id: str) -> None:
         self._stub.KeepAlive(pb.KeepAliveRequest(owner_id=owner_id), metadata=self._md, timeout=self.timeout_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from runtime.actors import ActorClass
+from runtime.actors import ActorClass, method  # noqa: F401 (the API's)
 from runtime.api import DEFAULT_MAX_RETRIES, PLACEMENT_OPTIONS, RemoteFunction
 
 
@@ -18,7 +18,7 @@ def remote(fn: Callable | None = None, *, num_cpus: float | None = None, num_gpu
         if inspect.isclass(f):
             return ActorClass(f, num_cpus=num_cpus or 0, num_gpus=num_gpus, memory=memory, resources=resources,
                               **options)
-        unknown = set(options) - set(PLACEMENT_OPTIONS)
+        unknown = set(options) - set(PLACEMENT_OPTIONS) - {"num_returns", "retry_exceptions"}
         if unknown:
             raise TypeError(f"unknown option(s) for a remote function: {', '.join(sorted(unknown))}")
         return RemoteFunction(f, 1 if num_cpus is None else num_cpus, num_gpus, memory, resources, max_retries,

@@ -20,7 +20,7 @@ from core.files import private_dir
 from core.shapes import EPS
 from runtime.executor_actors import ActorRunning
 from runtime.executor_jobs import JobRunning
-from runtime.executor_tasks import TaskRunning
+from runtime.executor_tasks import TaskRunning, task_context
 from runtime.processes import ActorInstance, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
 from runtime.worker import RESULT_DIR_ENV
@@ -144,7 +144,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         while pool:
             w = pool.pop()
             try:
-                w.send(a.spec.payload, dict(a.dep_values), a.item_id)
+                w.send(a.spec.payload, dict(a.dep_values), a.item_id, context=task_context(a))
                 return w
             except WorkerDied:
                 w.kill()

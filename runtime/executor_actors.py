@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from runtime.executor_tasks import task_context
 from runtime.processes import ActorInstance, Worker, WorkerDied
 from runtime.proto import head_pb2 as pb
 
@@ -35,7 +36,7 @@ class ActorRunning:
             self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
             return
         try:
-            status, data = worker.call(payload, deps, a.item_id, op="actor")
+            status, data = worker.call(payload, deps, a.item_id, op="actor", context=task_context(a))
         except WorkerDied as e:
             self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its process died ({e})"))
             return
@@ -61,7 +62,7 @@ class ActorRunning:
                                                           message=f"its inputs could not be fetched ({e})"))
                 continue
             try:
-                status, data = worker.call(payload, deps, a.item_id, op="call")
+                status, data = worker.call(payload, deps, a.item_id, op="call", context={"task_id": call.item_id})
             except WorkerDied as e:
                 with inst.cond:
                     inst.current = None

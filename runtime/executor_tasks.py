@@ -13,6 +13,11 @@ from runtime.proto import head_pb2 as pb
 MAX_IDLE_WORKERS_PER_KEY = 8
 
 
+def task_context(a: pb.Assignment) -> dict:
+    """What a task may ask of get_runtime_context(): its id and the resources it was given."""
+    return {"task_id": a.item_id, "resources": dict(a.spec.request.amounts), "placement_group": a.spec.pg_id}
+
+
 class TaskRunning:
     """The executor's tasks: each in a pooled worker process of its GPU set; its result inline, or uploaded from
     the worker's file. Its state is the Executor's (set in Executor.__init__): a part of Executor, not used
@@ -56,7 +61,7 @@ class TaskRunning:
             self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
             return
         try:
-            worker.send(payload, deps, a.item_id)
+            worker.send(payload, deps, a.item_id, context=task_context(a))
         except WorkerDied as e:
             self._worker_died(a, worker, e)
             return

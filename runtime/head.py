@@ -35,7 +35,7 @@ from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 from runtime.scheduler import Scheduler
 from runtime.store import ID_PATTERN, Store
-from runtime.work import ACTOR, DONE_STATES, KINDS, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
+from runtime.work import ACTOR, DONE_STATES, KINDS, OBJECT, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
 
 
 class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.HeadServicer):
@@ -112,6 +112,8 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             if len(spec.actor_name) > 200:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an actor's name may be 200 characters at most")
+            if spec.kind == OBJECT and (spec.depends_on or spec.request.amounts):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an object has no dependencies and needs no resources")
             if spec.kind == PG:
                 problem = group_problem([dict(b.amounts) for b in spec.bundles], spec.strategy)
                 if problem:
@@ -130,6 +132,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"an actor named {taken or names[0]!r} exists")
             ids = given or [self.sched.new_id(spec.kind) for spec in specs]
             items = [item_of(item_id, spec, now) for item_id, spec in zip(ids, specs)]
+            for item, spec in zip(items, specs):
+                if spec.kind == OBJECT and spec.payload_size:  # the value uploaded is its result from now on
+                    os.replace(self.store.arg_path(item.id), self.store.result_path(item.id))
             # stored before anything else knows of it: work is accepted only once a restart would keep it
             try:
                 self.store.write([(i.id, i.kind, i.name, i.request, i.max_retries, spec.SerializeToString(),
@@ -137,11 +142,14 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                                  [], [], id_seq=self.sched.id_seq)
             except STORE_ERRORS as e:
                 self._store_failed(e)
+                for item in items:
+                    if item.kind == OBJECT:
+                        self.store.result_path(item.id).unlink(missing_ok=True)
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{STORE_FULL} ({e}: its "
                               "disk full?); nothing was submitted: try again once it has room")
             for item, spec in zip(items, specs):
                 self.sched.submit(item, now)
-                if spec.payload_size:
+                if spec.payload_size and spec.kind != OBJECT:
                     self.uploaded_args.add(item.id)
             try:
                 self._settle(now, [], dict(zip(ids, specs)))
@@ -232,14 +240,19 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         now = self.clock()
         with self.lock:
             try:
-                state, node_id = self.sched.cancel(request.id, now)
+                if request.recursive:
+                    state, stop = self.sched.cancel_tree(request.id, now)
+                else:
+                    state, node_id = self.sched.cancel(request.id, now, restart=request.restart)
+                    stop = [(request.id, node_id)] if node_id else []
             except KeyError:
                 row = self.store.row(request.id)
                 if row is None:
                     context.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {request.id}")
                 return pb.CancelReply(state=row.state)
-            if node_id and node_id in self.nodes:
-                self.nodes[node_id].outbox.put(pb.Assignment(item_id=request.id, cancel=True))
+            for item_id, node_id in stop:
+                if node_id in self.nodes:
+                    self.nodes[node_id].outbox.put(pb.Assignment(item_id=item_id, cancel=True))
             self._settle(now)  # a removed placement group frees its nodes for queued work
         return pb.CancelReply(state=state)
 

@@ -16,7 +16,7 @@ import grpc
 
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
-from runtime.work import ACTOR, PG, Item, bundle_sum
+from runtime.work import ACTOR, FINISHED, OBJECT, PG, Item, bundle_sum
 
 # The cluster's Python: every node runs the same one (lifecycle/runtime_bundle.py), and a driver's must match it
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
@@ -174,9 +174,13 @@ def stored_result(t: tuple, make=pb.ItemResult) -> pb.ItemResult:
 def item_of(item_id: str, spec: pb.WorkSpec, now: float) -> Item:
     """The scheduler's item for a submitted spec."""
     bundles = [dict(b.amounts) for b in spec.bundles]
-    return Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
+    item = Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
                 request=bundle_sum(bundles) if spec.kind == PG else dict(spec.request.amounts),
                 max_retries=max(spec.max_retries, 0), submitted_at=now, depends_on=set(spec.depends_on),
                 actor_id=spec.actor_id, actor_name=spec.actor_name, pg_id=spec.pg_id,
                 bundle_index=spec.bundle_index if spec.pg_id else -1, bundles=bundles, strategy=spec.strategy,
-                owner_id=spec.owner_id if spec.kind == ACTOR else "")
+                owner_id=spec.owner_id if spec.kind == ACTOR else "", parent_id=spec.parent_id)
+    if spec.kind == OBJECT:  # a put value: its payload is its result (on the head's disk once uploaded)
+        item.result = pb.ItemResult(id=item_id, state=FINISHED, value=spec.payload, value_size=spec.payload_size,
+                                    stored=spec.payload_size > 0)
+    return item

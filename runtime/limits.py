@@ -9,7 +9,8 @@ agents and clients; the README's "Limits" section states them).
   fetches the rest in further replies; a submit batch is cut at the same size.
 - Finished work leaves the head's memory at once; its record and result stay in the head's store
   (SQLite on its disk) for RETAIN_FETCHED_S after a client first fetched it, RETAIN_UNFETCHED_S if
-  nobody does; job records and logs for RETAIN_JOBS_S.
+  nobody does (a value put with runtime.put: for RETAIN_UNFETCHED_S, however often it is fetched or
+  passed to tasks); job records and logs for RETAIN_JOBS_S.
 """
 
 MAX_OBJECT_BYTES = 4 << 30

@@ -75,6 +75,15 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     return PlacementGroup(pg_id, specs, strategy)
 
 
+def get_current_placement_group() -> PlacementGroup | None:
+    """The group this task or actor runs in (None: in none, or on a driver). Its bundles are not known
+    here: work submitted into it is checked against them by the head."""
+    import os
+
+    pg_id = os.environ.get("LAUNCH_PLACEMENT_GROUP", "") if os.environ.get("LAUNCH_ITEM_ID") else ""
+    return PlacementGroup(pg_id, [], "") if pg_id else None
+
+
 def remove_placement_group(pg: PlacementGroup) -> None:
     """End the reservation: tasks and actors in the group are cancelled or killed."""
     api._require().cancel(pg.id)

@@ -59,13 +59,16 @@ class Worker:
             env=env, cwd=Path.home(),
         )
 
-    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> tuple[str, bytes]:
-        self.send(payload, deps, item_id, op)
+    def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
+             context: dict | None = None) -> tuple[str, bytes]:
+        self.send(payload, deps, item_id, op, context)
         return self.receive()
 
-    def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task") -> None:
+    def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
+             context: dict | None = None) -> None:
+        """context: what the work may ask of get_runtime_context() (resources, task_id)."""
         try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id)))
+            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context or {})))
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
 

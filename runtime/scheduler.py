@@ -41,7 +41,7 @@ from runtime.scheduler_actors import ActorLines
 from runtime.scheduler_groups import PlacementGroups
 from runtime.scheduler_nodes import NodeBook
 from runtime.scheduler_sharing import NodeSharing
-from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED, INFEASIBLE, LOST, PG,
+from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, DONE_STATES, EPS, FAILED, FINISHED, INFEASIBLE, LOST, OBJECT, PG,
                           PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node, Shape,
                           bundle_sum, fmt_request, place_key, type_can_run, validate_request)
 
@@ -61,6 +61,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
         self.task_seconds: dict[Shape, float] = {}  # recent run time of tasks by shape (moving average)
         self.infeasible: dict[str, str] = {}  # item id -> reason
         self.dependents: dict[str, set[str]] = {}
+        self.children: dict[str, set[str]] = {}  # parent id -> the items it submitted still in memory
         self._seq = 0
         self._order = 0
         self.actors: dict[str, Actor] = {}  # live actors (not done)
@@ -101,6 +102,11 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
         item.seq = self._order
         self.items[item.id] = item
         self.dirty.add(item.id)
+        if item.parent_id:
+            self.children.setdefault(item.parent_id, set()).add(item.id)
+        if item.kind == OBJECT:  # its value came with it
+            self._finish(item, FINISHED, now)
+            return
         if item.kind == ACTOR:
             self._register_actor(item)
         elif item.kind == PG:
@@ -316,6 +322,10 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
             s = item.shape
             took = now - item.started_at
             self.task_seconds[s] = took if s not in self.task_seconds else 0.8 * self.task_seconds[s] + 0.2 * took
+        if item.restart_requested and state in (CANCELLED, LOST):  # kill(no_restart=False): as if it crashed
+            item.restart_requested = False
+            self._retry_or_fail(item, now, "it was killed to restart")
+            return item
         if state == LOST:
             self._retry_or_fail(item, now, message or "its process died")
             return item
@@ -332,12 +342,31 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
         self._finish(item, state, now, message=message)
         return item
 
-    def cancel(self, item_id: str, now: float) -> tuple[str, str | None]:
-        """Returns (state, node to tell to stop the item or None). Cancelling an actor kills it; a placement
-        group, removes it (the nodes to tell are in to_stop)."""
+    def cancel_tree(self, item_id: str, now: float) -> tuple[str, list[tuple[str, str]]]:
+        """Cancel the item and, recursively, what it submitted that is not done. Returns (the item's state,
+        (item, node) pairs whose node is to be told to stop it)."""
+        state, node_id = self.cancel(item_id, now)
+        stop = [(item_id, node_id)] if node_id else []
+        todo = sorted(self.children.get(item_id, ()))
+        while todo:
+            child = todo.pop()
+            if child in self.items and self.items[child].state not in DONE_STATES:
+                _, node = self.cancel(child, now)
+                if node:
+                    stop.append((child, node))
+            todo += sorted(self.children.get(child, ()))
+        return state, stop
+
+    def cancel(self, item_id: str, now: float, restart: bool = False) -> tuple[str, str | None]:
+        """Returns (state, node to tell to stop the item or None). Cancelling an actor kills it (`restart`:
+        as if it had crashed, so it restarts while max_restarts allows); a placement group, removes it (the
+        nodes to tell are in to_stop)."""
         item = self.items.get(item_id)
         if item is None:
             raise KeyError(item_id)
+        if restart and item.kind == ACTOR and item.state == RUNNING:
+            item.restart_requested = True
+            return RUNNING, item.node_id
         if item.kind == PG and item.id in self.groups:
             self._remove_group(self.groups[item.id], now)
             return CANCELLED, None
@@ -361,8 +390,13 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
 
     def forget(self, item_id: str) -> None:
         """A done item leaves memory (its record is in the store)."""
-        self.items.pop(item_id, None)
+        item = self.items.pop(item_id, None)
         self.infeasible.pop(item_id, None)
+        if item is not None and item.parent_id in self.children:
+            siblings = self.children[item.parent_id]
+            siblings.discard(item_id)
+            if not siblings:
+                del self.children[item.parent_id]
 
     def take_finished(self) -> list[str]:
         """Ids of the items done since the last call (the head wakes whoever waits for them)."""

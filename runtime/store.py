@@ -232,7 +232,7 @@ class Store:
         expired = [r[0] for r in self.db.execute(
             "SELECT id FROM items WHERE finished_at > 0 AND ("
             " (kind = 'job' AND finished_at < ?) OR"
-            " (kind != 'job' AND fetched_at IS NOT NULL AND fetched_at < ?) OR"
+            " (kind NOT IN ('job', 'object') AND fetched_at IS NOT NULL AND fetched_at < ?) OR"
             " (kind != 'job' AND finished_at < ?))",
             (now - RETAIN_JOBS_S, now - RETAIN_FETCHED_S, now - RETAIN_UNFETCHED_S))]
         with self._tx():

@@ -29,7 +29,8 @@ PREFETCH_REVOKE_S = 1.0
 PREFETCH_PAUSE_S = 10.0  # after a revoke, that node gets nothing ahead for this long
 
 TASK, JOB, ACTOR, CALL, PG = "task", "job", "actor", "call", "pg"
-KINDS = (TASK, JOB, ACTOR, CALL, PG)
+OBJECT = "object"  # a value a client put (runtime.put): done as it is submitted, its result the payload
+KINDS = (TASK, JOB, ACTOR, CALL, PG, OBJECT)
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 class InvalidRequest(ValueError):
@@ -93,6 +94,8 @@ class Item:
     bundles: list[dict[str, float]] = field(default_factory=list)  # pg: its bundles
     strategy: str = ""  # pg
     owner_id: str = ""  # actor: the driver it dies with ("": detached)
+    parent_id: str = ""  # the task, call or actor that submitted it (a recursive cancel reaches it)
+    restart_requested: bool = False  # actor: killed to be restarted (kill(no_restart=False))
 
     @property
     def shape(self) -> Shape:

@@ -15,6 +15,7 @@ original stdout to itself; the task's own prints go to stderr (the agent's log).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import struct
 import sys
@@ -152,8 +153,13 @@ def main() -> None:
         frame = read_frame(proto_in)
         if frame is None:
             return
-        op, payload, deps, item_id = cloudpickle.loads(frame)
+        op, payload, deps, item_id, context = cloudpickle.loads(frame)
         os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
+        # for get_runtime_context(): the task or call running now; the resources of the task, or the actor's
+        os.environ["LAUNCH_TASK_ID"] = context.get("task_id", item_id)
+        if "resources" in context:  # a task, or an actor's constructor (its methods: the actor's)
+            os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(context["resources"])
+            os.environ["LAUNCH_PLACEMENT_GROUP"] = context.get("placement_group", "")
         write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps, op, item_id)))
 
 

@@ -81,7 +81,7 @@ class ClusterStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkSpec(_message.Message):
-    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size", "actor_id", "actor_name", "pg_id", "bundle_index", "bundles", "strategy", "owner_id")
+    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size", "actor_id", "actor_name", "pg_id", "bundle_index", "bundles", "strategy", "owner_id", "parent_id")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class WorkSpec(_message.Message):
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     request: Resources
@@ -132,7 +133,8 @@ class WorkSpec(_message.Message):
     bundles: _containers.RepeatedCompositeFieldContainer[Resources]
     strategy: str
     owner_id: str
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., owner_id: _Optional[str] = ...) -> None: ...
+    parent_id: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., owner_id: _Optional[str] = ..., parent_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("specs", "ids")
@@ -233,10 +235,14 @@ class GetActorReply(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "recursive", "restart")
     ID_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    recursive: bool
+    restart: bool
+    def __init__(self, id: _Optional[str] = ..., recursive: _Optional[bool] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ("state",)
