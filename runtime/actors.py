@@ -34,7 +34,7 @@ from runtime.exceptions import ActorDiedError  # noqa: F401 (the API's)
 
 
 ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries", "name",
-                 "lifetime", *api.PLACEMENT_OPTIONS)
+                 "lifetime", "max_concurrency", "namespace", "get_if_exists", *api.PLACEMENT_OPTIONS)
 
 _owned: list[str] = []  # actors this driver made that end with it
 _owned_lock = threading.Lock()
@@ -72,7 +72,8 @@ class ActorClass:
         self._cls = cls
         self._opts = {"num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": None, "max_restarts": 0,
                       "max_task_retries": 0, "name": None, "lifetime": None, "placement_group": None,
-                      "placement_group_bundle_index": -1, "scheduling_strategy": None, **opts}
+                      "placement_group_bundle_index": -1, "scheduling_strategy": None, "max_concurrency": None,
+                      "namespace": None, "get_if_exists": False, **opts}
         if self._opts["lifetime"] not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or 'non_detached' (got {self._opts['lifetime']!r})")
         self._blob: bytes | None = None
@@ -98,9 +99,20 @@ class ActorClass:
         for key in ("max_restarts", "max_task_retries"):
             if not isinstance(o[key], int) or o[key] < -1:
                 raise ValueError(f"{key} must be an int >= 0, or -1 for no limit (got {o[key]!r})")
+        concurrency = o["max_concurrency"]
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or concurrency < 1):
+            raise ValueError(f"max_concurrency must be an int >= 1 (got {concurrency!r:.40})")
+        if o["get_if_exists"] and not name:
+            raise ValueError("get_if_exists needs a name")
+        key = _name_key(name, o["namespace"]) if name else ""
+        if o["get_if_exists"]:
+            found = _find_actor(key)
+            if found is not None:
+                return found
         pg_id, index = api._placement(o)
         if self._blob is None:
-            self._blob = pickling.dumps(self._cls)
+            self._blob = pickling.dumps((self._cls, {"max_concurrency": concurrency}))
         payload = pickling.dumps((self._blob, args, kwargs))
         restarts = 2**31 - 1 if o["max_restarts"] == -1 else o["max_restarts"]
         if name:  # alone in its batch: a taken name refuses it, not the work submitted before it
@@ -109,13 +121,19 @@ class ActorClass:
         if owned:
             _start_keep_alive()
         actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
-                               actor_name=name or "", pg_id=pg_id, bundle_index=index,
+                               actor_name=key, pg_id=pg_id, bundle_index=index,
                                owner_id=OWNER_ID if owned else "")
         if owned:
             with _owned_lock:
                 _owned.append(actor_id)
         if name:  # a name already taken fails now, not in the background
-            api._connection().flush()
+            try:
+                api._connection().flush()
+            except ValueError:
+                found = _find_actor(key) if o["get_if_exists"] else None  # made by another meanwhile
+                if found is None:
+                    raise
+                return found
         return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"], _method_returns(self._cls))
 
 
@@ -215,18 +233,33 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
             _owned.remove(actor._actor_id)
 
 
-def get_actor(name: str) -> ActorHandle:
-    """The live actor of that name; ValueError if there is none."""
+def _name_key(name: str, namespace: str | None) -> str:
+    """An actor's name as the head keeps it: names are unique within a namespace (init(namespace=...) or
+    the actor's own option); in none, unique in the cluster."""
+    namespace = api.namespace() if namespace is None else namespace
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _find_actor(key: str) -> ActorHandle | None:
     import grpc
 
     client = api._require()
     try:
-        reply = api._reconnecting(lambda: client.get_actor(name))
+        reply = api._reconnecting(lambda: client.get_actor(key))
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
-            raise ValueError(f"no live actor is named {name!r}") from None
+            return None
         raise
     return ActorHandle(reply.id, reply.class_name)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The live actor of that name (in this driver's namespace, or the one given); ValueError if none."""
+    found = _find_actor(_name_key(name, namespace))
+    if found is None:
+        where = f" in namespace {namespace or api.namespace()!r}" if (namespace or api.namespace()) else ""
+        raise ValueError(f"no live actor is named {name!r}{where}")
+    return found
 
 
 def end_owned(client) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import contextvars
 import functools
 import json
 import os
@@ -34,6 +35,9 @@ from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledErr
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
+# The task or actor call this code runs in (set by the worker for each; "" on a driver): an actor that runs
+# calls at once (threads, asyncio) has one per call
+current_task: contextvars.ContextVar[str] = contextvars.ContextVar("launch_task", default="")
 # How long a client waits for a head that went away (restarted by its supervisor in a second, or by
 # `launch up`) before it gives up and says so.
 HEAD_RETURN_S = 300.0
@@ -61,6 +65,12 @@ class ObjectRef:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    def __await__(self):
+        """`await ref` (in an async actor, or any asyncio code): its value, without holding the loop."""
+        import asyncio
+
+        return asyncio.get_running_loop().run_in_executor(None, get, self).__await__()
 
 
 class _Connection:
@@ -322,12 +332,51 @@ def _check_python(client) -> None:
                            f"(`launch submit`, `launch exec`) or with Python {cluster} here")
 
 
-def init(address: str | None = None, token: str | None = None, cluster: str | None = None):
+# Ray's init() options for a Ray it starts on this machine: launch connects to a cluster whose nodes say
+# what they have, so these change nothing (said once); the logging ones are Ray's own.
+_LOCAL_RAY_OPTIONS = ("num_cpus", "num_gpus", "resources", "object_store_memory", "local_mode", "_temp_dir",
+                      "_system_config", "include_dashboard", "dashboard_host", "dashboard_port", "_memory")
+_RAY_LOGGING_OPTIONS = ("logging_level", "logging_format", "log_to_driver", "configure_logging")
+_namespace = ""
+
+
+def namespace() -> str:
+    """The namespace this driver's named actors live in (init(namespace=...))."""
+    return _namespace
+
+
+def init(address: str | None = None, token: str | None = None, cluster: str | None = None, *,
+         namespace: str | None = None, ignore_reinit_error: bool = False, runtime_env: dict | None = None,
+         **ray_options):
     """Connect to a cluster: explicit address and token, else the one this code runs on, else the one
-    cluster `launch up` started on this machine (or the one named by `cluster`)."""
-    global _conn
+    cluster `launch up` started on this machine (or the one named by `cluster`). Ray's spellings work:
+    address="auto" (or "local"), namespace=, ignore_reinit_error=; options for starting a Ray here
+    (num_cpus, ...) are ignored with a warning: the cluster's nodes say what they have."""
+    global _conn, _namespace
     from runtime.client import HeadClient  # grpc is imported only by those who connect
 
+    unknown = sorted(set(ray_options) - set(_LOCAL_RAY_OPTIONS) - set(_RAY_LOGGING_OPTIONS))
+    if unknown:
+        raise TypeError(f"init() got unknown option(s): {', '.join(unknown)}")
+    local = sorted(set(ray_options) & set(_LOCAL_RAY_OPTIONS))
+    if local:
+        print(f"runtime.init(): {', '.join(local)} ignored: they describe a Ray started on this machine; "
+              "a launch cluster's nodes say what they have", file=sys.stderr)
+    if runtime_env:
+        raise ValueError("init(runtime_env=...) is not supported yet")
+    if _conn is not None and ignore_reinit_error:
+        return _conn.client
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a string (got {type(namespace).__name__})")
+        _namespace = namespace
+    if address in ("auto", "local"):
+        address = None
+    if isinstance(address, str) and address.startswith("ray://"):
+        raise ValueError(f"address {address!r}: Ray Client addresses are Ray's; give the cluster's name "
+                         "(cluster=...) or nothing (the cluster `launch up` started here)")
+    if address is not None and token is None:
+        token = os.environ.get("LAUNCH_CLUSTER_TOKEN")
     if address is None or token is None:
         if cluster is not None:
             from core.paths import launch_home
@@ -371,7 +420,8 @@ def _disconnecting(client) -> None:
 
 def shutdown() -> None:
     """Flush pending submissions and disconnect."""
-    global _conn
+    global _conn, _namespace
+    _namespace = ""
     if _conn is not None:
         conn, _conn = _conn, None
         try:
@@ -699,7 +749,7 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
 def _parent() -> str:
     """The task, actor call or actor constructor this code runs in, if any (what submits from it is its
     child: cancel(recursive=True) reaches it)."""
-    return os.environ.get("LAUNCH_TASK_ID", "") if os.environ.get("LAUNCH_ITEM_ID") else ""
+    return current_task.get() if os.environ.get("LAUNCH_ITEM_ID") else ""
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> str:

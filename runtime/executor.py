@@ -177,7 +177,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
             actors = list(self.actors.values())
         for inst in actors:
             with inst.cond:
-                if inst.current is not None or inst.calls:
+                if inst.running or inst.calls:
                     return True
         return False
 
@@ -187,7 +187,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
             calls = []
             for inst in self.actors.values():
                 with inst.cond:
-                    calls += [c for c in [inst.current, *inst.calls] if c is not None]
+                    calls += [*inst.running.values(), *inst.calls]
             return ([(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
                     + [(c.item_id, c.attempt) for c in calls] + sorted(self.reporting))
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+import threading
+from collections.abc import Callable
+
+import cloudpickle
+
 from runtime.executor_tasks import task_context
 from runtime.processes import ActorInstance, Worker, WorkerDied
 from runtime.proto import head_pb2 as pb
@@ -44,40 +49,100 @@ class ActorRunning:
             worker.kill()
             self._end_actor(a, self._result(a, status, data))
             return
+        mode = cloudpickle.loads(data)  # how many calls it takes at once
+        if mode["concurrency"] > 1 or mode["async"]:
+            self._serve_concurrently(a, inst, worker, mode["concurrency"])
+        else:
+            self._serve_in_turn(a, inst, worker)
+
+    def _next_call(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, room: Callable[[], bool]):
+        """The next call to give the actor's process, once there is one and room for it; None when the actor
+        is over: then it has been ended here (killed, or its process died)."""
+        with inst.cond:
+            while (not inst.calls or not room()) and not inst.stopped and worker.alive():
+                inst.cond.wait(ACTOR_CHECK_S)
+            if inst.stopped:
+                ended = "killed"
+            elif inst.calls and worker.alive():
+                call = inst.calls.popleft()
+                inst.running[call.item_id] = call
+                return call
+            else:  # its process died (OOM, killed): restarted now, not at its next call
+                ended = None
+        worker.kill()
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if ended else
+                        pb.ItemResult(id=a.item_id, state="lost", message=f"its process died (exit code "
+                                                                          f"{worker.proc.poll()})"))
+        return None
+
+    def _send_call(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, call: pb.Assignment) -> bool:
+        """The call's inputs fetched and sent to the actor's process; False if its process died."""
+        try:
+            payload, deps = self._inputs(call)
+        except Exception as e:  # noqa: BLE001
+            self._call_done(inst, call, pb.ItemResult(id=call.item_id, state="lost",
+                                                      message=f"its inputs could not be fetched ({e})"))
+            return True
+        try:
+            worker.send(payload, deps, a.item_id, op="call", context={"task_id": call.item_id})
+        except WorkerDied as e:
+            self._process_died(a, inst, e)
+            return False
+        return True
+
+    def _process_died(self, a: pb.Assignment, inst: ActorInstance, e: Exception) -> None:
+        with inst.cond:
+            inst.running.clear()  # the head puts them back in line (max_task_retries), or fails them
+            stopped = inst.stopped
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost",
+                                         message=f"its process died ({e})"))
+
+    def _serve_in_turn(self, a: pb.Assignment, inst: ActorInstance, worker: Worker) -> None:
+        """Its calls one at a time, in the order the head gave them."""
         while True:
-            with inst.cond:
-                while not inst.calls and not inst.stopped and worker.alive():
-                    inst.cond.wait(ACTOR_CHECK_S)
-                if inst.stopped:
-                    break
-                call = inst.current = inst.calls.popleft() if inst.calls else None
-            if call is None:  # its process died while idle (OOM, killed): restarted now, not at its next call
-                self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost",
-                                                 message=f"its process died (exit code {worker.proc.poll()})"))
+            call = self._next_call(a, inst, worker, room=lambda: True)
+            if call is None:
                 return
-            try:
-                payload, deps = self._inputs(call)
-            except Exception as e:  # noqa: BLE001
-                self._call_done(inst, call, pb.ItemResult(id=call.item_id, state="lost",
-                                                          message=f"its inputs could not be fetched ({e})"))
+            if not self._send_call(a, inst, worker, call):
+                return
+            if call.item_id not in inst.running:  # its inputs were lost: reported already
                 continue
             try:
-                status, data = worker.call(payload, deps, a.item_id, op="call", context={"task_id": call.item_id})
+                status, data = worker.receive()
             except WorkerDied as e:
-                with inst.cond:
-                    inst.current = None
-                    stopped = inst.stopped
-                self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost",
-                                                 message=f"its process died ({e})"))
+                self._process_died(a, inst, e)
                 return
             self._call_done(inst, call, self._result(call, status, data))
-        worker.kill()
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed"))
+
+    def _serve_concurrently(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, concurrency: int) -> None:
+        """Up to `concurrency` calls in its process at once (threads, or coroutines on its loop); each reply
+        names its call, and is read by a thread of its own. This thread alone ends the actor."""
+        def read() -> None:
+            while True:
+                try:
+                    call_id, status, data = worker.receive()
+                except WorkerDied:  # the sender (_next_call) sees the process gone and ends the actor
+                    with inst.cond:
+                        inst.cond.notify_all()
+                    return
+                with inst.cond:
+                    call = inst.running.get(call_id)
+                    inst.cond.notify_all()  # room for another
+                if call is not None:
+                    self._call_done(inst, call, self._result(call, status, data))
+
+        reader = threading.Thread(target=read, name=f"actor-replies-{a.item_id}", daemon=True)
+        reader.start()
+        while True:
+            call = self._next_call(a, inst, worker, room=lambda: len(inst.running) < concurrency)
+            if call is None or not self._send_call(a, inst, worker, call):
+                break
+        reader.join(timeout=5)
 
     def _call_done(self, inst: ActorInstance, call: pb.Assignment, result: pb.ItemResult) -> None:
         with self.lock:
             with inst.cond:
-                inst.current = None
+                inst.running.pop(call.item_id, None)
             if not self._retire((call.item_id, call.attempt)):
                 return
         self._hand_over(result, call.attempt)

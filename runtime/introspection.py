@@ -76,7 +76,7 @@ class RuntimeContext:
 
     def get_task_id(self) -> str | None:
         """The task or actor call running now; None on a driver."""
-        return os.environ.get("LAUNCH_TASK_ID") if _in_work() else None
+        return api.current_task.get() or None
 
     def get_actor_id(self) -> str | None:
         return os.environ.get("LAUNCH_ACTOR_ID") or None

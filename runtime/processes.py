@@ -96,7 +96,7 @@ class ActorInstance:
     def __init__(self, a: pb.Assignment):
         self.assignment = a
         self.calls: deque[pb.Assignment] = deque()
-        self.current: pb.Assignment | None = None
+        self.running: dict[str, pb.Assignment] = {}  # calls its process has now (several: a concurrent actor)
         self.cond = threading.Condition()
         self.worker: Worker | None = None
         self.stopped = False

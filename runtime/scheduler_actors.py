@@ -20,8 +20,8 @@ class ActorLines:
         ready, self.calls_ready = self.calls_ready, set()
         for actor_id in sorted(ready):
             actor, a = self.actors.get(actor_id), self.items.get(actor_id)
-            if actor is None or a is None or a.state != RUNNING or actor_id in self.recovering:
-                continue  # not placed (again) yet: its calls wait; placing it marks it ready
+            if actor is None or a is None or a.state != RUNNING or actor_id in self.recovering or a.restart_requested:
+                continue  # not placed (again) yet, or being killed to restart: its calls wait; placing it marks it ready
             while actor.waiting:
                 seq, call_id = actor.waiting[0]
                 call = self.items[call_id]

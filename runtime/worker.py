@@ -20,11 +20,12 @@ import os
 import struct
 import sys
 import tempfile
+import threading
 import traceback
 
 import cloudpickle
 
-from runtime.api import ObjectRef
+from runtime.api import ObjectRef, current_task
 from runtime.limits import INLINE_BYTES
 
 RESULT_DIR_ENV = "LAUNCH_RESULT_DIR"
@@ -66,9 +67,20 @@ def _function(fn_blob: bytes):
     return fn
 
 
-def _construct(cls):
+ASYNC_ACTOR_CONCURRENCY = 1000  # Ray's default for an actor with async methods
+
+
+def _construct(cls, options: dict):
+    """Makes the actor; its result tells the agent how many calls it may be given at once (an actor with
+    async methods runs its calls on an asyncio loop, one with max_concurrency > 1 on threads)."""
+    import inspect
+
     def make(*args, **kwargs):
         _instance[:] = [cls(*args, **kwargs)]
+        is_async = any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in dir(cls)
+                       if not name.startswith("__"))
+        concurrency = options.get("max_concurrency") or (ASYNC_ACTOR_CONCURRENCY if is_async else 1)
+        return {"concurrency": concurrency, "async": is_async}
     return make
 
 
@@ -123,25 +135,85 @@ def _pickled(value, item_id: str) -> tuple[str, bytes | str]:
     return sink.outcome()
 
 
+def _call_of(payload: bytes, deps: dict[str, bytes], op: str):
+    """(the callable, its args, its kwargs) of a frame."""
+    target, args, kwargs = cloudpickle.loads(payload)
+    if op == "call":
+        fn = _method(target)
+    elif op == "actor":
+        cls, options = cloudpickle.loads(target)
+        fn = _construct(cls, options)
+    else:
+        fn = _function(target)
+    cache: dict = {}
+    return fn, [_resolve(a, deps, cache) for a in args], {k: _resolve(v, deps, cache) for k, v in kwargs.items()}
+
+
+def _error(e: BaseException) -> tuple[str, bytes]:
+    tb = traceback.format_exc()
+    try:
+        return "err", cloudpickle.dumps((e, tb))
+    except Exception:
+        return "err", cloudpickle.dumps((RuntimeError(f"{type(e).__name__}: {e}"), tb))
+
+
 def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task", item_id: str = "") -> tuple[str, bytes | str]:
     try:
-        target, args, kwargs = cloudpickle.loads(payload)
-        if op == "call":
-            fn = _method(target)
-        elif op == "actor":
-            fn = _construct(cloudpickle.loads(target))
-        else:
-            fn = _function(target)
-        cache: dict = {}
-        args = [_resolve(a, deps, cache) for a in args]
-        kwargs = {k: _resolve(v, deps, cache) for k, v in kwargs.items()}
+        fn, args, kwargs = _call_of(payload, deps, op)
         return _pickled(fn(*args, **kwargs), item_id)
     except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
-        tb = traceback.format_exc()
-        try:
-            return "err", cloudpickle.dumps((e, tb))
-        except Exception:
-            return "err", cloudpickle.dumps((RuntimeError(f"{type(e).__name__}: {e}"), tb))
+        return _error(e)
+
+
+class _Concurrent:
+    """An actor given several calls at once: each runs on a thread of a pool (max_concurrency), or as a
+    coroutine on the actor's asyncio loop (async methods, interleaved at their awaits; a plain method
+    there runs on the loop too); each reply says which call it answers."""
+
+    def __init__(self, out, concurrency: int, is_async: bool):
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.lock = out, threading.Lock()
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            self.slots = asyncio.Semaphore(concurrency)
+            threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
+        else:
+            self.loop = None
+            self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="actor")
+
+    def submit(self, payload: bytes, deps: dict[str, bytes], call_id: str) -> None:
+        if self.loop is not None:
+            import asyncio
+
+            asyncio.run_coroutine_threadsafe(self._run_async(payload, deps, call_id), self.loop)
+        else:
+            self.pool.submit(self._run_threaded, payload, deps, call_id)
+
+    def _reply(self, call_id: str, outcome: tuple[str, bytes | str]) -> None:
+        frame = cloudpickle.dumps((call_id, *outcome))
+        with self.lock:
+            write_frame(self.out, frame)
+
+    def _run_threaded(self, payload: bytes, deps: dict[str, bytes], call_id: str) -> None:
+        current_task.set(call_id)
+        self._reply(call_id, run_one(payload, deps, "call", call_id))
+
+    async def _run_async(self, payload: bytes, deps: dict[str, bytes], call_id: str) -> None:
+        current_task.set(call_id)
+        async with self.slots:
+            try:
+                import inspect
+
+                fn, args, kwargs = _call_of(payload, deps, "call")
+                value = fn(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+                outcome = _pickled(value, call_id)
+            except BaseException as e:  # noqa: BLE001 - everything a call raises goes back to its caller
+                outcome = _error(e)
+        self._reply(call_id, outcome)
 
 
 def main() -> None:
@@ -149,18 +221,28 @@ def main() -> None:
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
     sys.stdout = os.fdopen(1, "w", buffering=1)
+    concurrent: _Concurrent | None = None
     while True:
         frame = read_frame(proto_in)
         if frame is None:
             return
         op, payload, deps, item_id, context = cloudpickle.loads(frame)
+        task_id = context.get("task_id", item_id)
+        if concurrent is not None:
+            concurrent.submit(payload, deps, task_id)
+            continue
         os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
         # for get_runtime_context(): the task or call running now; the resources of the task, or the actor's
-        os.environ["LAUNCH_TASK_ID"] = context.get("task_id", item_id)
+        current_task.set(task_id)
         if "resources" in context:  # a task, or an actor's constructor (its methods: the actor's)
             os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(context["resources"])
             os.environ["LAUNCH_PLACEMENT_GROUP"] = context.get("placement_group", "")
-        write_frame(proto_out, cloudpickle.dumps(run_one(payload, deps, op, item_id)))
+        outcome = run_one(payload, deps, op, item_id)
+        write_frame(proto_out, cloudpickle.dumps(outcome))
+        if op == "actor" and outcome[0] == "ok":
+            mode = cloudpickle.loads(outcome[1])
+            if mode["concurrency"] > 1 or mode["async"]:
+                concurrent = _Concurrent(proto_out, mode["concurrency"], mode["async"])
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ def test_bad_actor_options_are_refused_by_name():
     class Plain:
         pass
 
-    with pytest.raises(TypeError, match="unknown actor option.*max_concurrency"):
-        runtime.remote(max_concurrency=4)(Plain)
+    with pytest.raises(TypeError, match="unknown actor option.*concurrency_groups"):
+        runtime.remote(concurrency_groups={"io": 2})(Plain)
+    with pytest.raises(ValueError, match=r"max_concurrency must be an int >= 1 \(got 0\)"):
+        runtime.remote(max_concurrency=0)(Plain).remote()
+    with pytest.raises(ValueError, match="get_if_exists needs a name"):
+        runtime.remote(get_if_exists=True)(Plain).remote()
     with pytest.raises(ValueError, match="lifetime must be 'detached'"):
         runtime.remote(lifetime="forever")(Plain)
     with pytest.raises(ValueError, match="max_restarts must be an int >= 0, or -1"):
