@@ -34,7 +34,7 @@ from runtime.exceptions import ActorDiedError  # noqa: F401 (the API's)
 
 
 ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries", "name",
-                 "lifetime", "max_concurrency", "namespace", "get_if_exists", *api.PLACEMENT_OPTIONS)
+                 "lifetime", "max_concurrency", "namespace", "get_if_exists", "runtime_env", *api.PLACEMENT_OPTIONS)
 
 _owned: list[str] = []  # actors this driver made that end with it
 _owned_lock = threading.Lock()
@@ -73,7 +73,7 @@ class ActorClass:
         self._opts = {"num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": None, "max_restarts": 0,
                       "max_task_retries": 0, "name": None, "lifetime": None, "placement_group": None,
                       "placement_group_bundle_index": -1, "scheduling_strategy": None, "max_concurrency": None,
-                      "namespace": None, "get_if_exists": False, **opts}
+                      "namespace": None, "get_if_exists": False, "runtime_env": None, **opts}
         if self._opts["lifetime"] not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or 'non_detached' (got {self._opts['lifetime']!r})")
         self._blob: bytes | None = None
@@ -122,7 +122,7 @@ class ActorClass:
             _start_keep_alive()
         actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
                                actor_name=key, pg_id=pg_id, bundle_index=index,
-                               owner_id=OWNER_ID if owned else "")
+                               owner_id=OWNER_ID if owned else "", runtime_env=api.packed_runtime_env(o["runtime_env"]))
         if owned:
             with _owned_lock:
                 _owned.append(actor_id)

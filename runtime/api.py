@@ -338,6 +338,16 @@ _LOCAL_RAY_OPTIONS = ("num_cpus", "num_gpus", "resources", "object_store_memory"
                       "_system_config", "include_dashboard", "dashboard_host", "dashboard_port", "_memory")
 _RAY_LOGGING_OPTIONS = ("logging_level", "logging_format", "log_to_driver", "configure_logging")
 _namespace = ""
+_job_runtime_env: dict = {}  # init(runtime_env=...): every task's and actor's, under its own
+
+
+def packed_runtime_env(own: dict | None) -> str:
+    """The runtime_env a task or actor's spec carries: the driver's (init) with its own over it."""
+    from runtime.runtime_env import merged, pack
+
+    if not own and not _job_runtime_env:
+        return ""
+    return pack(merged(_job_runtime_env, own))
 
 
 def namespace() -> str:
@@ -362,10 +372,12 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
     if local:
         print(f"runtime.init(): {', '.join(local)} ignored: they describe a Ray started on this machine; "
               "a launch cluster's nodes say what they have", file=sys.stderr)
-    if runtime_env:
-        raise ValueError("init(runtime_env=...) is not supported yet")
     if _conn is not None and ignore_reinit_error:
         return _conn.client
+    if runtime_env is not None and not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict (got {type(runtime_env).__name__})")
+    _job_runtime_env.clear()
+    _job_runtime_env.update(runtime_env or {})
     if namespace is not None:
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a string (got {type(namespace).__name__})")
@@ -422,6 +434,7 @@ def shutdown() -> None:
     """Flush pending submissions and disconnect."""
     global _conn, _namespace
     _namespace = ""
+    _job_runtime_env.clear()
     if _conn is not None:
         conn, _conn = _conn, None
         try:
@@ -540,18 +553,18 @@ def _placement(opts: dict) -> tuple[str, int]:
 
 
 def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, deps: list[str], max_retries: int,
-            prefix: str, **fields) -> str:
+            prefix: str, item_id: str | None = None, upload: bool = False, **fields) -> str:
     """Make an item id and hand the spec to the submitter; a payload too large for a message goes to the
     head's disk first, in chunks."""
     from runtime.proto import head_pb2 as pb
 
     if len(payload) > MAX_OBJECT_BYTES:
         raise ValueError(f"{name}: {too_large('payload with its arguments', len(payload))}")
-    item_id = f"{prefix}-{uuid.uuid4().hex[:20]}"
+    item_id = item_id or f"{prefix}-{uuid.uuid4().hex[:20]}"
     spec = pb.WorkSpec(kind=kind, name=name, request=pb.Resources(amounts=request), depends_on=deps,
                        max_retries=max_retries, parent_id=_parent(), **fields)
     conn = _connection()
-    if len(payload) > INLINE_BYTES:
+    if len(payload) > INLINE_BYTES or upload:  # (upload: kept on the head's disk, which nodes fetch from)
         _reconnecting(lambda: conn.client.upload_args(item_id, payload))
         spec.payload_size = len(payload)
     else:
@@ -632,13 +645,14 @@ def _retry_policy(retry_exceptions) -> tuple[type, ...]:
 class RemoteFunction:
     def __init__(self, fn: Callable, num_cpus=1, num_gpus=0, memory=0, resources=None,
                  max_retries=DEFAULT_MAX_RETRIES, name: str | None = None, placement_group=None,
-                 placement_group_bundle_index=-1, scheduling_strategy=None, num_returns=1, retry_exceptions=False):
+                 placement_group_bundle_index=-1, scheduling_strategy=None, num_returns=1, retry_exceptions=False,
+                 runtime_env=None):
         self._fn = fn
         self._opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
                           max_retries=max_retries, name=name or getattr(fn, "__qualname__", "task"),
                           placement_group=placement_group, placement_group_bundle_index=placement_group_bundle_index,
                           scheduling_strategy=scheduling_strategy, num_returns=num_returns,
-                          retry_exceptions=retry_exceptions)
+                          retry_exceptions=retry_exceptions, runtime_env=runtime_env)
         self._fn_blob: bytes | None = None  # the function pickled once, not on every call
         functools.update_wrapper(self, fn)
 
@@ -669,7 +683,7 @@ class RemoteFunction:
             self._fn_blob = pickling.dumps(fn)
         payload = pickling.dumps((self._fn_blob, args, kwargs))
         ref = ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), max_retries, "t",
-                                pg_id=pg_id, bundle_index=index))
+                                pg_id=pg_id, bundle_index=index, runtime_env=packed_runtime_env(o["runtime_env"])))
         return split_returns(ref, count, o["name"])
 
 

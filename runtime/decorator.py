@@ -18,7 +18,7 @@ def remote(fn: Callable | None = None, *, num_cpus: float | None = None, num_gpu
         if inspect.isclass(f):
             return ActorClass(f, num_cpus=num_cpus or 0, num_gpus=num_gpus, memory=memory, resources=resources,
                               **options)
-        unknown = set(options) - set(PLACEMENT_OPTIONS) - {"num_returns", "retry_exceptions"}
+        unknown = set(options) - set(PLACEMENT_OPTIONS) - {"num_returns", "retry_exceptions", "runtime_env"}
         if unknown:
             raise TypeError(f"unknown option(s) for a remote function: {', '.join(sorted(unknown))}")
         return RemoteFunction(f, 1 if num_cpus is None else num_cpus, num_gpus, memory, resources, max_retries,

@@ -11,7 +11,8 @@ module of their own so that every part of the client API raises the same classes
     ├── WorkerCrashedError            the process running it died
     │   └── OutOfMemoryError          ... killed for memory
     ├── NodeDiedError                 its node died, and no retries were left
-    └── TaskUnschedulableError        no node type of the cluster can run it
+    ├── TaskUnschedulableError        no node type of the cluster can run it
+    └── RuntimeEnvSetupError          its runtime_env could not be made on the node
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class TaskUnschedulableError(RayError):
     pass
 
 
+class RuntimeEnvSetupError(RayError):
+    """Its runtime_env could not be made on the node (a pip install failed, an archive was lost)."""
+
+
 # What the head says of an item it could not finish, by the start of its message: the class get() raises.
 _BY_MESSAGE = (
     ("its actor ", ActorDiedError),
@@ -81,6 +86,7 @@ _BY_MESSAGE = (
     ("its node", NodeDiedError),
     ("its result was lost", ObjectLostError),
     ("its result could not be read", ObjectLostError),
+    ("runtime_env", RuntimeEnvSetupError),
 )
 
 

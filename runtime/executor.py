@@ -70,8 +70,12 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="item")
 
     def _env(self, gpu_ids: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A worker's environment: the node's, then `extra` (a runtime_env's PYTHONPATH goes first)."""
         env = dict(self.base_env)
-        env.update(extra or {})
+        extra = dict(extra or {})
+        if extra.get("PYTHONPATH") and env.get("PYTHONPATH"):
+            extra["PYTHONPATH"] = f"{extra['PYTHONPATH']}:{env['PYTHONPATH']}"
+        env.update(extra)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         env[RESULT_DIR_ENV] = str(private_dir(results_dir()))
         return env
@@ -136,7 +140,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
     def _send_now(self, a: pb.Assignment) -> Worker | None:
         """(under self.lock) The idle worker `a` was sent to at once, if it is small, its inputs are at
         hand and one is idle; None: its thread does it all."""
-        if a.spec.payload_size or a.dep_stored:
+        if a.spec.payload_size or a.dep_stored or a.spec.runtime_env:
             return None
         if len(a.spec.payload) + sum(len(v) for v in a.dep_values.values()) > SEND_NOW_BYTES:
             return None

@@ -10,6 +10,7 @@ import cloudpickle
 
 from runtime.executor_tasks import task_context
 from runtime.processes import ActorInstance, Worker, WorkerDied
+from runtime.runtime_env import RuntimeEnvSetupFailed
 from runtime.proto import head_pb2 as pb
 
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
@@ -32,7 +33,13 @@ class ActorRunning:
         except Exception as e:  # noqa: BLE001 - the head away or the data gone
             self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
             return
-        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id}))
+        try:
+            env = self._runtime_env(a)
+        except RuntimeEnvSetupFailed as e:  # its error: the actor is dead, its calls fail with it
+            self._end_actor(a, pb.ItemResult(id=a.item_id, state="failed", message=str(e)))
+            return
+        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id, **(env.env if env else {})}),
+                        cwd=env.cwd if env else None)
         with inst.cond:
             inst.worker = worker
             stopped = inst.stopped

@@ -7,7 +7,10 @@ from pathlib import Path
 import cloudpickle
 
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
+from core.files import private_dir
+from runtime.node_config import runtime_dir
 from runtime.processes import Worker, WorkerDied
+from runtime.runtime_env import Prepared, RuntimeEnvSetupFailed, prepare
 from runtime.proto import head_pb2 as pb
 
 MAX_IDLE_WORKERS_PER_KEY = 8
@@ -19,22 +22,33 @@ def task_context(a: pb.Assignment) -> dict:
 
 
 class TaskRunning:
+    def _runtime_env(self, a: pb.Assignment) -> Prepared | None:
+        """The work's runtime_env made ready on this node (RuntimeEnvSetupFailed: it cannot be); None: it has none."""
+        if not a.spec.runtime_env:
+            return None
+        return prepare(a.spec.runtime_env, self.head.fetch_result, private_dir(runtime_dir() / "runtime_envs"))
+
     """The executor's tasks: each in a pooled worker process of its GPU set; its result inline, or uploaded from
     the worker's file. Its state is the Executor's (set in Executor.__init__): a part of Executor, not used
     alone."""
 
-    def _acquire(self, key: tuple[str, ...]) -> Worker:
+    def _acquire(self, gpu_ids: list[str], env: Prepared | None = None) -> Worker:
+        """An idle worker of these GPUs (and runtime_env), or a new one."""
+        key = (*gpu_ids, *((f"env:{env.key}",) if env else ()))
         with self.lock:
             pool = self.idle.get(key, [])
             while pool:
                 w = pool.pop()
                 if w.alive():
                     return w
-        return Worker(self._env(list(key)))
+        w = Worker(self._env(gpu_ids, env.env if env else None), cwd=env.cwd if env else None)
+        w.key = key
+        return w
 
-    def _release(self, key: tuple[str, ...], w: Worker) -> None:
+    def _release(self, w: Worker) -> None:
+        """Back to its idle pool (its GPUs, its runtime_env)."""
         with self.lock:
-            pool = self.idle.setdefault(key, [])
+            pool = self.idle.setdefault(w.key, [])
             if w.alive() and len(pool) < MAX_IDLE_WORKERS_PER_KEY:
                 pool.append(w)
                 return
@@ -55,8 +69,12 @@ class TaskRunning:
         except Exception as e:  # noqa: BLE001 - the head away or the data gone: retried as a lost item
             self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
             return
-        key = tuple(a.gpu_ids)
-        worker = self._acquire(key)
+        try:
+            env = self._runtime_env(a)
+        except RuntimeEnvSetupFailed as e:  # the task's error (not retried: it would fail again)
+            self._done(a, pb.ItemResult(id=a.item_id, state="failed", message=str(e)))
+            return
+        worker = self._acquire(list(a.gpu_ids), env)
         if not self._started(a, worker):
             self._done(a, pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled"))
             return
@@ -74,7 +92,7 @@ class TaskRunning:
         except WorkerDied as e:
             self._worker_died(a, worker, e)
             return
-        self._release(tuple(a.gpu_ids), worker)
+        self._release(worker)
         self._done(a, self._result(a, status, data))
 
     def _worker_died(self, a: pb.Assignment, worker: Worker, e: WorkerDied) -> None:

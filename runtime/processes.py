@@ -53,10 +53,11 @@ class WorkerDied(Exception):
 
 
 class Worker:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], cwd: str | None = None):
+        self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, cwd=Path.home(),
+            env=env, cwd=cwd or Path.home(),
         )
 
     def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
