@@ -63,7 +63,7 @@ _own_site_first()
 _set_up_grpc_io()
 
 _API = {
-    "runtime.api": ["ObjectRef", "cancel", "get", "init", "put", "shutdown", "wait"],
+    "runtime.api": ["ObjectRef", "ObjectRefGenerator", "cancel", "get", "init", "put", "shutdown", "wait"],
     "runtime.exceptions": ["ActorDiedError", "GetTimeoutError", "TaskCancelledError", "TaskError"],
     "runtime.decorator": ["method", "remote"],
     "runtime.introspection": ["available_resources", "cluster_resources", "get_gpu_ids", "get_runtime_context",

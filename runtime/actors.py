@@ -137,9 +137,11 @@ class ActorClass:
         return ActorHandle(actor_id, self.__qualname__, o["max_task_retries"], _method_returns(self._cls))
 
 
-def method(*, num_returns: int = 1):
-    """Decorator of an actor's method (Ray's `@ray.method`): how many values its calls return."""
-    api.num_returns_of(num_returns)
+def method(*, num_returns: int | str = 1):
+    """Decorator of an actor's method (Ray's `@ray.method`): how many values its calls return
+    ("streaming": the refs of what it yields, as they come)."""
+    if num_returns not in ("streaming", "dynamic"):
+        api.num_returns_of(num_returns)
 
     def wrap(fn):
         fn.__launch_num_returns__ = num_returns
@@ -148,12 +150,15 @@ def method(*, num_returns: int = 1):
     return wrap
 
 
-def _method_returns(cls: type) -> dict[str, int]:
-    """The methods of `cls` declared with @method(num_returns=N), N != 1."""
-    out = {}
+def _method_returns(cls: type) -> dict[str, int | str]:
+    """The methods of `cls` declared with @method(num_returns=N), N != 1, and its generators ("streaming")."""
+    out: dict[str, int | str] = {}
     for name in dir(cls):
-        count = getattr(getattr(cls, name, None), "__launch_num_returns__", 1)
-        if count != 1:
+        fn = getattr(cls, name, None)
+        count = getattr(fn, "__launch_num_returns__", 1)
+        if api._streaming(fn, count):
+            out[name] = "streaming"
+        elif count != 1:
             out[name] = count
     return out
 
@@ -207,7 +212,8 @@ class ActorMethod:
         return ActorMethod(ActorHandle(h._actor_id, h._class_name,
                                        h._max_task_retries if max_task_retries is None else max_task_retries,
                                        h._returns), self._name,
-                           self._num_returns if num_returns is None else api.num_returns_of(num_returns))
+                           self._num_returns if num_returns is None else
+                           num_returns if num_returns in ("streaming", "dynamic") else api.num_returns_of(num_returns))
 
     def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
         h = self._handle
@@ -216,6 +222,8 @@ class ActorMethod:
         name = f"{h._class_name}.{self._name}"
         ref = ObjectRef(api._submit("call", name, {}, payload, api._deps(args, kwargs), retries, "c",
                                     actor_id=h._actor_id))
+        if self._num_returns in ("streaming", "dynamic"):
+            return api.ObjectRefGenerator(ref)
         return api.split_returns(ref, self._num_returns, name)
 
 

@@ -73,6 +73,62 @@ class ObjectRef:
         return asyncio.get_running_loop().run_in_executor(None, get, self).__await__()
 
 
+class ObjectRefGenerator:
+    """The refs of a generator task's values (a task that yields, or num_returns="streaming"), each as
+    soon as it is yielded: `for ref in gen.remote(): print(get(ref))`. A task that fails after k values
+    gives k refs, then one whose get raises its error."""
+
+    def __init__(self, task: ObjectRef):
+        self._task, self._index, self._over = task, 0, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> ObjectRef:
+        ref = self._next_ref(None)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        import asyncio
+
+        ref = await asyncio.get_running_loop().run_in_executor(None, self._next_ref, None)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def completed(self) -> ObjectRef:
+        """A ref of the task itself: ready once it has yielded everything (its value: how many)."""
+        return self._task
+
+    def _next_ref(self, timeout: float | None) -> ObjectRef | None:
+        if self._over:
+            return None
+        item = f"{self._task.id}.y{self._index}"
+        results = {r.id: r for r in _unknown_ids(lambda: _connection().get_results(
+            [self._task.id, item], timeout, num_returns=1))}
+        task = results.get(self._task.id)
+        if item in results or (task is not None and task.state == "finished" and self._index < _value(task)):
+            self._index += 1
+            ref = ObjectRef(item)
+            ref._result = results.get(item)
+            return ref
+        if task is None:
+            raise GetTimeoutError(f"no value of {self._task.id} within {timeout}s")
+        self._over = True
+        return None if task.state == "finished" else self._task  # a ref whose get raises the task's error
+
+
+def _streaming(fn, num_returns) -> bool:
+    import inspect
+
+    return num_returns in ("streaming", "dynamic") or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
 class _Connection:
     """A head client plus a background submitter.
 
@@ -671,7 +727,8 @@ class RemoteFunction:
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
         validate_request(request)  # a bad request fails here, not later in the background
-        count = num_returns_of(o["num_returns"])
+        streaming = _streaming(self._fn, o["num_returns"])
+        count = 1 if streaming else num_returns_of(o["num_returns"])
         retried = _retry_policy(o["retry_exceptions"])
         max_retries = o["max_retries"]
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
@@ -684,7 +741,7 @@ class RemoteFunction:
         payload = pickling.dumps((self._fn_blob, args, kwargs))
         ref = ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), max_retries, "t",
                                 pg_id=pg_id, bundle_index=index, runtime_env=packed_runtime_env(o["runtime_env"])))
-        return split_returns(ref, count, o["name"])
+        return ObjectRefGenerator(ref) if streaming else split_returns(ref, count, o["name"])
 
 
 def _value(res, depth: int = 0) -> Any:

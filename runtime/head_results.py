@@ -15,6 +15,12 @@ from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 
 
+def stream_of(item_id: str) -> str | None:
+    """The generator task whose yielded value `item_id` is ("<task id>.y<n>"), or None."""
+    base, mark, n = item_id.rpartition(".y")
+    return base if mark and n.isdigit() else None
+
+
 def _resolve(future: asyncio.Future) -> None:  # (on the loop)
     if not future.done():
         future.set_result(None)
@@ -87,14 +93,16 @@ class ResultWaiting:
         ids = list(dict.fromkeys(request.ids))
         with self.lock:
             absent = [i for i in ids if i not in self.sched.items]
+            # a value a live generator task has yet to yield: waited for like a live item
+            coming = {i for i in absent if stream_of(i) in self.sched.items}
         # an id neither live nor stored is refused before any wait; with nothing to wait for, reading the
         # results finds it (one read of the store, not two)
         if absent and len(absent) < len(ids):
-            unknown = set(absent) - self.store.known(absent)
+            unknown = set(absent) - self.store.known(absent) - coming
             if unknown:
                 REFUSALS.abort(grpc.StatusCode.NOT_FOUND, f"unknown id {min(unknown)}")
         with self.lock:
-            live = [i for i in ids if i in self.sched.items]
+            live = [i for i in ids if i in self.sched.items or i in coming]
             want = min(request.num_returns or len(ids), len(ids)) - (len(ids) - len(live))
             waiter = Waiter(max(want, 0), wake)
             waits = want > 0 and not busy and request.timeout_s != 0
@@ -109,7 +117,7 @@ class ResultWaiting:
         """(a step) The get's waiter undone, its lent CPUs taken back; the ids done now."""
         if waiter.done and all(i in waiter.results for i in live):
             # every item it waited for was handed over (and its registration dropped) by _commit
-            done = [i for i in ids if i in waiter.results or i not in live]
+            done = [i for i in ids if i in waiter.results or (i not in live and not self._never_yielded(i))]
         else:
             with self.lock:
                 for i in live:
@@ -118,13 +126,19 @@ class ResultWaiting:
                         waiting.discard(waiter)
                         if not waiting:
                             del self.waiters[i]
-                done = [i for i in ids if i not in self.sched.items or i in waiter.results]
+                done = [i for i in ids if i in waiter.results or (
+                    i not in self.sched.items and not self._never_yielded(i))]
         if lent:
             with self.lock:
                 node_id = self.sched.take_back_cpu(caller_id)
                 if node_id is not None:
                     self.nodes[node_id].outbox.put(pb.Assignment(item_id=caller_id, take_back_cpu=True))
         return done
+
+    def _never_yielded(self, item_id: str) -> bool:
+        """A generator's value asked for that it has not yielded (and now never will, or not yet): not
+        in the reply, which says whether its task is done."""
+        return stream_of(item_id) is not None and item_id not in self.sched.items and not self.store.known([item_id])
 
     def _lend(self, caller_id: str) -> bool:
         """(under self.lock) The caller's CPUs count as free on its node (which is told so, ahead of any

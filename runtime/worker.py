@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import types
 
 import cloudpickle
 
@@ -77,8 +78,8 @@ def _construct(cls, options: dict):
 
     def make(*args, **kwargs):
         _instance[:] = [cls(*args, **kwargs)]
-        is_async = any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in dir(cls)
-                       if not name.startswith("__"))
+        is_async = any(inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+                       for fn in (getattr(cls, name, None) for name in dir(cls) if not name.startswith("__")))
         concurrency = options.get("max_concurrency") or (ASYNC_ACTOR_CONCURRENCY if is_async else 1)
         return {"concurrency": concurrency, "async": is_async}
     return make
@@ -157,10 +158,35 @@ def _error(e: BaseException) -> tuple[str, bytes]:
         return "err", cloudpickle.dumps((RuntimeError(f"{type(e).__name__}: {e}"), tb))
 
 
+def _yielded(task_id: str, index: int, value) -> None:
+    """A generator task's value, put in the cluster as it is made (id "<task>.y<n>": its caller waits on it);
+    one put by an earlier attempt of the task is kept."""
+    from runtime import api, pickling
+
+    api._submit("object", "yield", {}, pickling.dumps(value), [], 0, "o", item_id=f"{task_id}.y{index}")
+    try:
+        api._require()
+    except ValueError as e:
+        if "used twice" not in str(e):
+            raise
+
+
+def _streamed(values, task_id: str) -> int:
+    """Each value of a generator task put as it comes; the task's own value is how many there were."""
+    count = 0
+    for value in values:
+        _yielded(task_id, count, value)
+        count += 1
+    return count
+
+
 def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task", item_id: str = "") -> tuple[str, bytes | str]:
     try:
         fn, args, kwargs = _call_of(payload, deps, op)
-        return _pickled(fn(*args, **kwargs), item_id)
+        value = fn(*args, **kwargs)
+        if isinstance(value, types.GeneratorType):
+            value = _streamed(value, current_task.get())
+        return _pickled(value, item_id)
     except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
         return _error(e)
 
@@ -204,12 +230,21 @@ class _Concurrent:
         current_task.set(call_id)
         async with self.slots:
             try:
+                import asyncio
                 import inspect
 
                 fn, args, kwargs = _call_of(payload, deps, "call")
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await value
+                elif inspect.isasyncgen(value):  # each value put as it comes (off the loop: a blocking call)
+                    count, loop = 0, asyncio.get_running_loop()
+                    async for v in value:
+                        await loop.run_in_executor(None, _yielded, call_id, count, v)
+                        count += 1
+                    value = count
+                elif isinstance(value, types.GeneratorType):
+                    value = await asyncio.get_running_loop().run_in_executor(None, _streamed, value, call_id)
                 outcome = _pickled(value, call_id)
             except BaseException as e:  # noqa: BLE001 - everything a call raises goes back to its caller
                 outcome = _error(e)
