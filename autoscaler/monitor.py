@@ -43,18 +43,20 @@ from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
-from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_REQUEST_ID
+from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_MOUNTS, TAG_REQUEST_ID
 from lifecycle.cluster import REGISTER_TIMEOUT_S, Lifecycle
-from lifecycle.hashing import launch_hash
+from lifecycle.hashing import launch_hash, mounts_stamp
 from lifecycle.on_head import head_state, read_head_spec
 from lifecycle.reconciler import Round
 from lifecycle.updater import NodeUpdateFailed
 from runtime.client import HeadClient
 from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
+from runtime.work import NODE_RESOURCE
 
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
+MOUNTS_CHECK_S = 5.0  # (file_mounts_sync_continuously) how often the head's file mounts are looked at
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
 
 
@@ -117,6 +119,7 @@ class Monitor:
         self.backoff: dict[str, Backoff] = {}  # node type -> its failures and when it may be tried again
         self.lost_since: dict[str, float] = {}
         self.learned: dict[str, dict[str, float]] = {}  # node type -> resources its nodes registered with
+        self.mounts_checked = 0.0
         self.recent: deque[dict] = deque(maxlen=30)
         self.lock = threading.Lock()
         self.wake = threading.Event()  # set: tick now (run() takes the one its signal handlers set)
@@ -159,8 +162,9 @@ class Monitor:
     def node_types(self, state) -> dict[str, NodeTypeSpec]:
         """The spec's resources (declared or from the catalog), else what a node of the type registered with."""
         for n in state.nodes:
-            if n.state == "alive" and n.node_type in self.cfg.available_node_types:
-                self.learned.setdefault(n.node_type, dict(n.total.amounts))
+            if n.state == "alive" and n.node_type in self.cfg.available_node_types:  # (not its "node:<id>")
+                self.learned.setdefault(n.node_type, {k: v for k, v in n.total.amounts.items()
+                                                      if not k.startswith(NODE_RESOURCE)})
         out = {}
         for name, nt in self.cfg.available_node_types.items():
             resources = self.spec.resources_of(name)
@@ -217,7 +221,9 @@ class Monitor:
         )
         types = self.node_types(state)
         # a static cluster (autoscaler: false) is kept at min_workers: the planner sees no demand
-        demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand]
+        # (work pinned to a node waits for that node: no node launched can run it)
+        demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand
+                                         if not any(k.startswith(NODE_RESOURCE) for k in d.shape.amounts)]
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
@@ -227,6 +233,7 @@ class Monitor:
         t1 = time.monotonic()
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.tend(nodes, result)
+        self.sync_mounts(nodes, result, now)
         self.converge(nodes, {v.id: v for v in views}, result, types, now)
         self.close_retired()
         phases["act"] = time.monotonic() - t1
@@ -372,6 +379,32 @@ class Monitor:
                 self.bootstrap(n)
             elif self.to_check(n):
                 self.bootstrap(n)
+
+    def sync_mounts(self, nodes: list[NodeInfo], p: Plan, now: float) -> None:
+        """(file_mounts_sync_continuously, as in Ray) What changed in the file mounts on the head (synced to
+        it by `up`, or by `launch rsync-up`) is synced to every worker that is up to date, without its setup."""
+        if not (self.cfg.file_mounts_sync_continuously and self.spec.file_mounts) or now < self.mounts_checked + MOUNTS_CHECK_S:
+            return
+        self.mounts_checked = now
+        sources = {remote: os.path.expanduser(remote) for remote in self.spec.file_mounts}
+        stamp = mounts_stamp(sources)
+        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
+        lifecycle = self.lifecycle
+        for n in nodes:
+            if (n.kind == KIND_HEAD or n.status != NodeStatus.UP_TO_DATE or n.id in leaving or self.in_flight(n.id)
+                    or n.tags.get(TAG_MOUNTS) == stamp):
+                continue
+
+            def run(node=n):
+                try:
+                    sent = lifecycle.sync_mounts(node, sources, stamp)
+                except Exception as e:  # noqa: BLE001  tried again at the next look
+                    self.event("mounts-sync-failed", node=node.id, error=_describe(e))
+                    return
+                if sent:
+                    self.event("mounts-synced", node=node.id, files=sent)
+
+            self.bootstrapping[n.id] = self.pool.submit(run)
 
     def to_check(self, n: NodeInfo) -> bool:
         """Whether a worker is still to be checked in this round (a failed one only in a static cluster:

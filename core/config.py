@@ -369,8 +369,6 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
     p += _docker_problems(cfg)
     if cfg.cluster_synced_files:
         p.append("cluster_synced_files: not supported yet; use file_mounts")
-    if cfg.file_mounts_sync_continuously:
-        p.append("file_mounts_sync_continuously: not supported yet; set it to false")
     return p + _file_problems(cfg)
 
 
@@ -659,4 +657,38 @@ def json_schema() -> dict[str, Any]:
         props[legacy] = {"description": "Ray's legacy key: accepted only empty", "anyOf": [
             {"type": "null"}, {"type": "object", "maxProperties": 0}]}
     schema["required"] = ["cluster_name", "provider"]
+    _limits(schema)
     return schema
+
+
+def _nullable_limit(prop: dict, **limit) -> None:
+    """A bound on a number that may also be null (pydantic's anyOf [number, null])."""
+    for choice in prop.get("anyOf", [prop]):
+        if choice.get("type") in ("number", "integer"):
+            choice.update(limit)
+
+
+def _limits(schema: dict[str, Any]) -> None:
+    """The rules validate checks one field at a time (_semantic_problems, _node_type_problems,
+    _docker_problems), carried into the schema as its limits, so an editor flags them too. What spans
+    fields (head_node_type naming a node type, min_workers against max_workers and their sums, a mount's
+    local path existing, an image's container name set at the cluster or node type) is validate's alone."""
+    props, defs = schema["properties"], schema["$defs"]
+    props["cluster_name"]["pattern"] = _CLUSTER_NAME.pattern
+    props["max_workers"]["minimum"] = 0
+    props["upscaling_speed"]["exclusiveMinimum"] = 0
+    props["idle_timeout_minutes"]["minimum"] = 0
+    _nullable_limit(props["max_cost_per_hour"], exclusiveMinimum=0)
+    props["cluster_synced_files"]["maxItems"] = 0  # not supported yet
+    types = props["available_node_types"]
+    types.update(minProperties=1, propertyNames={"pattern": _NODE_TYPE_NAME.pattern})
+    node_type = defs["NodeTypeConfig"]["properties"]
+    node_type["min_workers"]["minimum"] = 0
+    _nullable_limit(node_type["max_workers"], minimum=0)
+    _nullable_limit(node_type["cost_per_hour"], minimum=0)
+    node_type["resources"].update(propertyNames={"pattern": _RESOURCE_NAME.pattern},
+                                  additionalProperties={"type": "number", "minimum": 0})
+    docker = defs["DockerConfig"]["properties"]
+    for key in ("image", "head_image", "worker_image"):
+        docker[key]["pattern"] = f"^$|{_IMAGE.pattern}"
+    docker["container_name"]["pattern"] = f"^$|{_CONTAINER_NAME.pattern}"

@@ -17,6 +17,7 @@ TAG_LAUNCH_HASH = "launch-launch-hash"
 TAG_RUNTIME_HASH = "launch-runtime-hash"
 TAG_REQUEST_ID = "launch-request-id"
 TAG_RESTART_GEN = "launch-restart-gen"  # the spec's restart_generation when the node's runtime last started
+TAG_MOUNTS = "launch-mounts"  # (file_mounts_sync_continuously) the head's file mounts as last synced to the node
 
 KIND_HEAD = "head"
 KIND_WORKER = "worker"

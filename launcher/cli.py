@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from core.config import ClusterConfig, json_schema
+from core.config import ClusterConfig
 from core.errors import ConfigError, LaunchError, first_line
 from core.paths import launch_home
-from lifecycle.config import load_config
+from lifecycle.config import json_schema, load_config
 
 app = typer.Typer(
     name="launch",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from core.spec import ClusterSpec
 from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
 from core.tags import (
     KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_RESTART_GEN,
-    TAG_RUNTIME_HASH,
+    TAG_RUNTIME_HASH, TAG_MOUNTS,
 )
 from lifecycle.hashing import launch_hash, runtime_hash
 from lifecycle.state import ClusterDir
@@ -32,6 +33,7 @@ from runtime.node_config import NodeRuntimeConfig
 from transport import SSHAuth, runner_for
 from transport.base import CommandRunner, node_name
 from transport.docker import ContainerRunner
+from transport.file_sync import sync_up
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -147,6 +149,18 @@ class Lifecycle:
     @property
     def caches_stopped_nodes(self) -> bool:
         return self.provider.capabilities.stop_start and self.provider.cache_stopped_nodes
+
+    def sync_mounts(self, node: NodeInfo, sources: dict[str, str], stamp: str) -> int:
+        """(file_mounts_sync_continuously) The file mounts synced to a worker from `sources` (remote path ->
+        where they are here), its setup not run again; its tag says which `stamp` it has. Returns the
+        number of files sent."""
+        runner = self.runner(node)
+        sent = sum(sync_up(runner, Path(local), remote, self.cfg.rsync_exclude, self.cfg.rsync_filter)
+                   for remote, local in sorted(sources.items()))
+        if stamp:
+            self.provider.set_tags(node.id, {TAG_MOUNTS: stamp})
+            node.tags[TAG_MOUNTS] = stamp
+        return sent
 
     def retire(self, nodes: list[NodeInfo]) -> None:
         """A healthy node leaves the cluster: stopped where the provider caches stopped nodes (Ray's
@@ -272,6 +286,11 @@ class Lifecycle:
             self.say(f"head {head.id}: {'setting up' if plan.full else 'starting the runtime'}")
             updater.update(plan)  # a failed head fails `up`: nothing works without it
             actions.append(f"head {head.id}: {'set up' if plan.full else 'runtime started'}")
+        elif self.cfg.file_mounts_sync_continuously and self.spec.file_mounts:
+            # their contents are in no hash: synced to the head on every `up`, and from there to the workers
+            sent = self.sync_mounts(head, self.spec.file_mounts, "")
+            if sent:
+                actions.append(f"head {head.id}: {sent} file(s) of its file mounts synced")
         address = updater.head_address or self._read_head_address(head)
         # how this machine reaches it: a local head directly, any other through SSH (launcher.tunnel)
         reach = "direct" if head.local_home is not None else "ssh"
@@ -366,7 +385,7 @@ def bring_up(config, state: ClusterDir, *, say: Say, confirm: Confirm, restart_r
 
     with state.locked("up", say):
         previous = state.load_spec()
-        spec = resolve(config, state.path)
+        spec = resolve(config, state.path, say)
         # generations are this `up`'s time (ms): new for every `up`, from any machine, without asking the head
         spec.generation = time.time_ns() // 1_000_000
         restart = restart_runtime and not config.no_restart

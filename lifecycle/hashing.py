@@ -35,6 +35,22 @@ def mount_digests(cfg: ClusterConfig, sources: dict[str, str]) -> dict[str, str]
             for remote, local in sorted(sources.items())}
 
 
+def mounts_stamp(sources: dict[str, str]) -> str:
+    """What the files under each source are now, by path, size and modification time: cheap enough to
+    take every few seconds (file_mounts_sync_continuously); a change is then synced by content."""
+    seen = []
+    for remote, local in sorted(sources.items()):
+        root = Path(local)
+        paths = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        for p in paths:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            seen.append((remote, str(p.relative_to(root)) if p != root else "", st.st_size, st.st_mtime_ns))
+    return _digest(seen)
+
+
 def runtime_hash(spec: ClusterSpec, node_type: str, is_head: bool, head_address: str = "") -> str:
     """`head_address` is part of a worker's hash: a worker set up against another head is redone."""
     cfg = spec.config
@@ -44,7 +60,8 @@ def runtime_hash(spec: ClusterSpec, node_type: str, is_head: bool, head_address:
         "init": cfg.initialization_commands_for(node_type),
         "setup": cfg.setup_commands_for(node_type, is_head),
         "start": cfg.start_commands_for(is_head),
-        "mounts": spec.mount_digests,
+        # synced continuously, the mounts' contents change no setup (as in Ray): the head syncs them alone
+        "mounts": None if cfg.file_mounts_sync_continuously else spec.mount_digests,
         "resources": nt.resources,
         "labels": nt.labels,
         "head": head_address,

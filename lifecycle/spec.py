@@ -10,11 +10,13 @@ from core.spec import ClusterSpec
 from lifecycle.hashing import mount_digests
 
 
-def resolve(config: ClusterConfig, state_dir: Path) -> ClusterSpec:
-    """What `up` runs once: the provider's bootstrap (which may create cloud objects, idempotently),
-    the node types' resources (declared, else the provider's catalog), the file mounts as absolute
-    paths with their digests, and the SSH identity nodes accept."""
+def resolve(config: ClusterConfig, state_dir: Path, say=lambda line: None) -> ClusterSpec:
+    """What `up` runs once: the provider's bootstrap (which may create cloud objects, idempotently; what
+    it chose on its own is said), the node types' resources (declared, else the provider's catalog), the
+    file mounts as absolute paths with their digests, and the SSH identity nodes accept."""
     booted = providers.bootstrap(config, state_dir)
+    for note in booted.notes:
+        say(note)
     mounts = {remote: str(config.local_mount_path(local).resolve()) for remote, local in config.file_mounts.items()}
     spec = ClusterSpec(
         config=config,

@@ -52,9 +52,11 @@ def section_problems(config: ClusterConfig) -> list[str]:
     module = _module(section.kind)
     problems = module.config_problems(config)
     try:
-        module.Section.of(section)
+        typed = module.Section.of(section)
     except ValidationError as e:
         problems += pydantic_problems(e, ("provider",))
+    else:
+        config._warnings += [w for w in typed.warnings() if w not in config._warnings]
     return problems
 
 
@@ -64,6 +66,11 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
 
 def build(spec: ClusterSpec) -> ProviderBase:
     return _module(spec.provider_kind).Provider(spec)
+
+
+def section_model(kind: str) -> type:
+    """The typed model of a provider kind's section (its SDK is not imported)."""
+    return _module(kind).Section
 
 
 def section(config: ClusterConfig):

@@ -63,9 +63,17 @@ class Section(CloudSection):
     # Ray's keys: credentials for the boto3 clients (a private cloud or tests may add endpoint_url)
     aws_credentials: dict[str, str] | None = None
     security_group: dict[str, Any] | None = None
+    # Ray's CloudWatch integration (agent, dashboard, alarm configs through SSM): accepted, not applied
+    cloudwatch: dict[str, Any] | None = None
     # ours
     vpc_id: str | None = None
     key_name: str | None = None
+
+    def warnings(self) -> list[str]:
+        if self.cloudwatch:
+            return ["provider.cloudwatch: not applied: launch does not install or configure the CloudWatch agent "
+                    "(metrics: the head's Prometheus endpoint; logs: `launch monitor`, `launch job logs`)"]
+        return []
 
 
 def _sdk():

@@ -46,6 +46,10 @@ class CommonSection(BaseModel):
         """How long a new node may take to accept commands (a queue-based provider adds its queue wait)."""
         return self.ssh_wait_s
 
+    def warnings(self) -> list[str]:
+        """What the section asks for that this provider accepts but does not do (said once, at load)."""
+        return []
+
     @classmethod
     def of(cls, provider: ProviderConfig):
         """The config's provider section as this typed model (keys left unset take their defaults)."""
@@ -92,6 +96,7 @@ class Bootstrapped:
     state: dict[str, Any] = field(default_factory=dict)
     ssh_user: str | None = None
     ssh_private_key: str | None = None
+    notes: list[str] = field(default_factory=list)  # what it chose that the user did not say, one line each
 
 
 class ProviderBase:

@@ -71,7 +71,7 @@ FACTS = ProviderFacts(
 
 
 class Section(CloudSection):
-    project_id: str
+    project_id: str | None = None  # default: the credentials' own project (as gcloud takes it)
     region: str
     # a zone, or several in order of preference (a list, or comma-separated): create fails over in order
     gcp_credentials: dict[str, Any] | None = None  # Ray's key
@@ -174,11 +174,17 @@ class _Clients:
     """The Compute Engine REST clients of one project, with one retry policy (429, rateLimitExceeded,
     5xx that are not stockouts: exponential backoff with jitter) and one error mapping."""
 
-    def __init__(self, section: Section):
+    def __init__(self, section: Section, project: str | None = None):
         compute_v1, exceptions, client_options = _sdk()
         self.compute, self.exceptions = compute_v1, exceptions
-        self.section, self.project = section, section.project_id
-        kw: dict[str, Any] = {"credentials": _credentials(section), "transport": "rest"}
+        credentials, own_project = _credentials(section)
+        self.section = section
+        # the project: the section's, else the one bootstrap found, else the credentials' own
+        self.project = section.project_id or project or own_project
+        if not self.project:
+            raise ConfigError("provider.project_id: not set, and the credentials name no project of their own: "
+                              "set provider.project_id")
+        kw: dict[str, Any] = {"credentials": credentials, "transport": "rest"}
         if section.api_endpoint:
             kw["client_options"] = client_options.ClientOptions(api_endpoint=section.api_endpoint)
         self.instances = compute_v1.InstancesClient(**kw)
@@ -231,19 +237,21 @@ class _Clients:
 
 
 def _credentials(section: Section):
+    """(credentials, the project they belong to, if they say)."""
     creds = section.gcp_credentials
     if creds:
         kind, value = creds.get("type"), creds.get("credentials")
         if kind == "credentials_token" and isinstance(value, str) and value:
             import google.oauth2.credentials
 
-            return google.oauth2.credentials.Credentials(value)
+            return google.oauth2.credentials.Credentials(value), None
         if kind == "service_account" and value:
             import google.oauth2.service_account
 
             try:
                 info = json.loads(value) if isinstance(value, str) else dict(value)
-                return google.oauth2.service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+                return (google.oauth2.service_account.Credentials.from_service_account_info(info, scopes=SCOPES),
+                        info.get("project_id"))
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"provider.gcp_credentials.credentials: not a service account key ({e})") from None
         raise ConfigError("provider.gcp_credentials: type must be service_account or credentials_token, with "
@@ -252,11 +260,10 @@ def _credentials(section: Section):
     import google.auth.exceptions
 
     try:
-        found, _project = google.auth.default(scopes=SCOPES)
+        return google.auth.default(scopes=SCOPES)
     except google.auth.exceptions.DefaultCredentialsError:
         raise ConfigError("provider.gcp_credentials: no Google credentials found: run `gcloud auth "
                           "application-default login`, or set provider.gcp_credentials") from None
-    return found
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------
@@ -281,6 +288,7 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     network = _network(gcp, section)
     tag = network_tag(config.cluster_name)
     state = {
+        "project": gcp.project,  # the head (other credentials: the instance's) works in the same project
         "zones": zones,
         "network": network,
         "subnetwork": _subnetwork(gcp, section, network),
@@ -290,7 +298,9 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
         "head_service_accounts": config.node_type(config.head_node_type).node_config.get("serviceAccounts")
         or [{"email": "default", "scopes": SCOPES}],
     }
-    return Bootstrapped(state=state, ssh_user=user, ssh_private_key=private_key)
+    notes = [] if section.project_id else [f"provider.project_id: not set; using {gcp.project}, the project of "
+                                          "the credentials (as gcloud does)"]
+    return Bootstrapped(state=state, ssh_user=user, ssh_private_key=private_key, notes=notes)
 
 
 def _network(gcp: _Clients, section: Section) -> str:
@@ -345,7 +355,7 @@ class Provider(CloudProvider):
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.section = section = Section.of(spec.config.provider)
-        self.gcp = _Clients(section)
+        self.gcp = _Clients(section, spec.provider_state.get("project"))
         self.state = spec.provider_state
         self.zones: list[str] = self.state.get("zones") or zone_list(section.availability_zone)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port

@@ -110,7 +110,7 @@ class ActorClass:
             found = _find_actor(key)
             if found is not None:
                 return found
-        pg_id, index = api._placement(o)
+        where = api._placement(o)
         if self._blob is None:
             self._blob = pickling.dumps((self._cls, {"max_concurrency": concurrency}))
         payload = pickling.dumps((self._blob, args, kwargs))
@@ -120,9 +120,9 @@ class ActorClass:
         owned = o["lifetime"] != "detached" and _is_driver()
         if owned:
             _start_keep_alive()
-        actor_id = api._submit("actor", self.__qualname__, request, payload, api._deps(args, kwargs), restarts, "a",
-                               actor_name=key, pg_id=pg_id, bundle_index=index,
-                               owner_id=OWNER_ID if owned else "", runtime_env=api.packed_runtime_env(o["runtime_env"]))
+        actor_id = api._submit("actor", self.__qualname__, where.request(request), payload, api._deps(args, kwargs),
+                               restarts, "a", actor_name=key, owner_id=OWNER_ID if owned else "",
+                               runtime_env=api.packed_runtime_env(o["runtime_env"]), **where.fields())
         if owned:
             with _owned_lock:
                 _owned.append(actor_id)

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -587,16 +588,54 @@ def _unknown_ids(fn: Callable, *args):
 PLACEMENT_OPTIONS = ("placement_group", "placement_group_bundle_index", "scheduling_strategy")
 
 
-def _placement(opts: dict) -> tuple[str, int]:
-    """(placement group id, bundle index) from Ray's two spellings: placement_group= with
-    placement_group_bundle_index=, or scheduling_strategy=PlacementGroupSchedulingStrategy(...)."""
+@dataclass(frozen=True)
+class Placement:
+    """Where work may go: a placement group's bundle, one node (affinity), or spread over the nodes."""
+
+    pg_id: str = ""
+    bundle_index: int = -1
+    spread: bool = False
+    node_id: str = ""  # hard affinity: it runs there or nowhere
+
+    def fields(self) -> dict:
+        return {"pg_id": self.pg_id, "bundle_index": self.bundle_index, "strategy": "SPREAD" if self.spread else ""}
+
+    def request(self, request: dict[str, float]) -> dict[str, float]:
+        if not self.node_id:
+            return request
+        from runtime.work import NODE_RESOURCE
+
+        return {**request, f"{NODE_RESOURCE}{self.node_id}": 0.001}
+
+
+def _node_alive(node_id: str) -> bool:
+    return any(n.node_id == node_id and n.state == "alive"
+               for n in _reconnecting(lambda: _require().cluster_state()).nodes)
+
+
+def _placement(opts: dict) -> Placement:
+    """Where the work goes, from Ray's spellings: placement_group= with placement_group_bundle_index=, or
+    scheduling_strategy= PlacementGroupSchedulingStrategy(...), NodeAffinitySchedulingStrategy(node_id,
+    soft), "SPREAD" or "DEFAULT"."""
     strategy = opts.get("scheduling_strategy")
     pg, index = opts.get("placement_group"), opts.get("placement_group_bundle_index", -1)
-    if strategy is not None and not isinstance(strategy, str):  # "DEFAULT"/"SPREAD" strings: no group
+    if isinstance(strategy, str):
+        if strategy not in ("DEFAULT", "SPREAD"):
+            raise ValueError(f"scheduling_strategy: 'DEFAULT', 'SPREAD' or a strategy object (got {strategy!r:.40})")
+        if strategy == "SPREAD":
+            return Placement(spread=True)
+    elif strategy is not None and hasattr(strategy, "node_id"):  # NodeAffinitySchedulingStrategy
+        node_id = strategy.node_id
+        if not isinstance(node_id, str) or not node_id:
+            raise ValueError(f"NodeAffinitySchedulingStrategy: node_id must be a node's id (got {node_id!r:.40})")
+        if strategy.soft and not _node_alive(node_id):
+            return Placement()  # soft: anywhere, its node being gone
+        return Placement(node_id=node_id)
+    elif strategy is not None:
         pg = getattr(strategy, "placement_group", None)
         index = getattr(strategy, "placement_group_bundle_index", -1)
     if pg is None or pg == "default":
-        return "", -1
+        return Placement()
     pg_id = getattr(pg, "id", None)
     if not isinstance(pg_id, str):
         raise TypeError(f"placement_group must be a PlacementGroup (got {type(pg).__name__})")
@@ -605,7 +644,7 @@ def _placement(opts: dict) -> tuple[str, int]:
     if pg.bundle_specs and index >= len(pg.bundle_specs):
         raise ValueError(f"placement_group_bundle_index {index} is out of range: the group has "
                          f"{len(pg.bundle_specs)} bundle(s)")
-    return pg_id, index
+    return Placement(pg_id, index)
 
 
 def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, deps: list[str], max_retries: int,
@@ -710,6 +749,7 @@ class RemoteFunction:
                           scheduling_strategy=scheduling_strategy, num_returns=num_returns,
                           retry_exceptions=retry_exceptions, runtime_env=runtime_env)
         self._fn_blob: bytes | None = None  # the function pickled once, not on every call
+        self._checked: tuple | None = None  # its options checked once, at the first call (see _check)
         functools.update_wrapper(self, fn)
 
     def options(self, **opts) -> RemoteFunction:
@@ -721,12 +761,14 @@ class RemoteFunction:
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._opts['name']} must be called with .remote(...)")
 
-    def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
+    def _check(self) -> tuple:
+        """Its options checked and resolved, once (an instance's options never change: .options() makes
+        another): (request, max_retries, streaming, num_returns, placement or None: resolved per call)."""
         from runtime.work import validate_request
 
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
-        validate_request(request)  # a bad request fails here, not later in the background
+        validate_request(request)  # a bad request fails at the call, not later in the background
         streaming = _streaming(self._fn, o["num_returns"])
         count = 1 if streaming else num_returns_of(o["num_returns"])
         retried = _retry_policy(o["retry_exceptions"])
@@ -734,13 +776,20 @@ class RemoteFunction:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
             raise ValueError(f"max_retries: must be an int >= 0, or -1 for no limit (got {max_retries!r:.40})")
         max_retries = 2**31 - 1 if max_retries == -1 else max_retries
-        pg_id, index = _placement(o)
-        if self._fn_blob is None:
-            fn = _Retrying(self._fn, max_retries, retried) if retried else self._fn
-            self._fn_blob = pickling.dumps(fn)
+        where = _placement(o)
+        soft = getattr(o["scheduling_strategy"], "soft", False)  # where it goes depends on its node, now
+        self._fn_blob = pickling.dumps(_Retrying(self._fn, max_retries, retried) if retried else self._fn)
+        return request, max_retries, streaming, count, None if soft else where
+
+    def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
+        if self._checked is None:
+            self._checked = self._check()
+        request, max_retries, streaming, count, where = self._checked
+        o = self._opts
+        where = where or _placement(o)
         payload = pickling.dumps((self._fn_blob, args, kwargs))
-        ref = ObjectRef(_submit("task", o["name"], request, payload, _deps(args, kwargs), max_retries, "t",
-                                pg_id=pg_id, bundle_index=index, runtime_env=packed_runtime_env(o["runtime_env"])))
+        ref = ObjectRef(_submit("task", o["name"], where.request(request), payload, _deps(args, kwargs), max_retries,
+                                "t", runtime_env=packed_runtime_env(o["runtime_env"]), **where.fields()))
         return ObjectRefGenerator(ref) if streaming else split_returns(ref, count, o["name"])
 
 
@@ -820,7 +869,7 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
 def _parent() -> str:
     """The task, actor call or actor constructor this code runs in, if any (what submits from it is its
     child: cancel(recursive=True) reaches it)."""
-    return current_task.get() if os.environ.get("LAUNCH_ITEM_ID") else ""
+    return current_task.get()  # ("" on a driver, and in a job: what a job submits outlives a cancel of it)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> str:

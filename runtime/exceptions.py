@@ -87,6 +87,7 @@ _BY_MESSAGE = (
     ("its result was lost", ObjectLostError),
     ("its result could not be read", ObjectLostError),
     ("runtime_env", RuntimeEnvSetupError),
+    ("no node ", TaskUnschedulableError),
 )
 
 

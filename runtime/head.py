@@ -112,6 +112,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             if len(spec.actor_name) > 200:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an actor's name may be 200 characters at most")
+            if spec.kind != PG and spec.strategy not in ("", "SPREAD"):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"strategy of a {spec.kind}: '' or SPREAD "
+                              f"(got {spec.strategy[:20]!r})")
             if spec.kind == OBJECT and (spec.depends_on or spec.request.amounts):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an object has no dependencies and needs no resources")
             if spec.kind == PG:

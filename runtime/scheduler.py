@@ -41,7 +41,8 @@ from runtime.scheduler_actors import ActorLines
 from runtime.scheduler_groups import PlacementGroups
 from runtime.scheduler_nodes import NodeBook
 from runtime.scheduler_sharing import NodeSharing
-from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, DONE_STATES, EPS, FAILED, FINISHED, INFEASIBLE, LOST, OBJECT, PG,
+from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, DONE_STATES, EPS, FAILED, FINISHED, INFEASIBLE, LOST, NODE_RESOURCE,
+                          OBJECT, PG,
                           PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node, Shape,
                           bundle_sum, fmt_request, place_key, type_can_run, validate_request)
 
@@ -156,6 +157,10 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
                 item.state = QUEUED
                 self._enqueue(item)
             return
+        pinned = next((k[len(NODE_RESOURCE):] for k in item.request if k.startswith(NODE_RESOURCE)), None)
+        if pinned is not None and pinned not in self.nodes:
+            self._finish(item, FAILED, item.submitted_at, message=f"no node {pinned} in the cluster (its node affinity)")
+            return
         reason = self._infeasible(item)
         if reason:
             item.state = INFEASIBLE
@@ -243,7 +248,11 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
                 if item is None or item.state != QUEUED:  # cancelled while queued: dropped lazily
                     q.popleft()
                     continue
-                node = next((n for n in candidates if n.fits(request)), None)
+                if item.strategy == "SPREAD":  # the least busy node that fits, not the best fit
+                    node = min((n for n in candidates if n.fits(request)), key=lambda n: (len(n.running), n.id),
+                               default=None)
+                else:
+                    node = next((n for n in candidates if n.fits(request)), None)
                 if node is None:
                     break
                 q.popleft()

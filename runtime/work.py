@@ -30,6 +30,8 @@ PREFETCH_PAUSE_S = 10.0  # after a revoke, that node gets nothing ahead for this
 
 TASK, JOB, ACTOR, CALL, PG = "task", "job", "actor", "call", "pg"
 OBJECT = "object"  # a value a client put (runtime.put): done as it is submitted, its result the payload
+# every node has "node:<its id>": 1 (as Ray's "node:<ip>"): work with node affinity asks for a sliver of it
+NODE_RESOURCE = "node:"
 KINDS = (TASK, JOB, ACTOR, CALL, PG, OBJECT)
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 

@@ -257,6 +257,7 @@ def main() -> None:
     os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
     sys.stdout = os.fdopen(1, "w", buffering=1)
     concurrent: _Concurrent | None = None
+    given: tuple = ()  # the resources and placement group last set in the environment (most tasks repeat them)
     while True:
         frame = read_frame(proto_in)
         if frame is None:
@@ -269,9 +270,11 @@ def main() -> None:
         os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
         # for get_runtime_context(): the task or call running now; the resources of the task, or the actor's
         current_task.set(task_id)
-        if "resources" in context:  # a task, or an actor's constructor (its methods: the actor's)
-            os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(context["resources"])
-            os.environ["LAUNCH_PLACEMENT_GROUP"] = context.get("placement_group", "")
+        if "resources" in context and (context["resources"], context.get("placement_group", "")) != given:
+            # a task, or an actor's constructor (its methods: the actor's)
+            given = (context["resources"], context.get("placement_group", ""))
+            os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(given[0])
+            os.environ["LAUNCH_PLACEMENT_GROUP"] = given[1]
         outcome = run_one(payload, deps, op, item_id)
         write_frame(proto_out, cloudpickle.dumps(outcome))
         if op == "actor" and outcome[0] == "ok":

@@ -309,3 +309,34 @@ def _answers(address: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_file_mounts_synced_continuously_reach_workers_without_their_setup(tmp_path):
+    """Ray's file_mounts_sync_continuously: what changes in the file mounts (by `up`, or `rsync-up` to the
+    head) reaches the workers from the head, and no setup command runs again for it."""
+    home = tmp_path / "home"
+    (tmp_path / "payload").mkdir()
+    (tmp_path / "payload" / "data.txt").write_text("v1\n")
+    data = local_cluster("mountsync", file_mounts={"~/payload": "./payload"}, file_mounts_sync_continuously=True)
+    path = write_config(tmp_path / "cluster.yaml", data)
+    try:
+        assert cli("up", str(path), "--yes", home=home).returncode == 0
+        worker = next(n["id"] for n in cluster_status(path, home)["nodes"] if n["kind"] == "worker")
+        worker_home = home / "clusters" / "mountsync" / "local" / "nodes" / worker
+
+        def on_worker(name: str) -> str:
+            f = worker_home / "payload" / name
+            return f.read_text() if f.exists() else ""
+
+        assert on_worker("data.txt") == "v1\n"
+        (tmp_path / "payload" / "data.txt").write_text("v2\n")
+        r = cli("up", str(path), "--yes", home=home)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: on_worker("data.txt") == "v2\n", timeout=60, what="the changed mount on the worker")
+        (tmp_path / "extra.txt").write_text("from rsync-up\n")
+        assert cli("rsync-up", str(path), str(tmp_path / "extra.txt"), "~/payload/extra.txt", home=home).returncode == 0
+        wait_for(lambda: on_worker("extra.txt") == "from rsync-up\n", timeout=60, what="rsync-up reaching the worker")
+        assert (worker_home / "setup.log").read_text().split() == ["setup-v1"]  # its setup ran once
+        assert worker in {n["id"] for n in cluster_status(path, home)["nodes"]}  # the same worker, not replaced
+    finally:
+        cli("down", str(path), "--yes", home=home)

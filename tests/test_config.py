@@ -132,7 +132,6 @@ BAD = [
       LOCAL]),
     ("docker", {"image": "x", "container_name": "c", "pull_befor_run": True}, "docker.pull_befor_run: unknown field"),
     ("cluster_synced_files", ["a"], "cluster_synced_files: not supported yet; use file_mounts"),
-    ("file_mounts_sync_continuously", True, "file_mounts_sync_continuously: not supported yet; set it to false"),
     ("file_mounts", {"~/data": "./does-not-exist"}, "file_mounts.~/data: local path './does-not-exist' does not exist"),
     ("max_workers", "many", "max_workers: must be an integer (got 'many')"),
     ("available_node_types.cpu.spot", "maybe", "available_node_types.cpu.spot: must be true or false (got 'maybe')"),

@@ -14,7 +14,7 @@ pytest.importorskip("google.cloud.compute_v1")
 import providers  # noqa: E402
 from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
 from core.config import parse_config  # noqa: E402
-from core.errors import CapacityError, InvalidRequest, PermissionDenied, ProviderError, QuotaError  # noqa: E402
+from core.errors import CapacityError, ConfigError, InvalidRequest, PermissionDenied, ProviderError, QuotaError  # noqa: E402
 from core.spec import ClusterSpec  # noqa: E402
 from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS, tags_of  # noqa: E402
 
@@ -249,20 +249,45 @@ def test_an_insert_retried_after_a_lost_reply_makes_one_vm(gce, tmp_path):
     assert inserts(gce) == 2 and [i["name"] for i in gce.live()] == [node.id]
 
 
-def test_a_service_account_key_in_gcp_credentials_is_used(gce, tmp_path):
-    """Ray's `gcp_credentials: {type: service_account, credentials: <key JSON>}`: the calls are signed
-    with the key (a self-signed JWT, as the SDK does for service accounts, or a token traded for one at
-    the key's token_uri, the fake's)."""
+def _service_account_key(gce) -> dict:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    key = {"type": "service_account", "project_id": GCE_PROJECT, "private_key_id": "k1", "private_key": pem,
-           "client_email": f"launch@{GCE_PROJECT}.iam.gserviceaccount.com", "client_id": "1",
-           "token_uri": f"{gce.url}/token"}
+    return {"type": "service_account", "project_id": GCE_PROJECT, "private_key_id": "k1", "private_key": pem,
+            "client_email": f"launch@{GCE_PROJECT}.iam.gserviceaccount.com", "client_id": "1",
+            "token_uri": f"{gce.url}/token"}
+
+
+def test_a_project_left_out_is_the_credentials_own(gce, tmp_path):
+    """Ray's files may leave provider.project_id out: the project is the credentials' own, as gcloud
+    takes it, said in one line; with credentials that name none, the field is named."""
     import json
 
+    data = config(gce)
+    del data["provider"]["project_id"]
+    data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": json.dumps(_service_account_key(gce))}
+    cfg = parse_config(data)
+    booted = providers.bootstrap(cfg, tmp_path)
+    assert booted.notes == [f"provider.project_id: not set; using {GCE_PROJECT}, the project of the credentials "
+                            "(as gcloud does)"]
+    provider = providers.build(ClusterSpec(config=cfg, provider_state=booted.state))
+    (node,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert [i["name"] for i in gce.live()] == [node.id]
+    provider.terminate([node.id])
+    data["provider"]["gcp_credentials"] = {"type": "credentials_token", "credentials": "test-token"}
+    with pytest.raises(ConfigError, match="provider.project_id: not set, and the credentials name no project"):
+        providers.bootstrap(parse_config(data), tmp_path)
+
+
+def test_a_service_account_key_in_gcp_credentials_is_used(gce, tmp_path):
+    """Ray's `gcp_credentials: {type: service_account, credentials: <key JSON>}`: the calls are signed
+    with the key (a self-signed JWT, as the SDK does for service accounts, or a token traded for one at
+    the key's token_uri, the fake's)."""
+    import json
+
+    key = _service_account_key(gce)
     data = config(gce)
     data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": json.dumps(key)}
     cfg = parse_config(data)

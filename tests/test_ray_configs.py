@@ -10,9 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from core.config import json_schema
 from core.errors import ConfigError
-from lifecycle.config import load_config
+from lifecycle.config import json_schema, load_config, parse_config
 from tests.infra import ROOT, cli, write_config
 
 RAY_START_HEAD = ["ray stop", "ray start --head --port=6379 --object-manager-port=8076 "
@@ -250,3 +249,63 @@ def test_a_hostile_file_through_the_cli_exits_2_with_one_line(tmp_path):
     r = cli("validate", str(path), home=tmp_path / "launch")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "alias bomb" in r.stderr
+
+
+# Ray's own files use these forms too (each written here as a Ray user has it): accepted as Ray accepts them
+RAY_FORMS = {
+    "aws-cloudwatch": {  # accepted, with one warning that it is not applied
+        **RAY_FILES["aws-minimal"], "provider": {
+            "type": "aws", "region": "us-west-2", "availability_zone": "us-west-2a",
+            "cloudwatch": {"agent": {"config": "cloudwatch/agent.json", "retryer": {"max_attempts": 120, "delay_seconds": 30}},
+                           "dashboard": {"name": "dash", "config": "cloudwatch/dashboard.json"},
+                           "alarm": {"config": "cloudwatch/alarm.json"}}}},
+    "gcp-no-project": {  # the project: the credentials' own, at `up`
+        "cluster_name": "minimal", "max_workers": 1,
+        "provider": {"type": "gcp", "region": "us-west1", "availability_zone": "us-west1-a"}},
+    "sync-continuously": {**RAY_FILES["aws-minimal"], "file_mounts_sync_continuously": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAY_FORMS))
+def test_rays_other_forms_are_accepted(name, user_home):
+    cfg = load_config(write_config(user_home / f"{name}.yaml", RAY_FORMS[name]))
+    jsonschema.validate(RAY_FORMS[name], json_schema())
+    cloudwatch = [w for w in cfg.warnings if w.startswith("provider.cloudwatch")]
+    assert len(cloudwatch) == (name == "aws-cloudwatch")
+
+
+# What JSON Schema cannot say: rules that span fields of the file, or the disk (validate's alone)
+SPANNING = {"available_node_types.cpu.max_workers", "available_node_types.cpu.min_workers", "head_node_type",
+            "file_mounts"}
+
+
+def test_the_schema_and_validate_give_every_file_of_the_corpus_the_same_verdict(user_home):
+    """`launch schema` is `launch validate` for an editor: the corpus (Ray's files and forms, the shipped
+    configs, and every bad field of test_config) gets the same verdict from both, except the rules that
+    span fields, each named."""
+    import math
+
+    from tests.infra import local_cluster
+    from tests.test_config import BAD, _set
+
+    (user_home / "user" / ".ssh" / "id_ed25519").write_text("key\n")  # (a shipped config names it)
+    validator = jsonschema.Draft202012Validator(json_schema())
+    corpus = [(f"ray:{n}", d, user_home) for n, d in {**RAY_FILES, **RAY_FORMS}.items()]
+    corpus += [(f"configs:{p.name}", yaml.safe_load(p.read_text()), p.parent)
+               for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    for path, value, _ in BAD:
+        if isinstance(value, float) and not math.isfinite(value):
+            continue  # (.inf/.nan: no JSON number; validate refuses them by name)
+        data = copy.deepcopy(local_cluster("c"))
+        _set(data, path, value)
+        corpus.append((path, data, user_home))
+    disagree = []
+    for name, data, base_dir in corpus:
+        try:
+            parse_config(copy.deepcopy(data), base_dir=base_dir)
+            valid = True
+        except ConfigError:
+            valid = False
+        if valid != validator.is_valid(data):
+            disagree.append(name)
+    assert set(disagree) == SPANNING, disagree

@@ -61,8 +61,9 @@ def test_register_heartbeat_state(head):
         st = client.cluster_state()
     (node,) = st.nodes
     assert node.node_id == "n1" and node.state == "alive" and node.labels["zone"] == "a"
-    # the head owns allocation: with nothing assigned, everything is available and the node is idle
-    assert dict(node.total.amounts) == {"CPU": 2.0} and dict(node.available.amounts) == {"CPU": 2.0}
+    # the head owns allocation: with nothing assigned, everything is available and the node is idle; every
+    # node has one of "node:<its id>" (what node affinity asks for)
+    assert dict(node.total.amounts) == dict(node.available.amounts) == {"CPU": 2.0, "node:n1": 1.0}
     assert node.idle_since > 0 and node.running == 0
 
 
