@@ -115,6 +115,7 @@ class Monitor:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bootstrap")
         self.bootstrapping: dict[str, Future] = {}
         self.requests: dict[str, _Request] = {}  # request id -> a launch on its way
+        self.removing: dict[str, Future] = {}  # node id -> its removal on its way (see remove)
         self.creating = ThreadPoolExecutor(max_workers=8, thread_name_prefix="create")
         self.backoff: dict[str, Backoff] = {}  # node type -> its failures and when it may be tried again
         self.lost_since: dict[str, float] = {}
@@ -189,7 +190,8 @@ class Monitor:
             outdated = (n.node_type in self.cfg.available_node_types
                         and n.tags.get(TAG_LAUNCH_HASH) != launch_hash(self.cfg, n.node_type))
             out.append(NodeView(
-                id=n.id, node_type=n.node_type, status=n.status, is_head=n.kind == KIND_HEAD,
+                id=n.id, node_type=n.node_type, status=NodeStatus.TERMINATING if self.leaving(n.id) else n.status,
+                is_head=n.kind == KIND_HEAD,
                 registered=r is not None,
                 total=dict(r.total.amounts) if r else {}, available=dict(r.available.amounts) if r else {},
                 running=r.running if r else 0, idle_since=r.idle_since if r else 0.0,
@@ -280,20 +282,43 @@ class Monitor:
                     # capacity; the planner takes it back if work waits, or retires it once idle
                     self.event("terminate-deferred", node=node_id, reason=f"{reason}; busy with {reply.running}")
                     continue
+                # drained and idle: out of the cluster now (nothing of it can be lost), not once its instance
+                # has stopped (an SSH host's runtime takes a moment to stop); its agent is not taken back
+                self.head.remove_node(node_id, reason)
             # logged first: the node leaves the provider's listing before its processes have all stopped
             view = views[node_id]
             # a healthy node (idle) is retired: stopped where the provider caches stopped nodes
             healthy = view.status in (NodeStatus.UP_TO_DATE, NodeStatus.DRAINING) and not view.outdated
             self.event("terminate", node=node_id, node_type=node.node_type, reason=reason,
                        stopped=healthy and self.lifecycle.caches_stopped_nodes and not node.spot)
-            (self.lifecycle.retire if healthy else self.lifecycle.terminate)([node])
+            self.remove(node, healthy)
             self.round.did(f"worker {node_id}: terminated ({reason})")
             self.metrics.terminations.labels(node.node_type).inc()
-            if views[node_id].registered:  # gone now, not when its heartbeats stop (nor "interrupted")
-                self.head.remove_node(node_id, reason)
 
         for node_type, count in sorted(p.launches.items()):
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)
+
+    def remove(self, node: NodeInfo, healthy: bool) -> None:
+        """Retire (healthy: stopped where the provider caches stopped nodes) or terminate a worker, on a thread:
+        an SSH host's runtime takes a moment to stop, a cloud call longer, and the loop goes on meanwhile.
+        Until it is done the node counts as leaving."""
+        lifecycle = self.lifecycle
+
+        def run():
+            try:
+                (lifecycle.retire if healthy else lifecycle.terminate)([node])
+            except Exception as e:  # noqa: BLE001  the planner sees it again, and removes it again
+                self.event("terminate-failed", node=node.id, error=_describe(e))
+            self.wake.set()
+
+        self.removing[node.id] = self.creating.submit(run)
+
+    def leaving(self, node_id: str) -> bool:
+        future = self.removing.get(node_id)
+        if future is not None and future.done():
+            del self.removing[node_id]
+            return False
+        return future is not None
 
     def launch(self, node_type: str, count: int, reason: str, now: float) -> None:
         """Ask the provider for nodes; returns at once. What came of it is seen by `answered`."""
@@ -370,7 +395,7 @@ class Monitor:
         replaces it in an autoscaling one."""
         leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
         for n in nodes:
-            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id)
+            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id) or self.leaving(n.id)
                     or n.tags.get(TAG_REQUEST_ID) in self.requests  # answered() sets those up
                     or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
@@ -392,7 +417,7 @@ class Monitor:
         lifecycle = self.lifecycle
         for n in nodes:
             if (n.kind == KIND_HEAD or n.status != NodeStatus.UP_TO_DATE or n.id in leaving or self.in_flight(n.id)
-                    or n.tags.get(TAG_MOUNTS) == stamp):
+                    or self.leaving(n.id) or n.tags.get(TAG_MOUNTS) == stamp):
                 continue
 
             def run(node=n):
@@ -423,7 +448,8 @@ class Monitor:
         have: dict[str, int] = {}  # workers of each type there or on their way (this tick's launches: requests)
         for n in nodes:
             v = views[n.id]
-            if n.kind == KIND_HEAD or n.id in leaving or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING):
+            if (n.kind == KIND_HEAD or n.id in leaving or self.leaving(n.id)
+                    or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
             if n.status != NodeStatus.UPDATE_FAILED:
                 have[n.node_type] = have.get(n.node_type, 0) + 1
@@ -520,7 +546,7 @@ class Monitor:
         except (OSError, ValueError):
             keep_stopped = False
         # launches on their way are answered first: what they make is removed with the rest, not leaked
-        wait([r.future for r in self.requests.values()], timeout=DOWN_CREATE_WAIT_S)
+        wait([r.future for r in self.requests.values()] + list(self.removing.values()), timeout=DOWN_CREATE_WAIT_S)
         try:
             removed = self.lifecycle.terminate_workers(keep_stopped)
             answer = {"removed": removed}

@@ -112,6 +112,9 @@ class NodeUpdater:
 
     def update(self, plan: UpdatePlan) -> None:
         step = "waiting-for-ssh"
+        # a node that just came (created, or started again after a stop) runs no runtime of ours that may
+        # stay: one still running outlived its node's removal (the head no longer takes it back)
+        fresh = self.status == NodeStatus.PENDING
         with open_private(self.log_path, "a") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} update of {self.node.id} (full={plan.full})\n")
             try:
@@ -144,7 +147,7 @@ class NodeUpdater:
                     for cmd in [*init, *self.cfg.setup_commands_for(self.node.node_type, self.runtime_cfg.is_head)]:
                         self._run(log, step, cmd, env=self.command_env)
                 step = "starting the runtime"
-                self.start_runtime(log, plan.restart_runtime)
+                self.start_runtime(log, plan.restart_runtime or fresh)
                 started = {TAG_RESTART_GEN: str(self.spec.restart_generation)}
                 if plan.full:
                     for cmd in self.cfg.start_commands_for(self.runtime_cfg.is_head):

@@ -292,6 +292,8 @@ class Agent:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("the head refused this node's cluster token")
+                elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.warning("the head removed this node from the cluster: it takes no work (%s)", e.details())
                 else:
                     log.warning("head unreachable (%s); retrying in %.1fs", e.code().name, backoff)
                 self.stop.wait(backoff)

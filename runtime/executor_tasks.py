@@ -17,8 +17,8 @@ MAX_IDLE_WORKERS_PER_KEY = 8
 
 
 def task_context(a: pb.Assignment) -> dict:
-    """What a task may ask of get_runtime_context(): its id and the resources it was given."""
-    return {"task_id": a.item_id, "resources": dict(a.spec.request.amounts), "placement_group": a.spec.pg_id}
+    """What a task may ask of get_runtime_context() beyond its id: the resources it was given, its group."""
+    return {"resources": dict(a.spec.request.amounts), "placement_group": a.spec.pg_id}
 
 
 class TaskRunning:

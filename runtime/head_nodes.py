@@ -27,6 +27,11 @@ class NodeService:
         total = dict(request.total.amounts)
         with self.lock:
             old = self.nodes.get(request.node_id)
+            # an agent that outlived its node's removal (its instance is going) is not taken back: work sent
+            # to it would die with it. A node started again after a stop registers afresh (first).
+            if old is not None and old.removed and not request.first:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node {request.node_id} was removed from "
+                              "the cluster (its instance is being stopped or terminated)")
             rec = NodeRecord(request.node_id, request.node_type, request.address, request.is_head,
                              dict(request.labels), now, now)
             if old is not None:
@@ -36,11 +41,6 @@ class NodeService:
             lost, drop = self.sched.add_node(request.node_id, request.node_type, total, request.is_head, now,
                                              list(request.gpu_ids), [(r.id, r.attempt) for r in request.running],
                                              request.first)
-            # an agent that outlived its node's removal (the instance is being terminated) is heard from
-            # again: it gets no new work. A node started again after a stop registers afresh (first).
-            if old is not None and old.removed and not request.first:
-                rec.removed = True
-                self.sched.drain(request.node_id)
             self._settle(now)
         if lost:
             log.warning("node %s registered again: %d item(s) it ran were requeued", request.node_id, len(lost))

@@ -55,6 +55,7 @@ class WorkerDied(Exception):
 class Worker:
     def __init__(self, env: dict[str, str], cwd: str | None = None):
         self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
+        self.sent_context: dict = {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env, cwd=cwd or Path.home(),
@@ -67,9 +68,15 @@ class Worker:
 
     def send(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
              context: dict | None = None) -> None:
-        """context: what the work may ask of get_runtime_context() (resources, task_id)."""
+        """context: what the work may ask of get_runtime_context() (resources, placement group; a call's
+        task_id); not sent again when it is what this process was last given (most tasks repeat it)."""
+        context = context or {}
+        if context and context == self.sent_context:
+            context = {"same": True}
+        else:
+            self.sent_context = context
         try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context or {})))
+            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context)))
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
 

@@ -271,6 +271,7 @@ def main() -> None:
         # for get_runtime_context(): the task or call running now; the resources of the task, or the actor's
         current_task.set(task_id)
         if "resources" in context and (context["resources"], context.get("placement_group", "")) != given:
+            # ("same": as the last one: the environment already says it)
             # a task, or an actor's constructor (its methods: the actor's)
             given = (context["resources"], context.get("placement_group", ""))
             os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(given[0])

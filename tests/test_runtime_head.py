@@ -103,14 +103,15 @@ def test_an_agent_that_outlives_its_nodes_removal_gets_no_new_work(head):
     with HeadClient(address, TOKEN) as client:
         _register(client)
         client.remove_node("n1", "idle for 5 min")
-        _register(client)  # the same agent, heard from again
-        (node,) = client.cluster_state().nodes
-        assert node.state == "alive" and node.draining
+        assert not client.heartbeat(pb.HeartbeatRequest(node_id="n1")).known
+        with pytest.raises(grpc.RpcError) as e:
+            _register(client)  # the same agent, heard from again
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "n1 was removed" in e.value.details()
         client.submit_many([pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": 1.0}))])
-        st = client.cluster_state()
-        assert st.nodes[0].running == 0 and [d.count for d in st.demand] == [1]
+        assert client.cluster_state().nodes[0].state == "dead"  # the work waits for a node
         _register(client, first=True)  # the instance was stopped and started again: a new agent
-        assert not client.cluster_state().nodes[0].draining
+        (node,) = client.cluster_state().nodes
+        assert node.state == "alive" and not node.draining and node.running == 1
 
 
 def test_the_work_credential_submits_and_fetches_but_cannot_act_as_a_node(head):
