@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
+from autoscaler.upkeep import WorkerUpkeep, _describe
 from core.backoff import Backoff
-from core.errors import LaunchError
 from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
-from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_MOUNTS, TAG_REQUEST_ID
+from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_REQUEST_ID
 from lifecycle.cluster import REGISTER_TIMEOUT_S, Lifecycle
-from lifecycle.hashing import launch_hash, mounts_stamp
+from lifecycle.hashing import launch_hash
 from lifecycle.on_head import head_state, read_head_spec
 from lifecycle.reconciler import Round
 from lifecycle.updater import NodeUpdateFailed
@@ -56,7 +56,6 @@ from runtime.work import NODE_RESOURCE
 
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
-MOUNTS_CHECK_S = 5.0  # (file_mounts_sync_continuously) how often the head's file mounts are looked at
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
 
 
@@ -103,7 +102,7 @@ class _Request:
 REQUESTED = "requested:"  # the id prefix of a node a launch request has not yet made
 
 
-class Monitor:
+class Monitor(WorkerUpkeep):
     def __init__(self, token: str, bind_host: str, clock=time.time):
         self.clock = clock
         self.token = token
@@ -209,6 +208,7 @@ class Monitor:
         self.reload()
         now = self.clock()
         self.answered(now)
+        self.removing = {i: f for i, f in self.removing.items() if not f.done()}  # (those listed no more too)
         phases: dict[str, float] = {}
         t0 = time.monotonic()
         nodes = self.lifecycle.nodes()
@@ -298,28 +298,6 @@ class Monitor:
         for node_type, count in sorted(p.launches.items()):
             self.launch(node_type, count, p.launch_reasons.get(node_type, ""), now)
 
-    def remove(self, node: NodeInfo, healthy: bool) -> None:
-        """Retire (healthy: stopped where the provider caches stopped nodes) or terminate a worker, on a thread:
-        an SSH host's runtime takes a moment to stop, a cloud call longer, and the loop goes on meanwhile.
-        Until it is done the node counts as leaving."""
-        lifecycle = self.lifecycle
-
-        def run():
-            try:
-                (lifecycle.retire if healthy else lifecycle.terminate)([node])
-            except Exception as e:  # noqa: BLE001  the planner sees it again, and removes it again
-                self.event("terminate-failed", node=node.id, error=_describe(e))
-            self.wake.set()
-
-        self.removing[node.id] = self.creating.submit(run)
-
-    def leaving(self, node_id: str) -> bool:
-        future = self.removing.get(node_id)
-        if future is not None and future.done():
-            del self.removing[node_id]
-            return False
-        return future is not None
-
     def launch(self, node_type: str, count: int, reason: str, now: float) -> None:
         """Ask the provider for nodes; returns at once. What came of it is seen by `answered`."""
         request_id = uuid.uuid4().hex[:12]
@@ -354,87 +332,6 @@ class Monitor:
             delay = b.fail(now, error)
         self.metrics.failures.labels(node_type).inc()
         self.event("launch-failed", node_type=node_type, error=error, backoff_s=delay, failures=b.failures)
-
-    def bootstrap(self, node: NodeInfo) -> None:
-        """Set a worker up, or check it and bring it up to date, in the background; what came of it is
-        recorded in the round it was started in."""
-        lifecycle, rnd = self.lifecycle, self.round
-
-        def run():
-            try:
-                done = lifecycle.set_up_worker(node, self.token, self.head_address)
-            except Exception as e:  # noqa: BLE001  a node whose setup fails backs its type off
-                failed = e if isinstance(e, NodeUpdateFailed) else NodeUpdateFailed(node.id, "set-up", [_describe(e)])
-                with self.lock:
-                    rnd.checked.add(node.id)
-                    rnd.failures[node.id] = failed.as_dict()
-                self.event("setup-failed", node=node.id, node_type=node.node_type, error=_describe(e))
-                self.back_off(node.node_type, f"setup of {node.id} failed: {_describe(e)}", self.clock())
-                self.wake.set()
-                return
-            with self.lock:
-                rnd.checked.add(node.id)
-                rnd.failures.pop(node.id, None)
-                if done:
-                    rnd.did(f"worker {node.id}: {done}")
-                    self.backoff.pop(node.node_type, None)  # a node of it came up: the type works
-            if done:
-                self.event("node-up", node=node.id, node_type=node.node_type, done=done)
-            self.wake.set()
-
-        self.bootstrapping[node.id] = self.pool.submit(run)
-
-    def in_flight(self, node_id: str) -> bool:
-        future = self.bootstrapping.get(node_id)
-        return future is not None and not future.done()
-
-    def tend(self, nodes: list[NodeInfo], p: Plan) -> None:
-        """Every worker once per round: one half set up that nobody is setting up (a previous monitor
-        died) is finished; every other is checked and brought up to date (changed setup or mounts, a
-        runtime that stopped or is to restart). A failed one is retried in a static cluster; the planner
-        replaces it in an autoscaling one."""
-        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
-        for n in nodes:
-            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id) or self.leaving(n.id)
-                    or n.tags.get(TAG_REQUEST_ID) in self.requests  # answered() sets those up
-                    or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
-                continue
-            if n.status in SETTING_UP:
-                self.event("adopt", node=n.id, node_type=n.node_type, status=n.status.value)
-                self.bootstrap(n)
-            elif self.to_check(n):
-                self.bootstrap(n)
-
-    def sync_mounts(self, nodes: list[NodeInfo], p: Plan, now: float) -> None:
-        """(file_mounts_sync_continuously, as in Ray) What changed in the file mounts on the head (synced to
-        it by `up`, or by `launch rsync-up`) is synced to every worker that is up to date, without its setup."""
-        if not (self.cfg.file_mounts_sync_continuously and self.spec.file_mounts) or now < self.mounts_checked + MOUNTS_CHECK_S:
-            return
-        self.mounts_checked = now
-        sources = {remote: os.path.expanduser(remote) for remote in self.spec.file_mounts}
-        stamp = mounts_stamp(sources)
-        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
-        lifecycle = self.lifecycle
-        for n in nodes:
-            if (n.kind == KIND_HEAD or n.status != NodeStatus.UP_TO_DATE or n.id in leaving or self.in_flight(n.id)
-                    or self.leaving(n.id) or n.tags.get(TAG_MOUNTS) == stamp):
-                continue
-
-            def run(node=n):
-                try:
-                    sent = lifecycle.sync_mounts(node, sources, stamp)
-                except Exception as e:  # noqa: BLE001  tried again at the next look
-                    self.event("mounts-sync-failed", node=node.id, error=_describe(e))
-                    return
-                if sent:
-                    self.event("mounts-synced", node=node.id, files=sent)
-
-            self.bootstrapping[n.id] = self.pool.submit(run)
-
-    def to_check(self, n: NodeInfo) -> bool:
-        """Whether a worker is still to be checked in this round (a failed one only in a static cluster:
-        the planner replaces it in an autoscaling one)."""
-        return n.id not in self.round.checked and (self.static or n.status != NodeStatus.UPDATE_FAILED)
 
     def converge(self, nodes: list[NodeInfo], views: dict[str, NodeView], p: Plan,
                  types: dict[str, NodeTypeSpec], now: float) -> None:
@@ -577,10 +474,6 @@ def _plan_status(p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec],
         "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
         "nodes": _count_nodes(nodes),
     }
-
-
-def _describe(e: BaseException) -> str:
-    return str(e) if isinstance(e, LaunchError) else f"{type(e).__name__}: {e}"
 
 
 def _count_nodes(nodes: list[NodeInfo]) -> list[dict]:

@@ -94,8 +94,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         """One or many items; ids are the client's where given (a batch is all or nothing)."""
         return pb.SubmitReply(ids=self._submit(request, context))
 
-    def _submit(self, request, context) -> list[str]:
-        specs, given = list(request.specs), list(request.ids)
+    @staticmethod
+    def _check_specs(specs: list, given: list[str], context) -> None:
+        """A submission's ids and specs, each checked by itself (refused whole, naming the first problem)."""
         if given and len(given) != len(specs):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids and specs differ in length")
         for item_id in given:
@@ -121,6 +122,10 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 problem = group_problem([dict(b.amounts) for b in spec.bundles], spec.strategy)
                 if problem:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"placement group {spec.name!r}: {problem}")
+
+    def _submit(self, request, context) -> list[str]:
+        specs, given = list(request.specs), list(request.ids)
+        self._check_specs(specs, given, context)
         for item_id, spec in zip(given, specs):
             if spec.payload_size and not self._uploaded(self.store.arg_path(item_id), spec.payload_size):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +49,9 @@ def merged(base: dict | None, own: dict | None) -> dict:
     return out
 
 
-def pack(runtime_env: dict | None) -> str:
+def pack(runtime_env: dict | None, put: Callable[[str, bytes], None]) -> str:
     """The runtime_env as its work carries it (JSON; "" for none): local directories and modules
-    uploaded as objects of the cluster, named by their contents' hash."""
+    put in the cluster (put(object id, bytes), once per id) as objects named by their contents' hash."""
     if not runtime_env:
         return ""
     if not isinstance(runtime_env, dict):
@@ -61,11 +62,11 @@ def pack(runtime_env: dict | None) -> str:
                          f"{', '.join(KEYS)})")
     key = json.dumps(runtime_env, sort_keys=True, default=str)
     if key not in _packed:
-        _packed[key] = _pack(runtime_env)
+        _packed[key] = _pack(runtime_env, put)
     return _packed[key]
 
 
-def _pack(env: dict) -> str:
+def _pack(env: dict, put: Callable[[str, bytes], None]) -> str:
     out: dict = {}
     excludes = env.get("excludes") or []
     if not isinstance(excludes, list) or not all(isinstance(e, str) for e in excludes):
@@ -76,7 +77,7 @@ def _pack(env: dict) -> str:
     if env_vars:
         out["env_vars"] = env_vars
     if env.get("working_dir"):
-        out["working_dir"] = _upload(_local_dir(env["working_dir"], "working_dir"), excludes, inside=True)
+        out["working_dir"] = _upload(_local_dir(env["working_dir"], "working_dir"), excludes, True, put)
     modules = env.get("py_modules") or []
     if not isinstance(modules, list):
         raise TypeError("runtime_env['py_modules'] must be a list of local directories or .py files")
@@ -85,7 +86,7 @@ def _pack(env: dict) -> str:
         if hasattr(m, "__file__"):  # an imported module: its package's directory, or its file
             f = Path(m.__file__)
             m = f.parent if f.name == "__init__.py" else f
-        out_modules.append(_upload(_local_dir(m, "py_modules", files_too=True), excludes, inside=False))
+        out_modules.append(_upload(_local_dir(m, "py_modules", files_too=True), excludes, False, put))
     if out_modules:
         out["py_modules"] = out_modules
     pip = _requirements(env.get("pip"))
@@ -143,31 +144,14 @@ def _archive(path: Path, excludes: list[str], inside: bool) -> bytes:
     return buf.getvalue()
 
 
-def _upload(path: Path, excludes: list[str], inside: bool) -> str:
-    """Put the archive in the cluster (once: its id is its hash) and return its id."""
-    from runtime import api
-
+def _upload(path: Path, excludes: list[str], inside: bool, put: Callable[[str, bytes], None]) -> str:
+    """The archive put in the cluster, named by its hash (the same contents: one object); its id."""
     data = _archive(path, excludes, inside)
     if len(data) > MAX_ARCHIVE_BYTES:
         raise ValueError(f"runtime_env: {path} is {len(data) >> 20} MiB zipped (the most is "
                          f"{MAX_ARCHIVE_BYTES >> 20} MiB): leave data out with 'excludes'")
-    import grpc
-
     object_id = "o-env-" + hashlib.sha256(data).hexdigest()[:40]
-    client = api._require()
-    try:
-        there = bool(client.get_results([object_id], 0))
-    except grpc.RpcError as e:
-        if e.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        there = False
-    if not there:
-        api._submit("object", "runtime_env", {}, data, [], 0, "o", item_id=object_id, upload=True)
-        try:
-            api._require()
-        except ValueError as e:  # put there meanwhile by another driver: the same contents
-            if "used twice" not in str(e):
-                raise
+    put(object_id, data)
     return object_id
 
 

@@ -38,16 +38,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from runtime.scheduler_actors import ActorLines
+from runtime.scheduler_cancel import Cancelling
 from runtime.scheduler_groups import PlacementGroups
 from runtime.scheduler_nodes import NodeBook
 from runtime.scheduler_sharing import NodeSharing
-from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, DONE_STATES, EPS, FAILED, FINISHED, INFEASIBLE, LOST, NODE_RESOURCE,
-                          OBJECT, PG,
-                          PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node, Shape,
-                          bundle_sum, fmt_request, place_key, type_can_run, validate_request)
+from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED, INFEASIBLE, LOST, NODE_RESOURCE,
+                          OBJECT, PG, PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node,
+                          Shape, bundle_sum, fmt_request, place_key, type_can_run, validate_request)
 
 
-class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
+class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
     def __init__(self, node_types: dict[str, dict[str, float]] | None = None,
                  done_state: Callable[[str], str | None] = lambda item_id: None):
         self.node_types = node_types or {}
@@ -350,45 +350,6 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing):
         item.exit_code, item.result = exit_code, result
         self._finish(item, state, now, message=message)
         return item
-
-    def cancel_tree(self, item_id: str, now: float) -> tuple[str, list[tuple[str, str]]]:
-        """Cancel the item and, recursively, what it submitted that is not done. Returns (the item's state,
-        (item, node) pairs whose node is to be told to stop it)."""
-        state, node_id = self.cancel(item_id, now)
-        stop = [(item_id, node_id)] if node_id else []
-        todo = sorted(self.children.get(item_id, ()))
-        while todo:
-            child = todo.pop()
-            if child in self.items and self.items[child].state not in DONE_STATES:
-                _, node = self.cancel(child, now)
-                if node:
-                    stop.append((child, node))
-            todo += sorted(self.children.get(child, ()))
-        return state, stop
-
-    def cancel(self, item_id: str, now: float, restart: bool = False) -> tuple[str, str | None]:
-        """Returns (state, node to tell to stop the item or None). Cancelling an actor kills it (`restart`:
-        as if it had crashed, so it restarts while max_restarts allows); a placement group, removes it (the
-        nodes to tell are in to_stop)."""
-        item = self.items.get(item_id)
-        if item is None:
-            raise KeyError(item_id)
-        if restart and item.kind == ACTOR and item.state == RUNNING:
-            item.restart_requested = True
-            return RUNNING, item.node_id
-        if item.kind == PG and item.id in self.groups:
-            self._remove_group(self.groups[item.id], now)
-            return CANCELLED, None
-        if item.state in (QUEUED, BLOCKED, INFEASIBLE):
-            if item.state == QUEUED and item.kind != CALL and not item.pg_id:
-                self.queued_count[item.shape] -= 1
-            self.infeasible.pop(item_id, None)
-            self._finish(item, CANCELLED, now, message="cancelled")
-            return CANCELLED, None
-        if item.state == RUNNING:
-            item.cancel_requested = True
-            return RUNNING, item.node_id
-        return item.state, None
 
     # --- a task waiting in `get` lends its CPUs ----------------------------------------------------------
 
