@@ -47,7 +47,8 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAUNCH_", "PYTHONPATH"))}
     env["RAY_ADDRESS"] = "127.0.0.1:6389"
     subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
-    start = subprocess.run([ray, "start", "--head", "--port", "6389", "--num-cpus", str(int(total["CPU"])),
+    start = subprocess.run([ray, "start", "--head", "--port", "6389", "--node-ip-address", "127.0.0.1",
+                            "--num-cpus", str(int(total["CPU"])),
                             "--num-gpus", str(int(total["GPU"])), "--resources", str(custom).replace("'", '"'),
                             "--include-dashboard", "false", "--disable-usage-stats"],
                            env=env, capture_output=True, text=True)
