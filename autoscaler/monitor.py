@@ -52,7 +52,7 @@ from lifecycle.updater import NodeUpdateFailed
 from runtime.client import HeadClient
 from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
-from runtime.work import NODE_RESOURCE
+from runtime.work import own_resources, pinned_node
 
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
@@ -163,8 +163,7 @@ class Monitor(WorkerUpkeep):
         """The spec's resources (declared or from the catalog), else what a node of the type registered with."""
         for n in state.nodes:
             if n.state == "alive" and n.node_type in self.cfg.available_node_types:  # (not its "node:<id>")
-                self.learned.setdefault(n.node_type, {k: v for k, v in n.total.amounts.items()
-                                                      if not k.startswith(NODE_RESOURCE)})
+                self.learned.setdefault(n.node_type, own_resources(n.total.amounts))
         out = {}
         for name, nt in self.cfg.available_node_types.items():
             resources = self.spec.resources_of(name)
@@ -225,7 +224,7 @@ class Monitor(WorkerUpkeep):
         # a static cluster (autoscaler: false) is kept at min_workers: the planner sees no demand
         # (work pinned to a node waits for that node: no node launched can run it)
         demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand
-                                         if not any(k.startswith(NODE_RESOURCE) for k in d.shape.amounts)]
+                                         if pinned_node(d.shape.amounts) is None]
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)

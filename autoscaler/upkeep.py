@@ -21,7 +21,15 @@ def _describe(e: BaseException) -> str:
     return str(e) if isinstance(e, LaunchError) else f"{type(e).__name__}: {e}"
 
 
+def _planned_out(p: Plan) -> set[str]:
+    """The workers this tick's plan drains or terminates."""
+    return {i for i, _ in p.terminations} | {i for i, _ in p.drains}
+
+
 class WorkerUpkeep:
+    """Workers kept up to date, and removed, in the background. Its state is the Monitor's (set in
+    Monitor.__init__): a part of Monitor, not used alone."""
+
     def bootstrap(self, node: NodeInfo) -> None:
         """Set a worker up, or check it and bring it up to date, in the background; what came of it is
         recorded in the round it was started in."""
@@ -55,15 +63,18 @@ class WorkerUpkeep:
         future = self.bootstrapping.get(node_id)
         return future is not None and not future.done()
 
+    def _busy(self, n: NodeInfo, planned_out: set[str]) -> bool:
+        """Not one to start work on now: the head, a worker on its way out, or one being set up or removed."""
+        return n.kind == KIND_HEAD or n.id in planned_out or self.in_flight(n.id) or self.leaving(n.id)
+
     def tend(self, nodes: list[NodeInfo], p: Plan) -> None:
         """Every worker once per round: one half set up that nobody is setting up (a previous monitor
         died) is finished; every other is checked and brought up to date (changed setup or mounts, a
         runtime that stopped or is to restart). A failed one is retried in a static cluster; the planner
         replaces it in an autoscaling one."""
-        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
+        planned_out = _planned_out(p)
         for n in nodes:
-            if (n.kind == KIND_HEAD or n.id in leaving or self.in_flight(n.id) or self.leaving(n.id)
-                    or n.tags.get(TAG_REQUEST_ID) in self.requests  # answered() sets those up
+            if (self._busy(n, planned_out) or n.tags.get(TAG_REQUEST_ID) in self.requests  # answered() sets those up
                     or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
             if n.status in SETTING_UP:
@@ -80,11 +91,10 @@ class WorkerUpkeep:
         self.mounts_checked = now
         sources = {remote: os.path.expanduser(remote) for remote in self.spec.file_mounts}
         stamp = mounts_stamp(sources)
-        leaving = {i for i, _ in p.terminations} | {i for i, _ in p.drains}
+        planned_out = _planned_out(p)
         lifecycle = self.lifecycle
         for n in nodes:
-            if (n.kind == KIND_HEAD or n.status != NodeStatus.UP_TO_DATE or n.id in leaving or self.in_flight(n.id)
-                    or self.leaving(n.id) or n.tags.get(TAG_MOUNTS) == stamp):
+            if self._busy(n, planned_out) or n.status != NodeStatus.UP_TO_DATE or n.tags.get(TAG_MOUNTS) == stamp:
                 continue
 
             def run(node=n):

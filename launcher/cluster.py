@@ -81,6 +81,7 @@ class Cluster:
         import grpc
 
         from runtime.client import HeadClient
+        from runtime.work import own_resources
 
         lc = self._stored_lifecycle()
         if lc is None:  # never up, or down: nothing to list
@@ -120,8 +121,8 @@ class Cluster:
                 "status_age_s": round(now - n.status_since, 1),
                 "ip": n.external_ip or n.internal_ip,
                 "runtime": r.state if r is not None else "not registered",
-                "resources_total": _own(r.total) if r is not None else {},
-                "resources_available": _own(r.available) if r is not None else {},
+                "resources_total": own_resources(r.total.amounts) if r is not None else {},
+                "resources_available": own_resources(r.available.amounts) if r is not None else {},
                 "launched_at": n.launched_at, "age_s": round(now - n.launched_at, 1),
             })
         return {
@@ -234,10 +235,3 @@ class Cluster:
         if not raw:
             raise LaunchError(f"no setup log for node {node_id!r} (expected {path} here or {remote} on the head)")
         return raw.decode(errors="replace")
-
-
-def _own(resources) -> dict[str, float]:
-    """A node's resources as its type gives them (not the "node:<id>" every node has for affinity)."""
-    from runtime.work import NODE_RESOURCE
-
-    return {k: v for k, v in resources.amounts.items() if not k.startswith(NODE_RESOURCE)}

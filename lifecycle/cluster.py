@@ -150,10 +150,10 @@ class Lifecycle:
     def caches_stopped_nodes(self) -> bool:
         return self.provider.capabilities.stop_start and self.provider.cache_stopped_nodes
 
-    def sync_mounts(self, node: NodeInfo, sources: dict[str, str], stamp: str) -> int:
-        """(file_mounts_sync_continuously) The file mounts synced to a worker from `sources` (remote path ->
-        where they are here), its setup not run again; its tag says which `stamp` it has. Returns the
-        number of files sent."""
+    def sync_mounts(self, node: NodeInfo, sources: dict[str, str], stamp: str | None = None) -> int:
+        """(file_mounts_sync_continuously) The file mounts synced to a node from `sources` (remote path ->
+        where they are here), its setup not run again; its tag says which `stamp` it has (a worker's: the
+        head's mounts as they were). Returns the number of files sent."""
         runner = self.runner(node)
         sent = sum(sync_up(runner, Path(local), remote, self.cfg.rsync_exclude, self.cfg.rsync_filter)
                    for remote, local in sorted(sources.items()))
@@ -288,7 +288,7 @@ class Lifecycle:
             actions.append(f"head {head.id}: {'set up' if plan.full else 'runtime started'}")
         elif self.cfg.file_mounts_sync_continuously and self.spec.file_mounts:
             # their contents are in no hash: synced to the head on every `up`, and from there to the workers
-            sent = self.sync_mounts(head, self.spec.file_mounts, "")
+            sent = self.sync_mounts(head, self.spec.file_mounts)
             if sent:
                 actions.append(f"head {head.id}: {sent} file(s) of its file mounts synced")
         address = updater.head_address or self._read_head_address(head)

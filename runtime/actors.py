@@ -140,11 +140,10 @@ class ActorClass:
 def method(*, num_returns: int | str = 1):
     """Decorator of an actor's method (Ray's `@ray.method`): how many values its calls return
     ("streaming": the refs of what it yields, as they come)."""
-    if num_returns not in ("streaming", "dynamic"):
-        api.num_returns_of(num_returns)
+    spec = api.num_returns_spec(num_returns)
 
     def wrap(fn):
-        fn.__launch_num_returns__ = num_returns
+        fn.__launch_num_returns__ = spec
         return fn
 
     return wrap
@@ -157,7 +156,7 @@ def _method_returns(cls: type) -> dict[str, int | str]:
         fn = getattr(cls, name, None)
         count = getattr(fn, "__launch_num_returns__", 1)
         if api._streaming(fn, count):
-            out[name] = "streaming"
+            out[name] = api.STREAMING
         elif count != 1:
             out[name] = count
     return out
@@ -212,8 +211,7 @@ class ActorMethod:
         return ActorMethod(ActorHandle(h._actor_id, h._class_name,
                                        h._max_task_retries if max_task_retries is None else max_task_retries,
                                        h._returns), self._name,
-                           self._num_returns if num_returns is None else
-                           num_returns if num_returns in ("streaming", "dynamic") else api.num_returns_of(num_returns))
+                           self._num_returns if num_returns is None else api.num_returns_spec(num_returns))
 
     def remote(self, *args, **kwargs) -> ObjectRef | list[ObjectRef] | None:
         h = self._handle
@@ -222,7 +220,7 @@ class ActorMethod:
         name = f"{h._class_name}.{self._name}"
         ref = ObjectRef(api._submit("call", name, {}, payload, api._deps(args, kwargs), retries, "c",
                                     actor_id=h._actor_id))
-        if self._num_returns in ("streaming", "dynamic"):
+        if self._num_returns == api.STREAMING:
             return api.ObjectRefGenerator(ref)
         return api.split_returns(ref, self._num_returns, name)
 

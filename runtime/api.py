@@ -109,7 +109,9 @@ class ObjectRefGenerator:
     def _next_ref(self, timeout: float | None) -> ObjectRef | None:
         if self._over:
             return None
-        item = f"{self._task.id}.y{self._index}"
+        from runtime.work import yielded_id
+
+        item = yielded_id(self._task.id, self._index)
         results = {r.id: r for r in _unknown_ids(lambda: _connection().get_results(
             [self._task.id, item], timeout, num_returns=1))}
         task = results.get(self._task.id)
@@ -124,10 +126,14 @@ class ObjectRefGenerator:
         return None if task.state == "finished" else self._task  # a ref whose get raises the task's error
 
 
+STREAMING = "streaming"  # num_returns of a generator task: its values' refs as they are yielded
+
+
 def _streaming(fn, num_returns) -> bool:
+    """Whether calls of `fn` (with num_returns as num_returns_spec gives it) stream their values."""
     import inspect
 
-    return num_returns in ("streaming", "dynamic") or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    return num_returns == STREAMING or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
 
 class _Connection:
@@ -419,12 +425,7 @@ def _put_archive(object_id: str, data: bytes) -> None:
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.NOT_FOUND:
             raise
-    _submit("object", "runtime_env", {}, data, [], 0, "o", item_id=object_id, upload=True)
-    try:
-        _require()
-    except ValueError as e:  # put there meanwhile by another driver: the same contents
-        if "used twice" not in str(e):
-            raise
+    put_as(object_id, data, "runtime_env", upload=True)
 
 
 def namespace() -> str:
@@ -623,9 +624,9 @@ class Placement:
     def request(self, request: dict[str, float]) -> dict[str, float]:
         if not self.node_id:
             return request
-        from runtime.work import NODE_RESOURCE
+        from runtime.work import node_resource
 
-        return {**request, f"{NODE_RESOURCE}{self.node_id}": 0.001}
+        return {**request, node_resource(self.node_id): 0.001}
 
 
 def _node_alive(node_id: str) -> bool:
@@ -688,6 +689,17 @@ def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, dep
     return item_id
 
 
+def put_as(item_id: str, payload: bytes, name: str, upload: bool = False) -> None:
+    """An object under an id of the caller's, sent at once; one already there under that id is kept (the same
+    contents: an archive named by its hash, a value an earlier attempt of a generator task yielded)."""
+    _submit("object", name, {}, payload, [], 0, "o", item_id=item_id, upload=upload)
+    try:
+        _require()
+    except ValueError as e:
+        if "used twice" not in str(e):
+            raise
+
+
 def put(value) -> ObjectRef:
     """Store a value in the cluster once; its ref can be passed to any number of tasks and actors (as an
     argument of its own it arrives as the value) and fetched with get(). Kept on the head's disk (a day)."""
@@ -704,6 +716,12 @@ def num_returns_of(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"num_returns: must be a whole number >= 0 (got {value!r:.40})")
     return value
+
+
+def num_returns_spec(value) -> int | str:
+    """num_returns as a task or method may have it: a whole number >= 0, or STREAMING ("dynamic", Ray's
+    older name, is the same)."""
+    return STREAMING if value in (STREAMING, "dynamic") else num_returns_of(value)
 
 
 def _element(values, index: int, count: int):
@@ -789,8 +807,9 @@ class RemoteFunction:
         o = self._opts
         request = _request(o["num_cpus"], o["num_gpus"], o["memory"], o["resources"])
         validate_request(request)  # a bad request fails at the call, not later in the background
-        streaming = _streaming(self._fn, o["num_returns"])
-        count = 1 if streaming else num_returns_of(o["num_returns"])
+        spec = num_returns_spec(o["num_returns"])
+        streaming = _streaming(self._fn, spec)
+        count = 1 if streaming else spec
         retried = _retry_policy(o["retry_exceptions"])
         max_retries = o["max_retries"]
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
@@ -833,7 +852,9 @@ def _value(res, depth: int = 0) -> Any:
         except TypeError:
             err = TaskError(msg, cause, tb)
         raise err from None
-    failed_dep = _failed_dependency(res.message)
+    from runtime.work import failed_dependency
+
+    failed_dep = failed_dependency(res.message)
     if failed_dep and depth < 100:  # as in Ray: the error of the value it was given, not "dependency failed"
         try:
             (dep,) = _connection().get_results([failed_dep], 0)
@@ -843,11 +864,6 @@ def _value(res, depth: int = 0) -> Any:
             return _value(dep, depth + 1)
     raise error_for(res.id, res.state, res.message)
 
-
-def _failed_dependency(message: str) -> str:
-    """The id of the dependency an item failed for ("dependency ID failed|cancelled"), or ""."""
-    words = message.split()
-    return words[1] if len(words) == 3 and words[0] == "dependency" and words[2] in ("failed", "cancelled") else ""
 
 
 def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
@@ -871,9 +887,8 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     """(ready, not_ready): the first num_returns futures that are done, or those done at the timeout."""
     refs = _refs(refs, "wait")
     timeout = _timeout(timeout)
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
-        # (0, as in Ray: nothing to wait for; `wait([], num_returns=0)` sends what is queued to the head)
-        raise ValueError(f"num_returns: must be a whole number >= 0 (got {num_returns!r:.40})")
+    # (0, as in Ray: nothing to wait for; `wait([], num_returns=0)` sends what is queued to the head)
+    num_returns_of(num_returns)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
     done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,

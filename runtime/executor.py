@@ -23,7 +23,7 @@ from runtime.executor_jobs import JobRunning
 from runtime.executor_tasks import TaskRunning, task_context
 from runtime.processes import ActorInstance, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
-from runtime.work import NODE_RESOURCE
+from runtime.work import node_resource
 from runtime.worker import RESULT_DIR_ENV
 
 log = logging.getLogger("launch.runtime.executor")
@@ -50,7 +50,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.report = report
         self.ship_log = ship_log
         # (and "node:<its id>", which the head counts too: what work with node affinity asks for)
-        self.total = {**total, f"{NODE_RESOURCE}{node_id}": 1.0} if total else {}
+        self.total = {**total, node_resource(node_id): 1.0} if total else {}
         self.head = head
         self.lock = threading.Lock()
         self.used: dict[str, float] = {}

@@ -68,16 +68,13 @@ class ActorRunning:
         with inst.cond:
             while (not inst.calls or not room()) and not inst.stopped and worker.alive():
                 inst.cond.wait(ACTOR_CHECK_S)
-            if inst.stopped:
-                ended = "killed"
-            elif inst.calls and worker.alive():
+            killed = inst.stopped
+            if not killed and inst.calls and worker.alive():
                 call = inst.calls.popleft()
                 inst.running[call.item_id] = call
                 return call
-            else:  # its process died (OOM, killed): restarted now, not at its next call
-                ended = None
-        worker.kill()
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if ended else
+        worker.kill()  # killed, or its process died (OOM, killed): restarted now, not at its next call
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if killed else
                         pb.ItemResult(id=a.item_id, state="lost", message=f"its process died (exit code "
                                                                           f"{worker.proc.poll()})"))
         return None

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import cloudpickle
 
-from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
 from core.files import private_dir
+from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
 from runtime.node_config import runtime_dir
 from runtime.processes import Worker, WorkerDied
-from runtime.runtime_env import Prepared, RuntimeEnvSetupFailed, prepare
 from runtime.proto import head_pb2 as pb
+from runtime.runtime_env import Prepared, RuntimeEnvSetupFailed, prepare
 
 MAX_IDLE_WORKERS_PER_KEY = 8
 
@@ -22,15 +22,15 @@ def task_context(a: pb.Assignment) -> dict:
 
 
 class TaskRunning:
+    """The executor's tasks: each in a pooled worker process of its GPU set (and runtime_env); its result inline,
+    or uploaded from the worker's file. Its state is the Executor's (set in Executor.__init__): a part of
+    Executor, not used alone."""
+
     def _runtime_env(self, a: pb.Assignment) -> Prepared | None:
         """The work's runtime_env made ready on this node (RuntimeEnvSetupFailed: it cannot be); None: it has none."""
         if not a.spec.runtime_env:
             return None
         return prepare(a.spec.runtime_env, self.head.fetch_result, private_dir(runtime_dir() / "runtime_envs"))
-
-    """The executor's tasks: each in a pooled worker process of its GPU set; its result inline, or uploaded from
-    the worker's file. Its state is the Executor's (set in Executor.__init__): a part of Executor, not used
-    alone."""
 
     def _acquire(self, gpu_ids: list[str], env: Prepared | None = None) -> Worker:
         """An idle worker of these GPUs (and runtime_env), or a new one."""

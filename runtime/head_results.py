@@ -13,12 +13,7 @@ import grpc
 from runtime.head_state import MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, stored_result, under_lock
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
-
-
-def stream_of(item_id: str) -> str | None:
-    """The generator task whose yielded value `item_id` is ("<task id>.y<n>"), or None."""
-    base, mark, n = item_id.rpartition(".y")
-    return base if mark and n.isdigit() else None
+from runtime.work import stream_of
 
 
 def _resolve(future: asyncio.Future) -> None:  # (on the loop)

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.files import file_lock
+
 KEYS = ("env_vars", "working_dir", "py_modules", "pip", "excludes")
 ALWAYS_EXCLUDED = (".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache")
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
@@ -188,61 +190,53 @@ def prepare(spec: str, fetch, root: Path) -> Prepared:
     return Prepared(hashlib.sha256(spec.encode()).hexdigest()[:16], out, cwd)
 
 
-def _claim(target: Path) -> Path | None:
-    """A fresh directory to make `target` in; None if `target` is ready already."""
-    if (target / ".ready").exists():
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}"
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    (tmp / ".ready").touch()
-    try:
-        os.rename(tmp, target)
-    except OSError:  # made meanwhile by another process of this node: that one is used
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / ".ready").exists():
-            raise
-
-
-def _unpacked(object_id: str, fetch, root: Path) -> Path:
-    target = root / object_id
-    tmp = _claim(target)
-    if tmp is not None:
-        try:
-            with zipfile.ZipFile(io.BytesIO(fetch(object_id))) as z:
-                for info in z.infolist():
-                    z.extract(info, tmp)
-                    mode = info.external_attr >> 16
-                    if mode:
-                        os.chmod(tmp / info.filename, mode)
-        except Exception as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeEnvSetupFailed(f"runtime_env: {object_id} could not be fetched or unpacked ({e})") from e
-        _publish(tmp, target)
+def _made_once(target: Path, make: Callable[[Path], None]) -> Path:
+    """`target`, made by make(directory) once per node: a lock keeps two processes of the node from making it
+    at once (the second waits, then uses it); one that failed leaves nothing behind."""
+    ready = target / ".ready"
+    if ready.exists():
+        return target
+    with file_lock(target.with_name(target.name + ".lock")):
+        if not ready.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            try:
+                make(target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            ready.touch()
     return target
 
 
+def _unpacked(object_id: str, fetch, root: Path) -> Path:
+    def unpack(into: Path) -> None:
+        try:
+            with zipfile.ZipFile(io.BytesIO(fetch(object_id))) as z:
+                for info in z.infolist():
+                    z.extract(info, into)
+                    mode = info.external_attr >> 16
+                    if mode:
+                        os.chmod(into / info.filename, mode)
+        except Exception as e:
+            raise RuntimeEnvSetupFailed(f"runtime_env: {object_id} could not be fetched or unpacked ({e})") from e
+
+    return _made_once(root / object_id, unpack)
+
+
 def _installed(requirements: list[str], root: Path) -> Path:
-    target = root / ("pip-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:24])
-    tmp = _claim(target)
-    if tmp is not None:
+    def install(into: Path) -> None:
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--no-input", "--target", str(tmp), *requirements]
+               "--no-input", "--target", str(into), *requirements]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeEnvSetupFailed(f"runtime_env: pip install {' '.join(requirements)} took over "
                                         f"{PIP_TIMEOUT_S}s") from None
         if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
             said = [line for line in (r.stderr or r.stdout).splitlines() if line.strip()]
             errors = [line for line in said if line.startswith("ERROR")] or said[-3:]
             raise RuntimeEnvSetupFailed(f"runtime_env: pip install {' '.join(requirements)} failed: "
                                         f"{' '.join(errors)[-1500:]}")
-        _publish(tmp, target)
-    return target
+
+    return _made_once(root / ("pip-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:24]), install)

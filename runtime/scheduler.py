@@ -42,9 +42,10 @@ from runtime.scheduler_cancel import Cancelling
 from runtime.scheduler_groups import PlacementGroups
 from runtime.scheduler_nodes import NodeBook
 from runtime.scheduler_sharing import NodeSharing
-from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED, INFEASIBLE, LOST, NODE_RESOURCE,
-                          OBJECT, PG, PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node,
-                          Shape, bundle_sum, fmt_request, place_key, type_can_run, validate_request)
+from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED, INFEASIBLE, LOST, OBJECT, PG,
+                          PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node, Shape,
+                          bundle_sum, dependency_failed, fmt_request, pinned_node, place_key, type_can_run,
+                          validate_request)
 
 
 class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
@@ -131,7 +132,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
             return
         failed_dep = next((d for d, s in sorted(dep_states.items()) if s in (FAILED, CANCELLED)), None)
         if failed_dep:
-            self._finish(item, FAILED, now, message=f"dependency {failed_dep} {dep_states[failed_dep]}")
+            self._finish(item, FAILED, now, message=dependency_failed(failed_dep, dep_states[failed_dep]))
             return
         pending = {d for d, s in dep_states.items() if s != FINISHED}
         if pending:
@@ -157,7 +158,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
                 item.state = QUEUED
                 self._enqueue(item)
             return
-        pinned = next((k[len(NODE_RESOURCE):] for k in item.request if k.startswith(NODE_RESOURCE)), None)
+        pinned = pinned_node(item.request)
         if pinned is not None and pinned not in self.nodes:
             self._finish(item, FAILED, item.submitted_at, message=f"no node {pinned} in the cluster (its node affinity)")
             return
@@ -404,7 +405,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
                 if not dep.depends_on:
                     self._admit(dep)
             else:
-                self._finish(dep, FAILED, now, message=f"dependency {item.id} {state}")
+                self._finish(dep, FAILED, now, message=dependency_failed(item.id, state))
 
     # --- reports ------------------------------------------------------------------------------------
 

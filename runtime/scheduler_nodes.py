@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.work import ACTOR, CALL, CANCELLED, FAILED, NODE_RESOURCE, QUEUED, RUNNING, Item, Node
+from runtime.work import ACTOR, CALL, CANCELLED, FAILED, QUEUED, RUNNING, Item, Node, node_resource
 
 
 class NodeBook:
@@ -24,7 +24,7 @@ class NodeBook:
         lost = []
         if node_id in self.nodes:
             self._forget_node(node_id, now)
-        total = {**total, f"{NODE_RESOURCE}{node_id}": 1.0}  # what node affinity asks for
+        total = {**total, node_resource(node_id): 1.0}  # what node affinity asks for
         n_gpu = int(total.get("GPU", 0))
         ids = gpu_ids if gpu_ids else [str(i) for i in range(n_gpu)]
         node = self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),

@@ -30,10 +30,47 @@ PREFETCH_PAUSE_S = 10.0  # after a revoke, that node gets nothing ahead for this
 
 TASK, JOB, ACTOR, CALL, PG = "task", "job", "actor", "call", "pg"
 OBJECT = "object"  # a value a client put (runtime.put): done as it is submitted, its result the payload
-# every node has "node:<its id>": 1 (as Ray's "node:<ip>"): work with node affinity asks for a sliver of it
-NODE_RESOURCE = "node:"
 KINDS = (TASK, JOB, ACTOR, CALL, PG, OBJECT)
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+# Every node has "node:<its id>": 1 (as Ray's "node:<ip>"): work with node affinity asks for a sliver of it.
+NODE_RESOURCE = "node:"
+
+
+def node_resource(node_id: str) -> str:
+    return f"{NODE_RESOURCE}{node_id}"
+
+
+def pinned_node(request) -> str | None:
+    """The node a request asks for by affinity, or None."""
+    return next((k[len(NODE_RESOURCE):] for k in request if k.startswith(NODE_RESOURCE)), None)
+
+
+def own_resources(amounts) -> dict[str, float]:
+    """A node's resources as its type gives them (not its "node:<id>")."""
+    return {k: v for k, v in amounts.items() if not k.startswith(NODE_RESOURCE)}
+
+
+def yielded_id(task_id: str, index: int) -> str:
+    """The id of a generator task's `index`-th value (an object its worker puts as it is yielded)."""
+    return f"{task_id}.y{index}"
+
+
+def stream_of(item_id: str) -> str | None:
+    """The generator task whose yielded value `item_id` is, or None."""
+    base, mark, n = item_id.rpartition(".y")
+    return base if mark and n.isdigit() else None
+
+
+def dependency_failed(dep_id: str, state: str) -> str:
+    """The message of an item that fails because a dependency did (its client raises that one's error)."""
+    return f"dependency {dep_id} {state}"
+
+
+def failed_dependency(message: str) -> str:
+    """The dependency an item failed for, from its message (dependency_failed), or ""."""
+    words = message.split()
+    return words[1] if len(words) == 3 and words[0] == "dependency" and words[2] in ("failed", "cancelled") else ""
 
 class InvalidRequest(ValueError):
     pass

@@ -162,13 +162,9 @@ def _yielded(task_id: str, index: int, value) -> None:
     """A generator task's value, put in the cluster as it is made (id "<task>.y<n>": its caller waits on it);
     one put by an earlier attempt of the task is kept."""
     from runtime import api, pickling
+    from runtime.work import yielded_id
 
-    api._submit("object", "yield", {}, pickling.dumps(value), [], 0, "o", item_id=f"{task_id}.y{index}")
-    try:
-        api._require()
-    except ValueError as e:
-        if "used twice" not in str(e):
-            raise
+    api.put_as(yielded_id(task_id, index), pickling.dumps(value), "yield")
 
 
 def _streamed(values, task_id: str) -> int:
