@@ -1,7 +1,8 @@
 """The autoscaler's loop on the head node, the cluster's one reconciler: observe -> plan -> act, each tick.
 
 - observe: the provider's nodes (by cluster tag), the runtime's ClusterState (nodes, demand), and the
-  spec `up` shipped (read again when it changed: a new generation, a new round);
+  spec `up` shipped (read again when it changed: a new generation, a new round); a tick comes every
+  tick_s, and at once when the head says work stopped fitting (its WatchDemand long poll);
 - plan: autoscaler.planner.plan, a pure function (min_workers included; a static cluster, autoscaler:
   false, plans with no demand);
 - act: through the lifecycle: drain, undrain, terminate; ask for nodes (a launch is a request: `create`
@@ -35,6 +36,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import grpc
+
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
 from autoscaler.upkeep import WorkerUpkeep, _describe
@@ -57,6 +60,9 @@ from runtime.work import own_resources, pinned_node
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
+DEMAND_WAKE_GAP_S = 0.5  # the least time between two ticks that new demand wakes
+DEMAND_WATCH_S = 30.0  # one long poll of the head's demand (WatchDemand)
+DEMAND_RETRY_S = 1.0  # after a watch failed (the head restarting, or replaced by a new spec)
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Monitor(WorkerUpkeep):
         self.recent: deque[dict] = deque(maxlen=30)
         self.lock = threading.Lock()
         self.wake = threading.Event()  # set: tick now (run() takes the one its signal handlers set)
+        self.planned_for: dict = {}  # the demand the last tick saw (_demand_counts): more wakes the loop
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
         self.reload()
@@ -225,6 +232,7 @@ class Monitor(WorkerUpkeep):
         # (work pinned to a node waits for that node: no node launched can run it)
         demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand
                                          if pinned_node(d.shape.amounts) is None]
+        self.planned_for = _demand_counts(state)
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
@@ -415,6 +423,7 @@ class Monitor(WorkerUpkeep):
         address = self.metrics.serve(self.bind_host or "127.0.0.1", self.cfg.autoscaler.metrics_port)
         on_this_node(METRICS_ADDRESS).write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
+        threading.Thread(target=self.watch_demand, args=(stop,), name="demand-watch", daemon=True).start()
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -434,6 +443,25 @@ class Monitor(WorkerUpkeep):
             self.remove_workers(request)
         self.event("monitor-stopped")
 
+    def watch_demand(self, stop: threading.Event) -> None:
+        """(a thread) A tick the moment work stops fitting, not at the next tick_s: the head answers this
+        long poll once its demand changes, and demand beyond what the last tick planned for (not work
+        pinned to a node) wakes the loop."""
+        seen, woke = "", 0.0
+        while not stop.is_set():
+            try:
+                reply = self.head.watch_demand(seen, DEMAND_WATCH_S)
+            except grpc.RpcError:  # the ticks go on meanwhile (and say what is wrong with the head)
+                stop.wait(DEMAND_RETRY_S)
+                continue
+            seen = reply.fingerprint
+            if not self.static and _grew(_demand_counts(reply), self.planned_for):
+                # a backlog that keeps growing would wake it again and again: once per gap at most (each
+                # tick is a cloud's list call)
+                stop.wait(max(0.0, woke + DEMAND_WAKE_GAP_S - time.monotonic()))
+                woke = time.monotonic()
+                self.wake.set()
+
     def remove_workers(self, request) -> None:
         """`launch down` asked (runtime.node stop-monitor --down): every worker goes, the answer is written
         where the request was."""
@@ -451,6 +479,22 @@ class Monitor(WorkerUpkeep):
             answer = {"error": _describe(e)}
             self.event("down-failed", error=_describe(e))
         atomic_write(request, json.dumps(answer))
+
+
+def _demand_counts(state) -> dict:
+    """Queued work by shape and placement groups by bundles, from a ClusterState or WatchDemandReply
+    (work pinned to a node left out: no node launched can run it)."""
+    counts: dict = {}
+    for d in state.demand:
+        if pinned_node(d.shape.amounts) is None:
+            counts[tuple(sorted(d.shape.amounts.items()))] = d.count
+    for g in state.groups:
+        counts[(g.strategy, *(tuple(sorted(b.amounts.items())) for b in g.bundles))] = g.count
+    return counts
+
+
+def _grew(now: dict, before: dict) -> bool:
+    return any(count > before.get(key, 0) for key, count in now.items())
 
 
 def _plan_status(p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand,

@@ -61,6 +61,18 @@ def write(path: Path, data: dict) -> Path:
     return path
 
 
+TIMELINE = "--timeline" in sys.argv  # print the autoscaler's events of each round, from the work queued
+
+
+def timeline(log: Path, since: float) -> None:
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event["ts"] >= since - 1:
+            rest = {k: v for k, v in event.items() if k not in ("ts", "event")}
+            print(f"  {event['ts'] - since:+7.3f} s  {event['event']:<14} {json.dumps(rest)[:150]}", flush=True)
+    print(f"  {time.time() - since:+7.3f} s  (registered, seen by the bench)", flush=True)
+
+
 def measure(name: str, path: Path, home: Path, head_root, rounds: int, task_cpus: int, workers_for_up: int,
             data: dict) -> dict:
     import runtime
@@ -83,11 +95,13 @@ def measure(name: str, path: Path, home: Path, head_root, rounds: int, task_cpus
     to_registered, to_gone = [], []
     for _ in range(rounds):
         before = {n.node_id for n in client.cluster_state().nodes if n.state == "alive"}
-        queued = time.monotonic()
+        queued, queued_at = time.monotonic(), time.time()
         ref = work.remote()
         while not ({n.node_id for n in client.cluster_state().nodes if n.state == "alive"} - before):
             time.sleep(0.05)
         to_registered.append(time.monotonic() - queued)
+        if TIMELINE:
+            timeline(head_root() / "logs" / "autoscaler.log", queued_at)
         runtime.get(ref, timeout=300)
         done = time.monotonic()
         while len([n for n in client.cluster_state().nodes if n.state == "alive"]) > len(before):
@@ -116,6 +130,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeline", action="store_true", help="the autoscaler's events of each round")
     args = parser.parse_args()
     reason = twins_unavailable()
     if reason:

@@ -60,7 +60,10 @@ class ProviderConfig(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The provider module that serves this section: Ray's `local` + head_ip is on-prem SSH."""
+        """The provider module that serves this section: Ray's `local` with a coordinator_address is a
+        pool its coordinator hands out (as in Ray, whatever else is said), with a head_ip on-prem SSH."""
+        if self.type == "local" and getattr(self, "coordinator_address", None):
+            return "coordinator"
         if self.type == "local" and self.head_ip:
             return "ssh"
         return self.type
@@ -356,7 +359,7 @@ def _semantic_problems(cfg: ClusterConfig) -> list[str]:
         p.append(f"max_cost_per_hour: must be > 0 (got {cfg.max_cost_per_hour})")
 
     prov = cfg.provider  # (an on-prem cluster's own rules are its provider's: providers/ssh.py)
-    if prov.kind != "ssh" and prov.worker_ips:
+    if prov.kind not in ("ssh", "coordinator") and prov.worker_ips:
         p.append(f"provider.worker_ips: only valid with head_ip for an on-prem cluster (provider.type {prov.type!r})")
 
     if not cfg.available_node_types:
@@ -429,22 +432,38 @@ SectionCheck = Callable[["ClusterConfig"], list[str]]
 ONPREM_NODE_TYPE = "local.cluster.node"
 
 
-def _onprem_node_type(data: dict) -> dict:
-    """Ray's on-prem file (`provider: {type: local, head_ip, worker_ips}`, no available_node_types)
-    as Ray reads it: one node type for every host; top-level `min_workers` and `max_workers` (both
-    default to the number of worker_ips) become that type's limits."""
-    provider = data.get("provider")
-    if (not isinstance(provider, dict) or provider.get("type") not in ("local", "ssh") or not provider.get("head_ip")
-            or "available_node_types" in data):
-        return data
+def onprem_form(provider) -> str:
+    """Which of Ray's on-prem forms a provider section is: "coordinator" (its hosts handed out by a
+    coordinator server), "ssh" (a fixed head_ip and worker_ips), or "" (neither)."""
+    if not isinstance(provider, dict) or provider.get("type") not in ("local", "ssh", "coordinator"):
+        return ""
+    if provider.get("type") == "coordinator" or (provider.get("type") == "local" and provider.get("coordinator_address")):
+        return "coordinator"
+    return "ssh" if provider.get("head_ip") else ""
+
+
+def _onprem_node_type(data: dict) -> tuple[dict, list[str]]:
+    """Ray's on-prem file (`provider: {type: local, head_ip, worker_ips}` or `{type: local,
+    coordinator_address}`, no available_node_types) as Ray reads it: one node type for every host;
+    top-level `min_workers` and `max_workers` become that type's limits (by default, the number of
+    worker_ips; with a coordinator, 0 and a max_workers the file must give)."""
+    form = onprem_form(data.get("provider"))
+    # Ray's files leave `available_node_types: {}` and `head_node_type: {}` as placeholders here
+    if not form or data.get("available_node_types"):
+        return data, []
     data = dict(data)
-    ips = provider.get("worker_ips") or []
-    n = len(ips) if isinstance(ips, list) else 0
-    max_workers = data.setdefault("max_workers", n)
-    data["available_node_types"] = {ONPREM_NODE_TYPE: {
-        "resources": {}, "min_workers": data.pop("min_workers", n), "max_workers": max_workers}}
+    if form == "coordinator":
+        if "max_workers" not in data:
+            return data, ["max_workers: required when a coordinator hands out the hosts "
+                          "(provider.coordinator_address), as in Ray"]
+        low, high = data.pop("min_workers", 0), data["max_workers"]
+    else:
+        ips = data["provider"].get("worker_ips") or []
+        n = len(ips) if isinstance(ips, list) else 0
+        low, high = data.pop("min_workers", n), data.setdefault("max_workers", n)
+    data["available_node_types"] = {ONPREM_NODE_TYPE: {"resources": {}, "min_workers": low, "max_workers": high}}
     data["head_node_type"] = ONPREM_NODE_TYPE
-    return data
+    return data, []
 
 
 ProviderDefaults = Callable[[dict], "dict | None"]  # a provider section -> its provider's defaults
@@ -470,9 +489,10 @@ def _ray_form(data: dict, defaults: ProviderDefaults | None) -> tuple[dict, list
             problems.append(f"{key}: the legacy head_node/worker_nodes format is not supported; move its "
                             f"node_config into available_node_types.<type>.node_config")
         del data[key]
-    data = _onprem_node_type(data)
+    data, onprem_problems = _onprem_node_type(data)
+    problems += onprem_problems
     provider = data.get("provider")
-    if defaults is not None and isinstance(provider, dict) and not provider.get("head_ip"):
+    if defaults is not None and isinstance(provider, dict) and not onprem_form(provider):
         base = defaults(provider)
         if base:
             if "available_node_types" not in data:

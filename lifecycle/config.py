@@ -26,10 +26,14 @@ def _is_kind(kind: str) -> dict[str, Any]:
     """A JSON Schema that holds for a provider section of this kind (Ray's `local` with a head_ip is the
     on-prem one, `ssh`)."""
     typed = {"properties": {"type": {"const": kind}}, "required": ["type"]}
+    local = {"properties": {"type": {"const": "local"}}, "required": ["type"]}
+    coordinated = {"required": ["coordinator_address"]}
     if kind == "local":
-        return {"allOf": [typed, {"not": {"required": ["head_ip"]}}]}
+        return {"allOf": [typed, {"not": {"required": ["head_ip"]}}, {"not": coordinated}]}
     if kind == "ssh":
-        return {"anyOf": [typed, {"properties": {"type": {"const": "local"}}, "required": ["type", "head_ip"]}]}
+        return {"anyOf": [typed, {"allOf": [local, {"required": ["head_ip"]}, {"not": coordinated}]}]}
+    if kind == "coordinator":
+        return {"anyOf": [typed, {"allOf": [local, coordinated]}]}
     return typed
 
 
@@ -57,12 +61,18 @@ def json_schema() -> dict[str, Any]:
         "description": "The provider: `type` chooses which keys it takes.",
     }
     schema.setdefault("allOf", []).extend([
-        {"if": {"properties": {"provider": _is_kind("ssh")}, "required": ["provider"]},
+        {"if": {"properties": {"provider": {"anyOf": [_is_kind("ssh"), _is_kind("coordinator")]}}, "required": ["provider"]},
          "then": {"required": ["auth"], "properties": {"auth": {"required": ["ssh_user"]}}}},
+        # Ray's rule: with a coordinator, the file says how many hosts to take (unless its node types do)
+        {"if": {"properties": {"provider": _is_kind("coordinator")}, "required": ["provider"],
+                "not": {"properties": {"available_node_types": {"minProperties": 1}},
+                        "required": ["available_node_types"]}},
+         "then": {"required": ["max_workers"]}},
         {"if": {"properties": {"provider": {"anyOf": [_is_kind("local"), _is_kind("slurm")]}}, "required": ["provider"]},
          "then": {"properties": {"docker": _NO_IMAGE,
                                  "available_node_types": {"additionalProperties": {"properties": {"docker": _NO_IMAGE}}}}}},
-        {"if": {"properties": {"provider": {"not": _is_kind("ssh")}}, "required": ["provider"]},
+        {"if": {"properties": {"provider": {"not": {"anyOf": [_is_kind("ssh"), _is_kind("coordinator")]}}},
+                "required": ["provider"]},
          "then": {"properties": {"provider": {"properties": {"worker_ips": {"anyOf": [{"type": "null"}, {"maxItems": 0}]}}}}}},
     ])
     return schema

@@ -22,6 +22,7 @@ from providers.base import Bootstrapped, ProviderBase, ProviderFacts
 _MODULES: dict[str, str] = {
     "local": "providers.local",
     "ssh": "providers.ssh",
+    "coordinator": "providers.coordinator",
     "aws": "providers.aws",
     "gcp": "providers.gcp",
     "azure": "providers.azure",

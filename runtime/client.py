@@ -138,6 +138,11 @@ class HeadClient:
     def cluster_state(self) -> pb.ClusterState:
         return self._stub.GetClusterState(pb.ClusterStateRequest(), metadata=self._md, timeout=self.timeout_s)
 
+    def watch_demand(self, seen: str, timeout_s: float) -> pb.WatchDemandReply:
+        """The demand once its fingerprint is not `seen` (at most timeout_s later: the same one)."""
+        return self._stub.WatchDemand(pb.WatchDemandRequest(seen=seen, timeout_s=timeout_s), metadata=self._md,
+                                      timeout=timeout_s + self.timeout_s)
+
     def register(self, request: pb.RegisterNodeRequest) -> pb.RegisterNodeReply:
         return self._stub.RegisterNode(request, metadata=self._md, timeout=self.timeout_s)
 

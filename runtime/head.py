@@ -58,6 +58,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         self.waiting_gets = 0  # GetResults calls being answered now, most waiting (changed only on the loop)
         self.uploaded_args: set[str] = set()  # items whose payload is a file to remove once they are done
         self.sessions = 0  # client Session streams open now (changed only on the server's loop)
+        self.demand_watchers: dict = {}  # WatchDemand calls waiting: a callable that wakes one -> what it saw
         self.owner_timeout_s = owner_timeout_s
         self.owners: dict[str, float] = {}  # driver -> when it last said it is alive (or its actor arrived)
         self.recover_until = self._recover(clock())
@@ -80,11 +81,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                     idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
                     running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
                 ))
-            demand = [pb.ShapeDemand(shape=pb.Resources(amounts=dict(s)), count=c) for s, c in self.sched.demand()]
+            demand, groups = self.demand_now()
             infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
                           for s, c, why in self.sched.infeasible_demand()]
-            groups = [pb.GroupDemand(bundles=[pb.Resources(amounts=dict(b)) for b in bundles], strategy=strategy,
-                                     count=c) for bundles, strategy, c in self.sched.group_demand()]
         return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups,
                                python_version=PYTHON_VERSION)
 
@@ -175,6 +174,8 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         for item_id, node_id in stop:
             if node_id in self.nodes:
                 self.nodes[node_id].outbox.put(pb.Assignment(item_id=item_id, cancel=True))
+        if self.demand_watchers:
+            self._wake_demand_watchers()
 
     def _hand_out(self) -> None:
         """(under self.lock, after a commit) The placed items go to their nodes; one placed before a commit

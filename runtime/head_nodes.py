@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 import grpc
 
-from runtime.head_state import ALIVE, ASSIGNMENT_BATCH, DEAD, REFUSALS, NodeRecord, in_step, log
+from runtime.head_state import (ALIVE, ASSIGNMENT_BATCH, DEAD, REFUSALS, NodeRecord, in_step, log, resolve_future,
+                                under_lock)
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 from runtime.work import Item
@@ -15,6 +17,12 @@ from runtime.work import Item
 
 # how soon a replaced WorkStream with nothing to send notices and ends
 STREAM_CHECK_S = 0.5
+WATCH_DEMAND_MAX_S = 60.0  # the longest a WatchDemand call waits
+
+
+def _fingerprint(demand: list[pb.ShapeDemand], groups: list[pb.GroupDemand]) -> str:
+    data = pb.WatchDemandReply(demand=demand, groups=groups).SerializeToString(deterministic=True)
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 class NodeService:
@@ -103,6 +111,54 @@ class NodeService:
             if request.undrain:
                 self._settle(self.clock())
         return pb.DrainReply(drained=drained, running=running)
+
+    # --- demand: the autoscaler's wake ---------------------------------------------------------------
+
+    async def WatchDemand(self, request, context):
+        """Answers once the demand's fingerprint differs from `seen`: waits on the loop (no thread) until
+        a change of the head's state changes it (_settle wakes it), at most timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(request.timeout_s, 0.0), WATCH_DEMAND_MAX_S)
+        woken = loop.create_future()
+
+        def wake():
+            loop.call_soon_threadsafe(resolve_future, woken)
+
+        reply = await under_lock(self.lock, context, self._demand_or_watch, request.seen, wake)
+        if reply is not None:
+            return reply
+        try:
+            await asyncio.wait_for(woken, max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            pass
+        finally:  # (also when the caller went away; one dict operation, atomic, and _settle walks a copy)
+            self.demand_watchers.pop(wake, None)
+        return await under_lock(self.lock, context, self._demand_or_watch, None, None)
+
+    def _demand_or_watch(self, seen: str | None, wake) -> pb.WatchDemandReply | None:
+        """(under the lock) The demand, unless it is what the caller saw: then None, and `wake` is called
+        once it changes. (seen None: the demand, whatever it is.)"""
+        demand, groups = self.demand_now()
+        fingerprint = _fingerprint(demand, groups)
+        if fingerprint != seen or wake is None:
+            return pb.WatchDemandReply(fingerprint=fingerprint, demand=demand, groups=groups)
+        self.demand_watchers[wake] = seen
+        return None
+
+    def _wake_demand_watchers(self) -> None:
+        """(under the lock, from _settle, while some watch) Wakes the watchers that saw another demand."""
+        fingerprint = _fingerprint(*self.demand_now())
+        for wake, seen in list(self.demand_watchers.items()):
+            if seen != fingerprint:
+                del self.demand_watchers[wake]
+                wake()
+
+    def demand_now(self) -> tuple[list[pb.ShapeDemand], list[pb.GroupDemand]]:
+        """(under the lock) Queued work that fits no node now, and placement groups not placed yet."""
+        demand = [pb.ShapeDemand(shape=pb.Resources(amounts=dict(s)), count=c) for s, c in sorted(self.sched.demand())]
+        groups = [pb.GroupDemand(bundles=[pb.Resources(amounts=dict(b)) for b in bundles], strategy=strategy,
+                                 count=c) for bundles, strategy, c in sorted(self.sched.group_demand())]
+        return demand, groups
 
     async def WorkStream(self, request, context):
         """The node's assignments, in order. A re-opened stream replaces the one before (which stops, and

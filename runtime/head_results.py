@@ -10,15 +10,11 @@ import asyncio
 
 import grpc
 
-from runtime.head_state import MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, stored_result, under_lock
+from runtime.head_state import (MAX_WAITING_GETS, REFUSALS, SESSION_LIMIT, Waiter, in_step, resolve_future, stored_result,
+                                under_lock)
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.proto import head_pb2 as pb
 from runtime.work import stream_of
-
-
-def _resolve(future: asyncio.Future) -> None:  # (on the loop)
-    if not future.done():
-        future.set_result(None)
 
 
 class ResultWaiting:
@@ -55,7 +51,7 @@ class ResultWaiting:
         self.waiting_gets += counted
         try:
             ids, live, waiter, lent = await under_lock(
-                self.lock, context, self._begin_get, request, busy, lambda: loop.call_soon_threadsafe(_resolve, woken))
+                self.lock, context, self._begin_get, request, busy, lambda: loop.call_soon_threadsafe(resolve_future, woken))
             busy = busy and not waiter.done
             try:
                 if not waiter.done and not busy and request.timeout_s != 0:

@@ -77,6 +77,12 @@ async def under_lock(lock, context, fn, *args):
     return await in_step(context, fn, *args)
 
 
+def resolve_future(future: asyncio.Future) -> None:
+    """(on the loop) Wakes whoever awaits `future`, unless it is done already (or given up: cancelled)."""
+    if not future.done():
+        future.set_result(None)
+
+
 async def in_step(context, fn, *args):
     """fn(*args) on a step thread of the server's loop (runtime/loop_server.py: what takes the head's lock
     or reads the store must not block the loop); a refusal it raises aborts the call."""

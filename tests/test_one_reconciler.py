@@ -140,3 +140,23 @@ def test_down_is_the_monitor_removing_the_workers(tmp_path):
     assert f"the head's autoscaler removed {len(workers)} worker(s)" in r.stdout + r.stderr
     assert "removing them from here" not in r.stdout + r.stderr
     assert cluster_status(c.path, c.home)["nodes"] == []
+
+
+def test_only_demand_beyond_what_the_last_tick_planned_for_wakes_the_monitor():
+    from autoscaler.monitor import _demand_counts, _grew
+    from runtime.proto import head_pb2 as pb
+
+    def state(*shapes, groups=()):
+        return pb.WatchDemandReply(
+            demand=[pb.ShapeDemand(shape=pb.Resources(amounts=s), count=c) for s, c in shapes],
+            groups=[pb.GroupDemand(bundles=[pb.Resources(amounts=b) for b in bs], strategy="PACK", count=c)
+                    for bs, c in groups])
+
+    planned = _demand_counts(state(({"CPU": 1}, 3)))
+    assert not _grew(_demand_counts(state(({"CPU": 1}, 2))), planned)  # a backlog draining
+    assert not _grew(_demand_counts(state(({"CPU": 1}, 3))), planned)
+    assert _grew(_demand_counts(state(({"CPU": 1}, 4))), planned)  # more of it
+    assert _grew(_demand_counts(state(({"CPU": 1}, 1), ({"GPU": 1}, 1))), planned)  # a new shape
+    assert _grew(_demand_counts(state(groups=[([{"CPU": 2}], 1)])), planned)  # a placement group
+    # work pinned to a node waits for that node: no launch serves it
+    assert not _grew(_demand_counts(state(({"CPU": 1, "node:abc": 0.001}, 5))), {})

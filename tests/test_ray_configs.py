@@ -263,6 +263,9 @@ RAY_FORMS = {
         "cluster_name": "minimal", "max_workers": 1,
         "provider": {"type": "gcp", "region": "us-west1", "availability_zone": "us-west1-a"}},
     "sync-continuously": {**RAY_FILES["aws-minimal"], "file_mounts_sync_continuously": True},
+    "onprem-coordinator": {  # Ray's local example with its coordinator line: the hosts are the coordinator's
+        **RAY_FILES["onprem-full"], "provider": {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2"],
+                                                 "coordinator_address": "10.0.0.9:1234"}},
 }
 
 

@@ -13,6 +13,7 @@ from runtime.head import serve
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
+from tests.infra import wait_for
 
 TOKEN = "t0k3n-for-tests"
 
@@ -65,6 +66,32 @@ def test_register_heartbeat_state(head):
     # node has one of "node:<its id>" (what node affinity asks for)
     assert dict(node.total.amounts) == dict(node.available.amounts) == {"CPU": 2.0, "node:n1": 1.0}
     assert node.idle_since > 0 and node.running == 0
+
+
+def test_the_autoscalers_watch_answers_when_work_stops_fitting_not_when_it_fits(head):
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)  # 2 CPUs
+        first = client.watch_demand("", timeout_s=30)  # nothing seen yet: answered at once
+        assert list(first.demand) == [] and first.fingerprint
+        client.submit_many([_job(1.0)])  # placed at once: no demand, and the watch waits out its time
+        same = client.watch_demand(first.fingerprint, timeout_s=0.5)
+        assert same.fingerprint == first.fingerprint and list(same.demand) == []
+
+        answered = []
+        watcher = threading.Thread(target=lambda: answered.append(client.watch_demand(first.fingerprint, 60)))
+        watcher.start()
+        wait_for(lambda: servicer.demand_watchers, timeout=30, what="the watch waiting on the head")
+        client.submit_many([_job(2.0), _job(2.0)])  # one CPU left: neither fits
+        watcher.join(timeout=30)  # woken by the submission, not by its 60 s
+        assert not watcher.is_alive(), "the watch was not woken when work stopped fitting"
+    (reply,) = answered
+    assert [(dict(d.shape.amounts), d.count) for d in reply.demand] == [({"CPU": 2.0}, 2)]
+    assert reply.fingerprint != first.fingerprint and not servicer.demand_watchers
+
+
+def _job(cpus: float) -> pb.WorkSpec:
+    return pb.WorkSpec(kind="job", name="j", command="true", request=pb.Resources(amounts={"CPU": cpus}))
 
 
 def test_silent_node_is_declared_dead_and_must_reregister(head):

@@ -523,3 +523,21 @@ class ClusterState(_message.Message):
     groups: _containers.RepeatedCompositeFieldContainer[GroupDemand]
     python_version: str
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ..., python_version: _Optional[str] = ...) -> None: ...
+
+class WatchDemandRequest(_message.Message):
+    __slots__ = ("seen", "timeout_s")
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    seen: str
+    timeout_s: float
+    def __init__(self, seen: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class WatchDemandReply(_message.Message):
+    __slots__ = ("fingerprint", "demand", "groups")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    demand: _containers.RepeatedCompositeFieldContainer[ShapeDemand]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupDemand]
+    def __init__(self, fingerprint: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ...) -> None: ...

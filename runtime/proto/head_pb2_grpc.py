@@ -49,6 +49,11 @@ class HeadStub:
                 request_serializer=runtime_dot_proto_dot_head__pb2.ClusterStateRequest.SerializeToString,
                 response_deserializer=runtime_dot_proto_dot_head__pb2.ClusterState.FromString,
                 _registered_method=True)
+        self.WatchDemand = channel.unary_unary(
+                '/launch.runtime.Head/WatchDemand',
+                request_serializer=runtime_dot_proto_dot_head__pb2.WatchDemandRequest.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.WatchDemandReply.FromString,
+                _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/launch.runtime.Head/Submit',
                 request_serializer=runtime_dot_proto_dot_head__pb2.SubmitRequest.SerializeToString,
@@ -157,6 +162,12 @@ class HeadServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetClusterState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDemand(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,6 +304,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.GetClusterState,
                     request_deserializer=runtime_dot_proto_dot_head__pb2.ClusterStateRequest.FromString,
                     response_serializer=runtime_dot_proto_dot_head__pb2.ClusterState.SerializeToString,
+            ),
+            'WatchDemand': grpc.unary_unary_rpc_method_handler(
+                    servicer.WatchDemand,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.WatchDemandRequest.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.WatchDemandReply.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
@@ -466,6 +482,33 @@ class Head:
             '/launch.runtime.Head/GetClusterState',
             runtime_dot_proto_dot_head__pb2.ClusterStateRequest.SerializeToString,
             runtime_dot_proto_dot_head__pb2.ClusterState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDemand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launch.runtime.Head/WatchDemand',
+            runtime_dot_proto_dot_head__pb2.WatchDemandRequest.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.WatchDemandReply.FromString,
             options,
             channel_credentials,
             insecure,
