@@ -73,11 +73,11 @@ def main() -> int:
                 t0 = time.monotonic()
                 r = subprocess.run([py, str(program)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
                 took = time.monotonic() - t0
-            ok = r.returncode == 0 and r.stdout.strip().endswith("OK")
+            ok = r.returncode == 0 and "OK" in r.stdout.splitlines()  # (Ray prints workers' lines after it too)
             failed += not ok
             print(f"{program.stem:24} {'passed' if ok else 'FAILED'} on Ray ({took:.1f} s)", flush=True)
             if not ok:
-                print("    " + "\n    ".join((r.stdout + r.stderr).strip().splitlines()[-8:]), flush=True)
+                print("    " + "\n    ".join((r.stdout + r.stderr).strip().splitlines()[-25:]), flush=True)
     finally:
         cluster.stdin.close()
         cluster.wait(timeout=120)

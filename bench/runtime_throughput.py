@@ -139,7 +139,9 @@ def ray_python(given: str | None) -> str:
     if not py.exists():
         print("creating bench/.ray-venv with ray==2.60.0 ...", file=sys.stderr)
         subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "ray==2.60.0"])
+    # (virtualenv: what Ray's runtime_env needs for `pip`)
+    if subprocess.run([str(py), "-c", "import ray, virtualenv"], capture_output=True).returncode != 0:
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "ray==2.60.0", "virtualenv"])
     return str(py)
 
 

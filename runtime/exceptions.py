@@ -50,6 +50,10 @@ class ActorDiedError(RayActorError):
     """A call could not run: its actor was killed, died out of restarts, or its constructor raised."""
 
 
+class ActorUnavailableError(RayError):
+    """(Ray's: a call met its actor restarting.) Here a call waits for the actor to be back instead."""
+
+
 class GetTimeoutError(RayError, TimeoutError):
     pass
 

@@ -130,7 +130,15 @@ class Phoenix:
 p = Phoenix.remote()
 assert ray.get(p.call.remote()) == 1
 assert ray.get(p.call.remote()) == 2
-ray.kill(p, no_restart=False)
-assert ray.get(p.call.remote(), timeout=60) == 1  # made again: its state starts over
+ray.kill(p, no_restart=False)  # (asynchronous: a call sent at once may still meet the old one)
+deadline = time.time() + 60
+while True:
+    try:
+        if ray.get(p.call.remote(), timeout=60) == 1:  # made again: its state starts over
+            break
+    except ray.exceptions.ActorUnavailableError:  # on its way back
+        pass
+    assert time.time() < deadline, "the actor did not come back"
+    time.sleep(0.1)
 ray.kill(p)
 print("OK")

@@ -23,7 +23,8 @@ assert [ray.get(r) for r in gen] == [3, 2, 1]
 
 @ray.remote(num_returns="streaming")
 def letters():
-    yield from "abc"
+    for letter in "abc":
+        yield letter
 
 
 assert [ray.get(r) for r in letters.remote()] == ["a", "b", "c"]

@@ -16,7 +16,8 @@ lib = Path(tempfile.mkdtemp()) / "mylib"
 lib.mkdir()
 (lib / "__init__.py").write_text("VERSION = '1.0'\n")
 
-ray.init(runtime_env={"env_vars": {"STAGE": "test"}, "working_dir": str(project)})
+# (local py_modules are given to init(): Ray takes a local directory only for the whole job)
+ray.init(runtime_env={"env_vars": {"STAGE": "test"}, "working_dir": str(project), "py_modules": [str(lib)]})
 
 
 @ray.remote
@@ -44,7 +45,7 @@ def with_module():
     return mylib.VERSION
 
 
-assert ray.get(with_module.options(runtime_env={"py_modules": [str(lib)]}).remote()) == "1.0"
+assert ray.get(with_module.remote()) == "1.0"
 
 
 @ray.remote(runtime_env={"pip": ["tomli-w==1.2.0"]})

@@ -20,14 +20,15 @@ for node_id in nodes:
     pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
     assert set(ray.get([pinned.remote(i) for i in range(3)])) == {node_id}
 
-gone = NodeAffinitySchedulingStrategy(node_id="no-such-node", soft=False)
+no_such_node = "ab" * 28  # a node id as Ray writes them (hex), of no node of the cluster
+gone = NodeAffinitySchedulingStrategy(node_id=no_such_node, soft=False)
 try:
     ray.get(where.options(scheduling_strategy=gone).remote(0), timeout=30)
 except ray.exceptions.TaskUnschedulableError:
     pass
 else:
     raise AssertionError("hard affinity to a node not in the cluster must fail")
-soft = NodeAffinitySchedulingStrategy(node_id="no-such-node", soft=True)
+soft = NodeAffinitySchedulingStrategy(node_id=no_such_node, soft=True)
 assert ray.get(where.options(scheduling_strategy=soft).remote(0)) in nodes
 
 
