@@ -36,8 +36,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-import grpc
-
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import cost_per_hour
 from autoscaler.upkeep import WorkerUpkeep, _describe
@@ -447,6 +445,8 @@ class Monitor(WorkerUpkeep):
         """(a thread) A tick the moment work stops fitting, not at the next tick_s: the head answers this
         long poll once its demand changes, and demand beyond what the last tick planned for (not work
         pinned to a node) wakes the loop."""
+        import grpc  # (imported once runtime set gRPC's environment up: runtime/__init__.py)
+
         seen, woke = "", 0.0
         while not stop.is_set():
             try:

@@ -676,12 +676,14 @@ def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, dep
 
     if len(payload) > MAX_OBJECT_BYTES:
         raise ValueError(f"{name}: {too_large('payload with its arguments', len(payload))}")
+    given = item_id is not None
     item_id = item_id or f"{prefix}-{uuid.uuid4().hex[:20]}"
     spec = pb.WorkSpec(kind=kind, name=name, request=pb.Resources(amounts=request), depends_on=deps,
                        max_retries=max_retries, parent_id=_parent(), **fields)
     conn = _connection()
     if len(payload) > INLINE_BYTES or upload:  # (upload: kept on the head's disk, which nodes fetch from)
-        _reconnecting(lambda: conn.client.upload_args(item_id, payload))
+        fresh = not given  # (an id of the caller's may be an item's already: the head says so)
+        _reconnecting(lambda: conn.client.upload_args(item_id, payload, fresh=fresh))
         spec.payload_size = len(payload)
     else:
         spec.payload = payload

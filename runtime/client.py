@@ -16,6 +16,7 @@ from runtime.auth import call_metadata
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
+from runtime.store import KEY_FILE, arg_file, result_file
 
 
 _AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -124,6 +125,7 @@ class HeadClient:
         self._session_lock = threading.Lock()
         self._session: tuple[queue.SimpleQueue, object] | None = None
         self._sessions_refused = False
+        self._blobs: Path | None | bool = None  # the head's blobs folder where this process shares its disk
 
     def close(self) -> None:
         self._close_session()
@@ -296,7 +298,34 @@ class HeadClient:
         if reply.size != size:
             raise ConnectionError(f"the head stored {reply.size} of {size} bytes of {item_id}")
 
+    def shared_blobs(self) -> Path | None:
+        """The head's blobs folder, if this process shares the head's disk (a driver or an agent on the
+        head's machine, as the same user): proven by reading there the key the head says is there. Then
+        payloads and results are files to read and write, not streams over gRPC. Asked once."""
+        if self._blobs is None:
+            self._blobs = False
+            try:
+                st = self.cluster_state()
+                found = Path(st.store_dir) if st.store_dir else None
+                if found is not None and (found / KEY_FILE).read_text().strip() == st.store_key:
+                    self._blobs = found
+            except (OSError, grpc.RpcError):
+                pass
+        return self._blobs or None
+
+    def _read_shared(self, name: str) -> bytes | None:
+        blobs = self.shared_blobs()
+        if blobs is None:
+            return None
+        try:
+            return (blobs / name).read_bytes()
+        except OSError:  # not there (gone, or never made): the head says why
+            return None
+
     def _fetch(self, method: str, item_id: str) -> bytes:
+        shared = self._read_shared(arg_file(item_id) if method == "FetchArgs" else result_file(item_id))
+        if shared is not None:
+            return shared
         parts = []
         try:
             for chunk in getattr(self._stub, method)(pb.FetchRequest(id=item_id, offset=0), metadata=self._md):
@@ -307,7 +336,18 @@ class HeadClient:
             raise
         return b"".join(parts)
 
-    def upload_args(self, item_id: str, data: bytes) -> None:
+    def upload_args(self, item_id: str, data: bytes, fresh: bool = False) -> None:
+        """`fresh`: an id no item has (made just now): on the head's disk it is written there directly."""
+        blobs = self.shared_blobs() if fresh else None
+        if blobs is not None:
+            tmp = blobs / f".{arg_file(item_id)}.tmp-{os.getpid()}-{threading.get_ident()}"
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    f.write(data)
+                os.replace(tmp, blobs / arg_file(item_id))
+                return
+            except OSError:  # (a full disk): the head's own upload says it, in its words
+                tmp.unlink(missing_ok=True)
         self._upload("UploadArgs", item_id, data)
 
     def fetch_args(self, item_id: str) -> bytes:
@@ -320,8 +360,14 @@ class HeadClient:
         return self._fetch("FetchResult", item_id)
 
     def open_result(self, item_id: str) -> io.BufferedIOBase:
-        """A stored result as a stream read from the head a chunk at a time: an unpickler reading it
-        builds the value without the whole pickle ever in memory beside it."""
+        """A stored result as a stream read from the head a chunk at a time (or its file, on the head's
+        disk): an unpickler reading it builds the value without the whole pickle ever in memory beside it."""
+        blobs = self.shared_blobs()
+        if blobs is not None:
+            try:
+                return open(blobs / result_file(item_id), "rb")
+            except OSError:
+                pass
         return _ChunkReader(self, self._stub.FetchResult(pb.FetchRequest(id=item_id, offset=0), metadata=self._md))
 
     def append_log(self, request: pb.AppendLogRequest) -> None:

@@ -47,6 +47,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
         self.store = Store(state_dir or default_state_dir())
+        self.store_key = self.store.local_key()
         self.sched = Scheduler(node_types, done_state=self._done_state)
         self.lock = threading.RLock()  # guards nodes, sched, the store's writes and waiters
         self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
@@ -85,7 +86,8 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
             infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
                           for s, c, why in self.sched.infeasible_demand()]
         return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups,
-                               python_version=PYTHON_VERSION)
+                               python_version=PYTHON_VERSION, store_dir=str(self.store.blobs),
+                               store_key=self.store_key)
 
     # --- work ---------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 DONE = ("finished", "failed", "cancelled")
 
 # Item ids name files on the head's disk: a client-made id is held to this before it is used.
+KEY_FILE = ".key"  # in the blobs folder: see Store.local_key
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # A log this long (in 4 KiB pages; 16 MiB) is made to start over (Store.checkpoint).
@@ -110,6 +112,15 @@ def _chunks(ids: list[str], n: int = 500) -> Iterator[list[str]]:
         yield ids[i:i + n]
 
 
+def arg_file(item_id: str) -> str:
+    """An item's payload (its pickled function and arguments, or a put value) in the blobs folder."""
+    return f"arg.{item_id}"
+
+
+def result_file(item_id: str) -> str:
+    return f"res.{item_id}"
+
+
 class Store:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
@@ -165,11 +176,25 @@ class Store:
 
     # --- files --------------------------------------------------------------------------------------
 
+    def local_key(self) -> str:
+        """The key in blobs/.key (made once): a client on this machine that reads it there knows it shares
+        the head's disk (runtime/client.py, SharedBlobs)."""
+        path = self.blobs / KEY_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            key = secrets.token_hex(16)
+            tmp = path.with_name(f"{KEY_FILE}.tmp-{os.getpid()}")
+            tmp.write_text(key)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+            return key
+
     def arg_path(self, item_id: str) -> Path:
-        return self.blobs / f"arg.{item_id}"
+        return self.blobs / arg_file(item_id)
 
     def result_path(self, item_id: str) -> Path:
-        return self.blobs / f"res.{item_id}"
+        return self.blobs / result_file(item_id)
 
     def upload_path(self, item_id: str, node_id: str) -> Path:
         """Where a node's upload of a result goes until its report makes it the result (a node the head

@@ -712,3 +712,27 @@ def test_past_the_waiting_limit_gets_are_told_to_ask_again_and_heartbeats_never_
         for t in threads:
             t.join(timeout=30)
         assert got == [1] * 40 and servicer.waiters == {} and servicer.waiting_gets == 0
+
+
+def test_a_client_on_the_heads_disk_reads_and_writes_payloads_as_files(tmp_path):
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0)
+    server, _, port = serve(cfg, state_dir=tmp_path)
+    with HeadClient(f"127.0.0.1:{port}", TOKEN) as client, HeadClient(f"127.0.0.1:{port}", TOKEN) as elsewhere:
+        assert client.shared_blobs() == tmp_path / "blobs"
+        (tmp_path / "blobs" / "res.r-1").write_bytes(b"a result")
+        # a client that does not find the head's key where the head says it is streams over gRPC instead
+        key = tmp_path / "blobs" / ".key"
+        real = key.read_text()
+        key.write_text("not the head's")
+        assert elsewhere.shared_blobs() is None
+        key.write_text(real)
+        assert elsewhere.fetch_result("r-1") == b"a result"
+        server.stop(grace=0).wait(30)
+        # the head is gone: what the first client reads and writes now can only be files
+        assert client.fetch_result("r-1") == b"a result"
+        client.upload_args("t-fresh", b"a payload", fresh=True)
+        assert (tmp_path / "blobs" / "arg.t-fresh").read_bytes() == b"a payload"
+        assert oct((tmp_path / "blobs" / "arg.t-fresh").stat().st_mode & 0o777) == "0o600"
+        with pytest.raises(grpc.RpcError):  # an id of the caller's goes through the head, which is gone
+            client.upload_args("t-given", b"a payload")

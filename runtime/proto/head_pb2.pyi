@@ -509,20 +509,24 @@ class GroupDemand(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ClusterState(_message.Message):
-    __slots__ = ("nodes", "now", "demand", "infeasible", "groups", "python_version")
+    __slots__ = ("nodes", "now", "demand", "infeasible", "groups", "python_version", "store_dir", "store_key")
     NODES_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     INFEASIBLE_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORE_DIR_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEY_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     now: float
     demand: _containers.RepeatedCompositeFieldContainer[ShapeDemand]
     infeasible: _containers.RepeatedCompositeFieldContainer[InfeasibleDemand]
     groups: _containers.RepeatedCompositeFieldContainer[GroupDemand]
     python_version: str
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ..., python_version: _Optional[str] = ...) -> None: ...
+    store_dir: str
+    store_key: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., infeasible: _Optional[_Iterable[_Union[InfeasibleDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ..., python_version: _Optional[str] = ..., store_dir: _Optional[str] = ..., store_key: _Optional[str] = ...) -> None: ...
 
 class WatchDemandRequest(_message.Message):
     __slots__ = ("seen", "timeout_s")
