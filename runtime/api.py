@@ -31,7 +31,7 @@ from typing import Any
 import cloudpickle
 
 from core.entry_points import TUNNEL
-from runtime import pickling
+from runtime import holding, pickling
 from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, TaskError, error_for  # noqa: F401 (the API's)
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
@@ -49,11 +49,12 @@ class ObjectRef:
 
     # _result: the result a `wait` brought back for this ref, so that a `get` of it fetches nothing again;
     # it stays with this object (a ref sent to a task travels without it)
-    __slots__ = ("id", "_result")
+    __slots__ = ("id", "_result", "__weakref__")
 
     def __init__(self, id: str):
         self.id = id
         self._result = None
+        holding.LIVE.add(self)  # its value is kept on the head while this ref lives (runtime/holding.py)
 
     def __reduce__(self):
         return ObjectRef, (self.id,)
@@ -483,6 +484,7 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
         client.close()
         raise
     _conn = _Connection(client)
+    holding.start(lambda: _conn.client if _conn is not None else None)
     atexit.register(_disconnect_at_exit)  # once: registering again replaces nothing, and it is idempotent
     return _conn.client
 

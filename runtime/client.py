@@ -240,6 +240,10 @@ class HeadClient:
         return self._stub.Cancel(pb.CancelRequest(id=item_id, recursive=recursive, restart=restart), metadata=self._md,
                                  timeout=self.timeout_s).state
 
+    def hold(self, ids: list[str]) -> None:
+        """Values this process holds refs to: kept on the head a while more (runtime/holding.py)."""
+        self._stub.KeepAlive(pb.KeepAliveRequest(held=ids), metadata=self._md, timeout=self.timeout_s)
+
     def keep_alive(self, owner_id: str) -> None:
         self._stub.KeepAlive(pb.KeepAliveRequest(owner_id=owner_id), metadata=self._md, timeout=self.timeout_s)
 

@@ -27,7 +27,7 @@ from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SW
                                 under_lock)
 from runtime.head_store import StoreKeeping
 from runtime.head_transfers import Transfers
-from runtime.limits import GRPC_OPTIONS, STORE_FULL
+from runtime.limits import GRPC_OPTIONS, HOLD_BATCH, HOLD_S, STORE_FULL
 from runtime.loop_server import LoopServer
 from runtime.node import HEAD_LIVENESS, beat, single_instance
 from runtime.node_config import NodeRuntimeConfig
@@ -268,8 +268,17 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         return pb.CancelReply(state=state)
 
     def KeepAlive(self, request, context):
+        held = list(request.held)
+        if len(held) > HOLD_BATCH or not all(ID_PATTERN.fullmatch(i) for i in held):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"held: at most {HOLD_BATCH} item ids")
         with self.lock:
-            self.owners[request.owner_id[:100]] = self.clock()
+            if request.owner_id:
+                self.owners[request.owner_id[:100]] = self.clock()
+            if held:
+                try:
+                    self.store.hold(held, self.clock() + HOLD_S)
+                except STORE_ERRORS as e:  # (a full disk) said like any store failure; renewed next time
+                    self._store_failed(e)
         return pb.KeepAliveReply()
 
     def expire_owners(self) -> list[str]:

@@ -10,7 +10,9 @@ agents and clients; the README's "Limits" section states them).
 - Finished work leaves the head's memory at once; its record and result stay in the head's store
   (SQLite on its disk) for RETAIN_FETCHED_S after a client first fetched it, RETAIN_UNFETCHED_S if
   nobody does (a value put with runtime.put: for RETAIN_UNFETCHED_S, however often it is fetched or
-  passed to tasks); job records and logs for RETAIN_JOBS_S.
+  passed to tasks); job records and logs for RETAIN_JOBS_S. A value some process still holds a ref
+  to stays longer, as on Ray: every HOLD_RENEW_S each process sends the head the ids of its live refs
+  (runtime/holding.py), and the head keeps those values HOLD_S more, past their retention.
 """
 
 MAX_OBJECT_BYTES = 4 << 30
@@ -24,6 +26,9 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 RETAIN_FETCHED_S = 600.0
 RETAIN_UNFETCHED_S = 24 * 3600.0
 RETAIN_JOBS_S = 7 * 24 * 3600.0
+HOLD_S = 600.0
+HOLD_RENEW_S = 120.0
+HOLD_BATCH = 20_000  # ids in one KeepAlive
 
 # How the head's refusal of new work while its disk is full begins: clients send it again a while.
 STORE_FULL = "the head cannot store new work"

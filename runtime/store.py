@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS items (
 -- the last id number the head gave: a restarted head goes on from it, never giving an id twice (the
 -- items table cannot tell: retention removes old items)
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- values some process still holds refs to: kept past their retention until `until`
+CREATE TABLE IF NOT EXISTS held (id TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
@@ -252,15 +254,23 @@ class Store:
             self.db.executemany("UPDATE items SET fetched_at=? WHERE fetched_at IS NULL AND id=?",
                                 [(when, i) for i, when in fetched])
 
+    def hold(self, ids: list[str], until: float) -> None:
+        """Values some process holds refs to: kept until `until` at least (renewed while held)."""
+        with self._tx():
+            self.db.executemany("INSERT OR REPLACE INTO held (id, until) VALUES (?, ?)", [(i, until) for i in ids])
+
     def sweep(self, now: float) -> int:
-        """Drop the done items whose retention is over, with their files. Returns how many."""
+        """Drop the done items whose retention is over (and no ref held keeps), with their files. Returns
+        how many."""
         expired = [r[0] for r in self.db.execute(
             "SELECT id FROM items WHERE finished_at > 0 AND ("
             " (kind = 'job' AND finished_at < ?) OR"
             " (kind NOT IN ('job', 'object') AND fetched_at IS NOT NULL AND fetched_at < ?) OR"
-            " (kind != 'job' AND finished_at < ?))",
-            (now - RETAIN_JOBS_S, now - RETAIN_FETCHED_S, now - RETAIN_UNFETCHED_S))]
+            " (kind != 'job' AND finished_at < ?))"
+            " AND id NOT IN (SELECT id FROM held WHERE until >= ?)",
+            (now - RETAIN_JOBS_S, now - RETAIN_FETCHED_S, now - RETAIN_UNFETCHED_S, now))]
         with self._tx():
+            self.db.execute("DELETE FROM held WHERE until < ?", (now,))
             for chunk in _chunks(expired):
                 self.db.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         if expired:  # the freed pages go back to the disk (at the next checkpoint), not kept for later

@@ -736,3 +736,42 @@ def test_a_client_on_the_heads_disk_reads_and_writes_payloads_as_files(tmp_path)
         assert oct((tmp_path / "blobs" / "arg.t-fresh").stat().st_mode & 0o777) == "0o600"
         with pytest.raises(grpc.RpcError):  # an id of the caller's goes through the head, which is gone
             client.upload_args("t-given", b"a payload")
+
+
+def test_a_value_a_ref_still_holds_outlives_its_retention_and_goes_once_let_go(tmp_path, monkeypatch):
+    """As on Ray, a value stays while a ref to it lives: each process sends its live refs' ids (the
+    holding thread's renewal, run here at once), and the head keeps those values HOLD_S more."""
+    import gc
+    import time
+
+    import runtime.api
+    from runtime import holding
+    from runtime.limits import HOLD_S, RETAIN_UNFETCHED_S
+    from runtime.store import Store
+
+    cfg = NodeRuntimeConfig(node_id="h", node_type="head", is_head=True, token=TOKEN, address="127.0.0.1",
+                            bind_host="127.0.0.1", head_port=0)
+    server, servicer, port = serve(cfg, state_dir=tmp_path)
+    try:
+        with HeadClient(f"127.0.0.1:{port}", TOKEN) as client:
+            kept, dropped = client.submit_many([pb.WorkSpec(kind="object", name="put", payload=b"v")] * 2)
+            ref = runtime.api.ObjectRef(kept)
+            other = runtime.api.ObjectRef(dropped)
+            del other
+            gc.collect()
+            assert kept in holding.held_ids() and dropped not in holding.held_ids()
+            holding.renew(client)
+            with pytest.raises(grpc.RpcError) as e:  # a bad id is refused by name
+                client.hold(["../etc/passwd"])
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(grace=0).wait(30)
+    store = Store(tmp_path)
+    (held,) = store.db.execute("SELECT id, until FROM held").fetchall()  # what the head was told
+    assert held[0] == kept and abs(held[1] - (time.time() + HOLD_S)) < 60
+    later = time.time() + RETAIN_UNFETCHED_S + 1  # both past their retention, the live ref renewed since
+    store.hold([kept], later + 10)
+    assert store.sweep(later) == 1  # the other one
+    assert set(store.results([kept, dropped])) == {kept}
+    assert store.sweep(later + 20) == 1  # let go of (no renewal): gone once its hold ran out
+    del ref

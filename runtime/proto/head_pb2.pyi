@@ -211,10 +211,12 @@ class SessionReply(_message.Message):
     def __init__(self, reply: _Optional[_Union[GetResultsReply, _Mapping]] = ...) -> None: ...
 
 class KeepAliveRequest(_message.Message):
-    __slots__ = ("owner_id",)
+    __slots__ = ("owner_id", "held")
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     owner_id: str
-    def __init__(self, owner_id: _Optional[str] = ...) -> None: ...
+    held: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, owner_id: _Optional[str] = ..., held: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KeepAliveReply(_message.Message):
     __slots__ = ()
