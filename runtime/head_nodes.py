@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
 import grpc
@@ -18,11 +17,6 @@ from runtime.work import Item
 # how soon a replaced WorkStream with nothing to send notices and ends
 STREAM_CHECK_S = 0.5
 WATCH_DEMAND_MAX_S = 60.0  # the longest a WatchDemand call waits
-
-
-def _fingerprint(demand: list[pb.ShapeDemand], groups: list[pb.GroupDemand]) -> str:
-    data = pb.WatchDemandReply(demand=demand, groups=groups).SerializeToString(deterministic=True)
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 class NodeService:
@@ -138,20 +132,27 @@ class NodeService:
     def _demand_or_watch(self, seen: str | None, wake) -> pb.WatchDemandReply | None:
         """(under the lock) The demand, unless it is what the caller saw: then None, and `wake` is called
         once it changes. (seen None: the demand, whatever it is.)"""
-        demand, groups = self.demand_now()
-        fingerprint = _fingerprint(demand, groups)
+        fingerprint = self._demand_fingerprint()
         if fingerprint != seen or wake is None:
+            demand, groups = self.demand_now()
             return pb.WatchDemandReply(fingerprint=fingerprint, demand=demand, groups=groups)
         self.demand_watchers[wake] = seen
         return None
 
     def _wake_demand_watchers(self) -> None:
         """(under the lock, from _settle, while some watch) Wakes the watchers that saw another demand."""
-        fingerprint = _fingerprint(*self.demand_now())
+        fingerprint = self._demand_fingerprint()
         for wake, seen in list(self.demand_watchers.items()):
             if seen != fingerprint:
                 del self.demand_watchers[wake]
                 wake()
+
+    def _demand_fingerprint(self) -> str:
+        """(under the lock) The demand, hashed: computed at every change while the autoscaler watches, so
+        cheaply (no messages built). Compared only within this head's life (a restarted head's differs:
+        it answers at once)."""
+        key = (tuple(sorted(self.sched.demand())), tuple(sorted(self.sched.group_demand())))
+        return format(hash(key) & 0xFFFFFFFFFFFFFFFF, "x")
 
     def demand_now(self) -> tuple[list[pb.ShapeDemand], list[pb.GroupDemand]]:
         """(under the lock) Queued work that fits no node now, and placement groups not placed yet."""
