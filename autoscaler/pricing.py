@@ -1,13 +1,17 @@
-"""What a node type costs per hour: the config's cost_per_hour, else the shipped catalog, else an estimate.
+"""What a node type costs per hour, and where that figure comes from: the config's cost_per_hour, else the
+shipped catalog's price for its instance type in the cluster's region (the spot price for a spot node
+type), else an estimate from its resources.
 
-The catalog (prices.json, with its date and source) covers common AWS, GCP and Azure instance types,
-looked up by the node_config key each cloud names its machine with (its provider's FACTS.machine_key). Without either, the price is
-estimated from the node type's declared resources, so the planner still compares types sensibly.
+The catalog (prices.json, format 2: autoscaler/price_catalog.py builds it and says its shape) dates each
+price with its source. A type it knows in another region only is priced as in the cloud's default region
+(and says so); a spot type with no spot price is priced on demand (and says so). Each provider says how
+to find the machine type, the spot request and the region (its FACTS).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,27 +22,62 @@ from core.config import ClusterConfig
 ESTIMATE = {"CPU": 0.04, "GPU": 0.50, "memory_gib": 0.005}
 
 
+@dataclass(frozen=True)
+class Quote:
+    per_hour: float
+    source: str  # where it comes from, for `launch prices` (e.g. "catalog: skypilot-gcp-2026-12-05, us-central1 spot")
+
+
 @lru_cache(maxsize=1)
 def catalog() -> dict:
     return json.loads((Path(__file__).parent / "prices.json").read_text())
 
 
-def catalog_price(provider: str, node_config: dict) -> float | None:
-    key = providers.facts(provider).machine_key if provider in providers.KINDS else ""
-    machine = node_config.get(key) if key else None
-    if not isinstance(machine, str):
+def _regional(entry: dict, cloud: str, region: str | None, spot: bool) -> tuple[float, str] | None:
+    """(price, where from) of one catalog entry in this region (or the cloud's default region)."""
+    regions = entry.get("regions") or {}
+    default = catalog().get("default_regions", {}).get(cloud)
+    here = regions.get(region) if region else None
+    where = region
+    if here is None and default in regions:
+        here, where = regions[default], f"{default}'s price" + (f" (none for {region})" if region else "")
+    if here is None:
         return None
-    machine = machine.rsplit("/", 1)[-1]  # GCP gives a URL: zones/us-central1-a/machineTypes/n2-...
-    price = catalog().get(provider, {}).get(machine)
-    if price is None or provider != "gcp":
-        return price
-    gpus = catalog().get("gcp_accelerators", {})
-    for acc in node_config.get("guestAccelerators") or []:  # GPUs attached to the VM cost on top of it
-        each = gpus.get(str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1])
-        if each is None:
-            return None  # a GPU the catalog does not know: estimate the whole node instead
-        price += each * int(acc.get("acceleratorCount", 1))
-    return price
+    name = str(here.get("source"))
+    date = catalog().get("sources", {}).get(name, {}).get("date", "")
+    dated = name if date in name else f"{name} ({date})"
+    if spot and here.get("spot") is not None:
+        return here["spot"], f"catalog: {dated}, {where} spot"
+    note = ", no spot price: on-demand" if spot else ""
+    return here["on_demand"], f"catalog: {dated}, {where} on-demand{note}"
+
+
+def catalog_quote(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> Quote | None:
+    if provider not in providers.KINDS:
+        return None
+    facts = providers.facts(provider)
+    machine = facts.machine_of(node_config)
+    entry = catalog().get(provider, {}).get(machine) if isinstance(machine, str) else None
+    if entry is None:
+        return None
+    found = _regional(entry, provider, region, spot or facts.spot_of(node_config))
+    if found is None:
+        return None
+    price, source = found
+    if provider == "gcp":  # GPUs attached to the VM cost on top of it
+        gpus = catalog().get("gcp_accelerators", {})
+        for acc in node_config.get("guestAccelerators") or []:
+            name = str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1]
+            each = _regional(gpus[name], "gcp", region, spot) if name in gpus else None
+            if each is None:
+                return None  # a GPU the catalog does not know: estimate the whole node instead
+            price += each[0] * int(acc.get("acceleratorCount", 1))
+    return Quote(round(price, 6), source)
+
+
+def catalog_price(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> float | None:
+    quote = catalog_quote(provider, node_config, region, spot)
+    return quote.per_hour if quote else None
 
 
 def estimate(resources: dict[str, float]) -> float:
@@ -46,10 +85,69 @@ def estimate(resources: dict[str, float]) -> float:
             + ESTIMATE["memory_gib"] * resources.get("memory", 0.0) / 2**30)
 
 
-def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> float:
+def region_of(cfg: ClusterConfig) -> str | None:
+    kind = cfg.provider.kind
+    key = providers.facts(kind).region_key if kind in providers.KINDS else "region"
+    value = getattr(cfg.provider, key, None)
+    return value if isinstance(value, str) and value else None
+
+
+def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> Quote:
     """The declared price, else the catalog's for its instance type, else an estimate from its resources."""
     nt = cfg.available_node_types[node_type]
     if nt.cost_per_hour is not None:
-        return nt.cost_per_hour
-    price = catalog_price(cfg.provider.kind, nt.node_config)
-    return price if price is not None else estimate(resources if resources is not None else nt.resources)
+        return Quote(nt.cost_per_hour, "the config's cost_per_hour")
+    found = catalog_quote(cfg.provider.kind, nt.node_config, region_of(cfg), nt.spot)
+    if found is not None:
+        return found
+    return Quote(round(estimate(resources if resources is not None else nt.resources), 6),
+                 "estimate from its resources (not in the catalog)")
+
+
+def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> float:
+    return quote(cfg, node_type, resources).per_hour
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One instance type in one region, as `launch prices` lists it."""
+
+    cloud: str
+    machine: str
+    region: str
+    cpus: float | None
+    memory_gib: float | None
+    accelerators: dict[str, float]
+    on_demand: float
+    spot: float | None
+    source: str
+
+    def gpus(self) -> float:
+        return sum(self.accelerators.values())
+
+    def price(self, spot: bool) -> float | None:
+        return self.spot if spot else self.on_demand
+
+
+def offers(cloud: str | None = None, region: str | None = None, gpu: str | None = None,
+           spot: bool = False) -> list[Offer]:
+    """The catalog's instance types by region (an accelerator named case-insensitively), cheapest first;
+    with `spot`, only those with a spot price, by it."""
+    out = []
+    for name in ("aws", "gcp", "azure"):
+        if cloud and name != cloud:
+            continue
+        for machine, entry in catalog().get(name, {}).items():
+            accelerators = entry.get("accelerators") or {}
+            if gpu and gpu.lower() not in (a.lower() for a in accelerators):
+                continue
+            for where, p in (entry.get("regions") or {}).items():
+                if (region and where != region) or (spot and p.get("spot") is None):
+                    continue
+                out.append(Offer(name, machine, where, entry.get("cpus"), entry.get("memory_gib"), accelerators,
+                                 p["on_demand"], p.get("spot"), p.get("source", "")))
+    return sorted(out, key=lambda o: (o.price(spot), o.cloud, o.machine, o.region))
+
+
+def source_date(source: str) -> str:
+    return catalog().get("sources", {}).get(source, {}).get("date", "")

@@ -113,6 +113,62 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+def _wide() -> Console:
+    """The console for a wide table: a terminal's own width, else wide enough not to cut its cells."""
+    return out if out.is_terminal else Console(width=160)
+
+
+@app.command()
+@_handle_errors
+def prices(
+    config: Path | None = typer.Argument(None, help="A cluster config: the prices its node types are planned with.",
+                                         show_default=False),
+    cloud: str | None = typer.Option(None, "--cloud", help="aws, gcp or azure."),
+    region: str | None = typer.Option(None, "--region"),
+    gpu: str | None = typer.Option(None, "--gpu", help="An accelerator, e.g. H100, A100, L4."),
+    spot: bool = typer.Option(False, "--spot", help="Spot prices (types that have one)."),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many rows."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The price catalog's instance types, cheapest first; or, given a cluster config, what each of its
+    node types costs and where that price comes from."""
+    from autoscaler import pricing
+
+    if config is not None:
+        cfg = load_config(config)
+        rows = [{"node_type": name, "per_hour": q.per_hour, "source": q.source}
+                for name, q in ((n, pricing.quote(cfg, n)) for n in cfg.available_node_types)]
+        if as_json:
+            print(json.dumps(rows, indent=1))
+            return
+        table = Table("node type", "$/h", "from")
+        for r in rows:
+            table.add_row(r["node_type"], f"{r['per_hour']:.4f}", r["source"])
+        _wide().print(table)
+        return
+    if cloud is not None and cloud not in ("aws", "gcp", "azure"):
+        raise ConfigError(f"--cloud: {cloud!r}: expected aws, gcp or azure")
+    found = pricing.offers(cloud, region, gpu, spot)
+    if not found:
+        raise ConfigError("prices: no instance type of the catalog matches " + " ".join(
+            f"{k} {v}" for k, v in (("--cloud", cloud), ("--region", region), ("--gpu", gpu)) if v)
+            + (" with a spot price" if spot else ""))
+    rows = found[:limit]
+    if as_json:
+        print(json.dumps([{**o.__dict__, "date": pricing.source_date(o.source)} for o in rows], indent=1))
+        return
+    table = Table("cloud", "type", "region", "vCPUs", "GiB", "accelerators", "$/h", "$/GPU-h", "as of")
+    for o in rows:
+        price = o.price(spot)
+        gpus = ", ".join(f"{n} x{c:g}" for n, c in o.accelerators.items()) or "-"
+        table.add_row(o.cloud, o.machine, o.region, f"{o.cpus:g}" if o.cpus else "-",
+                      f"{o.memory_gib:g}" if o.memory_gib else "-", gpus, f"{price:.4f}",
+                      f"{price / o.gpus():.4f}" if o.gpus() else "-", pricing.source_date(o.source))
+    _wide().print(table)
+    if len(found) > limit:
+        out.print(f"({len(found) - limit} more: --limit, or narrow with --cloud, --region, --gpu)")
+
+
 @app.command()
 @_handle_errors
 def up(

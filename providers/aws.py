@@ -51,8 +51,13 @@ def _unused_by_head(parts: list[str]) -> bool:
     return parts[:2] == ["botocore", "data"] and len(parts) > 3 and parts[2] not in ("ec2", "iam", "sts")
 
 
+def _spot_of(node_config: dict) -> bool:
+    return str((node_config.get("InstanceMarketOptions") or {}).get("MarketType", "")).lower() == "spot"
+
+
 FACTS = ProviderFacts(
-    machine_key="InstanceType",
+    machine_of=lambda node_config: node_config.get("InstanceType"),
+    spot_of=_spot_of,
     head_sdk=("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"),
     head_sdk_unused=_unused_by_head,
 )

@@ -58,7 +58,9 @@ def _unused_by_head(parts: list[str]) -> bool:
 
 
 FACTS = ProviderFacts(
-    machine_key="vmSize",
+    machine_of=lambda node_config: _params(node_config).get("vmSize"),
+    spot_of=lambda node_config: _params(node_config).get("priority") == "Spot",
+    region_key="location",
     head_sdk=("azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
               "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",
               "msal", "isodate", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),

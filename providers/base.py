@@ -67,7 +67,11 @@ class ProviderFacts:
     """What the rest of launch knows of a provider without building one (no SDK is imported): each provider
     module's FACTS."""
 
-    machine_key: str = ""  # the node_config key naming the machine type (how the price catalog finds it)
+    # how the price catalog finds a node type: the machine type its node_config names, whether it asks
+    # for spot capacity, and the provider section's key naming the region
+    machine_of: Callable[[dict], str | None] = lambda node_config: None
+    spot_of: Callable[[dict], bool] = lambda node_config: False
+    region_key: str = "region"
     # what the head's control plane imports to call the cloud: shipped with the head's runtime
     head_sdk: tuple[str, ...] = ()
     head_sdk_optional: frozenset[str] = frozenset()  # imported by those SDKs where present

@@ -61,8 +61,19 @@ DEFAULT_IMAGES = {
 }
 
 
+def _machine_of(node_config: dict) -> str | None:
+    machine = node_config.get("machineType")
+    return machine.rsplit("/", 1)[-1] if isinstance(machine, str) else None  # a URL: zones/Z/machineTypes/M
+
+
+def _spot_of(node_config: dict) -> bool:
+    sched = _scheduling(dict(node_config))
+    return bool(sched.get("preemptible")) or sched.get("provisioningModel") == "SPOT"
+
+
 FACTS = ProviderFacts(
-    machine_key="machineType",
+    machine_of=_machine_of,
+    spot_of=_spot_of,
     head_sdk=("google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
               "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),
     head_sdk_optional=frozenset({"google.api", "google.type", "google.longrunning", "grpc_status", "opentelemetry",
@@ -401,9 +412,7 @@ class Provider(CloudProvider):
     # --- the insert body ----------------------------------------------------------------------------
 
     def _spot(self, node_config: dict, node_type: str) -> bool:
-        sched = _scheduling(node_config)
-        return (bool(sched.get("preemptible")) or sched.get("provisioningModel") == "SPOT"
-                or self.spec.config.available_node_types[node_type].spot)
+        return _spot_of(node_config) or self.spec.config.available_node_types[node_type].spot
 
     def body(self, node_type: str, zone: str, name: str, tags: dict[str, str]) -> dict:
         """instances.insert's body: the node_config with short names made zone URLs and launch's parts added."""
