@@ -37,7 +37,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
-from autoscaler.pricing import cost_per_hour
+from autoscaler.pricing import LivePrice, live_wanted, quote
+from autoscaler.demand_watch import DemandWatch, demand_counts
 from autoscaler.upkeep import WorkerUpkeep, _describe
 from core.backoff import Backoff
 from core.files import atomic_write, open_private, private_dir
@@ -58,9 +59,7 @@ from runtime.work import own_resources, pinned_node
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
-DEMAND_WAKE_GAP_S = 0.5  # the least time between two ticks that new demand wakes
-DEMAND_WATCH_S = 30.0  # one long poll of the head's demand (WatchDemand)
-DEMAND_RETRY_S = 1.0  # after a watch failed (the head restarting, or replaced by a new spec)
+LIVE_PRICE_EVERY_S = 600.0  # how often the head asks the cloud for its spot prices
 
 
 @dataclass
@@ -106,7 +105,7 @@ class _Request:
 REQUESTED = "requested:"  # the id prefix of a node a launch request has not yet made
 
 
-class Monitor(WorkerUpkeep):
+class Monitor(WorkerUpkeep, DemandWatch):
     def __init__(self, token: str, bind_host: str, clock=time.time):
         self.clock = clock
         self.token = token
@@ -128,6 +127,9 @@ class Monitor(WorkerUpkeep):
         self.lock = threading.Lock()
         self.wake = threading.Event()  # set: tick now (run() takes the one its signal handlers set)
         self.planned_for: dict = {}  # the demand the last tick saw (_demand_counts): more wakes the loop
+        self.live_prices: dict[str, LivePrice] = {}  # machine type -> the cloud's spot price (refresh_prices)
+        self.prices_asked = 0.0
+        self.prices: dict[str, dict] = {}  # node type -> its price and where it comes from, as last planned
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
         self.reload()
@@ -174,11 +176,34 @@ class Monitor(WorkerUpkeep):
             resources = self.spec.resources_of(name)
             if not resources or ("CPU" not in resources and name in self.learned):
                 resources = {**self.learned.get(name, {}), **resources}
+            price = quote(self.cfg, name, resources, self.live_prices, self.clock())
+            self.prices[name] = {"per_hour": price.per_hour, "source": price.source}
             out[name] = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers,
-                                     max_workers=self.cfg.worker_max(name),
-                                     cost_per_hour=cost_per_hour(self.cfg, name, resources), spot=nt.spot,
-                                     idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
+                                     max_workers=self.cfg.worker_max(name), cost_per_hour=price.per_hour,
+                                     spot=nt.spot, idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
         return out
+
+    def refresh_prices(self, now: float) -> None:
+        """Every LIVE_PRICE_EVERY_S, the cloud's spot prices of the spot types (on a thread: a slow cloud
+        holds no tick); a failure keeps the prices it had, said in the event log."""
+        wanted = live_wanted(self.cfg)
+        if (not wanted or not self.lifecycle.provider.capabilities.live_spot_prices
+                or now - self.prices_asked < LIVE_PRICE_EVERY_S):
+            return
+        self.prices_asked = now
+        provider = self.lifecycle.provider
+
+        def ask() -> None:
+            try:
+                found = provider.spot_prices(wanted)
+            except Exception as e:  # noqa: BLE001  the catalog's prices serve meanwhile
+                self.event("prices-failed", error=_describe(e))
+                return
+            at = self.clock()
+            self.live_prices.update({m: LivePrice(p, at) for m, p in found.items()})
+            self.event("prices", spot={m: round(p, 6) for m, p in sorted(found.items())})
+
+        self.pool.submit(ask)
 
     def views(self, nodes: list[NodeInfo], state, now: float) -> list[NodeView]:
         runtime = {n.node_id: n for n in state.nodes if n.state == "alive"}
@@ -225,12 +250,13 @@ class Monitor(WorkerUpkeep):
             idle_timeout_s=self.cfg.idle_timeout_minutes * 60, max_cost_per_hour=self.cfg.max_cost_per_hour,
             launch_timeout_s=a.launch_timeout_minutes * 60, runtime_grace_s=a.runtime_grace_s, static=self.static,
         )
+        self.refresh_prices(now)
         types = self.node_types(state)
         # a static cluster (autoscaler: false) is kept at min_workers: the planner sees no demand
         # (work pinned to a node waits for that node: no node launched can run it)
         demand = [] if self.static else [(dict(d.shape.amounts), d.count) for d in state.demand
                                          if pinned_node(d.shape.amounts) is None]
-        self.planned_for = _demand_counts(state)
+        self.planned_for = demand_counts(state)
         backoff = {t: b.until for t, b in self.backoff.items()}
         self.drain_vanished(nodes, state)
         views = self.views(nodes, state, now)
@@ -404,6 +430,7 @@ class Monitor(WorkerUpkeep):
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
         held = [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count} for d in state.infeasible]
         status = {**_plan_status(p, nodes, types, demand, groups), "updated_at": now, "failures": failures,
+                  "prices": self.prices,
                   "recent_events": list(self.recent)[-10:]}
         with self.lock:
             status["round"] = self.round.report().as_dict()
@@ -441,27 +468,6 @@ class Monitor(WorkerUpkeep):
             self.remove_workers(request)
         self.event("monitor-stopped")
 
-    def watch_demand(self, stop: threading.Event) -> None:
-        """(a thread) A tick the moment work stops fitting, not at the next tick_s: the head answers this
-        long poll once its demand changes, and demand beyond what the last tick planned for (not work
-        pinned to a node) wakes the loop."""
-        import grpc  # (imported once runtime set gRPC's environment up: runtime/__init__.py)
-
-        seen, woke = "", 0.0
-        while not stop.is_set():
-            try:
-                reply = self.head.watch_demand(seen, DEMAND_WATCH_S)
-            except grpc.RpcError:  # the ticks go on meanwhile (and say what is wrong with the head)
-                stop.wait(DEMAND_RETRY_S)
-                continue
-            seen = reply.fingerprint
-            if not self.static and _grew(_demand_counts(reply), self.planned_for):
-                # a backlog that keeps growing would wake it again and again: once per gap at most (each
-                # tick is a cloud's list call)
-                stop.wait(max(0.0, woke + DEMAND_WAKE_GAP_S - time.monotonic()))
-                woke = time.monotonic()
-                self.wake.set()
-
     def remove_workers(self, request) -> None:
         """`launch down` asked (runtime.node stop-monitor --down): every worker goes, the answer is written
         where the request was."""
@@ -479,22 +485,6 @@ class Monitor(WorkerUpkeep):
             answer = {"error": _describe(e)}
             self.event("down-failed", error=_describe(e))
         atomic_write(request, json.dumps(answer))
-
-
-def _demand_counts(state) -> dict:
-    """Queued work by shape and placement groups by bundles, from a ClusterState or WatchDemandReply
-    (work pinned to a node left out: no node launched can run it)."""
-    counts: dict = {}
-    for d in state.demand:
-        if pinned_node(d.shape.amounts) is None:
-            counts[tuple(sorted(d.shape.amounts.items()))] = d.count
-    for g in state.groups:
-        counts[(g.strategy, *(tuple(sorted(b.amounts.items())) for b in g.bundles))] = g.count
-    return counts
-
-
-def _grew(now: dict, before: dict) -> bool:
-    return any(count > before.get(key, 0) for key, count in now.items())
 
 
 def _plan_status(p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec], demand,

@@ -92,11 +92,42 @@ def region_of(cfg: ClusterConfig) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> Quote:
-    """The declared price, else the catalog's for its instance type, else an estimate from its resources."""
+@dataclass(frozen=True)
+class LivePrice:
+    """A spot price the cloud said (the head asks: autoscaler/monitor.py), and when it was asked."""
+
+    per_hour: float
+    at: float
+
+
+LIVE_STALE_S = 3600.0  # a live price older than this is still used, but said to be stale
+
+
+def is_spot(cfg: ClusterConfig, node_type: str) -> bool:
+    nt = cfg.available_node_types[node_type]
+    kind = cfg.provider.kind
+    return nt.spot or (kind in providers.KINDS and providers.facts(kind).spot_of(nt.node_config))
+
+
+def machine_of(cfg: ClusterConfig, node_type: str) -> str | None:
+    kind = cfg.provider.kind
+    machine = providers.facts(kind).machine_of(cfg.available_node_types[node_type].node_config) \
+        if kind in providers.KINDS else None
+    return machine if isinstance(machine, str) else None
+
+
+def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None,
+          live: dict[str, LivePrice] | None = None, now: float = 0.0) -> Quote:
+    """The declared price, else the cloud's live spot price for a spot type, else the catalog's for its
+    instance type, else an estimate from its resources."""
     nt = cfg.available_node_types[node_type]
     if nt.cost_per_hour is not None:
         return Quote(nt.cost_per_hour, "the config's cost_per_hour")
+    known = (live or {}).get(machine_of(cfg, node_type) or "") if is_spot(cfg, node_type) else None
+    if known is not None:
+        age = max(0.0, now - known.at)
+        stale = f" (STALE: older than {LIVE_STALE_S / 60:.0f} min)" if age > LIVE_STALE_S else ""
+        return Quote(known.per_hour, f"live: the cloud's spot price, {age / 60:.0f} min ago{stale}")
     found = catalog_quote(cfg.provider.kind, nt.node_config, region_of(cfg), nt.spot)
     if found is not None:
         return found
@@ -106,6 +137,12 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
 
 def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> float:
     return quote(cfg, node_type, resources).per_hour
+
+
+def live_wanted(cfg: ClusterConfig) -> list[str]:
+    """The machine types whose live spot price the planner would use: spot types without a declared price."""
+    return sorted({m for name, nt in cfg.available_node_types.items()
+                   if nt.cost_per_hour is None and is_spot(cfg, name) and (m := machine_of(cfg, name))})
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,8 @@ def _print_autoscaler(a: dict | None) -> None:
     for t, f in a.get("failures", {}).items():
         lines.append(f"  failing: {t}: {f['count']} failure(s), backing off {_fmt_age(f.get('backoff_s', 0))}; "
                      f"last: {f.get('last_error', '')}")
+    for t, p in sorted(a.get("prices", {}).items()):
+        lines.append(f"  price of {t}: {p['per_hour']:.4f} $/h ({p['source']})")
     out.print("\n".join(lines), highlight=False)
 
 

@@ -415,3 +415,24 @@ def test_a_user_without_usable_credentials_or_region_gets_one_line(tmp_path, mon
     assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(line), r.stderr
     assert not list((tmp_path / "home").rglob("*.pem"))  # no key pair made
+
+
+def test_the_clouds_spot_prices_in_the_clusters_zones_price_its_spot_types_and_age(aws, tmp_path):
+    from autoscaler import pricing
+
+    p = provider(tmp_path)
+    assert p.capabilities.live_spot_prices
+    found = p.spot_prices(["g4dn.xlarge", "m5.xlarge"])
+    # moto answers EC2's API with one price for every offering of the cluster's zones
+    assert set(found) == {"g4dn.xlarge", "m5.xlarge"} and all(v > 0 for v in found.values())
+    cfg = parse_config({**copy.deepcopy(BASE), "available_node_types": {
+        **BASE["available_node_types"],
+        "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI,
+                                     "InstanceMarketOptions": {"MarketType": "spot"}}, "max_workers": 2}}})
+    assert pricing.live_wanted(cfg) == ["g4dn.xlarge"]  # on-demand and declared types need none
+    live = {m: pricing.LivePrice(v, at=1000.0) for m, v in found.items()}
+    fresh = pricing.quote(cfg, "gpu-spot", live=live, now=1000.0 + 120)
+    assert fresh.per_hour == found["g4dn.xlarge"] and fresh.source == "live: the cloud's spot price, 2 min ago"
+    old = pricing.quote(cfg, "gpu-spot", live=live, now=1000.0 + 2 * pricing.LIVE_STALE_S)
+    assert old.per_hour == found["g4dn.xlarge"] and "STALE" in old.source  # used, and flagged
+    assert pricing.quote(cfg, "gpu", live=live, now=1000.0).source.startswith(("catalog", "estimate"))  # on demand

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +387,7 @@ class Provider(CloudProvider):
         self.state = spec.provider_state
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
-                                         reuses_ips=True)
+                                         reuses_ips=True, live_spot_prices=True)
         # Ray's key and default: idle nodes are stopped, and started again before new ones are made
         self.cache_stopped_nodes = section.cache_stopped_nodes is not False
         self._instance_types: dict[str, dict] = {}
@@ -459,6 +460,27 @@ class Provider(CloudProvider):
         """Stop (not terminate) instances: their disks stay, and `create` starts them again."""
         for i in range(0, len(node_ids), TERMINATE_BATCH):
             self.aws.call(self.aws.ec2, "stop_instances", InstanceIds=list(node_ids[i:i + TERMINATE_BATCH]))
+
+    def spot_prices(self, machines: list[str]) -> dict[str, float]:
+        """EC2's spot price history from now on: each zone's latest price, the cheapest zone of the cluster's
+        (all of the region's when it names none)."""
+        zones = {s["zone"] for s in self.state.get("subnets") or [] if s.get("zone")}
+        latest: dict[tuple[str, str], tuple] = {}
+        kwargs = {"InstanceTypes": list(machines), "StartTime": datetime.now(timezone.utc),
+                  "ProductDescriptions": ["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], "MaxResults": 1000}
+        while True:
+            reply = self.aws.call(self.aws.ec2, "describe_spot_price_history", **kwargs)
+            for p in reply.get("SpotPriceHistory", []):
+                key = (p["InstanceType"], p["AvailabilityZone"])
+                if (not zones or key[1] in zones) and (key not in latest or p["Timestamp"] > latest[key][0]):
+                    latest[key] = (p["Timestamp"], float(p["SpotPrice"]))
+            if not reply.get("NextToken"):
+                break
+            kwargs["NextToken"] = reply["NextToken"]
+        out: dict[str, float] = {}
+        for (machine, _), (_, price) in latest.items():
+            out[machine] = min(price, out.get(machine, price))
+        return out
 
     def stopped(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         """Stopped (cached) instances, which `list` leaves out."""

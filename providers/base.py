@@ -91,6 +91,7 @@ class Capabilities:
     # not per address, so a new machine at a reused IP is not taken for a man in the middle
     reuses_ips: bool = False
     cleanup: bool = False  # bootstrap makes things for this cluster alone that `down` removes (cleanup())
+    live_spot_prices: bool = False  # the cloud says its current spot prices (spot_prices())
 
 
 @dataclass
@@ -151,6 +152,12 @@ class ProviderBase:
         found, or what other clusters share); `purge` (down --purge) also what it made and keeps by
         default. Lines saying what it kept or removed."""
         return []
+
+    # --- (capabilities.live_spot_prices) ---
+
+    def spot_prices(self, machines: list[str]) -> dict[str, float]:
+        """The current spot price of each machine type, $/h, in the cluster's zones (the cheapest of them)."""
+        return {}
 
     # --- any provider ---
 

@@ -143,7 +143,7 @@ def test_down_is_the_monitor_removing_the_workers(tmp_path):
 
 
 def test_only_demand_beyond_what_the_last_tick_planned_for_wakes_the_monitor():
-    from autoscaler.monitor import _demand_counts, _grew
+    from autoscaler.demand_watch import demand_counts as _demand_counts, grew as _grew
     from runtime.proto import head_pb2 as pb
 
     def state(*shapes, groups=()):
