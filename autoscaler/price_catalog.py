@@ -66,33 +66,65 @@ def _built_in_gpus(cloud: str, machine: str) -> dict[str, float]:
 
 
 def read_skypilot(cloud: str, lines, source: str) -> dict[str, dict]:
-    """One cloud's vms.csv -> {type: entry}, each region's prices the lowest of its zones."""
+    """One cloud's vms.csv -> {type: entry}, each region's prices the lowest of its zones.
+
+    GCP's rows price a GPU family's machine type (a2, a3, g2) without its GPUs, whose prices are rows of
+    their own (no instance type, the accelerator named): a machine type's price is both; where the file
+    lacks its GPUs' price in a region, that region is left out rather than priced too low."""
     rows = csv.DictReader(lines)
     needed = {"InstanceType", "Region", "Price", "SpotPrice", "vCPUs", "MemoryGiB"}
     missing = needed - set(rows.fieldnames or ())
     if missing:
         raise SourceError(f"not a SkyPilot catalog: no {', '.join(sorted(missing))} column")
     out: dict[str, dict] = {}
+    gpus: dict[str, dict[str, dict]] = {}  # accelerator -> region -> its prices (rows without a type)
     for n, row in enumerate(rows, start=2):
         machine, region = (row.get("InstanceType") or "").strip(), (row.get("Region") or "").strip()
-        if not machine or not region:  # (GCP lists attachable GPUs on rows of their own, with no type)
-            continue
+        name = (row.get("AcceleratorName") or "").strip()
         try:
             on_demand, spot = _number(row, "Price"), _number(row, "SpotPrice")
             cpus, memory = _number(row, "vCPUs"), _number(row, "MemoryGiB")
             count = _number(row, "AcceleratorCount")
         except SourceError as e:
             raise SourceError(f"line {n}: {e}") from None
-        entry = out.setdefault(machine, {"cpus": cpus, "memory_gib": memory, "accelerators": {}, "regions": {}})
-        name = (row.get("AcceleratorName") or "").strip()
-        entry["accelerators"] = {name: count or 1} if name else _built_in_gpus(cloud, machine)
-        if on_demand is None:
+        if not region or on_demand is None:
             continue
-        here = entry["regions"].setdefault(region, {"on_demand": on_demand, "spot": None, "source": source})
-        here["on_demand"] = min(here["on_demand"], on_demand)
-        if spot is not None:
-            here["spot"] = spot if here["spot"] is None else min(here["spot"], spot)
+        if not machine:
+            if name:
+                _lowest(gpus.setdefault(name, {}), region, on_demand, spot, source)
+            continue
+        entry = out.setdefault(machine, {"cpus": cpus, "memory_gib": memory, "accelerators": {}, "regions": {}})
+        entry["accelerators"] = {name: count or 1} if name else _built_in_gpus(cloud, machine)
+        _lowest(entry["regions"], region, on_demand, spot, source)
+    for machine, entry in out.items():
+        built_in = _built_in_gpus(cloud, machine)
+        if built_in:
+            entry["regions"] = _with_gpus(entry["regions"], built_in, gpus)
     return {m: e for m, e in out.items() if e["regions"]}
+
+
+def _lowest(regions: dict, region: str, on_demand: float, spot: float | None, source: str) -> None:
+    here = regions.setdefault(region, {"on_demand": on_demand, "spot": None, "source": source})
+    here["on_demand"] = min(here["on_demand"], on_demand)
+    if spot is not None:
+        here["spot"] = spot if here["spot"] is None else min(here["spot"], spot)
+
+
+def _with_gpus(regions: dict, built_in: dict[str, float], gpus: dict[str, dict]) -> dict:
+    """A GPU family's regions priced with their GPUs; a region whose GPU price is unknown is left out."""
+    out = {}
+    for region, p in regions.items():
+        parts = [(gpus.get(name, {}).get(region), count) for name, count in built_in.items()]
+        if any(g is None for g, _ in parts):
+            continue
+        spot = p["spot"]
+        if spot is not None and all(g["spot"] is not None for g, _ in parts):
+            spot = round(spot + sum(g["spot"] * c for g, c in parts), 6)
+        else:
+            spot = None
+        out[region] = {**p, "on_demand": round(p["on_demand"] + sum(g["on_demand"] * c for g, c in parts), 6),
+                       "spot": spot}
+    return out
 
 
 def merge(catalog: dict, cloud: str, entries: dict[str, dict]) -> dict:
@@ -130,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, SourceError) as e:
             print(f"{path}: {e}", file=sys.stderr)
             return 2
-        catalog.setdefault("sources", {})[source] = {
-            "what": f"skypilot-org/skypilot-catalog catalogs/v7/{cloud}/vms.csv"
-                    + (f" at {args.commit}" if args.commit else "") + f" ({Path(path).name})",
-            "date": args.date}
-        merge(catalog, cloud, entries)
+        if entries:
+            catalog.setdefault("sources", {})[source] = {
+                "what": f"skypilot-org/skypilot-catalog catalogs/v7/{cloud}/vms.csv"
+                        + (f" at {args.commit}" if args.commit else "") + f" ({Path(path).name})",
+                "date": args.date}
+            merge(catalog, cloud, entries)
         print(f"{cloud}: {len(entries)} instance types, {sum(len(e['regions']) for e in entries.values())} "
               f"type-regions from {path}")
     Path(args.output).write_text(json.dumps(catalog, indent=1, sort_keys=True) + "\n")
