@@ -1,8 +1,8 @@
-"""Builds the price catalog (autoscaler/prices.json) from public price sources: run by maintainers, its
+"""Builds the price catalog (providers/prices.json) from public price sources: run by maintainers, its
 output committed; tests run it on recorded slices (tests/data/prices/), never on the network.
 
     python -m autoscaler.price_catalog --skypilot gcp=vms.csv [--skypilot aws=...] [--commit SHA]
-                                       [--date YYYY-MM-DD] [-o autoscaler/prices.json]
+                                       [--date YYYY-MM-DD] [-o providers/prices.json]
 
 A source today is SkyPilot's public catalog (skypilot-org/skypilot-catalog, catalogs/v7/<cloud>/vms.csv,
 refreshed there from AWS's Price List, the GCP Cloud Billing catalog and Azure's Retail Prices API): one
@@ -27,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-CATALOG = Path(__file__).parent / "prices.json"
+from providers.prices import CATALOG  # noqa: E402
 FORMAT = 2
 
 # GCP machine families whose GPUs come with the machine type: SkyPilot's rows leave them unnamed

@@ -2,77 +2,23 @@
 shipped catalog's price for its instance type in the cluster's region (the spot price for a spot node
 type), else an estimate from its resources.
 
-The catalog (prices.json, format 2: autoscaler/price_catalog.py builds it and says its shape) dates each
-price with its source. A type it knows in another region only is priced as in the cloud's default region
+The catalog (providers/prices.json, looked up by providers/prices.py; autoscaler/price_catalog.py
+builds it and says its shape) dates each price with its source. A type it knows in another region only is priced as in the cloud's default region
 (and says so); a spot type with no spot price is priced on demand (and says so). Each provider says how
 to find the machine type, the spot request and the region (its FACTS).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import providers
 from core.config import ClusterConfig
+from providers import prices
+from providers.prices import Quote, catalog_quote
 
 # $/h per unit when nothing better is known: roughly a cloud's on-demand rate per vCPU, GPU and GiB
 ESTIMATE = {"CPU": 0.04, "GPU": 0.50, "memory_gib": 0.005}
-
-
-@dataclass(frozen=True)
-class Quote:
-    per_hour: float
-    source: str  # where it comes from, for `launch prices` (e.g. "catalog: skypilot-gcp-2026-12-05, us-central1 spot")
-
-
-@lru_cache(maxsize=1)
-def catalog() -> dict:
-    return json.loads((Path(__file__).parent / "prices.json").read_text())
-
-
-def _regional(entry: dict, cloud: str, region: str | None, spot: bool) -> tuple[float, str] | None:
-    """(price, where from) of one catalog entry in this region (or the cloud's default region)."""
-    regions = entry.get("regions") or {}
-    default = catalog().get("default_regions", {}).get(cloud)
-    here = regions.get(region) if region else None
-    where = region
-    if here is None and default in regions:
-        here, where = regions[default], f"{default}'s price" + (f" (none for {region})" if region else "")
-    if here is None:
-        return None
-    name = str(here.get("source"))
-    date = catalog().get("sources", {}).get(name, {}).get("date", "")
-    dated = name if date in name else f"{name} ({date})"
-    if spot and here.get("spot") is not None:
-        return here["spot"], f"catalog: {dated}, {where} spot"
-    note = ", no spot price: on-demand" if spot else ""
-    return here["on_demand"], f"catalog: {dated}, {where} on-demand{note}"
-
-
-def catalog_quote(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> Quote | None:
-    if provider not in providers.KINDS:
-        return None
-    facts = providers.facts(provider)
-    machine = facts.machine_of(node_config)
-    entry = catalog().get(provider, {}).get(machine) if isinstance(machine, str) else None
-    if entry is None:
-        return None
-    found = _regional(entry, provider, region, spot or facts.spot_of(node_config))
-    if found is None:
-        return None
-    price, source = found
-    if provider == "gcp":  # GPUs attached to the VM cost on top of it
-        gpus = catalog().get("gcp_accelerators", {})
-        for acc in node_config.get("guestAccelerators") or []:
-            name = str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1]
-            each = _regional(gpus[name], "gcp", region, spot) if name in gpus else None
-            if each is None:
-                return None  # a GPU the catalog does not know: estimate the whole node instead
-            price += each[0] * int(acc.get("acceleratorCount", 1))
-    return Quote(round(price, 6), source)
 
 
 def catalog_price(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> float | None:
@@ -174,7 +120,7 @@ def offers(cloud: str | None = None, region: str | None = None, gpu: str | None 
     for name in ("aws", "gcp", "azure"):
         if cloud and name != cloud:
             continue
-        for machine, entry in catalog().get(name, {}).items():
+        for machine, entry in prices.catalog().get(name, {}).items():
             accelerators = entry.get("accelerators") or {}
             if gpu and gpu.lower() not in (a.lower() for a in accelerators):
                 continue
@@ -187,4 +133,4 @@ def offers(cloud: str | None = None, region: str | None = None, gpu: str | None 
 
 
 def source_date(source: str) -> str:
-    return catalog().get("sources", {}).get(source, {}).get("date", "")
+    return prices.catalog().get("sources", {}).get(source, {}).get("date", "")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoscaler import pricing  # noqa: E402
 from autoscaler.planner import Limits, NodeTypeSpec, PlanInput, plan  # noqa: E402
+from providers import prices  # noqa: E402
 from bench.planner import milp_cost  # noqa: E402
 
 GIB = 2**30
@@ -119,7 +120,7 @@ def main() -> None:
     print(f"{'the catalog before issue 31':<34}{totals['before']:>10.2f}{totals['before'] / best:>12.3f}")
     print(f"{'today`s catalog (region, spot)':<34}{totals['today']:>10.2f}{totals['today'] / best:>12.3f}")
     print(f"{'MILP optimum (' + '/'.join(sorted(kinds)) + ')':<34}{best:>10.2f}{1:>12.3f}")
-    cat = pricing.catalog()
+    cat = prices.catalog()
     print("catalog coverage: " + ", ".join(
         f"{c} {len(cat.get(c, {}))} types / {sum(len(e['regions']) for e in cat.get(c, {}).values())} type-regions "
         f"({sum(1 for e in cat.get(c, {}).values() for p in e['regions'].values() if p.get('spot') is not None)} "

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from autoscaler import price_catalog, pricing
+from providers import prices
 from lifecycle.config import parse_config
 from tests.infra import ROOT, cli, write_config
 
@@ -74,7 +75,7 @@ def test_a_build_lays_new_prices_over_the_catalog_and_dates_them(tmp_path):
 
 
 def test_the_shipped_catalog_dates_every_price_and_no_spot_price_exceeds_on_demand():
-    catalog = json.loads((ROOT / "autoscaler" / "prices.json").read_text())
+    catalog = json.loads(prices.CATALOG.read_text())
     assert catalog["format"] == price_catalog.FORMAT
     for cloud in ("aws", "gcp", "azure", "gcp_accelerators"):
         for machine, entry in catalog[cloud].items():
@@ -88,7 +89,7 @@ def recorded_catalog(monkeypatch):
     """The catalog as built from the recorded AWS slice (spot prices in several regions)."""
     built = {"format": 2, "sources": {"test": {"what": "tests/data/prices", "date": "2026-12-05"}},
              "default_regions": {"aws": "us-east-1"}, "aws": _read("aws")}
-    monkeypatch.setattr(pricing, "catalog", lambda: built)
+    monkeypatch.setattr(prices, "catalog", lambda: built)
     return built
 
 
