@@ -55,11 +55,10 @@ def is_spot(cfg: ClusterConfig, node_type: str) -> bool:
     return nt.spot or (kind in providers.KINDS and providers.facts(kind).spot_of(nt.node_config))
 
 
-def machine_of(cfg: ClusterConfig, node_type: str) -> str | None:
+def machines_of(cfg: ClusterConfig, node_type: str) -> list[str]:
     kind = cfg.provider.kind
-    machine = providers.facts(kind).machine_of(cfg.available_node_types[node_type].node_config) \
-        if kind in providers.KINDS else None
-    return machine if isinstance(machine, str) else None
+    return providers.facts(kind).machines_of(cfg.available_node_types[node_type].node_config) \
+        if kind in providers.KINDS else []
 
 
 def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None,
@@ -69,7 +68,9 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
     nt = cfg.available_node_types[node_type]
     if nt.cost_per_hour is not None:
         return Quote(nt.cost_per_hour, "the config's cost_per_hour")
-    known = (live or {}).get(machine_of(cfg, node_type) or "") if is_spot(cfg, node_type) else None
+    machines = machines_of(cfg, node_type)
+    live_ones = [(live or {})[m] for m in machines if m in (live or {})] if is_spot(cfg, node_type) else []
+    known = min(live_ones, key=lambda p: p.per_hour) if live_ones and len(live_ones) == len(machines) else None
     if known is not None:
         age = max(0.0, now - known.at)
         stale = f" (STALE: older than {LIVE_STALE_S / 60:.0f} min)" if age > LIVE_STALE_S else ""
@@ -88,7 +89,7 @@ def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float
 def live_wanted(cfg: ClusterConfig) -> list[str]:
     """The machine types whose live spot price the planner would use: spot types without a declared price."""
     return sorted({m for name, nt in cfg.available_node_types.items()
-                   if nt.cost_per_hour is None and is_spot(cfg, name) and (m := machine_of(cfg, name))})
+                   if nt.cost_per_hour is None and is_spot(cfg, name) for m in machines_of(cfg, name)})
 
 
 @dataclass(frozen=True)

@@ -242,9 +242,11 @@ def test_capacity_error_falls_back_to_the_next_zone_then_raises(aws, tmp_path):
     p.aws.ec2.meta.events.register("before-call.ec2.RunInstances", always)
     with pytest.raises(CapacityError) as e:
         p.create("gpu", 1, {"launch-cluster": "aws1"})
-    # out everywhere, as on every cloud: no one zone to blame, and each one named
+    # out everywhere, as on every cloud: no one zone to blame, and each one named; us-west-2a, out of
+    # capacity a moment ago, was tried last (for 3 minutes, as Karpenter's capacity cache does)
     assert e.value.node_type == "gpu" and e.value.zone is None and len(calls2) == 2
-    assert "every zone is out (us-west-2a, us-west-2b)" in str(e.value)
+    assert "every zone is out (us-west-2b, us-west-2a)" in str(e.value)
+    assert [c.get("SubnetId") for c in calls2] == [second["id"], first_subnet]
 
 
 class _Body:
@@ -436,3 +438,42 @@ def test_the_clouds_spot_prices_in_the_clusters_zones_price_its_spot_types_and_a
     old = pricing.quote(cfg, "gpu-spot", live=live, now=1000.0 + 2 * pricing.LIVE_STALE_S)
     assert old.per_hour == found["g4dn.xlarge"] and "STALE" in old.source  # used, and flagged
     assert pricing.quote(cfg, "gpu", live=live, now=1000.0).source.startswith(("catalog", "estimate"))  # on demand
+
+
+def test_equivalent_instance_types_launch_the_cheapest_with_capacity_and_plan_with_what_all_have(aws, tmp_path):
+    from autoscaler import pricing
+
+    types = copy.deepcopy(BASE["available_node_types"])
+    # the user's order is not the price order: g4dn.xlarge is the cheaper of the two in the catalog
+    types["gpu"]["node_config"]["InstanceType"] = ["g5.xlarge", "g4dn.xlarge"]
+    p = provider(tmp_path, available_node_types=types)
+    res = p.node_types()["gpu"]
+    # what both have (4 vCPUs, 16 GiB, one GPU), not which GPU: work placed on the type fits either one
+    assert res == {"CPU": 4.0, "memory": 16 * 2**30, "GPU": 1.0}
+    (node,) = p.create("gpu", 1, {"launch-cluster": "aws1"})
+    inst = aws.describe_instances(InstanceIds=[node.id])["Reservations"][0]["Instances"][0]
+    assert inst["InstanceType"] == "g4dn.xlarge"
+    # the cheapest out of capacity everywhere: the next one
+    calls, hook = _inject(p.aws.ec2, "InsufficientInstanceCapacity", lambda params, n: params["InstanceType"] == "g4dn.xlarge")
+    p.aws.ec2.meta.events.register("before-call.ec2.RunInstances", hook)
+    (node,) = p.create("gpu", 1, {"launch-cluster": "aws1"})
+    inst = aws.describe_instances(InstanceIds=[node.id])["Reservations"][0]["Instances"][0]
+    assert inst["InstanceType"] == "g5.xlarge"
+    assert [c["InstanceType"] for c in calls] == ["g4dn.xlarge", "g4dn.xlarge", "g5.xlarge"]
+    # and for 3 minutes it is tried last, so the next launch goes straight to what has room
+    calls.clear()
+    p.create("gpu", 1, {"launch-cluster": "aws1"})
+    assert [c["InstanceType"] for c in calls] == ["g5.xlarge"]
+    cfg = p.spec.config
+    q = pricing.quote(cfg, "gpu")
+    assert q.per_hour == pricing.catalog_price("aws", {"InstanceType": "g4dn.xlarge"}, "us-east-1")
+    assert q.source.endswith("g4dn.xlarge, the cheapest of 2")
+
+
+@pytest.mark.parametrize("value", [[], ["g5.xlarge", 3], {"type": "g5.xlarge"}])
+def test_equivalent_instance_types_that_are_not_a_list_of_names_are_refused_by_name(value):
+    data = copy.deepcopy(BASE)
+    data["available_node_types"]["gpu"]["node_config"]["InstanceType"] = value
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    assert "available_node_types.gpu.node_config.InstanceType:" in str(e.value)

@@ -30,6 +30,7 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
+from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
 from providers.cloud import CloudProvider, CloudSection
 
@@ -45,6 +46,7 @@ NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 LIVE_STATES = ["pending", "running"]  # what `list` shows: a stopped instance is cached, not capacity
 STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
+OFFERING_UNAVAILABLE_S = 180.0  # an instance type out of capacity in a zone is tried last this long (Karpenter's 3 min)
 
 
 def _unused_by_head(parts: list[str]) -> bool:
@@ -56,8 +58,19 @@ def _spot_of(node_config: dict) -> bool:
     return str((node_config.get("InstanceMarketOptions") or {}).get("MarketType", "")).lower() == "spot"
 
 
+def machines_of(node_config: dict) -> list[str]:
+    """The instance types a node type may be: `InstanceType` is one, or a list of equivalents (ours, as
+    Karpenter's offerings: the cheapest with capacity is launched)."""
+    it = node_config.get("InstanceType")
+    if isinstance(it, str) and it:
+        return [it]
+    if isinstance(it, list):
+        return [m for m in it if isinstance(m, str) and m]
+    return []
+
+
 FACTS = ProviderFacts(
-    machine_of=lambda node_config: node_config.get("InstanceType"),
+    machines_of=machines_of,
     spot_of=_spot_of,
     head_sdk=("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"),
     head_sdk_unused=_unused_by_head,
@@ -187,8 +200,18 @@ class _Clients:
 
 
 def config_problems(config: ClusterConfig) -> list[str]:
-    """Rules of this provider that span the config, beyond its typed section: none."""
-    return []
+    """Rules of this provider that span the config, beyond its typed section: an InstanceType given as
+    equivalents is a list of instance type names."""
+    problems = []
+    for name, nt in config.available_node_types.items():
+        it = nt.node_config.get("InstanceType")
+        if isinstance(it, list) and (not it or not all(isinstance(m, str) and m for m in it)):
+            problems.append(f"available_node_types.{name}.node_config.InstanceType: equivalent instance types are "
+                            "a list of one or more instance type names")
+        elif it is not None and not isinstance(it, (str, list)):
+            problems.append(f"available_node_types.{name}.node_config.InstanceType: an instance type name, or a "
+                            "list of equivalent ones")
+    return problems
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -254,7 +277,7 @@ def _default_images(aws: _Clients, config: ClusterConfig, section: Section) -> d
         nc = nt.node_config
         if nc.get("ImageId") or "LaunchTemplate" in nc:
             continue
-        itype = nc.get("InstanceType")
+        itype = next(iter(machines_of(nc)), None)  # (equivalents share an architecture: the first says it)
         if not itype:
             raise ConfigError(f"available_node_types.{name}.node_config.InstanceType: required (or a LaunchTemplate)")
         info = aws.call(aws.ec2, "describe_instance_types", name, InstanceTypes=[itype])["InstanceTypes"]
@@ -391,6 +414,7 @@ class Provider(CloudProvider):
         # Ray's key and default: idle nodes are stopped, and started again before new ones are made
         self.cache_stopped_nodes = section.cache_stopped_nodes is not False
         self._instance_types: dict[str, dict] = {}
+        self._unavailable: dict[tuple[str, str | None], float] = {}  # (type, zone) out of capacity -> until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -413,10 +437,13 @@ class Provider(CloudProvider):
         return res
 
     def node_types(self) -> dict[str, dict[str, float]]:
+        """Each type's resources from EC2; for equivalent instance types, what every one of them has (so
+        what is placed on a node of the type fits whichever of them is launched)."""
         out = {}
         for name, nt in self.spec.config.available_node_types.items():
-            it = nt.node_config.get("InstanceType")
-            out[name] = self.resources_of(it, name) if it else {}
+            each = [self.resources_of(m, name) for m in machines_of(nt.node_config)]
+            out[name] = {k: min(r.get(k, 0.0) for r in each) for k in set.intersection(*map(set, each))} \
+                if each else {}
         return out
 
     # --- nodes --------------------------------------------------------------------------------------
@@ -487,19 +514,35 @@ class Provider(CloudProvider):
         return self._describe(tag_filters, STOPPED_STATES)
 
     def _zones(self, node_type: str) -> list[dict]:
-        """The subnets to launch in, in order (one per zone): the type's own, else the cluster's; none when the
-        type's node_config pins its own subnet or network interfaces."""
-        node_config = self.spec.config.available_node_types[node_type].node_config
+        """Where to launch, in order: for each instance type (equivalents cheapest first, by the catalog in
+        the cluster's region; unknown ones last, in the user's order), the subnets (one per zone: the
+        type's own, else the cluster's; none when its node_config pins a subnet or network interfaces).
+        An offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
+        nt = self.spec.config.available_node_types[node_type]
+        node_config = nt.node_config
         if "SubnetId" in node_config or "NetworkInterfaces" in node_config:
-            return [{"id": None, "zone": None}]
-        own = (self.state.get("type_subnets") or {}).get(node_type)
-        return own or self.state.get("subnets") or [{"id": None, "zone": None}]
+            subnets = [{"id": None, "zone": None}]
+        else:
+            own = (self.state.get("type_subnets") or {}).get(node_type)
+            subnets = own or self.state.get("subnets") or [{"id": None, "zone": None}]
+        machines = machines_of(node_config)
+        spot = nt.spot or _spot_of(node_config)
+        priced = {m: prices.machine_quote("aws", m, self.section.region, spot) for m in machines}
+        machines.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
+        offers = [{**s, "machine": m, "label": f"{m} in {s['zone'] or 'any zone'}" if len(machines) > 1
+                   else (s["zone"] or "any")} for m in machines for s in subnets]
+        now = time.monotonic()
+        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
 
-    def _zone_name(self, subnet: dict) -> str:
-        return subnet["zone"] or "any"
+    def _zone_name(self, offer: dict) -> str:
+        return offer["label"]
+
+    def _out_of_capacity(self, offer: dict) -> None:
+        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
 
     def _launch(self, node_type: str, subnet: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         call = dict(self._params(node_type, tags), MinCount=1, MaxCount=count)  # fewer than asked is not an error
+        call["InstanceType"] = subnet["machine"]
         if subnet["id"]:
             call["SubnetId"] = subnet["id"]
         reply = self.aws.call(self.aws.ec2, "run_instances", node_type, subnet["zone"], **call)

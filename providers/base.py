@@ -69,7 +69,8 @@ class ProviderFacts:
 
     # how the price catalog finds a node type: the machine type its node_config names, whether it asks
     # for spot capacity, and the provider section's key naming the region
-    machine_of: Callable[[dict], str | None] = lambda node_config: None
+    # (machines_of: the machine types a node_config names, in the user's order: one, or equivalents)
+    machines_of: Callable[[dict], list[str]] = lambda node_config: []
     spot_of: Callable[[dict], bool] = lambda node_config: False
     region_key: str = "region"
     # what the head's control plane imports to call the cloud: shipped with the head's runtime

@@ -86,6 +86,7 @@ class CloudProvider(ProviderBase):
                 made += self._launch(node_type, zone, count - len(made), tags)
             except CapacityError as e:  # this zone is out: the next one
                 last = e
+                self._out_of_capacity(zone)
             except LaunchError:
                 if made:
                     return made
@@ -103,6 +104,9 @@ class CloudProvider(ProviderBase):
 
     def _zone_name(self, zone) -> str:
         return str(zone) if zone else "any"
+
+    def _out_of_capacity(self, zone) -> None:
+        """(a cloud that remembers) `zone` had no room just now."""
 
     def _launch(self, node_type: str, zone, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """Up to `count` new nodes in `zone` (fewer is not an error); CapacityError if it has no room."""

@@ -72,7 +72,7 @@ def _spot_of(node_config: dict) -> bool:
 
 
 FACTS = ProviderFacts(
-    machine_of=_machine_of,
+    machines_of=lambda node_config: [m] if (m := _machine_of(node_config)) else [],
     spot_of=_spot_of,
     head_sdk=("google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
               "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),

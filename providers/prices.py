@@ -46,18 +46,25 @@ def _regional(entry: dict, cloud: str, region: str | None, spot: bool) -> tuple[
     return here["on_demand"], f"catalog: {dated}, {where} on-demand{note}"
 
 
+def machine_quote(provider: str, machine: str, region: str | None, spot: bool) -> tuple[float, str] | None:
+    """(price, where from) of one machine type in a region, or None if the catalog does not know it."""
+    entry = catalog().get(provider, {}).get(machine)
+    return _regional(entry, provider, region, spot) if entry is not None else None
+
+
 def catalog_quote(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> Quote | None:
     if provider not in providers.KINDS:
         return None
     facts = providers.facts(provider)
-    machine = facts.machine_of(node_config)
-    entry = catalog().get(provider, {}).get(machine) if isinstance(machine, str) else None
-    if entry is None:
+    spot = spot or facts.spot_of(node_config)
+    machines = facts.machines_of(node_config)
+    quotes = [(m, machine_quote(provider, m, region, spot)) for m in machines]
+    known = sorted(((q[0], m, q[1]) for m, q in quotes if q is not None), key=lambda t: t[0])
+    if not known:
         return None
-    found = _regional(entry, provider, region, spot or facts.spot_of(node_config))
-    if found is None:
-        return None
-    price, source = found
+    price, machine, source = known[0]
+    if len(machines) > 1:
+        source = f"{source}; {machine}, the cheapest of {len(machines)}"
     if provider == "gcp":  # GPUs attached to the VM cost on top of it
         gpus = catalog().get("gcp_accelerators", {})
         for acc in node_config.get("guestAccelerators") or []:
