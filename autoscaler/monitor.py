@@ -59,7 +59,6 @@ from runtime.work import own_resources, pinned_node
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
-LIVE_PRICE_EVERY_S = 600.0  # how often the head asks the cloud for its spot prices
 
 
 @dataclass
@@ -184,14 +183,14 @@ class Monitor(WorkerUpkeep, DemandWatch):
         return out
 
     def refresh_prices(self, now: float) -> None:
-        """Every LIVE_PRICE_EVERY_S, the cloud's spot prices of the spot types (on a thread: a slow cloud
+        """Every provider.spot_prices_every_s, the cloud's spot prices of the spot types (on a thread: a slow cloud
         holds no tick); a failure keeps the prices it had, said in the event log."""
         wanted = live_wanted(self.cfg)
-        if (not wanted or not self.lifecycle.provider.capabilities.live_spot_prices
-                or now - self.prices_asked < LIVE_PRICE_EVERY_S):
+        provider = self.lifecycle.provider
+        if (not wanted or not provider.capabilities.live_spot_prices
+                or now - self.prices_asked < provider.spot_prices_every_s):
             return
         self.prices_asked = now
-        provider = self.lifecycle.provider
 
         def ask() -> None:
             try:

@@ -47,6 +47,7 @@ CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable"
 PERMISSION_CODES = {"AuthorizationFailed", "AuthenticationFailed", "InvalidAuthenticationToken",
                     "LinkedAuthorizationFailed", "Forbidden"}
 HEAD_ROLES = ("Virtual Machine Contributor", "Network Contributor")
+PRICE_FILTER_SIZES = 10  # VM sizes in one Retail Prices query (its $filter has a length limit)
 TAG_CREATED = "launch-created-by"  # on a resource group launch made: `down --purge` may delete it
 DEFAULT_IMAGE = {"imagePublisher": "Canonical", "imageOffer": "0001-com-ubuntu-server-jammy",
                  "imageSku": "22_04-lts-gen2", "imageVersion": "latest"}
@@ -80,6 +81,8 @@ class Section(CloudSection):
     api_endpoint: str | None = None
     ca_bundle: str | None = None
     access_token: str | None = None
+    # Azure's Retail Prices API (public, no credentials): the head's live spot prices (a test double sets it)
+    prices_endpoint: str = "https://prices.azure.com"
 
 
 def _sdk():
@@ -313,7 +316,8 @@ class Provider(CloudProvider):
         self.zones: list[str | None] = zone_list(section.availability_zone) or [None]  # None: no zone
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
-                                         reuses_ips=True, cleanup=True)
+                                         reuses_ips=True, cleanup=True, live_spot_prices=True)
+        self.spot_prices_every_s = 24 * 3600.0  # a published price list: daily
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._skus: dict[str, dict[str, float]] | None = None
 
@@ -353,6 +357,32 @@ class Provider(CloudProvider):
         return out
 
     # --- nodes --------------------------------------------------------------------------------------
+
+    def spot_prices(self, machines: list[str]) -> dict[str, float]:
+        """Azure's Retail Prices API: each size's Linux spot price in the cluster's location (public data,
+        no credentials; Azure publishes it, so it is asked at most daily)."""
+        import requests
+
+        out: dict[str, float] = {}
+        for start in range(0, len(machines), PRICE_FILTER_SIZES):
+            sizes = " or ".join(f"armSkuName eq '{m}'" for m in machines[start:start + PRICE_FILTER_SIZES])
+            url: str | None = f"{self.section.prices_endpoint.rstrip('/')}/api/retail/prices"
+            params: dict | None = {"$filter": f"serviceName eq 'Virtual Machines' and priceType eq 'Consumption' "
+                                              f"and armRegionName eq '{self.section.location}' and ({sizes})"}
+            while url:
+                try:
+                    reply = requests.get(url, params=params, timeout=30, verify=self.section.ca_bundle or True)
+                    reply.raise_for_status()
+                    page = reply.json()
+                except (requests.RequestException, ValueError) as e:
+                    raise TransientError(f"Azure's Retail Prices API: {type(e).__name__}: {e}") from None
+                for item in page.get("Items", []):
+                    if (str(item.get("skuName", "")).endswith(" Spot") and "Windows" not in item.get("productName", "")
+                            and item.get("unitOfMeasure") == "1 Hour"):
+                        size, price = item.get("armSkuName"), float(item.get("retailPrice", 0))
+                        out[size] = min(price, out.get(size, price))
+                url, params = page.get("NextPageLink"), None
+        return out
 
     def _spot(self, node_type: str) -> bool:
         params = _params(self.spec.config.available_node_types[node_type].node_config)

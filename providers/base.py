@@ -116,6 +116,8 @@ class ProviderBase:
     head_port: int = 0
     # (capabilities.stop_start) Ray's key: retire nodes by stopping them, create by starting stopped ones
     cache_stopped_nodes: bool = False
+    # (capabilities.live_spot_prices) how often the head asks for them (a market: often; a list: daily)
+    spot_prices_every_s: float = 600.0
 
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """Create up to `count` nodes carrying `tags` from birth. Fewer than asked is not an error."""

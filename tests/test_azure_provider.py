@@ -13,7 +13,7 @@ pytest.importorskip("azure.mgmt.compute")
 import providers  # noqa: E402
 from conftest import ARM_LOCATION, ARM_SUBSCRIPTION  # noqa: E402
 from core.config import parse_config  # noqa: E402
-from core.errors import CapacityError, InvalidRequest, QuotaError  # noqa: E402
+from core.errors import CapacityError, InvalidRequest, QuotaError, TransientError  # noqa: E402
 from core.spec import ClusterSpec  # noqa: E402
 from core.tags import TAG_CLUSTER, TAG_KIND, TAG_NODE_TYPE, TAG_STATUS  # noqa: E402
 
@@ -239,3 +239,21 @@ def test_a_user_without_credentials_or_a_reachable_arm_gets_one_line(arm, tmp_pa
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), r.stderr
     assert not any(m == "PUT" for m, _ in arm.calls)  # nothing made
+
+
+def test_the_heads_live_spot_prices_come_from_azures_retail_prices_in_the_clusters_location(arm, tmp_path):
+    from autoscaler import pricing
+    from tests.infra.fake_arm import RETAIL_RATE
+
+    p, _ = make(arm, tmp_path, prices_endpoint=arm.url)
+    assert p.capabilities.live_spot_prices and p.spot_prices_every_s == 24 * 3600  # a published list: daily
+    cfg = p.spec.config
+    assert pricing.live_wanted(cfg) == ["Standard_NC4as_T4_v3"]  # the spot type's size only
+    found = p.spot_prices(pricing.live_wanted(cfg) + ["Standard_D4s_v5", "Standard_Nope"])
+    # Linux Spot meters only (not pay-as-you-go, not Windows); a size Azure does not list is left out
+    t4 = round((RETAIL_RATE["cpu"] * 4 + RETAIL_RATE["gpu"]) * RETAIL_RATE["spot"], 4)
+    assert found == {"Standard_NC4as_T4_v3": t4, "Standard_D4s_v5": round(RETAIL_RATE["cpu"] * 4 * RETAIL_RATE["spot"], 4)}
+    q = pricing.quote(cfg, "gpu.spot", live={m: pricing.LivePrice(v, 100.0) for m, v in found.items()}, now=160.0)
+    assert (q.per_hour, q.source) == (t4, "live: the cloud's spot price, 1 min ago")
+    with pytest.raises(TransientError):  # unreachable: said as a transient error (the catalog serves meanwhile)
+        make(arm, tmp_path, prices_endpoint="https://127.0.0.1:9")[0].spot_prices(["Standard_D4s_v5"])

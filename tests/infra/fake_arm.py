@@ -38,6 +38,8 @@ from tests.infra.fake_http import JsonApi, Reply
 VM_SIZES = {"Standard_D2s_v3": (2, 8, 0), "Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
             "Standard_NC4as_T4_v3": (4, 28, 1), "Standard_NC8as_T4_v3": (8, 56, 1)}
 GPU_NAMES = {"Standard_NC4as_T4_v3": "T4", "Standard_NC8as_T4_v3": "T4"}
+RETAIL_REGIONS = ("westus2", "eastus")
+RETAIL_RATE = {"cpu": 0.048, "gpu": 0.35, "spot": 0.2}  # the fake's prices: $/h per vCPU and GPU; spot's share
 
 
 class ApiError(Exception):
@@ -374,6 +376,30 @@ class FakeARM(JsonApi):
                            "type": "Microsoft.Authorization/roleDefinitions",
                            "properties": {"roleName": r, "type": "BuiltInRole"}} for r in wanted]}
 
+    def retail_prices(self, flt: str) -> dict:
+        """Azure's Retail Prices API as its reference shows it: one item per (size, region, meter): the Linux
+        pay-as-you-go and Spot meters and a Windows one, for every size in RETAIL_REGIONS; `$filter` on
+        armRegionName and armSkuName (ORed) honoured. Prices are the fake's own (RETAIL_RATE)."""
+        regions = re.findall(r"armRegionName eq '([^']+)'", flt)
+        sizes = set(re.findall(r"armSkuName eq '([^']+)'", flt))
+        items = []
+        for size, (cpus, _mem, gpus) in VM_SIZES.items():
+            for region in RETAIL_REGIONS:
+                if (regions and region not in regions) or (sizes and size not in sizes):
+                    continue
+                base = round(RETAIL_RATE["cpu"] * cpus + RETAIL_RATE["gpu"] * gpus, 4)
+                short = size.replace("Standard_", "").replace("_", " ")
+                for sku, product, price in ((short, "Virtual Machines Series", base),
+                                            (f"{short} Spot", "Virtual Machines Series", round(base * RETAIL_RATE["spot"], 4)),
+                                            (f"{short} Spot", "Virtual Machines Series Windows", round(base * 1.8, 4))):
+                    items.append({"currencyCode": "USD", "retailPrice": price, "unitPrice": price,
+                                  "armRegionName": region, "location": region, "armSkuName": size,
+                                  "skuName": sku, "productName": product, "serviceName": "Virtual Machines",
+                                  "priceType": "Consumption", "type": "Consumption", "unitOfMeasure": "1 Hour",
+                                  "isPrimaryMeterRegion": True})
+        return {"BillingCurrency": "USD", "CustomerEntityId": "Default", "CustomerEntityType": "Retail",
+                "Items": items, "NextPageLink": None, "Count": len(items)}
+
     # --- HTTP ----------------------------------------------------------------------------------------
 
     def route(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict, dict]:
@@ -425,6 +451,8 @@ class FakeARM(JsonApi):
         return self._error(ApiError(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": "1"}))
 
     def answer(self, method: str, url, headers, raw: bytes) -> Reply:
+        if url.path.rstrip("/") == "/api/retail/prices":  # Azure's Retail Prices API: public, no token
+            return Reply(200, self.retail_prices(parse_qs(url.query).get("$filter", [""])[0]), {})
         try:
             if not (headers.get("Authorization") or "").startswith("Bearer "):
                 raise ApiError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' "
