@@ -5,11 +5,15 @@ terminated (spot) and a stopped one is started again for new work, `down` leaves
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 import runtime
 from tests.infra import cli, wait_for
 from tests.infra.cloud_work import autoscaler_story, busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
+from tests.infra.moto_twins import LAPTOP_ENV
 
 CLUSTER = "aws-twins"
 AMI = "ami-12c6146b"
@@ -30,9 +34,20 @@ def cluster(moto_twins, twin_net, ssh_lab):
         "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
                      "cost_per_hour": 0.2, "max_workers": 2},
     }
-    # the user's key is imported as the cluster's key pair: the twins accept it
-    with cloud_cluster(twin_net, ssh_lab, CLUSTER, moto_twins.provider(retry_attempts=3), node_types) as (path, home):
-        yield path, home, moto_twins
+    # the user's key is imported as the cluster's key pair: the twins accept it. No AWS key in the config:
+    # the laptop's are its environment's, the head's its instance profile's (the twin's metadata service)
+    saved = {k: os.environ.get(k) for k in LAPTOP_ENV}
+    os.environ.update(LAPTOP_ENV)
+    try:
+        with cloud_cluster(twin_net, ssh_lab, CLUSTER, moto_twins.provider(keys=False, retry_attempts=3),
+                           node_types) as (path, home):
+            yield path, home, moto_twins
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _state(ec2, instance_id: str) -> str:
@@ -51,6 +66,12 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     tags = {t["Key"]: t["Value"] for t in head["Tags"]}
     assert tags["launch-kind"] == "head" and tags["launch-status"] == "up-to-date"
     assert head["IamInstanceProfile"]["Arn"].endswith(f"launch-head-{CLUSTER}")
+    # no key of the user's went to the head: its autoscaler calls EC2 as its instance profile
+    held = cloud.twin(head["InstanceId"]).root / ".launch-runtime" / "cluster" / "spec.json"
+    assert json.loads(held.read_text())["config"]["provider"]["aws_credentials"] == {"endpoint_url": cloud.url}
+    assert LAPTOP_ENV["AWS_SECRET_ACCESS_KEY"] not in held.read_text()
+    role = head["IamInstanceProfile"]["Arn"].rsplit("/", 1)[-1]
+    assert f"/latest/meta-data/iam/security-credentials/{role}" in cloud.metadata[head["InstanceId"]].asked()
     # the security group lets SSH in, and nothing else from outside the cluster
     (sg,) = ec2.describe_security_groups(GroupIds=[head["SecurityGroups"][0]["GroupId"]])["SecurityGroups"]
     assert [(p.get("FromPort"), p.get("ToPort")) for p in sg["IpPermissions"] if p.get("IpRanges")] == [(22, 22)]
