@@ -129,6 +129,7 @@ class Monitor(WorkerUpkeep, DemandWatch):
         self.live_prices: dict[str, LivePrice] = {}  # machine type -> the cloud's spot price (refresh_prices)
         self.prices_asked = 0.0
         self.prices: dict[str, dict] = {}  # node type -> its price and where it comes from, as last planned
+        self.noticed: set[str] = set()  # nodes whose preemption notice was logged
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
         self.reload()
@@ -223,8 +224,12 @@ class Monitor(WorkerUpkeep, DemandWatch):
                 total=dict(r.total.amounts) if r else {}, available=dict(r.available.amounts) if r else {},
                 running=r.running if r else 0, idle_since=r.idle_since if r else 0.0,
                 launched_at=n.launched_at, status_since=n.status_since, draining=bool(r and r.draining),
-                outdated=outdated, lost_for=lost_for,
+                outdated=outdated, lost_for=lost_for, preempting=bool(r and r.preempt_at),
             ))
+            if r and r.preempt_at and n.id not in self.noticed:  # (its replacement is planned from its work)
+                self.noticed.add(n.id)
+                self.event("preempt-notice", node=n.id, node_type=n.node_type, reason=r.preempt_reason,
+                           in_s=round(r.preempt_at - now, 1))
         for request_id, r in self.requests.items():
             out += [NodeView(id=f"{REQUESTED}{request_id}:{i}", node_type=r.node_type, status=NodeStatus.PENDING,
                              launched_at=r.asked_at) for i in range(r.unlisted(nodes, request_id))]

@@ -72,6 +72,7 @@ class NodeView:
     draining: bool = False  # the runtime gives it no new work (whatever its status tag says)
     outdated: bool = False  # its launch hash (node_config, auth) is no longer the config's
     lost_for: float = 0.0  # seconds it has been up-to-date yet unknown to the runtime
+    preempting: bool = False  # its cloud is taking it back (a notice): no capacity, its work is demand
 
     def __post_init__(self):
         object.__setattr__(self, "status", NodeStatus(self.status))
@@ -215,8 +216,9 @@ class _Pass:
         self.absorbing: set[str] = set()  # nodes that waiting work is about to land on: not idle for long
         self.pools: list[tuple[str, dict[str, float]]] = []  # (node id, what it has free or will have)
         self.count_by_type: dict[str, int] = {}
-        for n in self.workers:
-            self.count_by_type[n.node_type] = self.count_by_type.get(n.node_type, 0) + 1
+        for n in self.workers:  # (a node being preempted counts no more: its replacement comes before it goes)
+            if not n.preempting:
+                self.count_by_type[n.node_type] = self.count_by_type.get(n.node_type, 0) + 1
         self.leaving: set[str] = set()
         self.room, self.budget = 0, math.inf
         self.backed_off = {t for t, until in inp.backoff_until.items() if until > inp.now}
@@ -242,6 +244,8 @@ class _Pass:
 
     def take_live_capacity(self) -> None:
         for n in sorted(self.inp.nodes, key=lambda n: n.id):
+            if n.preempting:  # going whatever is decided: neither capacity nor taken back
+                continue
             if n.status == S.DRAINING or (n.draining and n.status == S.UP_TO_DATE):
                 # A drained node is no capacity. One drained on its way out for being idle (its status still
                 # up-to-date: the terminate found it busy) is taken back when waiting work fits it; one being
@@ -342,7 +346,7 @@ class _Pass:
 
     def set_launch_limits(self) -> None:
         inp, lim, types = self.inp, self.lim, self.types
-        staying = [n for n in self.workers if n.id not in self.leaving]
+        staying = [n for n in self.workers if n.id not in self.leaving and not n.preempting]
         pending = sum(1 for n in staying if n.status in LIVE and n.status != S.UP_TO_DATE)
         running_nodes = max(1, sum(1 for n in inp.nodes if n.status == S.UP_TO_DATE))
         speed_cap = max(5, math.ceil(lim.upscaling_speed * running_nodes)) - pending

@@ -316,7 +316,10 @@ def status(
         table.add_column(col)
     for n in st["nodes"]:
         status = f"{n['status']} ({n['detail']})" if n.get("detail") else n["status"]
-        table.add_row(n["id"], n["kind"], n["node_type"], status, n["ip"] or "-", n["runtime"],
+        runtime_state = n["runtime"]
+        if n.get("preempting"):  # a spot notice: going in so many seconds, its replacement on the way
+            runtime_state += f" (PREEMPTED in {max(0, int(n['preempting']['in_s']))}s: {n['preempting']['reason']})"
+        table.add_row(n["id"], n["kind"], n["node_type"], status, n["ip"] or "-", runtime_state,
                       _fmt_resources(n["resources_total"], n["resources_available"]), _fmt_age(n["age_s"]))
     out.print(table)
     _print_work(st)

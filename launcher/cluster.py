@@ -81,7 +81,6 @@ class Cluster:
         import grpc
 
         from runtime.client import HeadClient
-        from runtime.work import own_resources
 
         lc = self._stored_lifecycle()
         if lc is None:  # never up, or down: nothing to list
@@ -112,19 +111,7 @@ class Cluster:
             except LaunchError as e:
                 runtime_error = f"head node unreachable over SSH ({e})"
         now = time.time()
-        rows = []
-        for n in nodes:
-            r = runtime.get(n.id)
-            rows.append({
-                "id": n.id, "kind": n.kind, "node_type": n.node_type, "status": n.status.value,
-                "detail": n.detail,  # why it is not running yet, as the provider says (Slurm's reason)
-                "status_age_s": round(now - n.status_since, 1),
-                "ip": n.external_ip or n.internal_ip,
-                "runtime": r.state if r is not None else "not registered",
-                "resources_total": own_resources(r.total.amounts) if r is not None else {},
-                "resources_available": own_resources(r.available.amounts) if r is not None else {},
-                "launched_at": n.launched_at, "age_s": round(now - n.launched_at, 1),
-            })
+        rows = [_node_row(n, runtime.get(n.id), now) for n in nodes]
         return {
             "cluster": self.cfg.cluster_name,
             "provider": lc.spec.provider_kind,
@@ -235,3 +222,22 @@ class Cluster:
         if not raw:
             raise LaunchError(f"no setup log for node {node_id!r} (expected {path} here or {remote} on the head)")
         return raw.decode(errors="replace")
+
+
+def _node_row(n, r, now: float) -> dict:
+    """A node as `launch status` shows it: the provider's view, and the runtime's (r: its NodeState, or None)."""
+    from runtime.work import own_resources
+
+    return {
+        "id": n.id, "kind": n.kind, "node_type": n.node_type, "status": n.status.value,
+        "detail": n.detail,  # why it is not running yet, as the provider says (Slurm's reason)
+        "status_age_s": round(now - n.status_since, 1),
+        "ip": n.external_ip or n.internal_ip,
+        "runtime": r.state if r is not None else "not registered",
+        # its cloud takes it back (a spot notice): drained, its replacement on the way
+        "preempting": ({"at": r.preempt_at, "in_s": round(r.preempt_at - now, 1), "reason": r.preempt_reason}
+                       if r is not None and r.preempt_at else None),
+        "resources_total": own_resources(r.total.amounts) if r is not None else {},
+        "resources_available": own_resources(r.available.amounts) if r is not None else {},
+        "launched_at": n.launched_at, "age_s": round(now - n.launched_at, 1),
+    }

@@ -207,6 +207,7 @@ class Lifecycle:
             heartbeat_interval_s=self.cfg.runtime.heartbeat_interval_s,
             node_timeout_s=self.cfg.runtime.node_timeout_s,
             owner_timeout_s=self.cfg.runtime.owner_timeout_s,
+            notices=providers.facts(self.spec.provider_kind).notices if node.spot else "",
         )
 
     def updater(self, node: NodeInfo, token: str, *, is_head: bool, head_address: str = "",

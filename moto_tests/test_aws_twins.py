@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -92,15 +93,21 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     logs = head_twin.root / ".launch-runtime" / "cluster" / "logs"
     assert (logs / f"{gpu_host}.log").exists()  # set up by the head, which logged it
 
-    # a spot interruption while a task runs: the instance (and its twin) goes; the head drains it and
-    # the task runs again on a replacement
-    ref = infer.remote(6.0)
+    # a spot interruption while a task runs. EC2's two-minute notice first (the instance's metadata
+    # service): the node's agent says it in its heartbeats, the head drains the node and counts its task
+    # as demand, and the replacement is launched while the node still runs. Then the instance (and its
+    # twin) goes at the deadline, and the task runs again on the replacement.
+    ref = infer.remote(15.0)
     busy = busy_gpu_node(path, home)
+    deadline = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+    cloud.metadata[busy].set(role=None, spot_action={"action": "terminate", "time": deadline})
+    wait_for(lambda: len([i for i in live_instances(ec2) if i["InstanceType"] == "g4dn.xlarge"]) == 2,
+             timeout=60, what="the replacement launched on the notice, the preempted node still running")
     ec2.terminate_instances(InstanceIds=[busy])
     rerun_on, _ = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)}
     events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
-    assert '"event": "instance-gone"' in events
+    assert '"event": "preempt-notice"' in events and f"spot terminate at {deadline}" in events
 
     # idle past the timeout: back to the head alone, their twins gone; the on-demand node is stopped
     # (Ray's cache_stopped_nodes, on by default), the spot ones terminated

@@ -71,6 +71,7 @@ def machines_of(node_config: dict) -> list[str]:
 
 FACTS = ProviderFacts(
     machines_of=machines_of,
+    notices="aws",
     spot_of=_spot_of,
     head_sdk=("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "certifi"),
     head_sdk_unused=_unused_by_head,

@@ -73,6 +73,8 @@ class ProviderFacts:
     machines_of: Callable[[dict], list[str]] = lambda node_config: []
     spot_of: Callable[[dict], bool] = lambda node_config: False
     region_key: str = "region"
+    # whose preemption notices a spot node's agent watches (runtime/notices.py); "": the cloud gives none
+    notices: str = ""
     # what the head's control plane imports to call the cloud: shipped with the head's runtime
     head_sdk: tuple[str, ...] = ()
     head_sdk_optional: frozenset[str] = frozenset()  # imported by those SDKs where present

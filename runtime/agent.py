@@ -25,6 +25,7 @@ from runtime.executor import Executor
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
+from runtime.notices import NOTICE_POLL_S, watcher
 from runtime.processes import discard_results
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
@@ -50,6 +51,7 @@ class Agent:
         self.gpu_ids = detected if len(detected) >= int(self.total.get("GPU", 0)) else []
         self.interval = cfg.heartbeat_interval_s
         self.stop = threading.Event()
+        self.notice = None  # the cloud's preemption notice, once one came (notice_loop)
         self.registered = threading.Event()
         self.ever_registered = False
         # The node's marker stays: every process the node runs, jobs and tasks too, goes with the node.
@@ -282,7 +284,10 @@ class Agent:
             try:
                 if not self.registered.is_set():
                     self.register()
-                reply = self.client.heartbeat(pb.HeartbeatRequest(node_id=self.cfg.node_id))
+                notice = self.notice
+                reply = self.client.heartbeat(pb.HeartbeatRequest(
+                    node_id=self.cfg.node_id, preempt_at=notice.at if notice else 0.0,
+                    preempt_reason=notice.reason if notice else ""))
                 if not reply.known:
                     log.warning("the head does not know this node; registering again")
                     self.registered.clear()
@@ -314,7 +319,20 @@ class Agent:
                     log.warning("work stream closed (%s); reopening", e.code().name)
                     self.stop.wait(0.5)
 
+    def notice_loop(self, source) -> None:
+        """(a spot node) Asks its cloud's metadata service until a preemption notice comes; then its
+        heartbeats carry it (the head drains the node and its work becomes demand: runtime/notices.py)."""
+        while not self.stop.wait(NOTICE_POLL_S):
+            notice = source.check()
+            if notice is not None:
+                log.warning("preemption notice from the cloud: %s", notice.reason)
+                self.notice = notice
+                return
+
     def run(self) -> None:
+        source = watcher(self.cfg.notices)
+        if source is not None:
+            threading.Thread(target=self.notice_loop, args=(source,), daemon=True, name="notices").start()
         threads = [threading.Thread(target=self.heartbeat_loop, daemon=True, name="heartbeat"),
                    threading.Thread(target=self.work_loop, daemon=True, name="work"),
                    threading.Thread(target=self.report_loop, daemon=True, name="report"),

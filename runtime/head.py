@@ -81,6 +81,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                     labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
                     idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
                     running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
+                    preempt_at=r.preempt_at, preempt_reason=r.preempt_reason,
                 ))
             demand, groups = self.demand_now()
             infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)

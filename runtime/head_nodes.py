@@ -58,7 +58,18 @@ class NodeService:
             if rec is None or rec.state == DEAD:
                 return pb.HeartbeatReply(known=False)
             rec.last_heartbeat = self.clock()
+            if request.preempt_at and not rec.preempt_at:
+                self._preempting(rec, request.preempt_at, request.preempt_reason[:200])
         return pb.HeartbeatReply(known=True)
+
+    def _preempting(self, rec: NodeRecord, at: float, reason: str) -> None:
+        """(under the lock) The node's cloud takes it back at `at`: it gets no new work, and what it runs
+        counts as demand from now on, so its replacement is launched while it still runs."""
+        rec.preempt_at, rec.preempt_reason = at, reason
+        self.sched.drain(rec.node_id)
+        self.sched.preempting.add(rec.node_id)
+        log.warning("node %s is being preempted (%s)", rec.node_id, reason)
+        self._settle(self.clock())  # (the demand changed: the autoscaler's watch wakes)
 
     def _declare_dead(self, r: NodeRecord, now: float, why: str, expected: bool = False) -> int:
         """(under self.lock) The node is gone: what it ran goes back to the queue or fails."""

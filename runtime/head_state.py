@@ -147,6 +147,8 @@ class NodeRecord:
     outbox: Outbox = field(default_factory=Outbox)  # Assignments for its WorkStream
     stream: int = 0  # which of its WorkStreams is current (a re-opened one replaces the one before)
     removed: bool = False  # the autoscaler removed it (RemoveNode): its instance is going
+    preempt_at: float = 0.0  # > 0: its cloud takes it back then (a notice its heartbeat carried)
+    preempt_reason: str = ""
 
 
 class Waiter:

@@ -76,6 +76,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         # pending groups are tried again only once something may have made room (a node came, resources
         # were given back, a group arrived): a schedule() per completion must not re-place them all
         self.room_changed = False
+        self.preempting: set[str] = set()  # nodes whose cloud is taking them back (a notice)
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -415,6 +416,11 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         counts = {s: c for s, c in self.queued_count.items() if c > 0}
         for node in self.nodes.values():  # a few per node at most
             for item_id in node.prefetched:
+                s = self.items[item_id].shape
+                counts[s] = counts.get(s, 0) + 1
+        for node_id in self.preempting:  # what runs on a node its cloud is taking back needs a new home
+            node = self.nodes.get(node_id)
+            for item_id in node.running if node else ():
                 s = self.items[item_id].shape
                 counts[s] = counts.get(s, 0) + 1
         return list(counts.items())

@@ -91,6 +91,7 @@ class NodeBook:
     def remove_node(self, node_id: str, now: float, reason: str = "its node died") -> list[Item]:
         """The node is gone: its items go back to the queue, or fail once out of retries."""
         node = self.nodes.pop(node_id, None)
+        self.preempting.discard(node_id)
         if node is None:
             return []
         for pg_id in sorted({g for g, _ in node.reserved}):  # a group with a bundle here is placed again

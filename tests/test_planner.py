@@ -308,3 +308,19 @@ def test_a_busy_node_that_lists_no_free_cpu_is_no_capacity():
     # a registered node's free resources are known: a missing CPU entry is none free, not "unknown"
     busy = _node("b", "cpu4", available={}, total={"CPU": 4}, running=4)
     assert _plan([({"CPU": 1}, 5)], [busy]).launches == {"cpu4": 2}
+
+
+def test_a_node_being_preempted_is_no_capacity_and_its_replacement_may_come_before_it_goes():
+    """Its cloud gave notice: the runtime drained it and counts its running work as demand again. The
+    planner launches the replacement now, even at max_workers (the node is going), and never takes the
+    node back for waiting work."""
+    types = {"gpu": NodeTypeSpec("gpu", {"CPU": 4, "GPU": 1}, 0, 1, 1.0, spot=True)}
+    going = NodeView(id="i-1", node_type="gpu", status="up-to-date", registered=True, total={"CPU": 4, "GPU": 1},
+                     available={"CPU": 4, "GPU": 1}, running=1, draining=True, preempting=True)
+    p = plan(PlanInput(types, [going], [({"CPU": 1, "GPU": 1}, 1)], Limits(max_workers=1), now=100.0))
+    assert p.launches == {"gpu": 1} and not p.undrains
+    # without the notice the same drained node, up to date and free, would be taken back for the work
+    idle = NodeView(id="i-1", node_type="gpu", status="up-to-date", registered=True, total={"CPU": 4, "GPU": 1},
+                    available={"CPU": 4, "GPU": 1}, running=0, draining=True)
+    p = plan(PlanInput(types, [idle], [({"CPU": 1, "GPU": 1}, 1)], Limits(max_workers=1), now=100.0))
+    assert p.undrains and not p.launches

@@ -775,3 +775,22 @@ def test_a_value_a_ref_still_holds_outlives_its_retention_and_goes_once_let_go(t
     assert set(store.results([kept, dropped])) == {kept}
     assert store.sweep(later + 20) == 1  # let go of (no renewal): gone once its hold ran out
     del ref
+
+
+def test_a_preemption_notice_in_a_heartbeat_drains_the_node_and_makes_its_work_demand(head):
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        _register(client)  # 2 CPUs
+        (job,) = client.submit_many([_job(2.0)])
+        wait_for(lambda: servicer.sched.items[job].node_id == "n1", timeout=30, what="the job placed on n1")
+        seen = client.watch_demand("", timeout_s=30)
+        assert list(seen.demand) == []
+        client.heartbeat(pb.HeartbeatRequest(node_id="n1", preempt_at=1e10, preempt_reason="spot terminate at T"))
+        (node,) = client.cluster_state().nodes
+        assert node.draining and (node.preempt_at, node.preempt_reason) == (1e10, "spot terminate at T")
+        # what it runs needs a new home: demand now, which the autoscaler's watch hears at once
+        reply = client.watch_demand(seen.fingerprint, timeout_s=30)
+        assert [(dict(d.shape.amounts), d.count) for d in reply.demand] == [({"CPU": 2.0}, 1)]
+        # no new work lands on it
+        (other,) = client.submit_many([_job(1.0)])
+        assert servicer.sched.items[other].node_id == ""

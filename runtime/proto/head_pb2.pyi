@@ -65,10 +65,14 @@ class RegisterNodeReply(_message.Message):
     def __init__(self, heartbeat_interval_s: _Optional[float] = ..., drop: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "preempt_at", "preempt_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    preempt_at: float
+    preempt_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., preempt_at: _Optional[float] = ..., preempt_reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("known",)
@@ -464,7 +468,7 @@ class InfeasibleDemand(_message.Message):
     def __init__(self, shape: _Optional[_Union[Resources, _Mapping]] = ..., count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "state", "total", "available", "labels", "registered_at", "last_heartbeat", "idle_since", "draining", "running")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "state", "total", "available", "labels", "registered_at", "last_heartbeat", "idle_since", "draining", "running", "preempt_at", "preempt_reason")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -485,6 +489,8 @@ class NodeState(_message.Message):
     IDLE_SINCE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
@@ -498,7 +504,9 @@ class NodeState(_message.Message):
     idle_since: float
     draining: bool
     running: int
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., state: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., registered_at: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., idle_since: _Optional[float] = ..., draining: _Optional[bool] = ..., running: _Optional[int] = ...) -> None: ...
+    preempt_at: float
+    preempt_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., state: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., registered_at: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., idle_since: _Optional[float] = ..., draining: _Optional[bool] = ..., running: _Optional[int] = ..., preempt_at: _Optional[float] = ..., preempt_reason: _Optional[str] = ...) -> None: ...
 
 class GroupDemand(_message.Message):
     __slots__ = ("bundles", "strategy", "count")

@@ -78,8 +78,16 @@ class Server(HTTPServer):
         self.server_name, self.server_port = self.server_address
 
 
-Server(("169.254.169.254", 80), Handler).serve_forever()
+# (another address and port for a test of a client on this machine's loopback)
+Server((sys.argv[3] if len(sys.argv) > 3 else "169.254.169.254", int(sys.argv[4]) if len(sys.argv) > 4 else 80),
+       Handler).serve_forever()
 '''
+
+
+def serve_locally(state_file, log_file, port: int) -> subprocess.Popen:
+    """The same service on this machine's loopback (127.0.0.1:port), for a client's own test."""
+    return subprocess.Popen([sys.executable, "-c", SERVER, str(state_file), str(log_file), "127.0.0.1", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Metadata:
