@@ -89,8 +89,10 @@ class NodeBook:
         return gone
 
     def remove_node(self, node_id: str, now: float, reason: str = "its node died") -> list[Item]:
-        """The node is gone: its items go back to the queue, or fail once out of retries."""
+        """The node is gone: its items go back to the queue, or fail once out of retries. A node its cloud
+        took back after a notice (preempted) costs its work none of the user's retries."""
         node = self.nodes.pop(node_id, None)
+        preempted = node_id in self.preempting
         self.preempting.discard(node_id)
         if node is None:
             return []
@@ -100,7 +102,8 @@ class NodeBook:
         for item_id in sorted(node.running) + list(node.prefetched):
             item = self.items[item_id]
             if item.state == RUNNING and item.node_id == node_id:
-                self._retry_or_fail(item, now, f"{reason} ({node_id})")
+                self._retry_or_fail(item, now, f"{'its node was preempted' if preempted else reason} ({node_id})",
+                                    counted=not preempted)
                 touched.append(item)
         return touched
 

@@ -88,6 +88,22 @@ def test_node_death_requeues_until_retries_run_out():
     assert a.state == FAILED and "no retries are left" in a.message
 
 
+def test_work_of_a_node_preempted_after_a_notice_is_demand_at_once_and_costs_no_retry():
+    s = _sched()
+    a = _item(s, {"CPU": 4}, retries=0)
+    s.schedule(0.0)
+    assert a.node_id == "c1" and s.demand() == []
+    s.drain("c1")
+    s.preempting.add("c1")  # (the head, on the notice its heartbeat carried)
+    assert s.demand() == [((("CPU", 4.0),), 1)]  # a replacement for it, while it still runs
+    s.remove_node("c1", 1.0)  # gone at the deadline
+    assert a.state == QUEUED and "preempted" not in a.message and "c1" not in s.preempting
+    s.schedule(1.0)
+    assert a.node_id == "g1"  # no retries were left, and it was not one of them
+    s.remove_node("g1", 2.0)  # a death without notice counts
+    assert a.state == FAILED and "no retries are left" in a.message
+
+
 def test_lost_process_is_retried_like_a_dead_node():
     s = _sched()
     a = _item(s, {"CPU": 1}, retries=1)
