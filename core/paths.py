@@ -15,6 +15,7 @@ MONITOR_STATUS = f"{NODE_DIR}/autoscaler-status.json"  # the autoscaler's last t
 MONITOR_DOWN = f"{NODE_DIR}/monitor-down.json"  # `launch down`'s request to the autoscaler, then its answer
 LOGS = f"{NODE_DIR}/logs"
 METRICS_ADDRESS = f"{NODE_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
+PREEMPT_NOTICE = f"{NODE_DIR}/preempt-notice.json"  # the cloud's preemption notice, for the node's work
 # The head's own state dir of its cluster (a lifecycle ClusterDir): the ClusterSpec `up` shipped
 # (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned
 # host keys, the workers' setup logs. The autoscaler runs on it.

@@ -69,6 +69,7 @@ _API = {
     "runtime.introspection": ["available_resources", "cluster_resources", "get_gpu_ids", "get_runtime_context",
                               "is_initialized", "nodes"],
     "runtime.actors": ["ActorHandle", "get_actor", "kill"],
+    "runtime.preemption": ["on_preemption"],
     "runtime.placement_group": ["PlacementGroup", "PlacementGroupSchedulingStrategy", "get_current_placement_group",
                                 "placement_group", "remove_placement_group"],
 }

@@ -7,6 +7,7 @@ retrying with capped backoff, so a worker started before its head catches up.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -18,7 +19,8 @@ from pathlib import Path
 import grpc
 
 from core.machine import pids_with_env
-from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, is_head_bundle_site, on_this_node
+from core.files import atomic_write
+from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, PREEMPT_NOTICE, is_head_bundle_site, on_this_node
 from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
@@ -26,6 +28,7 @@ from runtime.limits import MAX_REPLY_BYTES
 from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.notices import NOTICE_POLL_S, watcher
+from runtime.preemption import PREEMPT_FILE_ENV
 from runtime.processes import discard_results
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
@@ -65,6 +68,10 @@ class Agent:
         # the work credential, which cannot register nodes, drain them, or take work as an agent.
         env.update({"LAUNCH_HEAD_ADDRESS": head_address, "LAUNCH_CLUSTER_TOKEN": work_token(cfg.token),
                     "LAUNCH_NODE_ID": cfg.node_id, "LAUNCH_PYTHON": sys.executable})
+        # where a preemption notice is written for the work (runtime/preemption.py); none there until then
+        self.preempt_file = on_this_node(PREEMPT_NOTICE)
+        self.preempt_file.unlink(missing_ok=True)
+        env[PREEMPT_FILE_ENV] = str(self.preempt_file)
         # The head's control plane (its cloud SDK, paramiko, pydantic) is not the work's: tasks and jobs see
         # the runtime's own site and the node's packages, never the head bundle's (its cryptography would
         # shadow the image's own).
@@ -326,7 +333,10 @@ class Agent:
             notice = source.check()
             if notice is not None:
                 log.warning("preemption notice from the cloud: %s", notice.reason)
+                atomic_write(self.preempt_file, json.dumps({"at": notice.at, "reason": notice.reason}), mode=0o644)
                 self.notice = notice
+                told = self.executor.preempted()
+                log.warning("told %d task and actor process(es) of the notice", told)
                 return
 
     def run(self) -> None:

@@ -11,6 +11,7 @@ resources of their own and run in that process one at a time, in the order the h
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from core.shapes import EPS
 from runtime.executor_actors import ActorRunning
 from runtime.executor_jobs import JobRunning
 from runtime.executor_tasks import TaskRunning, task_context
+from runtime.preemption import PREEMPT_SIGNAL
 from runtime.processes import ActorInstance, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
 from runtime.work import node_resource
@@ -322,6 +324,22 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
     # --- actors -------------------------------------------------------------------------------------
 
     # --- jobs ---------------------------------------------------------------------------------------
+
+    def preempted(self) -> int:
+        """The node's cloud gave notice (the agent wrote it where PREEMPT_FILE_ENV says): every task and
+        actor process is signalled, so its runtime.on_preemption callbacks run. Returns how many."""
+        with self.lock:
+            handles = [h for _, h in self.running.values()] + [a.worker for a in self.actors.values()]
+        told = 0
+        for h in handles:
+            worker = h.worker if isinstance(h, ActorInstance) else h
+            if isinstance(worker, Worker) and worker.proc.poll() is None:
+                try:
+                    os.kill(worker.proc.pid, PREEMPT_SIGNAL)
+                    told += 1
+                except ProcessLookupError:
+                    pass
+        return told
 
     def shutdown(self) -> None:
         with self.lock:

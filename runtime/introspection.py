@@ -91,6 +91,13 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in get_gpu_ids()]}
 
     @property
+    def preempting(self) -> bool:
+        """True once the node this runs on got its cloud's preemption notice (runtime.on_preemption)."""
+        from runtime.preemption import notice
+
+        return notice() is not None
+
+    @property
     def namespace(self) -> str:
         return os.environ.get("LAUNCH_NAMESPACE", "")
 

@@ -26,6 +26,7 @@ import types
 
 import cloudpickle
 
+from runtime import preemption
 from runtime.api import ObjectRef, current_task
 from runtime.limits import INLINE_BYTES
 
@@ -248,6 +249,7 @@ class _Concurrent:
 
 
 def main() -> None:
+    preemption.install()
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
