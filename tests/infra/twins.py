@@ -230,12 +230,44 @@ class Twin:
         _sh("ip", "netns", "del", self.netns, check=False)
 
 
+NETS = Path("/run/launch-twin-nets")  # N.pid: the test session that owns 10.N.0.0/24 (and its twins)
+
+
+def _claim_net() -> int:
+    """A net number no live session uses (N from 200 to 249, starting from this process's own): two
+    sessions at once on one machine (a CI run and a developer's) must never take, or clean up, each
+    other's. A number whose owner died is taken over (its leftovers are cleaned by the new owner)."""
+    NETS.mkdir(parents=True, exist_ok=True)
+    start = os.getpid() % 50
+    for i in range(50):
+        n = 200 + (start + i) % 50
+        claim = NETS / f"{n}.pid"
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(claim.read_text() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _alive(owner):
+                continue
+            claim.unlink(missing_ok=True)  # its session died: free again (raced by another: next number)
+            try:
+                fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return n
+    raise RuntimeError(f"no free twin net: 50 live test sessions hold {NETS}")
+
+
 class TwinNet:
     """A bridge 10.<N>.0.1/24 on this machine and the twins on it; N is this session's own."""
 
     def __init__(self, root: Path, authorized_key: Path):
         self.root = root
-        self.n = 200 + os.getpid() % 50
+        self.n = _claim_net()
         self.prefix = f"lt{self.n}"
         self.bridge = f"{self.prefix}br"
         self.gateway = f"10.{self.n}.0.1"
@@ -304,6 +336,7 @@ class TwinNet:
         for name in list(self.twins):
             self.remove(name)
         _sh("ip", "link", "del", self.bridge, check=False)
+        (NETS / f"{self.n}.pid").unlink(missing_ok=True)
 
 
 def onprem_config(name: str, head: Twin, workers: list[Twin], key: Path, **extra) -> dict:
