@@ -172,7 +172,7 @@ class SSHHost:
 
     def __init__(self, lab: SSHLab, index: int):
         self.lab = lab
-        self.ip = f"127.0.{lab.subnet}.{10 + index}"
+        self.ip = f"127.{lab.octet}.{lab.subnet}.{10 + index}"
         self.port = SSH_PORT
         self.dir = lab.root / f"host{index}"
         self.home = self.dir / "home"
@@ -217,6 +217,49 @@ class SSHHost:
         return processes_with_env(f"HOME={self.home}\0")
 
 
+CLAIMS = Path("/run/launch-test-claims")  # KIND-N.pid: the test session that holds number N of KIND
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def claim(kind: str, count: int) -> int:
+    """A number in [0, count) of `kind` (a twin net, the SSH hosts' addresses) no live test session on this
+    machine holds, starting from this process's own: two sessions at once (a CI run and a developer's)
+    never take, or clean up, each other's. One whose holder died is taken over. `release` gives it back."""
+    CLAIMS.mkdir(parents=True, exist_ok=True)
+    start = os.getpid() % count
+    for i in range(count):
+        n = (start + i) % count
+        path = CLAIMS / f"{kind}-{n}.pid"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    holder = int(path.read_text() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder and process_alive(holder):
+                    break
+                path.unlink(missing_ok=True)  # its session died: free again (raced by another: next number)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return n
+    raise RuntimeError(f"no free {kind} number: {count} live test sessions hold {CLAIMS}")
+
+
+def release(kind: str, n: int) -> None:
+    (CLAIMS / f"{kind}-{n}.pid").unlink(missing_ok=True)
+
+
 class SSHLab:
     """A factory of SSH hosts for one test session; every host and process goes at close()."""
 
@@ -224,6 +267,7 @@ class SSHLab:
 
     def __init__(self, root: Path):
         self.root = root
+        self.octet = claim("sshlab", 250)  # 127.<octet>.<subnet>.x: this session's own loopback addresses
         self.subnet = next(self._subnets)
         root.mkdir(parents=True, exist_ok=True)
         self.client_key = root / "client_key"
@@ -239,7 +283,7 @@ class SSHLab:
 
     def blackhole(self) -> str:
         """An address that accepts TCP connections and never says a word (a hung host)."""
-        ip = f"127.0.{self.subnet}.{10 + len(self.hosts) + len(self.blackholes)}"
+        ip = f"127.{self.octet}.{self.subnet}.{10 + len(self.hosts) + len(self.blackholes)}"
         s = socket.socket()
         s.bind((ip, SSH_PORT))
         s.listen(16)
@@ -256,6 +300,7 @@ class SSHLab:
                     pass
         for s in self.blackholes:
             s.close()
+        release("sshlab", self.octet)
 
 
 def ssh_cluster(name: str, lab: SSHLab, head: SSHHost, workers: list[str], **overrides) -> dict:

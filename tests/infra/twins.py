@@ -24,7 +24,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tests.infra import SSHD, wait_for, wait_for_pidfile
+from tests.infra import SSHD, claim, process_alive, release, wait_for, wait_for_pidfile
 
 # a docker twin's own daemons: part of the machine, like its sshd
 DAEMONS = ("dockerd ", "containerd ")
@@ -32,15 +32,6 @@ DAEMONS = ("dockerd ", "containerd ")
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def twins_unavailable() -> str | None:
@@ -195,7 +186,7 @@ class Twin:
         def killed_all() -> bool:
             # again on every look: a process forked after the last look (a supervisor restarting a
             # daemon, sshd starting a session) dies too
-            alive = [p for p in self.pids() if _alive(p)]
+            alive = [p for p in self.pids() if process_alive(p)]
             for pid in alive:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -230,44 +221,12 @@ class Twin:
         _sh("ip", "netns", "del", self.netns, check=False)
 
 
-NETS = Path("/run/launch-twin-nets")  # N.pid: the test session that owns 10.N.0.0/24 (and its twins)
-
-
-def _claim_net() -> int:
-    """A net number no live session uses (N from 200 to 249, starting from this process's own): two
-    sessions at once on one machine (a CI run and a developer's) must never take, or clean up, each
-    other's. A number whose owner died is taken over (its leftovers are cleaned by the new owner)."""
-    NETS.mkdir(parents=True, exist_ok=True)
-    start = os.getpid() % 50
-    for i in range(50):
-        n = 200 + (start + i) % 50
-        claim = NETS / f"{n}.pid"
-        try:
-            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(claim.read_text() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and _alive(owner):
-                continue
-            claim.unlink(missing_ok=True)  # its session died: free again (raced by another: next number)
-            try:
-                fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return n
-    raise RuntimeError(f"no free twin net: 50 live test sessions hold {NETS}")
-
-
 class TwinNet:
     """A bridge 10.<N>.0.1/24 on this machine and the twins on it; N is this session's own."""
 
     def __init__(self, root: Path, authorized_key: Path):
         self.root = root
-        self.n = _claim_net()
+        self.n = 200 + claim("twins", 50)  # a net of this session's own (10.N.0.0/24)
         self.prefix = f"lt{self.n}"
         self.bridge = f"{self.prefix}br"
         self.gateway = f"10.{self.n}.0.1"
@@ -336,7 +295,7 @@ class TwinNet:
         for name in list(self.twins):
             self.remove(name)
         _sh("ip", "link", "del", self.bridge, check=False)
-        (NETS / f"{self.n}.pid").unlink(missing_ok=True)
+        release("twins", self.n - 200)
 
 
 def onprem_config(name: str, head: Twin, workers: list[Twin], key: Path, **extra) -> dict:
