@@ -228,6 +228,7 @@ class Monitor(WorkerUpkeep, DemandWatch):
             ))
             if r and r.preempt_at and n.id not in self.noticed:  # (its replacement is planned from its work)
                 self.noticed.add(n.id)
+                self.lifecycle.provider.avoid(n)  # its offering is short of spot capacity: launch elsewhere
                 self.event("preempt-notice", node=n.id, node_type=n.node_type, reason=r.preempt_reason,
                            in_s=round(r.preempt_at - now, 1))
         for request_id, r in self.requests.items():

@@ -34,6 +34,9 @@ class NodeInfo:
     slurm: SlurmJob | None = None
     # why the node is not running yet, as the provider tells it (a Slurm job's pending reason)
     detail: str = ""
+    # (clouds) the offering it is: its machine type and zone, which a preemption makes the cloud avoid
+    machine: str = ""
+    zone: str = ""
 
     @property
     def kind(self) -> str:

@@ -477,3 +477,14 @@ def test_equivalent_instance_types_that_are_not_a_list_of_names_are_refused_by_n
     with pytest.raises(ConfigError) as e:
         parse_config(data)
     assert "available_node_types.gpu.node_config.InstanceType:" in str(e.value)
+
+
+def test_a_preempted_nodes_offering_is_tried_last_for_a_while(aws, tmp_path):
+    p = provider(tmp_path)
+    (node,) = p.create("gpu-spot", 1, {"launch-cluster": "aws1"})
+    first, second = (s["zone"] for s in p.state["subnets"])
+    assert (node.machine, node.zone) == ("g4dn.xlarge", first)  # what the cloud says it is, from listing too
+    assert [(n.machine, n.zone) for n in p.list({"launch-cluster": "aws1"})] == [("g4dn.xlarge", first)]
+    p.avoid(node)  # its cloud gave notice: that zone is short of spot g4dn for now
+    (again,) = p.create("gpu-spot", 1, {"launch-cluster": "aws1"})
+    assert again.zone == second

@@ -541,6 +541,10 @@ class Provider(CloudProvider):
     def _out_of_capacity(self, offer: dict) -> None:
         self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
 
+    def avoid(self, node: NodeInfo) -> None:
+        if node.machine:  # (a zone it was not launched into by launch's subnets is "any": never matched)
+            self._unavailable[(node.machine, node.zone or None)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
     def _launch(self, node_type: str, subnet: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         call = dict(self._params(node_type, tags), MinCount=1, MaxCount=count)  # fewer than asked is not an error
         call["InstanceType"] = subnet["machine"]
@@ -558,6 +562,7 @@ class Provider(CloudProvider):
             external_ip=inst.get("PublicIpAddress"),
             launched_at=launched.timestamp() if hasattr(launched, "timestamp") else time.time(),
             spot=inst.get("InstanceLifecycle") == "spot",
+            machine=inst.get("InstanceType", ""), zone=(inst.get("Placement") or {}).get("AvailabilityZone", ""),
         )
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:

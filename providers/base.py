@@ -164,6 +164,10 @@ class ProviderBase:
         """The current spot price of each machine type, $/h, in the cluster's zones (the cheapest of them)."""
         return {}
 
+    def avoid(self, node: NodeInfo) -> None:
+        """(a spot node its cloud is taking back) Launch elsewhere for a while: its offering (machine
+        type and zone) is short of spot capacity."""
+
     # --- any provider ---
 
     def container_options(self, is_head: bool) -> list[str]:
