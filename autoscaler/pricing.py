@@ -82,10 +82,6 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
                  "estimate from its resources (not in the catalog)")
 
 
-def cost_per_hour(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None = None) -> float:
-    return quote(cfg, node_type, resources).per_hour
-
-
 def live_wanted(cfg: ClusterConfig) -> list[str]:
     """The machine types whose live spot price the planner would use: spot types without a declared price."""
     return sorted({m for name, nt in cfg.available_node_types.items()

@@ -44,6 +44,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
+def provider_kind(type_, head_ip, coordinator_address) -> str:
+    """The provider module a section names: its type, but Ray's `local` with a coordinator_address is a
+    pool its coordinator hands out (as in Ray, whatever else is said), and with a head_ip on-prem SSH."""
+    if type_ == "local" and coordinator_address:
+        return "coordinator"
+    if type_ == "local" and head_ip:
+        return "ssh"
+    return type_
+
+
 class ProviderConfig(BaseModel):
     """Provider section. Provider-specific keys (region, project_id, ...) pass through here; each
     provider checks them against its own typed `Section` (providers/), named field by field."""
@@ -60,13 +70,8 @@ class ProviderConfig(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The provider module that serves this section: Ray's `local` with a coordinator_address is a
-        pool its coordinator hands out (as in Ray, whatever else is said), with a head_ip on-prem SSH."""
-        if self.type == "local" and getattr(self, "coordinator_address", None):
-            return "coordinator"
-        if self.type == "local" and self.head_ip:
-            return "ssh"
-        return self.type
+        """The provider module that serves this section (provider_kind)."""
+        return provider_kind(self.type, self.head_ip, getattr(self, "coordinator_address", None))
 
 
 class AuthConfig(_Strict):
@@ -433,13 +438,14 @@ ONPREM_NODE_TYPE = "local.cluster.node"
 
 
 def onprem_form(provider) -> str:
-    """Which of Ray's on-prem forms a provider section is: "coordinator" (its hosts handed out by a
-    coordinator server), "ssh" (a fixed head_ip and worker_ips), or "" (neither)."""
-    if not isinstance(provider, dict) or provider.get("type") not in ("local", "ssh", "coordinator"):
+    """Which of Ray's on-prem forms a provider section (a document's mapping) is: "coordinator" (its hosts
+    handed out by a coordinator server), "ssh" (a fixed head_ip and worker_ips), or "" (neither)."""
+    if not isinstance(provider, dict):
         return ""
-    if provider.get("type") == "coordinator" or (provider.get("type") == "local" and provider.get("coordinator_address")):
-        return "coordinator"
-    return "ssh" if provider.get("head_ip") else ""
+    kind = provider_kind(provider.get("type"), provider.get("head_ip"), provider.get("coordinator_address"))
+    if kind == "coordinator":
+        return kind
+    return "ssh" if kind == "ssh" and provider.get("head_ip") else ""
 
 
 def _onprem_node_type(data: dict) -> tuple[dict, list[str]]:

@@ -67,9 +67,8 @@ class ProviderFacts:
     """What the rest of launch knows of a provider without building one (no SDK is imported): each provider
     module's FACTS."""
 
-    # how the price catalog finds a node type: the machine type its node_config names, whether it asks
-    # for spot capacity, and the provider section's key naming the region
-    # (machines_of: the machine types a node_config names, in the user's order: one, or equivalents)
+    # how the price catalog finds a node type: the machine types its node_config names (in the user's
+    # order: one, or equivalents), whether it asks for spot capacity, the provider section's region key
     machines_of: Callable[[dict], list[str]] = lambda node_config: []
     spot_of: Callable[[dict], bool] = lambda node_config: False
     region_key: str = "region"

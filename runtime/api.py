@@ -706,7 +706,8 @@ def put_as(item_id: str, payload: bytes, name: str, upload: bool = False) -> Non
 
 def put(value) -> ObjectRef:
     """Store a value in the cluster once; its ref can be passed to any number of tasks and actors (as an
-    argument of its own it arrives as the value) and fetched with get(). Kept on the head's disk (a day)."""
+    argument of its own it arrives as the value) and fetched with get(). Kept on the head's disk while any
+    process holds a ref to it, and a day at least (runtime/holding.py)."""
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
     return ObjectRef(_submit("object", "put", {}, pickling.dumps(value), [], 0, "o"))
@@ -867,7 +868,6 @@ def _value(res, depth: int = 0) -> Any:
         if dep is not None and dep.state != "finished":
             return _value(dep, depth + 1)
     raise error_for(res.id, res.state, res.message)
-
 
 
 def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):

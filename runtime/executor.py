@@ -319,26 +319,23 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
             with self.lock:
                 self.reporting.discard(key)
 
-    # --- tasks --------------------------------------------------------------------------------------
-
-    # --- actors -------------------------------------------------------------------------------------
-
-    # --- jobs ---------------------------------------------------------------------------------------
+    # --- a preemption notice -------------------------------------------------------------------------
 
     def preempted(self) -> int:
         """The node's cloud gave notice (the agent wrote it where PREEMPT_FILE_ENV says): every task and
-        actor process is signalled, so its runtime.on_preemption callbacks run. Returns how many."""
+        actor process is signalled, once, so its runtime.on_preemption callbacks run. Returns how many."""
         with self.lock:
-            handles = [h for _, h in self.running.values()] + [a.worker for a in self.actors.values()]
+            handles = [h for _, h in self.running.values()] + list(self.actors.values())
+        # an actor is both running and among the actors: its process is told once
+        workers = {id(w): w for w in (h.worker if isinstance(h, ActorInstance) else h for h in handles)
+                   if isinstance(w, Worker) and w.proc.poll() is None}
         told = 0
-        for h in handles:
-            worker = h.worker if isinstance(h, ActorInstance) else h
-            if isinstance(worker, Worker) and worker.proc.poll() is None:
-                try:
-                    os.kill(worker.proc.pid, PREEMPT_SIGNAL)
-                    told += 1
-                except ProcessLookupError:
-                    pass
+        for worker in workers.values():
+            try:
+                os.kill(worker.proc.pid, PREEMPT_SIGNAL)
+                told += 1
+            except ProcessLookupError:
+                pass
         return told
 
     def shutdown(self) -> None:

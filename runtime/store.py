@@ -29,8 +29,9 @@ from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 
 DONE = ("finished", "failed", "cancelled")
 
-# Item ids name files on the head's disk: a client-made id is held to this before it is used.
 KEY_FILE = ".key"  # in the blobs folder: see Store.local_key
+
+# Item ids name files on the head's disk: a client-made id is held to this before it is used.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # A log this long (in 4 KiB pages; 16 MiB) is made to start over (Store.checkpoint).

@@ -4,22 +4,19 @@ service, here the fake of tests/infra/metadata.py served on this machine's loopb
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 
 import pytest
 
 from runtime.notices import AwsNotices, watcher
-from tests.infra import wait_for
+from tests.infra import free_port, wait_for
 from tests.infra.metadata import serve_locally
 
 
 @pytest.fixture
 def imds(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"role": None}))
     proc = serve_locally(state, tmp_path / "asked.log", port)
@@ -58,8 +55,5 @@ def test_a_notice_without_a_time_is_taken_as_two_minutes_ahead_and_no_service_is
     state.write_text(json.dumps({"role": None, "spot_action": {"action": "stop"}}))
     notice = AwsNotices(base).check()
     assert notice.reason == "spot stop at soon" and 100 < notice.at - time.time() <= 120
-    with socket.socket() as s:  # nothing listens there
-        s.bind(("127.0.0.1", 0))
-        nobody = s.getsockname()[1]
-    assert AwsNotices(f"http://127.0.0.1:{nobody}").check() is None
+    assert AwsNotices(f"http://127.0.0.1:{free_port()}").check() is None  # nothing listens there
     assert watcher("aws") is not None and watcher("") is None and watcher("slurm") is None

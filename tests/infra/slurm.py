@@ -15,16 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.infra import wait_for
+from tests.infra import free_port, wait_for
 
 
 _instances = itertools.count()  # several test Slurms in one session: a munged each
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def slurm_unavailable() -> str | None:
@@ -75,7 +69,7 @@ class TestSlurm:
             # a job past its time limit (or cancelled) is killed 2 s after its SIGTERM, not 30 s
             "KillWait=2",
             # ports of its own: another Slurm on this machine (a developer's, a second test run) is left alone
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             # nodes may declare more CPUs than this machine has (several allocations on 2 cores)
             "SlurmdParameters=config_overrides",
         ]
