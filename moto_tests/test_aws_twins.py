@@ -12,7 +12,7 @@ import time
 import pytest
 
 import runtime
-from tests.infra import cli, wait_for
+from tests.infra import cli, cluster_status, wait_for
 from tests.infra.cloud_work import autoscaler_story, busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
 from tests.infra.moto_twins import LAPTOP_ENV
 
@@ -119,6 +119,9 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     cloud.metadata[busy].set(role=None, spot_action={"action": "terminate", "time": deadline})
     wait_for(lambda: len([i for i in live_instances(ec2) if i["InstanceType"] == "g4dn.xlarge"]) == 2,
              timeout=60, what="the replacement launched on the notice, the preempted node still running")
+    # `launch status` says it, with the cloud's reason
+    (going,) = [n for n in cluster_status(path, home)["nodes"] if n["id"] == busy]
+    assert going["preempting"]["reason"] == f"spot terminate at {deadline}" and going["preempting"]["in_s"] > 0
     marker = cloud.twin(busy).root / "preempted"
     wait_for(marker.exists, timeout=30, what="the task's preemption hook run on the node")
     assert marker.read_text() == f"spot terminate at {deadline}"
