@@ -61,6 +61,7 @@ def _unused_by_head(parts: list[str]) -> bool:
 FACTS = ProviderFacts(
     machines_of=lambda node_config: [m] if isinstance(m := _params(node_config).get("vmSize"), str) and m else [],
     spot_of=lambda node_config: _params(node_config).get("priority") == "Spot",
+    notices="azure",
     region_key="location",
     head_sdk=("azure.core", "azure.mgmt.core", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
               "azure.mgmt.msi", "azure.mgmt.authorization", "azure.identity", "azure.common", "azure.profiles",

@@ -73,6 +73,7 @@ def _spot_of(node_config: dict) -> bool:
 
 FACTS = ProviderFacts(
     machines_of=lambda node_config: [m] if (m := _machine_of(node_config)) else [],
+    notices="gcp",
     spot_of=_spot_of,
     head_sdk=("google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
               "google.rpc", "proto", "requests", "urllib3", "certifi", "charset_normalizer", "idna"),

@@ -336,8 +336,18 @@ class Agent:
                 atomic_write(self.preempt_file, json.dumps({"at": notice.at, "reason": notice.reason}), mode=0o644)
                 self.notice = notice
                 told = self.executor.preempted()
-                log.warning("told %d task and actor process(es) of the notice", told)
-                return
+                log.warning("told %d task, actor and job process(es) of the notice", told)
+                break
+        else:
+            return
+        # (Azure) the node says it may go as soon as nothing runs on it: the cloud takes it early, not at the
+        # deadline (the head drained it: no new work comes)
+        if hasattr(source, "acknowledge"):
+            while not self.executor.nothing_runs():
+                if self.stop.wait(NOTICE_POLL_S / 4):
+                    return
+            log.warning("nothing runs here any more: the notice acknowledged (%s)",
+                        "done" if source.acknowledge() else "the metadata service did not take it")
 
     def run(self) -> None:
         source = watcher(self.cfg.notices)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from runtime.executor_actors import ActorRunning
 from runtime.executor_jobs import JobRunning
 from runtime.executor_tasks import TaskRunning, task_context
 from runtime.preemption import PREEMPT_SIGNAL
-from runtime.processes import ActorInstance, Transfers, Worker, WorkerDied, results_dir, stop_process
+from runtime.processes import ActorInstance, JobProcess, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
 from runtime.work import node_resource
 from runtime.worker import RESULT_DIR_ENV
@@ -69,6 +70,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.reporting: set[tuple[str, int]] = set()  # done, its report on the way to the agent
         self.actors: dict[str, ActorInstance] = {}  # actor id -> its instance here
+        self.preempting = False  # the node's cloud gave notice (preempted)
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
         self.threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="item")
@@ -323,20 +325,29 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
 
     def preempted(self) -> int:
         """The node's cloud gave notice (the agent wrote it where PREEMPT_FILE_ENV says): every task and
-        actor process is signalled, once, so its runtime.on_preemption callbacks run. Returns how many."""
+        actor process is signalled, once, so its runtime.on_preemption callbacks run, and every job gets
+        SIGTERM (its process group: a job that then ends unfinished is requeued, `_job_ended`). Returns
+        how many processes were told."""
         with self.lock:
+            self.preempting = True
             handles = [h for _, h in self.running.values()] + list(self.actors.values())
         # an actor is both running and among the actors: its process is told once
         workers = {id(w): w for w in (h.worker if isinstance(h, ActorInstance) else h for h in handles)
                    if isinstance(w, Worker) and w.proc.poll() is None}
         told = 0
-        for worker in workers.values():
+        for pid, sig, group in [(w.proc.pid, PREEMPT_SIGNAL, False) for w in workers.values()] + [
+                (h.pid, signal.SIGTERM, True) for h in handles if isinstance(h, JobProcess) and h.poll() is None]:
             try:
-                os.kill(worker.proc.pid, PREEMPT_SIGNAL)
+                os.killpg(pid, sig) if group else os.kill(pid, sig)
                 told += 1
             except ProcessLookupError:
                 pass
         return told
+
+    def nothing_runs(self) -> bool:
+        """No task, actor or job is here, waiting or running (a node being preempted may go now)."""
+        with self.lock:
+            return not (self.running or self.waiting or self.actors or self.reporting)
 
     def shutdown(self) -> None:
         with self.lock:

@@ -38,7 +38,8 @@ class ActorRunning:
         except RuntimeEnvSetupFailed as e:  # its error: the actor is dead, its calls fail with it
             self._end_actor(a, pb.ItemResult(id=a.item_id, state="failed", message=str(e)))
             return
-        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id, **(env.env if env else {})}),
+        worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id, "LAUNCH_ATTEMPT": str(a.attempt),
+                                                       **(env.env if env else {})}),
                         cwd=env.cwd if env else None)
         with inst.cond:
             inst.worker = worker

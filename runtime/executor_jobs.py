@@ -66,6 +66,10 @@ class JobRunning:
                     break
                 time.sleep(LOG_SHIP_INTERVAL_S)
         code = proc.returncode
+        if code != 0 and self.preempting:  # ended by the notice's SIGTERM, or it would have ended unfinished
+            self._done(a, pb.ItemResult(id=a.item_id, state="lost", exit_code=code,
+                                        message=f"its node is being preempted (exit code {code})"))
+            return
         state = "finished" if code == 0 else "failed"
         self._done(a, pb.ItemResult(id=a.item_id, state=state, exit_code=code,
                                     message="" if code == 0 else f"exit code {code}"))

@@ -98,6 +98,12 @@ class RuntimeContext:
         return notice() is not None
 
     @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """(in an actor) True when this instance restarts the actor after its process or node was lost
+        (max_restarts): its __init__ may load what the last instance saved."""
+        return bool(self.get_actor_id()) and int(os.environ.get("LAUNCH_ATTEMPT") or 0) > 0
+
+    @property
     def namespace(self) -> str:
         return os.environ.get("LAUNCH_NAMESPACE", "")
 

@@ -37,7 +37,7 @@ class NodeRuntimeConfig:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     node_timeout_s: float = NODE_TIMEOUT_S
     owner_timeout_s: float = OWNER_TIMEOUT_S
-    notices: str = ""  # whose preemption notices its agent watches (runtime/notices.py): "aws"; "": none
+    notices: str = ""  # whose preemption notices its agent watches (runtime/notices.py): aws, gcp, azure; "": none
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

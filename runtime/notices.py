@@ -6,6 +6,11 @@ replacement while the node still runs (rather than after its heartbeats stop).
 
 - aws: IMDSv2 (a session token, then `/latest/meta-data/spot/instance-action`: 404 until EC2 decides,
   then {"action": "terminate" | "stop" | "hibernate", "time": "2026-12-05T10:00:00Z"}, two minutes ahead).
+- gcp: the metadata server's `instance/preempted` ("TRUE" once GCE preempts the VM, about 30 s ahead:
+  it says no time, so the deadline is 30 s from when it was first seen).
+- azure: Scheduled Events (`/metadata/scheduledevents`): a `Preempt` event naming this VM, with its
+  NotBefore time (about 30 s ahead). Azure lets the VM go early once the event is acknowledged (a POST of
+  StartRequests): the agent does that once the node has nothing left running (`acknowledge`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 IMDS = "http://169.254.169.254"
 NOTICE_POLL_S = 2.0  # AWS suggests every 5 s; the notice comes 2 minutes ahead
@@ -61,6 +67,70 @@ class AwsNotices:
         return Notice(at, f"spot {action.get('action', 'terminate')} at {action.get('time', 'soon')}")
 
 
+class GceNotices:
+    NOTICE_S = 30.0  # GCE's preemption notice
+
+    def __init__(self, base: str = IMDS):
+        self.base = base
+        self.first_seen = 0.0
+
+    def check(self) -> Notice | None:
+        try:
+            req = urllib.request.Request(f"{self.base}/computeMetadata/v1/instance/preempted",
+                                         headers={"Metadata-Flavor": "Google"})
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+                preempted = r.read().decode().strip().upper() == "TRUE"
+        except (OSError, ValueError):
+            return None
+        if not preempted:
+            return None
+        self.first_seen = self.first_seen or time.time()
+        return Notice(self.first_seen + self.NOTICE_S, "spot VM preempted by GCE")
+
+
+class AzureNotices:
+    API = "api-version=2020-07-01"
+    KINDS = ("Preempt",)  # (Reboot, Redeploy, Freeze: maintenance the VM survives)
+
+    def __init__(self, base: str = IMDS):
+        self.base = base
+        self.vm_name = ""
+        self.event_id = ""
+
+    def _get(self, path: str) -> bytes:
+        req = urllib.request.Request(f"{self.base}{path}", headers={"Metadata": "true"})
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+            return r.read()
+
+    def check(self) -> Notice | None:
+        try:
+            if not self.vm_name:
+                self.vm_name = self._get("/metadata/instance/compute/name?api-version=2021-02-01&format=text").decode()
+            events = json.loads(self._get(f"/metadata/scheduledevents?{self.API}")).get("Events") or []
+        except (OSError, ValueError, AttributeError):
+            return None
+        for e in events:
+            if e.get("EventType") in self.KINDS and self.vm_name in (e.get("Resources") or []):
+                self.event_id = e.get("EventId", "")
+                try:
+                    at = parsedate_to_datetime(e["NotBefore"]).timestamp()
+                except (KeyError, TypeError, ValueError):
+                    at = time.time() + 30.0
+                return Notice(at, f"spot VM evicted by Azure ({e['EventType']}, not before {e.get('NotBefore', 'soon')})")
+        return None
+
+    def acknowledge(self) -> bool:
+        """Tell Azure the node is ready to go (nothing runs on it): it goes now, not at the deadline."""
+        body = json.dumps({"StartRequests": [{"EventId": self.event_id}]}).encode()
+        req = urllib.request.Request(f"{self.base}/metadata/scheduledevents?{self.API}", data=body, method="POST",
+                                     headers={"Metadata": "true", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S):
+                return True
+        except OSError:
+            return False
+
+
 def watcher(kind: str):
     """The notice source of a cloud (None: it gives none)."""
-    return {"aws": AwsNotices}.get(kind, lambda: None)()
+    return {"aws": AwsNotices, "gcp": GceNotices, "azure": AzureNotices}.get(kind, lambda: None)()

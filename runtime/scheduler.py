@@ -337,8 +337,8 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
             item.restart_requested = False
             self._retry_or_fail(item, now, "it was killed to restart")
             return item
-        if state == LOST:
-            self._retry_or_fail(item, now, message or "its process died")
+        if state == LOST:  # on a node its cloud is taking back: it costs none of the user's retries
+            self._retry_or_fail(item, now, message or "its process died", counted=item.node_id not in self.preempting)
             return item
         if state == REVOKED:  # back to the front of its queue, as if it had never left
             item.state, item.node_id = QUEUED, ""

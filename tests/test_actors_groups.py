@@ -53,6 +53,10 @@ class Counter:
     def __init__(self, start: int = 0):
         self.n = start
         self.pid = os.getpid()
+        self.restarted = runtime.get_runtime_context().was_current_actor_reconstructed
+
+    def was_restarted(self) -> bool:
+        return self.restarted
 
     def incr(self, by: int = 1) -> int:
         self.n += by
@@ -194,11 +198,13 @@ def test_gpu_actors_get_gpus_of_their_own(rt):
 def test_an_actor_whose_process_dies_is_restarted_and_its_call_retried(rt):
     c = Counter.options(max_restarts=1, max_task_retries=0).remote(5)
     _, _, pid = runtime.get(c.where.remote(), timeout=30)
+    assert runtime.get(c.was_restarted.remote(), timeout=30) is False
     with pytest.raises(ActorDiedError, match="died"):
         runtime.get(c.die.remote(), timeout=30)  # its process exits mid-call: no retries for that call
     _, _, pid2 = runtime.get(c.where.remote(), timeout=30)
     assert pid2 != pid
     assert runtime.get(c.incr.remote(), timeout=30) == 6  # made again with its constructor's arguments
+    assert runtime.get(c.was_restarted.remote(), timeout=30) is True  # and its __init__ knew it (Ray's name)
     c.die.remote()
     with pytest.raises(ActorDiedError):  # out of restarts: dead for good
         runtime.get(c.incr.remote(), timeout=30)

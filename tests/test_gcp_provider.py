@@ -249,17 +249,6 @@ def test_an_insert_retried_after_a_lost_reply_makes_one_vm(gce, tmp_path):
     assert inserts(gce) == 2 and [i["name"] for i in gce.live()] == [node.id]
 
 
-def _service_account_key(gce) -> dict:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    return {"type": "service_account", "project_id": GCE_PROJECT, "private_key_id": "k1", "private_key": pem,
-            "client_email": f"launch@{GCE_PROJECT}.iam.gserviceaccount.com", "client_id": "1",
-            "token_uri": f"{gce.url}/token"}
-
-
 def test_a_project_left_out_is_the_credentials_own(gce, tmp_path):
     """Ray's files may leave provider.project_id out: the project is the credentials' own, as gcloud
     takes it, said in one line; with credentials that name none, the field is named."""
@@ -267,7 +256,7 @@ def test_a_project_left_out_is_the_credentials_own(gce, tmp_path):
 
     data = config(gce)
     del data["provider"]["project_id"]
-    data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": json.dumps(_service_account_key(gce))}
+    data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": json.dumps(gce.service_account_key())}
     cfg = parse_config(data)
     booted = providers.bootstrap(cfg, tmp_path)
     assert booted.notes == [f"provider.project_id: not set; using {GCE_PROJECT}, the project of the credentials "
@@ -287,7 +276,7 @@ def test_a_service_account_key_in_gcp_credentials_is_used(gce, tmp_path):
     the key's token_uri, the fake's)."""
     import json
 
-    key = _service_account_key(gce)
+    key = gce.service_account_key()
     data = config(gce)
     data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": json.dumps(key)}
     cfg = parse_config(data)

@@ -2,9 +2,14 @@
 laptop makes the head (in the second zone: the first is stocked out), the autoscaler on the head calls
 the API over the bridge for GPU and CPU work and sets the nodes up over SSH from the head, a preempted
 spot VM is drained and its task runs again on a replacement, idle workers go, and `down` leaves no
-instance, disk or firewall rule. The laptop reaches the head on port 22 only."""
+instance, disk or firewall rule. The laptop reaches the head on port 22 only.
+
+No credential is in the config: the laptop's are a service account key its environment names
+(GOOGLE_APPLICATION_CREDENTIALS), the head's its instance's service account (the metadata server)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -12,8 +17,8 @@ pytest.importorskip("google.cloud.compute_v1")
 
 import runtime  # noqa: E402
 from conftest import GCE_PROJECT, GCE_REGION  # noqa: E402
-from tests.infra import cli, wait_for  # noqa: E402
-from tests.infra.cloud_work import busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks  # noqa: E402
+from tests.infra import cli, cluster_status, wait_for  # noqa: E402
+from tests.infra.cloud_work import busy_gpu_node, checkpointed_work, cloud_cluster, gpu_and_cpu_tasks  # noqa: E402
 
 CLUSTER = "gcp-twins"
 DISK = {"boot": True, "autoDelete": True, "initializeParams": {
@@ -21,11 +26,10 @@ DISK = {"boot": True, "autoDelete": True, "initializeParams": {
 
 
 @pytest.fixture
-def cluster(gce_twins, twin_net, ssh_lab):
+def cluster(gce_twins, twin_net, ssh_lab, monkeypatch):
     gce_twins.reset()
     provider = {"type": "gcp", "project_id": GCE_PROJECT, "region": GCE_REGION,
-                "availability_zone": ["us-west1-a", "us-west1-b"], "api_endpoint": gce_twins.url,
-                "gcp_credentials": {"type": "credentials_token", "credentials": "test-token"}, "retry_attempts": 3}
+                "availability_zone": ["us-west1-a", "us-west1-b"], "api_endpoint": gce_twins.url, "retry_attempts": 3}
     node_types = {
         "head": {"node_config": {"machineType": "n1-standard-2", "disks": [DISK]}, "resources": {"CPU": 0}},
         "cpu": {"node_config": {"machineType": "e2-standard-4", "disks": [DISK]}, "max_workers": 2},
@@ -34,6 +38,10 @@ def cluster(gce_twins, twin_net, ssh_lab):
             "spot": True, "cost_per_hour": 0.2, "max_workers": 2},
     }
     with cloud_cluster(twin_net, ssh_lab, CLUSTER, provider, node_types) as (path, home):
+        key = path.parent / "laptop-sa.json"  # `gcloud iam service-accounts keys create`: the user's own
+        key.write_text(json.dumps(gce_twins.service_account_key()))
+        key.chmod(0o600)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
         yield path, home, gce_twins
 
 
@@ -49,6 +57,10 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
     (head,) = _ours(gce)
     assert head["zone"].endswith("/us-west1-b") and head["labels"]["launch-kind"] == "head"
     assert head["serviceAccounts"] == [{"email": "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
+    # no credential of the user's went to the head: its autoscaler calls GCE as the instance's account
+    held = gce.twin(head["name"]).root / ".launch-runtime" / "cluster" / "spec.json"
+    assert "gcp_credentials" not in json.loads(held.read_text())["config"]["provider"]
+    assert "PRIVATE KEY" not in held.read_text()
     rules = {name: fw for name, fw in gce.firewalls.items()}
     assert [fw["allowed"] for fw in rules.values() if fw.get("sourceRanges")] == [[{"IPProtocol": "tcp", "ports": ["22"]}]]
 
@@ -67,24 +79,43 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
     logs = head_twin.root / ".launch-runtime" / "cluster" / "logs"
     assert (logs / f"{gpu_host}.log").exists()  # set up by the head, which logged it
 
-    # GCE takes the spot VM back while a task runs on it: the head drains it, the task runs again on
-    # a replacement the head makes
-    ref = infer.remote(6.0)
+    # the head's own calls carried its instance's token, from the metadata server
+    assert gce.bearers[f"instance-token-{head['name']}"] > 0
+    asked = gce.metadata[head["name"]].asked()
+    assert any(p.startswith("/computeMetadata/v1/instance/service-accounts/") and "/token" in p for p in asked)
+
+    # GCE preempts the spot VM while a long task runs on it. Its metadata says so first (about 30 s
+    # ahead): the node's agent reads it, the head drains the node and counts the task as demand, and a
+    # replacement registers while the node still runs; the task's hook saves its progress. Then the VM
+    # goes, and the task resumes on the replacement from where it was.
+    store, work = checkpointed_work(steps=300, step_s=0.1)
+    ref = work.remote(store, "train")
     busy = busy_gpu_node(path, home)
     ip_of = lambda name: [i for i in gce.live() if i["name"] == name][0]["networkInterfaces"][0]["networkIP"]  # noqa: E731
     worker_ips = {ip_of(i["name"]) for i in _ours(gce) if i["name"] != head["name"]}
-    gce.preempt(busy)
-    rerun_on, _ = runtime.get(ref, timeout=240)
-    assert rerun_on != busy and rerun_on in {i["name"] for i in _ours(gce)}
-    # GCE reuses internal IPs (the fake gives the last freed first): the replacement, a new machine with a
-    # new host key at a former worker's address, is trusted as the new instance it is (keys pinned per
-    # instance, not per address)
-    assert ip_of(rerun_on) in worker_ips
+    gce.notice(busy)
+
+    def replacement_registered() -> bool:
+        nodes = cluster_status(path, home)["nodes"]
+        return any(n["id"] != busy and n["resources_total"].get("GPU") for n in nodes if n.get("runtime") == "alive")
+
+    wait_for(replacement_registered, timeout=120, what="a replacement registered, the preempted node still up")
+    (going,) = [n for n in cluster_status(path, home)["nodes"] if n["id"] == busy]
+    assert going["preempting"]["reason"] == "spot VM preempted by GCE"
+    gce.preempt(busy)  # the deadline
+    rerun_on, resumed_at, _ = runtime.get(ref, timeout=240)
+    assert rerun_on != busy and rerun_on in {i["name"] for i in _ours(gce)} and resumed_at > 0
     events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
-    assert '"event": "instance-gone"' in events
+    assert '"event": "preempt-notice"' in events
 
     # idle past the timeout: back to the head alone, the workers' twins gone
+    worker_ips |= {ip_of(i["name"]) for i in _ours(gce) if i["name"] != head["name"]}
     wait_for(lambda: [i["name"] for i in _ours(gce)] == [head["name"]], timeout=120, what="scale-down to the head")
+    # GCE reuses internal IPs (the fake gives the last freed first): a new node, a new machine with a new
+    # host key at a former worker's address, is trusted as the new instance it is (keys pinned per
+    # instance, not per address)
+    again, _ = runtime.get(infer.remote(0.1), timeout=240)
+    assert ip_of(again) in worker_ips
     runtime.shutdown()
     r = cli("down", str(path), "--yes", home=home, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr

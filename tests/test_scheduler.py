@@ -104,6 +104,21 @@ def test_work_of_a_node_preempted_after_a_notice_is_demand_at_once_and_costs_no_
     assert a.state == FAILED and "no retries are left" in a.message
 
 
+def test_work_a_preempted_node_reports_lost_before_it_goes_costs_no_retry():
+    """A job ended by the notice's SIGTERM is reported lost by its node: requeued, not one of its retries."""
+    s = _sched()
+    a = _item(s, {"CPU": 4}, retries=0)
+    s.schedule(0.0)
+    s.drain("c1")
+    s.preempting.add("c1")
+    s.complete(a.id, "lost", 1.0, exit_code=143, message="its node is being preempted", node_id="c1")
+    assert a.state == QUEUED and a.attempt == 1
+    s.schedule(1.0)
+    assert a.node_id == "g1"
+    s.complete(a.id, "lost", 2.0, message="its process died", node_id="g1")  # not preempted: it counts
+    assert a.state == FAILED and "no retries are left" in a.message
+
+
 def test_lost_process_is_retried_like_a_dead_node():
     s = _sched()
     a = _item(s, {"CPU": 1}, retries=1)

@@ -32,6 +32,45 @@ def gpu_and_cpu_tasks():
     return infer, crunch
 
 
+def checkpointed_work(steps: int, step_s: float = 0.2):
+    """(store, work): a checkpoint store (an actor on the head, which outlives any worker) and a T4 task
+    of `steps` steps that saves its progress there in its preemption hook and resumes from it when run
+    again. The task returns (where it ran, the step it started from, whether its node was preempting)."""
+    import runtime
+    from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @runtime.remote(num_cpus=0)
+    class Checkpoints:
+        def __init__(self):
+            self.saved = {}
+
+        def save(self, key, step):
+            self.saved[key] = step
+
+        def load(self, key):
+            return self.saved.get(key, 0)
+
+    (head,) = [n["NodeID"] for n in runtime.nodes() if n["IsHead"] and n["Alive"]]
+    store = Checkpoints.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+
+    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=0)
+    def work(store, key):
+        import socket
+        import time as t
+
+        import runtime as rt
+
+        start = rt.get(store.load.remote(key))
+        progress = {"step": start}
+        rt.on_preemption(lambda notice: rt.get(store.save.remote(key, progress["step"])))
+        for step in range(start, steps):
+            progress["step"] = step
+            t.sleep(step_s)
+        return socket.gethostname(), start, rt.get_runtime_context().preempting
+
+    return store, work
+
+
 def autoscaler_story(head_dir) -> str:
     """What the head's autoscaler did (its log without the per-tick records), for a failing assertion."""
     import json

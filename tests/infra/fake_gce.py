@@ -12,7 +12,10 @@ clients (../shared/TESTING.md). Faithful to the public REST reference where laun
 - error bodies as GCE writes them: {"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}}.
 
 Every instance that reaches RUNNING is a VM twin at its networkIP (hostname = instance name); stop or
-delete kills it; start boots it again with its disk (/root) kept. Faults: a stockout per zone, quota,
+delete kills it; start boots it again with its disk (/root) kept. Each twin has the metadata server
+(tests/infra/metadata.py): the token of the instance's service account ("default": the project's compute
+account), and `instance/preempted` for `notice()`. The bearer tokens callers used are counted
+(`bearers`), so a test sees whose identity made a call. Faults: a stockout per zone, quota,
 a burst of 429s, an insert whose reply is lost (a 503 after it was done), an operation that fails after it started (leaving a stopped instance behind, as a
 half-made create can), and preemption.
 """
@@ -20,6 +23,7 @@ half-made create can), and preemption.
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import json
 import re
@@ -30,6 +34,7 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qs
 
 from tests.infra.fake_http import JsonApi, Reply
+from tests.infra.metadata import Metadata
 
 BASE = "/compute/v1/projects/"
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -43,6 +48,7 @@ MACHINE_TYPES = {
     "n2-standard-4": (4, 16384, None), "n4-standard-2": (2, 8192, None),
     "g2-standard-4": (4, 16384, ("nvidia-l4", 1)), "a2-highgpu-1g": (12, 87040, ("nvidia-tesla-a100", 1)),
 }
+PROJECT_NUMBER = 123456789012  # the project's compute service account is <number>-compute@...
 ACCELERATOR_TYPES = {"nvidia-tesla-t4": "NVIDIA T4", "nvidia-l4": "NVIDIA L4", "nvidia-tesla-a100": "NVIDIA A100 40GB",
                      "nvidia-tesla-v100": "NVIDIA V100"}
 
@@ -114,6 +120,8 @@ class FakeGCE(JsonApi):
         self.lose_insert_replies = 0
         self.tokens_issued = 0  # access tokens given for service account keys (POST /token)
         self.last_authorization = ""
+        self.bearers: collections.Counter[str] = collections.Counter()  # the tokens calls carried
+        self.metadata: dict[str, Metadata] = {}  # instance name -> its twin's metadata server
         self.httpd = self.http_server(host)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._stop = threading.Event()
@@ -163,6 +171,10 @@ class FakeGCE(JsonApi):
 
     def twin(self, name: str):
         return self.net.twins.get(name) if self.net else None
+
+    def notice(self, name: str) -> None:
+        """GCE starts preempting a spot VM: its metadata says so (`preempted()` then takes it)."""
+        self.metadata[name].set(preempted=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -331,6 +343,11 @@ class FakeGCE(JsonApi):
             twin = self.net.twins.get(name)
             if twin is None:
                 twin = self.net.twin(name, inst["networkInterfaces"][0]["networkIP"])
+                accounts = [a.get("email") for a in inst.get("serviceAccounts") or []]
+                email = {"default": f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"}.get(
+                    accounts[0], accounts[0]) if accounts else None
+                self.metadata[name] = Metadata(twin, cloud="gcp", project=self.project, name=name,
+                                               service_account=email, token=f"instance-token-{name}")
                 if inst.get("labels", {}).get("launch-kind") == "head":
                     twin.block_laptop()  # a head behind a firewall that lets SSH in only
             else:
@@ -341,6 +358,9 @@ class FakeGCE(JsonApi):
         if self.net is None:
             return
         if destroy:
+            metadata = self.metadata.pop(name, None)
+            if metadata is not None:
+                metadata.close()
             self.net.remove(name)
         elif name in self.net.twins:
             self.net.twins[name].kill()
@@ -552,6 +572,18 @@ class FakeGCE(JsonApi):
                 return self.subnetworks(r[1])
         raise ApiError(404, "notFound", f"no such resource {method} {path}")
 
+    def service_account_key(self) -> dict:
+        """A service account key file's contents (`gcloud iam service-accounts keys create`), its token_uri
+        this endpoint (POST /token)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        return {"type": "service_account", "project_id": self.project, "private_key_id": "k1", "private_key": pem,
+                "client_email": f"launch@{self.project}.iam.gserviceaccount.com", "client_id": "1",
+                "token_uri": f"{self.url}/token"}
+
     def throttled(self) -> Reply:
         return Reply(429, ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded").body(),
                      content_type="application/json; charset=UTF-8")
@@ -569,6 +601,7 @@ class FakeGCE(JsonApi):
             self.last_authorization = headers.get("Authorization") or ""
             if not self.last_authorization.startswith("Bearer "):
                 raise ApiError(401, "required", "Request is missing required authentication credential.")
+            self.bearers[self.last_authorization.removeprefix("Bearer ")] += 1
             body = json.loads(raw) if raw else {}
             out, code = self.route(method, url.path, parse_qs(url.query), body), 200
         except ApiError as e:

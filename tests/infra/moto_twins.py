@@ -76,7 +76,7 @@ class MotoTwins:
                         self.instances[instance] = instance
                         twin = self.net.twin(instance, ip, docker=info.get("ImageId") in self.docker_amis)
                         profile = (info.get("IamInstanceProfile") or {}).get("Arn", "")
-                        self.metadata[instance] = Metadata(twin, role=profile.rsplit("/", 1)[-1] or None)
+                        self.metadata[instance] = Metadata(twin, cloud="aws", role=profile.rsplit("/", 1)[-1] or None)
                         if any(t["Key"] == "launch-kind" and t["Value"] == "head" for t in info.get("Tags", [])):
                             twin.block_laptop()  # a head behind a firewall that lets SSH in only
                 for instance in [i for i in self.instances if i not in running]:

@@ -28,6 +28,7 @@ from tests.infra import SSHD, claim, process_alive, release, wait_for, wait_for_
 
 # a docker twin's own daemons: part of the machine, like its sshd
 DAEMONS = ("dockerd ", "containerd ")
+METADATA_HOST = "metadata.google.internal"
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,6 +63,7 @@ class Twin:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sshd_pid: int | None = None
+        self.metadata = None  # its cloud's metadata service (tests/infra/metadata.py), started again at boot
 
     @property
     def node_dir(self) -> Path:
@@ -103,8 +105,11 @@ class Twin:
             "UsePAM no\nStrictModes no\nMaxStartups 100\nMaxSessions 50\nSubsystem sftp internal-sftp\n")
         pidfile = self.dir / "sshd.pid"
         pidfile.unlink(missing_ok=True)
+        # the name of GCE's metadata server resolves in the twin, as a cloud's DNS resolves it
+        hosts = self.dir / "hosts"
+        hosts.write_text(Path("/etc/hosts").read_text() + f"\n169.254.169.254 {METADATA_HOST}\n")
         script = (f"hostname {self.name} && mount --bind {self.root} /root && "
-                  f"mount -t tmpfs -o size=1m none {net.laptop} && ")
+                  f"mount --bind {hosts} /etc/hosts && mount -t tmpfs -o size=1m none {net.laptop} && ")
         enter = ["ip", "netns", "exec", ns]
         if self.docker:
             from tests.infra.containers import dockerd_script
@@ -176,7 +181,8 @@ class Twin:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             except OSError:
                 continue
-            if pid != self.sshd_pid and not cmd.startswith((SSHD, "sshd:", "unshare ", "nsenter ", *DAEMONS)):
+            if pid != self.sshd_pid and not cmd.startswith((SSHD, "sshd:", "unshare ", "nsenter ", *DAEMONS)) \
+                    and "metadata_server.py" not in cmd:  # the cloud's, not the node's
                 out.append(cmd)
         return out
 
@@ -202,12 +208,14 @@ class Twin:
     def boot(self) -> None:
         """A stopped machine starts again: its disk (/root), network and firewall were kept."""
         self._start_sshd()
+        if self.metadata is not None:
+            self.metadata.start()
 
     def reboot(self) -> None:
         """The machine restarts: every process dies; its disk (/root), network and firewall stay; sshd
         comes back."""
         self.kill()
-        self._start_sshd()
+        self.boot()
 
     def block_laptop(self) -> None:
         """The laptop (the bridge's address) reaches this twin on port 22 only; other twins reach all."""
