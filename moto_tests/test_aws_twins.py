@@ -13,7 +13,7 @@ import pytest
 
 import runtime
 from tests.infra import cli, cluster_status, wait_for
-from tests.infra.cloud_work import autoscaler_story, busy_gpu_node, cloud_cluster, gpu_and_cpu_tasks
+from tests.infra.cloud_work import autoscaler_story, busy_gpu_node, checkpointed_work, cloud_cluster, gpu_and_cpu_tasks
 from tests.infra.moto_twins import LAPTOP_ENV
 
 CLUSTER = "aws-twins"
@@ -81,20 +81,6 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
 
     infer, crunch = gpu_and_cpu_tasks()
 
-    @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=0)
-    def checkpointing(run_s):
-        import pathlib
-        import socket
-        import time as t
-
-        import runtime as rt
-
-        rt.on_preemption(lambda notice: (pathlib.Path.home() / "preempted").write_text(notice["reason"]))
-        end = t.time() + run_s
-        while t.time() < end:
-            t.sleep(0.2)
-        return socket.gethostname(), rt.get_runtime_context().preempting
-
     # GPU and CPU work: the head's autoscaler creates a spot g4dn and an m5.xlarge through EC2 and sets
     # them up over SSH from the head; each twin's hostname is its instance id
     gpu_ref, cpu_ref = infer.remote(0.1), crunch.remote()
@@ -107,27 +93,29 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     logs = head_twin.root / ".launch-runtime" / "cluster" / "logs"
     assert (logs / f"{gpu_host}.log").exists()  # set up by the head, which logged it
 
-    # a spot interruption while a task runs. EC2's two-minute notice first (the instance's metadata
-    # service): the node's agent says it in its heartbeats, the head drains the node and counts its task
-    # as demand, and the replacement is launched while the node still runs. Then the instance (and its
-    # twin) goes at the deadline, and the task runs again on the replacement.
-    # The task is told in time (its runtime.on_preemption hook runs on the node: it could checkpoint),
-    # and its run cut short there costs none of its retries (it has none).
-    ref = checkpointing.remote(15.0)
+    # a spot interruption while a long task runs. EC2's two-minute notice first (the instance's metadata
+    # service): the node's agent says it to the head, which drains the node and counts its task as
+    # demand, and the replacement registers while the node still runs; the task's preemption hook saves
+    # its progress. Then the instance (and its twin) goes at the deadline, and the task resumes on the
+    # replacement from where it was, which costs none of its retries (it has none).
+    store, work = checkpointed_work(steps=300, step_s=0.1)
+    ref = work.remote(store, "train")
     busy = busy_gpu_node(path, home)
     deadline = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
-    cloud.metadata[busy].set(role=None, spot_action={"action": "terminate", "time": deadline})
-    wait_for(lambda: len([i for i in live_instances(ec2) if i["InstanceType"] == "g4dn.xlarge"]) == 2,
-             timeout=60, what="the replacement launched on the notice, the preempted node still running")
+    cloud.metadata[busy].set(spot_action={"action": "terminate", "time": deadline})
+
+    def replacement_registered() -> bool:
+        return any(n["id"] != busy and n["resources_total"].get("GPU") and n.get("runtime") == "alive"
+                   for n in cluster_status(path, home)["nodes"])
+
+    wait_for(replacement_registered, timeout=120, what="a replacement registered, the preempted node still up")
     # `launch status` says it, with the cloud's reason
     (going,) = [n for n in cluster_status(path, home)["nodes"] if n["id"] == busy]
     assert going["preempting"]["reason"] == f"spot terminate at {deadline}" and going["preempting"]["in_s"] > 0
-    marker = cloud.twin(busy).root / "preempted"
-    wait_for(marker.exists, timeout=30, what="the task's preemption hook run on the node")
-    assert marker.read_text() == f"spot terminate at {deadline}"
     ec2.terminate_instances(InstanceIds=[busy])
-    rerun_on, preempting = runtime.get(ref, timeout=240)
+    rerun_on, resumed_at, preempting = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)} and not preempting
+    assert resumed_at > 0
     events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
     assert '"event": "preempt-notice"' in events and f"spot terminate at {deadline}" in events
 

@@ -335,6 +335,10 @@ class Agent:
                 log.warning("preemption notice from the cloud: %s", notice.reason)
                 atomic_write(self.preempt_file, json.dumps({"at": notice.at, "reason": notice.reason}), mode=0o644)
                 self.notice = notice
+                # the head hears it first: what ends on the node from now on (a hook that saves and exits)
+                # is then lost to a preemption, requeued without costing a retry; the replacement starts now
+                self._retrying("the preemption notice", lambda: self.client.heartbeat(pb.HeartbeatRequest(
+                    node_id=self.cfg.node_id, preempt_at=notice.at, preempt_reason=notice.reason)), attempts=5)
                 told = self.executor.preempted()
                 log.warning("told %d task, actor and job process(es) of the notice", told)
                 break

@@ -32,10 +32,11 @@ def gpu_and_cpu_tasks():
     return infer, crunch
 
 
-def checkpointed_work(steps: int, step_s: float = 0.2):
+def checkpointed_work(steps: int, step_s: float = 0.2, exit_when_saved: bool = False):
     """(store, work): a checkpoint store (an actor on the head, which outlives any worker) and a T4 task
     of `steps` steps that saves its progress there in its preemption hook and resumes from it when run
-    again. The task returns (where it ran, the step it started from, whether its node was preempting)."""
+    again; with `exit_when_saved` its process then exits (the node has nothing left to run: it may go
+    early). The task returns (where it ran, the step it started from, whether its node was preempting)."""
     import runtime
     from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -55,6 +56,7 @@ def checkpointed_work(steps: int, step_s: float = 0.2):
 
     @runtime.remote(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1}, max_retries=0)
     def work(store, key):
+        import os
         import socket
         import time as t
 
@@ -62,7 +64,12 @@ def checkpointed_work(steps: int, step_s: float = 0.2):
 
         start = rt.get(store.load.remote(key))
         progress = {"step": start}
-        rt.on_preemption(lambda notice: rt.get(store.save.remote(key, progress["step"])))
+        def save(notice):
+            rt.get(store.save.remote(key, progress["step"]))
+            if exit_when_saved:
+                os._exit(0)
+
+        rt.on_preemption(save)
         for step in range(start, steps):
             progress["step"] = step
             t.sleep(step_s)

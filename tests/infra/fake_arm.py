@@ -17,10 +17,14 @@ touches it:
 Every VM that reaches Succeeded is a VM twin at its NIC's private IP (hostname = the VM's name);
 deallocate or delete kills it; start boots it again with its disk kept. Faults: allocation failure per
 zone, SKU not available, quota, a burst of 429s, a spot eviction (deallocated or deleted by Azure).
+Each twin has IMDS (tests/infra/metadata.py): tokens of the VM's user-assigned identities, its Scheduled
+Events (`notice()` posts a Preempt). The bearer tokens callers used are counted (`bearers`); `cli_login`
+makes the `az` command a laptop with `az login` has.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import re
@@ -29,15 +33,18 @@ import subprocess
 import threading
 import time
 import uuid
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from tests.infra.fake_http import JsonApi, Reply
+from tests.infra.metadata import Metadata
 
 # name -> (vCPUs, MemoryGB, GPUs)
 VM_SIZES = {"Standard_D2s_v3": (2, 8, 0), "Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
             "Standard_NC4as_T4_v3": (4, 28, 1), "Standard_NC8as_T4_v3": (8, 56, 1)}
 GPU_NAMES = {"Standard_NC4as_T4_v3": "T4", "Standard_NC8as_T4_v3": "T4"}
+TENANT = "00000000-0000-4000-8000-0000000000aa"
 RETAIL_REGIONS = ("westus2", "eastus")
 RETAIL_RATE = {"cpu": 0.048, "gpu": 0.35, "spot": 0.2}  # the fake's prices: $/h per vCPU and GPU; spot's share
 
@@ -66,6 +73,8 @@ class FakeARM(JsonApi):
         self.resources: dict[str, dict] = {}  # lower-case id -> resource
         self.operations: dict[str, dict] = {}  # id -> {status, error, steps, created}
         self.calls: list[tuple[str, str]] = []
+        self.bearers: collections.Counter[str] = collections.Counter()  # the tokens calls carried
+        self.metadata: dict[str, Metadata] = {}  # VM name -> its twin's IMDS
         self.cert, key = self_signed_cert(cert_dir, host)
         # faults
         self.allocation_failure_zones: set[str] = set()
@@ -113,6 +122,26 @@ class FakeARM(JsonApi):
 
     def twin(self, name: str):
         return self.net.twins.get(name) if self.net else None
+
+    def notice(self, vm_name: str, ahead_s: float = 30.0) -> str:
+        """Azure schedules a spot VM's eviction: a Preempt event in its Scheduled Events. Returns its id."""
+        event_id = str(uuid.uuid4())
+        self.metadata[vm_name].set(events=[{
+            "EventId": event_id, "EventType": "Preempt", "ResourceType": "VirtualMachine",
+            "Resources": [vm_name], "EventStatus": "Scheduled", "EventSource": "Platform", "DurationInSeconds": -1,
+            "NotBefore": formatdate(time.time() + ahead_s, usegmt=True), "Description": "Spot eviction"}])
+        return event_id
+
+    def cli_login(self, directory: Path) -> Path:
+        """An `az` command in `directory` that answers `az account get-access-token` as the Azure CLI does
+        after `az login` (the laptop's credential: azure-identity's AzureCliCredential runs it)."""
+        az = directory / "az"
+        az.write_text("#!/bin/sh\n"
+                      f"echo '{{\"accessToken\": \"laptop-cli-token\", \"expires_on\": '$(( $(date +%s) + 3600 ))', "
+                      f"\"subscription\": \"{self.subscription}\", \"tenant\": \"{TENANT}\", "
+                      "\"tokenType\": \"Bearer\"}'\n")
+        az.chmod(0o755)
+        return az
 
     def close(self) -> None:
         self._stop.set()
@@ -265,6 +294,11 @@ class FakeARM(JsonApi):
             twin = self.net.twins.get(vm["name"])
             if twin is None:
                 twin = self.net.twin(vm["name"], ip)
+                # IMDS gives tokens of the user-assigned identities the VM has
+                identities = [self.resources.get(i.lower(), {}).get("properties", {}).get("clientId")
+                              for i in (vm.get("identity") or {}).get("userAssignedIdentities") or {}]
+                self.metadata[vm["name"]] = Metadata(twin, cloud="azure", name=vm["name"],
+                                                     identities=[c for c in identities if c])
                 if vm.get("tags", {}).get("launch-kind") == "head":
                     twin.block_laptop()
             else:
@@ -275,6 +309,9 @@ class FakeARM(JsonApi):
         if self.net is None:
             return
         if destroy:
+            metadata = self.metadata.pop(name, None)
+            if metadata is not None:
+                metadata.close()
             self.net.remove(name)
         elif name in self.net.twins:
             self.net.twins[name].kill()
@@ -457,6 +494,7 @@ class FakeARM(JsonApi):
             if not (headers.get("Authorization") or "").startswith("Bearer "):
                 raise ApiError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' "
                                                             "header is missing.")
+            self.bearers[headers["Authorization"].removeprefix("Bearer ")] += 1
             body = json.loads(raw) if raw else {}
             code, out, extra = self.route(method, url.path, parse_qs(url.query), body)
         except ApiError as e:
