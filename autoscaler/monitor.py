@@ -39,8 +39,10 @@ from dataclasses import dataclass, field
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
 from autoscaler.pricing import LivePrice, live_wanted, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
+from autoscaler.denials import Denials
 from autoscaler.upkeep import WorkerUpkeep, _describe
 from core.backoff import Backoff
+from core.errors import PermissionDenied
 from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
@@ -58,6 +60,7 @@ from runtime.work import own_resources, pinned_node
 
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
+DENIED_TICK_MAX_S = 30.0  # the longest wait between ticks the cloud refuses (a missing permission)
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
 
 
@@ -104,7 +107,7 @@ class _Request:
 REQUESTED = "requested:"  # the id prefix of a node a launch request has not yet made
 
 
-class Monitor(WorkerUpkeep, DemandWatch):
+class Monitor(WorkerUpkeep, DemandWatch, Denials):
     def __init__(self, token: str, bind_host: str, clock=time.time):
         self.clock = clock
         self.token = token
@@ -130,6 +133,7 @@ class Monitor(WorkerUpkeep, DemandWatch):
         self.prices_asked = 0.0
         self.prices: dict[str, dict] = {}  # node type -> its price and where it comes from, as last planned
         self.noticed: set[str] = set()  # nodes whose preemption notice was logged
+        self.denied: dict[str, dict] = {}  # where -> what the cloud refused the head's identity (Denials)
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
         self.reload()
@@ -350,9 +354,12 @@ class Monitor(WorkerUpkeep, DemandWatch):
             try:
                 created = r.future.result()
             except Exception as e:  # noqa: BLE001  any failure of one type must not stop the others
-                self.back_off(r.node_type, _describe(e), now)
+                delay = self.back_off(r.node_type, _describe(e), now)
+                if isinstance(e, PermissionDenied):
+                    self.deny(f"launching {r.node_type}", e, delay)
                 self.round.errors[r.node_type] = f"could not launch worker(s) of type {r.node_type}: {_describe(e)}"
                 continue
+            self.allow(f"launching {r.node_type}")
             self.round.errors.pop(r.node_type, None)
             self.round.did(f"{len(created)} worker(s) of type {r.node_type}: created")
             self.metrics.launches.labels(r.node_type).inc(len(created))
@@ -361,13 +368,14 @@ class Monitor(WorkerUpkeep, DemandWatch):
             for node in created:
                 self.bootstrap(node)
 
-    def back_off(self, node_type: str, error: str, now: float) -> None:
+    def back_off(self, node_type: str, error: str, now: float) -> float:
         a = self.cfg.autoscaler
         with self.lock:
             b = self.backoff.setdefault(node_type, Backoff(a.backoff_initial_s, a.backoff_max_s))
             delay = b.fail(now, error)
         self.metrics.failures.labels(node_type).inc()
         self.event("launch-failed", node_type=node_type, error=error, backoff_s=delay, failures=b.failures)
+        return delay
 
     def converge(self, nodes: list[NodeInfo], views: dict[str, NodeView], p: Plan,
                  types: dict[str, NodeTypeSpec], now: float) -> None:
@@ -435,7 +443,7 @@ class Monitor(WorkerUpkeep, DemandWatch):
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
         held = [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count} for d in state.infeasible]
         status = {**_plan_status(p, nodes, types, demand, groups), "updated_at": now, "failures": failures,
-                  "prices": self.prices,
+                  "prices": self.prices, "denied": self.denials_status(),
                   "recent_events": list(self.recent)[-10:]}
         with self.lock:
             status["round"] = self.round.report().as_dict()
@@ -454,16 +462,18 @@ class Monitor(WorkerUpkeep, DemandWatch):
         on_this_node(METRICS_ADDRESS).write_text(address)
         self.event("monitor-started", tick_s=self.cfg.autoscaler.tick_s)
         threading.Thread(target=self.watch_demand, args=(stop,), name="demand-watch", daemon=True).start()
+        refused = Backoff(self.cfg.autoscaler.tick_s, DENIED_TICK_MAX_S)  # ticks the cloud refuses: slower
         while not stop.is_set():
             started = time.monotonic()
+            delay = 0.0
             try:
-                self.tick()
+                delay = self.tick_unless_refused(refused)
             except Exception as e:  # a tick that fails (head busy, provider hiccup) is retried next tick
                 log.exception("tick failed")
                 self.event("tick-failed", error=_describe(e)[:500])
             # while a round has not converged, `up` waits on it: ticks come faster, and a setup that ends wakes one
             tick_s = self.cfg.autoscaler.tick_s
-            every = tick_s if self.round.converged else min(tick_s, ROUND_TICK_S)
+            every = max(delay, tick_s if self.round.converged else min(tick_s, ROUND_TICK_S))
             wake.wait(max(0.0, every - (time.monotonic() - started)))
             wake.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)

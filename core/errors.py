@@ -54,7 +54,12 @@ class TransientError(ProviderError):
 
 
 class PermissionDenied(ProviderError):
-    """The credentials may not do this: fails fast, names the operation."""
+    """The credentials may not do this: fails fast, names the operation, and the permission it needs
+    where the cloud says which (ec2:RunInstances, compute.instances.create, Microsoft.Compute/...)."""
+
+    def __init__(self, message: str, permission: str = ""):
+        self.permission = permission
+        super().__init__(message)
 
 
 class InvalidRequest(ProviderError):

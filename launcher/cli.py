@@ -268,6 +268,8 @@ def _print_autoscaler(a: dict | None) -> None:
     lines = [f"Autoscaler: {head}, cost {a.get('cost_per_hour', 0):.2f} $/h"]
     if a.get("error"):
         lines.append(f"  {a['error']}")
+    for d in a.get("denied", []):  # the head's credentials are its instance's: a role may lack a permission
+        lines.append(f"  [red]denied[/red]: {escape(d['line'])} (next try in {_fmt_age(d['retry_in_s'])} at most)")
     for t, why in a.get("launch_reasons", {}).items():
         lines.append(f"  launching {a['launches'].get(t, 0)} x {t}: {why}")
     for t in a.get("terminations", []):

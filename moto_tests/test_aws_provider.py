@@ -298,6 +298,8 @@ def test_each_ec2_error_maps_to_one_typed_error(aws, tmp_path, code, error, text
     with pytest.raises(error) as e:
         p.create("cpu", 1, {})
     assert text in str(e.value) and not isinstance(e.value, ConfigError)
+    if error is PermissionDenied:  # IAM's name of the action, for the one line `launch status` shows
+        assert e.value.permission == "ec2:RunInstances"
 
 
 def test_terminate_batches_of_at_most_1000_and_skips_ids_already_gone(aws, tmp_path):

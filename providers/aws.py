@@ -192,7 +192,10 @@ class _Clients:
         try:
             return getattr(client, op)(**kwargs)
         except self.ClientError as e:
-            raise map_error(e, op, node_type, zone, self.attempts) from None
+            error = map_error(e, op, node_type, zone, self.attempts)
+            if isinstance(error, PermissionDenied):  # IAM's name of what was refused
+                error.permission = f"{client.meta.service_model.endpoint_prefix}:{e.operation_name}"
+            raise error from None
         except self.SdkError as e:
             raise map_sdk_error(e, op) from None
 

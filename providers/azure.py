@@ -169,7 +169,8 @@ def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = Non
         return TransientError(f"azure {op}: still throttled after retries")
     if code in PERMISSION_CODES or status in (401, 403):
         who = f" for node type {node_type!r}" if node_type else ""
-        return PermissionDenied(f"azure {op}{who} refused: {code}: {message}")
+        action = re.search(r"perform action '([^']+)'", message)  # the RBAC action the identity lacks
+        return PermissionDenied(f"azure {op}{who} refused: {code}: {message}", action.group(1) if action else "")
     if status == 404 or code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound"):
         return NodeNotFound(message)
     if status == 400 or code.startswith("Invalid"):

@@ -155,12 +155,18 @@ def map_error(e: Exception, op: str, node_type: str = "", zone: str | None = Non
         return TransientError(f"gcp {op}: still throttled or failing after retries ({reason or status})")
     if status in (401, 403):
         who = f" for node type {node_type!r}" if node_type else ""
-        return PermissionDenied(f"gcp {op}{who} refused ({reason or status}): {message}")
+        return PermissionDenied(f"gcp {op}{who} refused ({reason or status}): {message}", _permission(message))
     if status == 404:
         return NodeNotFound(message)
     if status == 400:
         return InvalidRequest(f"{where}: gcp {op} refused: {message}")
     return ProviderError(f"gcp {op} failed ({reason or status or type(e).__name__}): {message}")
+
+
+def _permission(message: str) -> str:
+    """The IAM permission GCE says a call lacked ("Required 'compute.instances.create' permission for ...")."""
+    m = re.search(r"Required '([\w.]+)' permission", message)
+    return m.group(1) if m else ""
 
 
 def _operation_error(op, what: str, node_type: str, zone: str | None) -> LaunchError:
@@ -174,7 +180,7 @@ def _operation_error(op, what: str, node_type: str, zone: str | None) -> LaunchE
         return QuotaError(node_type or "?", message)
     status = op.http_error_status_code or 0
     if status in (401, 403):
-        return PermissionDenied(f"gcp {what} refused: {message}")
+        return PermissionDenied(f"gcp {what} refused: {message}", _permission(message))
     if status == 404:
         return NodeNotFound(message)
     if status == 400:

@@ -209,8 +209,9 @@ def test_permission_errors_fail_fast_naming_the_node_type(arm, tmp_path):
     cfg = parse_config(config(arm))
     state = dict(providers.bootstrap(cfg, tmp_path).state, subscription_id="someone-elses-subscription")
     provider = providers.build(ClusterSpec(config=cfg, provider_state=state))
-    with pytest.raises(PermissionDenied, match="for node type 'ray.worker.default' refused: AuthorizationFailed"):
+    with pytest.raises(PermissionDenied, match="for node type 'ray.worker.default' refused: AuthorizationFailed") as e:
         provider.create("ray.worker.default", 1, tags("ray.worker.default"))
+    assert e.value.permission.startswith("Microsoft.")  # the RBAC action ARM named
     assert leftovers(arm) == []
 
 

@@ -229,6 +229,11 @@ def test_permission_errors_fail_fast_naming_the_node_type(gce, tmp_path):
     provider.gcp.project = "someone-elses-project"
     with pytest.raises(PermissionDenied, match="instances.insert for node type 'cpu_worker' refused"):
         provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    provider.gcp.project = GCE_PROJECT
+    gce.denied.add(("compute.instances.create", "*"))  # a role that lacks it: the permission is named
+    with pytest.raises(PermissionDenied) as e:
+        provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert e.value.permission == "compute.instances.create" and gce.live() == []
 
 
 def test_catalog_prices_a_vm_with_its_attached_gpus():

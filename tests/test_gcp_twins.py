@@ -61,6 +61,18 @@ def test_head_autoscales_through_the_compute_api_over_ssh_from_the_head(cluster)
     held = gce.twin(head["name"]).root / ".launch-runtime" / "cluster" / "spec.json"
     assert "gcp_credentials" not in json.loads(held.read_text())["config"]["provider"]
     assert "PRIVATE KEY" not in held.read_text()
+    # the instance's role lacks a permission for a while: the autoscaler says which, in its log and as one
+    # line of `launch status`, retries with backoff, and goes on once the role has it
+    gce.denied.add(("compute.instances.list", f"instance-token-{head['name']}"))
+    wait_for(lambda: cluster_status(path, home)["autoscaler"].get("denied"), timeout=30, what="the refusal said")
+    shown = cli("status", str(path), home=home, timeout=60).stdout
+    assert "denied: the head's cloud identity lacks compute.instances.list (the autoscaler's tick)" in shown
+    gce.denied.clear()
+    wait_for(lambda: not cluster_status(path, home)["autoscaler"].get("denied"), timeout=60, what="the tick again")
+    events = [json.loads(line) for line in (gce.twin(head["name"]).node_dir / "logs" / "autoscaler.log").open()]
+    (refused,) = [e for e in events if e["event"] == "permission-denied"]
+    assert refused["permission"] == "compute.instances.list"
+    assert [e["event"] for e in events if e["event"].startswith("permission-")][-1] == "permission-granted"
     rules = {name: fw for name, fw in gce.firewalls.items()}
     assert [fw["allowed"] for fw in rules.values() if fw.get("sourceRanges")] == [[{"IPProtocol": "tcp", "ports": ["22"]}]]
 

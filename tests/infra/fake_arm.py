@@ -443,8 +443,12 @@ class FakeARM(JsonApi):
         low = path.lower().rstrip("/")
         sub = f"/subscriptions/{self.subscription}".lower()
         if not low.startswith(sub):
-            raise ApiError(403, "AuthorizationFailed", f"The client does not have authorization to perform action "
-                                                       f"over scope '{path}'.")
+            kinds = re.findall(r"/providers/([^/]+/[^/]+)", path)  # the RBAC action: <namespace>/<type>/<verb>
+            action = f"{kinds[-1] if kinds else 'Microsoft.Resources/subscriptions'}/" \
+                     f"{ {'GET': 'read', 'DELETE': 'delete', 'POST': 'action'}.get(method, 'write')}"
+            raise ApiError(403, "AuthorizationFailed", f"The client 'launch' with object id '{TENANT}' does not have "
+                                                       f"authorization to perform action '{action}' over scope "
+                                                       f"'{path}' or the scope is invalid.")
         with self.lock:
             m = re.fullmatch(r"/subscriptions/[^/]+/providers/microsoft\.compute/locations/[^/]+/operations/([^/]+)", low)
             if m:

@@ -118,6 +118,9 @@ class FakeGCE(JsonApi):
         self.throttle_next = 0
         self.fail_after_start_zones: set[str] = set()
         self.lose_insert_replies = 0
+        # IAM: (permission, bearer token) pairs refused, "*" for every caller (compute.instances.<verb>)
+        self.denied: set[tuple[str, str]] = set()
+        self.caller = threading.local()  # the bearer token of the request this thread answers
         self.tokens_issued = 0  # access tokens given for service account keys (POST /token)
         self.last_authorization = ""
         self.bearers: collections.Counter[str] = collections.Counter()  # the tokens calls carried
@@ -147,6 +150,7 @@ class FakeGCE(JsonApi):
             self.stockout_zones.clear()
             self.fail_after_start_zones.clear()
             self.quota_exceeded, self.throttle_next, self.lose_insert_replies = False, 0, 0
+            self.denied.clear()
 
     def live(self, label_filters: dict[str, str] | None = None) -> list[dict]:
         """Every instance not deleted, in any status, whose labels include the filters."""
@@ -519,6 +523,7 @@ class FakeGCE(JsonApi):
             if r[:1] == ["zones"] and len(r) >= 3:
                 zone = r[1]
                 if r[2] == "instances":
+                    self._authorize(method, r)
                     if len(r) == 3:
                         if method == "GET":
                             return self.list(zone, query)
@@ -572,6 +577,15 @@ class FakeGCE(JsonApi):
                 return self.subnetworks(r[1])
         raise ApiError(404, "notFound", f"no such resource {method} {path}")
 
+    def _authorize(self, method: str, r: list[str]) -> None:
+        """IAM: a call on instances needs its permission, which `denied` takes from a caller (or all)."""
+        verb = {("GET", 3): "list", ("POST", 3): "create", ("GET", 4): "get", ("DELETE", 4): "delete"}.get(
+            (method, len(r)), {"setLabels": "setLabels"}.get(r[-1], r[-1]))
+        permission = f"compute.instances.{verb}"
+        if {(permission, "*"), (permission, self.caller.token)} & self.denied:
+            raise ApiError(403, "forbidden", f"Required '{permission}' permission for 'projects/{self.project}/"
+                                             f"zones/{r[1]}/instances{'/' + r[3] if len(r) > 3 else ''}'")
+
     def service_account_key(self) -> dict:
         """A service account key file's contents (`gcloud iam service-accounts keys create`), its token_uri
         this endpoint (POST /token)."""
@@ -601,7 +615,8 @@ class FakeGCE(JsonApi):
             self.last_authorization = headers.get("Authorization") or ""
             if not self.last_authorization.startswith("Bearer "):
                 raise ApiError(401, "required", "Request is missing required authentication credential.")
-            self.bearers[self.last_authorization.removeprefix("Bearer ")] += 1
+            self.caller.token = self.last_authorization.removeprefix("Bearer ")
+            self.bearers[self.caller.token] += 1
             body = json.loads(raw) if raw else {}
             out, code = self.route(method, url.path, parse_qs(url.query), body), 200
         except ApiError as e:
