@@ -30,6 +30,7 @@ HEAD_MOUNTS = f"{HEAD_CLUSTER_STATE}/mounts"  # one copy per file mount, synced 
 # made by a scheduler's holder job (providers/slurm.py), which runs the node's supervisor once
 # `runtime.node start` writes the interpreter into it
 HOLDER_FIFO = f"{NODE_DIR}/holder.fifo"
+HOLDER_SIGNALLED = f"{NODE_DIR}/holder.signalled"  # Slurm signalled the holder job: its end is near
 MOUNT_MANIFESTS = f"{NODE_DIR}/mounts"  # what the last file sync sent, per mount (a mount may be node-local)
 NODE_PYTHON = f"{NODE_DIR}/bin/python"  # the runtime's interpreter on nodes it was shipped to
 INSTALLS = f"{RUNTIME_DIR}/install"  # shipped runtime bundles, one folder per bundle id (shared safely)

@@ -196,6 +196,7 @@ class Lifecycle:
     def node_runtime_config(self, node: NodeInfo, token: str, is_head: bool, head_address: str,
                             head_port: int) -> NodeRuntimeConfig:
         nt = self.cfg.node_type(node.node_type)
+        facts = providers.facts(self.spec.provider_kind)
         return NodeRuntimeConfig(
             node_id=node.id, node_type=node.node_type, is_head=is_head, token=token,
             address=node.internal_ip or "127.0.0.1", head_address=head_address,
@@ -207,7 +208,7 @@ class Lifecycle:
             heartbeat_interval_s=self.cfg.runtime.heartbeat_interval_s,
             node_timeout_s=self.cfg.runtime.node_timeout_s,
             owner_timeout_s=self.cfg.runtime.owner_timeout_s,
-            notices=providers.facts(self.spec.provider_kind).notices if node.spot else "",
+            notices=facts.notices if node.spot or facts.notices_on_every_node else "",
         )
 
     def updater(self, node: NodeInfo, token: str, *, is_head: bool, head_address: str = "",

@@ -74,6 +74,7 @@ class ProviderFacts:
     region_key: str = "region"
     # whose preemption notices a spot node's agent watches (runtime/notices.py); "": the cloud gives none
     notices: str = ""
+    notices_on_every_node: bool = False  # (Slurm: every allocation ends, at its time limit or preempted)
     # what the head's control plane imports to call the cloud: shipped with the head's runtime
     head_sdk: tuple[str, ...] = ()
     head_sdk_optional: frozenset[str] = frozenset()  # imported by those SDKs where present

@@ -44,7 +44,7 @@ from core.entry_points import NODE_CONTROL
 from core.errors import ConfigError, InvalidRequest, NodeNotFound, ProviderError, QuotaError, TransientError
 from core.files import locked_json
 from core.node import SlurmJob
-from core.paths import HOLDER_FIFO, NODE_DIR
+from core.paths import HOLDER_FIFO, HOLDER_SIGNALLED, NODE_DIR
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
@@ -58,7 +58,8 @@ PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE
 RUNNING_STATES = {"RUNNING", "SUSPENDED"}
 
 
-FACTS = ProviderFacts()
+FACTS = ProviderFacts(notices="slurm", notices_on_every_node=True)
+NOTICE_SIGNAL = "USR1"
 
 
 class Section(CommonSection):
@@ -66,6 +67,9 @@ class Section(CommonSection):
     account: str | None = None
     qos: str | None = None
     time_limit: str | None = None  # sbatch's --time: minutes, or [D-]HH:MM:SS
+    # how long before a holder job's end its node is told (sbatch --signal=B:USR1@notice_s): at its time
+    # limit, and at a preemption where the site sets PreemptParameters=send_user_signal (0: never told)
+    notice_s: int = Field(default=120, ge=0, le=65535)
     constraint: str | None = None
     sbatch_options: list[str] = Field(default_factory=list)  # more sbatch options, as given
     slurm_conf: str | None = None  # SLURM_CONF for every Slurm command (default: the environment's)
@@ -180,6 +184,8 @@ def sbatch_args(section: Section, nc: NodeConfig, cluster: str, tags: dict[str, 
     """The holder job's sbatch options: the node type's request over the provider's defaults."""
     args = ["--parsable", f"--job-name={job_name(cluster)}", f"--comment={encode_tags(tags)}",
             "--nodes=1", "--ntasks=1", f"--cpus-per-task={nc.cpus}", "--output=/dev/null", "--no-requeue"]
+    if section.notice_s:  # the holder's shell is signalled ahead of the end (holder_script): the node's notice
+        args.append(f"--signal=B:{NOTICE_SIGNAL}@{section.notice_s}")
     if nc.memory is not None:
         args.append(f"--mem={int(memory_mb(nc.memory, 'node_config') or 0)}")
     if nc.gres:
@@ -195,7 +201,8 @@ def sbatch_args(section: Section, nc: NodeConfig, cluster: str, tags: dict[str, 
 def holder_script(node_root: str, cluster: str) -> str:
     """The holder job: the node's HOME, then the node's runtime supervisor once launch says start.
     `runtime.node start` writes the interpreter to run into the FIFO (runtime/node.py)."""
-    node_dir, fifo = (f'"$HOME"/{p[2:].replace("{node}", "$(uname -n)")}' for p in (NODE_DIR, HOLDER_FIFO))
+    node_dir, fifo, signalled = (f'"$HOME"/{p[2:].replace("{node}", "$(uname -n)")}'
+                                 for p in (NODE_DIR, HOLDER_FIFO, HOLDER_SIGNALLED))
     return f"""#!/bin/bash
 # launch: this job holds a node of cluster {cluster} while the cluster needs it
 umask 077
@@ -207,10 +214,13 @@ fifo={fifo}
 rm -f "$fifo" && mkfifo -m 600 "$fifo" || exit 1
 trap 'rm -rf "$HOME"' EXIT
 trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 0' TERM
+# Slurm's notice (--signal=B:{NOTICE_SIGNAL}@notice_s): the node's agent reads it (runtime/notices.py); the node
+# runs on until the job's end
+trap 'date +%s >{signalled}' {NOTICE_SIGNAL}
 read -r python <"$fifo" || exit 1
 "$python" -m {NODE_CONTROL} supervise &
 pid=$!
-wait $pid
+while kill -0 $pid 2>/dev/null; do wait $pid; done  # (a trapped signal ends a wait, not the node)
 """
 
 

@@ -11,21 +11,31 @@ replacement while the node still runs (rather than after its heartbeats stop).
 - azure: Scheduled Events (`/metadata/scheduledevents`): a `Preempt` event naming this VM, with its
   NotBefore time (about 30 s ahead). Azure lets the VM go early once the event is acknowledged (a POST of
   StartRequests): the agent does that once the node has nothing left running (`acknowledge`).
+- slurm: every allocation ends, at its time limit or when a job of higher priority preempts it. The
+  holder job asks Slurm to signal its shell `notice_s` ahead (sbatch --signal=B:USR1@notice_s, which a
+  site's PreemptParameters=send_user_signal also sends at a preemption); the shell notes the time in
+  HOLDER_SIGNALLED, and the job's end time (squeue %e) is the deadline.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from core.paths import HOLDER_SIGNALLED, on_this_node
 
 IMDS = "http://169.254.169.254"
 NOTICE_POLL_S = 2.0  # AWS suggests every 5 s; the notice comes 2 minutes ahead
 TIMEOUT_S = 1.0
+SLURM_FALLBACK_S = 60.0  # a Slurm job's end when squeue cannot say: this long after its signal
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,27 @@ class AzureNotices:
             return False
 
 
+class SlurmNotices:
+    def __init__(self, signalled: Path | None = None):
+        self.signalled = signalled or on_this_node(HOLDER_SIGNALLED)
+        self.job = os.environ.get("SLURM_JOB_ID", "")
+
+    def check(self) -> Notice | None:
+        try:
+            at = float(self.signalled.read_text().strip() or 0) + SLURM_FALLBACK_S
+        except (OSError, ValueError):
+            return None
+        end = ""
+        try:  # the job's end: its time limit, or now plus the partition's GraceTime once it is preempted
+            out = subprocess.run(["squeue", "-h", "-j", self.job, "-o", "%e"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+            at, end = datetime.fromisoformat(out).timestamp(), out
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass  # (no squeue here: the signal's own time serves)
+        return Notice(at, f"Slurm job {self.job} ends at {end or 'soon'} (its time limit, or preempted)")
+
+
 def watcher(kind: str):
     """The notice source of a cloud (None: it gives none)."""
-    return {"aws": AwsNotices, "gcp": GceNotices, "azure": AzureNotices}.get(kind, lambda: None)()
+    return {"aws": AwsNotices, "gcp": GceNotices, "azure": AzureNotices, "slurm": SlurmNotices}.get(
+        kind, lambda: None)()

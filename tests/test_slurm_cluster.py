@@ -1,11 +1,13 @@
 """A whole cluster on the shared real Slurm, as a user on a login host meets it: `up` puts the head on this
 machine and no worker anywhere; work that needs more nodes than exist makes the head's autoscaler submit
 holder jobs (one that cannot start yet is shown pending with Slurm's reason), the tasks run inside the
-allocations (a GPU task sees only its job's GPU), a holder job killed by its time limit has its task
-requeued onto a replacement, idle allocations are cancelled, and `down` leaves an empty queue."""
+allocations (a GPU task sees only its job's GPU), a holder job nearing its time limit is told by Slurm
+(its node drained, a replacement submitted at once) and, once killed, its task runs again on the
+replacement without costing a retry; idle allocations are cancelled, and `down` leaves an empty queue."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -24,7 +26,7 @@ def cluster(slurm, tmp_path):
         "cluster_name": CLUSTER,
         "max_workers": 5,
         "idle_timeout_minutes": 0.1,
-        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "queue_wait_s": 240},
+        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "queue_wait_s": 240, "notice_s": 40},
         "autoscaler": {"tick_s": 0.5},
         "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
         "available_node_types": {
@@ -48,7 +50,7 @@ def cluster(slurm, tmp_path):
 
 
 def _work(marker_dir: str):
-    @runtime.remote(num_cpus=1, resources={"short": 1}, max_retries=2)
+    @runtime.remote(num_cpus=1, resources={"short": 1}, max_retries=0)
     def outlive_the_allocation():
         """The first attempt runs past its allocation's time limit; the rerun returns at once."""
         import os
@@ -106,10 +108,17 @@ def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
     r = cli("exec", str(path), "--node", gpu_job, "echo job=$SLURM_JOB_ID gpus=$CUDA_VISIBLE_DEVICES", home=home)
     assert r.returncode == 0 and f"job={gpu_job}" in r.stdout, r.stdout + r.stderr
 
-    # Slurm ends the first allocation at its time limit: its task runs again on a replacement
+    # Slurm signals the first allocation 40 s before its time limit: the node is drained and a replacement
+    # submitted while it runs; at the limit Slurm ends it, and its task runs again on the replacement,
+    # which costs none of its retries (it has none)
     rerun_job = runtime.get(doomed, timeout=240)
     assert rerun_job != first_job
-    assert first_job not in slurm.queue()
+    # (the replacement was up before the limit: the rerun may end while Slurm still completes the old job)
+    wait_for(lambda: first_job not in slurm.queue(), timeout=60, what="the time-limited job out of the queue")
+    (log,) = tmp_path.rglob("autoscaler.log")  # the head's, on this login host
+    events = [json.loads(line) for line in log.open()]
+    (notice,) = [e for e in events if e["event"] == "preempt-notice" and e.get("node") == first_job]
+    assert f"Slurm job {first_job} ends at" in notice["reason"]
 
     # idle allocations are given back; `down` (the fixture's) leaves the queue empty
     wait_for(lambda: [n["kind"] for n in cluster_status(path, home)["nodes"]] == ["head"], timeout=120,
