@@ -132,7 +132,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         self.live_prices: dict[str, LivePrice] = {}  # machine type -> the cloud's spot price (refresh_prices)
         self.prices_asked = 0.0
         self.prices: dict[str, dict] = {}  # node type -> its price and where it comes from, as last planned
-        self.noticed: set[str] = set()  # nodes whose preemption notice was logged
+        self.noticed: dict[str, float] = {}  # node -> when its preemption notice was logged
         self.denied: dict[str, dict] = {}  # where -> what the cloud refused the head's identity (Denials)
         self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
         self.metrics = _Metrics()
@@ -231,10 +231,12 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                 outdated=outdated, lost_for=lost_for, preempting=bool(r and r.preempt_at),
             ))
             if r and r.preempt_at and n.id not in self.noticed:  # (its replacement is planned from its work)
-                self.noticed.add(n.id)
+                self.noticed[n.id] = now
                 self.lifecycle.provider.avoid(n)  # its offering is short of spot capacity: launch elsewhere
                 self.event("preempt-notice", node=n.id, node_type=n.node_type, reason=r.preempt_reason,
-                           in_s=round(r.preempt_at - now, 1))
+                           in_s=round(r.preempt_at - now, 1), drained=r.draining, running=r.running)
+        for gone in set(self.noticed) - {n.id for n in nodes}:  # the cloud took it (or it was removed)
+            self.event("preempted-node-gone", node=gone, after_notice_s=round(now - self.noticed.pop(gone), 1))
         for request_id, r in self.requests.items():
             out += [NodeView(id=f"{REQUESTED}{request_id}:{i}", node_type=r.node_type, status=NodeStatus.PENDING,
                              launched_at=r.asked_at) for i in range(r.unlisted(nodes, request_id))]

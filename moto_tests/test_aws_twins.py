@@ -116,8 +116,16 @@ def test_head_autoscales_through_ec2_over_ssh_from_the_head(cluster):
     rerun_on, resumed_at, preempting = runtime.get(ref, timeout=240)
     assert rerun_on != busy and rerun_on in {i["InstanceId"] for i in live_instances(ec2)} and not preempting
     assert resumed_at > 0
-    events = (head_twin.node_dir / "logs" / "autoscaler.log").read_text()
-    assert '"event": "preempt-notice"' in events and f"spot terminate at {deadline}" in events
+    # the autoscaler's log tells the story with times: the notice (the node drained), the replacement's
+    # launch, the node gone
+    log = head_twin.node_dir / "logs" / "autoscaler.log"
+    wait_for(lambda: '"event": "preempted-node-gone"' in log.read_text(), timeout=30, what="the loss logged")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    (notice,) = [e for e in events if e["event"] == "preempt-notice"]
+    assert notice["node"] == busy and notice["reason"] == f"spot terminate at {deadline}" and notice["drained"]
+    launched = [e for e in events if e["event"] == "launch" and e["node_type"] == "gpu-spot" and e["ts"] > notice["ts"]]
+    (gone,) = [e for e in events if e["event"] == "preempted-node-gone"]
+    assert launched and launched[0]["ts"] < gone["ts"] and gone["node"] == busy
 
     # idle past the timeout: back to the head alone, their twins gone; the on-demand node is stopped
     # (Ray's cache_stopped_nodes, on by default), the spot ones terminated
