@@ -5,7 +5,8 @@ its heartbeats: the head drains the node and counts its work as demand, so the a
 replacement while the node still runs (rather than after its heartbeats stop).
 
 - aws: IMDSv2 (a session token, then `/latest/meta-data/spot/instance-action`: 404 until EC2 decides,
-  then {"action": "terminate" | "stop" | "hibernate", "time": "2026-12-05T10:00:00Z"}, two minutes ahead).
+  then {"action": "terminate" | "stop" | "hibernate", "time": "2026-12-05T10:00:00Z"}, two minutes ahead),
+  and `events/recommendations/rebalance` ({"noticeTime": ...}: the instance is at elevated risk, earlier).
 - gcp: the metadata server's `instance/preempted` ("TRUE" once GCE preempts the VM, about 30 s ahead:
   it says no time, so the deadline is 30 s from when it was first seen).
 - azure: Scheduled Events (`/metadata/scheduledevents`): a `Preempt` event naming this VM, with its
@@ -57,18 +58,31 @@ class AwsNotices:
                 self.token = r.read().decode()
         return self.token
 
-    def check(self) -> Notice | None:
-        """The notice, if EC2 gave one; None if none (or the service does not answer: asked again later)."""
+    def _get(self, path: str, again: bool = True):
+        """The JSON at `path`, or None while EC2 has none there (404)."""
         try:
-            req = urllib.request.Request(f"{self.base}/latest/meta-data/spot/instance-action",
-                                         headers={"X-aws-ec2-metadata-token": self._token()})
+            req = urllib.request.Request(f"{self.base}{path}", headers={"X-aws-ec2-metadata-token": self._token()})
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
-                action = json.loads(r.read())
+                return json.loads(r.read())
         except urllib.error.HTTPError as e:
-            if e.code == 401:
-                self.token = ""  # expired: a new one next time
+            if e.code == 401 and again:  # the session token expired: a new one, asked once
+                self.token = ""
+                return self._get(path, again=False)
             return None
-        except (OSError, ValueError):
+
+    def check(self) -> Notice | None:
+        """The notice, if EC2 gave one; None if none (or the service does not answer: asked again later).
+        A rebalance recommendation (the instance at elevated risk) is taken as a notice too, as AWS advises:
+        the node is replaced ahead of the interruption it warns of (its deadline unknown: two minutes)."""
+        try:
+            action = self._get("/latest/meta-data/spot/instance-action")
+            if action is None:
+                rebalance = self._get("/latest/meta-data/events/recommendations/rebalance")
+                if rebalance is None:
+                    return None
+                return Notice(time.time() + 120.0, f"spot rebalance recommendation at {rebalance.get('noticeTime', 'now')}"
+                              " (EC2: elevated risk of interruption)")
+        except (OSError, ValueError, AttributeError):
             return None
         try:
             at = datetime.strptime(action["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()

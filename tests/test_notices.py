@@ -45,9 +45,13 @@ def test_an_aws_spot_notice_is_read_with_an_imdsv2_token_when_ec2_gives_one(imds
     notice = notices.check()
     assert notice is not None and notice.reason == "spot terminate at 2030-01-02T03:04:05Z"
     assert notice.at == 1893553445.0  # 2030-01-02T03:04:05Z, read as UTC
-    notices.token = "expired"  # the service refuses it (401): a new token is asked for the next time
-    assert notices.check() is None and notices.token == ""
-    assert notices.check() is not None
+    state.write_text(json.dumps({"cloud": "aws", "rebalance": {"noticeTime": "2030-01-02T03:00:00Z"}}))
+    early = notices.check()  # a rebalance recommendation, before any interruption notice: acted on as one
+    assert early.reason.startswith("spot rebalance recommendation at 2030-01-02T03:00:00Z")
+    assert 100 < early.at - time.time() <= 120
+    state.write_text(json.dumps({"cloud": "aws", "spot_action": {"action": "terminate", "time": "2030-01-02T03:04:05Z"}}))
+    notices.token = "expired"  # the service refuses it (401): a new token is asked, and the question again
+    assert notices.check().reason == "spot terminate at 2030-01-02T03:04:05Z" and notices.token != "expired"
 
 
 def test_a_notice_without_a_time_is_taken_as_two_minutes_ahead_and_no_service_is_no_notice(imds, tmp_path):

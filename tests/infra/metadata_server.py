@@ -8,7 +8,7 @@ service answers (only the paths launch meets):
 - aws (IMDSv2): `PUT /latest/api/token` with X-aws-ec2-metadata-token-ttl-seconds gives a token every GET
   must carry (none: 401). `/latest/meta-data/iam/security-credentials/` names the instance profile's role
   (state "role"; none: 404), `.../<role>` its temporary credentials; `/latest/meta-data/spot/instance-action`
-  is 404 until state "spot_action" is set.
+  is 404 until state "spot_action" is set, `events/recommendations/rebalance` until "rebalance" is.
 - gcp (the metadata server): every request needs `Metadata-Flavor: Google` (else 403), every answer
   carries it. `/` (google-auth's ping), `computeMetadata/v1/project/project-id`,
   `instance/service-accounts/default/` (?recursive=true: the account's email and scopes) and
@@ -94,6 +94,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/latest/meta-data/spot/instance-action":
             action = s.get("spot_action")
             return self._send(200, action) if action else self._send(404)
+        if path == "/latest/meta-data/events/recommendations/rebalance":
+            rebalance = s.get("rebalance")
+            return self._send(200, rebalance) if rebalance else self._send(404)
         self._send(404)
 
     def _gcp(self, s, path, query):
