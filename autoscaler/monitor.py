@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
-from autoscaler.pricing import LivePrice, live_wanted, quote
+from autoscaler.pricing import LIVE_STALE_S, LivePrice, live_wanted, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
 from autoscaler.denials import Denials
 from autoscaler.upkeep import WorkerUpkeep, _describe
@@ -204,7 +204,8 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                 self.event("prices-failed", error=_describe(e))
                 return
             at = self.clock()
-            self.live_prices.update({m: LivePrice(p, at) for m, p in found.items()})
+            stale = max(LIVE_STALE_S, 2 * provider.spot_prices_every_s)  # (a list asked daily is not stale in an hour)
+            self.live_prices.update({m: LivePrice(p, at, stale) for m, p in found.items()})
             self.event("prices", spot={m: round(p, 6) for m, p in sorted(found.items())})
 
         self.pool.submit(ask)

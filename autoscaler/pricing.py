@@ -44,9 +44,10 @@ class LivePrice:
 
     per_hour: float
     at: float
+    stale_after_s: float = 3600.0  # older than this, still used but said to be stale (the cloud's refresh x 2)
 
 
-LIVE_STALE_S = 3600.0  # a live price older than this is still used, but said to be stale
+LIVE_STALE_S = 3600.0  # the shortest staleness limit: a price asked every 10 min is stale after an hour
 
 
 def is_spot(cfg: ClusterConfig, node_type: str) -> bool:
@@ -71,10 +72,11 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
     machines = machines_of(cfg, node_type)
     live_ones = [(live or {})[m] for m in machines if m in (live or {})] if is_spot(cfg, node_type) else []
     known = min(live_ones, key=lambda p: p.per_hour) if live_ones and len(live_ones) == len(machines) else None
-    if known is not None:
+    attached = _attached_price(cfg, node_type, live or {}) if known is not None else None
+    if known is not None and attached is not None:
         age = max(0.0, now - known.at)
-        stale = f" (STALE: older than {LIVE_STALE_S / 60:.0f} min)" if age > LIVE_STALE_S else ""
-        return Quote(known.per_hour, f"live: the cloud's spot price, {age / 60:.0f} min ago{stale}")
+        stale = f" (STALE: older than {known.stale_after_s / 60:.0f} min)" if age > known.stale_after_s else ""
+        return Quote(round(known.per_hour + attached, 6), f"live: the cloud's spot price, {age / 60:.0f} min ago{stale}")
     found = catalog_quote(cfg.provider.kind, nt.node_config, region_of(cfg), nt.spot)
     if found is not None:
         return found
@@ -82,10 +84,34 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
                  "estimate from its resources (not in the catalog)")
 
 
+def attached_gpus(cfg: ClusterConfig, node_type: str) -> list[tuple[str, int]]:
+    """(GCP) the accelerator types attached to the VM and their counts, priced on top of the machine type."""
+    if cfg.provider.kind != "gcp":
+        return []
+    return [(str(a.get("acceleratorType", "")).rsplit("/", 1)[-1], int(a.get("acceleratorCount", 1)))
+            for a in cfg.available_node_types[node_type].node_config.get("guestAccelerators") or []]
+
+
+def _attached_price(cfg: ClusterConfig, node_type: str, live: dict[str, LivePrice]) -> float | None:
+    """What the attached GPUs cost on top of a live machine price: their live price, else the catalog's
+    (None: one is unknown to both, and the node is not priced live)."""
+    total = 0.0
+    for name, count in attached_gpus(cfg, node_type):
+        each = live[name].per_hour if name in live else None
+        if each is None:
+            found = prices.accelerator_quote(name, region_of(cfg), True)
+            each = found[0] if found else None
+        if each is None:
+            return None
+        total += each * count
+    return total
+
+
 def live_wanted(cfg: ClusterConfig) -> list[str]:
-    """The machine types whose live spot price the planner would use: spot types without a declared price."""
-    return sorted({m for name, nt in cfg.available_node_types.items()
-                   if nt.cost_per_hour is None and is_spot(cfg, name) for m in machines_of(cfg, name)})
+    """What the planner would use a live spot price of: the machine types of spot types without a declared
+    price, and (GCP) the accelerator types attached to them."""
+    return sorted({m for name, nt in cfg.available_node_types.items() if nt.cost_per_hour is None and is_spot(cfg, name)
+                   for m in machines_of(cfg, name) + [a for a, _ in attached_gpus(cfg, name)]})
 
 
 @dataclass(frozen=True)

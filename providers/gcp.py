@@ -39,11 +39,12 @@ from pydantic import Field
 
 from core.config import ClusterConfig
 from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError, NodeNotFound, PermissionDenied,
-                         ProviderError, QuotaError, TransientError)
+                         ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
 from providers.cloud import CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
+from providers.gcp_prices import fetch_skus, gpu_price, machine_price, spot_rates
 from providers.keys import cluster_key_pair
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -92,6 +93,8 @@ class Section(CloudSection):
     network: str = "default"
     subnetwork: str | None = None  # default: the network's subnetwork in the region
     operation_timeout_s: float = Field(default=600.0, gt=0)
+    # the Cloud Billing Catalog API (the head's spot prices, at most daily; a test double sets it)
+    billing_endpoint: str = "https://cloudbilling.googleapis.com"
 
 
 def _sdk():
@@ -196,6 +199,7 @@ class _Clients:
         compute_v1, exceptions, client_options = _sdk()
         self.compute, self.exceptions = compute_v1, exceptions
         credentials, own_project = _credentials(section)
+        self.credentials = credentials  # (also for the Cloud Billing catalog: the head's spot prices)
         self.section = section
         # the project: the section's, else the one bootstrap found, else the credentials' own
         self.project = section.project_id or project or own_project
@@ -378,7 +382,8 @@ class Provider(CloudProvider):
         self.zones: list[str] = self.state.get("zones") or zone_list(section.availability_zone)
         self.head_bind_host, self.head_port = section.head_bind_host, section.head_port
         self.capabilities = Capabilities(spot=True, zones=True, stop_start=True,
-                                         reuses_ips=True, cleanup=True)
+                                         reuses_ips=True, cleanup=True, live_spot_prices=True)
+        self.spot_prices_every_s = 24 * 3600.0  # Google changes spot prices at most monthly: daily is plenty
         # Ray's key (default off on GCP, as in Ray): idle nodes are stopped and started again
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._zone_of: dict[str, str] = {}
@@ -414,6 +419,28 @@ class Provider(CloudProvider):
                 res["GPU"] = float(sum(int(c) for _, c in gpus))
                 res[f"accelerator_type:{accelerator_name(gpus[0][0])}"] = 1.0
             out[name] = res
+        return out
+
+    def spot_prices(self, machines: list[str]) -> dict[str, float]:
+        """Spot prices in the cluster's region from the Cloud Billing catalog (providers/gcp_prices.py): of
+        machine types (their parts and built-in GPUs) and of accelerator types attached to a VM."""
+        from google.auth.transport.requests import AuthorizedSession
+
+        try:
+            skus = fetch_skus(AuthorizedSession(self.gcp.credentials), self.section.billing_endpoint)
+        except Exception as e:  # noqa: BLE001  any failure: the catalog's prices serve meanwhile
+            raise TransientError(f"gcp Cloud Billing catalog: {type(e).__name__}: {first_line(str(e))}") from None
+        parts, gpus = spot_rates(skus, self.section.region)
+        out: dict[str, float] = {}
+        for name in machines:
+            if name.startswith("nvidia-"):  # an accelerator type, attached to a VM
+                price = gpu_price(gpus, name)
+            else:
+                info = self._machine(name, "")
+                built_in = [(a.guest_accelerator_type, a.guest_accelerator_count) for a in info.accelerators]
+                price = machine_price(parts, gpus, name, info.guest_cpus, info.memory_mb / 1024, built_in)
+            if price is not None:
+                out[name] = price
         return out
 
     # --- the insert body ----------------------------------------------------------------------------

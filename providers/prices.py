@@ -52,6 +52,12 @@ def machine_quote(provider: str, machine: str, region: str | None, spot: bool) -
     return _regional(entry, provider, region, spot) if entry is not None else None
 
 
+def accelerator_quote(name: str, region: str | None, spot: bool) -> tuple[float, str] | None:
+    """(price, where from) of one GPU of a GCP accelerator type attached to a VM, or None if unknown."""
+    entry = catalog().get("gcp_accelerators", {}).get(name)
+    return _regional(entry, "gcp", region, spot) if entry is not None else None
+
+
 def catalog_quote(provider: str, node_config: dict, region: str | None = None, spot: bool = False) -> Quote | None:
     if provider not in providers.KINDS:
         return None
@@ -66,10 +72,8 @@ def catalog_quote(provider: str, node_config: dict, region: str | None = None, s
     if len(machines) > 1:
         source = f"{source}; {machine}, the cheapest of {len(machines)}"
     if provider == "gcp":  # GPUs attached to the VM cost on top of it
-        gpus = catalog().get("gcp_accelerators", {})
         for acc in node_config.get("guestAccelerators") or []:
-            name = str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1]
-            each = _regional(gpus[name], "gcp", region, spot) if name in gpus else None
+            each = accelerator_quote(str(acc.get("acceleratorType", "")).rsplit("/", 1)[-1], region, spot)
             if each is None:
                 return None  # a GPU the catalog does not know: estimate the whole node instead
             price += each[0] * int(acc.get("acceleratorCount", 1))

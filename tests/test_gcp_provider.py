@@ -297,3 +297,34 @@ def test_a_service_account_key_in_gcp_credentials_is_used(gce, tmp_path):
     data["provider"]["gcp_credentials"] = {"type": "service_account", "credentials": "{not json"}
     with pytest.raises(Exception, match="provider.gcp_credentials.credentials: not a service account key"):
         providers.bootstrap(parse_config(data), tmp_path)
+
+
+def test_spot_prices_come_from_the_cloud_billing_catalog(gce, tmp_path):
+    """The head's live GCP spot prices: a machine type is its family's spot core and RAM prices times its
+    vCPUs and GiB (machineTypes.get), plus its built-in GPUs; an attached accelerator type is priced alone;
+    on-demand, commitment, custom and other regions' SKUs are left out; the catalog is paged through."""
+    from autoscaler import pricing
+
+    provider, _ = make(gce, tmp_path, billing_endpoint=gce.url)
+    assert provider.capabilities.live_spot_prices and provider.spot_prices_every_s == 86400
+    found = provider.spot_prices(["n1-standard-4", "g2-standard-4", "a2-highgpu-1g", "e2-standard-4",
+                                  "n2-standard-4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"])
+    assert found == {
+        "n1-standard-4": round(4 * 0.00698 + 15 * 0.000936, 6),  # 4 vCPUs, 15 GiB
+        "g2-standard-4": round(4 * 0.00827 + 16 * 0.000969 + 0.2233, 6),  # and its L4
+        "a2-highgpu-1g": round(12 * 0.00966 + 85 * 0.001296 + 1.1, 6),  # and its A100 (40GB: not the 80GB SKU)
+        "e2-standard-4": round(4 * 0.006543 + 16 * 0.000877, 6),
+        "nvidia-tesla-t4": 0.069, "nvidia-tesla-a100": 1.1,
+    }  # (no N2 or H100 SKU in the slice: left to the catalog)
+    assert gce.billing_asked >= 4  # 19 SKUs, 5 a page
+
+    # the planner's price of a spot n1 with two T4s: the machine's live price and its GPUs' live price
+    cfg = parse_config(config(gce))
+    cfg.available_node_types["gpu_worker"] = cfg.available_node_types["cpu_worker"].model_copy(update={
+        "spot": True, "cost_per_hour": None, "node_config": {"machineType": "n1-standard-4", "guestAccelerators": [
+            {"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 2}]}})
+    assert {"n1-standard-4", "nvidia-tesla-t4"} <= set(pricing.live_wanted(cfg))
+    live = {m: pricing.LivePrice(p, 100.0, 2 * 86400) for m, p in found.items()}
+    q = pricing.quote(cfg, "gpu_worker", live=live, now=100.0 + 7200)
+    assert q.per_hour == round(found["n1-standard-4"] + 2 * 0.069, 6)
+    assert q.source == "live: the cloud's spot price, 120 min ago"  # a daily list is not stale in two hours

@@ -9,6 +9,8 @@ clients (../shared/TESTING.md). Faithful to the public REST reference where laun
   server's clock, and a failed one ends DONE with `error.errors[]` and `httpErrorStatusCode`.
 - firewalls (insert, get, list, delete), networks.get, subnetworks.list, machineTypes.get,
   acceleratorTypes.get from a small catalog with the real shapes.
+- the Cloud Billing Catalog API's Compute Engine SKUs (services/6F81-5844-456A/skus, paged), from the
+  recorded slice tests/data/prices/gcp-billing-skus.json: the head's spot prices.
 - error bodies as GCE writes them: {"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}}.
 
 Every instance that reaches RUNNING is a VM twin at its networkIP (hostname = instance name); stop or
@@ -31,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from tests.infra.fake_http import JsonApi, Reply
@@ -48,6 +51,7 @@ MACHINE_TYPES = {
     "n2-standard-4": (4, 16384, None), "n4-standard-2": (2, 8192, None),
     "g2-standard-4": (4, 16384, ("nvidia-l4", 1)), "a2-highgpu-1g": (12, 87040, ("nvidia-tesla-a100", 1)),
 }
+BILLING_SKUS = Path(__file__).resolve().parents[1] / "data" / "prices" / "gcp-billing-skus.json"
 PROJECT_NUMBER = 123456789012  # the project's compute service account is <number>-compute@...
 ACCELERATOR_TYPES = {"nvidia-tesla-t4": "NVIDIA T4", "nvidia-l4": "NVIDIA L4", "nvidia-tesla-a100": "NVIDIA A100 40GB",
                      "nvidia-tesla-v100": "NVIDIA V100"}
@@ -121,6 +125,8 @@ class FakeGCE(JsonApi):
         # IAM: (permission, bearer token) pairs refused, "*" for every caller (compute.instances.<verb>)
         self.denied: set[tuple[str, str]] = set()
         self.caller = threading.local()  # the bearer token of the request this thread answers
+        self.billing_page = 5  # SKUs per page of the Cloud Billing catalog (tests/data/prices/gcp-billing-skus.json)
+        self.billing_asked = 0
         self.tokens_issued = 0  # access tokens given for service account keys (POST /token)
         self.last_authorization = ""
         self.bearers: collections.Counter[str] = collections.Counter()  # the tokens calls carried
@@ -610,6 +616,16 @@ class FakeGCE(JsonApi):
                 return Reply(e.code, e.body(), content_type="application/json; charset=UTF-8")
             self.tokens_issued += 1
             return Reply(200, {"access_token": "sa-token", "token_type": "Bearer", "expires_in": 3600},
+                         content_type="application/json")
+        if method == "GET" and url.path == "/v1/services/6F81-5844-456A/skus":  # the Cloud Billing catalog
+            if not (headers.get("Authorization") or "").startswith("Bearer "):
+                return Reply(401, ApiError(401, "required", "no credentials").body(), content_type="application/json")
+            self.billing_asked += 1
+            start = int(parse_qs(url.query).get("pageToken", ["0"])[0])
+            skus = json.loads(BILLING_SKUS.read_text())["skus"]
+            more = start + self.billing_page < len(skus)
+            return Reply(200, {"skus": skus[start:start + self.billing_page],
+                               "nextPageToken": str(start + self.billing_page) if more else ""},
                          content_type="application/json")
         try:
             self.last_authorization = headers.get("Authorization") or ""
