@@ -32,7 +32,7 @@ from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
 from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import CloudProvider, CloudSection
+from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -46,7 +46,6 @@ NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 LIVE_STATES = ["pending", "running"]  # what `list` shows: a stopped instance is cached, not capacity
 STOPPED_STATES = ["stopping", "stopped"]
 TERMINATE_BATCH = 1000
-OFFERING_UNAVAILABLE_S = 180.0  # an instance type out of capacity in a zone is tried last this long (Karpenter's 3 min)
 
 
 def _unused_by_head(parts: list[str]) -> bool:

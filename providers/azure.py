@@ -38,8 +38,9 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
                          ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
+from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
+from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -53,13 +54,20 @@ DEFAULT_IMAGE = {"imagePublisher": "Canonical", "imageOffer": "0001-com-ubuntu-s
                  "imageSku": "22_04-lts-gen2", "imageVersion": "latest"}
 
 
+def sizes_of(node_config: dict) -> list[str]:
+    """The VM sizes a node type may be: azure_arm_parameters.vmSize is one, or a list of equivalents (ours, as
+    AWS's InstanceType list: the cheapest with capacity is created)."""
+    size = _params(node_config).get("vmSize")
+    return [m for m in (size if isinstance(size, list) else [size]) if isinstance(m, str) and m]
+
+
 def _unused_by_head(parts: list[str]) -> bool:
     """The management clients' async halves: the head uses the sync ones."""
     return parts[:2] == ["azure", "mgmt"] and "aio" in parts[3:-1]
 
 
 FACTS = ProviderFacts(
-    machines_of=lambda node_config: [m] if isinstance(m := _params(node_config).get("vmSize"), str) and m else [],
+    machines_of=lambda node_config: sizes_of(node_config),
     spot_of=lambda node_config: _params(node_config).get("priority") == "Spot",
     notices="azure",
     region_key="location",
@@ -235,8 +243,17 @@ class _Clients:
 
 
 def config_problems(config: ClusterConfig) -> list[str]:
-    """Rules of this provider that span the config, beyond its typed section: none."""
-    return []
+    """Rules of this provider that span the config, beyond its typed section: a vmSize given as equivalents
+    is a list of VM size names."""
+    problems = []
+    for name, nt in config.available_node_types.items():
+        size = _params(nt.node_config).get("vmSize")
+        where = f"available_node_types.{name}.node_config.azure_arm_parameters.vmSize"
+        if isinstance(size, list) and (not size or not all(isinstance(m, str) and m for m in size)):
+            problems.append(f"{where}: equivalent VM sizes are a list of one or more VM size names")
+        elif size is not None and not isinstance(size, (str, list)):
+            problems.append(f"{where}: a VM size name, or a list of equivalent ones")
+    return problems
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -322,6 +339,7 @@ class Provider(CloudProvider):
         self.spot_prices_every_s = 24 * 3600.0  # a published price list: daily
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._skus: dict[str, dict[str, float]] | None = None
+        self._unavailable: dict[tuple[str, str | None], float] = {}  # (size, zone) -> out of capacity until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -338,24 +356,26 @@ class Provider(CloudProvider):
             self._skus = table
         return self._skus
 
+    def _resources(self, size: str, name: str) -> dict[str, float]:
+        res = dict(self._sku_table().get(size) or {})
+        if not res:
+            raise InvalidRequest(f"available_node_types.{name}.node_config.azure_arm_parameters.vmSize: no VM "
+                                 f"size {size!r} in {self.section.location}")
+        if res.get("GPU"):
+            m = re.search(r"_(T4|A100|A10|V100|H100|K80|P100|M60)", size, re.I)
+            if m:
+                res[f"accelerator_type:{m.group(1).upper()}"] = 1.0
+        else:
+            res.pop("GPU", None)
+        return res
+
     def node_types(self) -> dict[str, dict[str, float]]:
+        """Each type's resources from the resource SKUs; for equivalent sizes, what every one of them has."""
         out = {}
         for name, nt in self.spec.config.available_node_types.items():
-            size = _params(nt.node_config).get("vmSize")
-            if not size:
-                out[name] = {}
-                continue
-            res = dict(self._sku_table().get(size) or {})
-            if not res:
-                raise InvalidRequest(f"available_node_types.{name}.node_config.azure_arm_parameters.vmSize: no VM "
-                                     f"size {size!r} in {self.section.location}")
-            if res.get("GPU"):
-                m = re.search(r"_(T4|A100|A10|V100|H100|K80|P100|M60)", size, re.I)
-                if m:
-                    res[f"accelerator_type:{m.group(1).upper()}"] = 1.0
-            else:
-                res.pop("GPU", None)
-            out[name] = res
+            each = [self._resources(m, name) for m in sizes_of(nt.node_config)]
+            out[name] = {k: min(r.get(k, 0.0) for r in each) for k in set.intersection(*map(set, each))} \
+                if each else {}
         return out
 
     # --- nodes --------------------------------------------------------------------------------------
@@ -390,16 +410,36 @@ class Provider(CloudProvider):
         params = _params(self.spec.config.available_node_types[node_type].node_config)
         return params.get("priority") == "Spot" or self.spec.config.available_node_types[node_type].spot
 
-    def _zones(self, node_type: str) -> list[str | None]:
-        return self.zones
-
-    def _launch(self, node_type: str, zone: str | None, count: int, tags: dict[str, str]) -> list[NodeInfo]:
-        return made_or_raise(fan_out(lambda _: self._create_one(node_type, zone, tags), range(count)))
-
-    def _create_one(self, node_type: str, zone: str | None, tags: dict[str, str]) -> NodeInfo:
+    def _zones(self, node_type: str) -> list[dict]:
+        """Where to create, in order: for each VM size (equivalents cheapest first, by the catalog in the
+        location, spot for a spot type; unknown ones last, in the user's order), the zones in order. An
+        offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
         nt = self.spec.config.available_node_types[node_type]
-        params = _params(nt.node_config)
-        size = params.get("vmSize")
+        sizes = sizes_of(nt.node_config) or [""]
+        priced = {m: prices.machine_quote("azure", m, self.section.location, self._spot(node_type)) for m in sizes}
+        sizes.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
+        offers = [{"machine": m, "zone": z, "label": f"{m} in {z or 'any zone'}" if len(sizes) > 1 else (z or "any")}
+                  for m in sizes for z in self.zones]
+        now = time.monotonic()
+        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
+
+    def _zone_name(self, offer: dict) -> str:
+        return offer["label"]
+
+    def _out_of_capacity(self, offer: dict) -> None:
+        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
+    def avoid(self, node: NodeInfo) -> None:
+        if node.machine:
+            self._unavailable[(node.machine, node.zone or None)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
+    def _launch(self, node_type: str, offer: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+        return made_or_raise(fan_out(lambda _: self._create_one(node_type, offer["zone"], tags, offer["machine"]),
+                                     range(count)))
+
+    def _create_one(self, node_type: str, zone: str | None, tags: dict[str, str], size: str) -> NodeInfo:
+        nt = self.spec.config.available_node_types[node_type]
+        params = {**_params(nt.node_config), "vmSize": size}
         if not size:
             raise InvalidRequest(f"available_node_types.{node_type}.node_config.azure_arm_parameters.vmSize: required")
         name = azure_name(f"{self.spec.name}-{tags.get(TAG_KIND, 'worker')}", 50) + f"-{uuid.uuid4().hex[:8]}"
@@ -520,7 +560,8 @@ class Provider(CloudProvider):
         created = vm.time_created.timestamp() if getattr(vm, "time_created", None) else time.time()
         return NodeInfo(id=vm.name, node_type=tags.get(TAG_NODE_TYPE, vm.hardware_profile.vm_size), state=state,
                         tags=tags, internal_ip=internal, external_ip=external, launched_at=created,
-                        spot=vm.priority == "Spot")
+                        spot=vm.priority == "Spot", machine=vm.hardware_profile.vm_size,
+                        zone=(vm.zones or [""])[0])
 
     def _scan(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         nodes = []

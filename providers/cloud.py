@@ -71,6 +71,9 @@ def for_each_node(node_ids: list[str], action: Callable[[str], None]) -> None:
         raise errors[0]
 
 
+OFFERING_UNAVAILABLE_S = 180.0  # a machine type out of capacity in a zone is tried last this long (Karpenter's 3 min)
+
+
 class CloudProvider(ProviderBase):
     """A cloud's provider: `create` is written here; the cloud gives `_launch` (new nodes in one zone),
     `_zones` (where to try, in order) and, if it caches stopped nodes, `_start_stopped`."""

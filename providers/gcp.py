@@ -42,8 +42,9 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
                          ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
+from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
+from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
 from providers.gcp_prices import fetch_skus, gpu_price, machine_price, spot_rates
 from providers.keys import cluster_key_pair
 
@@ -62,9 +63,12 @@ DEFAULT_IMAGES = {
 }
 
 
-def _machine_of(node_config: dict) -> str | None:
+def machines_of(node_config: dict) -> list[str]:
+    """The machine types a node type may be: `machineType` is one (a name, or a URL zones/Z/machineTypes/M),
+    or a list of equivalents (ours, as AWS's InstanceType list: the cheapest with capacity is launched)."""
     machine = node_config.get("machineType")
-    return machine.rsplit("/", 1)[-1] if isinstance(machine, str) else None  # a URL: zones/Z/machineTypes/M
+    names = machine if isinstance(machine, list) else [machine]
+    return [m.rsplit("/", 1)[-1] for m in names if isinstance(m, str) and m]
 
 
 def _spot_of(node_config: dict) -> bool:
@@ -73,7 +77,7 @@ def _spot_of(node_config: dict) -> bool:
 
 
 FACTS = ProviderFacts(
-    machines_of=lambda node_config: [m] if (m := _machine_of(node_config)) else [],
+    machines_of=machines_of,
     notices="gcp",
     spot_of=_spot_of,
     head_sdk=("google.cloud.compute_v1", "google.cloud.compute", "google.api_core", "google.auth", "google.oauth2",
@@ -292,8 +296,18 @@ def _credentials(section: Section):
 
 
 def config_problems(config: ClusterConfig) -> list[str]:
-    """Rules of this provider that span the config, beyond its typed section: none."""
-    return []
+    """Rules of this provider that span the config, beyond its typed section: a machineType given as
+    equivalents is a list of machine type names."""
+    problems = []
+    for name, nt in config.available_node_types.items():
+        machine = nt.node_config.get("machineType")
+        if isinstance(machine, list) and (not machine or not all(isinstance(m, str) and m for m in machine)):
+            problems.append(f"available_node_types.{name}.node_config.machineType: equivalent machine types are a "
+                            "list of one or more machine type names")
+        elif machine is not None and not isinstance(machine, (str, list)):
+            problems.append(f"available_node_types.{name}.node_config.machineType: a machine type name, or a list "
+                            "of equivalent ones")
+    return problems
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -388,6 +402,7 @@ class Provider(CloudProvider):
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._zone_of: dict[str, str] = {}
         self._machine_types: dict[str, dict] = {}
+        self._unavailable: dict[tuple[str, str], float] = {}  # (machine, zone) -> out of capacity until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -403,22 +418,25 @@ class Provider(CloudProvider):
                                      f"{name!r} in {self.zones[0]}") from None
         return self._machine_types[name]
 
+    def _resources(self, machine: str, name: str, node_config: dict) -> dict[str, float]:
+        info = self._machine(machine, name)
+        res = {"CPU": float(info.guest_cpus), "memory": float(info.memory_mb) * 2**20}
+        gpus = [(a.get("acceleratorType", ""), a.get("acceleratorCount", 1))
+                for a in node_config.get("guestAccelerators") or []]
+        gpus += [(a.guest_accelerator_type, a.guest_accelerator_count) for a in info.accelerators]
+        if gpus:
+            res["GPU"] = float(sum(int(c) for _, c in gpus))
+            res[f"accelerator_type:{accelerator_name(gpus[0][0])}"] = 1.0
+        return res
+
     def node_types(self) -> dict[str, dict[str, float]]:
+        """Each type's resources from its machine type; for equivalents, what every one of them has (what is
+        placed on a node of the type fits whichever is launched)."""
         out = {}
         for name, nt in self.spec.config.available_node_types.items():
-            machine = nt.node_config.get("machineType")
-            if not machine:
-                out[name] = {}
-                continue
-            info = self._machine(machine, name)
-            res = {"CPU": float(info.guest_cpus), "memory": float(info.memory_mb) * 2**20}
-            gpus = [(a.get("acceleratorType", ""), a.get("acceleratorCount", 1))
-                    for a in nt.node_config.get("guestAccelerators") or []]
-            gpus += [(a.guest_accelerator_type, a.guest_accelerator_count) for a in info.accelerators]
-            if gpus:
-                res["GPU"] = float(sum(int(c) for _, c in gpus))
-                res[f"accelerator_type:{accelerator_name(gpus[0][0])}"] = 1.0
-            out[name] = res
+            each = [self._resources(m, name, nt.node_config) for m in machines_of(nt.node_config)]
+            out[name] = {k: min(r.get(k, 0.0) for r in each) for k in set.intersection(*map(set, each))} \
+                if each else {}
         return out
 
     def spot_prices(self, machines: list[str]) -> dict[str, float]:
@@ -448,11 +466,14 @@ class Provider(CloudProvider):
     def _spot(self, node_config: dict, node_type: str) -> bool:
         return _spot_of(node_config) or self.spec.config.available_node_types[node_type].spot
 
-    def body(self, node_type: str, zone: str, name: str, tags: dict[str, str]) -> dict:
-        """instances.insert's body: the node_config with short names made zone URLs and launch's parts added."""
+    def body(self, node_type: str, zone: str, name: str, tags: dict[str, str], machine: str = "") -> dict:
+        """instances.insert's body: the node_config with short names made zone URLs and launch's parts added
+        (`machine`: which of equivalent machine types; default the first)."""
         nt = self.spec.config.available_node_types[node_type]
         b = copy.deepcopy(nt.node_config)
         b["name"] = name
+        if isinstance(b.get("machineType"), list):
+            b["machineType"] = machine or next(iter(machines_of(b)), "")
         machine = str(b.get("machineType") or "")
         if not machine:
             raise InvalidRequest(f"available_node_types.{node_type}.node_config.machineType: required")
@@ -508,17 +529,39 @@ class Provider(CloudProvider):
 
     # --- nodes --------------------------------------------------------------------------------------
 
-    def _zones(self, node_type: str) -> list[str]:
-        return self.zones
+    def _zones(self, node_type: str) -> list[dict]:
+        """Where to launch, in order: for each machine type (equivalents cheapest first, by the catalog in the
+        region, spot for a spot type; unknown ones last, in the user's order), the zones in order. An
+        offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
+        nt = self.spec.config.available_node_types[node_type]
+        machines = machines_of(nt.node_config) or [""]
+        spot = self._spot(nt.node_config, node_type)
+        priced = {m: prices.machine_quote("gcp", m, self.section.region, spot) for m in machines}
+        machines.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
+        offers = [{"machine": m, "zone": z, "label": f"{m} in {z}" if len(machines) > 1 else z}
+                  for m in machines for z in self.zones]
+        now = time.monotonic()
+        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
 
-    def _launch(self, node_type: str, zone: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
+    def _zone_name(self, offer: dict) -> str:
+        return offer["label"]
+
+    def _out_of_capacity(self, offer: dict) -> None:
+        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
+    def avoid(self, node: NodeInfo) -> None:
+        if node.machine and node.zone:
+            self._unavailable[(node.machine, node.zone)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
+    def _launch(self, node_type: str, offer: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """`count` inserts in one zone, their operations awaited together. Some failing is not an error
         for the others; a half-made instance of a failed insert is deleted."""
+        zone = offer["zone"]
         prefix = gce_name(f"{self.spec.name}-{tags.get(TAG_KIND, 'worker')}", 50)
         names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
 
         def one(name: str):
-            body = self.body(node_type, zone, name, tags)
+            body = self.body(node_type, zone, name, tags, offer["machine"])
             request = self.gcp.compute.InsertInstanceRequest(
                 project=self.gcp.project, zone=zone, instance_resource=self._instance(body, node_type),
                 request_id=str(uuid.uuid4()))  # a retried insert is the same insert to GCE
@@ -621,6 +664,7 @@ class Provider(CloudProvider):
             id=inst.name, node_type=tags.get(TAG_NODE_TYPE, inst.machine_type.rsplit("/", 1)[-1]),
             state=LIVE.get(inst.status) or STOPPED.get(inst.status, inst.status.lower()), tags=tags,
             internal_ip=nic.network_i_p if nic else None, external_ip=external, launched_at=launched, spot=spot,
+            machine=inst.machine_type.rsplit("/", 1)[-1], zone=inst.zone.rsplit("/", 1)[-1],
         )
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:

@@ -258,3 +258,34 @@ def test_the_heads_live_spot_prices_come_from_azures_retail_prices_in_the_cluste
     assert (q.per_hour, q.source) == (t4, "live: the cloud's spot price, 1 min ago")
     with pytest.raises(TransientError):  # unreachable: said as a transient error (the catalog serves meanwhile)
         make(arm, tmp_path, prices_endpoint="https://127.0.0.1:9")[0].spot_prices(["Standard_D4s_v5"])
+
+
+def test_equivalent_vm_sizes_create_the_cheapest_with_capacity(arm, tmp_path):
+    """vmSize as a list (as AWS's InstanceType list): the node type has what every size has, is priced as
+    the cheapest, and a VM is created of the cheapest size with capacity; a size out of capacity is tried
+    last for a while."""
+    from autoscaler.pricing import catalog_price
+    from providers.azure import config_problems
+
+    provider, _ = make(arm, tmp_path)
+    nt = provider.spec.config.available_node_types["gpu.spot"]
+    nt.node_config["azure_arm_parameters"]["vmSize"] = ["Standard_NC8as_T4_v3", "Standard_NC4as_T4_v3"]
+    assert provider.node_types()["gpu.spot"] == {"CPU": 4.0, "memory": 28 * 2**30, "GPU": 1.0, "accelerator_type:T4": 1.0}
+    assert catalog_price("azure", nt.node_config) == catalog_price(
+        "azure", {"azure_arm_parameters": {"vmSize": "Standard_NC4as_T4_v3"}})  # the cheaper one's
+    (first,) = provider.create("gpu.spot", 1, tags("gpu.spot"))
+    size = {v["name"]: v["properties"]["hardwareProfile"]["vmSize"] for v in arm.of_type("virtualMachines")}
+    assert size[first.id] == "Standard_NC4as_T4_v3" and first.machine == "Standard_NC4as_T4_v3"
+    arm.sku_not_available.add("Standard_NC4as_T4_v3")  # out: the next size
+    (second,) = provider.create("gpu.spot", 1, tags("gpu.spot"))
+    arm.sku_not_available.clear()  # back, but tried last for a while
+    (third,) = provider.create("gpu.spot", 1, tags("gpu.spot"))
+    size = {v["name"]: v["properties"]["hardwareProfile"]["vmSize"] for v in arm.of_type("virtualMachines")}
+    assert size[second.id] == size[third.id] == "Standard_NC8as_T4_v3"
+    provider.terminate([first.id, second.id, third.id])
+    assert leftovers(arm) == []
+
+    bad = parse_config(config(arm))
+    bad.available_node_types["gpu.spot"].node_config["azure_arm_parameters"]["vmSize"] = []
+    assert config_problems(bad) == ["available_node_types.gpu.spot.node_config.azure_arm_parameters.vmSize: "
+                                    "equivalent VM sizes are a list of one or more VM size names"]

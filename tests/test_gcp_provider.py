@@ -328,3 +328,36 @@ def test_spot_prices_come_from_the_cloud_billing_catalog(gce, tmp_path):
     q = pricing.quote(cfg, "gpu_worker", live=live, now=100.0 + 7200)
     assert q.per_hour == round(found["n1-standard-4"] + 2 * 0.069, 6)
     assert q.source == "live: the cloud's spot price, 120 min ago"  # a daily list is not stale in two hours
+
+
+def test_equivalent_machine_types_launch_the_cheapest_with_capacity(gce, tmp_path):
+    """machineType as a list (as AWS's InstanceType list): the node type has what every one has, is priced
+    as the cheapest, and a launch tries them cheapest first across the zones; a machine type out of
+    capacity in a zone is tried last there for a while (Karpenter's offerings)."""
+    from autoscaler.pricing import catalog_price
+    from providers.gcp import config_problems
+
+    provider, _ = make(gce, tmp_path)
+    nt = provider.spec.config.available_node_types["cpu_worker"]
+    nt.node_config["machineType"] = ["n2-standard-4", "n1-standard-4", "e2-standard-4"]  # the user's order
+    shape = provider.node_types()["cpu_worker"]
+    assert shape == {"CPU": 4.0, "memory": 15 * 2**30}  # n1-standard-4 has 15 GiB, the others 16
+    assert catalog_price("gcp", nt.node_config) == 0.134012  # e2-standard-4's, the cheapest
+    (first,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    machine = {i["name"]: i["machineType"].rsplit("/", 1)[-1] for i in gce.live()}
+    assert machine[first.id] == "e2-standard-4" and first.machine == "e2-standard-4"
+    gce.stockout_offerings |= {("e2-standard-4", z) for z in provider.zones}  # e2 out everywhere: n1 next
+    (second,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert {i["name"]: i["machineType"].rsplit("/", 1)[-1] for i in gce.live()}[second.id] == "n1-standard-4"
+    gce.stockout_offerings.clear()  # back, but tried last for 3 minutes: n1 again
+    (third,) = provider.create("cpu_worker", 1, tags("gcp-test", "cpu_worker"))
+    assert {i["name"]: i["machineType"].rsplit("/", 1)[-1] for i in gce.live()}[third.id] == "n1-standard-4"
+    provider.terminate([first.id, second.id, third.id])
+
+    bad = parse_config(config(gce))
+    bad.available_node_types["cpu_worker"].node_config["machineType"] = []
+    bad.available_node_types["gpu_worker"].node_config["machineType"] = 4
+    assert sorted(config_problems(bad)) == [
+        "available_node_types.cpu_worker.node_config.machineType: equivalent machine types are a list of one or "
+        "more machine type names",
+        "available_node_types.gpu_worker.node_config.machineType: a machine type name, or a list of equivalent ones"]

@@ -17,7 +17,7 @@ Every instance that reaches RUNNING is a VM twin at its networkIP (hostname = in
 delete kills it; start boots it again with its disk (/root) kept. Each twin has the metadata server
 (tests/infra/metadata.py): the token of the instance's service account ("default": the project's compute
 account), and `instance/preempted` for `notice()`. The bearer tokens callers used are counted
-(`bearers`), so a test sees whose identity made a call. Faults: a stockout per zone, quota,
+(`bearers`), so a test sees whose identity made a call. Faults: a stockout per zone (or per machine type in a zone), quota,
 a burst of 429s, an insert whose reply is lost (a 503 after it was done), an operation that fails after it started (leaving a stopped instance behind, as a
 half-made create can), and preemption.
 """
@@ -118,6 +118,7 @@ class FakeGCE(JsonApi):
         self.calls: list[tuple[str, str]] = []  # (method, path): what the clients asked, in order
         # faults
         self.stockout_zones: set[str] = set()
+        self.stockout_offerings: set[tuple[str, str]] = set()  # (machine type, zone) with no capacity
         self.quota_exceeded = False
         self.throttle_next = 0
         self.fail_after_start_zones: set[str] = set()
@@ -154,6 +155,7 @@ class FakeGCE(JsonApi):
             self.freed.clear()
             self.calls.clear()
             self.stockout_zones.clear()
+            self.stockout_offerings.clear()
             self.fail_after_start_zones.clear()
             self.quota_exceeded, self.throttle_next, self.lose_insert_replies = False, 0, 0
             self.denied.clear()
@@ -327,7 +329,7 @@ class FakeGCE(JsonApi):
         inst["disks"] = disks
         self.instances[zone][name] = inst
         link = inst["selfLink"]
-        if zone in self.stockout_zones:
+        if zone in self.stockout_zones or (machine, zone) in self.stockout_offerings:
             return self._operation(f"zones/{zone}", "insert", link, [
                 lambda: self._delete_now(zone, name),
                 self._fail("ZONE_RESOURCE_POOL_EXHAUSTED", f"The zone 'projects/{self.project}/zones/{zone}' does not "
