@@ -36,7 +36,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from autoscaler.planner import GroupDemand, Limits, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, plan, shape_of
+from autoscaler.planner import GroupDemand, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, limits_of, plan, shape_of
 from autoscaler.pricing import LIVE_STALE_S, LivePrice, live_wanted, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
 from autoscaler.denials import Denials
@@ -256,12 +256,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         phases["list"] = time.monotonic() - t0
         state = self.head.cluster_state()
         phases["cluster_state"] = time.monotonic() - t0 - phases["list"]
-        a = self.cfg.autoscaler
-        limits = Limits(
-            max_workers=self.cfg.max_workers, upscaling_speed=self.cfg.upscaling_speed,
-            idle_timeout_s=self.cfg.idle_timeout_minutes * 60, max_cost_per_hour=self.cfg.max_cost_per_hour,
-            launch_timeout_s=a.launch_timeout_minutes * 60, runtime_grace_s=a.runtime_grace_s, static=self.static,
-        )
+        limits = limits_of(self.cfg)
         self.refresh_prices(now)
         types = self.node_types(state)
         # a static cluster (autoscaler: false) is kept at min_workers: the planner sees no demand

@@ -93,6 +93,15 @@ class Limits:
     static: bool = False
 
 
+def limits_of(cfg) -> Limits:
+    """The limits a cluster config (core.config.ClusterConfig) sets: the monitor's tick, `launch plan`."""
+    a = cfg.autoscaler
+    return Limits(max_workers=cfg.max_workers, upscaling_speed=cfg.upscaling_speed,
+                  idle_timeout_s=cfg.idle_timeout_minutes * 60, max_cost_per_hour=cfg.max_cost_per_hour,
+                  launch_timeout_s=a.launch_timeout_minutes * 60, runtime_grace_s=a.runtime_grace_s,
+                  static=not a.enabled)
+
+
 @dataclass(frozen=True)
 class GroupDemand:
     """`count` placement groups of these bundles and strategy, waiting to be placed."""

@@ -107,6 +107,29 @@ def _attached_price(cfg: ClusterConfig, node_type: str, live: dict[str, LivePric
     return total
 
 
+def catalog_resources(cfg: ClusterConfig, node_type: str) -> dict[str, float]:
+    """A node type's shape as the catalog knows its machine type (for equivalents, what every one has; a
+    GCP VM's attached GPUs added); {} when the catalog does not know one of them (the cloud says, at `up`)."""
+    each = []
+    for machine in machines_of(cfg, node_type):
+        entry = prices.catalog().get(cfg.provider.kind, {}).get(machine) or {}
+        if entry.get("cpus") is None or entry.get("memory_gib") is None:
+            return {}
+        res = {"CPU": float(entry["cpus"]), "memory": float(entry["memory_gib"]) * 2**30}
+        accelerators = entry.get("accelerators") or {}
+        if accelerators:
+            res["GPU"] = float(sum(accelerators.values()))
+            res[f"accelerator_type:{next(iter(accelerators))}"] = 1.0
+        each.append(res)
+    if not each:
+        return {}
+    out = {k: min(r.get(k, 0.0) for r in each) for k in set.intersection(*map(set, each))}
+    attached = sum(count for _, count in attached_gpus(cfg, node_type))
+    if attached:
+        out["GPU"] = out.get("GPU", 0.0) + attached
+    return out
+
+
 def live_wanted(cfg: ClusterConfig) -> list[str]:
     """What the planner would use a live spot price of: the machine types of spot types without a declared
     price, and (GCP) the accelerator types attached to them."""

@@ -169,6 +169,49 @@ def prices(
         out.print(f"({len(found) - limit} more: --limit, or narrow with --cloud, --region, --gpu)")
 
 
+def _print_plan(path: Path, as_json: bool) -> None:
+    from launcher.plan import fleet_plan
+
+    cfg = load_config(path)
+    fp = fleet_plan(cfg)
+    running = None
+    if (launch_home() / "clusters" / cfg.cluster_name).is_dir() and (cluster := _cluster(path)).dir.load_spec():
+        # up: what its autoscaler decided on its last tick (a plan makes no state of a cluster never up)
+        try:
+            running = cluster.status().get("autoscaler")
+        except LaunchError as e:
+            running = {"error": f"the cluster is up but its state could not be read ({first_line(str(e))})"}
+    if as_json:
+        print(json.dumps({**fp.as_dict(), "autoscaler": running}, indent=1, default=str))
+        return
+    table = Table("role", "node type", "count", "machine", "market", "where (in order)", "$/h each", "$/h", "why",
+                  title=f"launch up {path.name} would create (nothing is created; no cloud was called)")
+    for n in fp.nodes:
+        table.add_row(n.role, n.node_type, str(n.count), n.machine, n.market, n.where, f"{n.per_hour:.4f}",
+                      f"{n.total:.4f}", n.why)
+    _wide().print(table)
+    cap = fp.max_cost_per_hour
+    capped = ("no max_cost_per_hour" if cap is None else f"max_cost_per_hour ({cap:g} $/h) caps it there"
+              if cap < fp.at_max_workers else f"max_cost_per_hour ({cap:g} $/h) is never reached")
+    out.print(f"Fleet: {fp.at_min_workers:.4f} $/h at min_workers, up to {fp.at_max_workers:.4f} $/h at "
+              f"max_workers; {capped}", highlight=False)
+    for name, image in sorted({(n.node_type, n.image) for n in fp.nodes}):
+        out.print(f"  image of {name}: {image}", highlight=False)
+    for name in fp.resources_unknown:
+        out.print(f"  {name}: its shape is not in the catalog; the cloud says it at `up`", highlight=False)
+    if running:
+        out.print("The cluster is up; its autoscaler's last tick:", highlight=False)
+        _print_autoscaler(running)
+
+
+@app.command()
+@_handle_errors
+def plan(config: Path = ConfigFile, as_json: bool = typer.Option(False, "--json")) -> None:
+    """What `up` would create now, node by node, with $/h and the fleet's $/h range; for a cluster that is
+    up, also what its autoscaler would do with today's demand. Nothing is created."""
+    _print_plan(config, as_json)
+
+
 @app.command()
 @_handle_errors
 def up(
@@ -177,8 +220,13 @@ def up(
     restart_runtime: bool = typer.Option(
         False, "--restart-runtime", help="Restart the runtime on every node even if nothing changed."
     ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be created (as `launch plan`); create "
+                                                          "nothing."),
 ) -> None:
     """Create or update the cluster: only what changed is redone."""
+    if dry_run:
+        _print_plan(config, as_json=False)
+        return
     cluster = _cluster(config, warn=True)
     with err.status(f"bringing up cluster {cluster.cfg.cluster_name}…"):
         result = cluster.up(confirm=_confirm(yes), restart_runtime=restart_runtime)

@@ -117,6 +117,12 @@ def test_failing_node_type_falls_back_to_the_next(tmp_path):
         st = c.status()["autoscaler"]
         assert st["failures"]["cpu-spot"]["count"] >= 1 and "no capacity" in st["failures"]["cpu-spot"]["last_error"]
         assert "failing: cpu-spot" in cli("status", str(c.path), home=c.home).stdout
+        # `launch plan` of a cluster that is up: what it would create, and what its autoscaler decided
+        shown = cli("plan", str(c.path), home=c.home)
+        assert shown.returncode == 0 and "its autoscaler's last tick" in shown.stdout, shown.stdout + shown.stderr
+        assert "failing: cpu-spot" in shown.stdout
+        planned = json.loads(cli("plan", str(c.path), "--json", home=c.home).stdout)
+        assert planned["autoscaler"]["failures"]["cpu-spot"]["count"] >= 1
     finally:
         c.down()
 
