@@ -86,7 +86,8 @@ class WorkerUpkeep:
     def sync_mounts(self, nodes: list[NodeInfo], p: Plan, now: float) -> None:
         """(file_mounts_sync_continuously, as in Ray) What changed in the file mounts on the head (synced to
         it by `up`, or by `launch rsync-up`) is synced to every worker that is up to date, without its setup."""
-        if not (self.cfg.file_mounts_sync_continuously and self.spec.file_mounts) or now < self.mounts_checked + MOUNTS_CHECK_S:
+        if (not (self.cfg.file_mounts_sync_continuously and self.spec.file_mounts) or now < self.mounts_checked + MOUNTS_CHECK_S
+                or self.lifecycle.provider.capabilities.self_starting):  # (simulated nodes have no files)
             return
         self.mounts_checked = now
         sources = {remote: os.path.expanduser(remote) for remote in self.spec.file_mounts}

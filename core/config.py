@@ -340,7 +340,7 @@ def _docker_problems(cfg: ClusterConfig) -> list[str]:
                 where = f"available_node_types.{name}.docker" if own and own.model_fields_set & {
                     "image", "head_image", "worker_image"} else "docker"
                 p.append(f"{where}.container_name: required with an image (the container's name on the node)")
-    if in_containers and cfg.provider.kind in ("local", "slurm"):
+    if in_containers and cfg.provider.kind in ("local", "slurm", "sim"):
         what = "processes on this machine" if cfg.provider.kind == "local" else "Slurm allocations"
         p.append(f"docker: provider.type {cfg.provider.type!r} runs nodes as {what}, which cannot hold a "
                  "container of their own; remove the image to run on the host")

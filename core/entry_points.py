@@ -10,4 +10,5 @@ NODE_CONTROL = "runtime.node"  # on every node: start|stop|status|supervise of i
 HEAD_SERVICE = "runtime.head"  # on the head: the head service (started by the node's supervisor)
 NODE_AGENT = "runtime.agent"  # on every node: the node agent (started by the node's supervisor)
 CONTROL_LOOP = "autoscaler.monitor"  # on the head: the autoscaler (started by the node's supervisor)
+SIM_AGENTS = "runtime.sim_agents"  # on a sim cluster's head: its simulated nodes' agents (started by providers.sim)
 TUNNEL = "launcher.tunnel"  # on a driver: the SSH port forward to a cluster's head (started by runtime.api)

@@ -21,7 +21,7 @@ from core.errors import LaunchError
 from core.node import NodeInfo
 from core.paths import HEAD_ADDRESS, for_node
 from core.spec import ClusterSpec
-from core.status import NodeStatus, can_transition, initial_status_tags, status_tags
+from core.status import NodeStatus, can_transition, check_transition, initial_status_tags, status_tags
 from core.tags import (
     KIND_HEAD, KIND_WORKER, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, TAG_REQUEST_ID, TAG_RESTART_GEN,
     TAG_RUNTIME_HASH, TAG_MOUNTS,
@@ -96,6 +96,8 @@ class Lifecycle:
     def host_runner(self, node: NodeInfo) -> CommandRunner:
         """How commands reach a node's host. From the laptop, a worker of an SSH cluster is reached through
         the head's SSH connection, at its private IP: the head's port 22 is all the laptop needs."""
+        if self.provider.capabilities.self_starting and node.kind == KIND_WORKER:
+            raise LaunchError(f"node {node.id} is simulated (provider type sim): it runs no commands")
         with self._runners_lock:
             if node.id in self._runners:
                 return self._runners[node.id]
@@ -240,12 +242,34 @@ class Lifecycle:
 
     def set_up_worker(self, node: NodeInfo, token: str, head_address: str) -> str | None:
         """Bring a worker up to date (the head's monitor does, for every worker). Returns what was done."""
+        if self.provider.capabilities.self_starting:
+            return self._boot_ready(node, head_address)
         updater = self.updater(node, token, is_head=False, head_address=head_address)
         plan = self.update_plan(node, updater)
         if plan is None:
             return None
         updater.update(plan)
         return "set up" if plan.full else "runtime restarted" if plan.restart_runtime else "runtime started"
+
+    def _boot_ready(self, node: NodeInfo, head_address: str) -> str | None:
+        """(a self-starting provider: sim) The node boots ready: it goes through the states a set-up goes
+        through, each allowed by the machine, with nothing done at any, in one write of its tags; its
+        agent registers by itself."""
+        rhash = runtime_hash(self.spec, node.node_type, False, head_address)
+        if node.status == NodeStatus.DRAINING or (
+                node.status == NodeStatus.UP_TO_DATE and node.tags.get(TAG_RUNTIME_HASH) == rhash):
+            return None
+        self.provider.wait_booted(node)
+        status = node.status
+        for step in (NodeStatus.WAITING_FOR_SSH, NodeStatus.SYNCING_FILES, NodeStatus.SETTING_UP, NodeStatus.UP_TO_DATE):
+            if status != NodeStatus.UP_TO_DATE:
+                status = check_transition(status, step)
+        tags = {**status_tags(NodeStatus.SETTING_UP, NodeStatus.UP_TO_DATE, time.time()), TAG_RUNTIME_HASH: rhash,
+                TAG_LAUNCH_HASH: launch_hash(self.cfg, node.node_type),
+                TAG_RESTART_GEN: str(self.spec.restart_generation)}
+        self.provider.set_tags(node.id, tags)
+        node.tags.update(tags)
+        return "booted (simulated)"
 
     # --- up -----------------------------------------------------------------------------------------
 

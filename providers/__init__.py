@@ -27,6 +27,7 @@ _MODULES: dict[str, str] = {
     "gcp": "providers.gcp",
     "azure": "providers.azure",
     "slurm": "providers.slurm",
+    "sim": "providers.sim",
 }
 
 

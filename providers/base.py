@@ -95,6 +95,8 @@ class Capabilities:
     reuses_ips: bool = False
     cleanup: bool = False  # bootstrap makes things for this cluster alone that `down` removes (cleanup())
     live_spot_prices: bool = False  # the cloud says its current spot prices (spot_prices())
+    # (sim) workers boot ready, with nothing to set up or copy: their agents register by themselves
+    self_starting: bool = False
 
 
 @dataclass
@@ -157,6 +159,11 @@ class ProviderBase:
         found, or what other clusters share); `purge` (down --purge) also what it made and keeps by
         default. Lines saying what it kept or removed."""
         return []
+
+    # --- (capabilities.self_starting) ---
+
+    def wait_booted(self, node: NodeInfo) -> None:
+        """Returns once the node has booted (its agent then registers by itself)."""
 
     # --- (capabilities.live_spot_prices) ---
 

@@ -109,9 +109,11 @@ class Provider(ProviderBase):
     capabilities = Capabilities()  # the head is on this machine: same state file
     head_bind_host = LOCAL_IP
 
+    section_model = Section  # (a provider built on this one reads its own section)
+
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
-        section = Section.of(spec.config.provider)
+        self.section = section = self.section_model.of(spec.config.provider)
         self.head_port = section.head_port
         self.capacity_errors = set(section.capacity_errors)
         self.create_failure_rate = section.create_failure_rate
