@@ -341,7 +341,8 @@ def _docker_problems(cfg: ClusterConfig) -> list[str]:
                     "image", "head_image", "worker_image"} else "docker"
                 p.append(f"{where}.container_name: required with an image (the container's name on the node)")
     if in_containers and cfg.provider.kind in ("local", "slurm", "sim"):
-        what = "processes on this machine" if cfg.provider.kind == "local" else "Slurm allocations"
+        what = {"local": "processes on this machine", "sim": "simulated machines"}.get(cfg.provider.kind,
+                                                                                    "Slurm allocations")
         p.append(f"docker: provider.type {cfg.provider.type!r} runs nodes as {what}, which cannot hold a "
                  "container of their own; remove the image to run on the host")
     return sorted(set(p), key=p.index)
