@@ -60,6 +60,7 @@ from runtime.work import own_resources, pinned_node
 
 log = logging.getLogger("launch.autoscaler")
 ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to converge
+TICKS_KEPT = 500  # the ticks whose durations `launch status --json` summarises
 DENIED_TICK_MAX_S = 30.0  # the longest wait between ticks the cloud refuses (a missing permission)
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
 
@@ -279,6 +280,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         phases["act"] = time.monotonic() - t1
         self.report(result, nodes, types, demand, state, now, groups)
         took = time.monotonic() - t0
+        self.metrics.ticked(took)
         if took > max(5.0, 5 * self.cfg.autoscaler.tick_s):  # a slow cloud API or head: say where
             self.event("tick-slow", took_s=round(took, 2), phases={k: round(v, 2) for k, v in phases.items()})
         return result
@@ -441,7 +443,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                             "last_error": b.last_error} for t, b in self.backoff.items() if b.active(now)}
         held = [{"shape": fmt_shape(shape_of(dict(d.shape.amounts))), "count": d.count} for d in state.infeasible]
         status = {**_plan_status(p, nodes, types, demand, groups), "updated_at": now, "failures": failures,
-                  "prices": self.prices, "denied": self.denials_status(),
+                  "prices": self.prices, "denied": self.denials_status(), "ticks": self.metrics.tick_stats(),
                   "recent_events": list(self.recent)[-10:]}
         with self.lock:
             status["round"] = self.round.report().as_dict()
@@ -534,7 +536,7 @@ class _Metrics:
     """Prometheus metrics of the autoscaler (prometheus_client, with its process metrics)."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.process_collector import ProcessCollector
 
         self.registry = r = CollectorRegistry()
@@ -548,6 +550,21 @@ class _Metrics:
         self.launches = Counter("launch_launches", "Nodes launched.", ["node_type"], registry=r)
         self.failures = Counter("launch_failures", "Launch and setup failures, by node type.", ["node_type"], registry=r)
         self.terminations = Counter("launch_terminations", "Nodes terminated.", ["node_type"], registry=r)
+        self.tick = Histogram("launch_tick_seconds", "How long the autoscaler's ticks took.", registry=r,
+                              buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.recent_ticks: deque[float] = deque(maxlen=TICKS_KEPT)
+
+    def ticked(self, took: float) -> None:
+        self.tick.observe(took)
+        self.recent_ticks.append(took)
+
+    def tick_stats(self) -> dict:
+        """The recent ticks' p50 and p99, for `launch status --json` and the scale bench."""
+        ticks = sorted(self.recent_ticks)
+        if not ticks:
+            return {}
+        at = lambda q: ticks[min(len(ticks) - 1, int(q * len(ticks)))]  # noqa: E731
+        return {"count": len(ticks), "p50_s": round(at(0.5), 4), "p99_s": round(at(0.99), 4), "max_s": round(ticks[-1], 4)}
 
     def update(self, status: dict, held_infeasible: list[dict]) -> None:
         for gauge in (self.nodes, self.pending, self.infeasible):
