@@ -287,10 +287,13 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
 
     def drain_vanished(self, nodes: list[NodeInfo], state) -> None:
         """A node the runtime knows whose instance is gone (a spot interruption, a terminate outside
-        launch) gets no new work; what it ran is requeued once its heartbeats stop."""
+        launch) gets no new work; what it ran is requeued once its heartbeats stop, or at once for a node
+        whose cloud gave notice (it is gone for good)."""
         listed = {n.id for n in nodes}
         for r in state.nodes:
-            if r.state == "alive" and not r.is_head and not r.draining and r.node_id not in listed:
+            if r.state == "alive" and r.preempt_at and r.node_id not in listed:  # taken after its notice: its
+                self.head.remove_node(r.node_id, "preempted: its instance is gone")  # work runs again now
+            elif r.state == "alive" and not r.is_head and not r.draining and r.node_id not in listed:
                 self.head.drain(r.node_id)
                 self.event("instance-gone", node=r.node_id, node_type=r.node_type,
                            reason="its instance is no longer listed by the provider (interrupted?): drained")
