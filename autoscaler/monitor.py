@@ -272,6 +272,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                                                      g.count) for g in state.groups]
         result = plan(PlanInput(types, views, demand, limits, backoff, now, groups))
         t1 = time.monotonic()
+        phases["plan"] = t1 - t0 - phases["list"] - phases["cluster_state"]
         self.act(result, {n.id: n for n in nodes}, {v.id: v for v in views}, now)
         self.tend(nodes, result)
         self.sync_mounts(nodes, result, now)
@@ -280,7 +281,8 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         phases["act"] = time.monotonic() - t1
         self.report(result, nodes, types, demand, state, now, groups)
         took = time.monotonic() - t0
-        self.metrics.ticked(took)
+        phases["report"] = took - (t1 - t0) - phases["act"]
+        self.metrics.ticked(took, phases)
         if took > max(5.0, 5 * self.cfg.autoscaler.tick_s):  # a slow cloud API or head: say where
             self.event("tick-slow", took_s=round(took, 2), phases={k: round(v, 2) for k, v in phases.items()})
         return result
@@ -557,17 +559,24 @@ class _Metrics:
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.recent_ticks: deque[float] = deque(maxlen=TICKS_KEPT)
 
-    def ticked(self, took: float) -> None:
+    def ticked(self, took: float, phases: dict[str, float]) -> None:
         self.tick.observe(took)
-        self.recent_ticks.append(took)
+        self.recent_ticks.append((took, dict(phases)))
 
     def tick_stats(self) -> dict:
-        """The recent ticks' p50 and p99, for `launch status --json` and the scale bench."""
-        ticks = sorted(self.recent_ticks)
-        if not ticks:
+        """The recent ticks' p50 and p99, and each phase's p99 (list, cluster_state, act), for `launch status
+        --json` and the scale bench."""
+        if not self.recent_ticks:
             return {}
-        at = lambda q: ticks[min(len(ticks) - 1, int(q * len(ticks)))]  # noqa: E731
-        return {"count": len(ticks), "p50_s": round(at(0.5), 4), "p99_s": round(at(0.99), 4), "max_s": round(ticks[-1], 4)}
+
+        def at(values: list[float], q: float) -> float:
+            values = sorted(values)
+            return round(values[min(len(values) - 1, int(q * len(values)))], 4)
+
+        took = [t for t, _ in self.recent_ticks]
+        phases = {k for _, p in self.recent_ticks for k in p}
+        return {"count": len(took), "p50_s": at(took, 0.5), "p99_s": at(took, 0.99), "max_s": round(max(took), 4),
+                "phase_p99_s": {k: at([p.get(k, 0.0) for _, p in self.recent_ticks], 0.99) for k in sorted(phases)}}
 
     def update(self, status: dict, held_infeasible: list[dict]) -> None:
         for gauge in (self.nodes, self.pending, self.infeasible):

@@ -8,7 +8,8 @@ For each size N, a cluster of the head alone is brought up with `launch up`; the
 - demand: N tasks that each need 2 of a worker's 3 CPUs and run an hour (simulated), so N workers;
   register_s: from that demand to all N registered with the head, less the modelled boot time
   (upscaling_speed is set to N: the planner may launch them all at once, as a user scaling to N would);
-- quiet: 10 s with N nodes heartbeating every second: the head's CPU per heartbeat;
+- quiet: 10 s with N nodes heartbeating (every second, or as the head paces a large cluster): the head's
+  CPU per heartbeat;
 - throughput: T one-CPU tasks of zero duration through the free CPU of the N nodes: tasks per second
   from submit to the last result, and the head's CPU per task;
 - the autoscaler's tick p50 and p99 over the run (the monitor's own figures), the head's and the
@@ -77,6 +78,7 @@ def one_size(n: int, tasks: int, boot_s: float, tmp: Path) -> dict:
     import yaml
 
     import runtime
+    from runtime.head_nodes import HEARTBEATS_PER_S
     from runtime.sim_agents import DURATION_ENV
 
     name = f"scale-{n}"
@@ -112,7 +114,8 @@ def one_size(n: int, tasks: int, boot_s: float, tmp: Path) -> dict:
 
     c0, t1 = cpu_s(head), time.time()
     time.sleep(QUIET_S)
-    per_heartbeat_ms = (cpu_s(head) - c0) / (n * (time.time() - t1) / 1.0) * 1000  # 1 heartbeat/s per node
+    interval = max(1.0, n / HEARTBEATS_PER_S)  # (the head paces a large cluster's heartbeats)
+    per_heartbeat_ms = (cpu_s(head) - c0) / (n * (time.time() - t1) / interval) * 1000
 
     c0, t1 = cpu_s(head), time.time()
     refs = [tick.remote() for _ in range(tasks)]
@@ -123,6 +126,7 @@ def one_size(n: int, tasks: int, boot_s: float, tmp: Path) -> dict:
 
     status = json.loads(launch(home, "status", str(path), "--json").stdout)
     ticks = (status.get("autoscaler") or {}).get("ticks") or {}
+    print(f"  ticks: {ticks}", flush=True)
     memory = {"head_mib": round(rss_mib(head), 1), "monitor_mib": round(rss_mib(monitor), 1)}
     del holds  # (they go with their nodes at `down`)
     runtime.shutdown()

@@ -13,6 +13,7 @@ findable from the moment it exists, and one whose machine never came up is swept
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -177,15 +178,23 @@ class Provider(ProviderBase):
         )
 
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
-        dead = []
-        with locked_json(self.state_path) as state:
-            for node_id in [n for n, rec in state.items() if not self._alive(rec)]:
-                dead.append(node_id)
-                del state[node_id]
-            nodes = [self._info(nid, rec) for nid, rec in state.items()
-                     if all(rec["tags"].get(k) == v for k, v in tag_filters.items())]
-        for node_id in dead:  # a machine that died takes its processes and disk with it
-            self._destroy(node_id)
+        # read without the lock (the file is only ever replaced whole): a thousand nodes' list each tick
+        # neither waits for writers nor rewrites the file; the lock is taken only to sweep the dead
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            state = {}
+        dead = [n for n, rec in state.items() if not self._alive(rec)]
+        if dead:
+            with locked_json(self.state_path) as locked:
+                dead = [n for n in dead if n in locked and not self._alive(locked[n])]
+                for node_id in dead:
+                    del locked[node_id]
+                state = dict(locked)
+            for node_id in dead:  # a machine that died takes its processes and disk with it
+                self._destroy(node_id)
+        nodes = [self._info(nid, rec) for nid, rec in state.items()
+                 if all(rec["tags"].get(k) == v for k, v in tag_filters.items())]
         return sorted(nodes, key=lambda n: n.launched_at)
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> None:

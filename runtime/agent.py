@@ -299,6 +299,7 @@ class Agent:
                     log.warning("the head does not know this node; registering again")
                     self.registered.clear()
                     continue
+                self.interval = reply.heartbeat_interval_s or self.interval  # (a large cluster: less often)
                 backoff = 0.2
                 self.stop.wait(self.interval)
             except grpc.RpcError as e:

@@ -38,12 +38,17 @@ from runtime.store import ID_PATTERN, Store
 from runtime.work import ACTOR, DONE_STATES, KINDS, OBJECT, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
 
 
+STATE_WAIT_S = 0.5  # GetClusterState waits this long for a busy head, then answers its last state
+
+
 class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.HeadServicer):
     def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time,
                  node_types: dict[str, dict[str, float]] | None = None, state_dir: Path | None = None,
                  owner_timeout_s: float = 60.0):
         self.heartbeat_interval_s = heartbeat_interval_s
         self.node_timeout_s = node_timeout_s
+        self.interval_now, self.timeout_now = heartbeat_interval_s, node_timeout_s  # (pace_heartbeats)
+        self.last_state: pb.ClusterState | None = None  # what GetClusterState answered last
         self.clock = clock
         self.nodes: dict[str, NodeRecord] = {}
         self.store = Store(state_dir or default_state_dir())
@@ -69,23 +74,36 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
     # --- nodes --------------------------------------------------------------------------------------
 
     def GetClusterState(self, request, context):
-        with self.lock:
-            nodes = []
-            for r in self.nodes.values():
-                n = self.sched.nodes.get(r.node_id)
-                nodes.append(pb.NodeState(
-                    node_id=r.node_id, node_type=r.node_type, address=r.address, is_head=r.is_head,
-                    state=r.state,
-                    total=pb.Resources(amounts=n.total if n else {}),
-                    available=pb.Resources(amounts=n.available if n else {}),
-                    labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
-                    idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
-                    running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
-                    preempt_at=r.preempt_at, preempt_reason=r.preempt_reason,
-                ))
-            demand, groups = self.demand_now()
-            infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
-                          for s, c, why in self.sched.infeasible_demand()]
+        """The nodes, demand and groups now; while the head is busy past STATE_WAIT_S (a burst of work in a
+        large cluster), the last state it made, whose `now` says when (the autoscaler's tick waits no longer)."""
+        if not self.lock.acquire(timeout=STATE_WAIT_S):
+            if self.last_state is not None:
+                return self.last_state
+            self.lock.acquire()
+        try:
+            self.last_state = self._cluster_state()
+        finally:
+            self.lock.release()
+        return self.last_state
+
+    def _cluster_state(self) -> pb.ClusterState:
+        """(under the lock) The state GetClusterState answers."""
+        nodes = []
+        for r in self.nodes.values():
+            n = self.sched.nodes.get(r.node_id)
+            nodes.append(pb.NodeState(
+                node_id=r.node_id, node_type=r.node_type, address=r.address, is_head=r.is_head,
+                state=r.state,
+                total=pb.Resources(amounts=n.total if n else {}),
+                available=pb.Resources(amounts=n.available if n else {}),
+                labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+                idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
+                running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
+                preempt_at=r.preempt_at, preempt_reason=r.preempt_reason,
+            ))
+        demand, groups = self.demand_now()
+        infeasible = [pb.InfeasibleDemand(shape=pb.Resources(amounts=dict(s)), count=c, reason=why)
+                      for s, c, why in self.sched.infeasible_demand()]
         return pb.ClusterState(nodes=nodes, now=self.clock(), demand=demand, infeasible=infeasible, groups=groups,
                                python_version=PYTHON_VERSION, store_dir=str(self.store.blobs),
                                store_key=self.store_key)

@@ -17,6 +17,7 @@ from runtime.work import Item
 # how soon a replaced WorkStream with nothing to send notices and ends
 STREAM_CHECK_S = 0.5
 WATCH_DEMAND_MAX_S = 60.0  # the longest a WatchDemand call waits
+HEARTBEATS_PER_S = 200.0  # past this many nodes' worth at the configured interval, every node beats less often
 
 
 class NodeService:
@@ -49,18 +50,31 @@ class NodeService:
         adopted = len(request.running) - len(drop)
         log.info("node %s (%s) registered from %s: %s%s", request.node_id, request.node_type, request.address, total,
                  f"; it still runs {adopted} item(s)" if adopted else "")
-        return pb.RegisterNodeReply(heartbeat_interval_s=self.heartbeat_interval_s,
+        return pb.RegisterNodeReply(heartbeat_interval_s=self.interval_now,
                                     drop=[pb.RunningItem(id=i, attempt=a) for i, a in drop])
 
-    def Heartbeat(self, request, context):
-        with self.lock:
-            rec = self.nodes.get(request.node_id)
-            if rec is None or rec.state == DEAD:
-                return pb.HeartbeatReply(known=False)
-            rec.last_heartbeat = self.clock()
-            if request.preempt_at and not rec.preempt_at:
-                self._preempting(rec, request.preempt_at, request.preempt_reason[:200])
-        return pb.HeartbeatReply(known=True)
+    async def Heartbeat(self, request, context):
+        """(on the loop: a heartbeat waiting for a busy head holds no thread of its own, so a thousand
+        nodes' heartbeats do not make a thousand threads)"""
+        return await under_lock(self.lock, context, self._heartbeat, request)
+
+    def _heartbeat(self, request) -> pb.HeartbeatReply:
+        rec = self.nodes.get(request.node_id)
+        if rec is None or rec.state == DEAD:
+            return pb.HeartbeatReply(known=False)
+        rec.last_heartbeat = self.clock()
+        if request.preempt_at and not rec.preempt_at:
+            self._preempting(rec, request.preempt_at, request.preempt_reason[:200])
+        return pb.HeartbeatReply(known=True, heartbeat_interval_s=self.interval_now)
+
+    def pace_heartbeats(self) -> None:
+        """(housekeeping) The interval every node beats at: the configured one, or, in a cluster too large
+        for it, what keeps all heartbeats together near HEARTBEATS_PER_S (a Python head spends most of a
+        core on 1,000 heartbeats a second); a node is dead after as many beats missed as the config allows
+        (node_timeout_s / heartbeat_interval_s)."""
+        alive = sum(1 for r in self.nodes.values() if r.state == ALIVE)
+        self.interval_now = max(self.heartbeat_interval_s, alive / HEARTBEATS_PER_S)
+        self.timeout_now = self.node_timeout_s * self.interval_now / self.heartbeat_interval_s
 
     def _preempting(self, rec: NodeRecord, at: float, reason: str) -> None:
         """(under the lock) The node's cloud takes it back at `at`: it gets no new work, and what it runs
@@ -85,10 +99,11 @@ class NodeService:
         now = self.clock()
         newly = []
         with self.lock:
+            self.pace_heartbeats()
             for r in self.nodes.values():
-                if r.state == ALIVE and now - r.last_heartbeat > self.node_timeout_s:
+                if r.state == ALIVE and now - r.last_heartbeat > self.timeout_now:
                     newly.append(r.node_id)
-                    self._declare_dead(r, now, f"missed heartbeats for {self.node_timeout_s:.0f}s")
+                    self._declare_dead(r, now, f"missed heartbeats for {self.timeout_now:.0f}s")
             expired = self.sched.expire_recovering(now) if self.sched.recovering and now > self.recover_until else []
             if expired:
                 log.warning("%d item(s) that ran before the head restarted lost their node: requeued or failed",

@@ -37,6 +37,7 @@ POLL_S = 0.2
 IDLE_EXIT_S = 30.0
 AGENTS_PER_CHANNEL = 50  # one HTTP/2 connection carries this many agents' streams (its stream limit is ~100)
 NONE = cloudpickle.dumps(None)
+REPORT_BATCH_S = 0.01
 DURATION_ENV = "LAUNCH_SIM_DURATION_S"  # how long a simulated node "runs" an item
 
 
@@ -61,19 +62,27 @@ class Agent:
         self.stub, self.md, self.node_id, self.record = stub, md, node_id, record
         self.total, self.interval_s = total, interval_s
         self.running: dict[str, asyncio.Task] = {}
+        self.results: list[pb.ItemResult] = []  # finished, to be reported with the next send
+        self.outgoing: asyncio.Queue | None = None  # batches for the report stream
 
     async def run(self) -> None:
         try:
-            await self.stub.RegisterNode(pb.RegisterNodeRequest(
+            registered = await self.stub.RegisterNode(pb.RegisterNodeRequest(
                 node_id=self.node_id, node_type=self.record["node_type"], address="127.0.0.1",
                 total=pb.Resources(amounts=self.total), first=True), metadata=self.md)
+            self.interval_s = registered.heartbeat_interval_s or self.interval_s
+            self.outgoing = asyncio.Queue()
+            reports = self.stub.ReportStream(self.report_requests(), metadata=self.md)
             beats = asyncio.create_task(self.heartbeats())
+            acks = asyncio.create_task(self.drain_acks(reports))
             try:
                 async for batch in self.stub.WorkStream(pb.WorkStreamRequest(node_id=self.node_id), metadata=self.md):
                     for a in batch.items:
                         self.handle(a)
             finally:
                 beats.cancel()
+                acks.cancel()
+                reports.cancel()
         finally:
             for task in self.running.values():
                 task.cancel()
@@ -82,9 +91,10 @@ class Agent:
         while True:
             notice_at = self.record.get("notice_at")
             noticed = notice_at is not None and time.time() >= notice_at
-            await self.stub.Heartbeat(pb.HeartbeatRequest(
+            reply = await self.stub.Heartbeat(pb.HeartbeatRequest(
                 node_id=self.node_id, preempt_at=self.record["interrupt_at"] if noticed else 0.0,
                 preempt_reason="simulated spot interruption" if noticed else ""), metadata=self.md)
+            self.interval_s = reply.heartbeat_interval_s or self.interval_s  # (the head paces a large cluster)
             await asyncio.sleep(self.interval_s)
 
     def handle(self, a: pb.Assignment) -> None:
@@ -107,9 +117,27 @@ class Agent:
         await self.report(a.item_id, "finished", "")
 
     async def report(self, item_id: str, state: str, message: str) -> None:
-        value = NONE if state == "finished" else b""
-        await self.stub.Report(pb.ReportRequest(node_id=self.node_id, results=[pb.ItemResult(
-            id=item_id, state=state, message=message, value=value, node_id=self.node_id)]), metadata=self.md)
+        """Results go in batches on the node's report stream, as a real agent's do: what finished within
+        REPORT_BATCH_S in one message (the head applies a stream's reports on its loop: no thread each)."""
+        self.results.append(pb.ItemResult(id=item_id, state=state, message=message,
+                                          value=NONE if state == "finished" else b"", node_id=self.node_id))
+        if len(self.results) > 1:
+            return  # a send is on its way: this result goes with it
+        await asyncio.sleep(REPORT_BATCH_S)
+        batch, self.results = self.results, []
+        await self.outgoing.put(batch)
+
+    async def report_requests(self):
+        seq = 0
+        while True:
+            batch = await self.outgoing.get()
+            seq += 1
+            yield pb.ReportRequest(node_id=self.node_id, results=batch, seq=seq)
+
+    @staticmethod
+    async def drain_acks(call) -> None:
+        async for _ in call:  # (none are asked for: the stream stays open while the node lives)
+            pass
 
 
 class Host:

@@ -794,3 +794,29 @@ def test_a_preemption_notice_in_a_heartbeat_drains_the_node_and_makes_its_work_d
         # no new work lands on it
         (other,) = client.submit_many([_job(1.0)])
         assert servicer.sched.items[other].node_id == ""
+
+
+def test_a_large_cluster_beats_less_often_and_is_given_the_time_to(head):
+    """Past HEARTBEATS_PER_S nodes' worth at the configured interval, the head tells every node to beat
+    less often (a register and each heartbeat say the interval) and waits as many beats before it
+    declares one dead (as many beats as configured): the head's heartbeat load stays bounded.""" 
+    import time
+
+    from runtime.head_nodes import HEARTBEATS_PER_S
+
+    address, servicer = head
+    with HeadClient(address, TOKEN) as client:
+        n = int(HEARTBEATS_PER_S * 2.5)  # 500 nodes at the 1 s default
+        for i in range(n):
+            _register(client, f"n{i}")
+        servicer.mark_dead_nodes()  # (the housekeeping paces them)
+        reply = client.heartbeat(pb.HeartbeatRequest(node_id="n0"))
+        assert reply.known and reply.heartbeat_interval_s == pytest.approx(2.5)
+        assert _register(client, "late").heartbeat_interval_s == pytest.approx(2.5)
+        now = servicer.nodes["n0"].last_heartbeat
+        beats = servicer.node_timeout_s / servicer.heartbeat_interval_s  # as many beats missed as configured
+        servicer.clock = lambda: now + beats * 2.5 - 0.2  # fewer: alive (nodes silent since registering go)
+        assert "n0" not in servicer.mark_dead_nodes()
+        servicer.clock = lambda: now + beats * 2.5 + 0.2
+        assert "n0" in servicer.mark_dead_nodes()
+        servicer.clock = time.time
