@@ -30,9 +30,8 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
 from core.files import atomic_write
 from core.spec import ClusterSpec
 from core.tags import TAG_CLUSTER, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection
+from providers.cloud import CloudProvider, CloudSection, equivalents_problems
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
               "TooManyRequestsException", "ServiceUnavailable", "Unavailable", "InternalError"}
@@ -205,16 +204,7 @@ class _Clients:
 def config_problems(config: ClusterConfig) -> list[str]:
     """Rules of this provider that span the config, beyond its typed section: an InstanceType given as
     equivalents is a list of instance type names."""
-    problems = []
-    for name, nt in config.available_node_types.items():
-        it = nt.node_config.get("InstanceType")
-        if isinstance(it, list) and (not it or not all(isinstance(m, str) and m for m in it)):
-            problems.append(f"available_node_types.{name}.node_config.InstanceType: equivalent instance types are "
-                            "a list of one or more instance type names")
-        elif it is not None and not isinstance(it, (str, list)):
-            problems.append(f"available_node_types.{name}.node_config.InstanceType: an instance type name, or a "
-                            "list of equivalent ones")
-    return problems
+    return equivalents_problems(config, lambda nc: nc.get("InstanceType"), "InstanceType", "an", "instance type")
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -417,7 +407,6 @@ class Provider(CloudProvider):
         # Ray's key and default: idle nodes are stopped, and started again before new ones are made
         self.cache_stopped_nodes = section.cache_stopped_nodes is not False
         self._instance_types: dict[str, dict] = {}
-        self._unavailable: dict[tuple[str, str | None], float] = {}  # (type, zone) out of capacity -> until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -520,7 +509,7 @@ class Provider(CloudProvider):
         """Where to launch, in order: for each instance type (equivalents cheapest first, by the catalog in
         the cluster's region; unknown ones last, in the user's order), the subnets (one per zone: the
         type's own, else the cluster's; none when its node_config pins a subnet or network interfaces).
-        An offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
+        An offering out of capacity lately comes after the others (CloudProvider._offerings)."""
         nt = self.spec.config.available_node_types[node_type]
         node_config = nt.node_config
         if "SubnetId" in node_config or "NetworkInterfaces" in node_config:
@@ -528,24 +517,7 @@ class Provider(CloudProvider):
         else:
             own = (self.state.get("type_subnets") or {}).get(node_type)
             subnets = own or self.state.get("subnets") or [{"id": None, "zone": None}]
-        machines = machines_of(node_config)
-        spot = nt.spot or _spot_of(node_config)
-        priced = {m: prices.machine_quote("aws", m, self.section.region, spot) for m in machines}
-        machines.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
-        offers = [{**s, "machine": m, "label": f"{m} in {s['zone'] or 'any zone'}" if len(machines) > 1
-                   else (s["zone"] or "any")} for m in machines for s in subnets]
-        now = time.monotonic()
-        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
-
-    def _zone_name(self, offer: dict) -> str:
-        return offer["label"]
-
-    def _out_of_capacity(self, offer: dict) -> None:
-        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
-
-    def avoid(self, node: NodeInfo) -> None:
-        if node.machine:  # (a zone it was not launched into by launch's subnets is "any": never matched)
-            self._unavailable[(node.machine, node.zone or None)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+        return self._offerings(machines_of(node_config), subnets, self.section.region, nt.spot or _spot_of(node_config))
 
     def _launch(self, node_type: str, subnet: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         call = dict(self._params(node_type, tags), MinCount=1, MaxCount=count)  # fewer than asked is not an error

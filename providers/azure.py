@@ -38,9 +38,8 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
                          ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE
-from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
+from providers.cloud import CloudProvider, CloudSection, equivalents_problems, fan_out, for_each_node, made_or_raise
 from providers.keys import cluster_key_pair
 
 CAPACITY_CODES = {"AllocationFailed", "ZonalAllocationFailed", "SkuNotAvailable", "OverconstrainedAllocationRequest",
@@ -245,15 +244,8 @@ class _Clients:
 def config_problems(config: ClusterConfig) -> list[str]:
     """Rules of this provider that span the config, beyond its typed section: a vmSize given as equivalents
     is a list of VM size names."""
-    problems = []
-    for name, nt in config.available_node_types.items():
-        size = _params(nt.node_config).get("vmSize")
-        where = f"available_node_types.{name}.node_config.azure_arm_parameters.vmSize"
-        if isinstance(size, list) and (not size or not all(isinstance(m, str) and m for m in size)):
-            problems.append(f"{where}: equivalent VM sizes are a list of one or more VM size names")
-        elif size is not None and not isinstance(size, (str, list)):
-            problems.append(f"{where}: a VM size name, or a list of equivalent ones")
-    return problems
+    return equivalents_problems(config, lambda nc: _params(nc).get("vmSize"), "azure_arm_parameters.vmSize", "a",
+                                "VM size")
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -339,7 +331,6 @@ class Provider(CloudProvider):
         self.spot_prices_every_s = 24 * 3600.0  # a published price list: daily
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._skus: dict[str, dict[str, float]] | None = None
-        self._unavailable: dict[tuple[str, str | None], float] = {}  # (size, zone) -> out of capacity until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -412,26 +403,11 @@ class Provider(CloudProvider):
 
     def _zones(self, node_type: str) -> list[dict]:
         """Where to create, in order: for each VM size (equivalents cheapest first, by the catalog in the
-        location, spot for a spot type; unknown ones last, in the user's order), the zones in order. An
-        offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
+        location, spot for a spot type; unknown ones last, in the user's order), the zones in order
+        (CloudProvider._offerings)."""
         nt = self.spec.config.available_node_types[node_type]
-        sizes = sizes_of(nt.node_config) or [""]
-        priced = {m: prices.machine_quote("azure", m, self.section.location, self._spot(node_type)) for m in sizes}
-        sizes.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
-        offers = [{"machine": m, "zone": z, "label": f"{m} in {z or 'any zone'}" if len(sizes) > 1 else (z or "any")}
-                  for m in sizes for z in self.zones]
-        now = time.monotonic()
-        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
-
-    def _zone_name(self, offer: dict) -> str:
-        return offer["label"]
-
-    def _out_of_capacity(self, offer: dict) -> None:
-        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
-
-    def avoid(self, node: NodeInfo) -> None:
-        if node.machine:
-            self._unavailable[(node.machine, node.zone or None)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+        return self._offerings(sizes_of(nt.node_config) or [""], [{"zone": z} for z in self.zones],
+                               self.section.location, self._spot(node_type))
 
     def _launch(self, node_type: str, offer: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         return made_or_raise(fan_out(lambda _: self._create_one(node_type, offer["zone"], tags, offer["machine"]),

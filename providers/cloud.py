@@ -8,21 +8,41 @@
 - `for_each_node`: an action on every node at once; a node already gone is skipped; the first error raised.
 - `CloudSection`: the provider keys every cloud takes (zones, SSH CIDR, the head's port, retries).
 - a spot node the cloud took back and left stopped is terminated where `list` sees it.
+- offerings (Karpenter's word): a node type of equivalent machine types is launched as the cheapest with
+  capacity, each across the zones (`_offerings`); one out of capacity in a zone, or whose spot node got a
+  preemption notice, is tried last there for OFFERING_UNAVAILABLE_S (`_out_of_capacity`, `avoid`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field
 
+from core.config import ClusterConfig
 from core.errors import CapacityError, LaunchError, NodeNotFound
 from core.node import NodeInfo
+from providers import prices
 from providers.base import DEFAULT_HEAD_PORT, CommonSection, ProviderBase
 
 FAN_OUT = 16  # cloud calls under way at once for one request
+
+
+def equivalents_problems(config: ClusterConfig, key: Callable[[dict], Any], where: str, article: str,
+                         what: str) -> list[str]:
+    """A machine type given as equivalents is a list of names: a problem per node type, naming the field."""
+    problems = []
+    for name, nt in config.available_node_types.items():
+        value = key(nt.node_config)
+        field = f"available_node_types.{name}.node_config.{where}"
+        if isinstance(value, list) and (not value or not all(isinstance(m, str) and m for m in value)):
+            problems.append(f"{field}: equivalent {what}s are a list of one or more {what} names")
+        elif value is not None and not isinstance(value, (str, list)):
+            problems.append(f"{field}: {article} {what} name, or a list of equivalent ones")
+    return problems
 
 
 class CloudSection(CommonSection):
@@ -105,11 +125,33 @@ class CloudProvider(ProviderBase):
         """Where `create` tries, in order (a cloud's own placement: a zone, a subnet; None: the cloud picks)."""
         return [None]
 
+    def _offerings(self, machines: list[str], places: list[dict], region: str | None, spot: bool) -> list[dict]:
+        """`_zones` of a cloud with equivalent machine types: for each machine type (cheapest first, by the
+        catalog in `region`, spot for a spot type; unknown ones last, in the user's order), each place
+        ({"zone": name or None, ...the cloud's own keys}); an offering out of capacity lately comes last."""
+        priced = {m: prices.machine_quote(self.spec.provider_kind, m, region, spot) for m in machines}
+        machines = sorted(machines, key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable)
+        offers = [{**p, "machine": m, "label": f"{m} in {p['zone'] or 'any zone'}" if len(machines) > 1
+                   else (p["zone"] or "any")} for m in machines for p in places]
+        now = time.monotonic()
+        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
+
+    @property
+    def _unavailable(self) -> dict[tuple[str, str | None], float]:
+        """(machine type, zone) -> until when it is tried last."""
+        return self.__dict__.setdefault("_unavailable_until", {})
+
     def _zone_name(self, zone) -> str:
-        return str(zone) if zone else "any"
+        return zone["label"] if isinstance(zone, dict) else str(zone) if zone else "any"
 
     def _out_of_capacity(self, zone) -> None:
-        """(a cloud that remembers) `zone` had no room just now."""
+        """`zone` (an offering of `_offerings`) had no room just now: tried last there for a while."""
+        if isinstance(zone, dict):
+            self._unavailable[(zone["machine"], zone["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
+
+    def avoid(self, node: NodeInfo) -> None:
+        if node.machine:  # (a node launched where the cloud chose the zone has none: "any", never matched)
+            self._unavailable[(node.machine, node.zone or None)] = time.monotonic() + OFFERING_UNAVAILABLE_S
 
     def _launch(self, node_type: str, zone, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """Up to `count` new nodes in `zone` (fewer is not an error); CapacityError if it has no room."""

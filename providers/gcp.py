@@ -42,9 +42,8 @@ from core.errors import (CapacityError, ConfigError, InvalidRequest, LaunchError
                          ProviderError, QuotaError, TransientError, first_line)
 from core.spec import ClusterSpec
 from core.tags import KIND_HEAD, TAG_CLUSTER, TAG_KIND, TAG_LAUNCH_HASH, TAG_NODE_TYPE, labels_of, tags_of
-from providers import prices
 from providers.base import Bootstrapped, Capabilities, NodeInfo, ProviderFacts, zone_list
-from providers.cloud import OFFERING_UNAVAILABLE_S, CloudProvider, CloudSection, fan_out, for_each_node, made_or_raise
+from providers.cloud import CloudProvider, CloudSection, equivalents_problems, fan_out, for_each_node, made_or_raise
 from providers.gcp_prices import fetch_skus, gpu_price, machine_price, spot_rates
 from providers.keys import cluster_key_pair
 
@@ -298,16 +297,7 @@ def _credentials(section: Section):
 def config_problems(config: ClusterConfig) -> list[str]:
     """Rules of this provider that span the config, beyond its typed section: a machineType given as
     equivalents is a list of machine type names."""
-    problems = []
-    for name, nt in config.available_node_types.items():
-        machine = nt.node_config.get("machineType")
-        if isinstance(machine, list) and (not machine or not all(isinstance(m, str) and m for m in machine)):
-            problems.append(f"available_node_types.{name}.node_config.machineType: equivalent machine types are a "
-                            "list of one or more machine type names")
-        elif machine is not None and not isinstance(machine, (str, list)):
-            problems.append(f"available_node_types.{name}.node_config.machineType: a machine type name, or a list "
-                            "of equivalent ones")
-    return problems
+    return equivalents_problems(config, lambda nc: nc.get("machineType"), "machineType", "a", "machine type")
 
 
 def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
@@ -402,7 +392,6 @@ class Provider(CloudProvider):
         self.cache_stopped_nodes = bool(section.cache_stopped_nodes)
         self._zone_of: dict[str, str] = {}
         self._machine_types: dict[str, dict] = {}
-        self._unavailable: dict[tuple[str, str], float] = {}  # (machine, zone) -> out of capacity until
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -531,27 +520,11 @@ class Provider(CloudProvider):
 
     def _zones(self, node_type: str) -> list[dict]:
         """Where to launch, in order: for each machine type (equivalents cheapest first, by the catalog in the
-        region, spot for a spot type; unknown ones last, in the user's order), the zones in order. An
-        offering out of capacity in the last OFFERING_UNAVAILABLE_S comes after the others."""
+        region, spot for a spot type; unknown ones last, in the user's order), the zones in order
+        (CloudProvider._offerings)."""
         nt = self.spec.config.available_node_types[node_type]
-        machines = machines_of(nt.node_config) or [""]
-        spot = self._spot(nt.node_config, node_type)
-        priced = {m: prices.machine_quote("gcp", m, self.section.region, spot) for m in machines}
-        machines.sort(key=lambda m: priced[m][0] if priced[m] else float("inf"))  # (stable: the user's order)
-        offers = [{"machine": m, "zone": z, "label": f"{m} in {z}" if len(machines) > 1 else z}
-                  for m in machines for z in self.zones]
-        now = time.monotonic()
-        return sorted(offers, key=lambda o: self._unavailable.get((o["machine"], o["zone"]), 0.0) > now)
-
-    def _zone_name(self, offer: dict) -> str:
-        return offer["label"]
-
-    def _out_of_capacity(self, offer: dict) -> None:
-        self._unavailable[(offer["machine"], offer["zone"])] = time.monotonic() + OFFERING_UNAVAILABLE_S
-
-    def avoid(self, node: NodeInfo) -> None:
-        if node.machine and node.zone:
-            self._unavailable[(node.machine, node.zone)] = time.monotonic() + OFFERING_UNAVAILABLE_S
+        return self._offerings(machines_of(nt.node_config) or [""], [{"zone": z} for z in self.zones],
+                               self.section.region, self._spot(nt.node_config, node_type))
 
     def _launch(self, node_type: str, offer: dict, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         """`count` inserts in one zone, their operations awaited together. Some failing is not an error
