@@ -98,7 +98,7 @@ BAD = [
     ("head_node_type", "nope", "head_node_type: 'nope' is not in available_node_types (cpu, gpu, head)"),
     ("available_node_types", {}, "available_node_types: must declare at least one node type"),
     ("provider.type", "kubernetes",
-     "provider.type: unknown provider 'kubernetes'; expected one of local, ssh, coordinator, aws, gcp, azure, slurm"),
+     "provider.type: unknown provider 'kubernetes'; expected one of local, ssh, coordinator, aws, gcp, azure, slurm, sim"),
     ("provider", {"type": "ssh"}, ["provider.head_ip: required for an on-prem (ssh) cluster",
                                    "auth.ssh_user: required for an on-prem (ssh) cluster"]),
     ("provider", {"type": "local", "head_ip": "10.0.0.1:22", "worker_ips": ["10.0.0.2:http"]}, [
@@ -292,7 +292,7 @@ def test_an_unknown_provider_is_named_first_when_its_defaults_are_missing_too(tm
     provider type there are none, and the type is what to fix."""
     problems = _problems({"cluster_name": "c", "provider": {"type": "awz"}}, base_dir=tmp_path)
     assert problems[0] == ("provider.type: unknown provider 'awz'; expected one of local, ssh, coordinator, aws, gcp, azure, "
-                           "slurm")
+                           "slurm, sim")
 
 
 def test_first_line_of_a_library_message():
