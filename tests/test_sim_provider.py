@@ -80,15 +80,15 @@ def test_simulated_workers_boot_register_and_run_declared_durations_then_go(tmp_
 
 
 def test_spot_interruptions_are_noticed_replaced_and_cost_no_retry(tmp_path):
-    c = RunningCluster(tmp_path, _config("sim-spot", spot_interruptions_per_hour=1200.0, spot_notice_s=1.0, seed=7))
+    c = RunningCluster(tmp_path, _config("sim-spot", spot_interruptions_per_hour=1800.0, spot_notice_s=1.0, seed=7))
     try:
         @runtime.remote(num_cpus=1, num_gpus=1, max_retries=0)
         def train():
             return "never runs"
 
-        # a spot node lasts 3 s on average and the task needs 4: it loses its node (a notice a second
+        # a spot node lasts 2 s on average and the task needs 2.5: it loses its node (a notice a second
         # ahead) and runs again elsewhere, each time without costing its retry (it has none)
-        assert runtime.get(train.options(runtime_env={"env_vars": {DURATION_ENV: "4.0"}}).remote(), timeout=240) is None
+        assert runtime.get(train.options(runtime_env={"env_vars": {DURATION_ENV: "2.5"}}).remote(), timeout=240) is None
         kinds = [e["event"] for e in _events(c)]
         assert "preempt-notice" in kinds and "preempted-node-gone" in kinds
     finally:

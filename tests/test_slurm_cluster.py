@@ -26,7 +26,7 @@ def cluster(slurm, tmp_path):
         "cluster_name": CLUSTER,
         "max_workers": 5,
         "idle_timeout_minutes": 0.1,
-        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "queue_wait_s": 240, "notice_s": 40},
+        "provider": {"type": "slurm", "node_root": str(tmp_path / "nodes"), "queue_wait_s": 240, "notice_s": 20},
         "autoscaler": {"tick_s": 0.5},
         "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
         "available_node_types": {
@@ -108,7 +108,7 @@ def test_work_borrows_allocations_and_gives_them_back(cluster, tmp_path):
     r = cli("exec", str(path), "--node", gpu_job, "echo job=$SLURM_JOB_ID gpus=$CUDA_VISIBLE_DEVICES", home=home)
     assert r.returncode == 0 and f"job={gpu_job}" in r.stdout, r.stdout + r.stderr
 
-    # Slurm signals the first allocation 40 s before its time limit: the node is drained and a replacement
+    # Slurm signals the first allocation 20 s before its time limit: the node is drained and a replacement
     # submitted while it runs; at the limit Slurm ends it, and its task runs again on the replacement,
     # which costs none of its retries (it has none)
     rerun_job = runtime.get(doomed, timeout=240)
