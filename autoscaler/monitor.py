@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, limits_of, plan, shape_of
-from autoscaler.pricing import LIVE_STALE_S, LivePrice, live_wanted, quote
+from autoscaler.pricing import LIVE_STALE_S, LivePrice, is_spot, live_wanted, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
 from autoscaler.denials import Denials
 from autoscaler.upkeep import WorkerUpkeep, _describe
@@ -63,6 +63,7 @@ ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to con
 TICKS_KEPT = 500  # the ticks whose durations `launch status --json` summarises
 DENIED_TICK_MAX_S = 30.0  # the longest wait between ticks the cloud refuses (a missing permission)
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
+SETUP_FANOUT = 16  # nodes set up at once (each a thread: SSH, shipping the runtime, starting it)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         self.retired: list[Lifecycle] = []  # replaced by a new spec's: closed once nothing uses them
         self.head_address = ""
         self.head: HeadClient | None = None
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bootstrap")
+        self.pool = ThreadPoolExecutor(max_workers=SETUP_FANOUT, thread_name_prefix="bootstrap")
         self.bootstrapping: dict[str, Future] = {}
         self.requests: dict[str, _Request] = {}  # request id -> a launch on its way
         self.removing: dict[str, Future] = {}  # node id -> its removal on its way (see remove)
@@ -185,7 +186,7 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
             self.prices[name] = {"per_hour": price.per_hour, "source": price.source}
             out[name] = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers,
                                      max_workers=self.cfg.worker_max(name), cost_per_hour=price.per_hour,
-                                     spot=nt.spot, idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
+                                     spot=is_spot(self.cfg, name), idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
         return out
 
     def refresh_prices(self, now: float) -> None:

@@ -204,6 +204,59 @@ def _print_plan(path: Path, as_json: bool) -> None:
         _print_autoscaler(running)
 
 
+SIM_ROWS = [("cost ($)", "cost_usd", "{:.2f}"), ("  on spot ($)", "cost_spot_usd", "{:.2f}"),
+            ("wait p50 (s)", "wait_p50_s", "{:.1f}"), ("wait p99 (s)", "wait_p99_s", "{:.1f}"),
+            ("utilization", "utilization", "{:.1%}"), ("tasks finished", "tasks_finished", "{}"),
+            ("tasks infeasible", "tasks_infeasible", "{}"), ("tasks unfinished", "tasks_unfinished", "{}"),
+            ("preemptions", "preemptions", "{}"), ("tasks preempted", "tasks_preempted", "{}"),
+            ("launches", "launches", "{}"), ("launch failures", "launch_failures", "{}"),
+            ("nodes at peak", "nodes_peak", "{}"), ("span (h)", "span_s", "{:.2f}"), ("computed in (s)", "wall_s", "{:.1f}")]
+
+
+@app.command()
+@_handle_errors
+def simulate(
+    config: Path = ConfigFile,
+    trace: Path = typer.Option(..., "--trace", help="JSON lines, one task each: {\"t\": 0, \"resources\": "
+                               "{\"CPU\": 1}, \"duration\": 600}; or the output of `launch job list --json`."),
+    sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: variants side by side (repeatable), e.g. "
+                                   "idle_timeout_minutes=2,10 or boot_time_s=30,120."),
+    as_json: bool = typer.Option(False, "--json"),
+    chart: Path | None = typer.Option(None, "--chart", help="Where to write the nodes-over-time chart (HTML); "
+                                      "default simulate-CLUSTER.html here."),
+    no_chart: bool = typer.Option(False, "--no-chart"),
+    horizon_hours: float = typer.Option(168.0, "--horizon-hours", min=0.01, max=24 * 366,
+                                        help="Stop the replay after this much virtual time."),
+) -> None:
+    """Replay a workload trace through the real planner and scheduler on a simulated cloud, in virtual time:
+    what it costs, how long work waits, how busy the nodes are. Nothing is created."""
+    from launcher.simulate_report import chart_html, simulate as run_variants, summary
+    from launcher.trace import read_trace
+
+    tasks = read_trace(trace)
+    runs = run_variants(config, tasks, sets, horizon_hours * 3600)
+    results = [{"set": changes, **summary(o)} for changes, o in runs]
+    cluster = runs[0][1].cfg.cluster_name
+    if not no_chart:
+        chart = chart or Path(f"simulate-{cluster}.html")
+        chart.write_text(chart_html(runs, f"launch simulate {config.name} --trace {trace.name}"))
+    if as_json:
+        print(json.dumps(results[0] if len(results) == 1 else {"variants": results}, indent=1))
+        return
+    table = Table("", *[", ".join(f"{k}={v}" for k, v in r["set"].items()) or "as configured" for r in results],
+                  title=f"{len(tasks):,} tasks of {trace.name} on {cluster} (simulated; nothing was created)")
+    for label, key, fmt in SIM_ROWS:
+        table.add_row(label, *[fmt.format(r[key] / 3600 if key == "span_s" else r[key]) for r in results])
+    for t in sorted({t for r in results for t in r["cost_by_type"]}):
+        table.add_row(f"  {t} ($)", *[f"{r['cost_by_type'].get(t, 0.0):.2f}" for r in results])
+    _wide().print(table)
+    for r in results:
+        for reason, count in r["infeasible"].items():
+            out.print(f"  {count} task(s) infeasible: {reason}", highlight=False)
+    if not no_chart:
+        out.print(f"Nodes over time: {chart}", highlight=False)
+
+
 @app.command()
 @_handle_errors
 def plan(config: Path = ConfigFile, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -531,16 +584,24 @@ def submit(
 
 @job_app.command("list")
 @_handle_errors
-def job_list(config: Path = ConfigFile, as_json: bool = typer.Option(False, "--json")) -> None:
+def job_list(config: Path = ConfigFile, as_json: bool = typer.Option(False, "--json"),
+             as_trace: bool = typer.Option(False, "--trace", help="The jobs that ran as a `launch simulate` trace "
+                                           "(JSON lines).")) -> None:
     """The cluster's jobs with their state."""
     cluster = _cluster(config)
     with cluster.head_client() as client:
         items = client.list_items("job")
     rows = [{"id": i.id, "name": i.name, "state": i.state, "node": i.node_id, "exit_code": i.exit_code,
-             "resources": dict(i.request.amounts), "submitted_at": i.submitted_at, "message": i.message}
+             "resources": dict(i.request.amounts), "submitted_at": i.submitted_at, "started_at": i.started_at,
+             "finished_at": i.finished_at, "message": i.message}
             for i in items]
     if as_json:
         print(json.dumps(rows, indent=2))
+        return
+    if as_trace:
+        from launcher.trace import trace_from_jobs
+
+        print("".join(task.as_json() + "\n" for task in trace_from_jobs(rows, "the cluster's jobs")), end="")
         return
     table = Table(title=f"jobs of cluster {cluster.cfg.cluster_name}")
     for col in ("JOB", "NAME", "STATE", "NODE", "RESOURCES", "EXIT", "MESSAGE"):

@@ -83,15 +83,16 @@ def _where(cfg: ClusterConfig) -> str:
     return f"{region}: " + (", then ".join(zones) if zones else "any zone")
 
 
-def _spec(cfg: ClusterConfig, name: str) -> tuple[NodeTypeSpec, str, str]:
-    """(the planner's view of a node type, the machine priced, where its price comes from)."""
+def type_spec(cfg: ClusterConfig, name: str) -> tuple[NodeTypeSpec, str, str]:
+    """(the planner's view of a node type, the machine priced, where its price comes from), from the config
+    and the shipped catalog alone."""
     nt = cfg.available_node_types[name]
     resources = dict(nt.resources) or catalog_resources(cfg, name)
     q = quote(cfg, name, resources or None)
     machines = machines_of(cfg, name)
     machine = next((m for m in machines if m in q.source), machines[0] if machines else "-")
     spec = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers, max_workers=cfg.worker_max(name),
-                        cost_per_hour=q.per_hour, spot=nt.spot, idle_timeout_s=nt.idle_timeout_s,
+                        cost_per_hour=q.per_hour, spot=is_spot(cfg, name), idle_timeout_s=nt.idle_timeout_s,
                         priority=nt.priority)
     return spec, machine, q.source
 
@@ -99,7 +100,7 @@ def _spec(cfg: ClusterConfig, name: str) -> tuple[NodeTypeSpec, str, str]:
 def fleet_plan(cfg: ClusterConfig, now: float | None = None) -> FleetPlan:
     now = time.time() if now is None else now
     kind = cfg.provider.kind
-    specs = {name: _spec(cfg, name) for name in cfg.available_node_types}
+    specs = {name: type_spec(cfg, name) for name in cfg.available_node_types}
     types = {name: s for name, (s, _, _) in specs.items()}
     head_type = cfg.head_node_type
     head = NodeView(id="head", node_type=head_type, status=NodeStatus.UP_TO_DATE, is_head=True, registered=True,

@@ -177,13 +177,17 @@ class Provider(ProviderBase):
             spot=bool(node_type and node_type.spot), local_home=str(self.nodes_dir / node_id),
         )
 
+    def read_state(self) -> dict:
+        """The state file as it is now, read without the lock (it is only ever replaced whole)."""
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+
     def list(self, tag_filters: dict[str, str]) -> list[NodeInfo]:
         # read without the lock (the file is only ever replaced whole): a thousand nodes' list each tick
         # neither waits for writers nor rewrites the file; the lock is taken only to sweep the dead
-        try:
-            state = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            state = {}
+        state = self.read_state()
         dead = [n for n, rec in state.items() if not self._alive(rec)]
         if dead:
             with locked_json(self.state_path) as locked:

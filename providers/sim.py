@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -65,13 +66,50 @@ def bootstrap(config: ClusterConfig, state_dir: Path) -> Bootstrapped:
     return local.bootstrap(config, state_dir)
 
 
+@dataclass(frozen=True)
+class SimLaunch:
+    """When one simulated instance boots and, a spot one, when its cloud takes it back (None: never)."""
+
+    boot_at: float
+    interrupt_at: float | None = None
+    notice_at: float | None = None
+
+
+class SimCloud:
+    """The section's models, on the caller's clock: the sim provider's in real time, `launch simulate`'s
+    in virtual time (the same capacity, failure and interruption rules, the same random numbers for a seed)."""
+
+    def __init__(self, section: Section):
+        self.section = section
+        self.random = random.Random(section.seed)
+
+    def launch(self, node_type: str, count: int, spot: bool, have: int, now: float) -> list[SimLaunch]:
+        """`count` instances of a type of which `have` exist, asked at `now`: fewer where its capacity ends
+        (a cloud's stockout); CapacityError for none at all, or a create the failure model fails."""
+        s = self.section
+        if s.create_failure_rate and self.random.random() < s.create_failure_rate:
+            raise CapacityError(node_type, "sim", "the simulated cloud's failure model")
+        room = count if node_type not in s.capacity else min(count, s.capacity[node_type] - have)
+        if room <= 0:
+            raise CapacityError(node_type, "sim", f"provider.capacity allows {s.capacity[node_type]}")
+        out = []
+        for _ in range(room):
+            boot_at = now + s.boot_time_s
+            if spot and s.spot_interruptions_per_hour > 0:
+                interrupt_at = boot_at + self.random.expovariate(s.spot_interruptions_per_hour / 3600.0)
+                out.append(SimLaunch(boot_at, interrupt_at, interrupt_at - s.spot_notice_s))
+            else:
+                out.append(SimLaunch(boot_at))
+        return out
+
+
 class Provider(local.Provider):
     capabilities = Capabilities(spot=True, self_starting=True)
     section_model = Section
 
     def __init__(self, spec: ClusterSpec):
         super().__init__(spec)
-        self.random = random.Random(self.section.seed)
+        self.cloud = SimCloud(self.section)
         self.host_path = self.root / "sim-host.json"
 
     def node_types(self) -> dict[str, dict[str, float]]:
@@ -82,26 +120,18 @@ class Provider(local.Provider):
     def create(self, node_type: str, count: int, tags: dict[str, str]) -> list[NodeInfo]:
         if tags.get(TAG_KIND) == KIND_HEAD:
             return super().create(node_type, count, tags)  # the real head, a local node
-        s = self.section
-        if node_type in self.capacity_errors or (s.create_failure_rate and self.random.random() < s.create_failure_rate):
+        if node_type in self.capacity_errors:
             raise CapacityError(node_type, "sim", "the simulated cloud's failure model")
-        nt = self.spec.config.available_node_types[node_type]
+        spot = self.spec.config.available_node_types[node_type].spot
         now = time.time()
         made = []
         with locked_json(self.state_path) as state:
-            room = count
-            if node_type in s.capacity:
-                room = min(count, s.capacity[node_type] - sum(1 for r in state.values() if r["node_type"] == node_type))
-            if room <= 0:
-                raise CapacityError(node_type, "sim", f"provider.capacity allows {s.capacity[node_type]}")
-            for _ in range(room):
+            have = sum(1 for r in state.values() if r["node_type"] == node_type)
+            for times in self.cloud.launch(node_type, count, spot, have, now):
                 node_id = f"sim-{secrets.token_hex(5)}"
                 record = {"node_type": node_type, "tags": dict(tags), "pid": None, "start_time": None, "sim": True,
-                          "launched_at": now, "boot_at": now + s.boot_time_s, "interrupt_at": None}
-                if nt.spot and s.spot_interruptions_per_hour > 0:
-                    record["interrupt_at"] = record["boot_at"] + self.random.expovariate(
-                        s.spot_interruptions_per_hour / 3600.0)
-                    record["notice_at"] = record["interrupt_at"] - s.spot_notice_s  # its agent says it then
+                          "launched_at": now, "boot_at": times.boot_at, "interrupt_at": times.interrupt_at,
+                          "notice_at": times.notice_at}  # (its agent says the notice then)
                 state[node_id] = record
                 made.append(self._info(node_id, record))
         self._ensure_host()
@@ -122,8 +152,7 @@ class Provider(local.Provider):
         return info
 
     def wait_booted(self, node: NodeInfo) -> None:
-        with locked_json(self.state_path) as state:
-            record = state.get(node.id)
+        record = self.read_state().get(node.id)
         if record is not None:
             time.sleep(max(0.0, record["boot_at"] - time.time()))
 

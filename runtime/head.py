@@ -98,7 +98,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 available=pb.Resources(amounts=n.available if n else {}),
                 labels=r.labels, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
                 idle_since=n.idle_since if n else 0.0, draining=bool(n and n.draining),
-                running=len(n.running) + len(n.prefetched) + len(n.reserved) if n else 0,
+                running=n.load if n else 0,
                 preempt_at=r.preempt_at, preempt_reason=r.preempt_reason,
             ))
         demand, groups = self.demand_now()

@@ -80,8 +80,7 @@ class NodeService:
         """(under the lock) The node's cloud takes it back at `at`: it gets no new work, and what it runs
         counts as demand from now on, so its replacement is launched while it still runs."""
         rec.preempt_at, rec.preempt_reason = at, reason
-        self.sched.drain(rec.node_id)
-        self.sched.preempting.add(rec.node_id)
+        self.sched.preempt(rec.node_id)
         log.warning("node %s is being preempted (%s)", rec.node_id, reason)
         self._settle(self.clock())  # (the demand changed: the autoscaler's watch wakes)
 

@@ -134,6 +134,11 @@ class NodeBook:
             return item.actor_id in self.actors
         return not item.pg_id or item.pg_id in self.groups
 
+    def preempt(self, node_id: str) -> None:
+        """The node's cloud takes it back soon: it gets no new work, and what it runs counts as demand."""
+        self.drain(node_id)
+        self.preempting.add(node_id)
+
     def drain(self, node_id: str, undrain: bool = False) -> tuple[bool, int]:
         """Stop (or, undrain, resume) giving the node new work. Returns (drained: nothing runs, running)."""
         node = self.nodes.get(node_id)

@@ -162,6 +162,11 @@ class Node:
     def busy(self) -> bool:
         return bool(self.running or self.prefetched or self.reserved)
 
+    @property
+    def load(self) -> int:
+        """What it runs, has been given ahead and holds for placement groups (ClusterState's `running`)."""
+        return len(self.running) + len(self.prefetched) + len(self.reserved)
+
     def fits(self, request: dict[str, float]) -> bool:
         if not all(self.available.get(k, 0.0) + EPS >= v for k, v in request.items()):
             return False

@@ -315,6 +315,11 @@ def test_jobs_submit_logs_cancel_through_cli(rt, tmp_path):
     r = cli("submit", str(path), str(ok), "--env", "GREETING=hi there", "--working-dir", "/tmp", home=home)
     assert r.returncode == 0, r.stderr  # follows the log to the end
     assert "from bash on local-" in r.stdout and "in /tmp with GREETING=hi there" in r.stdout
+    # the jobs that ran, as a `launch simulate` trace: the cancelled one ran ~until cancelled, the other briefly
+    r = cli("job", "list", str(path), "--trace", home=home)
+    trace = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and len(trace) >= 2 and trace[0]["t"] == 0, r.stdout + r.stderr
+    assert all(task["duration"] >= 0 and task["resources"] is not None for task in trace)
 
     r = cli("submit", str(path), str(ok), "--env", "NOEQUALS", home=home)
     assert r.returncode == 1 and "--env 'NOEQUALS': expected KEY=VALUE" in r.stderr
