@@ -37,15 +37,18 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, limits_of, plan, shape_of
-from autoscaler.pricing import LIVE_STALE_S, LivePrice, is_spot, live_wanted, quote
+from autoscaler.live_prices import LivePrices
+from autoscaler.pricing import LivePrice, is_spot, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
+from autoscaler import dashboard
 from autoscaler.denials import Denials
+from autoscaler.history import CostHistory, rotate_events
 from autoscaler.upkeep import WorkerUpkeep, _describe
 from core.backoff import Backoff
 from core.errors import PermissionDenied
 from core.files import atomic_write, open_private, private_dir
 from core.node import NodeInfo
-from core.paths import HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
+from core.paths import COST_HISTORY, HEAD_ADDRESS, LOGS, METRICS_ADDRESS, MONITOR_DOWN, MONITOR_STATUS, on_this_node
 from core.status import SETTING_UP, InvalidTransition, NodeStatus
 from core.tags import KIND_HEAD, TAG_LAUNCH_HASH, TAG_REQUEST_ID
 from lifecycle.cluster import REGISTER_TIMEOUT_S, Lifecycle
@@ -109,7 +112,7 @@ class _Request:
 REQUESTED = "requested:"  # the id prefix of a node a launch request has not yet made
 
 
-class Monitor(WorkerUpkeep, DemandWatch, Denials):
+class Monitor(WorkerUpkeep, DemandWatch, Denials, LivePrices):
     def __init__(self, token: str, bind_host: str, clock=time.time):
         self.clock = clock
         self.token = token
@@ -136,7 +139,9 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
         self.prices: dict[str, dict] = {}  # node type -> its price and where it comes from, as last planned
         self.noticed: dict[str, float] = {}  # node -> when its preemption notice was logged
         self.denied: dict[str, dict] = {}  # where -> what the cloud refused the head's identity (Denials)
-        self.events = open_private(private_dir(on_this_node(LOGS)) / "autoscaler.log", "a", buffering=1)
+        self.events_path = private_dir(on_this_node(LOGS)) / "autoscaler.log"
+        self.events = open_private(self.events_path, "a", buffering=1)
+        self.history = CostHistory(on_this_node(COST_HISTORY))
         self.metrics = _Metrics()
         self.reload()
 
@@ -188,29 +193,6 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                                      max_workers=self.cfg.worker_max(name), cost_per_hour=price.per_hour,
                                      spot=is_spot(self.cfg, name), idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
         return out
-
-    def refresh_prices(self, now: float) -> None:
-        """Every provider.spot_prices_every_s, the cloud's spot prices of the spot types (on a thread: a slow cloud
-        holds no tick); a failure keeps the prices it had, said in the event log."""
-        wanted = live_wanted(self.cfg)
-        provider = self.lifecycle.provider
-        if (not wanted or not provider.capabilities.live_spot_prices
-                or now - self.prices_asked < provider.spot_prices_every_s):
-            return
-        self.prices_asked = now
-
-        def ask() -> None:
-            try:
-                found = provider.spot_prices(wanted)
-            except Exception as e:  # noqa: BLE001  the catalog's prices serve meanwhile
-                self.event("prices-failed", error=_describe(e))
-                return
-            at = self.clock()
-            stale = max(LIVE_STALE_S, 2 * provider.spot_prices_every_s)  # (a list asked daily is not stale in an hour)
-            self.live_prices.update({m: LivePrice(p, at, stale) for m, p in found.items()})
-            self.event("prices", spot={m: round(p, 6) for m, p in sorted(found.items())})
-
-        self.pool.submit(ask)
 
     def views(self, nodes: list[NodeInfo], state, now: float) -> list[NodeView]:
         runtime = {n.node_id: n for n in state.nodes if n.state == "alive"}
@@ -458,6 +440,11 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials):
                        undrains=len(p.undrains))
         self.metrics.update(status, held)
         atomic_write(on_this_node(MONITOR_STATUS), json.dumps(status, indent=1, sort_keys=True), mode=0o644)
+        self.history.record(now, _fleet(nodes, types))
+        if rotate_events(self.events_path):  # (bounded: the dashboard's timeline reads it)
+            with self.lock:
+                old, self.events = self.events, open_private(self.events_path, "a", buffering=1)
+            old.close()
 
     # --- loop ---------------------------------------------------------------------------------------
 
@@ -528,6 +515,17 @@ def _plan_status(p: Plan, nodes: list[NodeInfo], types: dict[str, NodeTypeSpec],
         "cost_per_hour": round(sum(types[n.node_type].cost_per_hour for n in nodes if n.node_type in types), 4),
         "nodes": _count_nodes(nodes),
     }
+
+
+def _fleet(nodes: list[NodeInfo], types: dict[str, NodeTypeSpec]) -> dict[str, dict]:
+    """The nodes by type with each type's $/h and market, for the cost history."""
+    fleet: dict[str, dict] = {}
+    for n in nodes:
+        t = types.get(n.node_type)
+        entry = fleet.setdefault(n.node_type, {"count": 0, "per_hour": t.cost_per_hour if t else 0.0,
+                                               "spot": bool(t and t.spot)})
+        entry["count"] += 1
+    return fleet
 
 
 def _count_nodes(nodes: list[NodeInfo]) -> list[dict]:
@@ -611,6 +609,7 @@ def main() -> None:
     node_cfg = NodeRuntimeConfig.load()
     # the head's own state: the spec `up` shipped, key, mounts, setup logs, pinned host keys
     monitor = Monitor(node_cfg.token, node_cfg.bind_host)
+    dashboard.serve(node_cfg.token, node_cfg.bind_host or "127.0.0.1")
     monitor.run(stop, wake)
     os._exit(0)  # bootstrap threads still running are abandoned: a next monitor adopts their nodes
 

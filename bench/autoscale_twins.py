@@ -22,14 +22,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from twinlab import launch, proc_cpu_s, twin_lab, write
 
 IDLE_TIMEOUT_MIN = 0.05  # 3 s
 
@@ -37,28 +34,6 @@ IDLE_TIMEOUT_MIN = 0.05  # 3 s
 def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def launch(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LAUNCH_HOME": str(home)}
-    r = subprocess.run([sys.executable, "-m", "launcher", *args], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=ROOT)
-    if r.returncode != 0:
-        raise SystemExit(f"launch {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def write(path: Path, data: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 TIMELINE = "--timeline" in sys.argv  # print the autoscaler's events of each round, from the work queued
@@ -126,67 +101,63 @@ def measure(name: str, path: Path, home: Path, head_root, rounds: int, task_cpus
 
 def main() -> None:
     from tests.infra.moto_twins import MotoTwins
-    from tests.infra.twins import TwinNet, twins_unavailable
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeline", action="store_true", help="the autoscaler's events of each round")
     args = parser.parse_args()
-    reason = twins_unavailable()
-    if reason:
-        raise SystemExit(reason)
-    os.makedirs("/run/sshd", exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-twins-"))
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    net = TwinNet(tmp / "net", Path(f"{key}.pub"))
-    cloud = MotoTwins(net)
     results = []
-    home = net.laptop / "home"  # the laptop's LAUNCH_HOME, hidden from the twins
-    os.environ["LAUNCH_HOME"] = str(home)
     from lifecycle.runtime_bundle import build_bundle
 
-    for kind, provider in (("node", ""), ("head", "ssh"), ("head", "aws")):
-        build_bundle(kind, provider)  # built before timing: every `up` measures the same work
-    try:
-        # on-prem: a typed pool whose head takes no work, so every task needs a worker host
-        head = net.twin("bench-head", net.ip(11))
-        pool = [net.twin(f"bench-w{i}", net.ip(20 + i)) for i in range(2)]
-        head.block_laptop()
-        laptop, k = net.laptop_for("onprem", key)
-        onprem = {"cluster_name": "bench-onprem", "max_workers": 2, "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
-                  "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [w.ip for w in pool]},
-                  "auth": {"ssh_user": "root", "ssh_private_key": str(k)},
-                  "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-                  "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
-                                           "cpu": {"resources": {"CPU": 1}, "max_workers": 2}},
-                  "head_node_type": "head"}
-        path = write(laptop / "onprem.yaml", onprem)
-        results.append(measure("on-prem (ssh pool)", path, home, lambda: head.node_dir, args.rounds,
-                               1, 2, onprem))
+    with twin_lab("bench-twins-") as (net, key, home):
+        for kind, provider in (("node", ""), ("head", "ssh"), ("head", "aws")):
+            build_bundle(kind, provider)  # built before timing: every `up` measures the same work
+        cloud = MotoTwins(net)
+        try:
+            run_both(net, key, home, cloud, args, results)
+        finally:
+            cloud.close()
+    report(results)
 
-        laptop, k = net.laptop_for("aws", key)
-        ami = "ami-12c6146b"
-        aws = {"cluster_name": "bench-aws", "max_workers": 2, "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
-               "provider": cloud.provider(ssh_wait_s=60),
-               "auth": {"ssh_user": "root", "ssh_private_key": str(k), "ssh_public_key": f"{k}.pub"},
-               "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-               "available_node_types": {
-                   "head": {"node_config": {"InstanceType": "m5.large", "ImageId": ami}, "resources": {"CPU": 0}},
-                   "cpu": {"node_config": {"InstanceType": "m5.xlarge", "ImageId": ami}, "max_workers": 2}},
-               "head_node_type": "head"}
-        path = write(laptop / "aws.yaml", aws)
 
-        def aws_head_root():
-            (instance,) = [i for i, name in cloud.instances.items()
-                           if (net.twins[name].node_dir / "pids" / "monitor.pid").exists()]
-            return net.twins[instance].node_dir
+def run_both(net, key, home, cloud, args, results) -> None:
+    # on-prem: a typed pool whose head takes no work, so every task needs a worker host
+    head = net.twin("bench-head", net.ip(11))
+    pool = [net.twin(f"bench-w{i}", net.ip(20 + i)) for i in range(2)]
+    head.block_laptop()
+    laptop, k = net.laptop_for("onprem", key)
+    onprem = {"cluster_name": "bench-onprem", "max_workers": 2, "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
+              "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [w.ip for w in pool]},
+              "auth": {"ssh_user": "root", "ssh_private_key": str(k)},
+              "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+              "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                       "cpu": {"resources": {"CPU": 1}, "max_workers": 2}},
+              "head_node_type": "head"}
+    path = write(laptop / "onprem.yaml", onprem)
+    results.append(measure("on-prem (ssh pool)", path, home, lambda: head.node_dir, args.rounds,
+                           1, 2, onprem))
 
-        results.append(measure("aws (moto, twins)", path, home, aws_head_root, args.rounds, 4, 2, aws))
-    finally:
-        cloud.close()
-        net.close()
+    laptop, k = net.laptop_for("aws", key)
+    ami = "ami-12c6146b"
+    aws = {"cluster_name": "bench-aws", "max_workers": 2, "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
+           "provider": cloud.provider(ssh_wait_s=60),
+           "auth": {"ssh_user": "root", "ssh_private_key": str(k), "ssh_public_key": f"{k}.pub"},
+           "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+           "available_node_types": {
+               "head": {"node_config": {"InstanceType": "m5.large", "ImageId": ami}, "resources": {"CPU": 0}},
+               "cpu": {"node_config": {"InstanceType": "m5.xlarge", "ImageId": ami}, "max_workers": 2}},
+           "head_node_type": "head"}
+    path = write(laptop / "aws.yaml", aws)
 
+    def aws_head_root():
+        (instance,) = [i for i, name in cloud.instances.items()
+                       if (net.twins[name].node_dir / "pids" / "monitor.pid").exists()]
+        return net.twins[instance].node_dir
+
+    results.append(measure("aws (moto, twins)", path, home, aws_head_root, args.rounds, 4, 2, aws))
+
+
+def report(results: list[dict]) -> None:
     print(f"{'provider':<22} {'queued->registered s':>22} {'done->gone s (- idle)':>22} "
           f"{'head CPU-s/worker':>18} {'launcher CPU-s/worker':>22}")
     for r in results:

@@ -21,26 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from twinlab import launch, twin_lab, write
 
 STEPS, STEP_S = 600, 0.1  # a 60 s task
 LOSS_STEP = 300  # the node is lost 30 s into it
 AMI = "ami-12c6146b"
-
-
-def launch(*args: str, home: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "launcher", *args], env={**os.environ, "LAUNCH_HOME": str(home)},
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
-    if r.returncode != 0:
-        raise SystemExit(f"launch {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def tasks():
@@ -132,51 +119,38 @@ def one(mode: str, cloud, store, work, deadline_s: float) -> dict:
 
 def main() -> None:
     from tests.infra.moto_twins import LAPTOP_ENV, MotoTwins
-    from tests.infra.twins import TwinNet, twins_unavailable
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--deadline", type=float, default=20.0, help="seconds from the notice to the loss")
     args = parser.parse_args()
-    reason = twins_unavailable()
-    if reason:
-        raise SystemExit(reason)
-    os.makedirs("/run/sshd", exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-preempt-"))
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    net = TwinNet(tmp / "net", Path(f"{key}.pub"))
-    cloud = MotoTwins(net)
-    home = net.laptop / "home"
-    os.environ.update(LAUNCH_HOME=str(home), **LAPTOP_ENV)
-    import yaml
-
     import runtime
 
     results = []
-    laptop, k = net.laptop_for("aws", key)
-    path = laptop / "preempt.yaml"
-    path.write_text(yaml.safe_dump({
-        "cluster_name": "bench-preempt", "max_workers": 3, "idle_timeout_minutes": 5,
-        "provider": cloud.provider(keys=False, use_internal_ips=True, ssh_wait_s=60),
-        "auth": {"ssh_user": "root", "ssh_private_key": str(k), "ssh_public_key": f"{k}.pub"},
-        "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
-        "available_node_types": {
-            "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "resources": {"CPU": 0}},
-            "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
-                         "cost_per_hour": 0.2, "max_workers": 3}},
-        "head_node_type": "head"}))
-    try:
-        launch("up", str(path), "--yes", home=home)
-        runtime.init(cluster="bench-preempt")
-        store, work = tasks()
-        for mode in ("status quo", "notice", "notice + hook"):
-            results.append(one(mode, cloud, store, work, args.deadline))
-            print(json.dumps(results[-1]), flush=True)
-        runtime.shutdown()
-        launch("down", str(path), "--yes", home=home)
-    finally:
-        cloud.close()
-        net.close()
+    with twin_lab("bench-preempt-") as (net, key, home):
+        os.environ.update(LAPTOP_ENV)
+        cloud = MotoTwins(net)
+        laptop, k = net.laptop_for("aws", key)
+        path = write(laptop / "preempt.yaml", {
+            "cluster_name": "bench-preempt", "max_workers": 3, "idle_timeout_minutes": 5,
+            "provider": cloud.provider(keys=False, use_internal_ips=True, ssh_wait_s=60),
+            "auth": {"ssh_user": "root", "ssh_private_key": str(k), "ssh_public_key": f"{k}.pub"},
+            "autoscaler": {"tick_s": 0.5}, "runtime": {"heartbeat_interval_s": 0.3, "node_timeout_s": 3},
+            "available_node_types": {
+                "head": {"node_config": {"InstanceType": "m5.large", "ImageId": AMI}, "resources": {"CPU": 0}},
+                "gpu-spot": {"node_config": {"InstanceType": "g4dn.xlarge", "ImageId": AMI}, "spot": True,
+                             "cost_per_hour": 0.2, "max_workers": 3}},
+            "head_node_type": "head"})
+        try:
+            launch("up", str(path), "--yes", home=home)
+            runtime.init(cluster="bench-preempt")
+            store, work = tasks()
+            for mode in ("status quo", "notice", "notice + hook"):
+                results.append(one(mode, cloud, store, work, args.deadline))
+                print(json.dumps(results[-1]), flush=True)
+            runtime.shutdown()
+            launch("down", str(path), "--yes", home=home)
+        finally:
+            cloud.close()
 
     print(f"\nEC2 spot interruption on twins: a 60 s GPU task loses its node 30 s in (a notice {args.deadline:.0f} s "
           "ahead of that, where there is one; EC2 gives 120 s)")

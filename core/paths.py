@@ -15,6 +15,9 @@ MONITOR_STATUS = f"{NODE_DIR}/autoscaler-status.json"  # the autoscaler's last t
 MONITOR_DOWN = f"{NODE_DIR}/monitor-down.json"  # `launch down`'s request to the autoscaler, then its answer
 LOGS = f"{NODE_DIR}/logs"
 METRICS_ADDRESS = f"{NODE_DIR}/metrics.address"  # where the head's autoscaler serves Prometheus metrics
+DASHBOARD_ADDRESS = f"{NODE_DIR}/dashboard.address"  # where the head serves its dashboard (loopback only)
+DASHBOARD_LOGINS = f"{NODE_DIR}/dashboard-logins"  # one-time login codes `launch dashboard` puts (0600 files)
+COST_HISTORY = f"{NODE_DIR}/cost-history.jsonl"  # the fleet's $/h over time, kept by the autoscaler
 PREEMPT_NOTICE = f"{NODE_DIR}/preempt-notice.json"  # the cloud's preemption notice, for the node's work
 # The head's own state dir of its cluster (a lifecycle ClusterDir): the ClusterSpec `up` shipped
 # (spec.json, relocated to the head's paths), the cluster's SSH key, copies of the file mounts, pinned

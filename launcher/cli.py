@@ -204,6 +204,30 @@ def _print_plan(path: Path, as_json: bool) -> None:
         _print_autoscaler(running)
 
 
+@app.command()
+@_handle_errors
+def dashboard(config: Path = ConfigFile,
+              no_browser: bool = typer.Option(False, "--no-browser", help="Print the link; open no browser.")) -> None:
+    """Open the cluster's dashboard in the browser, through an SSH port forward to the head (nothing new is
+    exposed on the head). The link logs one browser in once, within two minutes; Ctrl-C closes the forward."""
+    import time
+    import webbrowser
+
+    cluster = _cluster(config)
+    url = cluster.dashboard_url()
+    out.print(f"Dashboard of {cluster.cfg.cluster_name}: {url}", highlight=False, soft_wrap=True)
+    out.print("(a one-time link: it logs one browser in, within 2 minutes; Ctrl-C closes the forward)",
+              highlight=False)
+    sys.stdout.flush()
+    if not no_browser:
+        webbrowser.open(url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        out.print("closed")
+
+
 SIM_ROWS = [("cost ($)", "cost_usd", "{:.2f}"), ("  on spot ($)", "cost_spot_usd", "{:.2f}"),
             ("wait p50 (s)", "wait_p50_s", "{:.1f}"), ("wait p99 (s)", "wait_p99_s", "{:.1f}"),
             ("utilization", "utilization", "{:.1%}"), ("tasks finished", "tasks_finished", "{}"),

@@ -7,6 +7,7 @@ state (keys, subnets) that `up` resolved; none of them re-runs bootstrap.
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from core.config import ClusterConfig
 from core.entry_points import NODE_CONTROL
 from core.errors import LaunchError
 from core.node import NodeInfo
-from core.paths import HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, for_node, in_shell, node_log_name
+from core.paths import (DASHBOARD_ADDRESS, DASHBOARD_LOGINS, HEAD_CLUSTER_STATE, LOGS, MONITOR_STATUS, for_node,
+                        in_shell, node_log_name)
 from transport.base import node_name
 from core.tags import KIND_HEAD, KIND_WORKER
 from lifecycle.cluster import Confirm, Lifecycle, Say, UpResult, bring_up, tear_down
@@ -123,6 +125,25 @@ class Cluster:
             "infeasible": infeasible,
             "autoscaler": self._autoscaler_status(head, now) if head is not None else None,
         }
+
+    def dashboard_url(self) -> str:
+        """A one-time login link to the head's dashboard, through a port forward on the launcher's SSH
+        connection to the head (held while this process lives): the code is put on the head over SSH, is good
+        once and for two minutes, and the browser trades it for a session."""
+        from autoscaler.dashboard import code_name
+
+        head = self.lifecycle.require_head()
+        runner = self.lifecycle.runner(head)
+        name = node_name(runner)
+        raw = runner.read_file(for_node(DASHBOARD_ADDRESS, name))
+        if not raw:
+            raise LaunchError(f"the head of {self.cfg.cluster_name!r} serves no dashboard: its autoscaler is not "
+                              "running (`launch up` starts it)")
+        host, port = raw.decode().strip().rsplit(":", 1)
+        code = secrets.token_urlsafe(24)
+        runner.put_file(b"", f"{for_node(DASHBOARD_LOGINS, name)}/{code_name(code)}", mode=0o600)
+        local_host, local_port = runner.forward_port(host, int(port))
+        return f"http://{local_host}:{local_port}/login?code={code}"
 
     def _autoscaler_status(self, head: NodeInfo, now: float) -> dict:
         """The autoscaler's last tick as it wrote it, with whether its process runs and how old the tick is."""
