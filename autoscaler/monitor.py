@@ -66,7 +66,7 @@ ROUND_TICK_S = 1.0  # how often the monitor ticks while `up` waits for it to con
 TICKS_KEPT = 500  # the ticks whose durations `launch status --json` summarises
 DENIED_TICK_MAX_S = 30.0  # the longest wait between ticks the cloud refuses (a missing permission)
 DOWN_CREATE_WAIT_S = 300.0  # `down` waits this long for launches already asked of the provider
-SETUP_FANOUT = 16  # nodes set up at once (each a thread: SSH, shipping the runtime, starting it)
+SETUP_FANOUT = 64  # nodes set up at once (each a thread: SSH, shipping the runtime, starting it)
 
 
 @dataclass

@@ -77,6 +77,12 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         # were given back, a group arrived): a schedule() per completion must not re-place them all
         self.room_changed = False
         self.preempting: set[str] = set()  # nodes whose cloud is taking them back (a notice)
+        # With 1,000 nodes and a long queue, each completion would sort and scan every node for each shape:
+        # the nodes' order per shape is kept until the nodes change (nodes_version), and a shape whose last
+        # pass left work queued is tried only on the nodes that got room back since (Node.grew).
+        self.nodes_version = 0
+        self.orders: dict[Shape, tuple[int, list[Node]]] = {}
+        self.saturated: dict[Shape, tuple[int, int]] = {}  # shape -> (nodes_version, prefetch depth) then
 
     # --- nodes --------------------------------------------------------------------------------------
 
@@ -243,8 +249,9 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         for s in list(self.queues):
             q = self.queues[s]
             request = dict(s)
-            candidates = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
-                                key=lambda n: place_key(n, request))
+            candidates = self._ordered(s, request)
+            if self.saturated.get(s) == (self.nodes_version, self._depth(s)):
+                candidates = [n for n in candidates if n.grew]  # no other node has more room than last time
             while q:
                 item = self.items.get(q[0])
                 if item is None or item.state != QUEUED:  # cancelled while queued: dropped lazily
@@ -264,12 +271,27 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
                 assigned.append(item)
             if q and self._prefetchable(s, item):
                 assigned += self._prefetch(s, q, candidates, now)
-            if not q:
+            if q:
+                self.saturated[s] = (self.nodes_version, self._depth(s))
+            else:
                 del self.queues[s]
                 self.queued_count.pop(s, None)
+                self.saturated.pop(s, None)
+        for n in self.nodes.values():
+            n.grew = False
         if self.calls_ready:
             assigned += self._hand_out_calls(now)
         return assigned
+
+    def _ordered(self, s: Shape, request: dict[str, float]) -> list[Node]:
+        """The nodes that may take new work, in the order work of this shape goes to them (place_key: what a
+        node has never changes), sorted again only when the nodes changed."""
+        cached = self.orders.get(s)
+        if cached is None or cached[0] != self.nodes_version:
+            ordered = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
+                             key=lambda n: place_key(n, request))
+            cached = self.orders[s] = (self.nodes_version, ordered)
+        return cached[1]
 
     def _pool(self, item: Item, node: Node) -> Node:
         """What a running item holds resources of: its bundle's pool, or its node."""
@@ -322,6 +344,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
                     self.groups_waiting.add(item.pg_id)
             elif item_id in node.prefetched:
                 node.prefetched.remove(item_id)
+                node.grew = True  # room to be given more ahead
             node.revoking.discard(item_id)
             while node.prefetched and node.fits(self.items[node.prefetched[0]].request):
                 self._hold(node, self.items[node.prefetched.popleft()])  # the agent starts it now too

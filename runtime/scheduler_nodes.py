@@ -30,6 +30,7 @@ class NodeBook:
         node = self.nodes[node_id] = Node(node_id, node_type, dict(total), is_head, dict(total),
                                           {i: 1.0 for i in ids[:n_gpu]}, idle_since=now)
         self.room_changed = True
+        self.nodes_version += 1
         drop = []
         for item_id, attempt in running:
             item = self.items.get(item_id)
@@ -62,6 +63,7 @@ class NodeBook:
         """The node's record goes; what it was counted to run waits for it like work after a head restart
         (add_node adopts what it still runs), and its bundles' groups are placed again."""
         old = self.nodes.pop(node_id)
+        self.nodes_version += 1
         for pg_id in sorted({g for g, _ in old.reserved}):
             self._unplace(self.groups[pg_id], now)
         for item_id in [*old.running, *old.prefetched, *self.calls_given_on(old)]:
@@ -96,6 +98,7 @@ class NodeBook:
         self.preempting.discard(node_id)
         if node is None:
             return []
+        self.nodes_version += 1
         for pg_id in sorted({g for g, _ in node.reserved}):  # a group with a bundle here is placed again
             self._unplace(self.groups[pg_id], now)
         touched = []
@@ -144,6 +147,8 @@ class NodeBook:
         node = self.nodes.get(node_id)
         if node is None:
             return True, 0
+        if node.draining == undrain:
+            self.nodes_version += 1  # (a drained node takes no new work: out of the order)
         node.draining = not undrain
         self.room_changed = self.room_changed or undrain
         busy = len(node.running) + len(node.prefetched) + len(node.reserved)

@@ -16,12 +16,18 @@ class NodeSharing:
         return (item is not None and item.kind == "task" and not item.request.get("GPU")
                 and self.task_seconds.get(s, PREFETCH_MAX_TASK_S) < PREFETCH_MAX_TASK_S)
 
+    def _depth(self, s: Shape) -> int:
+        """How many of a shape's tasks a node is given ahead per CPU: enough to keep each CPU busy over a round
+        trip to the head (a few ms), more for shorter tasks; 0 for a shape not given ahead."""
+        t = self.task_seconds.get(s, PREFETCH_MAX_TASK_S)
+        if t >= PREFETCH_MAX_TASK_S:
+            return 0
+        return 8 if t < 0.01 else 2 if t < 0.1 else 1
+
     def _prefetch(self, s: Shape, q: deque[str], candidates: list[Node], now: float) -> list[Item]:
         request = dict(s)
         given = []
-        # enough to keep each CPU busy over a round trip to the head (a few ms): more for shorter tasks
-        t = self.task_seconds[s]
-        depth = 8 if t < 0.01 else 2 if t < 0.1 else 1
+        depth = self._depth(s)
         for node in candidates:
             room = depth * max(1, int(node.total.get("CPU", 0.0))) - len(node.prefetched)
             if (room <= 0 or now < node.no_prefetch_until

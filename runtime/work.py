@@ -157,6 +157,9 @@ class Node:
     no_prefetch_until: float = 0.0
     revoking: set[str] = field(default_factory=set)  # prefetched items asked back
     reserved: set[tuple[str, int]] = field(default_factory=set)  # (pg id, bundle index) held here
+    # room came back since the scheduler's last pass (see Scheduler.schedule: a queue no node could take
+    # from then is tried on these nodes only)
+    grew: bool = False
 
     @property
     def busy(self) -> bool:
@@ -197,6 +200,7 @@ class Node:
         return self.take_gpus(request.get("GPU", 0.0))
 
     def give_back(self, request: dict[str, float], gpu_ids: list[str]) -> None:
+        self.grew = True
         for k, v in request.items():
             self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
         g = request.get("GPU", 0.0)

@@ -192,6 +192,40 @@ def test_never_over_allocated(requests, finish_order):
             assert used <= n.total["CPU"] + 1e-9
 
 
+OPS = st.lists(st.tuples(st.sampled_from(["submit", "finish", "drain", "undrain", "add", "remove"]),
+                         st.integers(0, 30), st.sampled_from([0.5, 1, 2, 3])), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_no_work_that_fits_a_node_is_left_queued(ops):
+    """However nodes come, go, drain and free room, a pass leaves no queued item that some node could take
+    (the pass that tries a long queue only on the nodes that got room back misses none)."""
+    s = _sched()
+    names = ["c1", "g1"]
+    now = 0.0
+    for op, k, cpus in ops:
+        now += 1.0
+        running = [i for i in s.items.values() if i.state == RUNNING]
+        if op == "submit":
+            for _ in range(k % 5 + 1):
+                _item(s, {"CPU": cpus})
+        elif op == "finish" and running:
+            item = running[k % len(running)]
+            s.complete(item.id, FINISHED, now, node_id=item.node_id)
+        elif op in ("drain", "undrain") and s.nodes:
+            s.drain(sorted(s.nodes)[k % len(s.nodes)], undrain=op == "undrain")
+        elif op == "add":
+            names.append(f"n{len(names)}")
+            s.add_node(names[-1], "cpu", {"CPU": 4}, False, now)
+        elif op == "remove" and len(s.nodes) > 1:
+            s.remove_node(sorted(s.nodes)[k % len(s.nodes)], now)
+        s.schedule(now)
+        for item in s.items.values():
+            if item.state == QUEUED:
+                assert not [n.id for n in s.nodes.values() if not n.draining and n.fits(item.request)], item
+
+
 def test_a_task_waiting_in_get_lends_its_cpus_and_takes_them_back():
     s = Scheduler(TYPES)
     s.add_node("c1", "cpu", {"CPU": 2}, False, 0.0)
