@@ -4,7 +4,7 @@
   JSON>} or {type: credentials_token, credentials: <an OAuth token>}) when set, else Application
   Default Credentials: `gcloud auth application-default login` on a laptop, the VM's own service
   account on the head (attached at create: the head node_config's `serviceAccounts`, else the
-  project's default compute service account with the cloud-platform scope; README lists the roles).
+  project's default compute service account with the cloud-platform scope; docs/providers/gcp.md lists the roles).
 - bootstrap, idempotent: the cluster's SSH key (the user's, or one made here and kept 0600), the
   subnetwork of the region on the network, and two firewall rules on the cluster's network tag: SSH
   from provider.ssh_cidr, and all traffic between the cluster's instances. Nothing opens the runtime's

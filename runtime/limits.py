@@ -1,5 +1,5 @@
 """Size and time limits of what moves through and stays on the head service (one place, for the head,
-agents and clients; the README's "Limits" section states them).
+agents and clients; the docs' "Limits" section, docs/running-work.md, states them).
 
 - A task's payload (function and arguments) and its result may each be up to MAX_OBJECT_BYTES. Up to
   INLINE_BYTES they travel inside the ordinary messages; larger ones move in CHUNK_BYTES pieces

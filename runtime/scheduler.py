@@ -44,7 +44,7 @@ from runtime.scheduler_nodes import NodeBook
 from runtime.scheduler_sharing import NodeSharing
 from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED, INFEASIBLE, LOST, OBJECT, PG,
                           PREFETCH_PAUSE_S, QUEUED, REVOKED, RUNNING, Actor, Bundle, Group, Item, Node, Shape,
-                          bundle_sum, dependency_failed, fmt_request, pinned_node, place_key, type_can_run,
+                          bundle_sum, dependency_failed, fmt_request, pinned_node, type_can_run,
                           validate_request)
 
 
@@ -282,16 +282,6 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         if self.calls_ready:
             assigned += self._hand_out_calls(now)
         return assigned
-
-    def _ordered(self, s: Shape, request: dict[str, float]) -> list[Node]:
-        """The nodes that may take new work, in the order work of this shape goes to them (place_key: what a
-        node has never changes), sorted again only when the nodes changed."""
-        cached = self.orders.get(s)
-        if cached is None or cached[0] != self.nodes_version:
-            ordered = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
-                             key=lambda n: place_key(n, request))
-            cached = self.orders[s] = (self.nodes_version, ordered)
-        return cached[1]
 
     def _pool(self, item: Item, node: Node) -> Node:
         """What a running item holds resources of: its bundle's pool, or its node."""

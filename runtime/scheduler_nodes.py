@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.work import ACTOR, CALL, CANCELLED, FAILED, QUEUED, RUNNING, Item, Node, node_resource
+from runtime.work import ACTOR, CALL, CANCELLED, FAILED, QUEUED, RUNNING, Item, Node, Shape, node_resource, place_key
 
 
 class NodeBook:
@@ -58,6 +58,16 @@ class NodeBook:
             lost.append(self.items[item_id])
         self._recheck_infeasible()
         return lost, drop
+
+    def _ordered(self, s: Shape, request: dict[str, float]) -> list[Node]:
+        """The nodes that may take new work, in the order work of this shape goes to them (place_key: what a
+        node has never changes), sorted again only when the nodes changed."""
+        cached = self.orders.get(s)
+        if cached is None or cached[0] != self.nodes_version:
+            ordered = sorted((n for n in self.nodes.values() if n.alive and not n.draining),
+                             key=lambda n: place_key(n, request))
+            cached = self.orders[s] = (self.nodes_version, ordered)
+        return cached[1]
 
     def _forget_node(self, node_id: str, now: float) -> None:
         """The node's record goes; what it was counted to run waits for it like work after a head restart
