@@ -72,11 +72,13 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
     machines = machines_of(cfg, node_type)
     live_ones = [(live or {})[m] for m in machines if m in (live or {})] if is_spot(cfg, node_type) else []
     known = min(live_ones, key=lambda p: p.per_hour) if live_ones and len(live_ones) == len(machines) else None
+    cheapest = machines[live_ones.index(known)] if known is not None else ""
     attached = _attached_price(cfg, node_type, live or {}) if known is not None else None
     if known is not None and attached is not None:
         age = max(0.0, now - known.at)
         stale = f" (STALE: older than {known.stale_after_s / 60:.0f} min)" if age > known.stale_after_s else ""
-        return Quote(round(known.per_hour + attached, 6), f"live: the cloud's spot price, {age / 60:.0f} min ago{stale}")
+        return Quote(round(known.per_hour + attached, 6), f"live: the cloud's spot price, {age / 60:.0f} min ago{stale}",
+                     cheapest)
     found = catalog_quote(cfg.provider.kind, nt.node_config, region_of(cfg), nt.spot)
     if found is not None:
         return found

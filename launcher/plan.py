@@ -90,7 +90,7 @@ def type_spec(cfg: ClusterConfig, name: str) -> tuple[NodeTypeSpec, str, str]:
     resources = dict(nt.resources) or catalog_resources(cfg, name)
     q = quote(cfg, name, resources or None)
     machines = machines_of(cfg, name)
-    machine = next((m for m in machines if m in q.source), machines[0] if machines else "-")
+    machine = q.machine or (machines[0] if machines else "-")
     spec = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers, max_workers=cfg.worker_max(name),
                         cost_per_hour=q.per_hour, spot=is_spot(cfg, name), idle_timeout_s=nt.idle_timeout_s,
                         priority=nt.priority)

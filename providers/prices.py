@@ -20,6 +20,7 @@ CATALOG = Path(__file__).parent / "prices.json"
 class Quote:
     per_hour: float
     source: str  # where it comes from, for `launch prices` (e.g. "catalog: skypilot-gcp-2026-12-05, us-central1 spot")
+    machine: str = ""  # the machine type priced (of equivalents, the cheapest); "" where none is (declared, estimated)
 
 
 @lru_cache(maxsize=1)
@@ -77,4 +78,4 @@ def catalog_quote(provider: str, node_config: dict, region: str | None = None, s
             if each is None:
                 return None  # a GPU the catalog does not know: estimate the whole node instead
             price += each[0] * int(acc.get("acceleratorCount", 1))
-    return Quote(round(price, 6), source)
+    return Quote(round(price, 6), source, machine)
