@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import ConfigError
+from runtime.work import InvalidRequest, validate_request
 
 MAX_TASKS = 2_000_000
 MAX_LINE = 10_000
@@ -55,6 +56,10 @@ def task_of(entry, where: str) -> TraceTask:
     if not isinstance(resources, dict) or not all(isinstance(k, str) and k for k in resources):
         raise ConfigError(f"{where}: resources must be an object of names to amounts, like {{\"CPU\": 1}}")
     amounts = {k: _number(v, f"resources.{k}", where) for k, v in resources.items()}
+    try:
+        validate_request(amounts)  # the runtime's own rules for a request
+    except InvalidRequest as e:
+        raise ConfigError(f"{where}: resources: {e}") from None
     spot_ok = entry.get("spot_ok", True)
     if not isinstance(spot_ok, bool):
         raise ConfigError(f"{where}: spot_ok must be true or false")

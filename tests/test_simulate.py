@@ -123,6 +123,9 @@ def test_a_trace_line_that_is_wrong_is_named(tmp_path):
     trace.write_text('{"t": 0, "duration": 5, "gpus": 1}\n')
     with pytest.raises(ConfigError, match="line 1: unknown field 'gpus'"):
         read_trace(trace)
+    trace.write_text('{"t": 0, "duration": 5, "resources": {"GPU": 1.5}}\n')
+    with pytest.raises(ConfigError, match="line 1: resources: GPU: more than one GPU must be a whole number"):
+        read_trace(trace)
     trace.write_text("{not json\n")
     with pytest.raises(ConfigError, match="line 1: not JSON"):
         read_trace(trace)
