@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import pytest
 
 import runtime
+from runtime.util import placement_group
 from autoscaler.history import CostHistory, read_history, spent_since
 from tests.infra import ROOT, RunningCluster, cluster_status, wait_for
 
@@ -75,7 +76,21 @@ def cluster(tmp_path_factory):
         t.sleep(seconds)
         return 1
 
+    @runtime.remote(num_cpus=0, max_retries=0)
+    def broken(x):
+        raise ValueError(f"bad input {x}")
+
+    @runtime.remote(num_cpus=0)
+    class Counter:
+        def add(self, n):
+            return n
+
     c.refs = [hold.remote(300) for _ in range(2)]  # a cpu worker is launched for them, and stays busy
+    c.failed = broken.remote(42)
+    c.actor = Counter.options(name="counter").remote()
+    assert runtime.get(c.actor.add.remote(1)) == 1
+    # a gang of one CPU: the cpu worker is full, so the autoscaler launches another for it
+    c.group = placement_group([{"CPU": 1}], strategy="PACK", name="gang")
     job = c.path.parent / "hello.sh"
     job.write_text("echo hello $WORD\nsleep 300\n")
     r = subprocess.run([sys.executable, "-m", "launcher", "submit", str(c.path), str(job), "--cpus", "0", "--no-follow",
@@ -84,7 +99,8 @@ def cluster(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     c.job_id = r.stdout.strip()
     wait_for(lambda: [n["runtime"] for n in cluster_status(c.path, c.home)["nodes"] if n["node_type"] == "cpu"]
-             == ["alive"], timeout=60, what="a cpu worker for the waiting work")
+             == ["alive", "alive"], timeout=60, what="two cpu workers for the waiting work and the gang")
+    assert c.group.wait(timeout_seconds=30)
     yield c
     c.down()
 
@@ -125,10 +141,10 @@ def test_the_api_says_what_runs_and_what_it_costs(cluster):
     try:
         o = json.loads(d.get("/api/overview", auth)[2])
         assert {(n["node_type"], n["status"]) for n in o["nodes"]} >= {("head", "up-to-date"), ("cpu", "up-to-date")}
-        assert o["resources"]["CPU"] == {"used": 2.0, "total": 2.0} and o["autoscaler"]["alive"]
+        assert o["resources"]["CPU"] == {"used": 3.0, "total": 4.0} and o["autoscaler"]["alive"]
         cost = json.loads(d.get("/api/cost", auth)[2])
-        assert cost["per_hour"] == pytest.approx(0.15) and cost["max_cost_per_hour"] == 2.0
-        assert cost["by_type"]["cpu"] == {"count": 1, "spot": False, "per_hour_each": 0.1, "per_hour": 0.1,
+        assert cost["per_hour"] == pytest.approx(0.25) and cost["max_cost_per_hour"] == 2.0
+        assert cost["by_type"]["cpu"] == {"count": 2, "spot": False, "per_hour_each": 0.1, "per_hour": 0.2,
                                           "source": "the config's cost_per_hour"}
         events = json.loads(d.get("/api/events?node_type=cpu&kind=launch", auth)[2])["events"]
         assert events and all(e["event"] == "launch" and e["node_type"] == "cpu" for e in events)
@@ -137,11 +153,15 @@ def test_the_api_says_what_runs_and_what_it_costs(cluster):
         wait_for(lambda: "hello dashboard" in json.loads(d.get(f"/api/jobs/{cluster.job_id}/logs?offset=0", auth)[2])["data"],
                  timeout=30, what="the job's line")
         work = json.loads(d.get("/api/work", auth)[2])
-        assert work["tasks"]["counts"].get("running") == 2 and len(work["tasks"]["slowest"]) == 2
+        counts = work["tasks"]["counts"]
+        assert (counts["running"], counts["failed"]) == (2, 1) and len(work["tasks"]["slowest"]) == 2
+        assert "bad input 42" in work["tasks"]["failed"][0]["message"]
+        assert work["actors"]["counts"] == {"running": 1} and [g["name"] for g in work["groups"]] == ["gang"]
         nodes = json.loads(d.get("/api/nodes", auth)[2])["nodes"]
-        (cpu,) = [n for n in nodes if n["node_type"] == "cpu"]
-        one = json.loads(d.get(f"/api/nodes/{cpu['id']}", auth)[2])
-        assert len(one["work"]) == 2 and one["total"]["CPU"] == 2.0
+        assert sorted(n["node_type"] for n in nodes if n["state"] == "alive") == ["cpu", "cpu", "head"]
+        task = work["tasks"]["slowest"][0]
+        one = json.loads(d.get(f"/api/nodes/{task['node']}", auth)[2])
+        assert task["id"] in [w["id"] for w in one["work"]] and one["total"]["CPU"] == 2.0
         assert d.get("/api/nodes/no-such-node", auth)[0] == 404 and d.get("/api/nope", auth)[0] == 404
     finally:
         d.close()
@@ -186,7 +206,7 @@ def test_a_person_reads_every_page_in_chromium(cluster):
         browser.get(d.url)  # the one-time link: logged in, and the code gone from the address bar
         shows("Pending demand")
         assert "code=" not in browser.current_url and "/login" not in browser.current_url
-        assert text("node-count") == "2" and "ticking" in text("autoscaler-live") and text("cost-now") == "$0.15/h"
+        assert text("node-count") == "3" and "ticking" in text("autoscaler-live") and text("cost-now") == "$0.25/h"
         browser.save_screenshot(str(ARTIFACTS / "overview.png"))
 
         pages = {"Cost": "By node type", "Autoscaler": "Autoscaler timeline", "Jobs": cluster.job_id,
@@ -196,12 +216,14 @@ def test_a_person_reads_every_page_in_chromium(cluster):
             shows(expected)
             browser.save_screenshot(str(ARTIFACTS / f"{link.split()[0].lower()}.png"))
             if link == "Cost":
-                assert text("cost-per-hour") == "$0.15/h" and text("cost-since-up").startswith("$")
+                assert text("cost-per-hour") == "$0.25/h" and text("cost-since-up").startswith("$")
                 assert browser.find_elements(By.CSS_SELECTOR, "svg path")  # the chart
             if link == "Autoscaler":
                 shows("launch")
             if link == "Tasks & actors":
-                assert "running: 2" in text("tasks-counts")
+                assert "running: 2" in text("tasks-counts") and "failed: 1" in text("tasks-counts")
+                shows("bad input 42")
+                shows("gang")
 
         browser.find_element(By.LINK_TEXT, "Jobs").click()
         shows(cluster.job_id)

@@ -101,6 +101,8 @@ async function overview() {
     card("Infeasible or blocked work", table("work no node can run, and why", ["shape", "count", "reason"],
       o.infeasible.map((d) => [typeof d.shape === "string" ? d.shape : shape(d.shape), d.count, d.reason]), "none")),
     card("Last decisions", table("the autoscaler's last tick", ["action", "what", "why"], decisions, "nothing to do")),
+    card("Recent events", table("the autoscaler's last events, newest first", ["time", "event", "node type", "node"],
+      a.recent_events.slice().reverse().map((e) => [when(e.ts), e.event, e.node_type || "", e.node || ""]), "none yet")),
   ];
 }
 
@@ -264,7 +266,7 @@ async function start() {
     document.getElementById("provider").textContent = o.provider;
     document.title = `${o.cluster} - launch dashboard`;
   } catch (e) { /* said by refresh */ }
-  window.addEventListener("hashchange", () => { document.getElementById("main").focus(); refresh(); });
+  window.addEventListener("hashchange", () => { document.getElementById("main").focus({ preventScroll: true }); refresh(); });
   refresh();
 }
 
