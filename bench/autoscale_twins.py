@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from twinlab import launch, proc_cpu_s, twin_lab, write
+from harness import launch, proc_cpu_s, twin_lab, write
 
 IDLE_TIMEOUT_MIN = 0.05  # 3 s
 

@@ -20,7 +20,7 @@ import math
 import os
 import time
 
-from twinlab import launch, proc_cpu_s, twin_lab, write
+from harness import launch, proc_cpu_s, twin_lab, write
 
 from autoscaler.monitor import SETUP_FANOUT as FANOUT
 

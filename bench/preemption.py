@@ -23,7 +23,7 @@ import json
 import os
 import time
 
-from twinlab import launch, twin_lab, write
+from harness import launch, twin_lab, write
 
 STEPS, STEP_S = 600, 0.1  # a 60 s task
 LOSS_STEP = 300  # the node is lost 30 s into it

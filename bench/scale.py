@@ -24,30 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import launch, proc_cpu_s
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 QUIET_S = 10.0
-
-
-def launch(home: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "launcher", *args], env={**os.environ, "LAUNCH_HOME": str(home)},
-                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if r.returncode != 0:
-        raise SystemExit(f"launch {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -91,7 +78,7 @@ def one_size(n: int, tasks: int, boot_s: float, tmp: Path) -> dict:
         "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
                                  "cpu": {"resources": {"CPU": 3}, "max_workers": n, "cost_per_hour": 0.1}},
         "head_node_type": "head"}))
-    launch(home, "up", str(path), "--yes")
+    launch("up", str(path), "--yes", home=home, timeout=1800)
     os.environ["LAUNCH_HOME"] = str(home)
     runtime.init(cluster=name)
     pids = head_pids(home, name)
@@ -112,26 +99,26 @@ def one_size(n: int, tasks: int, boot_s: float, tmp: Path) -> dict:
     register_s = time.time() - t0 - boot_s
     print(f"  {n} nodes registered {register_s:.1f} s after the demand, beyond the {boot_s:g} s boot", flush=True)
 
-    c0, t1 = cpu_s(head), time.time()
+    c0, t1 = proc_cpu_s(head), time.time()
     time.sleep(QUIET_S)
     interval = max(1.0, n / HEARTBEATS_PER_S)  # (the head paces a large cluster's heartbeats)
-    per_heartbeat_ms = (cpu_s(head) - c0) / (n * (time.time() - t1) / interval) * 1000
+    per_heartbeat_ms = (proc_cpu_s(head) - c0) / (n * (time.time() - t1) / interval) * 1000
 
-    c0, t1 = cpu_s(head), time.time()
+    c0, t1 = proc_cpu_s(head), time.time()
     refs = [tick.remote() for _ in range(tasks)]
     runtime.get(refs, timeout=3600)
     took = time.time() - t1
-    per_task_ms = (cpu_s(head) - c0) / tasks * 1000
+    per_task_ms = (proc_cpu_s(head) - c0) / tasks * 1000
     print(f"  {tasks} tasks in {took:.1f} s", flush=True)
 
-    status = json.loads(launch(home, "status", str(path), "--json").stdout)
+    status = json.loads(launch("status", str(path), "--json", home=home, timeout=1800).stdout)
     ticks = (status.get("autoscaler") or {}).get("ticks") or {}
     print(f"  ticks: {ticks}", flush=True)
     memory = {"head_mib": round(rss_mib(head), 1), "monitor_mib": round(rss_mib(monitor), 1)}
     del holds  # (they go with their nodes at `down`)
     runtime.shutdown()
     t1 = time.time()
-    launch(home, "down", str(path), "--yes")
+    launch("down", str(path), "--yes", home=home, timeout=1800)
     down_s = time.time() - t1
     return {"nodes": n, "register_s": round(register_s, 1), "tick_p50_s": ticks.get("p50_s"),
             "tick_p99_s": ticks.get("p99_s"), "ticks": ticks.get("count"),

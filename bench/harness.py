@@ -1,4 +1,4 @@
-"""What the benches on VM twins share (bench/autoscale_twins.py, preemption.py, fanout_twins.py): a twin
+"""What the benches share (bench/scale.py, autoscale_twins.py, preemption.py, fanout_twins.py): a twin
 network of the run's own with a key for the laptop, `launch` run as a user runs it, CPU time of a process,
 a config written as YAML. The twins themselves are the tests' (tests/infra/twins.py)."""
 
