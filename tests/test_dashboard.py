@@ -5,7 +5,6 @@ job's log line, the autoscaler's launches), clicks through every page, and saves
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import runtime
 from runtime.util import placement_group
 from autoscaler.history import CostHistory, read_history, spent_since
 from tests.infra import ROOT, RunningCluster, cluster_status, wait_for
+from tests.infra.dashboard import Dashboard
 
 ARTIFACTS = Path(os.environ.get("LAUNCH_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
 CONFIG = {
@@ -37,33 +37,6 @@ CONFIG = {
     },
     "head_node_type": "head",
 }
-
-
-class Dashboard:
-    """`launch dashboard FILE --no-browser`, running as a user runs it: its one-time link, and its forward
-    held until it is stopped."""
-
-    def __init__(self, cluster: RunningCluster):
-        env = {**os.environ, "LAUNCH_HOME": str(cluster.home), "COLUMNS": "300"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "launcher", "dashboard", str(cluster.path), "--no-browser"],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert "Dashboard of dash: http://" in line, line + self.proc.stderr.read()
-        self.url = line.split(": ", 1)[1].strip()
-        parsed = urlparse(self.url)
-        self.host, self.port = parsed.hostname, parsed.port
-
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        conn.request("GET", path, headers={"Host": f"{self.host}:{self.port}", **(headers or {})})
-        r = conn.getresponse()
-        body = r.read()
-        conn.close()
-        return r.status, dict(r.getheaders()), body
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +79,7 @@ def cluster(tmp_path_factory):
 
 
 def test_without_the_clusters_credential_nothing_is_shown(cluster):
-    d = Dashboard(cluster)
+    d = Dashboard(cluster.path, cluster.home)
     try:
         status, _, body = d.get("/api/overview")
         assert status == 401 and list(json.loads(body)) == ["error"]  # no data, only what to do
@@ -136,7 +109,7 @@ def test_without_the_clusters_credential_nothing_is_shown(cluster):
 
 
 def test_the_api_says_what_runs_and_what_it_costs(cluster):
-    d = Dashboard(cluster)
+    d = Dashboard(cluster.path, cluster.home)
     auth = {"Authorization": f"Bearer {cluster.token}"}
     try:
         o = json.loads(d.get("/api/overview", auth)[2])
@@ -195,7 +168,7 @@ def test_a_person_reads_every_page_in_chromium(cluster):
     from selenium.webdriver.common.keys import Keys
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    d = Dashboard(cluster)
+    d = Dashboard(cluster.path, cluster.home)
     browser = _browser(1280, 800)
     text = lambda testid: browser.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]').text  # noqa: E731
 

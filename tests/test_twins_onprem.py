@@ -13,6 +13,7 @@ import yaml
 
 import runtime
 from tests.infra import cli, cluster_status, wait_for, write_config
+from tests.infra.dashboard import Dashboard
 from tests.infra.twins import onprem_config
 
 CLUSTER = "onprem-twins"
@@ -129,6 +130,22 @@ def test_the_laptop_cannot_reach_the_head_service_directly(pool):
     probe = f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=2)"
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert r.returncode != 0 and "timed out" in r.stderr  # dropped by the head's firewall: SSH is the way in
+
+
+def test_the_dashboard_comes_through_ssh_and_its_port_is_not_reachable(pool):
+    d = Dashboard(pool["path"], pool["home"])
+    try:
+        cookie = d.login()
+        status, _, body = d.get("/api/overview", {"Cookie": cookie})
+        overview = json.loads(body)
+        assert status == 200 and overview["cluster"] == CLUSTER and overview["provider"] == "local"
+        assert overview["nodes"] and all(n["status"] == "up-to-date" for n in overview["nodes"])
+        # the head serves it on its loopback: from the laptop only the forward reaches it
+        port = int((pool["head"].node_dir / "dashboard.address").read_text().rsplit(":", 1)[1])
+        probe = f"import socket; s = socket.create_connection(({pool['head'].ip!r}, {port}), timeout=2)"
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0
+    finally:
+        d.close()
 
 
 def test_down_leaves_nothing_running_on_any_twin(pool):
