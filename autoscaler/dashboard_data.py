@@ -18,6 +18,7 @@ STALE_TICKS = 6  # an autoscaler whose last tick is older than this many ticks i
 SLOWEST = 10
 FAILED_SHOWN = 20
 LOG_CHUNK = 256 * 1024
+LISTED = 500  # done items a page lists (the newest); live ones are all listed
 TIMELINE_EVENTS = {"launch", "launch-failed", "terminate", "terminate-deferred", "terminate-failed", "drain",
                    "undrain", "preempt-notice", "preempted-node-gone", "instance-gone", "node-up", "setup-failed",
                    "adopt", "permission-denied", "down", "monitor-started", "monitor-stopped", "plan"}
@@ -154,7 +155,7 @@ def _item(i) -> dict:
 
 
 def jobs(src: Sources) -> dict:
-    return {"jobs": [_item(i) for i in reversed(src.head().list_items("job"))]}
+    return {"jobs": [_item(i) for i in reversed(src.head().recent_items("job", LISTED).items)]}
 
 
 def job_logs(src: Sources, job_id: str, offset: int) -> dict:
@@ -170,16 +171,14 @@ def work(src: Sources) -> dict:
     now = head.cluster_state().now
     out: dict = {}
     for kind in ("task", "actor"):
-        items = head.list_items(kind)
-        counts: dict[str, int] = {}
-        for i in items:
-            counts[i.state] = counts.get(i.state, 0) + 1
+        reply = head.recent_items(kind, LISTED)  # (a busy cluster's 100,000 done tasks are counted, not sent)
+        items, counts = reply.items, dict(reply.counts)
         running = sorted((i for i in items if i.state == "running"), key=lambda i: i.started_at)[:SLOWEST]
         failed = [i for i in items if i.state == "failed"][-FAILED_SHOWN:]
         out[kind + "s"] = {"counts": counts,
                            "slowest": [{**_item(i), "running_s": round(now - i.started_at, 1)} for i in running],
                            "failed": [_item(i) for i in reversed(failed)]}
-    out["groups"] = [_item(i) for i in reversed(head.list_items("pg"))][:200]
+    out["groups"] = [_item(i) for i in reversed(head.recent_items("pg", LISTED).items)]
     return out
 
 
@@ -197,7 +196,7 @@ def node(src: Sources, node_id: str) -> dict | None:
     found = [n for n in nodes(src)["nodes"] if n["id"] == node_id]
     if not found:
         return None
-    items = [_item(i) for i in src.head().list_items() if i.node_id == node_id and i.state == "running"]
+    items = [_item(i) for i in src.head().recent_items("", 1).items if i.node_id == node_id and i.state == "running"]
     log = Path(on_this_node(HEAD_CLUSTER_STATE)) / node_log_name(node_id)
     try:
         text = log.read_bytes()[-LOG_CHUNK:].decode("utf-8", "replace")

@@ -251,8 +251,12 @@ class HeadClient:
         return self._stub.GetActor(pb.GetActorRequest(name=name), metadata=self._md, timeout=self.timeout_s)
 
     def list_items(self, kind: str = "") -> list[pb.ItemInfo]:
-        return list(self._stub.ListItems(pb.ListItemsRequest(kind=kind), metadata=self._md,
-                                         timeout=self.timeout_s).items)
+        return list(self.recent_items(kind).items)
+
+    def recent_items(self, kind: str = "", limit: int = 0) -> pb.ListItemsReply:
+        """Live items and (with `limit`) only the newest done ones, with every item's count by state."""
+        return self._stub.ListItems(pb.ListItemsRequest(kind=kind, limit=limit), metadata=self._md,
+                                    timeout=self.timeout_s)
 
     def job_logs(self, item_id: str, offset: int = 0) -> pb.JobLogsReply:
         return self._stub.JobLogs(pb.JobLogsRequest(id=item_id, offset=offset), metadata=self._md,

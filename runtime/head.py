@@ -339,8 +339,11 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
         done = [pb.ItemInfo(id=r.id, kind=r.kind, name=r.name, state=r.state, node_id=r.node_id,
                             request=pb.Resources(amounts=r.request), submitted_at=r.submitted_at,
                             started_at=r.started_at, finished_at=r.finished_at, exit_code=r.exit_code,
-                            message=r.message, attempt=r.attempt) for r in self.store.done(request.kind)]
-        return pb.ListItemsReply(items=sorted(done + infos, key=lambda i: i.submitted_at))
+                            message=r.message, attempt=r.attempt) for r in self.store.done(request.kind, request.limit)]
+        counts = self.store.done_counts(request.kind)
+        for i in infos:
+            counts[i.state] = counts.get(i.state, 0) + 1
+        return pb.ListItemsReply(items=sorted(done + infos, key=lambda i: i.submitted_at), counts=counts)
 
     # --- job logs: shipped by the agent, kept by the head ------------------------------------------
 

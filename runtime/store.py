@@ -327,9 +327,20 @@ class Store:
         found = self._by_ids(_BRIEF, [item_id])
         return _row(found[0]) if found else None
 
-    def done(self, kind: str = "") -> list[Row]:
+    def done(self, kind: str = "", limit: int = 0) -> list[Row]:
+        """Done items (of a kind), oldest first; with `limit`, only the newest `limit`."""
+        marks = ",".join("?" * len(DONE))
+        where = f"state IN ({marks})" + (" AND kind = ?" if kind else "")
+        args = (*DONE, *([kind] if kind else []))
+        with self._read() as db:
+            if limit > 0:
+                rows = db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit))
+                return [_row(t) for t in reversed(rows.fetchall())]
+            return [_row(t) for t in db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq", args)]
+
+    def done_counts(self, kind: str = "") -> dict[str, int]:
         marks = ",".join("?" * len(DONE))
         where = f"state IN ({marks})" + (" AND kind = ?" if kind else "")
         with self._read() as db:
-            return [_row(t) for t in db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq",
-                                                (*DONE, *([kind] if kind else [])))]
+            return dict(db.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state",
+                                   (*DONE, *([kind] if kind else []))).fetchall())

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import pytest
 
 import runtime
+from runtime.client import HeadClient
 from runtime.util import placement_group
 from autoscaler.history import CostHistory, read_history, spent_since
 from tests.infra import ROOT, RunningCluster, cluster_status, wait_for
@@ -129,6 +130,10 @@ def test_the_api_says_what_runs_and_what_it_costs(cluster):
         counts = work["tasks"]["counts"]
         assert (counts["running"], counts["failed"]) == (2, 1) and len(work["tasks"]["slowest"]) == 2
         assert "bad input 42" in work["tasks"]["failed"][0]["message"]
+        with HeadClient(cluster.address, cluster.token) as head:  # a page of a busy cluster: the newest, all counted
+            reply = head.recent_items("task", 1)
+            done = [i for i in reply.items if i.state in ("finished", "failed", "cancelled")]
+            assert len(done) == 1 and dict(reply.counts) == counts
         assert work["actors"]["counts"] == {"running": 1} and [g["name"] for g in work["groups"]] == ["gang"]
         nodes = json.loads(d.get("/api/nodes", auth)[2])["nodes"]
         assert sorted(n["node_type"] for n in nodes if n["state"] == "alive") == ["cpu", "cpu", "head"]
