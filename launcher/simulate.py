@@ -33,7 +33,7 @@ from autoscaler.demand_watch import DEMAND_WAKE_GAP_S, grew
 from autoscaler.planner import Limits, NodeTypeSpec, NodeView, Plan, PlanInput, limits_of, plan
 from core.backoff import Backoff
 from core.config import ClusterConfig
-from core.errors import CapacityError
+from core.errors import CapacityError, ConfigError
 from core.status import NodeStatus
 from launcher.plan import type_spec
 from launcher.trace import TraceTask
@@ -108,6 +108,10 @@ class Simulation:
         self.cfg, self.tasks, self.model, self.horizon = cfg, tasks, model, horizon_s
         self.cloud = SimCloud(model)
         self.types = {name: self._type(name) for name in cfg.available_node_types}
+        unknown = [name for name, t in self.types.items() if not set(t.resources) - {ON_DEMAND}]
+        if unknown:  # (on a cluster, the cloud says at `up`; a simulation has no cloud to ask)
+            raise ConfigError([f"available_node_types.{name}.resources: unknown (the price catalog has no shape "
+                               f"for its machine type); declare them to simulate it" for name in unknown])
         self.limits: Limits = limits_of(cfg)
         self.tick_s = cfg.autoscaler.tick_s
         self.sched = Scheduler({name: t.resources for name, t in self.types.items()})

@@ -66,15 +66,19 @@ def summary(o: Outcome) -> dict:
 
 
 def _assign(data: dict, dotted: str, value) -> None:
+    """data[a][b][c] = value for "a.b.c"; a key that holds dots (Ray's "ray.worker.default") is matched
+    whole where the data has it."""
     keys = dotted.split(".")
     at = data
-    for k in keys[:-1]:
+    while len(keys) > 1:
+        n = next((n for n in range(len(keys) - 1, 0, -1) if ".".join(keys[:n]) in at), 1)
+        k, keys = ".".join(keys[:n]), keys[n:]
         if not isinstance(at.get(k), dict):
-            if k in at:
+            if k in at and at[k] is not None:
                 raise ConfigError(f"--set {dotted}: {k} is not a section")
             at[k] = {}
         at = at[k]
-    at[keys[-1]] = value
+    at[keys[0]] = value
 
 
 def parse_sets(sets: list[str]) -> list[dict[str, object]]:

@@ -170,6 +170,20 @@ def test_bad_input_is_one_line_naming_what(tmp_path):
     assert r.returncode == 2 and "boot_time_s" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_node_type_of_unknown_shape_is_named(tmp_path):
+    # Ray's example: m5.large, whose shape the shipped catalog does not hold; a cluster learns it at `up`
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"t": 0, "duration": 60}\n')
+    r = cli("simulate", str(ROOT / "tests" / "data" / "ray_aws_example.yaml"), "--trace", str(trace), home=tmp_path,
+            cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "available_node_types.ray.worker.default.resources: unknown" in r.stderr
+    ok = cli("simulate", str(ROOT / "tests" / "data" / "ray_aws_example.yaml"), "--trace", str(trace), "--no-chart",
+             "--set", "available_node_types.ray.head.default.resources.CPU=2",
+             "--set", "available_node_types.ray.worker.default.resources.CPU=2", "--json", home=tmp_path, cwd=tmp_path)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["tasks_finished"] == 1, ok.stderr
+
+
 def test_the_example_day_replays_in_seconds():
     path, trace = ROOT / "examples" / "sim-gpu-pool.yaml", ROOT / "examples" / "day_trace.jsonl"
     [r] = run(path, read_trace(trace))
