@@ -32,6 +32,38 @@ def cluster_processes(node_ids: list[str]) -> list[int]:
     return [pid for node_id in node_ids for pid in marked_pids(node_id)]
 
 
+def show_dashboard() -> None:
+    """`launch dashboard` (here with --no-browser): its one-time link, and what its JSON API says, through the
+    same forward a browser would use."""
+    import http.client
+    from urllib.parse import urlparse
+
+    print(f"\n\033[1m$ launch dashboard {CONFIG} --no-browser\033[0m", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "dashboard", CONFIG, "--no-browser"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        print(line, end="")
+        url = urlparse(line.split(": ", 1)[1].strip())
+
+        def get(path: str, cookie: str = ""):
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+            r = conn.getresponse()
+            return r, r.read()
+
+        r, _ = get(f"{url.path}?{url.query}")  # the one-time link, as a browser follows it
+        cookie = (r.getheader("Set-Cookie") or "").split(";")[0]
+        cost = json.loads(get("/api/cost", cookie)[1])
+        print(f"(the browser's pages read /api/...: the fleet costs {cost['per_hour']:.2f} $/h now, "
+              f"{cost['since_up_usd']:.4f} $ since up; the autoscaler's last events:)")
+        for e in json.loads(get("/api/events?limit=4", cookie)[1])["events"]:
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['event']:<10} {e.get('node_type', '')}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main() -> None:
     from lifecycle.config import load_config
     from lifecycle.state import ClusterDir
@@ -67,6 +99,7 @@ def main() -> None:
             time.sleep(1)
         launch("status", CONFIG)
         launch("monitor", CONFIG, "--no-follow", "--lines", "8")
+        show_dashboard()
     finally:
         launch("down", CONFIG, "--yes", check=False)
     left = cluster_processes(node_ids)
