@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.planner import GroupDemand, NodeTypeSpec, NodeView, Plan, PlanInput, fmt_shape, limits_of, plan, shape_of
 from autoscaler.live_prices import LivePrices
-from autoscaler.pricing import LivePrice, is_spot, quote
+from autoscaler.pricing import LivePrice, node_type_spec, quote
 from autoscaler.demand_watch import DemandWatch, demand_counts
 from autoscaler import dashboard
 from autoscaler.denials import Denials
@@ -183,15 +183,13 @@ class Monitor(WorkerUpkeep, DemandWatch, Denials, LivePrices):
             if n.state == "alive" and n.node_type in self.cfg.available_node_types:  # (not its "node:<id>")
                 self.learned.setdefault(n.node_type, own_resources(n.total.amounts))
         out = {}
-        for name, nt in self.cfg.available_node_types.items():
+        for name in self.cfg.available_node_types:
             resources = self.spec.resources_of(name)
             if not resources or ("CPU" not in resources and name in self.learned):
                 resources = {**self.learned.get(name, {}), **resources}
             price = quote(self.cfg, name, resources, self.live_prices, self.clock())
             self.prices[name] = {"per_hour": price.per_hour, "source": price.source}
-            out[name] = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers,
-                                     max_workers=self.cfg.worker_max(name), cost_per_hour=price.per_hour,
-                                     spot=is_spot(self.cfg, name), idle_timeout_s=nt.idle_timeout_s, priority=nt.priority)
+            out[name] = node_type_spec(self.cfg, name, resources, price.per_hour)
         return out
 
     def views(self, nodes: list[NodeInfo], state, now: float) -> list[NodeView]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import providers
+from autoscaler.planner import NodeTypeSpec
 from core.config import ClusterConfig
 from providers import prices
 from providers.prices import Quote, catalog_quote
@@ -84,6 +85,15 @@ def quote(cfg: ClusterConfig, node_type: str, resources: dict[str, float] | None
         return found
     return Quote(round(estimate(resources if resources is not None else nt.resources), 6),
                  "estimate from its resources (not in the catalog)")
+
+
+def node_type_spec(cfg: ClusterConfig, name: str, resources: dict[str, float], per_hour: float) -> NodeTypeSpec:
+    """The planner's view of a node type, with its resources and price as found (the monitor's tick, `plan`,
+    `simulate`)."""
+    nt = cfg.available_node_types[name]
+    return NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers, max_workers=cfg.worker_max(name),
+                        cost_per_hour=per_hour, spot=is_spot(cfg, name), idle_timeout_s=nt.idle_timeout_s,
+                        priority=nt.priority)
 
 
 def attached_gpus(cfg: ClusterConfig, node_type: str) -> list[tuple[str, int]]:

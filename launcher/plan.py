@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import providers
 from autoscaler.planner import NodeTypeSpec, NodeView, PlanInput, limits_of, plan
-from autoscaler.pricing import catalog_resources, is_spot, machines_of, quote, region_of
+from autoscaler.pricing import catalog_resources, is_spot, machines_of, node_type_spec, quote, region_of
 from core.config import ClusterConfig
 from core.status import NodeStatus
 from providers.base import zone_list
@@ -91,10 +91,7 @@ def type_spec(cfg: ClusterConfig, name: str) -> tuple[NodeTypeSpec, str, str]:
     q = quote(cfg, name, resources or None)
     machines = machines_of(cfg, name)
     machine = q.machine or (machines[0] if machines else "-")
-    spec = NodeTypeSpec(name=name, resources=resources, min_workers=nt.min_workers, max_workers=cfg.worker_max(name),
-                        cost_per_hour=q.per_hour, spot=is_spot(cfg, name), idle_timeout_s=nt.idle_timeout_s,
-                        priority=nt.priority)
-    return spec, machine, q.source
+    return node_type_spec(cfg, name, resources, q.per_hour), machine, q.source
 
 
 def fleet_plan(cfg: ClusterConfig, now: float | None = None) -> FleetPlan:

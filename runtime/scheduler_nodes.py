@@ -161,5 +161,5 @@ class NodeBook:
             self.nodes_version += 1  # (a drained node takes no new work: out of the order)
         node.draining = not undrain
         self.room_changed = self.room_changed or undrain
-        busy = len(node.running) + len(node.prefetched) + len(node.reserved)
+        busy = node.load
         return not busy and not undrain, busy

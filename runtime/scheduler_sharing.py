@@ -13,8 +13,7 @@ class NodeSharing:
     Scheduler.__init__); it is a part of Scheduler, not used alone."""
 
     def _prefetchable(self, s: Shape, item: Item | None) -> bool:
-        return (item is not None and item.kind == "task" and not item.request.get("GPU")
-                and self.task_seconds.get(s, PREFETCH_MAX_TASK_S) < PREFETCH_MAX_TASK_S)
+        return item is not None and item.kind == "task" and not item.request.get("GPU") and self._depth(s) > 0
 
     def _depth(self, s: Shape) -> int:
         """How many of a shape's tasks a node is given ahead per CPU: enough to keep each CPU busy over a round

@@ -327,11 +327,15 @@ class Store:
         found = self._by_ids(_BRIEF, [item_id])
         return _row(found[0]) if found else None
 
+    @staticmethod
+    def _done_where(kind: str) -> tuple[str, tuple]:
+        """The WHERE clause and its arguments of done items (of a kind)."""
+        where = f"state IN ({','.join('?' * len(DONE))})" + (" AND kind = ?" if kind else "")
+        return where, (*DONE, *([kind] if kind else []))
+
     def done(self, kind: str = "", limit: int = 0) -> list[Row]:
         """Done items (of a kind), oldest first; with `limit`, only the newest `limit`."""
-        marks = ",".join("?" * len(DONE))
-        where = f"state IN ({marks})" + (" AND kind = ?" if kind else "")
-        args = (*DONE, *([kind] if kind else []))
+        where, args = self._done_where(kind)
         with self._read() as db:
             if limit > 0:
                 rows = db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit))
@@ -339,8 +343,6 @@ class Store:
             return [_row(t) for t in db.execute(f"SELECT {_BRIEF} FROM items WHERE {where} ORDER BY seq", args)]
 
     def done_counts(self, kind: str = "") -> dict[str, int]:
-        marks = ",".join("?" * len(DONE))
-        where = f"state IN ({marks})" + (" AND kind = ?" if kind else "")
+        where, args = self._done_where(kind)
         with self._read() as db:
-            return dict(db.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state",
-                                   (*DONE, *([kind] if kind else []))).fetchall())
+            return dict(db.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", args).fetchall())
