@@ -19,7 +19,7 @@ import runtime
 from runtime.client import HeadClient
 from runtime.util import placement_group
 from autoscaler.history import CostHistory, read_history, spent_since
-from tests.infra import ROOT, RunningCluster, cluster_status, wait_for
+from tests.infra import ROOT, RunningCluster, cli, cluster_status, wait_for, write_config
 from tests.infra.dashboard import Dashboard
 
 ARTIFACTS = Path(os.environ.get("LAUNCH_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
@@ -235,6 +235,12 @@ def test_a_person_reads_every_page_in_chromium(cluster):
     finally:
         browser.quit()
         d.close()
+
+
+def test_a_cluster_that_is_not_up_has_no_dashboard(tmp_path):
+    path = write_config(tmp_path / "never.yaml", {**CONFIG, "cluster_name": "never-up"})
+    r = cli("dashboard", str(path), "--no-browser", home=tmp_path / "home")
+    assert r.returncode == 1 and r.stderr.strip() == "error: cluster 'never-up' is not up (no head node); run `launch up` first"
 
 
 def test_cost_history_sums_what_was_spent_and_a_gap_is_a_cluster_that_was_down(tmp_path):
