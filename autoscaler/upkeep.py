@@ -78,6 +78,8 @@ class WorkerUpkeep:
                     or n.status in (NodeStatus.TERMINATING, NodeStatus.DRAINING)):
                 continue
             if n.status in SETTING_UP:
+                if n.id in self.round.checked:  # set up by this monitor since `nodes` was listed: a stale status
+                    continue
                 self.event("adopt", node=n.id, node_type=n.node_type, status=n.status.value)
                 self.bootstrap(n)
             elif self.to_check(n):
