@@ -29,7 +29,7 @@ from runtime.node import single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.notices import NOTICE_POLL_S, watcher
 from runtime.preemption import PREEMPT_FILE_ENV
-from runtime.processes import discard_results
+from runtime.processes import died_of_signal, discard_results
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
 
@@ -43,6 +43,11 @@ REPORT_BATCH = 1000
 # STREAM_IDLE_ACK_S with nothing to send: the results it keeps for a head restart stay few.
 STREAM_UNACKED = 64
 STREAM_IDLE_ACK_S = 1.0
+# A machine shutting down signals every process at once: a worker may die, and be reported, before this
+# agent hears of it. A process death by a signal waits this long for the agent's own stop: then it is not
+# reported, and the head counts the node's death once (a restart of an actor put back on a dying node, or a
+# retry, would be spent on it otherwise).
+SHUTDOWN_GRACE_S = 2.0
 
 
 class Agent:
@@ -139,6 +144,11 @@ class Agent:
     def _report(self, result: pb.ItemResult, attempt: int) -> None:
         """The thread that finished the item sends the report itself unless a send is under way (that
         one takes this result along): no hand-over to another thread on the way to the head."""
+        signalled = result.state in ("lost", "failed") and died_of_signal(result.exit_code)
+        if signalled and self.stop.wait(SHUTDOWN_GRACE_S):
+            log.info("%s: its process ended by a signal (exit code %d) as the node stops: not reported",
+                     result.id, result.exit_code)
+            return
         busy = self.executor.busy()
         with self.reports_cond:
             self.reports.append((result, attempt))

@@ -51,7 +51,8 @@ class ActorRunning:
         try:
             status, data = worker.call(payload, deps, a.item_id, op="actor", context=task_context(a))
         except WorkerDied as e:
-            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its process died ({e})"))
+            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", exit_code=worker.exit_code(),
+                                             message=f"its process died ({e})"))
             return
         if status != "ok":  # the constructor raised: the actor is dead, its calls fail with this
             worker.kill()
@@ -74,10 +75,11 @@ class ActorRunning:
                 call = inst.calls.popleft()
                 inst.running[call.item_id] = call
                 return call
+        code = 0 if killed else worker.exit_code()
         worker.kill()  # killed, or its process died (OOM, killed): restarted now, not at its next call
         self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if killed else
-                        pb.ItemResult(id=a.item_id, state="lost", message=f"its process died (exit code "
-                                                                          f"{worker.proc.poll()})"))
+                        pb.ItemResult(id=a.item_id, state="lost", exit_code=code,
+                                      message=f"its process died (exit code {code})"))
         return None
 
     def _send_call(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, call: pb.Assignment) -> bool:
@@ -98,8 +100,9 @@ class ActorRunning:
     def _process_died(self, a: pb.Assignment, inst: ActorInstance, e: Exception) -> None:
         with inst.cond:
             inst.running.clear()  # the head puts them back in line (max_task_retries), or fails them
-            stopped = inst.stopped
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost",
+            stopped, worker = inst.stopped, inst.worker
+        code = 0 if stopped or worker is None else worker.exit_code()
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost", exit_code=code,
                                          message=f"its process died ({e})"))
 
     def _serve_in_turn(self, a: pb.Assignment, inst: ActorInstance, worker: Worker) -> None:

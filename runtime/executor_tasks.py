@@ -96,8 +96,10 @@ class TaskRunning:
         self._done(a, self._result(a, status, data))
 
     def _worker_died(self, a: pb.Assignment, worker: Worker, e: WorkerDied) -> None:
+        code = worker.exit_code()
         worker.kill()  # the head retries it (max_retries) or fails it, as for a dead node
-        self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its worker process died ({e})"))
+        self._done(a, pb.ItemResult(id=a.item_id, state="lost", exit_code=code,
+                                    message=f"its worker process died ({e})"))
 
     def _result(self, a: pb.Assignment, status: str, data: bytes | str) -> pb.ItemResult:
         if status == "ok-file":  # a large value, in a file the worker wrote as it pickled it

@@ -24,6 +24,13 @@ from runtime.worker import read_frame, write_frame
 # a cancelled job's processes get SIGTERM, and SIGKILL this long after (what ignores SIGTERM, or forked)
 JOB_STOP_GRACE_S = 3.0
 JOB_RUN_ENV = "LAUNCH_JOB_RUN"
+# how long a process whose pipe broke gets to end by itself, so that its own exit code is what is reported
+WORKER_EXIT_WAIT_S = 1.0
+
+
+def died_of_signal(exit_code: int) -> bool:
+    """The exit code of a process that a signal ended: negative (Popen's way), or bash's 128+N."""
+    return exit_code < 0 or 128 < exit_code <= 128 + 64
 
 
 def results_dir() -> Path:
@@ -91,6 +98,13 @@ class Worker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def exit_code(self, wait_s: float = WORKER_EXIT_WAIT_S) -> int:
+        """(its pipe broke) The code it ended with; 0 when it is still running after wait_s (it did not die)."""
+        try:
+            return self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return 0
 
     def kill(self) -> None:
         if self.alive():
