@@ -32,7 +32,8 @@ import cloudpickle
 
 from core.entry_points import TUNNEL
 from runtime import holding, pickling
-from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, TaskError, error_for  # noqa: F401 (the API's)
+from runtime.exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError, TaskCancelledError, TaskError,
+                                error_for)  # noqa: F401 (the API's)
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
@@ -48,12 +49,15 @@ class ObjectRef:
     """A future: the result of a task that may not have run yet."""
 
     # _result: the result a `wait` brought back for this ref, so that a `get` of it fetches nothing again;
-    # it stays with this object (a ref sent to a task travels without it)
-    __slots__ = ("id", "_result", "__weakref__")
+    # _local: (a value this process put) its pickle, or WRITTEN_HERE: its file on the head's disk, which
+    # this process wrote, so that its `get` asks the head nothing (Ray's owner reads its own values too).
+    # Both stay with this object (a ref sent to a task travels without them).
+    __slots__ = ("id", "_result", "_local", "__weakref__")
 
     def __init__(self, id: str):
         self.id = id
         self._result = None
+        self._local = None
         holding.LIVE.add(self)  # its value is kept on the head while this ref lives (runtime/holding.py)
 
     def __reduce__(self):
@@ -670,20 +674,22 @@ def _placement(opts: dict) -> Placement:
     return Placement(pg_id, index)
 
 
-def _submit(kind: str, name: str, request: dict[str, float], payload: bytes, deps: list[str], max_retries: int,
-            prefix: str, item_id: str | None = None, upload: bool = False, **fields) -> str:
-    """Make an item id and hand the spec to the submitter; a payload too large for a message goes to the
-    head's disk first, in chunks."""
+def _submit(kind: str, name: str, request: dict[str, float], payload: bytes | Callable, deps: list[str],
+            max_retries: int, prefix: str, item_id: str | None = None, upload: bool = False, **fields) -> str:
+    """Make an item id and hand the spec to the submitter; a payload too large for a message (or one given
+    as what writes it, `pickled`) goes where the head keeps it first."""
     from runtime.proto import head_pb2 as pb
 
-    if len(payload) > MAX_OBJECT_BYTES:
+    if not callable(payload) and len(payload) > MAX_OBJECT_BYTES:
         raise ValueError(f"{name}: {too_large('payload with its arguments', len(payload))}")
     given = item_id is not None
     item_id = item_id or f"{prefix}-{uuid.uuid4().hex[:20]}"
     spec = pb.WorkSpec(kind=kind, name=name, request=pb.Resources(amounts=request), depends_on=deps,
                        max_retries=max_retries, parent_id=_parent(), **fields)
     conn = _connection()
-    if len(payload) > INLINE_BYTES or upload:  # (upload: kept on the head's disk, which nodes fetch from)
+    if callable(payload):  # a pickle too large for a message, written where the head keeps it
+        spec.payload_size = _reconnecting(lambda: conn.client.upload_value(item_id, payload, fresh=not given))
+    elif len(payload) > INLINE_BYTES or upload:  # (upload: kept on the head's disk, which nodes fetch from)
         fresh = not given  # (an id of the caller's may be an item's already: the head says so)
         _reconnecting(lambda: conn.client.upload_args(item_id, payload, fresh=fresh))
         spec.payload_size = len(payload)
@@ -710,7 +716,41 @@ def put(value) -> ObjectRef:
     process holds a ref to it, and a day at least (runtime/holding.py)."""
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
-    return ObjectRef(_submit("object", "put", {}, pickling.dumps(value), [], 0, "o"))
+    payload = pickled(value, "put")
+    ref = ObjectRef(_submit("object", "put", {}, payload, [], 0, "o"))
+    if callable(payload):
+        ref._local = WRITTEN_HERE if _connection().client.shared_blobs() is not None else None
+    elif len(payload) <= LOCAL_BYTES:
+        ref._local = payload
+    return ref
+
+
+# a value put here keeps its pickle in its ref up to this size (Ray keeps those in its owner's memory)
+LOCAL_BYTES = 100 << 10
+WRITTEN_HERE = "written here"
+
+
+def _local_value(ref: ObjectRef):
+    """(a ref of a value this process put) Its value, read here; _MISSING if its file is not to be found
+    (the head moved on: a new store), then the head is asked."""
+    if isinstance(ref._local, bytes):
+        return cloudpickle.loads(ref._local)
+    stream = _connection().client.open_own_value(ref.id)
+    if stream is None:
+        return _MISSING
+    with stream:
+        return cloudpickle.load(stream)
+
+
+_MISSING = object()
+
+
+def pickled(value, name: str) -> bytes | Callable:
+    """The pickle of a value, or, when it is too large for a message, what writes it to a file."""
+    small = pickling.dumps_within(value, INLINE_BYTES)
+    if small is not None:
+        return small
+    return lambda f: pickling.dump(value, f, MAX_OBJECT_BYTES, lambda n: f"{name}: {too_large('value', n)}")
 
 
 def _deps(args, kwargs) -> list[str]:
@@ -841,8 +881,16 @@ def _value(res, depth: int = 0) -> Any:
     if res.state == "finished":
         if res.stored:  # too large for a message: unpickled as it comes from the head, in chunks
             def load():
-                with _connection().client.open_result(res.id) as stream:
-                    return cloudpickle.load(stream)
+                import grpc
+
+                try:
+                    with _connection().client.open_result(res.id) as stream:
+                        return cloudpickle.load(stream)
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    raise ObjectLostError(f"the value of {res.id} is lost: the head no longer has its file "
+                                          "(its machine restarted?)") from None
 
             return _reconnecting(load)
         return cloudpickle.loads(res.value)
@@ -877,13 +925,21 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     timeout = _timeout(timeout)
     ids = [r.id for r in ref_list]
     results = {r.id: r._result for r in ref_list if r._result is not None}
-    wanted = list(dict.fromkeys(i for i in ids if i not in results))
+    local = {}
+    for r in ref_list:
+        if r._local is not None and r.id not in results and r.id not in local:
+            value = _local_value(r)
+            if value is not _MISSING:
+                local[r.id] = value
+    if len(local) == len(set(ids)):
+        return local[ids[0]] if single else [local[i] for i in ids]
+    wanted = list(dict.fromkeys(i for i in ids if i not in results and i not in local))
     if wanted:
         results.update((r.id, r) for r in _unknown_ids(_connection().get_results, wanted, timeout))
-    missing = [i for i in ids if i not in results]
+    missing = [i for i in ids if i not in results and i not in local]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
-    values = [_value(results[i]) for i in ids]
+    values = [local[i] if i in local else _value(results[i]) for i in ids]
     return values[0] if single else values
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import os
 import queue
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 import grpc.experimental
 
 from runtime.auth import call_metadata
+from runtime.blobs import usable_memory_dir, write_blob
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
@@ -126,6 +130,7 @@ class HeadClient:
         self._session: tuple[queue.SimpleQueue, object] | None = None
         self._sessions_refused = False
         self._blobs: Path | None | bool = None  # the head's blobs folder where this process shares its disk
+        self._memory: Path | None = None  # and its memory folder (runtime/blobs.py), if it has one
 
     def close(self) -> None:
         self._close_session()
@@ -316,7 +321,7 @@ class HeadClient:
                 st = self.cluster_state()
                 found = Path(st.store_dir) if st.store_dir else None
                 if found is not None and (found / KEY_FILE).read_text().strip() == st.store_key:
-                    self._blobs = found
+                    self._blobs, self._memory = found, usable_memory_dir(found)
             except (OSError, grpc.RpcError):
                 pass
         return self._blobs or None
@@ -358,6 +363,22 @@ class HeadClient:
                 tmp.unlink(missing_ok=True)
         self._upload("UploadArgs", item_id, data)
 
+    def upload_value(self, item_id: str, write: Callable[[BinaryIO], None], fresh: bool = False) -> int:
+        """A value too large for a message, written by `write(file)` (a pickler: no copy of it in memory)
+        where the head keeps it: on the head's machine its file (`fresh` ids only; in memory while there
+        is room, runtime/blobs.py), else a private temporary file uploaded in chunks. Returns its size."""
+        blobs = self.shared_blobs() if fresh else None
+        if blobs is not None:
+            try:
+                return write_blob(blobs / arg_file(item_id), self._memory, write)
+            except OSError:  # (a full disk): the head's own upload says it, in its words
+                pass
+        with tempfile.NamedTemporaryFile(prefix="launch-upload-") as f:  # (0600, removed however this ends)
+            write(f)
+            f.flush()
+            self._upload("UploadArgs", item_id, Path(f.name))
+            return f.tell()
+
     def fetch_args(self, item_id: str) -> bytes:
         return self._fetch("FetchArgs", item_id)
 
@@ -377,6 +398,17 @@ class HeadClient:
             except OSError:
                 pass
         return _ChunkReader(self, self._stub.FetchResult(pb.FetchRequest(id=item_id, offset=0), metadata=self._md))
+
+    def open_own_value(self, item_id: str) -> io.BufferedIOBase | None:
+        """(a value this process put on the head's disk) Its file: its result's name once the head took
+        it, its payload's until then; None if neither is there."""
+        blobs = self.shared_blobs()
+        for name in (result_file(item_id), arg_file(item_id), result_file(item_id)) if blobs else ():
+            try:  # (the last: renamed meanwhile)
+                return open(blobs / name, "rb")
+            except OSError:
+                continue
+        return None
 
     def append_log(self, request: pb.AppendLogRequest) -> None:
         self._stub.AppendLog(request, metadata=self._md, timeout=self.timeout_s)

@@ -89,6 +89,7 @@ _BY_MESSAGE = (
     ("its process died", WorkerCrashedError),
     ("its node", NodeDiedError),
     ("its result was lost", ObjectLostError),
+    ("its input ", ObjectLostError),
     ("its result could not be read", ObjectLostError),
     ("runtime_env", RuntimeEnvSetupError),
     ("no node ", TaskUnschedulableError),

@@ -31,7 +31,7 @@ class ActorRunning:
         try:
             payload, deps = self._inputs(a)
         except Exception as e:  # noqa: BLE001 - the head away or the data gone
-            self._end_actor(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
+            self._end_actor(a, self._inputs_failed(a, e))
             return
         try:
             env = self._runtime_env(a)
@@ -87,8 +87,7 @@ class ActorRunning:
         try:
             payload, deps = self._inputs(call)
         except Exception as e:  # noqa: BLE001
-            self._call_done(inst, call, pb.ItemResult(id=call.item_id, state="lost",
-                                                      message=f"its inputs could not be fetched ({e})"))
+            self._call_done(inst, call, self._inputs_failed(call, e))
             return True
         try:
             worker.send(payload, deps, a.item_id, op="call", context={"task_id": call.item_id})

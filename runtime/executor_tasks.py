@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cloudpickle
+import grpc
 
 from core.files import private_dir
 from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, too_large
@@ -19,6 +20,10 @@ MAX_IDLE_WORKERS_PER_KEY = 8
 def task_context(a: pb.Assignment) -> dict:
     """What a task may ask of get_runtime_context() beyond its id: the resources it was given, its group."""
     return {"resources": dict(a.spec.request.amounts), "placement_group": a.spec.pg_id}
+
+
+class InputLost(Exception):
+    """A value a task is given that the head no longer has (its id is the message)."""
 
 
 class TaskRunning:
@@ -60,14 +65,29 @@ class TaskRunning:
         payload = self.head.fetch_args(a.item_id) if a.spec.payload_size else a.spec.payload
         deps = dict(a.dep_values)
         for d in a.dep_stored:
-            deps[d] = self.head.fetch_result(d)
+            try:
+                deps[d] = self.head.fetch_result(d)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    raise InputLost(d) from None
+                raise
         return payload, deps
+
+    @staticmethod
+    def _inputs_failed(a: pb.Assignment, e: Exception) -> pb.ItemResult:
+        """A value it is given that the head no longer has fails it (it would not be there at a retry);
+        anything else (the head away) makes it lost: run again."""
+        if isinstance(e, InputLost):
+            return pb.ItemResult(id=a.item_id, state="failed", message=f"its input {e} was lost: the head no "
+                                                                        "longer has its value (its machine restarted?)")
+        why = e.code().name if isinstance(e, grpc.RpcError) else str(e)
+        return pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({why})")
 
     def _run_task(self, a: pb.Assignment) -> None:
         try:
             payload, deps = self._inputs(a)
-        except Exception as e:  # noqa: BLE001 - the head away or the data gone: retried as a lost item
-            self._done(a, pb.ItemResult(id=a.item_id, state="lost", message=f"its inputs could not be fetched ({e})"))
+        except Exception as e:  # noqa: BLE001 - the head away or the data gone
+            self._done(a, self._inputs_failed(a, e))
             return
         try:
             env = self._runtime_env(a)

@@ -20,6 +20,7 @@ import grpc
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
+from runtime.blobs import drop_blob
 from runtime.head_nodes import NodeService
 from runtime.head_results import ResultWaiting
 from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SWEEP_EVERY_S, NodeRecord,
@@ -172,7 +173,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 self._store_failed(e)
                 for item in items:
                     if item.kind == OBJECT:
-                        self.store.result_path(item.id).unlink(missing_ok=True)
+                        drop_blob(self.store.result_path(item.id))
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{STORE_FULL} ({e}: its "
                               "disk full?); nothing was submitted: try again once it has room")
             for item, spec in zip(items, specs):

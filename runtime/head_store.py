@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runtime.blobs import drop_blob
 from runtime.head_state import STORE_ERRORS, StoreUnavailable, item_of, log
 from runtime.proto import head_pb2 as pb
 from runtime.work import DONE_STATES, PG, QUEUED, RUNNING, Item
@@ -92,7 +93,7 @@ class StoreKeeping:
             self.sched.forget(item.id)
             if item.id in self.uploaded_args:
                 self.uploaded_args.discard(item.id)
-                self.store.arg_path(item.id).unlink(missing_ok=True)
+                drop_blob(self.store.arg_path(item.id))
 
     @staticmethod
     def _result_of(item: Item) -> pb.ItemResult:

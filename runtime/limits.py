@@ -3,8 +3,10 @@ agents and clients; the docs' "Limits" section, docs/running-work.md, states the
 
 - A task's payload (function and arguments) and its result may each be up to MAX_OBJECT_BYTES. Up to
   INLINE_BYTES they travel inside the ordinary messages; larger ones move in CHUNK_BYTES pieces
-  (UploadArgs/FetchArgs, UploadResult/FetchResult) and live on the head's disk, never in its memory.
-  Anything larger fails its task with a clear error instead of hanging it.
+  (UploadArgs/FetchArgs, UploadResult/FetchResult) and live in files of the head's store, never in
+  the head process's memory: a value put by a process on the head's machine in a file on its tmpfs
+  while there is room (runtime/blobs.py), the rest on its disk. Anything larger fails its task with a
+  clear error instead of hanging it.
 - One GetResults reply carries at most MAX_REPLY_BYTES of inline results (at least one): the client
   fetches the rest in further replies; a submit batch is cut at the same size.
 - Finished work leaves the head's memory at once; its record and result stay in the head's store

@@ -273,6 +273,11 @@ def stop() -> int:
             _stop(name)
         for path in (NODE_CONFIG, HEAD_ADDRESS):
             on_this_node(path).unlink(missing_ok=True)
+        from runtime.blobs import forget_memory  # (the head's values in memory: its store's blobs stay)
+        from runtime.head_state import default_state_dir
+        from runtime.store import blobs_dir
+
+        forget_memory(blobs_dir(default_state_dir()))
     return 0
 
 

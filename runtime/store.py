@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.blobs import drop_blob, make_memory_dir, sweep_memory
 from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 
 DONE = ("finished", "failed", "cancelled")
@@ -124,14 +125,21 @@ def result_file(item_id: str) -> str:
     return f"res.{item_id}"
 
 
+def blobs_dir(state_dir: Path) -> Path:
+    return state_dir / "blobs"
+
+
 class Store:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
-        self.blobs = state_dir / "blobs"
+        self.blobs = blobs_dir(state_dir)
         self.logs = state_dir / "logs"
         for d in (state_dir, self.blobs, self.logs):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)  # results, payloads and job output are the cluster user's only
+        self.memory = make_memory_dir(self.blobs)  # (runtime/blobs.py: values kept in memory)
+        if self.memory is not None:
+            sweep_memory(self.blobs, self.memory)
         self.path = state_dir / "head.db"
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)
@@ -279,7 +287,7 @@ class Store:
             self.db.executescript("PRAGMA incremental_vacuum;")
         for item_id in expired:
             for p in (self.result_path(item_id), self.arg_path(item_id), self.log_path(item_id)):
-                p.unlink(missing_ok=True)
+                drop_blob(p)
         return len(expired)
 
     # --- reads --------------------------------------------------------------------------------------

@@ -270,6 +270,69 @@ def test_a_get_after_wait_fetches_nothing_again(rt, monkeypatch):
     assert runtime.get(square.remote(refs[5]), timeout=30) == 625  # a task given the ref: its value from the head
 
 
+@runtime.remote(num_cpus=0.5, max_retries=0)
+def digest(data: bytes) -> tuple[str, str]:
+    import hashlib
+    import os
+
+    return os.environ["LAUNCH_NODE_ID"], hashlib.sha256(data).hexdigest()
+
+
+_GET_BY_ANOTHER_DRIVER = """
+import hashlib, sys, runtime
+from runtime.api import ObjectRef
+runtime.init(address=sys.argv[1], token=sys.argv[2])
+try:
+    print(hashlib.sha256(runtime.get(ObjectRef(sys.argv[3]), timeout=30)).hexdigest())
+except runtime.exceptions.RayError as e:
+    print(type(e).__name__)
+"""
+
+
+def _another_driver(rt, ref) -> str:
+    r = subprocess.run([sys.executable, "-c", _GET_BY_ANOTHER_DRIVER, rt["address"], rt["token"], ref.id],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_a_large_put_value_is_kept_in_memory_and_read_back_by_its_owner_alone(rt):
+    """A value over the message limit put by a driver on the head's machine is written once, into the
+    head's memory folder (tmpfs), which its store names by a link; tasks on other nodes and other drivers
+    read it there; the driver that put it reads it back without asking the head (stopped meanwhile)."""
+    import hashlib
+    from pathlib import Path
+
+    value = os.urandom(3 << 20)
+    ref = runtime.put(value)
+    blobs = Path(_state(rt).store_dir)
+    link = blobs / f"res.{ref.id}"
+    assert os.readlink(link).startswith("/dev/shm/launch-")
+    node, seen = runtime.get(digest.options(resources={"special": 1}).remote(ref), timeout=60)
+    assert node == rt["ids"]["gpu"] and seen == hashlib.sha256(value).hexdigest()
+    assert _another_driver(rt, ref) == seen
+    head = _head_pid(rt)
+    os.kill(head, signal.SIGSTOP)
+    try:
+        assert runtime.get(ref, timeout=5) == value
+        assert runtime.get(runtime.put({"small": [1, 2]}), timeout=5) == {"small": [1, 2]}
+    finally:
+        os.kill(head, signal.SIGCONT)
+
+
+def test_a_value_lost_from_memory_is_an_object_lost_error(rt):
+    """The head machine's memory lost (a reboot; here, the file removed): a get of the value, by a driver
+    that did not put it or by a task given it, says it is lost."""
+    from pathlib import Path
+
+    ref = runtime.put(os.urandom(2 << 20))
+    link = Path(_state(rt).store_dir) / f"res.{ref.id}"
+    os.unlink(os.readlink(link))
+    assert _another_driver(rt, ref) == "ObjectLostError"
+    with pytest.raises(runtime.exceptions.ObjectLostError):
+        runtime.get(digest.remote(ref), timeout=60)
+
+
 def test_running_task_cancel_stops_it(rt):
     ref = where.remote(30.0)
     deadline = time.time() + 10

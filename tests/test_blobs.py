@@ -1,0 +1,83 @@
+"""Where the head keeps large values (runtime/blobs.py, core/shm.py): in memory on the machine's tmpfs while
+there is room, named in its blobs folder; on disk otherwise. Real files, a real tmpfs (a small one mounted
+for the test where that needs root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from core import shm
+from runtime import blobs
+from runtime.store import Store
+
+
+def _write(data: bytes):
+    return lambda f: f.write(data)
+
+
+def test_a_value_goes_to_memory_named_by_a_link_and_goes_with_it(tmp_path):
+    store = Store(tmp_path / "state")
+    assert store.memory is not None and store.memory.is_relative_to(shm.MEMORY_ROOT)
+    final = store.result_path("o-1")
+    assert blobs.write_blob(final, store.memory, _write(b"x" * 5000)) == 5000
+    target = os.readlink(final)
+    assert final.read_bytes() == b"x" * 5000 and target.startswith(str(store.memory))
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    store.write([("o-1", "object", "put", {}, 0, b"", time.time(), "finished", 0, "", [], 0.0)], [], [])
+    store.write([], [], [("o-1", "finished", 0, "", time.time() - 2 * 86400, 0, "", b"", b"", 5000, True)])
+    assert store.sweep(time.time()) == 1  # retention over: the link and the memory it names go
+    assert not os.path.lexists(final) and not os.path.exists(target)
+    store.close()
+    blobs.forget_memory(store.blobs)
+    assert not store.memory.exists()
+
+
+def test_a_memory_folder_whose_store_is_gone_is_removed_by_the_next_head(tmp_path):
+    gone = Store(tmp_path / "gone")
+    folder = gone.memory
+    blobs.write_blob(gone.result_path("o-2"), folder, _write(b"y"))
+    gone.close()
+    subprocess.run(["rm", "-rf", str(tmp_path / "gone")], check=True)  # a local node removed, no `stop`
+    kept = Store(tmp_path / "kept")
+    assert not folder.exists() and kept.memory.exists()
+    kept.close()
+    blobs.forget_memory(kept.blobs)
+
+
+def test_a_writer_that_died_before_linking_leaves_nothing_after_a_restart(tmp_path):
+    store = Store(tmp_path / "state")
+    (store.memory / "res.o-3").write_bytes(b"z")  # written, never linked
+    blobs.write_blob(store.result_path("o-4"), store.memory, _write(b"w"))
+    store.close()
+    again = Store(tmp_path / "state")
+    assert sorted(p.name for p in again.memory.iterdir()) == [shm.OWNER_FILE, "res.o-4"]
+    assert again.result_path("o-4").read_bytes() == b"w"
+    again.close()
+    blobs.forget_memory(again.blobs)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "shm"
+    mount.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_value_larger_than_the_room_in_memory_is_written_on_disk(tmp_path, small_tmpfs):
+    (tmp_path / "blobs").mkdir()
+    final = tmp_path / "blobs" / "res.o-5"
+    data = os.urandom(3 << 20)  # the tmpfs fills as it is written: written again, on disk
+    assert blobs.write_blob(final, small_tmpfs, _write(data)) == len(data)
+    assert not final.is_symlink() and final.read_bytes() == data
+    assert list(small_tmpfs.iterdir()) == []  # the part written in memory is gone
+    (small_tmpfs / "filler").write_bytes(b"f" * (600 << 10))  # over MEMORY_SHARE: straight to disk
+    assert blobs.write_blob(final.with_name("res.o-6"), small_tmpfs, _write(b"v")) == 1
+    assert not final.with_name("res.o-6").is_symlink()
