@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from runtime.store import ID_PATTERN, Store
 from runtime.work import ACTOR, DONE_STATES, KINDS, OBJECT, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
 
 
+ID_USED_TWICE = "an item id was used twice"  # (a client that submitted again after losing the reply knows it by this)
 STATE_WAIT_S = 0.5  # GetClusterState waits this long for a busy head, then answers its last state
 
 
@@ -152,9 +154,12 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")
         now = self.clock()
         with self.lock:
-            known = self.store.known(given) if given else ()
+            # (an id the store has already: found here for values, whose upload is made their result below;
+            # for the rest, by the store's unique index as they are written, saving a read per submit)
+            values = [i for i, spec in zip(given, specs) if spec.kind == OBJECT]
+            known = self.store.known(values) if values else ()
             if known or any(i in self.sched.items for i in given) or len(set(given)) != len(given):
-                context.abort(grpc.StatusCode.ALREADY_EXISTS, "an item id was used twice")
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, ID_USED_TWICE)
             names = [spec.actor_name for spec in specs if spec.kind == ACTOR and spec.actor_name]
             taken = next((n for n in names if n in self.sched.actor_names), None)
             if taken or len(set(names)) != len(names):
@@ -169,11 +174,13 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                 self.store.write([(i.id, i.kind, i.name, i.request, i.max_retries, spec.SerializeToString(),
                                    i.submitted_at, QUEUED, 0, "", [], 0.0) for i, spec in zip(items, specs)],
                                  [], [], id_seq=self.sched.id_seq)
-            except STORE_ERRORS as e:
-                self._store_failed(e)
+            except STORE_ERRORS as e:  # (nothing was written)
                 for item in items:
                     if item.kind == OBJECT:
                         drop_blob(self.store.result_path(item.id))
+                if isinstance(e, sqlite3.IntegrityError):
+                    context.abort(grpc.StatusCode.ALREADY_EXISTS, ID_USED_TWICE)
+                self._store_failed(e)
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{STORE_FULL} ({e}: its "
                               "disk full?); nothing was submitted: try again once it has room")
             for item, spec in zip(items, specs):
