@@ -320,6 +320,26 @@ def test_a_large_put_value_is_kept_in_memory_and_read_back_by_its_owner_alone(rt
         os.kill(head, signal.SIGCONT)
 
 
+def test_a_large_put_value_from_off_the_heads_machine_is_uploaded_in_chunks(rt, monkeypatch):
+    """A driver that does not share the head's disk (a node elsewhere): the value is pickled into a private
+    temporary file, uploaded in chunks, and kept by the head; the driver reads it back from the head."""
+    import glob
+    import hashlib
+    import tempfile
+
+    from runtime import api
+
+    client = api._connection().client
+    monkeypatch.setattr(client, "_blobs", False)  # (what shared_blobs finds on another machine)
+    before = set(glob.glob(f"{tempfile.gettempdir()}/launch-upload-*"))
+    value = os.urandom(5 << 20)
+    ref = runtime.put(value)
+    assert ref._local is None  # not written here: its get asks the head
+    assert runtime.get(ref, timeout=30) == value
+    assert set(glob.glob(f"{tempfile.gettempdir()}/launch-upload-*")) == before  # the temporary file is gone
+    assert _another_driver(rt, ref) == hashlib.sha256(value).hexdigest()
+
+
 def test_a_value_lost_from_memory_is_an_object_lost_error(rt):
     """The head machine's memory lost (a reboot; here, the file removed): a get of the value, by a driver
     that did not put it or by a task given it, says it is lost."""

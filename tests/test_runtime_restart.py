@@ -44,11 +44,18 @@ def square_once(i: int, marks: str, sleep_s: float) -> int:
     return i * i
 
 
+@runtime.remote(num_cpus=0)
+def size_of(data: bytes) -> tuple[int, bytes]:
+    return len(data), data[-8:]
+
+
 def test_killing_the_head_loses_no_work_result_or_log(cluster, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     fetched_later = square_once.remote(100, str(marks), 0.0)
     runtime.wait([fetched_later], timeout=30)  # done, its result not fetched yet
+    value = os.urandom(3 << 20)
+    put_before = runtime.put(value)  # kept in the head machine's memory (runtime/blobs.py)
     script = tmp_path / "count.sh"
     script.write_text("for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 0.5; done\n")
     r = cli("submit", str(cluster["path"]), str(script), "--no-follow", home=cluster["home"])
@@ -71,6 +78,7 @@ def test_killing_the_head_loses_no_work_result_or_log(cluster, tmp_path):
     runs = sorted(p.name.split(".")[0] for p in marks.iterdir())
     assert runs == sorted([str(i) for i in range(8)] + ["100"])  # each ran exactly once
     assert runtime.get(fetched_later, timeout=10) == 10000  # a result from before the restart
+    assert runtime.get(size_of.remote(put_before), timeout=30) == (len(value), value[-8:])  # and a value
     r = cli("job", "logs", str(cluster["path"]), job, home=cluster["home"])  # follows to the end
     assert r.returncode == 0, r.stderr
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("line")] == [f"line {i}" for i in range(1, 9)]
