@@ -112,9 +112,12 @@ class StoreKeeping:
                 value, error, size, stored)
 
     def sweep(self) -> int:
-        """Done items whose retention is over leave the store."""
+        """Done items whose retention is over leave the store, and uploads nobody submitted."""
         self.flush_fetched()
+        unclaimed = self.store.unclaimed_uploads(self.clock())
         with self.lock:
+            if unclaimed:
+                self.store.drop_unclaimed(unclaimed)
             return self.store.sweep(self.clock())
 
     def _fetched(self, results) -> None:

@@ -30,6 +30,8 @@ from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 
 DONE = ("finished", "failed", "cancelled")
 
+# an upload no submit claimed this long after it was written is dropped (its client died in between)
+UNCLAIMED_S = 3600.0
 KEY_FILE = ".key"  # in the blobs folder: see Store.local_key
 
 # Item ids name files on the head's disk: a client-made id is held to this before it is used.
@@ -289,6 +291,29 @@ class Store:
             for p in (self.result_path(item_id), self.arg_path(item_id), self.log_path(item_id)):
                 drop_blob(p)
         return len(expired)
+
+    def unclaimed_uploads(self, now: float) -> list[Path]:
+        """Payloads and values uploaded over UNCLAIMED_S ago that no submit claimed (its client died
+        between the two), and the parts of writes that died: candidates for drop_unclaimed."""
+        found = []
+        for path in self.blobs.iterdir():
+            if path.name == KEY_FILE or not path.name.startswith(("arg.", "part.", ".")):
+                continue
+            try:
+                if now - path.lstat().st_mtime > UNCLAIMED_S:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def drop_unclaimed(self, paths: list[Path]) -> int:
+        """(holding the head's lock: no submit claims one meanwhile) Those of `paths` no item has."""
+        ids = {p: p.name[len("arg."):] for p in paths if p.name.startswith("arg.")}
+        known = self.known(list(ids.values())) if ids else set()
+        gone = [p for p in paths if ids.get(p) not in known]
+        for path in gone:
+            drop_blob(path)
+        return len(gone)
 
     # --- reads --------------------------------------------------------------------------------------
 

@@ -81,3 +81,25 @@ def test_a_value_larger_than_the_room_in_memory_is_written_on_disk(tmp_path, sma
     (small_tmpfs / "filler").write_bytes(b"f" * (600 << 10))  # over MEMORY_SHARE: straight to disk
     assert blobs.write_blob(final.with_name("res.o-6"), small_tmpfs, _write(b"v")) == 1
     assert not final.with_name("res.o-6").is_symlink()
+
+
+def test_an_upload_no_submit_claimed_goes_after_an_hour(tmp_path):
+    """A client that died between uploading a value and submitting it: the head drops the upload (and the
+    memory it holds) once it is an hour old; a claimed one, and a fresh one, stay."""
+    from runtime.store import UNCLAIMED_S
+
+    store = Store(tmp_path / "state")
+    for item_id in ("o-old", "o-claimed", "o-new"):
+        blobs.write_blob(store.arg_path(item_id), store.memory, _write(b"v" * 10))
+    store.write([("o-claimed", "task", "f", {}, 0, b"", time.time(), "queued", 0, "", [], 0.0)], [], [])
+    old = time.time() - UNCLAIMED_S - 60
+    for item_id in ("o-old", "o-claimed"):
+        os.utime(store.arg_path(item_id), (old, old), follow_symlinks=False)
+    target = os.readlink(store.arg_path("o-old"))
+    found = store.unclaimed_uploads(time.time())
+    assert sorted(p.name for p in found) == ["arg.o-claimed", "arg.o-old"]
+    assert store.drop_unclaimed(found) == 1
+    assert not os.path.lexists(store.arg_path("o-old")) and not os.path.exists(target)
+    assert store.arg_path("o-claimed").read_bytes() == store.arg_path("o-new").read_bytes() == b"v" * 10
+    store.close()
+    blobs.forget_memory(store.blobs)
