@@ -1,5 +1,5 @@
-"""Where the head's large values live: files in its blobs folder, and, for values (put values and task
-results, not task payloads), in memory while there is room.
+"""Where the head's large values live: files in its blobs folder, and, for values a process on the head's
+machine puts (not task payloads), in memory while there is room.
 
 The memory folder is on the head machine's tmpfs (/dev/shm), one per store. A value written there is
 named in the blobs folder by a symlink, so whoever reads a blob (the head, an agent or a driver on the
@@ -26,6 +26,7 @@ from typing import BinaryIO
 from core.shm import OWNER_FILE, forget_orphaned_memory, memory_dir
 
 MEMORY_SHARE = 0.5
+WRITE_MAX_S = 3600.0  # a temporary file older than this is no write in progress (its writer died)
 
 
 def make_memory_dir(blobs: Path) -> Path | None:
@@ -105,7 +106,7 @@ def drop_blob(path: Path) -> None:
     Path(target).unlink(missing_ok=True)
 
 
-def _young(path: Path, within_s: float = 3600.0) -> bool:
+def _young(path: Path, within_s: float = WRITE_MAX_S) -> bool:
     try:
         return time.time() - path.stat().st_mtime < within_s
     except OSError:

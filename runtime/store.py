@@ -25,13 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.blobs import drop_blob, make_memory_dir, sweep_memory
+from runtime.blobs import WRITE_MAX_S, drop_blob, make_memory_dir, sweep_memory
 from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 
 DONE = ("finished", "failed", "cancelled")
 
 # an upload no submit claimed this long after it was written is dropped (its client died in between)
-UNCLAIMED_S = 3600.0
+UNCLAIMED_S = WRITE_MAX_S
 KEY_FILE = ".key"  # in the blobs folder: see Store.local_key
 
 # Item ids name files on the head's disk: a client-made id is held to this before it is used.
