@@ -7,6 +7,16 @@ import pytest
 from tests.infra import SSHD, SSHLab
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_memory_left(tmp_path_factory):
+    """Heads made by tests keep memory folders on the machine's tmpfs (runtime/blobs.py); those of stores
+    in this session's temporary folders go with the session, as `launch down` takes a cluster's."""
+    yield
+    from core.shm import forget_memory_under
+
+    forget_memory_under(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def ssh_lab(tmp_path_factory):
     if not os.path.exists(SSHD):

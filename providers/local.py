@@ -31,7 +31,7 @@ from core.errors import CapacityError, NodeNotFound
 from core.files import locked_json
 from core.machine import detect_cpus, detect_memory_bytes, pids_with_env
 from core.paths import NODE_MARKER_ENV
-from core.shm import forget_orphaned_memory
+from core.shm import forget_memory_under
 from core.spec import ClusterSpec
 from providers.base import Bootstrapped, Capabilities, CommonSection, NodeInfo, ProviderBase, ProviderFacts
 
@@ -219,5 +219,5 @@ class Provider(ProviderBase):
 
     def _destroy(self, node_id: str) -> None:
         kill_node_processes(node_id)
+        forget_memory_under(self.nodes_dir / node_id)  # (a head's values in memory, outside its folder)
         shutil.rmtree(self.nodes_dir / node_id, ignore_errors=True)
-        forget_orphaned_memory()  # (a head's values in memory, outside its folder)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from core.shm import OWNER_FILE, forget_orphaned_memory, memory_dir
+from core.shm import OWNER_FILE, forget_stale_memory, memory_dir
 
 MEMORY_SHARE = 0.5
 WRITE_MAX_S = 3600.0  # a temporary file older than this is no write in progress (its writer died)
@@ -31,8 +31,8 @@ WRITE_MAX_S = 3600.0  # a temporary file older than this is no write in progress
 
 def make_memory_dir(blobs: Path) -> Path | None:
     """(the head starting) Its memory folder, made if need be (0700); None where there is no tmpfs. The
-    folders of stores that are gone (a node removed without `stop`) are removed."""
-    forget_orphaned_memory()
+    folders no head has renewed for a day are removed (core/shm.py)."""
+    forget_stale_memory()
     folder = memory_dir(blobs)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -43,6 +43,14 @@ def make_memory_dir(blobs: Path) -> Path | None:
     except OSError:
         return None
     return folder
+
+
+def renew_memory(folder: Path) -> None:
+    """(the head, now and then) Its folder is in use: no other head takes it for stale."""
+    try:
+        os.utime(folder / OWNER_FILE)
+    except OSError:
+        pass
 
 
 def forget_memory(blobs: Path) -> None:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.blobs import WRITE_MAX_S, drop_blob, make_memory_dir, sweep_memory
+from runtime.blobs import WRITE_MAX_S, drop_blob, make_memory_dir, renew_memory, sweep_memory
 from runtime.limits import RETAIN_FETCHED_S, RETAIN_JOBS_S, RETAIN_UNFETCHED_S
 
 DONE = ("finished", "failed", "cancelled")
@@ -273,6 +273,8 @@ class Store:
     def sweep(self, now: float) -> int:
         """Drop the done items whose retention is over (and no ref held keeps), with their files. Returns
         how many."""
+        if self.memory is not None:
+            renew_memory(self.memory)
         expired = [r[0] for r in self.db.execute(
             "SELECT id FROM items WHERE finished_at > 0 AND ("
             " (kind = 'job' AND finished_at < ?) OR"

@@ -36,16 +36,36 @@ def test_a_value_goes_to_memory_named_by_a_link_and_goes_with_it(tmp_path):
     assert not store.memory.exists()
 
 
-def test_a_memory_folder_whose_store_is_gone_is_removed_by_the_next_head(tmp_path):
-    gone = Store(tmp_path / "gone")
-    folder = gone.memory
-    blobs.write_blob(gone.result_path("o-2"), folder, _write(b"y"))
-    gone.close()
-    subprocess.run(["rm", "-rf", str(tmp_path / "gone")], check=True)  # a local node removed, no `stop`
-    kept = Store(tmp_path / "kept")
-    assert not folder.exists() and kept.memory.exists()
-    kept.close()
+def test_a_local_nodes_memory_folder_goes_with_the_node(tmp_path):
+    """The local provider removes a node with its folder: the memory folder of a store under it goes too,
+    another's stays."""
+    gone, kept = Store(tmp_path / "node-a" / "state"), Store(tmp_path / "node-b" / "state")
+    blobs.write_blob(gone.result_path("o-2"), gone.memory, _write(b"y"))
+    shm.forget_memory_under(tmp_path / "node-a")
+    assert not gone.memory.exists() and kept.memory.exists()
+    for store in (gone, kept):
+        store.close()
     blobs.forget_memory(kept.blobs)
+
+
+def test_a_memory_folder_no_head_renewed_for_a_day_is_removed_by_the_next_head(tmp_path):
+    """A store whose head is gone for good without `stop`: its folder is removed once a day unrenewed, not
+    because its path is missing here (a head in another mount namespace, a twin or a container, has a
+    path this process does not see)."""
+    elsewhere = shm.memory_dir(tmp_path / "seen-only-by-another-namespace" / "blobs")
+    elsewhere.mkdir(mode=0o700)
+    (elsewhere / shm.OWNER_FILE).write_text("/root/.launch-runtime/nodes/a-twin/head-state/blobs")
+    stale = Store(tmp_path / "stale")
+    day_ago = time.time() - shm.STALE_S - 60
+    os.utime(stale.memory / shm.OWNER_FILE, (day_ago, day_ago))
+    stale.close()
+    fresh = Store(tmp_path / "fresh")
+    assert not stale.memory.exists() and elsewhere.exists() and fresh.memory.exists()
+    fresh.sweep(time.time())  # a running head renews its own
+    assert time.time() - (fresh.memory / shm.OWNER_FILE).stat().st_mtime < 60
+    fresh.close()
+    for folder in (elsewhere, fresh.memory):
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
 
 
 def test_a_writer_that_died_before_linking_leaves_nothing_after_a_restart(tmp_path):

@@ -149,6 +149,7 @@ def test_the_dashboard_comes_through_ssh_and_its_port_is_not_reachable(pool):
 
 
 def test_down_leaves_nothing_running_on_any_twin(pool):
+    assert _memory_of(pool["head"])  # the head keeps a memory folder while it runs
     runtime.shutdown()  # closes this process's SSH tunnel to the head, too
     r = cli("down", str(pool["path"]), "--yes", home=pool["home"], timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -158,3 +159,19 @@ def test_down_leaves_nothing_running_on_any_twin(pool):
         except AssertionError:
             raise AssertionError(f"left running on {t.name}: {t.processes()}") from None
     assert _status(pool)["nodes"] == []
+    assert _memory_of(pool["head"]) == []  # the head's values in memory went with it (runtime/blobs.py)
+
+
+def _memory_of(twin) -> list[str]:
+    """The memory folders (/dev/shm, which twins share with this machine) of the stores of this twin's
+    node (each names its store as the twin sees it: its own /root, its hostname)."""
+    from core.shm import MEMORY_ROOT, OWNER_FILE
+
+    found = []
+    for folder in MEMORY_ROOT.glob(f"launch-{os.getuid()}-*"):
+        try:
+            if f"/nodes/{twin.name}/" in (folder / OWNER_FILE).read_text():
+                found.append(folder.name)
+        except OSError:
+            continue
+    return found
