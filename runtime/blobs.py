@@ -122,8 +122,9 @@ def _young(path: Path, within_s: float = WRITE_MAX_S) -> bool:
 
 
 def sweep_memory(blobs: Path, memory: Path) -> int:
-    """(the head starting) Memory files no blob names (a writer that died between writing and linking).
-    Returns how many were removed."""
+    """(the head starting, then hourly) Memory files no blob names that are over WRITE_MAX_S old (a writer
+    that died between writing and linking; a younger one may be linked a moment from now). Returns how
+    many were removed."""
     named = set()
     for p in blobs.iterdir():
         try:
@@ -132,9 +133,9 @@ def sweep_memory(blobs: Path, memory: Path) -> int:
             pass
     gone = 0
     for p in memory.iterdir():
-        if p.name.startswith(".") and _young(p):
-            continue  # (being written now, by a driver that outlived the last head)
-        if str(p) not in named and p.name != OWNER_FILE:
+        if p.name == OWNER_FILE or _young(p):
+            continue  # (being written or linked now, maybe by a driver that outlived the last head)
+        if str(p) not in named:
             p.unlink(missing_ok=True)
             gone += 1
     return gone

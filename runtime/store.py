@@ -140,8 +140,7 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)  # results, payloads and job output are the cluster user's only
         self.memory = make_memory_dir(self.blobs)  # (runtime/blobs.py: values kept in memory)
-        if self.memory is not None:
-            sweep_memory(self.blobs, self.memory)
+        self.memory_swept = 0.0  # (the head's clock) when sweep last looked for unlinked memory files
         self.path = state_dir / "head.db"
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)
@@ -275,6 +274,9 @@ class Store:
         how many."""
         if self.memory is not None:
             renew_memory(self.memory)
+            if now - self.memory_swept > WRITE_MAX_S:
+                self.memory_swept = now
+                sweep_memory(self.blobs, self.memory)
         expired = [r[0] for r in self.db.execute(
             "SELECT id FROM items WHERE finished_at > 0 AND ("
             " (kind = 'job' AND finished_at < ?) OR"
