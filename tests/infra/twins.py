@@ -204,6 +204,20 @@ class Twin:
         if getattr(self, "_boot", None) is not None:
             self._boot.wait(timeout=10)  # reaped: its mounts went with its namespace
             self._boot = None
+        self._lose_memory()
+
+    def _lose_memory(self) -> None:
+        """A machine's memory goes with it: the head memory folders its node kept on /dev/shm (which a twin
+        shares with this machine; a VM's tmpfs is its own) go too (core/shm.py)."""
+        from core.shm import MEMORY_ROOT, OWNER_FILE
+
+        for folder in MEMORY_ROOT.glob("launch-*"):
+            try:
+                owner = (folder / OWNER_FILE).read_text()
+            except OSError:
+                continue
+            if f"/nodes/{self.name}/" in owner:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def boot(self) -> None:
         """A stopped machine starts again: its disk (/root), network and firewall were kept."""
