@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -36,13 +37,21 @@ def make_memory_dir(blobs: Path) -> Path | None:
     folder = memory_dir(blobs)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        st = folder.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            return None  # not ours alone: values stay on disk
+        if not _ours(folder):
+            return None  # made by another user (/dev/shm is everyone's): values stay on disk
         (folder / OWNER_FILE).write_text(str(blobs.resolve()))
     except OSError:
         return None
     return folder
+
+
+def _ours(folder: Path) -> bool:
+    """A folder of this user's alone, itself (not a link someone put in its place)."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def renew_memory(folder: Path) -> None:
@@ -61,11 +70,7 @@ def forget_memory(blobs: Path) -> None:
 def usable_memory_dir(blobs: Path) -> Path | None:
     """(a client sharing the head's disk) The memory folder, if the head made it and it is this user's."""
     folder = memory_dir(blobs)
-    try:
-        st = folder.stat()
-    except OSError:
-        return None
-    return folder if st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
+    return folder if _ours(folder) else None
 
 
 def _room(folder: Path) -> bool:

@@ -128,3 +128,19 @@ def test_an_upload_no_submit_claimed_goes_after_an_hour(tmp_path):
     assert store.arg_path("o-claimed").read_bytes() == store.arg_path("o-new").read_bytes() == b"v" * 10
     store.close()
     blobs.forget_memory(store.blobs)
+
+
+def test_a_folder_another_user_put_in_the_memory_folders_place_is_not_used(tmp_path):
+    """/dev/shm is everyone's: a link (or a folder) made where this store's memory folder goes, pointing
+    at a folder of this user's, is not taken for it: values stay on disk."""
+    blobs_path = tmp_path / "state" / "blobs"
+    decoy = tmp_path / "decoy"
+    decoy.mkdir(mode=0o700)
+    shm.memory_dir(blobs_path).symlink_to(decoy)
+    try:
+        store = Store(tmp_path / "state")
+        assert store.memory is None and blobs.usable_memory_dir(store.blobs) is None
+        assert list(decoy.iterdir()) == []
+        store.close()
+    finally:
+        shm.memory_dir(blobs_path).unlink()
