@@ -101,9 +101,9 @@ def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], Non
                 os.symlink(target, link)
                 os.replace(link, final)
             return size
-        except OSError as e:
+        except BaseException as e:  # (the pickler's own errors too: a value that cannot be pickled, or too large)
             tmp.unlink(missing_ok=True)
-            if where is None or e.errno != errno.ENOSPC:
+            if where is None or not isinstance(e, OSError) or e.errno != errno.ENOSPC:
                 raise
     raise AssertionError("unreachable: the disk attempt returns or raises")
 

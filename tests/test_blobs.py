@@ -144,3 +144,21 @@ def test_a_folder_another_user_put_in_the_memory_folders_place_is_not_used(tmp_p
         store.close()
     finally:
         shm.memory_dir(blobs_path).unlink()
+
+
+def test_a_value_that_cannot_be_pickled_leaves_no_part_of_it(tmp_path):
+    """The pickler fails half way (a lock at the end of a large list): its error is the caller's, and
+    what was written of it is gone, in memory and on disk."""
+    import threading
+
+    from runtime import pickling
+
+    store = Store(tmp_path / "state")
+    value = [os.urandom(1 << 20), threading.Lock()]
+    for memory in (store.memory, None):
+        with pytest.raises(TypeError, match="lock"):
+            blobs.write_blob(store.arg_path("o-7"), memory, lambda f: pickling.dump(value, f, 1 << 30, str))
+        assert [p.name for p in store.memory.iterdir()] == [shm.OWNER_FILE]
+        assert [p.name for p in store.blobs.iterdir()] == []
+    store.close()
+    blobs.forget_memory(store.blobs)
