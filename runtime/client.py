@@ -353,14 +353,11 @@ class HeadClient:
         """`fresh`: an id no item has (made just now): on the head's disk it is written there directly."""
         blobs = self.shared_blobs() if fresh else None
         if blobs is not None:
-            tmp = blobs / f".{arg_file(item_id)}.tmp-{os.getpid()}-{threading.get_ident()}"
-            try:
-                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                    f.write(data)
-                os.replace(tmp, blobs / arg_file(item_id))
+            try:  # (a task's payload: on disk, never in memory)
+                write_blob(blobs / arg_file(item_id), None, lambda f: f.write(data))
                 return
             except OSError:  # (a full disk): the head's own upload says it, in its words
-                tmp.unlink(missing_ok=True)
+                pass
         self._upload("UploadArgs", item_id, data)
 
     def upload_value(self, item_id: str, write: Callable[[BinaryIO], None], fresh: bool = False) -> int:

@@ -114,6 +114,7 @@ class StoreKeeping:
     def sweep(self) -> int:
         """Done items whose retention is over leave the store, and uploads nobody submitted."""
         self.flush_fetched()
+        self.store.tend_memory(self.clock())  # (reading whole folders: not under the head's lock)
         unclaimed = self.store.unclaimed_uploads(self.clock())
         with self.lock:
             if unclaimed:

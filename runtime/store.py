@@ -272,11 +272,6 @@ class Store:
     def sweep(self, now: float) -> int:
         """Drop the done items whose retention is over (and no ref held keeps), with their files. Returns
         how many."""
-        if self.memory is not None:
-            renew_memory(self.memory)
-            if now - self.memory_swept > WRITE_MAX_S:
-                self.memory_swept = now
-                sweep_memory(self.blobs, self.memory)
         expired = [r[0] for r in self.db.execute(
             "SELECT id FROM items WHERE finished_at > 0 AND ("
             " (kind = 'job' AND finished_at < ?) OR"
@@ -295,6 +290,16 @@ class Store:
             for p in (self.result_path(item_id), self.arg_path(item_id), self.log_path(item_id)):
                 drop_blob(p)
         return len(expired)
+
+    def tend_memory(self, now: float) -> None:
+        """(no lock needed: it touches no blob a submit or a sweep may use) The memory folder renewed, and
+        hourly, its files no blob names that are over WRITE_MAX_S old removed."""
+        if self.memory is None:
+            return
+        renew_memory(self.memory)
+        if now - self.memory_swept > WRITE_MAX_S:
+            self.memory_swept = now
+            sweep_memory(self.blobs, self.memory)
 
     def unclaimed_uploads(self, now: float) -> list[Path]:
         """Payloads and values uploaded over UNCLAIMED_S ago that no submit claimed (its client died

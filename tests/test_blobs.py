@@ -61,7 +61,7 @@ def test_a_memory_folder_no_head_renewed_for_a_day_is_removed_by_the_next_head(t
     stale.close()
     fresh = Store(tmp_path / "fresh")
     assert not stale.memory.exists() and elsewhere.exists() and fresh.memory.exists()
-    fresh.sweep(time.time())  # a running head renews its own
+    fresh.tend_memory(time.time())  # a running head renews its own (each sweep tick)
     assert time.time() - (fresh.memory / shm.OWNER_FILE).stat().st_mtime < 60
     fresh.close()
     for folder in (elsewhere, fresh.memory):
@@ -78,7 +78,7 @@ def test_what_a_writer_that_died_before_linking_left_goes_with_the_hourly_sweep(
     os.utime(store.memory / "res.o-3", (old, old))
     blobs.write_blob(store.result_path("o-4"), store.memory, _write(b"w"))
     os.utime(store.memory / "res.o-4", (old, old))  # (linked: kept however old)
-    store.sweep(time.time())
+    store.tend_memory(time.time())
     assert sorted(p.name for p in store.memory.iterdir()) == [shm.OWNER_FILE, "res.o-4", "res.o-5"]
     assert store.result_path("o-4").read_bytes() == b"w"
     store.close()
