@@ -218,8 +218,11 @@ class ActorMethod:
         retries = 2**31 - 1 if h._max_task_retries == -1 else h._max_task_retries
         payload = pickling.dumps((self._name, args, kwargs))
         name = f"{h._class_name}.{self._name}"
-        ref = ObjectRef(api._submit("call", name, {}, payload, api._deps(args, kwargs), retries, "c",
-                                    actor_id=h._actor_id))
+        # straight to the actor's node where it can go (runtime/direct.py), else by the head
+        item_id, pending = api._connection().direct_calls().call(h._actor_id, name, payload, api._deps(args, kwargs),
+                                                                 retries, api._parent(), self._num_returns == 1)
+        ref = ObjectRef(item_id)
+        ref._direct = pending
         if self._num_returns == api.STREAMING:
             return api.ObjectRefGenerator(ref)
         return api.split_returns(ref, self._num_returns, name)
@@ -232,6 +235,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle (got {type(actor).__name__})")
     api._require().cancel(actor._actor_id, restart=not no_restart)
+    api._connection().direct_calls().forget_place(actor._actor_id)  # (its node may not know it yet)
     if not no_restart:
         return
     with _owned_lock:

@@ -21,6 +21,7 @@ import grpc
 from core.machine import pids_with_env
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, PREEMPT_NOTICE, is_head_bundle_site, on_this_node
+from runtime.agent_calls import enabled as direct_calls_enabled, serve_calls
 from runtime.auth import work_token
 from runtime.client import HeadClient
 from runtime.executor import Executor
@@ -48,6 +49,10 @@ STREAM_IDLE_ACK_S = 1.0
 # reported, and the head counts the node's death once (a restart of an actor put back on a dying node, or a
 # retry, would be spent on it otherwise).
 SHUTDOWN_GRACE_S = 2.0
+# Calls sent straight here (runtime/direct.py) are reported to the head this long after the first of a batch:
+# their callers have their outcomes already, so the head records many in one transaction, not one each (its
+# CPU is the callers' and the actors' too)
+DIRECT_REPORT_DELAY_S = 0.05
 
 
 class Agent:
@@ -98,20 +103,22 @@ class Agent:
         self.stream_inflight: dict[int, set[int]] = {}  # seq -> id() of the results it carried, until acked
         self.stream_seq = 0
         self.stream_awaiting = 0  # the seq of a message that asked for an ack not yet come (0: none)
+        self.calls_server, self.call_port = None, 0  # actor calls straight from callers (runtime/agent_calls.py)
+        self.direct_reports: list[pb.ItemResult] = []  # of those, not yet handed to the reports (direct_loop)
 
     def register(self) -> None:
         # in this order: an item finishing meanwhile is in what runs (or is being handed over) when that
         # is read, or among the reports when those are; listed once (the head drops what it sees twice)
         in_flight = self.executor.in_flight()
-        with self.reports_cond:
-            unreported = [(r.id, attempt) for r, attempt in self.reports]
+        with self.reports_cond:  # (a call sent straight here is not the head's to adopt: not listed)
+            unreported = [(r.id, attempt) for r, attempt in self.reports if not r.HasField("direct")]
         running = list(dict.fromkeys(in_flight + unreported))
         reply = self.client.register(
             pb.RegisterNodeRequest(
                 node_id=self.cfg.node_id, node_type=self.cfg.node_type, address=self.cfg.address,
                 is_head=self.cfg.is_head, total=pb.Resources(amounts=self.total), labels=self.cfg.labels,
                 gpu_ids=self.gpu_ids, running=[pb.RunningItem(id=i, attempt=a) for i, a in running],
-                first=not self.ever_registered,
+                first=not self.ever_registered, call_port=self.call_port,
             )
         )
         self.interval = reply.heartbeat_interval_s or self.interval
@@ -144,6 +151,12 @@ class Agent:
     def _report(self, result: pb.ItemResult, attempt: int) -> None:
         """The thread that finished the item sends the report itself unless a send is under way (that
         one takes this result along): no hand-over to another thread on the way to the head."""
+        if result.HasField("direct"):  # (a call sent straight: its caller has it; the head, in a while)
+            with self.reports_cond:
+                self.direct_reports.append(result)
+                if len(self.direct_reports) == 1:
+                    self.reports_cond.notify_all()  # direct_loop
+            return
         signalled = result.state in ("lost", "failed") and died_of_signal(result.exit_code)
         if signalled and self.stop.wait(SHUTDOWN_GRACE_S):
             log.info("%s: its process ended by a signal (exit code %d) as the node stops: not reported",
@@ -205,6 +218,24 @@ class Agent:
             else:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def direct_loop(self) -> None:
+        """Reports of calls sent straight here, DIRECT_REPORT_DELAY_S after the first of each batch, with the
+        others (kept as they are until the head has them)."""
+        while not self.stop.is_set():
+            with self.reports_cond:
+                while not self.direct_reports and not self.stop.is_set():
+                    self.reports_cond.wait(timeout=1.0)
+            if self.stop.wait(DIRECT_REPORT_DELAY_S):  # the batch's window: what finishes meanwhile joins it
+                return
+            with self.reports_cond:
+                batch, self.direct_reports = self.direct_reports, []
+                self.reports += [(r, -1) for r in batch]
+                if self.stream_id:
+                    self.stream_pending += batch
+                    self.stream_cond.notify()
+                elif not self.sending:
+                    self.reports_cond.notify_all()  # report_loop sends them
 
     def report_stream_loop(self) -> None:
         """Keeps a ReportStream open while the node is registered: a result reaches the head as a message
@@ -365,17 +396,24 @@ class Agent:
                         "done" if source.acknowledge() else "the metadata service did not take it")
 
     def run(self) -> None:
+        if direct_calls_enabled():
+            self.calls_server, self.call_port = serve_calls(self.executor, self.cfg.token, self.cfg.address)
+            if self.calls_server is None:
+                log.warning("cannot listen for actor calls sent straight here: they go by the head")
         source = watcher(self.cfg.notices)
         if source is not None:
             threading.Thread(target=self.notice_loop, args=(source,), daemon=True, name="notices").start()
         threads = [threading.Thread(target=self.heartbeat_loop, daemon=True, name="heartbeat"),
                    threading.Thread(target=self.work_loop, daemon=True, name="work"),
                    threading.Thread(target=self.report_loop, daemon=True, name="report"),
-                   threading.Thread(target=self.report_stream_loop, daemon=True, name="report-stream")]
+                   threading.Thread(target=self.report_stream_loop, daemon=True, name="report-stream"),
+                   threading.Thread(target=self.direct_loop, daemon=True, name="direct-reports")]
         for t in threads:
             t.start()
         self.stop.wait()
         self.executor.shutdown()
+        if self.calls_server is not None:
+            self.calls_server.stop(grace=0)
         self.client.close()
 
 

@@ -50,17 +50,21 @@ class ObjectRef:
 
     # _result: the result a `wait` brought back for this ref, so that a `get` of it fetches nothing again;
     # _local: (a value this process put) its pickle, or WRITTEN_HERE: its file on the head's disk, which
-    # this process wrote, so that its `get` asks the head nothing (Ray's owner reads its own values too).
-    # Both stay with this object (a ref sent to a task travels without them).
-    __slots__ = ("id", "_result", "_local", "__weakref__")
+    # this process wrote, so that its `get` asks the head nothing (Ray's owner reads its own values too);
+    # _direct: (an actor call sent straight to its node, runtime/direct.py) the call, whose answer comes here.
+    # They stay with this object (a ref sent to a task travels without them).
+    __slots__ = ("id", "_result", "_local", "_direct", "__weakref__")
 
     def __init__(self, id: str):
         self.id = id
         self._result = None
         self._local = None
+        self._direct = None
         holding.LIVE.add(self)  # its value is kept on the head while this ref lives (runtime/holding.py)
 
     def __reduce__(self):
+        if self._direct is not None:  # leaving this process: the head gets the call's outcome first
+            _connection().direct_calls().hand_over(self._direct)
         return ObjectRef, (self.id,)
 
     def __repr__(self) -> str:
@@ -160,6 +164,8 @@ class _Connection:
         self.error: Exception | None = None
         self.closed = False
         self.cond = threading.Condition()
+        self.direct = None  # actor calls sent straight to the actors' nodes (runtime/direct.py), once made
+        self.far = False  # the head is reached through an SSH tunnel (its nodes' agents are not reached)
         self.thread = threading.Thread(target=self._loop, name="launch-submitter", daemon=True)
         self.thread.start()
 
@@ -270,6 +276,21 @@ class _Connection:
             ids, None if deadline is None else max(0.0, deadline - time.monotonic()), num_returns,
             caller_id=_caller()), deadline)
 
+    def direct_calls(self):
+        if self.direct is None:
+            from runtime.direct import DirectCalls
+
+            with self.cond:
+                if self.direct is None:
+                    self.direct = DirectCalls(self, self.client._md, not self.far, _submit, _reconnecting)
+        return self.direct
+
+    def settle(self) -> None:
+        """Wait until every submission made so far has been sent (what the head said of them is for flush)."""
+        with self.cond:
+            while self.pending or self.inflight:
+                self.cond.wait()
+
     def flush(self, deadline: float | None = None) -> None:
         while True:
             with self.cond:
@@ -290,6 +311,8 @@ class _Connection:
         try:
             self.flush()
         finally:
+            if self.direct is not None:
+                self.direct.close()
             with self.cond:
                 self.closed = True
                 self.cond.notify_all()
@@ -488,6 +511,7 @@ def init(address: str | None = None, token: str | None = None, cluster: str | No
         client.close()
         raise
     _conn = _Connection(client)
+    _conn.far = any(address == forwarded for _, forwarded in _tunnels.values())
     holding.start(lambda: _conn.client if _conn is not None else None)
     atexit.register(_disconnect_at_exit)  # once: registering again replaces nothing, and it is idempotent
     return _conn.client
@@ -924,6 +948,12 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
     ref_list = _refs(refs, "get")
     timeout = _timeout(timeout)
     ids = [r.id for r in ref_list]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for r in ref_list:
+        if r._direct is not None and r._result is None:  # an actor call sent straight: its answer comes here
+            if not r._direct.event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                raise GetTimeoutError(f"the result of {r.id} was not ready within {timeout}s")
+            r._result = _direct_result(r._direct)
     results = {r.id: r._result for r in ref_list if r._result is not None}
     local = {}
     for r in ref_list:
@@ -935,7 +965,10 @@ def get(refs: ObjectRef | list[ObjectRef], timeout: float | None = None):
         return local[ids[0]] if single else [local[i] for i in ids]
     wanted = list(dict.fromkeys(i for i in ids if i not in results and i not in local))
     if wanted:
-        results.update((r.id, r) for r in _unknown_ids(_connection().get_results, wanted, timeout))
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        got = _unknown_ids(_connection().get_results, wanted, left)
+        results.update((r.id, r) for r in got)
+        _seen_done(got)
     missing = [i for i in ids if i not in results and i not in local]
     if missing:
         raise GetTimeoutError(f"{len(missing)} of {len(ids)} result(s) not ready within {timeout}s")
@@ -951,14 +984,65 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     num_returns_of(num_returns)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,
-                                                                           num_returns=num_returns))}
+    if any(r._direct is not None and r._result is None for r in refs):
+        done = _wait_with_direct(refs, num_returns, timeout)
+    else:
+        done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,
+                                                                               num_returns=num_returns))}
+        _seen_done(done.values())
     for ref in refs:  # a `get` of these needs no second fetch
         if ref.id in done:
             ref._result = done[ref.id]
     ready = [r for r in refs if r.id in done][:num_returns]
     ready_ids = {r.id for r in ready}
     return ready, [r for r in refs if r.id not in ready_ids]
+
+
+def _direct_result(pending):
+    """(answered) The outcome of an actor call sent straight, or None if it went the head's way after all."""
+    if pending.result is None:
+        return None
+    if pending.result.stored:  # a value too large for the answer: on the head's disk, which the head names once
+        _connection().direct_calls().hand_over(pending)  # it knows the call (and before anyone else asks)
+        _connection().flush()
+    return pending.result
+
+
+def _seen_done(results) -> None:
+    conn = _conn
+    if conn is not None and conn.direct is not None:
+        conn.direct.seen_done([r.id for r in results])
+
+
+def _wait_with_direct(refs: list[ObjectRef], num_returns: int, timeout: float | None) -> dict:
+    """wait() among refs some of which are actor calls sent straight (answered here, not by the head): the
+    head is asked for the others a short while at a time, and the answers here looked at in between."""
+    direct = _connection().direct_calls()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = 0.002
+    while True:
+        done = {}
+        for r in refs:
+            if r._result is None and r._direct is not None and r._direct.event.is_set():
+                r._result = _direct_result(r._direct)
+            if r._result is not None:
+                done[r.id] = r._result
+        others = [r.id for r in refs if r.id not in done and (r._direct is None or r._direct.moved)]
+        left = None if deadline is None else deadline - time.monotonic()
+        if len(done) >= num_returns or (left is not None and left <= 0):
+            return done
+        if others:  # the head's wait is the pause between looks here
+            got = _unknown_ids(lambda: _connection().get_results(
+                others, step if left is None else min(step, left), num_returns=num_returns - len(done)))
+            _seen_done(got)
+            done.update((r.id, r) for r in got)
+            if len(done) >= num_returns:
+                return done
+            step = min(step * 2, 0.1)
+        else:
+            with direct.done:
+                if not any(r._direct.event.is_set() for r in refs if r._direct is not None and r._result is None):
+                    direct.done.wait(left)
 
 
 def _parent() -> str:
@@ -971,4 +1055,14 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> st
     """Cancel a task: dropped if queued, stopped if running (its process is killed, so `force` changes
     nothing); `recursive`: the tasks it submitted too. Returns its state after the request."""
     (ref,) = _refs(ref, "cancel")
+    pending = ref._direct
+    if pending is not None and not pending.moved:  # an actor call sent straight: its node takes it out of line
+        if not pending.event.is_set():
+            _connection().direct_calls().cancel(pending)
+            pending.event.wait(CANCEL_ANSWER_S)
+        if not pending.moved:
+            return pending.result.state if pending.result is not None else "running"
     return _unknown_ids(_require().cancel, ref.id, bool(recursive))
+
+
+CANCEL_ANSWER_S = 1.0  # how long cancel() waits for the node's answer of a call sent straight to it

@@ -29,11 +29,12 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
 # results and logs, cancel, read the cluster's state. Registering nodes, heartbeats, the agents' work
 # streams and reports, drains and node removal need the cluster token itself.
 WORK_METHODS = frozenset({"Submit", "GetResults", "Session", "Cancel", "GetActor", "KeepAlive", "ListItems",
-                          "JobLogs", "GetClusterState", "UploadArgs", "FetchResult"})
+                          "JobLogs", "GetClusterState", "UploadArgs", "FetchResult",
+                          "Calls"})  # (the last: a node agent's, runtime/agent_calls.py)
 # a refusal must have the shape of the call it refuses
 RESPONSE_STREAMS = frozenset({"WorkStream", "FetchArgs", "FetchResult"})
 REQUEST_STREAMS = frozenset({"UploadArgs", "UploadResult"})
-BOTH_STREAMS = frozenset({"Session", "ReportStream"})
+BOTH_STREAMS = frozenset({"Session", "ReportStream", "Calls"})
 
 
 def work_token(cluster_token: str) -> str:

@@ -255,6 +255,10 @@ class HeadClient:
     def get_actor(self, name: str) -> pb.GetActorReply:
         return self._stub.GetActor(pb.GetActorRequest(name=name), metadata=self._md, timeout=self.timeout_s)
 
+    def get_actor_place(self, actor_id: str) -> pb.GetActorReply:
+        """An actor's state, and where its calls can go straight (runtime/direct.py), if they can."""
+        return self._stub.GetActor(pb.GetActorRequest(id=actor_id), metadata=self._md, timeout=self.timeout_s)
+
     def list_items(self, kind: str = "") -> list[pb.ItemInfo]:
         return list(self.recent_items(kind).items)
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.files import private_dir
 from core.shapes import EPS
-from runtime.executor_actors import ActorRunning
+from runtime.executor_actors import DIRECT, ActorRunning
 from runtime.executor_jobs import JobRunning
 from runtime.executor_tasks import TaskRunning, task_context
 from runtime.preemption import PREEMPT_SIGNAL
@@ -70,6 +70,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.reporting: set[tuple[str, int]] = set()  # done, its report on the way to the agent
         self.actors: dict[str, ActorInstance] = {}  # actor id -> its instance here
+        self.direct: dict[str, tuple] = {}  # a call sent straight here, in line or running -> (reply, its spec)
         self.preempting = False  # the node's cloud gave notice (preempted)
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task
@@ -198,8 +199,10 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
             for inst in self.actors.values():
                 with inst.cond:
                     calls += [*inst.running.values(), *inst.calls]
+            # (not the calls sent straight: the head did not give those)
             return ([(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
-                    + [(c.item_id, c.attempt) for c in calls] + sorted(self.reporting))
+                    + [(c.item_id, c.attempt) for c in calls if c.attempt != DIRECT]
+                    + sorted(k for k in self.reporting if k[1] != DIRECT))
 
     def _unqueue(self, a: pb.Assignment) -> None:
         """(under self.lock) An assignment not started leaves (an actor's line goes with it)."""
@@ -316,6 +319,10 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         head restart) lists it and the head does not requeue it."""
         key = (result.id, attempt)
         try:
+            if attempt == DIRECT:
+                result = self._direct_done(result)
+                if result is None:
+                    return
             self.report(result, attempt)
         finally:
             with self.lock:

@@ -14,6 +14,10 @@ from runtime.runtime_env import RuntimeEnvSetupFailed
 from runtime.proto import head_pb2 as pb
 
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
+# The attempt of a call that came straight from its caller (runtime/direct.py): the head's attempts start at 0,
+# so a call that its caller sends the head's way after a refusal is another item here.
+DIRECT = -1
+Reply = Callable[[pb.CallReply], None]
 
 
 class ActorRunning:
@@ -97,7 +101,8 @@ class ActorRunning:
         return True
 
     def _process_died(self, a: pb.Assignment, inst: ActorInstance, e: Exception) -> None:
-        with inst.cond:
+        with self.lock, inst.cond:
+            self._direct_over(inst.running.values(), "died", "was killed" if inst.stopped else "died")
             inst.running.clear()  # the head puts them back in line (max_task_retries), or fails them
             stopped, worker = inst.stopped, inst.worker
         code = 0 if stopped or worker is None else worker.exit_code()
@@ -161,9 +166,67 @@ class ActorRunning:
             inst = self.actors.get(a.item_id)
             if inst is not None and inst.assignment is a:
                 del self.actors[a.item_id]
+                killed = inst.stopped  # (before this marks it stopped: killed, not dead by itself)
                 with inst.cond:
                     inst.stopped = True
                     for c in inst.calls:
                         self.given.discard((c.item_id, c.attempt))
+                    self._direct_over(inst.running.values(), "died", "was killed" if killed else "died")
+                    self._direct_over(inst.calls, "refused")
                     inst.calls.clear()
         self._done(a, result)
+
+    # --- calls straight from their callers (runtime/direct.py) --------------------------------------
+
+    def take_direct(self, req: pb.CallRequest, reply: Reply) -> None:
+        """A call sent straight here: into its actor's line if the instance it names runs here, else refused
+        (never run: its caller sends it the head's way). A cancel takes a call out of the line; one that
+        started runs to its end, as a call given by the head does."""
+        if req.cancel:
+            with self.lock:
+                queued = req.id in self.direct and (req.id, DIRECT) in self.given
+            if queued:
+                self.cancel(req.id)
+            return
+        call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT)
+        with self.lock:
+            inst = self.actors.get(req.spec.actor_id)
+            taken = (inst is not None and inst.assignment.attempt == req.actor_attempt and req.id not in self.direct
+                     and not self.preempting)
+            if taken:
+                with inst.cond:
+                    taken = not inst.stopped
+                    if taken:
+                        self.given.add((req.id, DIRECT))
+                        self.direct[req.id] = (reply, req.spec)
+                        inst.calls.append(call)
+                        inst.cond.notify_all()
+        if not taken:
+            reply(pb.CallReply(id=req.id, outcome="refused"))
+
+    def _direct_over(self, calls, outcome: str, why: str = "") -> None:
+        """(under self.lock) These calls' callers, for those sent straight, hear that they were not run
+        (refused) or died with the actor's process (`why`: 'was killed', 'died'): they decide what comes next."""
+        for c in list(calls):
+            if c.attempt == DIRECT and c.item_id in self.direct:
+                reply, _ = self.direct.pop(c.item_id)
+                self.given.discard((c.item_id, DIRECT))
+                reply(pb.CallReply(id=c.item_id, outcome=outcome, result=pb.ItemResult(id=c.item_id, message=why)))
+
+    def _direct_done(self, result: pb.ItemResult) -> pb.ItemResult | None:
+        """(a call sent straight, done) Its caller gets the outcome now; the head gets it with the call's spec
+        (without its payload), which it may not know. None: nobody waits for it (it was over already)."""
+        with self.lock:
+            found = self.direct.pop(result.id, None)
+        if found is None:
+            return None
+        reply, spec = found
+        if result.state not in ("finished", "failed", "cancelled"):  # (lost: it ran; its result was not kept)
+            result = pb.ItemResult(id=result.id, state="failed", message=result.message, exit_code=result.exit_code)
+        result.node_id = self.node_id
+        reply(pb.CallReply(id=result.id, outcome="done", result=result))
+        report = pb.ItemResult()
+        report.CopyFrom(result)
+        report.direct.CopyFrom(spec)
+        report.direct.ClearField("payload")
+        return report

@@ -22,6 +22,7 @@ from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, on_this_node
 from runtime.auth import TokenInterceptor
 from runtime.blobs import drop_blob
+from runtime.head_direct import DirectCalls
 from runtime.head_nodes import NodeService
 from runtime.head_results import ResultWaiting
 from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SWEEP_EVERY_S, NodeRecord,
@@ -44,7 +45,7 @@ ID_USED_TWICE = "an item id was used twice"  # (a client that submitted again af
 STATE_WAIT_S = 0.5  # GetClusterState waits this long for a busy head, then answers its last state
 
 
-class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.HeadServicer):
+class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, DirectCalls, pb_grpc.HeadServicer):
     def __init__(self, heartbeat_interval_s: float, node_timeout_s: float, clock=time.time,
                  node_types: dict[str, dict[str, float]] | None = None, state_dir: Path | None = None,
                  owner_timeout_s: float = 60.0):
@@ -149,6 +150,17 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
     def _submit(self, request, context) -> list[str]:
         specs, given = list(request.specs), list(request.ids)
         self._check_specs(specs, given, context)
+        if given and any(spec.HasField("outcome") for spec in specs):  # calls that ran straight (runtime/direct.py)
+            adopted = [(spec.outcome, spec) for spec in specs if spec.HasField("outcome")]
+            if any(o.id != i for (o, _), i in zip(adopted, (i for i, s in zip(given, specs) if s.HasField("outcome")))):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a call's outcome names another id")
+            given, specs = ([i for i, s in zip(given, specs) if not s.HasField("outcome")],
+                            [s for s in specs if not s.HasField("outcome")])
+            now = self.clock()
+            with self.lock:
+                self._settle(now, self._record_direct("", adopted, now))
+            if not specs:
+                return []
         for item_id, spec in zip(given, specs):
             if spec.payload_size and not self._uploaded(self.store.arg_path(item_id), spec.payload_size):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the payload of {item_id} was not uploaded")
@@ -262,8 +274,10 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
 
     def _apply_report(self, node_id: str, results) -> None:
         now = self.clock()
+        results, direct = self._split_direct(results)
         with self.lock:
-            changed = False
+            new = self._record_direct(node_id, [(r, r.direct) for r in direct], now) if direct else []
+            changed = bool(new)
             for r in results:
                 r = self._take_upload(node_id, r)
                 item = self.sched.complete(r.id, r.state, now, exit_code=r.exit_code, message=r.message, result=r,
@@ -272,7 +286,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
                     log.warning("item %s lost its process (%s); requeued, attempt %d", r.id, r.message, item.attempt)
                 changed = changed or item is not None
             if changed:
-                self._settle(now)
+                self._settle(now, new)
 
     def Cancel(self, request, context):
         now = self.clock()
@@ -329,13 +343,6 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, pb_grpc.
             for owner in [o for o in self.owners if o not in live and now - self.owners[o] > self.owner_timeout_s]:
                 del self.owners[owner]
         return killed
-
-    def GetActor(self, request, context):
-        with self.lock:
-            item = self.sched.actor_by_name(request.name)
-            if item is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no live actor is named {request.name[:100]!r}")
-            return pb.GetActorReply(id=item.id, state=item.state, class_name=item.name)
 
     def ListItems(self, request, context):
         with self.lock:

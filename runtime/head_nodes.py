@@ -36,7 +36,7 @@ class NodeService:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node {request.node_id} was removed from "
                               "the cluster (its instance is being stopped or terminated)")
             rec = NodeRecord(request.node_id, request.node_type, request.address, request.is_head,
-                             dict(request.labels), now, now)
+                             dict(request.labels), now, now, call_port=request.call_port)
             if old is not None:
                 rec.outbox = old.outbox
                 old.stream += 1  # the old agent's stream, if still open, stops taking from the outbox

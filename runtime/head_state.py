@@ -149,6 +149,7 @@ class NodeRecord:
     removed: bool = False  # the autoscaler removed it (RemoveNode): its instance is going
     preempt_at: float = 0.0  # > 0: its cloud takes it back then (a notice its heartbeat carried)
     preempt_reason: str = ""
+    call_port: int = 0  # where its agent takes actor calls straight (runtime/direct.py); 0: it does not
 
 
 class Waiter:
@@ -185,7 +186,8 @@ def item_of(item_id: str, spec: pb.WorkSpec, now: float) -> Item:
     item = Item(id=item_id, kind=spec.kind, name=spec.name or spec.kind,
                 request=bundle_sum(bundles) if spec.kind == PG else dict(spec.request.amounts),
                 max_retries=max(spec.max_retries, 0), submitted_at=now, depends_on=set(spec.depends_on),
-                actor_id=spec.actor_id, actor_name=spec.actor_name, pg_id=spec.pg_id,
+                actor_id=spec.actor_id, min_actor_attempt=spec.min_actor_attempt, actor_name=spec.actor_name,
+                pg_id=spec.pg_id,
                 bundle_index=spec.bundle_index if spec.pg_id else -1, bundles=bundles, strategy=spec.strategy,
                 owner_id=spec.owner_id if spec.kind == ACTOR else "", parent_id=spec.parent_id)
     if spec.kind == OBJECT:  # a put value: its payload is its result (on the head's disk once uploaded)

@@ -123,8 +123,8 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
         elif item.kind == CALL:
             if item.actor_id not in self.actors:
                 state = self.state_of(item.actor_id)
-                self._finish(item, FAILED, now, message=f"its actor {item.actor_id} is "
-                             f"{'unknown' if state is None else 'dead (' + state + ')'}")
+                why = {None: "unknown", CANCELLED: "dead (it was killed)"}.get(state, f"dead ({state})")
+                self._finish(item, FAILED, now, message=f"its actor {item.actor_id} is {why}")
                 return
             insort(self.actors[item.actor_id].waiting, (item.seq, item.id))  # its place in line, from now
         if item.pg_id and item.pg_id not in self.groups:

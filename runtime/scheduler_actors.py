@@ -25,7 +25,7 @@ class ActorLines:
             while actor.waiting:
                 seq, call_id = actor.waiting[0]
                 call = self.items[call_id]
-                if call.state != QUEUED:
+                if call.state != QUEUED or call.min_actor_attempt > a.attempt:  # (the latter: the next instance's)
                     break
                 actor.waiting.pop(0)
                 actor.given[call_id] = seq
@@ -33,6 +33,15 @@ class ActorLines:
                 self.dirty.add(call_id)
                 out.append(call)
         return out
+
+    def record_done(self, item: Item, state: str, now: float, node_id: str, result: object, exit_code: int,
+                    message: str) -> None:
+        """A call that ran straight on its actor's node (runtime/direct.py), known here only once done."""
+        self._order += 1
+        item.seq, item.node_id, item.started_at = self._order, node_id, now
+        item.result, item.exit_code = result, exit_code
+        self.items[item.id] = item
+        self._finish(item, state, now, message=message)
 
     def calls_given_on(self, node: Node) -> list[str]:
         """The calls handed to the actors running on the node, in the order they were submitted."""

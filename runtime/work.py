@@ -126,6 +126,7 @@ class Item:
     lent_cpu: float = 0.0  # CPUs it gave back while it waits in a `get` (lend_cpu), to take again after
     seq: int = 0  # submission order (an actor's calls run in it)
     actor_id: str = ""  # call: the actor it runs on
+    min_actor_attempt: int = 0  # call: given to that instance of its actor or a later one only
     actor_name: str = ""  # actor: the name it is found by (get_actor), unique among live actors
     pg_id: str = ""  # runs in this placement group's bundle
     bundle_index: int = -1  # ... that bundle (-1: any of them)

@@ -20,7 +20,7 @@ class Resources(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids", "running", "first")
+    __slots__ = ("node_id", "node_type", "address", "is_head", "total", "labels", "gpu_ids", "running", "first", "call_port")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RegisterNodeRequest(_message.Message):
     GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
+    CALL_PORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_type: str
     address: str
@@ -46,7 +47,8 @@ class RegisterNodeRequest(_message.Message):
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
     running: _containers.RepeatedCompositeFieldContainer[RunningItem]
     first: bool
-    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ..., first: _Optional[bool] = ...) -> None: ...
+    call_port: int
+    def __init__(self, node_id: _Optional[str] = ..., node_type: _Optional[str] = ..., address: _Optional[str] = ..., is_head: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ..., first: _Optional[bool] = ..., call_port: _Optional[int] = ...) -> None: ...
 
 class RunningItem(_message.Message):
     __slots__ = ("id", "attempt")
@@ -87,7 +89,7 @@ class ClusterStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkSpec(_message.Message):
-    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size", "actor_id", "actor_name", "pg_id", "bundle_index", "bundles", "strategy", "owner_id", "parent_id", "runtime_env")
+    __slots__ = ("kind", "name", "request", "payload", "command", "env", "working_dir", "files", "depends_on", "max_retries", "payload_size", "actor_id", "actor_name", "pg_id", "bundle_index", "bundles", "strategy", "owner_id", "parent_id", "runtime_env", "outcome", "min_actor_attempt")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +124,8 @@ class WorkSpec(_message.Message):
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_ENV_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MIN_ACTOR_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     request: Resources
@@ -142,7 +146,9 @@ class WorkSpec(_message.Message):
     owner_id: str
     parent_id: str
     runtime_env: str
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., owner_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., runtime_env: _Optional[str] = ...) -> None: ...
+    outcome: ItemResult
+    min_actor_attempt: int
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., owner_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., runtime_env: _Optional[str] = ..., outcome: _Optional[_Union[ItemResult, _Mapping]] = ..., min_actor_attempt: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("specs", "ids")
@@ -159,7 +165,7 @@ class SubmitReply(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id", "value_size", "stored")
+    __slots__ = ("id", "state", "value", "error", "message", "exit_code", "node_id", "value_size", "stored", "direct")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +175,7 @@ class ItemResult(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     value: bytes
@@ -178,7 +185,8 @@ class ItemResult(_message.Message):
     node_id: str
     value_size: int
     stored: bool
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ..., value_size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
+    direct: WorkSpec
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[bytes] = ..., error: _Optional[bytes] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., node_id: _Optional[str] = ..., value_size: _Optional[int] = ..., stored: _Optional[bool] = ..., direct: _Optional[_Union[WorkSpec, _Mapping]] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
     __slots__ = ("ids", "timeout_s", "num_returns", "submit", "caller_id")
@@ -229,20 +237,26 @@ class KeepAliveReply(_message.Message):
     def __init__(self) -> None: ...
 
 class GetActorRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    id: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class GetActorReply(_message.Message):
-    __slots__ = ("id", "state", "class_name")
+    __slots__ = ("id", "state", "class_name", "call_address", "attempt")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     class_name: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
+    call_address: str
+    attempt: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ..., call_address: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("id", "recursive", "restart")
@@ -568,3 +582,37 @@ class WatchDemandReply(_message.Message):
     demand: _containers.RepeatedCompositeFieldContainer[ShapeDemand]
     groups: _containers.RepeatedCompositeFieldContainer[GroupDemand]
     def __init__(self, fingerprint: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ...) -> None: ...
+
+class CallRequest(_message.Message):
+    __slots__ = ("id", "spec", "actor_attempt", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    spec: WorkSpec
+    actor_attempt: int
+    cancel: bool
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., actor_attempt: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("id", "outcome", "result")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    outcome: str
+    result: ItemResult
+    def __init__(self, id: _Optional[str] = ..., outcome: _Optional[str] = ..., result: _Optional[_Union[ItemResult, _Mapping]] = ...) -> None: ...
+
+class CallRequests(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallRequest]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ...) -> None: ...
+
+class CallReplies(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[CallReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ...) -> None: ...

@@ -25,6 +25,78 @@ if _version_not_supported:
     )
 
 
+class AgentStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Calls = channel.stream_stream(
+                '/launch.runtime.Agent/Calls',
+                request_serializer=runtime_dot_proto_dot_head__pb2.CallRequests.SerializeToString,
+                response_deserializer=runtime_dot_proto_dot_head__pb2.CallReplies.FromString,
+                _registered_method=True)
+
+
+class AgentServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AgentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=runtime_dot_proto_dot_head__pb2.CallRequests.FromString,
+                    response_serializer=runtime_dot_proto_dot_head__pb2.CallReplies.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'launch.runtime.Agent', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('launch.runtime.Agent', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Agent:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/launch.runtime.Agent/Calls',
+            runtime_dot_proto_dot_head__pb2.CallRequests.SerializeToString,
+            runtime_dot_proto_dot_head__pb2.CallReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class HeadStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -1,0 +1,79 @@
+"""The node agent's own service: actor calls straight from their callers (runtime/direct.py).
+
+A caller on the cluster's network sends its calls of an actor to the agent of the actor's node on one stream
+and gets each outcome back on it: two hops instead of four through the head. The service listens where the
+head's does (loopback and the node's private address), behind the same token check: the cluster token, or
+the work credential that tasks and actors have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from runtime.auth import TokenInterceptor
+from runtime.limits import GRPC_OPTIONS
+from runtime.loop_server import LoopServer
+from runtime.proto import head_pb2 as pb
+from runtime.proto import head_pb2_grpc as pb_grpc
+
+DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": no service (every call goes by the head)
+CALL_THREADS = 4  # the service's handlers run on its loop; these are for gRPC's own needs
+REPLY_BATCH = 1000  # answers in one message at most (each is small: a large value is on the head's disk)
+
+
+def enabled() -> bool:
+    return os.environ.get(DIRECT_CALLS_ENV, "1") != "0"
+
+
+class CallService(pb_grpc.AgentServicer):
+    def __init__(self, executor):
+        self.executor = executor
+
+    async def Calls(self, request_iterator, context):
+        """Each call goes into its actor's line as it comes; outcomes go back as they come, in any order."""
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue = asyncio.Queue()
+
+        def reply(message: pb.CallReply) -> None:  # (from the thread that ran the call)
+            loop.call_soon_threadsafe(replies.put_nowait, message)
+
+        async def take() -> None:
+            try:
+                async for requests in request_iterator:
+                    for request in requests.calls:
+                        self.executor.take_direct(request, reply)
+            finally:
+                replies.put_nowait(None)
+
+        taker = asyncio.ensure_future(take())
+        try:
+            while (message := await replies.get()) is not None:
+                batch = [message]
+                while not replies.empty() and len(batch) < REPLY_BATCH:
+                    message = replies.get_nowait()
+                    if message is None:
+                        yield pb.CallReplies(replies=batch)
+                        return
+                    batch.append(message)
+                yield pb.CallReplies(replies=batch)
+        finally:
+            taker.cancel()
+
+
+def serve_calls(executor, token: str, address: str) -> tuple[LoopServer | None, int]:
+    """The service on loopback and `address`, on one free port; (None, 0) where it cannot listen (the
+    callers then go by the head)."""
+    server = LoopServer(CALL_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS)
+    server.add_servicer(pb_grpc.add_AgentServicer_to_server, CallService(executor))
+    port = 0
+    for host in ["127.0.0.1"] + ([address] if address not in ("127.0.0.1", "localhost", "") else []):
+        try:
+            port = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            server.stop(grace=0)
+            return None, 0
+    server.start()
+    return server, port

@@ -1,0 +1,184 @@
+"""Actor calls straight from the caller to the agent of the actor's node (runtime/direct.py), on one real local
+cluster shared by this module: they need no head while they run, keep each caller's order with calls that
+go by the head, give every call an outcome when the actor dies or is killed, and their refs work anywhere.
+
+Nodes: head {CPU 1}; two `cpu` {CPU 2}. The autoscaler is off.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import runtime
+from runtime.client import HeadClient
+from runtime.exceptions import ActorDiedError, TaskCancelledError
+from tests.infra import RunningCluster, local_cluster, node_dir, wait_for
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("direct")
+    data = local_cluster("direct", runtime={"heartbeat_interval_s": 0.2, "node_timeout_s": 1.5},
+                         autoscaler={"enabled": False}, max_workers=2)
+    data["available_node_types"] = {
+        "head": {"resources": {"CPU": 1}, "max_workers": 0},
+        "cpu": {"resources": {"CPU": 2}, "min_workers": 2, "max_workers": 2},
+    }
+    c = RunningCluster(tmp, data)
+    ids = {t: i for i, t in c.node_types().items()}
+    yield {"path": c.path, "home": c.home, "address": c.address, "token": c.token, "head": ids["head"]}
+    c.down()
+
+
+def _head_pid(rt) -> int:
+    node = rt["home"] / "clusters" / "direct" / "local" / "nodes" / rt["head"]
+    return int((node_dir(node) / "pids" / "head.pid").read_text())
+
+
+def _head_items(rt, kind: str) -> dict[str, str]:
+    runtime.wait([], num_returns=0, timeout=0)  # what this driver submitted has reached the head
+    with HeadClient(rt["address"], rt["token"]) as c:
+        return {i.id: i.state for i in c.list_items(kind)}
+
+
+@runtime.remote
+class Log:
+    def __init__(self):
+        self.seen = []
+        self.pid = os.getpid()
+
+    def add(self, x):
+        self.seen.append(x)
+        return len(self.seen)
+
+    def add_all(self, xs):  # (a list of refs: they arrive as refs, nested)
+        self.seen.extend(runtime.get(xs))
+        return len(self.seen)
+
+    def slow(self, seconds: float, started: str = ""):
+        if started:
+            open(started, "w").close()
+        time.sleep(seconds)
+        return "slept"
+
+    def read(self):
+        return list(self.seen)
+
+    def process(self):
+        return self.pid
+
+
+@runtime.remote(num_cpus=0)
+def plus_one(x):
+    return x + 1
+
+
+def _ready(actor) -> None:
+    """The actor placed, and this driver's calls of it sent straight from now on (its first call went the
+    head's way, and is seen done)."""
+    runtime.get(actor.read.remote(), timeout=60)
+
+
+def test_calls_go_straight_to_the_actors_node_and_need_no_head(rt):
+    log = Log.remote()
+    _ready(log)
+    head = _head_pid(rt)
+    os.kill(head, signal.SIGSTOP)
+    try:
+        assert [runtime.get(log.add.remote(i), timeout=10) for i in range(20)] == list(range(1, 21))
+        refs = [log.add.remote(i) for i in range(20, 120)]  # many on the way at once
+        assert runtime.get(refs, timeout=10) == list(range(21, 121))
+    finally:
+        os.kill(head, signal.SIGCONT)
+    # the head records them all once it runs again (the node reports each), so they are listed, and found
+    ids = {r.id for r in refs}
+    wait_for(lambda: ids <= {i for i, s in _head_items(rt, "call").items() if s == "finished"}, timeout=30,
+             what="the calls made straight recorded by the head")
+    runtime.kill(log)
+
+
+def test_a_ref_of_a_call_made_straight_works_anywhere(rt):
+    log, other = Log.remote(), Log.remote()
+    _ready(log)
+    _ready(other)
+    ref = log.add.remote("x")
+    assert runtime.get(plus_one.remote(ref), timeout=30) == 2  # a task is given its value
+    assert runtime.get(other.add_all.remote([log.add.remote("y")]), timeout=30) == 1  # nested, to another actor
+    assert runtime.get(other.read.remote(), timeout=30) == [2]
+    held = runtime.put([ref])  # inside a value
+    assert runtime.get(runtime.get(held)[0], timeout=30) == 1
+    ready, rest = runtime.wait([log.add.remote("z"), plus_one.remote(10)], num_returns=2, timeout=30)
+    assert len(ready) == 2 and rest == [] and sorted(map(str, runtime.get(ready))) == ["11", "3"]
+    runtime.kill(log)
+    runtime.kill(other)
+
+
+def test_one_callers_calls_run_in_order_whichever_way_they_go(rt):
+    log = Log.remote()
+    _ready(log)
+    value = runtime.put(1000)
+    expected, refs = [], []
+    for i in range(60):
+        if i % 7 == 3:  # a ref as an argument of its own: by the head, behind the calls made straight
+            refs.append(log.add.remote(value))
+            expected.append(1000)
+        else:
+            refs.append(log.add.remote(i))
+            expected.append(i)
+    runtime.get(refs, timeout=60)
+    assert runtime.get(log.read.remote(), timeout=30) == expected
+    runtime.kill(log)
+
+
+def test_cancel_and_wait_on_calls_made_straight(rt, tmp_path):
+    log = Log.remote()
+    _ready(log)
+    started = tmp_path / "started"
+    slow = log.slow.remote(3, str(started))
+    queued = log.add.remote("never")
+    wait_for(started.exists, timeout=20, every=0.05, what="the slow call started")
+    assert runtime.cancel(queued) == "cancelled"
+    with pytest.raises(TaskCancelledError):
+        runtime.get(queued, timeout=10)
+    ready, rest = runtime.wait([slow], timeout=0.2)
+    assert ready == [] and rest == [slow]
+    assert runtime.get(slow, timeout=30) == "slept"
+    assert runtime.get(log.read.remote(), timeout=30) == []
+    runtime.kill(log)
+
+
+def test_when_the_actor_dies_each_call_is_failed_or_run_again_as_its_retries_say(rt, tmp_path):
+    log = Log.options(max_restarts=2).remote()
+    _ready(log)
+    pid = runtime.get(log.process.remote(), timeout=30)
+    started = tmp_path / "started"
+    running = log.slow.remote(30, str(started))  # no retries: fails with the process
+    queued = [log.add.remote(i) for i in range(5)]  # never started: run on the next instance
+    retried = log.slow.options(max_task_retries=1).remote(0)
+    wait_for(started.exists, timeout=20, every=0.05, what="the slow call started")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError, match="died"):
+        runtime.get(running, timeout=30)
+    assert runtime.get(queued, timeout=60) == [1, 2, 3, 4, 5]
+    assert runtime.get(retried, timeout=60) == "slept"
+    assert runtime.get(log.process.remote(), timeout=30) != pid
+    runtime.kill(log)
+
+
+def test_calls_of_a_killed_actor_fail_as_through_the_head(rt, tmp_path):
+    log = Log.remote()
+    _ready(log)
+    started = tmp_path / "started"
+    running = log.slow.remote(30, str(started))
+    queued = log.add.remote(1)
+    wait_for(started.exists, timeout=20, every=0.05, what="the slow call started")
+    runtime.kill(log)
+    for ref in (running, queued):
+        with pytest.raises(ActorDiedError, match="killed"):
+            runtime.get(ref, timeout=30)
+    with pytest.raises(ActorDiedError, match="dead"):
+        runtime.get(log.add.remote(2), timeout=30)
