@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.shm import OWNER_FILE, forget_stale_memory, memory_dir
+from runtime.spare import Spare, write_into
 
 MEMORY_SHARE = 0.5
 WRITE_MAX_S = 3600.0  # a temporary file older than this is no write in progress (its writer died)
@@ -82,16 +83,23 @@ def _room(folder: Path) -> bool:
     return total > 0 and (st.f_blocks - st.f_bavail) * st.f_frsize < MEMORY_SHARE * total
 
 
-def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], None]) -> int:
+def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], None], spare: Spare | None = None) -> int:
     """Write a blob with `write(file)`, in memory when there is room, else on disk; then `final` names
-    it. Returns its size. A tmpfs that fills meanwhile: written again, on disk (`write` runs again)."""
+    it. Returns its size. A tmpfs that fills meanwhile: written again, on disk (`write` runs again).
+    `spare`: this process's file made ready ahead in `memory` (runtime/spare.py), used and made again."""
     for where in ([memory] if memory is not None and _room(memory) else []) + [None]:
         folder = where if where is not None else final.parent
         tmp = folder / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
         try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                write(f)
-                size = f.tell()
+            ready = spare.take() if spare is not None and where is not None else None
+            if ready is not None:
+                size = write_into(ready, tmp, write)
+            else:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    write(f)
+                    size = f.tell()
+            if spare is not None and where is not None:
+                spare.refill(size, lambda w=where: _room(w))
             if where is None:
                 os.replace(tmp, final)
             else:

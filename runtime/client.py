@@ -17,6 +17,7 @@ import grpc.experimental
 
 from runtime.auth import call_metadata
 from runtime.blobs import usable_memory_dir, write_blob
+from runtime.spare import Spare
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
@@ -131,10 +132,13 @@ class HeadClient:
         self._sessions_refused = False
         self._blobs: Path | None | bool = None  # the head's blobs folder where this process shares its disk
         self._memory: Path | None = None  # and its memory folder (runtime/blobs.py), if it has one
+        self._spare: Spare | None = None  # a file there made ready for the next large value (runtime/spare.py)
 
     def close(self) -> None:
         self._close_session()
         self._channel.close()
+        if self._spare is not None:
+            self._spare.close()
 
     def __enter__(self) -> HeadClient:
         return self
@@ -326,6 +330,7 @@ class HeadClient:
                 found = Path(st.store_dir) if st.store_dir else None
                 if found is not None and (found / KEY_FILE).read_text().strip() == st.store_key:
                     self._blobs, self._memory = found, usable_memory_dir(found)
+                    self._spare = Spare(self._memory) if self._memory is not None else None
             except (OSError, grpc.RpcError):
                 pass
         return self._blobs or None
@@ -371,7 +376,7 @@ class HeadClient:
         blobs = self.shared_blobs() if fresh else None
         if blobs is not None:
             try:
-                return write_blob(blobs / arg_file(item_id), self._memory, write)
+                return write_blob(blobs / arg_file(item_id), self._memory, write, self._spare)
             except OSError:  # (a full disk): the head's own upload says it, in its words
                 pass
         with tempfile.NamedTemporaryFile(prefix="launch-upload-") as f:  # (0600, removed however this ends)

@@ -162,3 +162,28 @@ def test_a_value_that_cannot_be_pickled_leaves_no_part_of_it(tmp_path):
         assert [p.name for p in store.blobs.iterdir()] == []
     store.close()
     blobs.forget_memory(store.blobs)
+
+
+def test_a_large_value_goes_into_the_spare_made_ready_before_it_and_the_next_is_made(tmp_path, monkeypatch):
+    """A process's large values (runtime/spare.py): the first is written as it comes and leaves a spare of its
+    size behind (allocated, mapped); the next is copied into it, whether it is smaller or larger (the rest
+    written past its end); the spare goes when the process is done with it."""
+    from runtime import spare as spares
+    from tests.infra import wait_for
+
+    monkeypatch.setattr(spares, "SPARE_MIN_BYTES", 1 << 20)
+    store = Store(tmp_path / "state")
+    spare = spares.Spare(store.memory)
+    sizes = [3 << 20, 2 << 20, 5 << 20]
+    for i, size in enumerate(sizes):
+        data = os.urandom(size)
+        had = spare.ready is not None
+        assert blobs.write_blob(store.result_path(f"o-{i}"), store.memory, _write(data), spare) == size
+        assert store.result_path(f"o-{i}").read_bytes() == data and had == (i > 0)
+        wait_for(lambda: spare.ready is not None, timeout=10, every=0.01, what="the next spare made ready")
+        assert spare.ready[0].stat().st_size == size
+    spare_file = spare.ready[0]
+    spare.close()
+    assert not spare_file.exists() and len([p for p in store.memory.iterdir() if p.name.startswith(".spare")]) == 0
+    store.close()
+    blobs.forget_memory(store.blobs)

@@ -78,9 +78,12 @@ def plus_one(x):
 
 
 def _ready(actor) -> None:
-    """The actor placed, and this driver's calls of it sent straight from now on (its first call went the
-    head's way, and is seen done)."""
+    """The actor placed, and this driver's calls of it sent straight from now on: its first call went the
+    head's way (the actor was not placed yet), and is seen done; the second asked the head where it is."""
     runtime.get(actor.read.remote(), timeout=60)
+    second = actor.read.remote()
+    runtime.get(second, timeout=60)
+    assert second._direct is not None
 
 
 def test_calls_go_straight_to_the_actors_node_and_need_no_head(rt):
@@ -182,3 +185,25 @@ def test_calls_of_a_killed_actor_fail_as_through_the_head(rt, tmp_path):
             runtime.get(ref, timeout=30)
     with pytest.raises(ActorDiedError, match="dead"):
         runtime.get(log.add.remote(2), timeout=30)
+
+
+def test_a_node_agent_killed_under_calls_made_straight_loses_none(rt, tmp_path):
+    """kill -9 of the agent of the actor's node: the calls' stream breaks, and each call on it counts as died
+    (it may have run): run again on the actor's next instance while its retries allow, else ActorDiedError
+    (Ray's at-most-once). Calls made after run on the next instance."""
+    log = Log.options(max_restarts=1).remote()
+    _ready(log)
+    pid = runtime.get(log.process.remote(), timeout=30)
+    started = tmp_path / "started"
+    running = log.slow.options(max_task_retries=1).remote(2, str(started))
+    after = [log.add.remote(i) for i in range(3)]
+    wait_for(started.exists, timeout=20, every=0.05, what="the slow call started")
+    agent = int(open(f"/proc/{pid}/stat").read().split(") ")[1].split()[1])  # the actor's process's parent
+    os.kill(agent, signal.SIGKILL)
+    assert runtime.get(running, timeout=90) == "slept"
+    for ref in after:
+        with pytest.raises(ActorDiedError, match="died"):
+            runtime.get(ref, timeout=60)
+    assert runtime.get(log.process.remote(), timeout=30) != pid
+    assert runtime.get(log.add.remote("next"), timeout=30) == 1
+    runtime.kill(log)

@@ -820,3 +820,28 @@ def test_a_large_cluster_beats_less_often_and_is_given_the_time_to(head):
         servicer.clock = lambda: now + beats * 2.5 + 0.2
         assert "n0" in servicer.mark_dead_nodes()
         servicer.clock = time.time
+
+
+def test_a_call_made_straight_is_recorded_once_whether_its_node_or_its_caller_tells_first(head):
+    """A call sent straight to its actor's node (runtime/direct.py) reaches the head twice: in its node's report
+    (with what it was) and from its caller before its ref leaves that process. Either may come first; the
+    first is recorded, the second changes nothing; a task may then depend on it."""
+    address, _ = head
+    with HeadClient(address, TOKEN) as c:
+        _register(c)
+        actor = c.submit_many([pb.WorkSpec(kind="actor", name="A", payload=b"x")], ["a-1"])[0]
+        spec = pb.WorkSpec(kind="call", name="A.f", actor_id=actor)
+        first = pb.ItemResult(id="c-1", state="finished", value=b"one", node_id="n1", direct=spec)
+        c.report("n1", [first])
+        c.submit_many([pb.WorkSpec(kind="call", name="A.f", actor_id=actor,
+                                   outcome=pb.ItemResult(id="c-1", state="finished", value=b"other"))], ["c-1"])
+        c.submit_many([pb.WorkSpec(kind="call", name="A.f", actor_id=actor,
+                                   outcome=pb.ItemResult(id="c-2", state="failed", message="its actor died"))], ["c-2"])
+        c.report("n1", [pb.ItemResult(id="c-2", state="finished", value=b"late", node_id="n1", direct=spec)])
+        done = {r.id: r for r in c.get_results(["c-1", "c-2"], timeout_s=5)}
+        assert done["c-1"].value == b"one" and done["c-2"].state == "failed"
+        calls = {i.id: i for i in c.list_items("call")}
+        assert calls["c-1"].state == "finished" and calls["c-1"].node_id == "n1" and calls["c-2"].state == "failed"
+        with pytest.raises(grpc.RpcError) as e:  # the id is taken: a submission of it as new work is refused
+            c.submit_many([pb.WorkSpec(kind="call", name="A.f", actor_id=actor)], ["c-1"])
+        assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
