@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from core.entry_points import TUNNEL
 from runtime import holding, pickling
 from runtime.exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError, TaskCancelledError, TaskError,
                                 error_for)  # noqa: F401 (the API's)
-from runtime.limits import INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
+from runtime.limits import HOLD_BATCH, INLINE_BYTES, MAX_OBJECT_BYTES, MAX_REPLY_BYTES, STORE_FULL, too_large
 
 DEFAULT_MAX_RETRIES = 3
 # The task or actor call this code runs in (set by the worker for each; "" on a driver): an actor that runs
@@ -51,20 +52,24 @@ class ObjectRef:
     # _result: the result a `wait` brought back for this ref, so that a `get` of it fetches nothing again;
     # _local: (a value this process put) its pickle, or WRITTEN_HERE: its file on the head's disk, which
     # this process wrote, so that its `get` asks the head nothing (Ray's owner reads its own values too);
-    # _direct: (an actor call sent straight to its node, runtime/direct.py) the call, whose answer comes here.
-    # They stay with this object (a ref sent to a task travels without them).
-    __slots__ = ("id", "_result", "_local", "_direct", "__weakref__")
+    # _direct: (an actor call sent straight to its node, runtime/direct.py) the call, whose answer comes here;
+    # _owned: (a value this process put) whether its ref left this process: if not, the value is freed once
+    # this object is gone (_Owned). They stay with this object (a ref sent to a task travels without them).
+    __slots__ = ("id", "_result", "_local", "_direct", "_owned", "__weakref__")
 
     def __init__(self, id: str):
         self.id = id
         self._result = None
         self._local = None
         self._direct = None
+        self._owned = None
         holding.LIVE.add(self)  # its value is kept on the head while this ref lives (runtime/holding.py)
 
     def __reduce__(self):
         if self._direct is not None:  # leaving this process: the head gets the call's outcome first
             _connection().direct_calls().hand_over(self._direct)
+        if self._owned is not None:  # another process may ask for it: kept as the head keeps values
+            self._owned.passed_on = True
         return ObjectRef, (self.id,)
 
     def __repr__(self) -> str:
@@ -81,6 +86,34 @@ class ObjectRef:
         import asyncio
 
         return asyncio.get_running_loop().run_in_executor(None, get, self).__await__()
+
+
+class _Owned:
+    """A value this process put: freed with its ref, as Ray frees an object with its last reference, unless the
+    ref was passed on (pickled: into a task's or an actor call's arguments, or into another value)."""
+
+    __slots__ = ("id", "passed_on")
+
+    def __init__(self, item_id: str):
+        self.id, self.passed_on = item_id, False
+
+    def gone(self) -> None:
+        """(the ref collected: any thread, in the middle of anything) Its id waits for the next submission."""
+        if not self.passed_on:
+            _RELEASED.append(self.id)
+
+
+_RELEASED: list[str] = []  # values to free, sent with the next submission that carries every pending one
+_released_lock = threading.Lock()  # (taken by senders only: `gone` appends without it, as a collection may
+#                                     run while a sender holds it)
+
+
+def _take_released() -> list[str]:
+    with _released_lock:
+        n = min(len(_RELEASED), HOLD_BATCH)
+        ids = _RELEASED[:n]
+        del _RELEASED[:n]
+        return ids
 
 
 class ObjectRefGenerator:
@@ -216,13 +249,15 @@ class _Connection:
         with self.cond:  # went with a `get` when the head went away: it may have taken them
             sent_before = any(i in self.maybe_sent for i in ids)
             self.maybe_sent.difference_update(ids)
+            # (only with a batch of everything pending: a value is freed after its own submission, never before)
+            released = _take_released() if not self.pending else []
 
         def send():
             nonlocal sent_before
             pause, give_up = 0.2, deadline or time.monotonic() + HEAD_RETURN_S
             while True:
                 try:
-                    return self.client.submit_many(specs, ids)
+                    return self.client.submit_many(specs, ids, released)
                 except grpc.RpcError as e:
                     # sent again after the head came back: it had taken the batch (all or nothing) before
                     if e.code() == grpc.StatusCode.ALREADY_EXISTS and sent_before:
@@ -255,7 +290,8 @@ class _Connection:
         if batch is not None:
             try:
                 return self.client.get_results(ids, timeout, num_returns, submit=pb.SubmitRequest(
-                    specs=[spec for _, spec in batch], ids=[i for i, _ in batch]), caller_id=_caller())
+                    specs=[spec for _, spec in batch], ids=[i for i, _ in batch], released=_take_released()),
+                    caller_id=_caller())
             except HeadUnavailable:
                 with self.cond:  # sent again first, before anything submitted after it
                     self.pending[:0] = batch
@@ -742,6 +778,8 @@ def put(value) -> ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
     payload = pickled(value, "put")
     ref = ObjectRef(_submit("object", "put", {}, payload, [], 0, "o"))
+    ref._owned = _Owned(ref.id)
+    weakref.finalize(ref, ref._owned.gone)
     if callable(payload):
         ref._local = WRITTEN_HERE if _connection().client.shared_blobs() is not None else None
     elif len(payload) <= LOCAL_BYTES:

@@ -165,9 +165,11 @@ class HeadClient:
     def submit(self, spec: pb.WorkSpec) -> str:
         return self.submit_many([spec])[0]
 
-    def submit_many(self, specs: list[pb.WorkSpec], ids: list[str] | None = None) -> list[str]:
-        reply = self._stub.Submit(pb.SubmitRequest(specs=specs, ids=ids or []), metadata=self._md,
-                                  timeout=self.timeout_s)
+    def submit_many(self, specs: list[pb.WorkSpec], ids: list[str] | None = None,
+                    released: list[str] | None = None) -> list[str]:
+        """`released`: values this client put and dropped without passing them on (freed after these specs)."""
+        reply = self._stub.Submit(pb.SubmitRequest(specs=specs, ids=ids or [], released=released or []),
+                                  metadata=self._md, timeout=self.timeout_s)
         return list(reply.ids)
 
     def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0,

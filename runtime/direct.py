@@ -41,7 +41,8 @@ DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": every call goes by the head
 CONNECT_S = 2.0  # an agent not reached within this is not tried again for UNREACHABLE_S (calls go by the head)
 UNREACHABLE_S = 60.0
 REQUEST_BATCH = 1000  # calls in one message at most (and about INLINE_BYTES of them)
-NO_PLACE_S = 1.0  # an actor the head says is placed where calls cannot go straight: asked again after this
+NO_PLACE_S = 1.0
+PROBE_S, PROBE_IDS = 1.0, 1000  # calls sent by the head and not seen done: the head asked about them this often  # an actor the head says is placed where calls cannot go straight: asked again after this
 # a stream whose peer went silent (its machine gone) breaks after these: its calls count as died
 KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
 
@@ -69,6 +70,7 @@ class Route:
         self.place: tuple[str, int] | None = None  # (the agent's host:port, the instance's attempt)
         self.no_place_until = 0.0
         self.head_pending: set[str] = set()  # sent the head's way, not seen done here yet
+        self.probed = time.monotonic()  # when the head was last asked which of those are done
         self.inflight: OrderedDict[str, Pending] = OrderedDict()  # sent straight, not answered yet
 
 
@@ -153,6 +155,8 @@ class DirectCalls:
         value (not several, not a stream)."""
         route = self._route(actor_id)
         with route.lock:
+            if route.head_pending and self.on and time.monotonic() - route.probed > PROBE_S:
+                self._probe(route)
             straight = (self.on and plain and not deps and isinstance(payload, bytes) and len(payload) <= INLINE_BYTES
                         and not route.head_pending)
             stream = self._stream_for(route) if straight else None
@@ -169,6 +173,18 @@ class DirectCalls:
             item_id = self.submit("call", name, {}, payload, deps, retries, "c", actor_id=actor_id)
             self._sent_by_head(route, item_id)
             return item_id, None
+
+    def _probe(self, route: Route) -> None:
+        """(under route.lock) Calls sent by the head that this process never looked at again (their refs
+        dropped, or not gotten yet): the head says which are done, so they hold the next ones back no more."""
+        route.probed = time.monotonic()
+        ids = sorted(route.head_pending)[:PROBE_IDS]
+        self.conn.settle()
+        try:
+            done = self.conn.client.get_results(ids, 0)
+        except grpc.RpcError:  # (one refused, or the head away: asked again later)
+            return
+        self.seen_done([r.id for r in done])
 
     def _sent_by_head(self, route: Route, item_id: str) -> None:
         """(under route.lock)"""

@@ -148,6 +148,27 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, DirectCa
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"placement group {spec.name!r}: {problem}")
 
     def _submit(self, request, context) -> list[str]:
+        ids = self._submit_specs(request, context)
+        if request.released:
+            self._free_released(list(request.released), context)
+        return ids
+
+    def _free_released(self, ids: list[str], context) -> None:
+        """Values their client put and no longer refers to, never passed on: freed now (after the specs that
+        came with them, which may be theirs)."""
+        if len(ids) > HOLD_BATCH or not all(ID_PATTERN.fullmatch(i) for i in ids):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"released: at most {HOLD_BATCH} item ids")
+        with self.lock:
+            for item_id in ids:
+                item = self.sched.items.get(item_id)
+                if item is not None and item.kind == OBJECT and item.state in DONE_STATES:
+                    self.sched.forget(item_id)
+            try:
+                self.store.free(ids)
+            except STORE_ERRORS as e:  # (a full disk): kept until their retention ends
+                self._store_failed(e)
+
+    def _submit_specs(self, request, context) -> list[str]:
         specs, given = list(request.specs), list(request.ids)
         self._check_specs(specs, given, context)
         if given and any(spec.HasField("outcome") for spec in specs):  # calls that ran straight (runtime/direct.py)

@@ -79,7 +79,7 @@ class ResultWaiting:
     def _begin_get(self, request, busy: bool, wake) -> tuple[list[str], list[str], Waiter, bool]:
         """(a step) Submits what came with the get, refuses unknown ids, and registers a Waiter for the
         live items unless the get will not wait (busy, or no time to)."""
-        if request.submit.specs:
+        if request.submit.specs or request.submit.released:
             self._submit(request.submit, REFUSALS)
         ids = list(dict.fromkeys(request.ids))
         with self.lock:

@@ -291,6 +291,19 @@ class Store:
                 drop_blob(p)
         return len(expired)
 
+    def free(self, ids: list[str]) -> list[str]:
+        """Values (done objects) nobody can ask for any more, with their files: gone now, not at the end of
+        their retention. Returns those it had."""
+        found = [t[0] for t in self._by_ids("id, kind, finished_at", ids) if t[1] == "object" and t[2] > 0]
+        with self._tx():
+            for chunk in _chunks(found):
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                self.db.execute(f"DELETE FROM held WHERE id IN ({marks})", chunk)
+        for item_id in found:
+            drop_blob(self.result_path(item_id))
+        return found
+
     def tend_memory(self, now: float) -> None:
         """(no lock needed: it touches no blob a submit or a sweep may use) The memory folder renewed, and
         hourly, its files no blob names that are over WRITE_MAX_S old removed."""

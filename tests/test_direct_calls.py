@@ -207,3 +207,19 @@ def test_a_node_agent_killed_under_calls_made_straight_loses_none(rt, tmp_path):
     assert runtime.get(log.process.remote(), timeout=30) != pid
     assert runtime.get(log.add.remote("next"), timeout=30) == 1
     runtime.kill(log)
+
+
+def test_calls_by_the_head_never_gotten_do_not_hold_the_next_back_for_long(rt):
+    """Calls that went by the head and whose refs were dropped: the head is asked which are done (once a second
+    at most), and calls go straight again after them, in order."""
+    log = Log.remote()
+    _ready(log)
+    value = runtime.put(1)
+    for _ in range(3):
+        log.add.remote(value)  # by the head (a ref as an argument), never gotten
+    made = []
+    wait_for(lambda: made.append(log.add.remote(0)) or made[-1]._direct is not None, timeout=20, every=0.1,
+             what="calls going straight again")
+    seen = runtime.get(log.read.remote(), timeout=30)
+    assert seen == [1, 1, 1] + [0] * len(made)
+    runtime.kill(log)

@@ -320,6 +320,29 @@ def test_a_large_put_value_is_kept_in_memory_and_read_back_by_its_owner_alone(rt
         os.kill(head, signal.SIGCONT)
 
 
+def test_a_put_value_is_freed_with_its_last_ref_unless_it_was_passed_on(rt):
+    """As Ray frees an object with its last reference: values this driver put and dropped, never passing their
+    refs on, are gone from the head (and the large one's memory) with the next submission; one whose ref went
+    into a task stays for whoever else may hold it."""
+    import gc
+    from pathlib import Path
+
+    from runtime.client import HeadClient
+
+    dropped = [runtime.put(os.urandom(3 << 20)), runtime.put({"small": 1})]
+    passed = runtime.put(b"passed on")
+    assert runtime.get(digest.remote(passed), timeout=60)[1]
+    memory_file = os.readlink(Path(_state(rt).store_dir) / f"res.{dropped[0].id}")
+    gone_ids, kept_id = [r.id for r in dropped], passed.id
+    del dropped, passed
+    gc.collect()
+    runtime.get(digest.remote(b"x"), timeout=60)  # a submission: it carries the ids
+    with HeadClient(rt["address"], rt["token"]) as c:
+        listed = {i.id for i in c.list_items("object")}
+    assert kept_id in listed and not set(gone_ids) & listed
+    assert not os.path.exists(memory_file)
+
+
 def test_a_large_put_value_from_off_the_heads_machine_is_uploaded_in_chunks(rt, monkeypatch):
     """A driver that does not share the head's disk (a node elsewhere): the value is pickled into a private
     temporary file, uploaded in chunks, and kept by the head; the driver reads it back from the head."""

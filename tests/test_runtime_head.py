@@ -675,9 +675,9 @@ def test_a_program_submitting_while_the_disk_is_full_waits_for_room_and_loses_no
         sends = collections.Counter()
         submit_many = client.submit_many
 
-        def counted(specs, ids=None):
+        def counted(specs, ids=None, released=None):
             sends["calls"] += 1
-            return submit_many(specs, ids)
+            return submit_many(specs, ids, released)
 
         monkeypatch.setattr(client, "submit_many", counted)
         filler = fill()

@@ -151,12 +151,14 @@ class WorkSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., request: _Optional[_Union[Resources, _Mapping]] = ..., payload: _Optional[bytes] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., payload_size: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_name: _Optional[str] = ..., pg_id: _Optional[str] = ..., bundle_index: _Optional[int] = ..., bundles: _Optional[_Iterable[_Union[Resources, _Mapping]]] = ..., strategy: _Optional[str] = ..., owner_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., runtime_env: _Optional[str] = ..., outcome: _Optional[_Union[ItemResult, _Mapping]] = ..., min_actor_attempt: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("specs", "ids")
+    __slots__ = ("specs", "ids", "released")
     SPECS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     specs: _containers.RepeatedCompositeFieldContainer[WorkSpec]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, specs: _Optional[_Iterable[_Union[WorkSpec, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    released: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, specs: _Optional[_Iterable[_Union[WorkSpec, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("ids",)
