@@ -19,6 +19,9 @@ from runtime.proto import head_pb2_grpc as pb_grpc
 
 DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": no service (every call goes by the head)
 CALL_THREADS = 4  # the service's handlers run on its loop; these are for gRPC's own needs
+# Callers ping their stream to find a node gone silent, also while a long call runs and nothing else moves:
+# gRPC's default would answer such pings with GOAWAY after two, breaking the stream (and the calls on it).
+PINGS_ALLOWED = [("grpc.http2.max_ping_strikes", 0), ("grpc.keepalive_permit_without_calls", 1)]
 REPLY_BATCH = 1000  # answers in one message at most (each is small: a large value is on the head's disk)
 
 
@@ -64,7 +67,7 @@ class CallService(pb_grpc.AgentServicer):
 def serve_calls(executor, token: str, address: str) -> tuple[LoopServer | None, int]:
     """The service on loopback and `address`, on one free port; (None, 0) where it cannot listen (the
     callers then go by the head)."""
-    server = LoopServer(CALL_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS)
+    server = LoopServer(CALL_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS + PINGS_ALLOWED)
     server.add_servicer(pb_grpc.add_AgentServicer_to_server, CallService(executor))
     port = 0
     for host in ["127.0.0.1"] + ([address] if address not in ("127.0.0.1", "localhost", "") else []):

@@ -40,20 +40,24 @@ from runtime.proto import head_pb2_grpc as pb_grpc
 DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": every call goes by the head
 CONNECT_S = 2.0  # an agent not reached within this is not tried again for UNREACHABLE_S (calls go by the head)
 UNREACHABLE_S = 60.0
+RESUMES = 3  # a call asked for again on this many new streams, all of which broke, counts as died
 REQUEST_BATCH = 1000  # calls in one message at most (and about INLINE_BYTES of them)
 NO_PLACE_S = 1.0
 PROBE_S, PROBE_IDS = 1.0, 1000  # calls sent by the head and not seen done: the head asked about them this often  # an actor the head says is placed where calls cannot go straight: asked again after this
-# a stream whose peer went silent (its machine gone) breaks after these: its calls count as died
-KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+# a stream whose peer went silent (its machine gone) breaks after these: its calls count as died. Pinged
+# while no data moves too (a call running for minutes), which the agent allows (runtime/agent_calls.py).
+KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+             ("grpc.http2.max_pings_without_data", 0)]
 
 
 class Pending:
     """A call sent straight: its outcome once this process has it (`result`), or `moved`: sent the head's way."""
 
-    __slots__ = ("id", "spec", "route", "attempt", "event", "result", "moved", "adopted")
+    __slots__ = ("id", "spec", "route", "attempt", "event", "result", "moved", "adopted", "resumes")
 
     def __init__(self, item_id: str, spec: pb.WorkSpec, route: Route, attempt: int):
         self.id, self.spec, self.route, self.attempt = item_id, spec, route, attempt  # (attempt: the instance's)
+        self.resumes = 0  # how often it was asked for again on a new stream
         self.event = threading.Event()
         self.result: pb.ItemResult | None = None
         self.moved = False
@@ -224,6 +228,11 @@ class DirectCalls:
                 return stream
             if self.unreachable.get(address, 0.0) > time.monotonic():
                 return None
+        return self._connect(address)
+
+    def _connect(self, address: str) -> _Stream | None:
+        """A new stream to an agent; None if it does not answer within CONNECT_S (then not tried again for
+        UNREACHABLE_S)."""
         channel = grpc.insecure_channel(address, options=GRPC_OPTIONS + KEEPALIVE)
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_S)
@@ -301,15 +310,23 @@ class DirectCalls:
                     f"refused it again: {e.details()}"))
 
     def stream_broken(self, stream: _Stream) -> None:
-        """The agent is gone (or the stream failed): every call on it not answered counts as died."""
+        """The stream failed. If its agent answers again, the calls on it not answered are asked for on a new
+        stream (the agent runs them on, and keeps the latest answers); if not (its node or agent is gone),
+        each counts as died."""
         stream.broken = True
         with self.lock:
             if self.streams.get(stream.address) is stream:
                 del self.streams[stream.address]
         stream.channel.close()
-        for pending in list(stream.calls.values()):
-            stream.calls.pop(pending.id, None)
-            self.answered(pending, "died", None, broken=True)
+        left = list(stream.calls.values())
+        stream.calls.clear()
+        again = self._connect(stream.address) if left and not self.closed else None
+        for pending in left:
+            pending.resumes += 1
+            if again is not None and pending.resumes <= RESUMES:
+                again.send(pb.CallRequest(id=pending.id, resume=True), pending)
+            else:
+                self.answered(pending, "died", None, broken=True)
 
     # --- a ref of a call sent straight ---------------------------------------------------------------
 

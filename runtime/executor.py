@@ -71,6 +71,8 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.reporting: set[tuple[str, int]] = set()  # done, its report on the way to the agent
         self.actors: dict[str, ActorInstance] = {}  # actor id -> its instance here
         self.direct: dict[str, tuple] = {}  # a call sent straight here, in line or running -> (reply, its spec)
+        self.direct_done: OrderedDict[str, pb.ItemResult] = OrderedDict()  # (runtime/executor_actors.py)
+        self.direct_done_bytes = 0
         self.preempting = False  # the node's cloud gave notice (preempted)
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task

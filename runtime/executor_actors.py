@@ -18,6 +18,8 @@ ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 # so a call that its caller sends the head's way after a refusal is another item here.
 DIRECT = -1
 Reply = Callable[[pb.CallReply], None]
+# answers of calls sent straight, kept for a caller whose stream broke before it had them (the latest, at most)
+DIRECT_DONE_KEPT, DIRECT_DONE_BYTES = 10_000, 64 << 20
 
 
 class ActorRunning:
@@ -188,6 +190,15 @@ class ActorRunning:
             if queued:
                 self.cancel(req.id)
             return
+        if req.resume:  # its caller's stream broke: the outcome goes to the new one
+            with self.lock:
+                if req.id in self.direct:
+                    self.direct[req.id] = (reply, self.direct[req.id][1])
+                    return
+                done = self.direct_done.get(req.id)
+            reply(pb.CallReply(id=req.id, outcome="done", result=done) if done is not None else
+                  pb.CallReply(id=req.id, outcome="refused"))
+            return
         call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT)
         with self.lock:
             inst = self.actors.get(req.spec.actor_id)
@@ -216,14 +227,20 @@ class ActorRunning:
     def _direct_done(self, result: pb.ItemResult) -> pb.ItemResult | None:
         """(a call sent straight, done) Its caller gets the outcome now; the head gets it with the call's spec
         (without its payload), which it may not know. None: nobody waits for it (it was over already)."""
-        with self.lock:
-            found = self.direct.pop(result.id, None)
-        if found is None:
-            return None
-        reply, spec = found
         if result.state not in ("finished", "failed", "cancelled"):  # (lost: it ran; its result was not kept)
             result = pb.ItemResult(id=result.id, state="failed", message=result.message, exit_code=result.exit_code)
         result.node_id = self.node_id
+        with self.lock:
+            found = self.direct.pop(result.id, None)
+            if found is not None:  # kept a while: an answer lost with its stream is asked for again (resume)
+                self.direct_done[result.id] = result
+                self.direct_done_bytes += result.ByteSize()
+                while self.direct_done and (len(self.direct_done) > DIRECT_DONE_KEPT
+                                            or self.direct_done_bytes > DIRECT_DONE_BYTES):
+                    self.direct_done_bytes -= self.direct_done.popitem(last=False)[1].ByteSize()
+        if found is None:
+            return None
+        reply, spec = found
         reply(pb.CallReply(id=result.id, outcome="done", result=result))
         report = pb.ItemResult()
         report.CopyFrom(result)

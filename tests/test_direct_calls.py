@@ -16,7 +16,7 @@ import pytest
 import runtime
 from runtime.client import HeadClient
 from runtime.exceptions import ActorDiedError, TaskCancelledError
-from tests.infra import RunningCluster, local_cluster, node_dir, wait_for
+from tests.infra import ROOT, RunningCluster, local_cluster, node_dir, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -222,4 +222,48 @@ def test_calls_by_the_head_never_gotten_do_not_hold_the_next_back_for_long(rt):
              what="calls going straight again")
     seen = runtime.get(log.read.remote(), timeout=30)
     assert seen == [1, 1, 1] + [0] * len(made)
+    runtime.kill(log)
+
+
+def test_a_long_call_outlives_the_pings_on_its_quiet_stream(rt, tmp_path):
+    """A caller pings its stream to notice a node gone silent, also while one long call runs and nothing
+    moves (here every second): the agent bears the pings, the stream stays up, the call is answered."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "long_call.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from runtime import direct
+direct.KEEPALIVE = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 2000),
+                    ("grpc.http2.max_pings_without_data", 0)]
+import runtime
+from tests.test_direct_calls import Log, _ready
+runtime.init(address={rt["address"]!r}, token={rt["token"]!r})
+log = Log.remote()
+_ready(log)
+print(runtime.get(log.slow.remote(5), timeout=30))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "slept", out.stderr[-2000:]
+
+
+def test_a_stream_that_breaks_while_its_agent_lives_loses_no_answer_and_runs_nothing_twice(rt, tmp_path):
+    """The caller's stream to the actor's node breaks (here: cut from the caller's side) while a call runs,
+    others wait in line and some are answered: the caller opens a new stream and asks for each call not
+    answered; the agent, which ran on, answers them there (the latest answers are kept for that)."""
+    from runtime import api
+
+    log = Log.remote()
+    _ready(log)
+    started = tmp_path / "started"
+    running = log.slow.remote(2, str(started))
+    queued = [log.add.remote(i) for i in range(5)]
+    wait_for(started.exists, timeout=20, every=0.05, what="the slow call started")
+    for stream in list(api._connection().direct_calls().streams.values()):
+        stream.replies.cancel()  # the stream breaks; the agent runs on
+    assert runtime.get(running, timeout=30) == "slept"
+    assert runtime.get(queued, timeout=30) == [1, 2, 3, 4, 5]
+    assert runtime.get(log.read.remote(), timeout=30) == [0, 1, 2, 3, 4]  # each run once
     runtime.kill(log)

@@ -586,16 +586,18 @@ class WatchDemandReply(_message.Message):
     def __init__(self, fingerprint: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ShapeDemand, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupDemand, _Mapping]]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("id", "spec", "actor_attempt", "cancel")
+    __slots__ = ("id", "spec", "actor_attempt", "cancel", "resume")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: WorkSpec
     actor_attempt: int
     cancel: bool
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., actor_attempt: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+    resume: bool
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[WorkSpec, _Mapping]] = ..., actor_attempt: _Optional[int] = ..., cancel: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("id", "outcome", "result")
