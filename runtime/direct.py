@@ -273,10 +273,12 @@ class DirectCalls:
                 pending.result = result
             else:
                 route.place = None  # the instance it was sent to is over there: ask the head again
-                if outcome == "refused":  # never run: the head's way, at no cost
-                    self._move(route, pending, pending.spec.max_retries)
+                if outcome == "refused":  # never run: the head's way, at no cost (to that instance if it was
+                    # not there yet, else to the next)
+                    over = result is not None and result.message == "over"
+                    self._move(route, pending, pending.spec.max_retries, after=pending.attempt + 1 if over else 0)
                 elif pending.spec.max_retries > 0:  # died: run again while its retries allow
-                    self._move(route, pending, pending.spec.max_retries - 1, broken)
+                    self._move(route, pending, pending.spec.max_retries - 1, pending.attempt + 1, broken)
                 else:
                     why = (result.message if result is not None and result.message else "died")
                     pending.result = pb.ItemResult(id=pending.id, state="failed", message=(
@@ -286,14 +288,15 @@ class DirectCalls:
         with self.done:
             self.done.notify_all()
 
-    def _move(self, route: Route, pending: Pending, retries: int, maybe_known: bool = False) -> None:
-        """(under route.lock) A call sent straight goes the head's way, behind what this process sent before.
-        `maybe_known`: its node may have reported it done before it went silent; then it is submitted alone
-        (after what is queued), and the head's 'used twice' means that it has it."""
+    def _move(self, route: Route, pending: Pending, retries: int, after: int, maybe_known: bool = False) -> None:
+        """(under route.lock) A call sent straight goes the head's way, behind what this process sent before,
+        to instance `after` of its actor or a later one (not to one that is over, which the head may not know
+        yet). `maybe_known`: its node may have reported it done before it went silent; then it is submitted
+        alone (after what is queued), and the head's 'used twice' means that it has it."""
         spec = pb.WorkSpec()
         spec.CopyFrom(pending.spec)
         spec.max_retries = retries
-        spec.min_actor_attempt = pending.attempt + 1  # not to the instance that is over, if the head still has it
+        spec.min_actor_attempt = after
         pending.moved = True
         self._sent_by_head(route, pending.id)
         if not maybe_known:

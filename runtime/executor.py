@@ -73,6 +73,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         self.direct: dict[str, tuple] = {}  # a call sent straight here, in line or running -> (reply, its spec)
         self.direct_done: OrderedDict[str, pb.ItemResult] = OrderedDict()  # (runtime/executor_actors.py)
         self.direct_done_bytes = 0
+        self.actors_ended: OrderedDict[str, int] = OrderedDict()  # actor id -> its latest instance that ended here
         self.preempting = False  # the node's cloud gave notice (preempted)
         # an item runs on a thread of its own while it runs (a job, a task waiting on its worker); threads
         # are reused: starting one per item costs more than a trivial task

@@ -18,6 +18,8 @@ ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 # so a call that its caller sends the head's way after a refusal is another item here.
 DIRECT = -1
 Reply = Callable[[pb.CallReply], None]
+OVER = "over"  # a refusal's word: the instance named ended here (not: it has not arrived yet)
+ACTORS_ENDED_KEPT = 10_000  # the latest instances that ended here, by actor (to tell a refusal which it is)
 # answers of calls sent straight, kept for a caller whose stream broke before it had them (the latest, at most)
 DIRECT_DONE_KEPT, DIRECT_DONE_BYTES = 10_000, 64 << 20
 
@@ -174,8 +176,11 @@ class ActorRunning:
                     for c in inst.calls:
                         self.given.discard((c.item_id, c.attempt))
                     self._direct_over(inst.running.values(), "died", "was killed" if killed else "died")
-                    self._direct_over(inst.calls, "refused")
+                    self._direct_over(inst.calls, "refused", OVER)
                     inst.calls.clear()
+                self.actors_ended[a.item_id] = a.attempt
+                if len(self.actors_ended) > ACTORS_ENDED_KEPT:
+                    self.actors_ended.popitem(last=False)
         self._done(a, result)
 
     # --- calls straight from their callers (runtime/direct.py) --------------------------------------
@@ -200,9 +205,10 @@ class ActorRunning:
                   pb.CallReply(id=req.id, outcome="refused"))
             return
         call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT)
+        actor_id, attempt = req.spec.actor_id, req.actor_attempt
         with self.lock:
-            inst = self.actors.get(req.spec.actor_id)
-            taken = (inst is not None and inst.assignment.attempt == req.actor_attempt and req.id not in self.direct
+            inst = self.actors.get(actor_id)
+            taken = (inst is not None and inst.assignment.attempt == attempt and req.id not in self.direct
                      and not self.preempting)
             if taken:
                 with inst.cond:
@@ -212,8 +218,12 @@ class ActorRunning:
                         self.direct[req.id] = (reply, req.spec)
                         inst.calls.append(call)
                         inst.cond.notify_all()
+            # (refused) whether that instance is over here, or has not arrived yet (the head placed it a moment
+            # ago): its caller sends the call on to the next instance, or to that one, by the head
+            over = not taken and ((inst is not None and (inst.assignment.attempt > attempt or inst.stopped))
+                                  or self.actors_ended.get(actor_id, -1) >= attempt)
         if not taken:
-            reply(pb.CallReply(id=req.id, outcome="refused"))
+            reply(pb.CallReply(id=req.id, outcome="refused", result=pb.ItemResult(message=OVER if over else "")))
 
     def _direct_over(self, calls, outcome: str, why: str = "") -> None:
         """(under self.lock) These calls' callers, for those sent straight, hear that they were not run

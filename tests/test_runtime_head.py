@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 
 import grpc
@@ -845,3 +846,43 @@ def test_a_call_made_straight_is_recorded_once_whether_its_node_or_its_caller_te
         with pytest.raises(grpc.RpcError) as e:  # the id is taken: a submission of it as new work is refused
             c.submit_many([pb.WorkSpec(kind="call", name="A.f", actor_id=actor)], ["c-1"])
         assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_an_agent_tells_a_straight_call_it_refuses_whether_its_actor_instance_is_over_or_not_there_yet(
+        tmp_path, monkeypatch):
+    """A call sent straight to a node (runtime/direct.py) names an actor instance. Not there yet (the head placed
+    it a moment ago): refused, not over (its caller sends it by the head to that instance); there: run and
+    answered; ended: refused, over (sent on to the next instance)."""
+    import cloudpickle
+
+    from runtime import pickling
+    from runtime.executor import Executor
+    from tests.infra import wait_for
+
+    class Tally:  # (defined here: pickled by value, as a program's own class is)
+        def __init__(self):
+            self.n = 0
+
+        def add(self):
+            self.n += 1
+            return self.n
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ex = Executor("n1", dict(os.environ, HOME=str(tmp_path)), lambda r, a: None, lambda *a: None, total={"CPU": 1.0})
+    replies = []
+    call = lambda i: pb.CallRequest(id=f"c-{i}", actor_attempt=0, spec=pb.WorkSpec(  # noqa: E731
+        kind="call", actor_id="a-1", payload=pickling.dumps(("add", (), {}))))
+    try:
+        ex.take_direct(call(1), replies.append)
+        ex.handle(pb.Assignment(item_id="a-1", attempt=0, spec=pb.WorkSpec(
+            kind="actor", payload=pickling.dumps((pickling.dumps((Tally, {"max_concurrency": None})), (), {})))))
+        ex.take_direct(call(2), replies.append)
+        wait_for(lambda: len(replies) == 2, timeout=30, what="the call answered")
+        ex.cancel("a-1")  # killed
+        wait_for(lambda: "a-1" in ex.actors_ended, timeout=30, what="the instance over")
+        ex.take_direct(call(3), replies.append)
+        outcomes = [(r.id, r.outcome, r.result.message) for r in replies]
+        assert outcomes == [("c-1", "refused", ""), ("c-2", "done", ""), ("c-3", "refused", "over")]
+        assert cloudpickle.loads(replies[1].result.value) == 1
+    finally:
+        ex.shutdown()
