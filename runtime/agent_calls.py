@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 from runtime.auth import TokenInterceptor
 from runtime.limits import GRPC_OPTIONS
@@ -36,10 +37,19 @@ class CallService(pb_grpc.AgentServicer):
     async def Calls(self, request_iterator, context):
         """Each call goes into its actor's line as it comes; outcomes go back as they come, in any order."""
         loop = asyncio.get_running_loop()
-        replies: asyncio.Queue = asyncio.Queue()
+        ready: list[pb.CallReply] = []  # answers not yet taken by this stream's writer
+        lock = threading.Lock()
+        woken = asyncio.Event()
+        wake_due = [False]  # a wake-up of the writer is on its way (answers coming fast share one)
+        ended = [False]
 
         def reply(message: pb.CallReply) -> None:  # (from the thread that ran the call)
-            loop.call_soon_threadsafe(replies.put_nowait, message)
+            with lock:
+                ready.append(message)
+                if wake_due[0]:
+                    return
+                wake_due[0] = True
+            loop.call_soon_threadsafe(woken.set)
 
         async def take() -> None:
             try:
@@ -47,19 +57,23 @@ class CallService(pb_grpc.AgentServicer):
                     for request in requests.calls:
                         self.executor.take_direct(request, reply)
             finally:
-                replies.put_nowait(None)
+                ended[0] = True
+                woken.set()
 
         taker = asyncio.ensure_future(take())
         try:
-            while (message := await replies.get()) is not None:
-                batch = [message]
-                while not replies.empty() and len(batch) < REPLY_BATCH:
-                    message = replies.get_nowait()
-                    if message is None:
-                        yield pb.CallReplies(replies=batch)
-                        return
-                    batch.append(message)
-                yield pb.CallReplies(replies=batch)
+            while True:
+                await woken.wait()
+                woken.clear()
+                with lock:
+                    batch, ready[:] = ready[:REPLY_BATCH], ready[REPLY_BATCH:]
+                    wake_due[0] = bool(ready)
+                if wake_due[0]:
+                    woken.set()
+                if batch:
+                    yield pb.CallReplies(replies=batch)
+                elif ended[0]:
+                    return
         finally:
             taker.cancel()
 

@@ -24,6 +24,7 @@ What stays true, as through the head:
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -143,6 +144,11 @@ class DirectCalls:
         self.unreachable: dict[str, float] = {}  # agent address -> until when calls go by the head
         self.head_ids: dict[str, Route] = {}  # calls sent the head's way -> their route (until seen done)
         self.done = threading.Condition()  # any call sent straight answered (a `wait` on several)
+        self.prefix, self.numbers = uuid.uuid4().hex[:16], itertools.count()  # this process's call ids
+        os.register_at_fork(after_in_child=self._new_prefix)  # (a forked child makes ids of its own)
+
+    def _new_prefix(self) -> None:
+        self.prefix, self.numbers = uuid.uuid4().hex[:16], itertools.count()
 
     def _route(self, actor_id: str) -> Route:
         with self.lock:
@@ -165,7 +171,7 @@ class DirectCalls:
                         and not route.head_pending)
             stream = self._stream_for(route) if straight else None
             if stream is not None:
-                item_id = f"c-{uuid.uuid4().hex[:20]}"
+                item_id = f"c-{self.prefix}{next(self.numbers):x}"  # (unique: a uuid4 each cost 6% of a call)
                 spec = pb.WorkSpec(kind="call", name=name, actor_id=actor_id, max_retries=retries,
                                    parent_id=parent_id, payload=payload)
                 pending = Pending(item_id, spec, route, route.place[1])
