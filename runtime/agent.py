@@ -311,11 +311,11 @@ class Agent:
     def fetch_result(self, item_id: str) -> bytes:
         return self.client.fetch_result(item_id)
 
-    def upload_result(self, item_id: str, source: Path) -> None:
+    def upload_result(self, item_id: str, source: Path, direct: bool = False) -> None:
         delay = 0.2
         while True:  # the head restarting: wait for it, as reports do
             try:
-                return self.client.upload_result(item_id, self.cfg.node_id, source)
+                return self.client.upload_result(item_id, self.cfg.node_id, source, direct)
             except grpc.RpcError as e:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or self.stop.is_set():
                     raise

@@ -300,20 +300,20 @@ class HeadClient:
 
     # --- payloads and results too large for a message: in chunks --------------------------------
 
-    def _upload(self, method: str, item_id: str, source: bytes | Path, node_id: str = "") -> None:
+    def _upload(self, method: str, item_id: str, source: bytes | Path, node_id: str = "", direct: bool = False) -> None:
         """`source` in CHUNK_BYTES pieces: bytes, or a file read a piece at a time (never whole)."""
         if isinstance(source, Path):
             with open(source, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 pieces = iter(lambda: f.read(CHUNK_BYTES), b"")
-                return self._upload_pieces(method, item_id, node_id, pieces, size)
+                return self._upload_pieces(method, item_id, node_id, pieces, size, direct)
         view = memoryview(source)
         pieces = (bytes(view[start:start + CHUNK_BYTES]) for start in range(0, max(len(view), 1), CHUNK_BYTES))
-        return self._upload_pieces(method, item_id, node_id, pieces, len(view))
+        return self._upload_pieces(method, item_id, node_id, pieces, len(view), direct)
 
-    def _upload_pieces(self, method: str, item_id: str, node_id: str, pieces, size: int) -> None:
+    def _upload_pieces(self, method: str, item_id: str, node_id: str, pieces, size: int, direct: bool = False) -> None:
         def chunks():
-            yield pb.Chunk(id=item_id, node_id=node_id, data=next(pieces, b""))
+            yield pb.Chunk(id=item_id, node_id=node_id, data=next(pieces, b""), direct=direct)
             for piece in pieces:
                 yield pb.Chunk(data=piece)
 
@@ -390,8 +390,9 @@ class HeadClient:
     def fetch_args(self, item_id: str) -> bytes:
         return self._fetch("FetchArgs", item_id)
 
-    def upload_result(self, item_id: str, node_id: str, source: bytes | Path) -> None:
-        self._upload("UploadResult", item_id, source, node_id)
+    def upload_result(self, item_id: str, node_id: str, source: bytes | Path, direct: bool = False) -> None:
+        """`direct`: of a call sent straight to the node (runtime/direct.py), not given by the head."""
+        self._upload("UploadResult", item_id, source, node_id, direct)
 
     def fetch_result(self, item_id: str) -> bytes:
         return self._fetch("FetchResult", item_id)

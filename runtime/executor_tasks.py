@@ -145,7 +145,7 @@ class TaskRunning:
         if size > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
             return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", size))
         try:
-            self.head.upload_result(a.item_id, path)
+            self.head.upload_result(a.item_id, path, direct=a.attempt < 0)  # (< 0: sent straight, runtime/direct.py)
         except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
             return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
         return pb.ItemResult(id=a.item_id, state="finished", value_size=size, stored=True)

@@ -68,6 +68,9 @@ class Log:
     def read(self):
         return list(self.seen)
 
+    def big(self, n: int) -> bytes:
+        return bytes(range(256)) * (n // 256)
+
     def process(self):
         return self.pid
 
@@ -75,6 +78,11 @@ class Log:
 @runtime.remote(num_cpus=0)
 def plus_one(x):
     return x + 1
+
+
+@runtime.remote(num_cpus=0)
+def size_of(x) -> int:
+    return len(x)
 
 
 def _ready(actor) -> None:
@@ -266,4 +274,20 @@ def test_a_stream_that_breaks_while_its_agent_lives_loses_no_answer_and_runs_not
     assert runtime.get(running, timeout=30) == "slept"
     assert runtime.get(queued, timeout=30) == [1, 2, 3, 4, 5]
     assert runtime.get(log.read.remote(), timeout=30) == [0, 1, 2, 3, 4]  # each run once
+    runtime.kill(log)
+
+
+def test_a_result_too_large_for_an_answer_is_kept_on_the_heads_disk_like_any_other(rt):
+    """A call made straight whose result is over the message limit: its node uploads it to the head first
+    (which takes it though it does not know the call yet), its caller reads it from there, and a task given
+    its ref gets it too."""
+    log = Log.remote()
+    _ready(log)
+    ref = log.big.remote(3 << 20)
+    assert ref._direct is not None
+    value = runtime.get(ref, timeout=60)
+    assert len(value) == 3 << 20 and value[:3] == bytes([0, 1, 2])
+    assert runtime.get(size_of.remote(ref), timeout=60) == 3 << 20
+    other = log.big.remote(2 << 20)  # passed on before its caller looked at it
+    assert runtime.get(size_of.remote(other), timeout=60) == 2 << 20
     runtime.kill(log)

@@ -455,14 +455,16 @@ class AppendLogReply(_message.Message):
     def __init__(self) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("id", "data", "node_id")
+    __slots__ = ("id", "data", "node_id", "direct")
     ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     data: bytes
     node_id: str
-    def __init__(self, id: _Optional[str] = ..., data: _Optional[bytes] = ..., node_id: _Optional[str] = ...) -> None: ...
+    direct: bool
+    def __init__(self, id: _Optional[str] = ..., data: _Optional[bytes] = ..., node_id: _Optional[str] = ..., direct: _Optional[bool] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ("size",)
