@@ -1065,7 +1065,8 @@ def _wait_with_direct(refs: list[ObjectRef], num_returns: int, timeout: float | 
                 r._result = _direct_result(r._direct)
             if r._result is not None:
                 done[r.id] = r._result
-        others = [r.id for r in refs if r.id not in done and (r._direct is None or r._direct.moved)]
+        others = [r.id for r in refs if r.id not in done  # (answered: `moved` is read only after that)
+                  and (r._direct is None or (r._direct.event.is_set() and r._direct.moved))]
         left = None if deadline is None else deadline - time.monotonic()
         if len(done) >= num_returns or (left is not None and left <= 0):
             return done
@@ -1093,8 +1094,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> st
     """Cancel a task: dropped if queued, stopped if running (its process is killed, so `force` changes
     nothing); `recursive`: the tasks it submitted too. Returns its state after the request."""
     (ref,) = _refs(ref, "cancel")
-    pending = ref._direct
-    if pending is not None and not pending.moved:  # an actor call sent straight: its node takes it out of line
+    pending = ref._direct  # (an actor call sent straight: its node takes it out of the actor's line)
+    if pending is not None and not (pending.event.is_set() and pending.moved):
         if not pending.event.is_set():
             _connection().direct_calls().cancel(pending)
             pending.event.wait(CANCEL_ANSWER_S)

@@ -303,20 +303,22 @@ class DirectCalls:
         spec.CopyFrom(pending.spec)
         spec.max_retries = retries
         spec.min_actor_attempt = after
-        pending.moved = True
         self._sent_by_head(route, pending.id)
+        # `moved` only once it is on its way to the head: a `get` or `wait` that reads it asks the head next
         if not maybe_known:
             self.conn.enqueue(pending.id, spec)
+            pending.moved = True
             return
         self.conn.settle()
         try:
             self.reconnecting(lambda: self.conn.client.submit_many([spec], [pending.id]))
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
-                pending.moved = False
                 pending.result = pb.ItemResult(id=pending.id, state="failed", message=(
                     f"its actor {route.actor_id}'s node went silent while this call ran, and the head "
                     f"refused it again: {e.details()}"))
+                return
+        pending.moved = True
 
     def stream_broken(self, stream: _Stream) -> None:
         """The stream failed. If its agent answers again, the calls on it not answered are asked for on a new
