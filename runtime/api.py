@@ -1022,7 +1022,7 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     num_returns_of(num_returns)
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) exceeds the number of futures ({len(refs)})")
-    if any(r._direct is not None and r._result is None for r in refs):
+    if any(r._direct is not None for r in refs):  # (answered here, maybe unknown to the head yet: not asked)
         done = _wait_with_direct(refs, num_returns, timeout)
     else:
         done = {r.id: r for r in _unknown_ids(lambda: _connection().get_results([r.id for r in refs], timeout,

@@ -291,3 +291,16 @@ def test_a_result_too_large_for_an_answer_is_kept_on_the_heads_disk_like_any_oth
     other = log.big.remote(2 << 20)  # passed on before its caller looked at it
     assert runtime.get(size_of.remote(other), timeout=60) == 2 << 20
     runtime.kill(log)
+
+
+def test_wait_on_calls_answered_here_asks_the_head_nothing_of_them(rt):
+    """A call made straight and answered (seen by a `wait`) may not be known to the head yet (its node reports
+    it in a while): a later `wait` with it among others counts it done here, as ActorPool does."""
+    log = Log.remote()
+    _ready(log)
+    first = log.add.remote(1)
+    assert runtime.wait([first], timeout=30) == ([first], [])
+    task = plus_one.remote(1)
+    ready, rest = runtime.wait([first, task], num_returns=2, timeout=30)
+    assert len(ready) == 2 and rest == []
+    runtime.kill(log)
