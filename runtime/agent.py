@@ -21,9 +21,10 @@ import grpc
 from core.machine import pids_with_env
 from core.files import atomic_write
 from core.paths import HEAD_ADDRESS, NODE_MARKER_ENV, PREEMPT_NOTICE, is_head_bundle_site, on_this_node
-from runtime.agent_calls import enabled as direct_calls_enabled, serve_calls
+from runtime.agent_calls import serve_calls
 from runtime.auth import work_token
 from runtime.client import HeadClient
+from runtime.direct import enabled as direct_calls_enabled
 from runtime.executor import Executor
 from runtime.limits import MAX_REPLY_BYTES
 from runtime.node import single_instance
@@ -33,6 +34,7 @@ from runtime.preemption import PREEMPT_FILE_ENV
 from runtime.processes import died_of_signal, discard_results
 from runtime.proto import head_pb2 as pb
 from runtime.resources import detect_gpus, node_resources
+from runtime.work import DIRECT_ATTEMPT
 
 log = logging.getLogger("launch.runtime.agent")
 
@@ -230,7 +232,7 @@ class Agent:
                 return
             with self.reports_cond:
                 batch, self.direct_reports = self.direct_reports, []
-                self.reports += [(r, -1) for r in batch]
+                self.reports += [(r, DIRECT_ATTEMPT) for r in batch]
                 if self.stream_id:
                     self.stream_pending += batch
                     self.stream_cond.notify()
@@ -396,7 +398,7 @@ class Agent:
                         "done" if source.acknowledge() else "the metadata service did not take it")
 
     def run(self) -> None:
-        if direct_calls_enabled():
+        if direct_calls_enabled():  # (LAUNCH_DIRECT_CALLS=0: every call goes by the head)
             self.calls_server, self.call_port = serve_calls(self.executor, self.cfg.token, self.cfg.address)
             if self.calls_server is None:
                 log.warning("cannot listen for actor calls sent straight here: they go by the head")

@@ -9,25 +9,19 @@ the work credential that tasks and actors have.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 from runtime.auth import TokenInterceptor
 from runtime.limits import GRPC_OPTIONS
-from runtime.loop_server import LoopServer
+from runtime.loop_server import LoopServer, loopback_and
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 
-DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": no service (every call goes by the head)
 CALL_THREADS = 4  # the service's handlers run on its loop; these are for gRPC's own needs
 # Callers ping their stream to find a node gone silent, also while a long call runs and nothing else moves:
 # gRPC's default would answer such pings with GOAWAY after two, breaking the stream (and the calls on it).
 PINGS_ALLOWED = [("grpc.http2.max_ping_strikes", 0), ("grpc.keepalive_permit_without_calls", 1)]
 REPLY_BATCH = 1000  # answers in one message at most (each is small: a large value is on the head's disk)
-
-
-def enabled() -> bool:
-    return os.environ.get(DIRECT_CALLS_ENV, "1") != "0"
 
 
 class CallService(pb_grpc.AgentServicer):
@@ -40,24 +34,26 @@ class CallService(pb_grpc.AgentServicer):
         ready: list[pb.CallReply] = []  # answers not yet taken by this stream's writer
         lock = threading.Lock()
         woken = asyncio.Event()
-        wake_due = [False]  # a wake-up of the writer is on its way (answers coming fast share one)
-        ended = [False]
+        wake_due = False  # a wake-up of the writer is on its way (answers coming fast share one)
+        ended = False
 
         def reply(message: pb.CallReply) -> None:  # (from the thread that ran the call)
+            nonlocal wake_due
             with lock:
                 ready.append(message)
-                if wake_due[0]:
+                if wake_due:
                     return
-                wake_due[0] = True
+                wake_due = True
             loop.call_soon_threadsafe(woken.set)
 
         async def take() -> None:
+            nonlocal ended
             try:
                 async for requests in request_iterator:
                     for request in requests.calls:
                         self.executor.take_direct(request, reply)
             finally:
-                ended[0] = True
+                ended = True
                 woken.set()
 
         taker = asyncio.ensure_future(take())
@@ -67,12 +63,13 @@ class CallService(pb_grpc.AgentServicer):
                 woken.clear()
                 with lock:
                     batch, ready[:] = ready[:REPLY_BATCH], ready[REPLY_BATCH:]
-                    wake_due[0] = bool(ready)
-                if wake_due[0]:
+                    wake_due = bool(ready)
+                    more = wake_due
+                if more:
                     woken.set()
                 if batch:
                     yield pb.CallReplies(replies=batch)
-                elif ended[0]:
+                elif ended:
                     return
         finally:
             taker.cancel()
@@ -83,14 +80,9 @@ def serve_calls(executor, token: str, address: str) -> tuple[LoopServer | None, 
     callers then go by the head)."""
     server = LoopServer(CALL_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS + PINGS_ALLOWED)
     server.add_servicer(pb_grpc.add_AgentServicer_to_server, CallService(executor))
-    port = 0
-    for host in ["127.0.0.1"] + ([address] if address not in ("127.0.0.1", "localhost", "") else []):
-        try:
-            port = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            server.stop(grace=0)
-            return None, 0
+    port = server.listen(loopback_and(address), 0)
+    if port == 0:
+        server.stop(grace=0)
+        return None, 0
     server.start()
     return server, port

@@ -43,8 +43,13 @@ CONNECT_S = 2.0  # an agent not reached within this is not tried again for UNREA
 UNREACHABLE_S = 60.0
 RESUMES = 3  # a call asked for again on this many new streams, all of which broke, counts as died
 REQUEST_BATCH = 1000  # calls in one message at most (and about INLINE_BYTES of them)
-NO_PLACE_S = 1.0
-PROBE_S, PROBE_IDS = 1.0, 1000  # calls sent by the head and not seen done: the head asked about them this often  # an actor the head says is placed where calls cannot go straight: asked again after this
+NO_PLACE_S = 1.0  # an actor the head says is placed where calls cannot go straight: asked again after this
+PROBE_S, PROBE_IDS = 1.0, 1000  # calls sent by the head and not seen done: the head asked about them this often
+def enabled() -> bool:
+    """(callers, and the node agents that take their calls)"""
+    return os.environ.get(DIRECT_CALLS_ENV, "1") != "0"
+
+
 # a stream whose peer went silent (its machine gone) breaks after these: its calls count as died. Pinged
 # while no data moves too (a call running for minutes), which the agent allows (runtime/agent_calls.py).
 KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
@@ -136,7 +141,7 @@ class DirectCalls:
         """submit, reconnecting: the API's (runtime/api.py `_submit`, `_reconnecting`), which uses this."""
         self.conn, self.submit, self.reconnecting = conn, submit, reconnecting
         self.metadata = metadata
-        self.on = allowed and os.environ.get(DIRECT_CALLS_ENV, "1") != "0"
+        self.on = allowed and enabled()
         self.closed = False
         self.lock = threading.Lock()  # routes, streams, head_ids
         self.routes: dict[str, Route] = {}
@@ -167,8 +172,7 @@ class DirectCalls:
         with route.lock:
             if route.head_pending and self.on and time.monotonic() - route.probed > PROBE_S:
                 self._probe(route)
-            straight = (self.on and plain and not deps and isinstance(payload, bytes) and len(payload) <= INLINE_BYTES
-                        and not route.head_pending)
+            straight = self.on and plain and not deps and len(payload) <= INLINE_BYTES and not route.head_pending
             stream = self._stream_for(route) if straight else None
             if stream is not None:
                 item_id = f"c-{self.prefix}{next(self.numbers):x}"  # (unique: a uuid4 each cost 6% of a call)

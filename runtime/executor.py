@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.files import private_dir
 from core.shapes import EPS
-from runtime.executor_actors import DIRECT, ActorRunning
+from runtime.executor_actors import ActorRunning
 from runtime.executor_jobs import JobRunning
 from runtime.executor_tasks import TaskRunning, task_context
 from runtime.preemption import PREEMPT_SIGNAL
 from runtime.processes import ActorInstance, JobProcess, Transfers, Worker, WorkerDied, results_dir, stop_process
 from runtime.proto import head_pb2 as pb
-from runtime.work import node_resource
+from runtime.work import DIRECT_ATTEMPT, node_resource
 from runtime.worker import RESULT_DIR_ENV
 
 log = logging.getLogger("launch.runtime.executor")
@@ -204,8 +204,8 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
                     calls += [*inst.running.values(), *inst.calls]
             # (not the calls sent straight: the head did not give those)
             return ([(i, a) for i, (a, _) in self.running.items()] + [(a.item_id, a.attempt) for a in self.waiting]
-                    + [(c.item_id, c.attempt) for c in calls if c.attempt != DIRECT]
-                    + sorted(k for k in self.reporting if k[1] != DIRECT))
+                    + [(c.item_id, c.attempt) for c in calls if c.attempt != DIRECT_ATTEMPT]
+                    + sorted(k for k in self.reporting if k[1] != DIRECT_ATTEMPT))
 
     def _unqueue(self, a: pb.Assignment) -> None:
         """(under self.lock) An assignment not started leaves (an actor's line goes with it)."""
@@ -322,7 +322,7 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
         head restart) lists it and the head does not requeue it."""
         key = (result.id, attempt)
         try:
-            if attempt == DIRECT:
+            if attempt == DIRECT_ATTEMPT:
                 result = self._direct_done(result)
                 if result is None:
                     return

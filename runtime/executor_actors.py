@@ -12,11 +12,9 @@ from runtime.executor_tasks import task_context
 from runtime.processes import ActorInstance, Worker, WorkerDied
 from runtime.runtime_env import RuntimeEnvSetupFailed
 from runtime.proto import head_pb2 as pb
+from runtime.work import DIRECT_ATTEMPT
 
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
-# The attempt of a call that came straight from its caller (runtime/direct.py): the head's attempts start at 0,
-# so a call that its caller sends the head's way after a refusal is another item here.
-DIRECT = -1
 Reply = Callable[[pb.CallReply], None]
 OVER = "over"  # a refusal's word: the instance named ended here (not: it has not arrived yet)
 ACTORS_ENDED_KEPT = 10_000  # the latest instances that ended here, by actor (to tell a refusal which it is)
@@ -191,7 +189,7 @@ class ActorRunning:
         started runs to its end, as a call given by the head does."""
         if req.cancel:
             with self.lock:
-                queued = req.id in self.direct and (req.id, DIRECT) in self.given
+                queued = req.id in self.direct and (req.id, DIRECT_ATTEMPT) in self.given
             if queued:
                 self.cancel(req.id)
             return
@@ -204,7 +202,7 @@ class ActorRunning:
             reply(pb.CallReply(id=req.id, outcome="done", result=done) if done is not None else
                   pb.CallReply(id=req.id, outcome="refused"))
             return
-        call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT)
+        call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT_ATTEMPT)
         actor_id, attempt = req.spec.actor_id, req.actor_attempt
         with self.lock:
             inst = self.actors.get(actor_id)
@@ -214,7 +212,7 @@ class ActorRunning:
                 with inst.cond:
                     taken = not inst.stopped
                     if taken:
-                        self.given.add((req.id, DIRECT))
+                        self.given.add((req.id, DIRECT_ATTEMPT))
                         self.direct[req.id] = (reply, req.spec)
                         inst.calls.append(call)
                         inst.cond.notify_all()
@@ -229,9 +227,9 @@ class ActorRunning:
         """(under self.lock) These calls' callers, for those sent straight, hear that they were not run
         (refused) or died with the actor's process (`why`: 'was killed', 'died'): they decide what comes next."""
         for c in list(calls):
-            if c.attempt == DIRECT and c.item_id in self.direct:
+            if c.attempt == DIRECT_ATTEMPT and c.item_id in self.direct:
                 reply, _ = self.direct.pop(c.item_id)
-                self.given.discard((c.item_id, DIRECT))
+                self.given.discard((c.item_id, DIRECT_ATTEMPT))
                 reply(pb.CallReply(id=c.item_id, outcome=outcome, result=pb.ItemResult(id=c.item_id, message=why)))
 
     def _direct_done(self, result: pb.ItemResult) -> pb.ItemResult | None:

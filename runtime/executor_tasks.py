@@ -13,6 +13,7 @@ from runtime.node_config import runtime_dir
 from runtime.processes import Worker, WorkerDied
 from runtime.proto import head_pb2 as pb
 from runtime.runtime_env import Prepared, RuntimeEnvSetupFailed, prepare
+from runtime.work import DIRECT_ATTEMPT
 
 MAX_IDLE_WORKERS_PER_KEY = 8
 
@@ -145,7 +146,7 @@ class TaskRunning:
         if size > MAX_OBJECT_BYTES:  # fail it clearly rather than let it hang
             return pb.ItemResult(id=a.item_id, state="failed", message=too_large("result", size))
         try:
-            self.head.upload_result(a.item_id, path, direct=a.attempt < 0)  # (< 0: sent straight, runtime/direct.py)
+            self.head.upload_result(a.item_id, path, direct=a.attempt == DIRECT_ATTEMPT)
         except Exception as e:  # noqa: BLE001 - the head refused it (not ours any more) or is away for good
             return pb.ItemResult(id=a.item_id, state="lost", message=f"its result could not be stored ({e})")
         return pb.ItemResult(id=a.item_id, state="finished", value_size=size, stored=True)

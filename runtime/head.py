@@ -31,7 +31,7 @@ from runtime.head_state import (PYTHON_VERSION, SERVER_THREADS, STORE_ERRORS, SW
 from runtime.head_store import StoreKeeping
 from runtime.head_transfers import Transfers
 from runtime.limits import GRPC_OPTIONS, HOLD_BATCH, HOLD_S, STORE_FULL
-from runtime.loop_server import LoopServer
+from runtime.loop_server import LoopServer, loopback_and
 from runtime.node import HEAD_LIVENESS, beat, single_instance
 from runtime.node_config import NodeRuntimeConfig
 from runtime.proto import head_pb2 as pb
@@ -172,14 +172,14 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, DirectCa
         specs, given = list(request.specs), list(request.ids)
         self._check_specs(specs, given, context)
         if given and any(spec.HasField("outcome") for spec in specs):  # calls that ran straight (runtime/direct.py)
-            adopted = [(spec.outcome, spec) for spec in specs if spec.HasField("outcome")]
-            if any(o.id != i for (o, _), i in zip(adopted, (i for i, s in zip(given, specs) if s.HasField("outcome")))):
+            adopted = [(i, s) for i, s in zip(given, specs) if s.HasField("outcome")]
+            if any(s.outcome.id != i for i, s in adopted):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a call's outcome names another id")
             given, specs = ([i for i, s in zip(given, specs) if not s.HasField("outcome")],
                             [s for s in specs if not s.HasField("outcome")])
             now = self.clock()
             with self.lock:
-                self._settle(now, self._record_direct("", adopted, now))
+                self._settle(now, self._record_direct("", [(s.outcome, s) for _, s in adopted], now))
             if not specs:
                 return []
         for item_id, spec in zip(given, specs):
@@ -399,7 +399,7 @@ def bind_hosts(cfg: NodeRuntimeConfig) -> list[str]:
     processes reach it there) and the address its agents use; never every interface unless asked."""
     if cfg.bind_host:
         return [cfg.bind_host]
-    return ["127.0.0.1"] + ([cfg.address] if cfg.address not in ("127.0.0.1", "localhost", "") else [])
+    return loopback_and(cfg.address)
 
 
 def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[LoopServer, HeadServicer, int]:
@@ -409,12 +409,12 @@ def serve(cfg: NodeRuntimeConfig, state_dir: Path | None = None) -> tuple[LoopSe
     port_file = servicer.store.dir / "port"
     saved = int(port_file.read_text()) if not cfg.head_port and port_file.exists() else 0
     server = _server(servicer, cfg.token)
-    port = _listen(server, bind_hosts(cfg), cfg.head_port or saved)
+    port = server.listen(bind_hosts(cfg), cfg.head_port or saved)
     if port == 0 and saved:
         log.warning("port %d of the previous head is taken: listening on another", saved)
         server.stop(grace=0).wait()
         server = _server(servicer, cfg.token)
-        port = _listen(server, bind_hosts(cfg), 0)
+        port = server.listen(bind_hosts(cfg), 0)
     if port == 0:
         server.stop(grace=0).wait()
         raise RuntimeError(f"cannot listen on {', '.join(bind_hosts(cfg))} port {cfg.head_port}")
@@ -427,18 +427,6 @@ def _server(servicer: HeadServicer, token: str) -> LoopServer:
     server = LoopServer(SERVER_THREADS, [TokenInterceptor(token)], GRPC_OPTIONS)
     server.add_servicer(pb_grpc.add_HeadServicer_to_server, servicer)
     return server
-
-
-def _listen(server: LoopServer, hosts: list[str], port: int) -> int:
-    """Bind every host to one port (0: the first bind picks it); 0 if any bind fails."""
-    for host in hosts:
-        try:
-            port = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            return 0
-        if port == 0:
-            return 0
-    return port
 
 
 def housekeeping(servicer: HeadServicer, stop: threading.Event, every_s: float,

@@ -8,8 +8,6 @@ and changes nothing. It also says where an actor runs (GetActor by id) to a call
 
 from __future__ import annotations
 
-import os
-
 import grpc
 
 from runtime.head_state import item_of
@@ -61,7 +59,7 @@ class DirectCalls:
                                parent_id=spec.parent_id)
             if r.stored and r.state == FINISHED:  # the node uploaded it: it is the item's result from now on
                 try:
-                    os.replace(self.store.upload_path(r.id, r.node_id or node_id), self.store.result_path(r.id))
+                    self.store.claim_upload(r.id, r.node_id or node_id)
                 except FileNotFoundError:  # (moved already, or never uploaded: a get then says it is lost)
                     pass
             state = r.state if r.state in DONE_STATES else FAILED

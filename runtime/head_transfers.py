@@ -26,7 +26,7 @@ class Transfers:
                 and item.node_id == node_id):
             return r
         try:
-            os.replace(self.store.upload_path(r.id, node_id), self.store.result_path(r.id))
+            self.store.claim_upload(r.id, node_id)
         except OSError as e:
             return pb.ItemResult(id=r.id, state=FAILED, message=f"its result was lost on the head ({e.strerror})")
         return r

@@ -25,6 +25,12 @@ STEP_THREADS = 8
 PENDING_CALLS = 100_000
 
 
+def loopback_and(address: str) -> list[str]:
+    """Where a runtime service listens: loopback (this machine's processes, an SSH port forward) and the
+    address the cluster's nodes reach it on; never every interface."""
+    return ["127.0.0.1"] + ([address] if address not in ("127.0.0.1", "localhost", "") else [])
+
+
 class LoopServer:
     def __init__(self, threads: int, interceptors: list, options: list):
         self.loop = asyncio.new_event_loop()
@@ -55,6 +61,17 @@ class LoopServer:
 
     def add_insecure_port(self, address: str) -> int:
         return self._on_loop(lambda: self.server.add_insecure_port(address))
+
+    def listen(self, hosts: list[str], port: int) -> int:
+        """Bind every host to one port (0: the first bind picks it); 0 if any bind fails."""
+        for host in hosts:
+            try:
+                port = self.add_insecure_port(f"{host}:{port}")
+            except RuntimeError:
+                return 0
+            if port == 0:
+                return 0
+        return port
 
     def start(self) -> None:
         self._run(self.server.start())

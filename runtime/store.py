@@ -208,6 +208,10 @@ class Store:
     def result_path(self, item_id: str) -> Path:
         return self.blobs / result_file(item_id)
 
+    def claim_upload(self, item_id: str, node_id: str) -> None:
+        """The result `node_id` uploaded for the item becomes its result (OSError if there is none)."""
+        os.replace(self.upload_path(item_id, node_id), self.result_path(item_id))
+
     def upload_path(self, item_id: str, node_id: str) -> Path:
         """Where a node's upload of a result goes until its report makes it the result (a node the head
         no longer counts as the item's may upload, and never overwrites the one that counts)."""
