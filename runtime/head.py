@@ -57,7 +57,7 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, DirectCa
         self.nodes: dict[str, NodeRecord] = {}
         self.store = Store(state_dir or default_state_dir())
         self.store_key = self.store.local_key()
-        self.sched = Scheduler(node_types, done_state=self._done_state)
+        self.sched = Scheduler(node_types, done_item=self._done_item)
         self.lock = threading.RLock()  # guards nodes, sched, the store's writes and waiters
         self.waiters: dict[str, set[Waiter]] = {}  # item id -> the GetResults calls waiting for it
         self.fetched: list[tuple[str, float]] = []  # (id, when) of results a client took, not yet written

@@ -49,9 +49,10 @@ class StoreKeeping:
                     return
                 self._hand_out()
 
-    def _done_state(self, item_id: str) -> str | None:
+    def _done_item(self, item_id: str) -> tuple[str, str] | None:
+        """(state, message) of a done item that has left memory (the scheduler's done_item)."""
         row = self.store.row(item_id)
-        return row.state if row is not None and row.state in DONE_STATES else None
+        return (row.state, row.message) if row is not None and row.state in DONE_STATES else None
 
     def _commit(self, new: list[tuple[Item, bytes]] = ()) -> None:
         """(under self.lock) Wake the GetResults calls waiting for items now done, write what changed (and

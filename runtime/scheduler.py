@@ -11,7 +11,7 @@
   re-checked when a larger node registers.
 - A node that dies gives its running items back to the queue (up to each item's max_retries).
 - Done items leave: the head writes each changed item to its store (take_dirty) and then forgets the
-  done ones (forget); a dependency that is no longer here is looked up with `done_state`.
+  done ones (forget); a dependency that is no longer here is looked up with `done_item`.
 - Pipelining: when short tasks (of a shape whose recent tasks ran under PREFETCH_MAX_TASK_S) queue up
   beyond what fits, a node is given some in advance (`prefetched`: 1-8 per CPU, more for shorter
   tasks, holding no resources here). Its agent starts them in order as its own slots free, without a
@@ -50,9 +50,9 @@ from runtime.work import (ACTOR, BLOCKED, CALL, CANCELLED, EPS, FAILED, FINISHED
 
 class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
     def __init__(self, node_types: dict[str, dict[str, float]] | None = None,
-                 done_state: Callable[[str], str | None] = lambda item_id: None):
+                 done_item: Callable[[str], tuple[str, str] | None] = lambda item_id: None):
         self.node_types = node_types or {}
-        self.done_state = done_state  # the state of a done item already forgotten here; None: unknown
+        self.done_item = done_item  # (state, message) of a done item already forgotten here; None: unknown
         self.dirty: set[str] = set()  # items changed since the last take_dirty
         self.recovering: dict[str, str] = {}  # item id -> the node it ran on before a head restart
         self.finished_ids: list[str] = []
@@ -103,7 +103,10 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
 
     def state_of(self, item_id: str) -> str | None:
         item = self.items.get(item_id)
-        return item.state if item is not None else self.done_state(item_id)
+        if item is not None:
+            return item.state
+        done = self.done_item(item_id)
+        return done[0] if done is not None else None
 
     def submit(self, item: Item, now: float) -> None:
         validate_request(item.request)
@@ -122,9 +125,7 @@ class Scheduler(NodeBook, PlacementGroups, ActorLines, NodeSharing, Cancelling):
             self.groups[item.id] = Group(item.id, item.strategy, [Bundle(i, dict(b)) for i, b in enumerate(item.bundles)])
         elif item.kind == CALL:
             if item.actor_id not in self.actors:
-                state = self.state_of(item.actor_id)
-                why = {None: "unknown", CANCELLED: "dead (it was killed)"}.get(state, f"dead ({state})")
-                self._finish(item, FAILED, now, message=f"its actor {item.actor_id} is {why}")
+                self._finish(item, FAILED, now, message=f"its actor {item.actor_id} is {self._dead_actor(item.actor_id)}")
                 return
             insort(self.actors[item.actor_id].waiting, (item.seq, item.id))  # its place in line, from now
         if item.pg_id and item.pg_id not in self.groups:

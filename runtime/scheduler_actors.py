@@ -43,6 +43,17 @@ class ActorLines:
         self.items[item.id] = item
         self._finish(item, state, now, message=message)
 
+    def _dead_actor(self, actor_id: str) -> str:
+        """Why a call of an actor that is not live fails: unknown, killed, or dead with its own reason (a
+        constructor's error), as a call in its line when it died is told."""
+        actor = self.items.get(actor_id)
+        state, message = (actor.state, actor.message) if actor is not None else (self.done_item(actor_id) or (None, ""))
+        if state is None:
+            return "unknown"
+        if state == CANCELLED:
+            return "dead (it was killed)"
+        return f"dead ({state})" + (f": {message}" if message else "")
+
     def calls_given_on(self, node: Node) -> list[str]:
         """The calls handed to the actors running on the node, in the order they were submitted."""
         given = [(seq, c) for a in node.running if a in self.actors for c, seq in self.actors[a].given.items()]

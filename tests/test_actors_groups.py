@@ -139,6 +139,8 @@ def test_a_constructor_that_raises_fails_every_call(rt):
     b = Broken.remote()
     with pytest.raises(ActorDiedError, match="ValueError: bad config"):
         runtime.get(b.ping.remote(), timeout=30)
+    with pytest.raises(ActorDiedError, match="ValueError: bad config"):  # a call made once it is dead, too
+        runtime.get(b.ping.remote(), timeout=30)
 
 
 def test_handles_pass_to_tasks_and_other_actors(rt):
