@@ -92,15 +92,18 @@ class _Owned:
     """A value this process put: freed with its ref, as Ray frees an object with its last reference, unless the
     ref was passed on (pickled: into a task's or an actor call's arguments, or into another value)."""
 
-    __slots__ = ("id", "passed_on")
+    __slots__ = ("id", "passed_on", "writer")
 
-    def __init__(self, item_id: str):
+    def __init__(self, item_id: str, writer=None):
         self.id, self.passed_on = item_id, False
+        self.writer = writer  # the HeadClient that wrote its file here, which may write the next value over it
 
     def gone(self) -> None:
         """(the ref collected: any thread, in the middle of anything) Its id waits for the next submission."""
         if not self.passed_on:
             _RELEASED.append(self.id)
+            if self.writer is not None:
+                self.writer.value_freed(self.id)
 
 
 _RELEASED: list[str] = []  # values to free, sent with the next submission that carries every pending one
@@ -778,10 +781,11 @@ def put(value) -> ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
     payload = pickled(value, "put")
     ref = ObjectRef(_submit("object", "put", {}, payload, [], 0, "o"))
-    ref._owned = _Owned(ref.id)
+    written_here = callable(payload) and _connection().client.shared_blobs() is not None
+    ref._owned = _Owned(ref.id, _connection().client if written_here else None)
     weakref.finalize(ref, ref._owned.gone)
     if callable(payload):
-        ref._local = WRITTEN_HERE if _connection().client.shared_blobs() is not None else None
+        ref._local = WRITTEN_HERE if written_here else None
     elif len(payload) <= LOCAL_BYTES:
         ref._local = payload
     return ref

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.shm import OWNER_FILE, forget_stale_memory, memory_dir
-from runtime.spare import Spare, write_into
+from runtime.spare import Spare, discard, write_into
 
 MEMORY_SHARE = 0.5
 WRITE_MAX_S = 3600.0  # a temporary file older than this is no write in progress (its writer died)
@@ -83,23 +83,23 @@ def _room(folder: Path) -> bool:
     return total > 0 and (st.f_blocks - st.f_bavail) * st.f_frsize < MEMORY_SHARE * total
 
 
-def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], None], spare: Spare | None = None) -> int:
+def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], None], spare: Spare | None = None,
+               item_id: str = "") -> int:
     """Write a blob with `write(file)`, in memory when there is room, else on disk; then `final` names
     it. Returns its size. A tmpfs that fills meanwhile: written again, on disk (`write` runs again).
-    `spare`: this process's file made ready ahead in `memory` (runtime/spare.py), used and made again."""
+    `spare`: this process's files for large values in `memory` (runtime/spare.py), written into, and told
+    of the value (`item_id`)."""
     for where in ([memory] if memory is not None and _room(memory) else []) + [None]:
         folder = where if where is not None else final.parent
         tmp = folder / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+        ready = spare.take() if spare is not None and where is not None else None
         try:
-            ready = spare.take() if spare is not None and where is not None else None
             if ready is not None:
                 size = write_into(ready, tmp, write)
             else:
                 with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                     write(f)
                     size = f.tell()
-            if spare is not None and where is not None:
-                spare.refill(size, lambda w=where: _room(w))
             if where is None:
                 os.replace(tmp, final)
             else:
@@ -108,9 +108,13 @@ def write_blob(final: Path, memory: Path | None, write: Callable[[BinaryIO], Non
                 link = final.with_name(f".{final.name}.link-{os.getpid()}-{threading.get_ident()}")
                 os.symlink(target, link)
                 os.replace(link, final)
+                if spare is not None:
+                    spare.wrote(item_id, target, ready, size, lambda w=where: _room(w))
             return size
         except BaseException as e:  # (the pickler's own errors too: a value that cannot be pickled, or too large)
             tmp.unlink(missing_ok=True)
+            if ready is not None:
+                discard(ready)
             if where is None or not isinstance(e, OSError) or e.errno != errno.ENOSPC:
                 raise
     raise AssertionError("unreachable: the disk attempt returns or raises")

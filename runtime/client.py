@@ -17,6 +17,7 @@ import grpc.experimental
 
 from runtime.auth import call_metadata
 from runtime.blobs import usable_memory_dir, write_blob
+from runtime.bulk_copy import BulkReader
 from runtime.spare import Spare
 from runtime.limits import CHUNK_BYTES, GRPC_OPTIONS
 from runtime.proto import head_pb2 as pb
@@ -170,6 +171,8 @@ class HeadClient:
         """`released`: values this client put and dropped without passing them on (freed after these specs)."""
         reply = self._stub.Submit(pb.SubmitRequest(specs=specs, ids=ids or [], released=released or []),
                                   metadata=self._md, timeout=self.timeout_s)
+        if self._spare is not None and ids:
+            self._spare.sent(ids)
         return list(reply.ids)
 
     def get_results(self, ids: list[str], timeout_s: float | None, num_returns: int = 0,
@@ -180,6 +183,8 @@ class HeadClient:
         req = pb.GetResultsRequest(ids=ids, timeout_s=-1 if timeout_s is None else timeout_s,
                                    num_returns=num_returns, submit=submit, caller_id=caller_id)
         reply = self._get(req)
+        if self._spare is not None and submit is not None and submit.ids:
+            self._spare.sent(submit.ids)
         results = list(reply.results)
         pause = BUSY_RETRY_S
         while reply.busy:  # the head lets no more calls wait: ask again shortly for what is still wanted
@@ -378,7 +383,7 @@ class HeadClient:
         blobs = self.shared_blobs() if fresh else None
         if blobs is not None:
             try:
-                return write_blob(blobs / arg_file(item_id), self._memory, write, self._spare)
+                return write_blob(blobs / arg_file(item_id), self._memory, write, self._spare, item_id)
             except OSError:  # (a full disk): the head's own upload says it, in its words
                 pass
         with tempfile.NamedTemporaryFile(prefix="launch-upload-") as f:  # (0600, removed however this ends)
@@ -386,6 +391,12 @@ class HeadClient:
             f.flush()
             self._upload("UploadArgs", item_id, Path(f.name))
             return f.tell()
+
+    def value_freed(self, item_id: str) -> None:
+        """(from a finalizer: no lock, no call) A value this process wrote here will be read by no one: the
+        next large value may be written over its file (runtime/spare.py)."""
+        if self._spare is not None:
+            self._spare.freed(item_id)
 
     def fetch_args(self, item_id: str) -> bytes:
         return self._fetch("FetchArgs", item_id)
@@ -397,24 +408,25 @@ class HeadClient:
     def fetch_result(self, item_id: str) -> bytes:
         return self._fetch("FetchResult", item_id)
 
-    def open_result(self, item_id: str) -> io.BufferedIOBase:
+    def open_result(self, item_id: str) -> BulkReader:
         """A stored result as a stream read from the head a chunk at a time (or its file, on the head's
         disk): an unpickler reading it builds the value without the whole pickle ever in memory beside it."""
         blobs = self.shared_blobs()
         if blobs is not None:
             try:
-                return open(blobs / result_file(item_id), "rb")
+                return BulkReader(open(blobs / result_file(item_id), "rb"))
             except OSError:
                 pass
-        return _ChunkReader(self, self._stub.FetchResult(pb.FetchRequest(id=item_id, offset=0), metadata=self._md))
+        return BulkReader(_ChunkReader(self, self._stub.FetchResult(pb.FetchRequest(id=item_id, offset=0),
+                                                                    metadata=self._md)))
 
-    def open_own_value(self, item_id: str) -> io.BufferedIOBase | None:
+    def open_own_value(self, item_id: str) -> BulkReader | None:
         """(a value this process put on the head's disk) Its file: its result's name once the head took
         it, its payload's until then; None if neither is there."""
         blobs = self.shared_blobs()
         for name in (result_file(item_id), arg_file(item_id), result_file(item_id)) if blobs else ():
             try:  # (the last: renamed meanwhile)
-                return open(blobs / name, "rb")
+                return BulkReader(open(blobs / name, "rb"))
             except OSError:
                 continue
         return None

@@ -187,3 +187,72 @@ def test_a_large_value_goes_into_the_spare_made_ready_before_it_and_the_next_is_
     assert not spare_file.exists() and len([p for p in store.memory.iterdir() if p.name.startswith(".spare")]) == 0
     store.close()
     blobs.forget_memory(store.blobs)
+
+
+def test_a_freed_values_file_takes_the_next_value_once_the_head_has_it_and_no_one_reads_it(tmp_path, monkeypatch):
+    """The last large value a process wrote through a spare keeps its mapping: once its ref is gone (freed) and
+    the head took its submission (sent), the next value is written over its file, and not before either. The
+    head's own drop of the value afterwards finds no file; a file the head dropped first is not reused."""
+    from runtime import spare as spares
+    from tests.infra import wait_for
+
+    monkeypatch.setattr(spares, "SPARE_MIN_BYTES", 1 << 20)
+    store = Store(tmp_path / "state")
+    spare = spares.Spare(store.memory)
+    values: dict[str, bytes] = {}
+
+    def put(name: str, size: int) -> os.stat_result:
+        wait_for(lambda: spare.ready is not None or spare.kept is not None or not values, timeout=10, every=0.01,
+                 what="a spare made ready")
+        values[name] = os.urandom(size)
+        blobs.write_blob(store.arg_path(name), store.memory, _write(values[name]), spare, name)
+        return os.stat(store.arg_path(name))
+
+    def intact() -> None:
+        for name, data in values.items():
+            if os.path.exists(store.arg_path(name)):
+                assert store.arg_path(name).read_bytes() == data, name
+
+    put("o-a", 3 << 20)  # written as it comes: nothing to reuse, a spare made for the next
+    b = put("o-b", 3 << 20)  # into that spare: kept
+    spare.freed("o-b")  # no one reads it here, but the head may not have it yet
+    c = put("o-c", 3 << 20)
+    assert c.st_ino != b.st_ino
+    intact()
+    spare.sent(["o-c"])  # the head has it, but its ref lives
+    d = put("o-d", 2 << 20)
+    assert d.st_ino != c.st_ino
+    intact()
+    spare.sent(["o-x", "o-d"])
+    spare.freed("o-d")
+    e = put("o-e", 4 << 20)  # larger than the file it reuses: the rest written past its mapping's end
+    assert e.st_ino == d.st_ino and spare.recycled
+    blobs.drop_blob(store.arg_path("o-d"))  # the head frees the dropped value: its link goes, E stays
+    del values["o-d"]
+    intact()
+    spare.sent(["o-e"])
+    spare.freed("o-e")
+    f = put("o-f", 1 << 20)  # smaller: its file cut to it
+    assert f.st_ino == e.st_ino and f.st_size == 1 << 20
+    blobs.drop_blob(store.arg_path("o-e"))
+    del values["o-e"]
+    spare.sent(["o-f"])
+    spare.freed("o-f")
+    g = put("o-g", 3 << 20)  # the file cut before is whole again for a larger value
+    assert g.st_ino == f.st_ino
+    blobs.drop_blob(store.arg_path("o-f"))
+    del values["o-f"]
+    intact()
+    spare.sent(["o-g"])
+    spare.freed("o-g")
+    blobs.drop_blob(store.arg_path("o-g"))  # the head dropped it first: not reused
+    del values["o-g"]
+    h = put("o-h", 3 << 20)
+    assert h.st_ino != g.st_ino and not spare.recycled
+    intact()
+    spare.close()
+    named = {os.readlink(p) for p in store.blobs.iterdir()}
+    left = {str(p) for p in store.memory.iterdir() if p.name != shm.OWNER_FILE}
+    assert left == named  # each memory file is a value's; no spare and no reused file left behind
+    store.close()
+    blobs.forget_memory(store.blobs)

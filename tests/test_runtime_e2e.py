@@ -343,6 +343,39 @@ def test_a_put_value_is_freed_with_its_last_ref_unless_it_was_passed_on(rt):
     assert not os.path.exists(memory_file)
 
 
+def test_large_values_put_and_dropped_are_written_over_one_another_only_once_no_one_needs_them(rt):
+    """A driver that puts large values and drops them (the loop of Ray's own benchmark) writes each next one
+    over the last one's file (runtime/spare.py), but only once the head has the last one's submission: with
+    the head paused, each goes to a file of its own, and the head takes them all when it runs again. A value
+    whose ref lives, or whose ref went into a task, is never written over."""
+    import gc
+    import hashlib
+    from types import SimpleNamespace
+
+    size = 17 << 20  # (over SPARE_MIN_BYTES)
+    kept_value, passed_value = os.urandom(size), os.urandom(size)
+    kept, passed = runtime.put(kept_value), runtime.put(passed_value)
+    assert runtime.get(digest.remote(passed), timeout=60)[1] == hashlib.sha256(passed_value).hexdigest()
+    passed_id = passed.id
+    del passed
+    gc.collect()
+    head = _head_pid(rt)
+    os.kill(head, signal.SIGSTOP)
+    try:
+        for _ in range(3):  # read back here; the head has none of their submissions
+            value = os.urandom(size)
+            assert runtime.get(runtime.put(value), timeout=5) == value
+    finally:
+        os.kill(head, signal.SIGCONT)
+    for _ in range(4):
+        value = os.urandom(size)
+        assert runtime.get(runtime.put(value), timeout=30) == value
+    assert runtime.get(digest.remote(b"x"), timeout=60)  # every submission so far taken (none refused)
+    assert runtime.get(kept, timeout=30) == kept_value
+    assert _another_driver(rt, kept) == hashlib.sha256(kept_value).hexdigest()
+    assert _another_driver(rt, SimpleNamespace(id=passed_id)) == hashlib.sha256(passed_value).hexdigest()
+
+
 def test_a_large_put_value_from_off_the_heads_machine_is_uploaded_in_chunks(rt, monkeypatch):
     """A driver that does not share the head's disk (a node elsewhere): the value is pickled into a private
     temporary file, uploaded in chunks, and kept by the head; the driver reads it back from the head."""
