@@ -59,11 +59,12 @@ def main() -> None:
     finally:
         proc.stdin.close()
         proc.wait(timeout=120)
-    print(f"{args.repeats} runs each, alternating (medians); per second, higher is better")
-    print(f"{'metric':<30}{'launch':>12}{'ray':>12}{'launch/ray':>12}")
+    print(f"{args.repeats} runs each, alternating (medians, and each run's ratio's range); per second, higher is better")
+    print(f"{'metric':<30}{'launch':>12}{'ray':>12}{'launch/ray':>12}{'range':>14}")
     for key in ours[0]:
         a, b = statistics.median(r[key] for r in ours), statistics.median(r[key] for r in theirs)
-        print(f"{key:<30}{a:>12.1f}{b:>12.1f}{a / b:>12.2f}")
+        ratios = [x[key] / y[key] for x, y in zip(ours, theirs)]
+        print(f"{key:<30}{a:>12.1f}{b:>12.1f}{a / b:>12.2f}{min(ratios):>8.2f}-{max(ratios):.2f}")
 
 
 if __name__ == "__main__":

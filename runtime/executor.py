@@ -235,6 +235,8 @@ class Executor(TaskRunning, ActorRunning, JobRunning):
             self._hand_over(pb.ItemResult(id=item_id, state="cancelled", message="cancelled"), call.attempt)
             return
         with self.lock:
+            if self.cancel_sent(item_id):
+                return
             self.cancelled.add(item_id)
             queued = next((a for a in self.waiting if a.item_id == item_id), None)
             if queued is not None:

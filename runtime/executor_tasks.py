@@ -129,6 +129,8 @@ class TaskRunning:
                 return self._stored_result(a, path)
             finally:
                 path.unlink(missing_ok=True)
+        if status == "cancelled":  # (a call sent ahead to its actor, cancelled before it started)
+            return pb.ItemResult(id=a.item_id, state="cancelled", message="cancelled")
         if status != "ok":
             exc, _tb = cloudpickle.loads(data)
             message = f"{type(exc).__name__}: {exc}"[:300]

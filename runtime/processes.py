@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import cloudpickle
 from core.machine import pids_with_env
 from runtime.node_config import runtime_dir
 from runtime.proto import head_pb2 as pb
-from runtime.worker import read_frame, write_frame
+from runtime.worker import CANCEL_FD_ENV, read_frame, write_frame
 
 # a cancelled job's processes get SIGTERM, and SIGKILL this long after (what ignores SIGTERM, or forked)
 JOB_STOP_GRACE_S = 3.0
@@ -63,10 +64,18 @@ class Worker:
     def __init__(self, env: dict[str, str], cwd: str | None = None):
         self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
         self.sent_context: dict = {}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, cwd=cwd or Path.home(),
-        )
+        cancels, self._cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
+        self.cancel_lock = threading.Lock()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env={**env, CANCEL_FD_ENV: str(cancels)}, cwd=cwd or Path.home(), pass_fds=(cancels,),
+            )
+        except BaseException:
+            os.close(self._cancels)
+            raise
+        finally:
+            os.close(cancels)
 
     def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
              context: dict | None = None) -> tuple[str, bytes]:
@@ -86,6 +95,16 @@ class Worker:
             write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context)))
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
+
+    def cancel(self, call_id: str) -> None:
+        """(an in-turn actor's) A call sent ahead is not to run if it has not started: then it is answered as
+        cancelled at once (runtime/worker.py); one that started runs to its end."""
+        data = call_id.encode()
+        try:
+            with self.cancel_lock:
+                os.write(self._cancels, struct.pack(">Q", len(data)) + data)  # (one write: whole or not at all)
+        except OSError:
+            pass  # (its process is gone: its end says what became of the call)
 
     def receive(self) -> tuple[str, bytes]:
         try:
@@ -110,6 +129,17 @@ class Worker:
         if self.alive():
             self.proc.kill()
         self.proc.wait()
+        self._close_cancels()
+
+    def _close_cancels(self) -> None:
+        with self.cancel_lock:
+            fd, self._cancels = self._cancels, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_cancels", -1) >= 0:  # (dropped without kill: the pipe's end goes with it)
+            self._close_cancels()
 
 
 class ActorInstance:
@@ -118,7 +148,9 @@ class ActorInstance:
     def __init__(self, a: pb.Assignment):
         self.assignment = a
         self.calls: deque[pb.Assignment] = deque()
-        self.running: dict[str, pb.Assignment] = {}  # calls its process has now (several: a concurrent actor)
+        self.running: dict[str, pb.Assignment] = {}  # calls its process has now, in the order they were sent
+        self.answered: set[str] = set()  # of those, the ones whose reply came (being handed over)
+        self.in_turn = False  # its process runs them one at a time, in that order (several sent ahead)
         self.cond = threading.Condition()
         self.worker: Worker | None = None
         self.stopped = False

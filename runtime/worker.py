@@ -2,7 +2,11 @@
 
 A task's payload is cloudpickle of (cloudpickled function, args, kwargs). A worker that holds an actor
 is given its class the same way ("actor": the instance is made and kept), then its calls ("call":
-(method name, args, kwargs)), one at a time.
+(method name, args, kwargs)). An actor that takes one call at a time is sent several ahead
+(runtime/executor_actors.py), which it runs in order. A cancel of one comes on a pipe of its own
+(LAUNCH_CANCEL_FD, a call id per frame), read by a thread that answers ("cancelled", b"") at once if the
+call has not started, so that it never does; one that started runs to its end. An actor's replies name
+their call: (call id, status, data).
 
 Frames on the pipes are an 8-byte length then a cloudpickle. In: (op, payload, dep_values, item id); out:
 ("ok", value bytes), ("ok-file", path of a file holding them) or ("err", pickled (exception, traceback
@@ -23,6 +27,7 @@ import tempfile
 import threading
 import traceback
 import types
+from collections import deque
 
 import cloudpickle
 
@@ -31,6 +36,7 @@ from runtime.api import ObjectRef, current_task
 from runtime.limits import INLINE_BYTES
 
 RESULT_DIR_ENV = "LAUNCH_RESULT_DIR"
+CANCEL_FD_ENV = "LAUNCH_CANCEL_FD"
 _results = itertools.count()
 
 
@@ -188,16 +194,65 @@ def run_one(payload: bytes, deps: dict[str, bytes], op: str = "task", item_id: s
         return _error(e)
 
 
+class _Replies:
+    """The pipe to the agent, written by more than one thread (an actor's)."""
+
+    def __init__(self, out):
+        self.out, self.lock = out, threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        frame = cloudpickle.dumps(message)
+        with self.lock:
+            write_frame(self.out, frame)
+
+
+class _InTurn:
+    """An actor that runs its calls one at a time, on the main thread, in the order they come (several are
+    sent ahead). A thread reads the cancels: a call that has not started is answered as cancelled at once
+    (however long the call running now takes) and skipped when its turn comes."""
+
+    STARTED_KEPT = 256  # the calls started last (an agent has at most IN_TURN_AHEAD unanswered)
+    CANCELLED_KEPT = 1024  # cancels of calls not come yet (one whose inputs failed never comes)
+
+    def __init__(self, cancels_fd: int, replies: _Replies):
+        self.replies = replies
+        self.lock = threading.Lock()
+        self.started: deque[str] = deque(maxlen=self.STARTED_KEPT)
+        self.cancelled: dict[str, None] = {}
+        threading.Thread(target=self._read, args=(cancels_fd,), name="actor-cancels", daemon=True).start()
+
+    def start(self, call_id: str) -> bool:
+        """The call's turn: False if it was cancelled (answered already), else it counts as started."""
+        with self.lock:
+            if call_id in self.cancelled:
+                del self.cancelled[call_id]
+                return False
+            self.started.append(call_id)
+            return True
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as f:
+            while (frame := read_frame(f)) is not None:
+                call_id = frame.decode()
+                with self.lock:
+                    if call_id in self.started:
+                        continue  # it runs to its end (or ended)
+                    self.cancelled[call_id] = None
+                    while len(self.cancelled) > self.CANCELLED_KEPT:
+                        del self.cancelled[next(iter(self.cancelled))]
+                self.replies.send((call_id, "cancelled", b""))
+
+
 class _Concurrent:
     """An actor given several calls at once: each runs on a thread of a pool (max_concurrency), or as a
     coroutine on the actor's asyncio loop (async methods, interleaved at their awaits; a plain method
     there runs on the loop too); each reply says which call it answers."""
 
-    def __init__(self, out, concurrency: int, is_async: bool):
+    def __init__(self, replies: _Replies, concurrency: int, is_async: bool):
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
-        self.out, self.lock = out, threading.Lock()
+        self.replies = replies
         if is_async:
             self.loop = asyncio.new_event_loop()
             self.slots = asyncio.Semaphore(concurrency)
@@ -215,9 +270,7 @@ class _Concurrent:
             self.pool.submit(self._run_threaded, payload, deps, call_id)
 
     def _reply(self, call_id: str, outcome: tuple[str, bytes | str]) -> None:
-        frame = cloudpickle.dumps((call_id, *outcome))
-        with self.lock:
-            write_frame(self.out, frame)
+        self.replies.send((call_id, *outcome))
 
     def _run_threaded(self, payload: bytes, deps: dict[str, bytes], call_id: str) -> None:
         current_task.set(call_id)
@@ -251,10 +304,11 @@ class _Concurrent:
 def main() -> None:
     preemption.install()
     proto_in = os.fdopen(os.dup(0), "rb")
-    proto_out = os.fdopen(os.dup(1), "wb")
+    replies = _Replies(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
     sys.stdout = os.fdopen(1, "w", buffering=1)
     concurrent: _Concurrent | None = None
+    in_turn: _InTurn | None = None
     given: tuple = ()  # the resources and placement group last set in the environment (most tasks repeat them)
     while True:
         frame = read_frame(proto_in)
@@ -264,6 +318,8 @@ def main() -> None:
         task_id = context.get("task_id", item_id)
         if concurrent is not None:
             concurrent.submit(payload, deps, task_id)
+            continue
+        if in_turn is not None and not in_turn.start(task_id):
             continue
         os.environ["LAUNCH_ITEM_ID"] = item_id  # a `get` in the task (or actor) lends its CPUs while it waits
         # for get_runtime_context(): the task or call running now; the resources of the task, or the actor's
@@ -275,11 +331,13 @@ def main() -> None:
             os.environ["LAUNCH_TASK_RESOURCES"] = json.dumps(given[0])
             os.environ["LAUNCH_PLACEMENT_GROUP"] = given[1]
         outcome = run_one(payload, deps, op, item_id)
-        write_frame(proto_out, cloudpickle.dumps(outcome))
+        replies.send((task_id, *outcome) if in_turn is not None else outcome)
         if op == "actor" and outcome[0] == "ok":
             mode = cloudpickle.loads(outcome[1])
             if mode["concurrency"] > 1 or mode["async"]:
-                concurrent = _Concurrent(proto_out, mode["concurrency"], mode["async"])
+                concurrent = _Concurrent(replies, mode["concurrency"], mode["async"])
+            else:
+                in_turn = _InTurn(int(os.environ[CANCEL_FD_ENV]), replies)
 
 
 if __name__ == "__main__":

@@ -886,3 +886,67 @@ def test_an_agent_tells_a_straight_call_it_refuses_whether_its_actor_instance_is
         assert cloudpickle.loads(replies[1].result.value) == 1
     finally:
         ex.shutdown()
+
+
+def test_an_actor_of_one_call_at_a_time_has_its_calls_sent_ahead_and_a_cancel_or_its_death_spares_those_not_started(
+        tmp_path, monkeypatch):
+    """Calls of an actor that runs one at a time go to its process ahead of their turn (runtime/worker.py runs
+    them in order). A cancel of one that has not started is answered at once, while the call before it still
+    runs, and it never runs; a cancel of the running one changes nothing. When its process dies, the call it
+    was running died with it; those sent ahead never ran: refused, for their callers to send on."""
+    import cloudpickle
+
+    from runtime import pickling
+    from runtime.executor import Executor
+    from tests.infra import wait_for
+
+    class Slow:  # (defined here: pickled by value, as a program's own class is)
+        def __init__(self):
+            self.ran = []
+
+        def work(self, name, gate=None):
+            import os as os_
+            import time as time_
+
+            while gate is not None and not os_.path.exists(gate):
+                time_.sleep(0.01)
+            self.ran.append(name)
+            return list(self.ran)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reports, replies = {}, {}
+    ex = Executor("n1", dict(os.environ, HOME=str(tmp_path)), lambda r, a: reports.__setitem__(r.id, r),
+                  lambda *a: None, total={"CPU": 2.0})
+    actor = lambda item_id: pb.Assignment(item_id=item_id, attempt=0, spec=pb.WorkSpec(  # noqa: E731
+        kind="actor", payload=pickling.dumps((pickling.dumps((Slow, {"max_concurrency": None})), (), {}))))
+    work = lambda *args: pickling.dumps(("work", args, {}))  # noqa: E731
+    gate = tmp_path / "go"
+    try:
+        ex.handle(actor("a-1"))
+        for i, args in enumerate([("slow", str(gate)), ("b",), ("c",), ("d",)], start=1):
+            ex.handle(pb.Assignment(item_id=f"c-{i}", attempt=0, spec=pb.WorkSpec(
+                kind="call", actor_id="a-1", payload=work(*args))))
+        wait_for(lambda: "a-1" in ex.actors and len(ex.actors["a-1"].running) == 4, timeout=30,
+                 what="the four calls in the actor's process")
+        ex.cancel("c-3")
+        ex.cancel("c-1")  # (running: runs to its end)
+        wait_for(lambda: "c-3" in reports, timeout=30, what="the cancel answered")
+        assert reports["c-3"].state == "cancelled" and "c-1" not in reports
+        gate.touch()
+        wait_for(lambda: {"c-1", "c-2", "c-4"} <= set(reports), timeout=30, what="the other calls")
+        assert [cloudpickle.loads(reports[f"c-{i}"].value) for i in (1, 2, 4)] == [
+            ["slow"], ["slow", "b"], ["slow", "b", "d"]]
+
+        ex.handle(actor("a-2"))
+        gate.unlink()
+        for i, args in enumerate([("stuck", str(gate)), ("x",), ("y",)], start=1):
+            ex.take_direct(pb.CallRequest(id=f"d-{i}", actor_attempt=0, spec=pb.WorkSpec(
+                kind="call", actor_id="a-2", payload=work(*args))), lambda r: replies.__setitem__(r.id, r))
+        wait_for(lambda: "a-2" in ex.actors and len(ex.actors["a-2"].running) == 3, timeout=30,
+                 what="the three calls in the actor's process")
+        os.kill(ex.actors["a-2"].worker.proc.pid, 9)
+        wait_for(lambda: len(replies) == 3, timeout=30, what="the three calls' outcomes")
+        assert [(replies[f"d-{i}"].outcome, replies[f"d-{i}"].result.message) for i in (1, 2, 3)] == [
+            ("died", "died"), ("refused", "over"), ("refused", "over")]
+    finally:
+        ex.shutdown()
