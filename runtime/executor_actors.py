@@ -18,6 +18,9 @@ ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 # calls sent ahead to an actor that runs them one at a time (runtime/worker.py): 5,000 calls on 2 cores went
 # 4,300/s sent one by one (a round trip between each), about 9,000/s four ahead, 15,000/s sixteen ahead
 IN_TURN_AHEAD = 16
+# a call sent straight to an in-turn actor whose process is idle is written to it by the thread that takes
+# it in, if it is this small: the process waits on its empty pipe, so the write cannot block
+AT_ONCE_BYTES = 32 << 10
 Reply = Callable[[pb.CallReply], None]
 OVER = "over"  # a refusal's word: the instance named ended here (not: it has not arrived yet)
 ACTORS_ENDED_KEPT = 10_000  # the latest instances that ended here, by actor (to tell a refusal which it is)
@@ -215,6 +218,7 @@ class ActorRunning:
             return
         call = pb.Assignment(item_id=req.id, spec=req.spec, attempt=DIRECT_ATTEMPT)
         actor_id, attempt = req.spec.actor_id, req.actor_attempt
+        now = None  # the actor's process, idle: the call is written to it here and now
         with self.lock:
             inst = self.actors.get(actor_id)
             taken = (inst is not None and inst.assignment.attempt == attempt and req.id not in self.direct
@@ -225,14 +229,24 @@ class ActorRunning:
                     if taken:
                         self.given.add((req.id, DIRECT_ATTEMPT))
                         self.direct[req.id] = (reply, req.spec)
-                        inst.calls.append(call)
-                        inst.cond.notify_all()
+                        if (inst.in_turn and inst.worker is not None and not inst.calls and not inst.running
+                                and not req.spec.depends_on and 0 < len(req.spec.payload) <= AT_ONCE_BYTES):
+                            inst.running[req.id] = call
+                            now = inst.worker
+                        else:
+                            inst.cond.notify_all()
+                            inst.calls.append(call)
             # (refused) whether that instance is over here, or has not arrived yet (the head placed it a moment
             # ago): its caller sends the call on to the next instance, or to that one, by the head
             over = not taken and ((inst is not None and (inst.assignment.attempt > attempt or inst.stopped))
                                   or self.actors_ended.get(actor_id, -1) >= attempt)
         if not taken:
             reply(pb.CallReply(id=req.id, outcome="refused", result=pb.ItemResult(message=OVER if over else "")))
+        elif now is not None:  # (its line's thread is not woken for it: one thread hop less on a call's way)
+            try:
+                now.send(req.spec.payload, {}, actor_id, op="call", context={"task_id": req.id})
+            except WorkerDied:
+                pass  # (its line's thread sees the process gone and ends the actor: the call died with it)
 
     def _direct_over(self, calls, outcome: str, why: str = "") -> None:
         """(under self.lock) These calls' callers, for those sent straight, hear that they were not run

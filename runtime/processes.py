@@ -64,6 +64,7 @@ class Worker:
     def __init__(self, env: dict[str, str], cwd: str | None = None):
         self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
         self.sent_context: dict = {}
+        self.write_lock = threading.Lock()  # (an actor's calls are written by its line's thread and its agent's)
         cancels, self._cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
         self.cancel_lock = threading.Lock()
         try:
@@ -87,12 +88,13 @@ class Worker:
         """context: what the work may ask of get_runtime_context() (resources, placement group; a call's
         task_id); not sent again when it is what this process was last given (most tasks repeat it)."""
         context = context or {}
-        if context and context == self.sent_context:
-            context = {"same": True}
-        else:
-            self.sent_context = context
         try:
-            write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context)))
+            with self.write_lock:
+                if context and context == self.sent_context:
+                    context = {"same": True}
+                else:
+                    self.sent_context = context
+                write_frame(self.proc.stdin, cloudpickle.dumps((op, payload, deps, item_id, context)))
         except (BrokenPipeError, OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
 
