@@ -219,7 +219,8 @@ class _InTurn:
         self.lock = threading.Lock()
         self.started: deque[str] = deque(maxlen=self.STARTED_KEPT)
         self.cancelled: dict[str, None] = {}
-        threading.Thread(target=self._read, args=(cancels_fd,), name="actor-cancels", daemon=True).start()
+        if cancels_fd >= 0:
+            threading.Thread(target=self._read, args=(cancels_fd,), name="actor-cancels", daemon=True).start()
 
     def start(self, call_id: str) -> bool:
         """The call's turn: False if it was cancelled (answered already), else it counts as started."""
@@ -303,6 +304,9 @@ class _Concurrent:
 
 def main() -> None:
     preemption.install()
+    cancels_fd = int(os.environ.pop(CANCEL_FD_ENV, "-1"))
+    if cancels_fd >= 0:  # (not to the work's own child processes, nor its variable)
+        os.set_inheritable(cancels_fd, False)
     proto_in = os.fdopen(os.dup(0), "rb")
     replies = _Replies(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # print() in a task goes to the log, never into the protocol
@@ -337,7 +341,7 @@ def main() -> None:
             if mode["concurrency"] > 1 or mode["async"]:
                 concurrent = _Concurrent(replies, mode["concurrency"], mode["async"])
             else:
-                in_turn = _InTurn(int(os.environ[CANCEL_FD_ENV]), replies)
+                in_turn = _InTurn(cancels_fd, replies)
 
 
 if __name__ == "__main__":
