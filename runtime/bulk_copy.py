@@ -27,7 +27,6 @@ PART_MIN_BYTES = 8 << 20  # each thread copies at least this much
 MAX_THREADS = 4  # (measured: 4 threads no faster than 2 on 2 cores; memory bandwidth bounds more)
 
 
-
 def _threads() -> int:
     try:
         return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
@@ -120,8 +119,8 @@ def copy_from(destination: int, data) -> bool:
 
 
 class BulkReader:
-    """A readable stream (a file, or a stream of chunks) whose large `readinto`s (an unpickler filling a large
-    value's bytes) go into huge pages, and, from a file, by threads at once."""
+    """A readable stream (a file, or a stream of chunks) whose large `readinto`s from a file (an unpickler
+    filling a large value's bytes) are made by threads at once, each part's pages faulted in first."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -138,9 +137,7 @@ class BulkReader:
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        if len(view) < BULK_BYTES or view.readonly:
-            return self.stream.readinto(view)
-        if self.fd is None:
+        if len(view) < BULK_BYTES or view.readonly or self.fd is None:
             return self.stream.readinto(view)
         at = self.stream.tell()  # (past what the stream has buffered and not given yet)
         address = ctypes.addressof(ctypes.c_char.from_buffer(view))

@@ -245,8 +245,11 @@ class ActorRunning:
         elif now is not None:  # (its line's thread is not woken for it: one thread hop less on a call's way)
             try:
                 now.send(req.spec.payload, {}, actor_id, op="call", context={"task_id": req.id})
-            except WorkerDied:
-                pass  # (its line's thread sees the process gone and ends the actor: the call died with it)
+            except WorkerDied:  # never sent: back in line, where the actor's end finds it not run
+                with inst.cond:
+                    if inst.running.pop(req.id, None) is not None:
+                        inst.calls.appendleft(call)
+                    inst.cond.notify_all()
 
     def _direct_over(self, calls, outcome: str, why: str = "") -> None:
         """(under self.lock) These calls' callers, for those sent straight, hear that they were not run
