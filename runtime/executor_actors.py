@@ -15,6 +15,7 @@ from runtime.proto import head_pb2 as pb
 from runtime.work import DIRECT_ATTEMPT
 
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
+READER_END_S = 5.0  # how long an actor's end waits for the replies its dead process wrote to be read
 # calls sent ahead to an actor that runs them one at a time (runtime/worker.py): 5,000 calls on 2 cores went
 # 4,300/s sent one by one (a round trip between each), about 9,000/s four ahead, 15,000/s sixteen ahead
 IN_TURN_AHEAD = 16
@@ -77,22 +78,16 @@ class ActorRunning:
             inst.in_turn = True
             self._serve_concurrently(a, inst, worker, IN_TURN_AHEAD)
 
-    def _next_call(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, room: Callable[[], bool]):
+    def _next_call(self, inst: ActorInstance, worker: Worker, room: Callable[[], bool]) -> pb.Assignment | None:
         """The next call to give the actor's process, once there is one and room for it; None when the actor
-        is over: then it has been ended here (killed, or its process died)."""
+        is over (killed, or its process died)."""
         with inst.cond:
             while (not inst.calls or not room()) and not inst.stopped and worker.alive():
                 inst.cond.wait(ACTOR_CHECK_S)
-            killed = inst.stopped
-            if not killed and inst.calls and worker.alive():
+            if not inst.stopped and inst.calls and worker.alive():
                 call = inst.calls.popleft()
                 inst.running[call.item_id] = call
                 return call
-        code = 0 if killed else worker.exit_code()
-        worker.kill()  # killed, or its process died (OOM, killed): restarted now, not at its next call
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if killed else
-                        pb.ItemResult(id=a.item_id, state="lost", exit_code=code,
-                                      message=f"its process died (exit code {code})"))
         return None
 
     def _send_call(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, call: pb.Assignment) -> bool:
@@ -104,19 +99,9 @@ class ActorRunning:
             return True
         try:
             worker.send(payload, deps, a.item_id, op="call", context={"task_id": call.item_id})
-        except WorkerDied as e:
-            self._process_died(a, inst, e)
+        except WorkerDied:
             return False
         return True
-
-    def _process_died(self, a: pb.Assignment, inst: ActorInstance, e: Exception) -> None:
-        with self.lock, inst.cond:
-            self._calls_over(inst, "was killed" if inst.stopped else "died")
-            inst.running.clear()  # the head puts them back in line (max_task_retries), or fails them
-            stopped, worker = inst.stopped, inst.worker
-        code = 0 if stopped or worker is None else worker.exit_code()
-        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled" if stopped else "lost", exit_code=code,
-                                         message=f"its process died ({e})"))
 
     def _calls_over(self, inst: ActorInstance, why: str) -> None:
         """(under self.lock and inst.cond; its process is gone) The calls it had: those that may have started
@@ -147,7 +132,7 @@ class ActorRunning:
             while True:
                 try:
                     call_id, status, data = worker.receive()
-                except WorkerDied:  # the sender (_next_call) sees the process gone and ends the actor
+                except WorkerDied:  # (its end: the sender sees the process gone, and ends the actor once this ends)
                     with inst.cond:
                         inst.cond.notify_all()
                     return
@@ -161,10 +146,19 @@ class ActorRunning:
         reader = threading.Thread(target=read, name=f"actor-replies-{a.item_id}", daemon=True)
         reader.start()
         while True:
-            call = self._next_call(a, inst, worker, room=lambda: len(inst.running) < concurrency)
+            call = self._next_call(inst, worker, room=lambda: len(inst.running) < concurrency)
             if call is None or not self._send_call(a, inst, worker, call):
                 break
-        reader.join(timeout=5)
+        with inst.cond:
+            killed = inst.stopped
+        code = 0 if killed else worker.exit_code()
+        worker.kill()  # killed, or its process died (OOM, killed): restarted now, not at its next call
+        # every reply it wrote is read before the actor ends: a call answered is not one that died with it (nor,
+        # in turn, is the call after it taken for one that never started)
+        reader.join(timeout=READER_END_S)
+        self._end_actor(a, pb.ItemResult(id=a.item_id, state="cancelled", message="killed") if killed else
+                        pb.ItemResult(id=a.item_id, state="lost", exit_code=code,
+                                      message=f"its process died (exit code {code})"))
 
     def _call_done(self, inst: ActorInstance, call: pb.Assignment, result: pb.ItemResult) -> None:
         with self.lock:

@@ -65,6 +65,7 @@ class Worker:
         self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
         self.sent_context: dict = {}
         self.write_lock = threading.Lock()  # (an actor's calls are written by its line's thread and its agent's)
+        self.closed = False  # its pipe to us ended: it exited, or is exiting
         cancels, self._cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
         self.cancel_lock = threading.Lock()
         try:
@@ -114,11 +115,12 @@ class Worker:
         except (OSError, ValueError) as e:
             raise WorkerDied(str(e)) from e
         if frame is None:
+            self.closed = True
             raise WorkerDied(f"worker exited with {self.proc.wait()}")
         return cloudpickle.loads(frame)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.closed and self.proc.poll() is None
 
     def exit_code(self, wait_s: float = WORKER_EXIT_WAIT_S) -> int:
         """(its pipe broke) The code it ended with; 0 when it is still running after wait_s (it did not die)."""

@@ -950,3 +950,70 @@ def test_an_actor_of_one_call_at_a_time_has_its_calls_sent_ahead_and_a_cancel_or
             ("died", "died"), ("refused", "over"), ("refused", "over")]
     finally:
         ex.shutdown()
+
+
+def test_an_actor_ends_only_once_the_replies_its_dead_process_wrote_are_read(tmp_path, monkeypatch):
+    """An in-turn actor's process answers one call, starts the next and is killed, while the agent has not yet
+    read the answer (its reading thread held back here). The actor's end waits for that answer: the answered
+    call is done, the one running died with the process, the one after it never ran (refused). Ending it first
+    took the answered call for the running one and the running one for one never started, which then ran
+    twice (found by killing an actor 30 times under 6,000 calls)."""
+    import threading
+
+    import cloudpickle
+
+    from runtime import pickling
+    from runtime.executor import Executor
+    from tests.infra import wait_for
+
+    class Steps:  # (defined here: pickled by value, as a program's own class is)
+        def step(self, name, marker=None):
+            import time as time_
+
+            if marker is not None:
+                open(marker, "w").close()
+                time_.sleep(60)
+            return name
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    replies = {}
+    ex = Executor("n1", dict(os.environ, HOME=str(tmp_path)), lambda r, a: None, lambda *a: None, total={"CPU": 1.0})
+    marker = tmp_path / "started"
+    try:
+        ex.handle(pb.Assignment(item_id="a-1", attempt=0, spec=pb.WorkSpec(
+            kind="actor", payload=pickling.dumps((pickling.dumps((Steps, {"max_concurrency": None})), (), {})))))
+        wait_for(lambda: "a-1" in ex.actors and ex.actors["a-1"].in_turn, timeout=30, what="the actor made")
+        worker = ex.actors["a-1"].worker
+        read_on, deciding, read_all = threading.Event(), threading.Event(), threading.Event()
+        receive, exit_code, end_actor = worker.receive, worker.exit_code, ex._end_actor
+        ended_after_reading = []
+
+        def held_receive():
+            read_on.wait(30)
+            try:
+                return receive()
+            except Exception:
+                read_all.set()  # (the pipe's end: every reply read)
+                raise
+
+        def end(a, result):
+            ended_after_reading.append(read_all.is_set())
+            end_actor(a, result)
+
+        monkeypatch.setattr(worker, "receive", held_receive)
+        monkeypatch.setattr(worker, "exit_code", lambda *a: (deciding.set(), exit_code(*a))[1])
+        monkeypatch.setattr(ex, "_end_actor", end)
+        for i, args in enumerate([("answered",), ("running", str(marker)), ("never",)], start=1):
+            ex.take_direct(pb.CallRequest(id=f"d-{i}", actor_attempt=0, spec=pb.WorkSpec(
+                kind="call", actor_id="a-1", payload=pickling.dumps(("step", args, {})))),
+                lambda r: replies.__setitem__(r.id, r))
+        wait_for(marker.exists, timeout=30, what="the second call started (the first answered, unread)")
+        os.kill(worker.proc.pid, 9)
+        assert deciding.wait(30)  # the agent saw the process gone
+        read_on.set()
+        wait_for(lambda: len(replies) == 3, timeout=30, what="the three calls' outcomes")
+        assert ended_after_reading == [True]
+        assert [replies[f"d-{i}"].outcome for i in (1, 2, 3)] == ["done", "died", "refused"]
+        assert cloudpickle.loads(replies["d-1"].result.value) == "answered"
+    finally:
+        ex.shutdown()
