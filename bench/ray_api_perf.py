@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="of the workload's counts")
     ap.add_argument("--ray-python")
+    ap.add_argument("--each", action="store_true", help="print each run's figures too")
     args = ap.parse_args()
     proc = subprocess.Popen([ray_python(args.ray_python), "-c", RAY_SCRIPT, str(ROOT / "bench")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=RAY_ENV)
@@ -65,6 +66,8 @@ def main() -> None:
         a, b = statistics.median(r[key] for r in ours), statistics.median(r[key] for r in theirs)
         ratios = [x[key] / y[key] for x, y in zip(ours, theirs)]
         print(f"{key:<30}{a:>12.1f}{b:>12.1f}{a / b:>12.2f}{min(ratios):>8.2f}-{max(ratios):.2f}")
+        if args.each:
+            print(f"{'':<6}launch: {' '.join(f'{r[key]:.1f}' for r in ours)}; ray: {' '.join(f'{r[key]:.1f}' for r in theirs)}")
 
 
 if __name__ == "__main__":
