@@ -38,7 +38,7 @@ from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
 from runtime.scheduler import Scheduler
 from runtime.store import ID_PATTERN, Store
-from runtime.work import ACTOR, DONE_STATES, KINDS, OBJECT, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
+from runtime.work import ACTOR, CALL, DONE_STATES, KINDS, OBJECT, PG, QUEUED, InvalidRequest, Item, group_problem, validate_request
 
 
 ID_USED_TWICE = "an item id was used twice"  # (a client that submitted again after losing the reply knows it by this)
@@ -140,6 +140,9 @@ class HeadServicer(NodeService, StoreKeeping, ResultWaiting, Transfers, DirectCa
             if spec.kind != PG and spec.strategy not in ("", "SPREAD"):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"strategy of a {spec.kind}: '' or SPREAD "
                               f"(got {spec.strategy[:20]!r})")
+            if spec.HasField("outcome") and (not given or spec.kind != CALL):  # (runtime/direct.py's hand-over)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an outcome comes only with a call that ran "
+                              "straight, under its own id")
             if spec.kind == OBJECT and (spec.depends_on or spec.request.amounts):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an object has no dependencies and needs no resources")
             if spec.kind == PG:

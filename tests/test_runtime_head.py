@@ -846,6 +846,15 @@ def test_a_call_made_straight_is_recorded_once_whether_its_node_or_its_caller_te
         with pytest.raises(grpc.RpcError) as e:  # the id is taken: a submission of it as new work is refused
             c.submit_many([pb.WorkSpec(kind="call", name="A.f", actor_id=actor)], ["c-1"])
         assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        # an outcome without the call's own id, or on anything but a call, is refused by name (not run as new work)
+        for spec, ids in ((pb.WorkSpec(kind="call", name="A.f", actor_id=actor,
+                                       outcome=pb.ItemResult(id="c-3", state="finished")), None),
+                          (pb.WorkSpec(kind="task", name="t", outcome=pb.ItemResult(id="t-9", state="finished")),
+                           ["t-9"])):
+            with pytest.raises(grpc.RpcError) as e:
+                c.submit_many([spec], ids)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outcome" in e.value.details()
+        assert "c-3" not in {i.id for i in c.list_items("call")}
 
 
 def test_an_agent_tells_a_straight_call_it_refuses_whether_its_actor_instance_is_over_or_not_there_yet(
