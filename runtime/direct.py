@@ -37,6 +37,7 @@ import grpc
 from runtime.limits import GRPC_OPTIONS, INLINE_BYTES
 from runtime.proto import head_pb2 as pb
 from runtime.proto import head_pb2_grpc as pb_grpc
+from runtime.work import OVER
 
 DIRECT_CALLS_ENV = "LAUNCH_DIRECT_CALLS"  # "0": every call goes by the head
 CONNECT_S = 2.0  # an agent not reached within this is not tried again for UNREACHABLE_S (calls go by the head)
@@ -45,6 +46,8 @@ RESUMES = 3  # a call asked for again on this many new streams, all of which bro
 REQUEST_BATCH = 1000  # calls in one message at most (and about INLINE_BYTES of them)
 NO_PLACE_S = 1.0  # an actor the head says is placed where calls cannot go straight: asked again after this
 PROBE_S, PROBE_IDS = 1.0, 1000  # calls sent by the head and not seen done: the head asked about them this often
+
+
 def enabled() -> bool:
     """(callers, and the node agents that take their calls)"""
     return os.environ.get(DIRECT_CALLS_ENV, "1") != "0"
@@ -285,7 +288,7 @@ class DirectCalls:
                 route.place = None  # the instance it was sent to is over there: ask the head again
                 if outcome == "refused":  # never run: the head's way, at no cost (to that instance if it was
                     # not there yet, else to the next)
-                    over = result is not None and result.message == "over"
+                    over = result is not None and result.message == OVER
                     self._move(route, pending, pending.spec.max_retries, after=pending.attempt + 1 if over else 0)
                 elif pending.spec.max_retries > 0:  # died: run again while its retries allow
                     self._move(route, pending, pending.spec.max_retries - 1, pending.attempt + 1, broken)

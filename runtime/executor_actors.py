@@ -12,7 +12,7 @@ from runtime.executor_tasks import task_context
 from runtime.processes import ActorInstance, Worker, WorkerDied
 from runtime.runtime_env import RuntimeEnvSetupFailed
 from runtime.proto import head_pb2 as pb
-from runtime.work import DIRECT_ATTEMPT
+from runtime.work import DIRECT_ATTEMPT, OVER
 
 ACTOR_CHECK_S = 1.0  # how often an idle actor's process is looked at
 READER_END_S = 5.0  # how long an actor's end waits for the replies its dead process wrote to be read
@@ -23,7 +23,6 @@ IN_TURN_AHEAD = 16
 # it in, if it is this small: the process waits on its empty pipe, so the write cannot block
 AT_ONCE_BYTES = 32 << 10
 Reply = Callable[[pb.CallReply], None]
-OVER = "over"  # a refusal's word: the instance named ended here (not: it has not arrived yet)
 ACTORS_ENDED_KEPT = 10_000  # the latest instances that ended here, by actor (to tell a refusal which it is)
 # answers of calls sent straight, kept for a caller whose stream broke before it had them (the latest, at most)
 DIRECT_DONE_KEPT, DIRECT_DONE_BYTES = 10_000, 64 << 20
@@ -73,10 +72,10 @@ class ActorRunning:
             return
         mode = cloudpickle.loads(data)  # how many calls it takes at once
         if mode["concurrency"] > 1 or mode["async"]:
-            self._serve_concurrently(a, inst, worker, mode["concurrency"])
+            self._serve(a, inst, worker, mode["concurrency"])
         else:  # one at a time, in order, several sent ahead (the next is there as one ends)
             inst.in_turn = True
-            self._serve_concurrently(a, inst, worker, IN_TURN_AHEAD)
+            self._serve(a, inst, worker, IN_TURN_AHEAD)
 
     def _next_call(self, inst: ActorInstance, worker: Worker, room: Callable[[], bool]) -> pb.Assignment | None:
         """The next call to give the actor's process, once there is one and room for it; None when the actor
@@ -104,11 +103,14 @@ class ActorRunning:
         return True
 
     def _calls_over(self, inst: ActorInstance, why: str) -> None:
-        """(under self.lock and inst.cond; its process is gone) The calls it had: those that may have started
-        died with it (all of a concurrent actor's; the first of an in-turn actor's, which runs them in order),
-        the others were never run (refused: their callers send them on)."""
+        """(under self.lock and inst.cond; the instance is over) The calls it had: those that may have started
+        died with it (all of a concurrent actor's in its process; the first of an in-turn actor's, which runs
+        them in order); the others, sent ahead or still in line, never ran (refused: their callers send them
+        on; the head's calls are not reported, and the head puts them back in line or fails them)."""
         calls = [c for c in inst.running.values() if c.item_id not in inst.answered]
         started, waiting = (calls[:1], calls[1:]) if inst.in_turn else (calls, [])
+        waiting += inst.calls
+        inst.calls.clear()
         self._direct_over(started, "died", why)
         for c in waiting:
             self.given.discard((c.item_id, c.attempt))
@@ -124,7 +126,7 @@ class ActorRunning:
                     return True
         return False
 
-    def _serve_concurrently(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, concurrency: int) -> None:
+    def _serve(self, a: pb.Assignment, inst: ActorInstance, worker: Worker, concurrency: int) -> None:
         """Up to `concurrency` calls in its process at once (threads, or coroutines on its loop; or, for an
         in-turn actor, in its line: runtime/worker.py); each reply names its call, and is read by a thread of
         its own. This thread alone ends the actor."""
@@ -179,11 +181,7 @@ class ActorRunning:
                 killed = inst.stopped  # (before this marks it stopped: killed, not dead by itself)
                 with inst.cond:
                     inst.stopped = True
-                    for c in inst.calls:
-                        self.given.discard((c.item_id, c.attempt))
                     self._calls_over(inst, "was killed" if killed else "died")
-                    self._direct_over(inst.calls, "refused", OVER)
-                    inst.calls.clear()
                 self.actors_ended[a.item_id] = a.attempt
                 if len(self.actors_ended) > ACTORS_ENDED_KEPT:
                     self.actors_ended.popitem(last=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -66,7 +65,8 @@ class Worker:
         self.sent_context: dict = {}
         self.write_lock = threading.Lock()  # (an actor's calls are written by its line's thread and its agent's)
         self.closed = False  # its pipe to us ended: it exited, or is exiting
-        cancels, self._cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
+        cancels, to_cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
+        self.cancels = os.fdopen(to_cancels, "wb")  # (closed with this object, or when it is killed)
         self.cancel_lock = threading.Lock()
         try:
             self.proc = subprocess.Popen(
@@ -74,7 +74,7 @@ class Worker:
                 env={**env, CANCEL_FD_ENV: str(cancels)}, cwd=cwd or Path.home(), pass_fds=(cancels,),
             )
         except BaseException:
-            os.close(self._cancels)
+            self.cancels.close()
             raise
         finally:
             os.close(cancels)
@@ -102,11 +102,10 @@ class Worker:
     def cancel(self, call_id: str) -> None:
         """(an in-turn actor's) A call sent ahead is not to run if it has not started: then it is answered as
         cancelled at once (runtime/worker.py); one that started runs to its end."""
-        data = call_id.encode()
         try:
             with self.cancel_lock:
-                os.write(self._cancels, struct.pack(">Q", len(data)) + data)  # (one write: whole or not at all)
-        except OSError:
+                write_frame(self.cancels, call_id.encode())
+        except (OSError, ValueError):
             pass  # (its process is gone: its end says what became of the call)
 
     def receive(self) -> tuple[str, bytes]:
@@ -133,17 +132,8 @@ class Worker:
         if self.alive():
             self.proc.kill()
         self.proc.wait()
-        self._close_cancels()
-
-    def _close_cancels(self) -> None:
         with self.cancel_lock:
-            fd, self._cancels = self._cancels, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __del__(self) -> None:
-        if getattr(self, "_cancels", -1) >= 0:  # (dropped without kill: the pipe's end goes with it)
-            self._close_cancels()
+            self.cancels.close()
 
 
 class ActorInstance:

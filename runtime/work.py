@@ -25,6 +25,7 @@ DONE_STATES = (FINISHED, FAILED, CANCELLED)
 # The attempt of an actor call that came straight from its caller to the actor's node (runtime/direct.py): the
 # head's attempts start at 0, so a call its caller sends the head's way after a refusal is another item there.
 DIRECT_ATTEMPT = -1
+OVER = "over"  # the word of a refusal of such a call: the instance it named ended there (not: not there yet)
 PREFETCH_MAX_TASK_S = 0.5  # longer tasks gain nothing from a saved round trip, and would wait on one node
 # An item given ahead that has not started by then is taken back: what holds the node may be waiting
 # for it (a job or task that `get`s it), and another node may be free.
