@@ -52,7 +52,7 @@ class ActorRunning:
             return
         worker = Worker(self._env(list(a.gpu_ids), {"LAUNCH_ACTOR_ID": a.item_id, "LAUNCH_ATTEMPT": str(a.attempt),
                                                        **(env.env if env else {})}),
-                        cwd=env.cwd if env else None)
+                        cwd=env.cwd if env else None, actor=True)
         with inst.cond:
             inst.worker = worker
             stopped = inst.stopped

@@ -60,24 +60,28 @@ class WorkerDied(Exception):
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], cwd: str | None = None):
+    def __init__(self, env: dict[str, str], cwd: str | None = None, actor: bool = False):
+        """actor: the process of an actor, given a pipe for cancels of the calls sent ahead to it."""
         self.key: tuple[str, ...] = ()  # the idle pool it goes back to (its GPUs, its runtime_env)
         self.sent_context: dict = {}
         self.write_lock = threading.Lock()  # (an actor's calls are written by its line's thread and its agent's)
         self.closed = False  # its pipe to us ended: it exited, or is exiting
-        cancels, to_cancels = os.pipe()  # (an in-turn actor's cancels: runtime/worker.py)
-        self.cancels = os.fdopen(to_cancels, "wb")  # (closed with this object, or when it is killed)
         self.cancel_lock = threading.Lock()
+        cancels = os.pipe() if actor else None  # (an in-turn actor's cancels: runtime/worker.py)
+        self.cancels = os.fdopen(cancels[1], "wb") if cancels else None  # (closed with this, or when killed)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runtime.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                env={**env, CANCEL_FD_ENV: str(cancels)}, cwd=cwd or Path.home(), pass_fds=(cancels,),
+                env={**env, CANCEL_FD_ENV: str(cancels[0])} if cancels else env, cwd=cwd or Path.home(),
+                pass_fds=cancels[:1] if cancels else (),
             )
         except BaseException:
-            self.cancels.close()
+            if self.cancels is not None:
+                self.cancels.close()
             raise
         finally:
-            os.close(cancels)
+            if cancels:
+                os.close(cancels[0])
 
     def call(self, payload: bytes, deps: dict[str, bytes], item_id: str = "", op: str = "task",
              context: dict | None = None) -> tuple[str, bytes]:
@@ -104,7 +108,8 @@ class Worker:
         cancelled at once (runtime/worker.py); one that started runs to its end."""
         try:
             with self.cancel_lock:
-                write_frame(self.cancels, call_id.encode())
+                if self.cancels is not None:
+                    write_frame(self.cancels, call_id.encode())
         except (OSError, ValueError):
             pass  # (its process is gone: its end says what became of the call)
 
@@ -133,7 +138,8 @@ class Worker:
             self.proc.kill()
         self.proc.wait()
         with self.cancel_lock:
-            self.cancels.close()
+            if self.cancels is not None:
+                self.cancels.close()
 
 
 class ActorInstance:
